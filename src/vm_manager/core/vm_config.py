@@ -1,0 +1,511 @@
+"""Typed, validated VM settings.
+
+Every value a user gives (CLI flag, GUI field, saved JSON) becomes a ``VMConfig`` here, and
+this module is the one place that decides whether it is allowed: a bad value raises
+``InvalidConfig`` naming the field and what is allowed. Nothing downstream (templates, file
+paths, libvirt XML) ever sees an unchecked string.
+
+Defaults that depend on the VM type are applied in one explicit step (``_apply_defaults``),
+then ``validate()`` checks the whole object. Host limits (memory, CPUs) are checked
+separately by ``check_host_limits`` because they need a connection.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from pathlib import PurePosixPath
+from typing import Any
+
+from .errors import InvalidConfig
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+MAX_VCPUS = 512  # well above any desktop; QEMU's q35 limit is higher
+MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
+MAX_DISK_GB = 64 * 1024  # 64 TiB
+
+
+class VMType(str, Enum):
+    """Guest operating system family; selects the template and the resource minimums."""
+
+    WINDOWS11 = "windows11"
+    WINDOWS10 = "windows10"
+    LINUX = "linux"
+    MACOS = "macos"
+
+    @property
+    def label(self) -> str:
+        return _TYPE_LABELS[self]
+
+
+_TYPE_LABELS = {
+    VMType.WINDOWS11: "Windows 11",
+    VMType.WINDOWS10: "Windows 10",
+    VMType.LINUX: "Linux",
+    VMType.MACOS: "macOS",
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory_mb: int
+    vcpus: int
+    disk_gb: int
+
+
+# Minimums: Windows 11/10 from libosinfo (/usr/share/osinfo/os/microsoft.com/win-1[01].xml,
+# DESIGN.md 5); Linux from the foundation issue; macOS from Apple's stated needs for recent
+# releases. Defaults are what a desktop user gets when they give nothing.
+MINIMUMS = {
+    VMType.WINDOWS11: Resources(memory_mb=4096, vcpus=2, disk_gb=64),
+    VMType.WINDOWS10: Resources(memory_mb=2048, vcpus=1, disk_gb=20),
+    VMType.LINUX: Resources(memory_mb=512, vcpus=1, disk_gb=1),
+    VMType.MACOS: Resources(memory_mb=4096, vcpus=2, disk_gb=64),
+}
+DEFAULTS = {
+    VMType.WINDOWS11: Resources(memory_mb=8192, vcpus=4, disk_gb=128),
+    VMType.WINDOWS10: Resources(memory_mb=4096, vcpus=2, disk_gb=64),
+    VMType.LINUX: Resources(memory_mb=2048, vcpus=2, disk_gb=32),
+    VMType.MACOS: Resources(memory_mb=8192, vcpus=4, disk_gb=128),
+}
+
+
+class DisplayMode(str, Enum):
+    """How the user sees the VM's screen."""
+
+    SPICE = "spice"  # a SPICE window (virt-viewer or the GUI)
+    LOOKING_GLASS = "looking-glass"  # passed-through GPU, frames via shared memory
+    NONE = "none"  # headless
+
+
+class DomainType(str, Enum):
+    KVM = "kvm"
+    QEMU = "qemu"  # software emulation (TCG): slow but works without /dev/kvm
+
+
+class VMState(str, Enum):
+    """libvirt's domain states (virDomainState), as the manager names them."""
+
+    NOSTATE = "nostate"
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"  # the guest is shutting down
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    PMSUSPENDED = "pmsuspended"
+
+    @classmethod
+    def from_libvirt(cls, code: int) -> VMState:
+        # Order of virDomainState: NOSTATE 0 ... PMSUSPENDED 7 (libvirt-domain.h)
+        order = list(cls)
+        return order[code] if 0 <= code < len(order) else cls.NOSTATE
+
+    @property
+    def label(self) -> str:
+        return _STATE_LABELS.get(self, self.value)
+
+    @property
+    def is_active(self) -> bool:
+        """True while QEMU runs for the domain (libvirt's "active")."""
+        return self not in (VMState.SHUTOFF, VMState.NOSTATE, VMState.CRASHED)
+
+
+_STATE_LABELS = {
+    VMState.NOSTATE: "no state",
+    VMState.SHUTDOWN: "shutting down",
+    VMState.SHUTOFF: "shut off",
+    VMState.PMSUSPENDED: "suspended",
+}
+
+
+# --- small parsers, each raising InvalidConfig(field, ...) -------------------------------
+
+_SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", re.IGNORECASE)
+_UNIT_MIB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+SIZE_RULE = "a whole number with an optional unit M, G or T (e.g. 8G, 8192M, 8GiB)"
+
+
+def parse_size_mb(value: Any, field_name: str, default_unit: str = "M") -> int:
+    """Parse a size into MiB. ``8G``, ``8GiB``, ``8GB`` and ``8192M`` are all 8192.
+
+    Units are binary (a desktop "8 GB of RAM" means GiB). A bare number uses
+    ``default_unit``. The result must be a whole, positive number of MiB.
+    """
+    if isinstance(value, bool):
+        raise InvalidConfig(field_name, f"expected a size, got {value!r}; use {SIZE_RULE}")
+    if isinstance(value, int):
+        number, unit = float(value), default_unit
+    elif isinstance(value, float) and math.isfinite(value):
+        number, unit = value, default_unit
+    elif isinstance(value, str):
+        match = _SIZE_PATTERN.fullmatch(value)
+        if not match:
+            raise InvalidConfig(field_name, f"{value!r} is not a size; use {SIZE_RULE}")
+        number = float(match.group(1))
+        unit = (match.group(2) or default_unit).upper()
+    else:
+        raise InvalidConfig(field_name, f"expected a size, got {value!r}; use {SIZE_RULE}")
+    mib = number * _UNIT_MIB[unit]
+    if mib <= 0 or mib != int(mib):
+        raise InvalidConfig(
+            field_name, f"{value!r} is not a whole, positive number of MiB; use {SIZE_RULE}"
+        )
+    return int(mib)
+
+
+def _parse_int(value: Any, field_name: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidConfig(field_name, f"expected a whole number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,9}\s*", value):
+        return int(value)
+    raise InvalidConfig(field_name, f"expected a whole number, got {value!r}")
+
+
+def _parse_bool(value: Any, field_name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise InvalidConfig(field_name, f"expected true or false, got {value!r}")
+
+
+def _parse_enum(enum_cls: type[Enum], value: Any, field_name: str) -> Any:
+    if isinstance(value, enum_cls):
+        return value
+    if isinstance(value, str):
+        for member in enum_cls:
+            if value.strip().lower() in (member.value, member.name.lower()):
+                return member
+    allowed = ", ".join(member.value for member in enum_cls)
+    raise InvalidConfig(field_name, f"{value!r} is not allowed; use one of: {allowed}")
+
+
+def validate_name(value: Any, field_name: str = "name") -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise InvalidConfig(field_name, f"{value!r} is not a valid name; use {NAME_RULE}")
+    return value
+
+
+def _parse_path(value: Any, field_name: str) -> str | None:
+    """An absolute path without control characters, normalized; None stays None."""
+    if value is None:
+        return None
+    if hasattr(value, "__fspath__"):
+        value = value.__fspath__()
+    if not isinstance(value, str) or not value:
+        raise InvalidConfig(field_name, f"expected an absolute path, got {value!r}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidConfig(field_name, "the path contains control characters")
+    path = PurePosixPath(value)
+    if not path.is_absolute():
+        raise InvalidConfig(field_name, f"{value!r} is not an absolute path (start it with /)")
+    if ".." in path.parts:
+        raise InvalidConfig(field_name, f"{value!r} contains '..'; give the real path")
+    return str(path)
+
+
+def _parse_hex_id(value: Any, field_name: str) -> str:
+    """A 16-bit PCI/USB id as 4 lowercase hex digits (``10de``; ``0x10DE`` accepted)."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(?:0x)?([0-9a-fA-F]{4})\s*", value)
+        if match:
+            return match.group(1).lower()
+    raise InvalidConfig(field_name, f"{value!r} is not a 4-digit hex id (e.g. 10de)")
+
+
+@dataclass(frozen=True, order=True)
+class PCIAddress:
+    """A PCI function address ``DDDD:BB:SS.F`` (domain, bus, slot, function)."""
+
+    domain: int
+    bus: int
+    slot: int
+    function: int
+
+    _PATTERN = re.compile(
+        r"\s*(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):"
+        r"(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])\s*"
+    )
+    RULE = "DDDD:BB:SS.F or BB:SS.F in hex, slot 00-1f, function 0-7 (e.g. 0000:01:00.0)"
+
+    @classmethod
+    def parse(cls, value: Any, field_name: str = "pci_address") -> PCIAddress:
+        if isinstance(value, PCIAddress):
+            return value
+        match = cls._PATTERN.fullmatch(value) if isinstance(value, str) else None
+        if not match:
+            raise InvalidConfig(field_name, f"{value!r} is not a PCI address; use {cls.RULE}")
+        slot = int(match.group("slot"), 16)
+        if slot > 0x1F:
+            raise InvalidConfig(field_name, f"{value!r} has slot {slot:#x}; use {cls.RULE}")
+        return cls(
+            domain=int(match.group("domain") or "0", 16),
+            bus=int(match.group("bus"), 16),
+            slot=slot,
+            function=int(match.group("function")),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+
+    @property
+    def slot_address(self) -> str:
+        """``DDDD:BB:SS``: what every function of one card shares."""
+        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}"
+
+
+# --- the dataclasses ----------------------------------------------------------------------
+
+
+@dataclass
+class GPUPassthroughConfig:
+    """The GPU to hand to the guest. Every function of its slot goes with it."""
+
+    pci_address: str
+    rom_file: str | None = None
+    nvidia_compat: bool = False  # <kvm hidden>, Hyper-V vendor_id: harmless, rarely needed
+    allow_boot_gpu: bool = False  # explicit single-GPU opt-in
+
+    def __post_init__(self) -> None:
+        self.pci_address = str(PCIAddress.parse(self.pci_address, "gpu.pci_address"))
+        self.rom_file = _parse_path(self.rom_file, "gpu.rom_file")
+        self.nvidia_compat = _parse_bool(self.nvidia_compat, "gpu.nvidia_compat")
+        self.allow_boot_gpu = _parse_bool(self.allow_boot_gpu, "gpu.allow_boot_gpu")
+
+    @property
+    def address(self) -> PCIAddress:
+        return PCIAddress.parse(self.pci_address)
+
+
+@dataclass
+class USBDeviceConfig:
+    """A USB device by vendor/product; bus and port tell two identical devices apart."""
+
+    vendor_id: str
+    product_id: str
+    bus: int | None = None
+    port: str | None = None  # sysfs port path, e.g. "1.4"
+    name: str | None = None  # for display only
+
+    def __post_init__(self) -> None:
+        self.vendor_id = _parse_hex_id(self.vendor_id, "usb.vendor_id")
+        self.product_id = _parse_hex_id(self.product_id, "usb.product_id")
+        if self.bus is not None:
+            self.bus = _parse_int(self.bus, "usb.bus")
+            if not 1 <= self.bus <= 255:
+                raise InvalidConfig("usb.bus", f"{self.bus} is not a USB bus number (1-255)")
+        if self.port is not None and not (
+            isinstance(self.port, str) and re.fullmatch(r"\d{1,3}(\.\d{1,3}){0,6}", self.port)
+        ):
+            raise InvalidConfig("usb.port", f"{self.port!r} is not a port path (e.g. 1.4)")
+        if self.name is not None and not isinstance(self.name, str):
+            raise InvalidConfig("usb.name", f"expected text, got {self.name!r}")
+
+
+@dataclass
+class LookingGlassConfig:
+    """Looking Glass display: shared-memory frames from the guest's GPU."""
+
+    enabled: bool = False
+    width: int = 2560
+    height: int = 1440
+    hdr: bool = False
+    shm_size_mb: int | None = None  # None: computed from the resolution
+    use_kvmfr: bool = False  # /dev/kvmfr0 instead of /dev/shm/looking-glass-<vm>
+
+    def __post_init__(self) -> None:
+        self.enabled = _parse_bool(self.enabled, "looking_glass.enabled")
+        self.hdr = _parse_bool(self.hdr, "looking_glass.hdr")
+        self.use_kvmfr = _parse_bool(self.use_kvmfr, "looking_glass.use_kvmfr")
+        for name in ("width", "height"):
+            value = _parse_int(getattr(self, name), f"looking_glass.{name}")
+            if not 320 <= value <= 16384:
+                raise InvalidConfig(f"looking_glass.{name}", f"{value} is outside 320-16384")
+            setattr(self, name, value)
+        if self.shm_size_mb is not None:
+            size = parse_size_mb(self.shm_size_mb, "looking_glass.shm_size_mb")
+            if size & (size - 1):  # QEMU requires a power of two (DESIGN.md 4.2)
+                raise InvalidConfig(
+                    "looking_glass.shm_size_mb", f"{size} MiB is not a power of two (32, 64, ...)"
+                )
+            self.shm_size_mb = size
+
+
+@dataclass(frozen=True)
+class HostResources:
+    """What the host can give: total memory and logical CPUs (``virConnect.getInfo``)."""
+
+    memory_mb: int
+    cpus: int
+
+
+@dataclass
+class VMConfig:
+    """Everything the manager knows about one VM's intended setup."""
+
+    name: str
+    vm_type: VMType = VMType.LINUX
+    memory_mb: int | None = None  # None: the type's default
+    vcpus: int | None = None
+    disk_size_gb: int | None = None
+    disk_path: str | None = None  # an existing disk to use instead of a new one
+    iso_path: str | None = None  # installer
+    virtio_iso_path: str | None = None  # virtio-win drivers (Windows)
+    display_mode: DisplayMode = DisplayMode.SPICE
+    domain_type: DomainType = DomainType.KVM
+    network: str = "default"  # libvirt network name, or "none"
+    gpu_passthrough: GPUPassthroughConfig | None = None
+    usb_devices: list[USBDeviceConfig] = field(default_factory=list)
+    looking_glass: LookingGlassConfig = field(default_factory=LookingGlassConfig)
+
+    def __post_init__(self) -> None:
+        self._normalize()
+        self._apply_defaults()
+        self.validate()
+
+    def _normalize(self) -> None:
+        self.name = validate_name(self.name)
+        self.vm_type = _parse_enum(VMType, self.vm_type, "vm_type")
+        self.display_mode = _parse_enum(DisplayMode, self.display_mode, "display_mode")
+        self.domain_type = _parse_enum(DomainType, self.domain_type, "domain_type")
+        if self.memory_mb is not None:
+            self.memory_mb = parse_size_mb(self.memory_mb, "memory_mb", default_unit="M")
+        if self.vcpus is not None:
+            self.vcpus = _parse_int(self.vcpus, "vcpus")
+        if self.disk_size_gb is not None:
+            disk_mb = parse_size_mb(self.disk_size_gb, "disk_size_gb", default_unit="G")
+            if disk_mb % 1024:
+                raise InvalidConfig("disk_size_gb", f"{self.disk_size_gb!r} is not whole GiB")
+            self.disk_size_gb = disk_mb // 1024
+        for name in ("disk_path", "iso_path", "virtio_iso_path"):
+            setattr(self, name, _parse_path(getattr(self, name), name))
+        if self.network != "none":
+            self.network = validate_name(self.network, "network")
+        if isinstance(self.gpu_passthrough, dict):
+            self.gpu_passthrough = _from_mapping(
+                GPUPassthroughConfig, self.gpu_passthrough, "gpu"
+            )
+        elif self.gpu_passthrough is not None and not isinstance(
+            self.gpu_passthrough, GPUPassthroughConfig
+        ):
+            raise InvalidConfig("gpu_passthrough", "expected a GPU setting or nothing")
+        if not isinstance(self.usb_devices, list):
+            raise InvalidConfig("usb_devices", "expected a list of USB devices")
+        self.usb_devices = [
+            _from_mapping(USBDeviceConfig, item, "usb") if isinstance(item, dict) else item
+            for item in self.usb_devices
+        ]
+        if not all(isinstance(item, USBDeviceConfig) for item in self.usb_devices):
+            raise InvalidConfig("usb_devices", "expected a list of USB devices")
+        if isinstance(self.looking_glass, dict):
+            self.looking_glass = _from_mapping(
+                LookingGlassConfig, self.looking_glass, "looking_glass"
+            )
+        elif not isinstance(self.looking_glass, LookingGlassConfig):
+            raise InvalidConfig("looking_glass", "expected Looking Glass settings")
+
+    def _apply_defaults(self) -> None:
+        default = DEFAULTS[self.vm_type]
+        if self.memory_mb is None:
+            self.memory_mb = default.memory_mb
+        if self.vcpus is None:
+            self.vcpus = default.vcpus
+        if self.disk_size_gb is None and self.disk_path is None:
+            self.disk_size_gb = default.disk_gb
+        if self.display_mode is DisplayMode.LOOKING_GLASS:
+            self.looking_glass.enabled = True
+
+    def validate(self) -> None:
+        """Check the rules that span fields. Raises ``InvalidConfig``."""
+        minimum = MINIMUMS[self.vm_type]
+        label = self.vm_type.label
+        if not minimum.memory_mb <= self.memory_mb <= MAX_MEMORY_MB:
+            raise InvalidConfig(
+                "memory_mb",
+                f"{self.memory_mb} MiB is outside {minimum.memory_mb}-{MAX_MEMORY_MB} MiB"
+                f" ({label} needs at least {minimum.memory_mb} MiB)",
+            )
+        if not minimum.vcpus <= self.vcpus <= MAX_VCPUS:
+            raise InvalidConfig(
+                "vcpus",
+                f"{self.vcpus} is outside {minimum.vcpus}-{MAX_VCPUS}"
+                f" ({label} needs at least {minimum.vcpus})",
+            )
+        if self.disk_size_gb is not None and not minimum.disk_gb <= self.disk_size_gb <= (
+            MAX_DISK_GB
+        ):
+            raise InvalidConfig(
+                "disk_size_gb",
+                f"{self.disk_size_gb} GiB is outside {minimum.disk_gb}-{MAX_DISK_GB} GiB"
+                f" ({label} needs at least {minimum.disk_gb} GiB)",
+            )
+        if self.looking_glass.enabled and self.gpu_passthrough is None:
+            raise InvalidConfig(
+                "looking_glass.enabled",
+                "Looking Glass shows a passed-through GPU's screen; choose a GPU first",
+            )
+        seen: set[tuple] = set()
+        for usb in self.usb_devices:
+            key = (usb.vendor_id, usb.product_id, usb.bus, usb.port)
+            if key in seen:
+                raise InvalidConfig(
+                    "usb_devices", f"{usb.vendor_id}:{usb.product_id} is listed twice"
+                )
+            seen.add(key)
+
+    def check_host_limits(self, host: HostResources, force: bool = False) -> None:
+        """Refuse more memory or vCPUs than the host has, unless ``force``."""
+        if force:
+            return
+        if self.memory_mb > host.memory_mb:
+            raise InvalidConfig(
+                "memory_mb",
+                f"{self.memory_mb} MiB is more than the host has ({host.memory_mb} MiB);"
+                " lower it or force it",
+            )
+        if self.vcpus > host.cpus:
+            raise InvalidConfig(
+                "vcpus",
+                f"{self.vcpus} is more than the host's {host.cpus} CPUs; lower it or force it",
+            )
+
+    # --- (de)serialization: plain JSON types only ----------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> VMConfig:
+        return _from_mapping(cls, data, "")
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list):
+        return [_to_plain(item) for item in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in fields(value)}
+    return value
+
+
+def _from_mapping(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if not isinstance(data, dict):
+        raise InvalidConfig(where, f"expected an object with settings, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise InvalidConfig(full, f"unknown setting; allowed: {', '.join(sorted(known))}")
+    if "name" in known and cls is VMConfig and "name" not in data:
+        raise InvalidConfig("name", "missing; every VM needs a name")
+    try:
+        return cls(**data)
+    except TypeError as error:  # a required field is missing
+        raise InvalidConfig(where, f"incomplete settings: {error}") from None
