@@ -1,0 +1,103 @@
+"""Shared fixtures: an isolated config dir per test, test-driver hosts, the real daemon."""
+
+from __future__ import annotations
+
+import os
+import queue
+
+import pytest
+
+from vm_manager.core.vm_config import VMState
+from vm_manager.testing import FakeDomain, FakeHost, write_node_file
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SYSTEM_URI = "qemu:///system"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """No test reads or writes the user's real settings or inherits their URI."""
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("NEURONOS_LIBVIRT_URI", raising=False)
+    monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
+    return tmp_path / "config"
+
+
+@pytest.fixture
+def make_host(tmp_path):
+    """make_host(domains=[FakeDomain(...)], cpus=8, memory_mb=16384) -> test:/// URI."""
+    counter = iter(range(1_000_000))
+
+    def make(domains=(), **host_fields) -> str:
+        path = tmp_path / f"node-{next(counter)}.xml"
+        return write_node_file(path, FakeHost(domains=list(domains), **host_fields))
+
+    return make
+
+
+@pytest.fixture
+def three_vm_uri(make_host) -> str:
+    return make_host(
+        [
+            FakeDomain("alpha", VMState.RUNNING, vcpus=2, memory_mb=2048),
+            FakeDomain("beta", VMState.SHUTOFF, vcpus=1, memory_mb=1024),
+            FakeDomain("gamma", VMState.PAUSED, vcpus=4, memory_mb=4096),
+        ]
+    )
+
+
+class EventRecorder:
+    """A subscriber that queues every event, and waits for the one a test expects."""
+
+    def __init__(self):
+        self.events: queue.Queue = queue.Queue()
+
+    def __call__(self, event) -> None:
+        self.events.put(event)
+
+    def wait_for(self, predicate, timeout: float = 10.0):
+        import time
+
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"expected event not seen within {timeout}s; saw {seen}")
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            seen.append(event)
+            if predicate(event):
+                return event
+
+
+@pytest.fixture
+def recorder() -> EventRecorder:
+    return EventRecorder()
+
+
+def _daemon_problem() -> str | None:
+    import libvirt
+
+    from vm_manager.core.connection import ensure_event_loop
+
+    ensure_event_loop()
+    try:
+        conn = libvirt.open(SYSTEM_URI)
+    except libvirt.libvirtError as error:
+        return f"libvirtd is not reachable at {SYSTEM_URI}: {error.get_error_message()}"
+    conn.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def system_daemon() -> str:
+    """qemu:///system on a running libvirtd: skips outside CI, fails in CI if missing."""
+    problem = _daemon_problem()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"CI=true but {problem}; .ci/run must start virtlogd and libvirtd")
+        pytest.skip(f"{problem} (start it with: virtlogd -d; libvirtd -d)")
+    return SYSTEM_URI
