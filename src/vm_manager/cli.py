@@ -10,6 +10,7 @@ Exit codes: 0 ok, 1 operation failed, 2 invalid input or usage, 3 VM not found.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -214,7 +215,9 @@ def main(
     err = err if err is not None else sys.stderr
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # argparse writes help, version and usage errors to sys.stdout/sys.stderr itself
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse: --help/--version exit 0, bad usage exits 2
         return int(exit_.code or 0)
     _setup_logging(args.verbose)

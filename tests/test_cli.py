@@ -1,0 +1,153 @@
+"""neuron-vm: output, JSON, exit codes and start-up weight."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vm_manager.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, main
+from vm_manager.core.store import VMStore
+from vm_manager.core.vm_config import VMConfig
+
+
+def run(argv, connection=None):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, connection=connection, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_process(*argv, env=None):
+    """The real entry point in a child process, as a user runs it."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "vm_manager", *argv],
+        capture_output=True, text=True, env=full_env, timeout=60,
+    )
+
+
+def test_list_json_default_test_driver():
+    code, out, err = run(["--connect", "test:///default", "--json", "list"])
+    assert code == EXIT_OK, err
+    vms = json.loads(out)
+    assert [vm["name"] for vm in vms] == ["test"]
+    assert set(vms[0]) >= {"name", "uuid", "state", "vcpus", "memory_mb"}
+    assert vms[0]["state"] == "running"
+
+
+def test_list_json_after_the_command(three_vm_uri):
+    code, out, _ = run(["list", "--json", "--connect", three_vm_uri])
+    assert code == EXIT_OK
+    vms = json.loads(out)
+    assert [(vm["name"], vm["state"], vm["vcpus"], vm["memory_mb"]) for vm in vms] == [
+        ("alpha", "running", 2, 2048), ("beta", "shutoff", 1, 1024), ("gamma", "paused", 4, 4096)
+    ]
+
+
+def test_list_table_shows_type_from_saved_settings(three_vm_uri):
+    VMStore().save(VMConfig(name="beta", vm_type="windows10"))
+    code, out, _ = run(["-c", three_vm_uri, "list"])
+    assert code == EXIT_OK
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "VCPUS", "MEMORY", "TYPE"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert "shut off" in rows["beta"] and "windows10" in rows["beta"]
+    assert "2.0 GiB" in rows["alpha"] and rows["alpha"].rstrip().endswith("-")
+
+
+def test_list_survives_a_corrupt_settings_file(three_vm_uri, isolated_env):
+    store = VMStore()
+    store.save(VMConfig(name="alpha"))
+    store.vms_dir.joinpath("beta.json").write_text("{broken")
+    code, out, err = run(["-c", three_vm_uri, "--json", "list"])
+    assert code == EXIT_OK
+    assert len(json.loads(out)) == 3
+    assert "beta.json" in err and "unreadable" in err
+
+
+def test_info_text_and_json(three_vm_uri):
+    VMStore().save(VMConfig(name="gamma", vm_type="linux", memory_mb=4096))
+    code, out, _ = run(["-c", three_vm_uri, "info", "gamma"])
+    assert code == EXIT_OK
+    assert "State:" in out and "paused" in out and "Type:" in out and "linux" in out
+    code, out, _ = run(["-c", three_vm_uri, "info", "gamma", "--json"])
+    details = json.loads(out)
+    assert details["name"] == "gamma" and details["vcpus"] == 4
+    assert details["settings"]["memory_mb"] == 4096 and details["vm_type"] == "linux"
+
+
+def test_info_missing_vm_exits_3_with_one_line():
+    code, out, err = run(["--connect", "test:///default", "info", "nope"])
+    assert code == EXIT_NOT_FOUND == 3
+    assert out == ""
+    assert err.strip().count("\n") == 0 and "nope" in err
+
+
+def test_bad_uri_exits_1_naming_the_uri():
+    code, _, err = run(["--connect", "bogus:///nowhere", "list"])
+    assert code == EXIT_FAILED == 1
+    assert "bogus:///nowhere" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["info"], ["list", "--bogus"]])
+def test_usage_errors_exit_2(argv):
+    code, _, _ = run(argv)
+    assert code == EXIT_USAGE
+
+
+def test_help_and_version():
+    code, out, _ = run(["--version"])
+    assert code == EXIT_OK
+    from vm_manager import __version__
+
+    assert __version__ in out
+    code, out, _ = run(["--help"])
+    assert code == EXIT_OK and "info" in out and "Exit codes" in out
+
+
+def test_uri_from_environment(monkeypatch, three_vm_uri):
+    monkeypatch.setenv("NEURONOS_LIBVIRT_URI", three_vm_uri)
+    code, out, _ = run(["--json", "list"])
+    assert code == EXIT_OK and len(json.loads(out)) == 3
+
+
+def test_real_process_exit_codes(three_vm_uri):
+    ok = run_process("--connect", three_vm_uri, "--json", "list")
+    assert ok.returncode == 0 and len(json.loads(ok.stdout)) == 3
+    missing = run_process("--connect", three_vm_uri, "info", "nope")
+    assert missing.returncode == 3 and missing.stderr.count("\n") == 1
+    assert "Traceback" not in missing.stderr
+    verbose = run_process("-v", "--connect", three_vm_uri, "info", "nope")
+    assert verbose.returncode == 3 and "Traceback" in verbose.stderr
+
+
+def test_help_does_not_import_heavy_modules():
+    code = (
+        "import sys\n"
+        "from vm_manager.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('PySide6', 'jinja2', 'lxml', 'libvirt') if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY="
+    assert "usage: neuron-vm" in result.stdout
+
+
+def test_list_does_not_import_gui_or_templates(three_vm_uri):
+    code = (
+        "import sys, io\n"
+        "from vm_manager.cli import main\n"
+        f"main(['-c', {three_vm_uri!r}, 'list'], out=io.StringIO())\n"
+        "print(','.join(m for m in ('PySide6', 'jinja2', 'lxml') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
