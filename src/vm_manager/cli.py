@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -59,6 +58,8 @@ class _Context:
         print(text, file=self.out)
 
     def print_json(self, data: Any) -> None:
+        import json
+
         json.dump(data, self.out, indent=2, sort_keys=False)
         self.out.write("\n")
 
@@ -107,7 +108,7 @@ def cmd_info(ctx: _Context) -> int:
     if ctx.json:
         ctx.print_json(details)
         return EXIT_OK
-    from .core.vm_config import VMState
+    from .core.primitives import VMState
 
     state = VMState(details["state"])
     osinfo = details["os"]

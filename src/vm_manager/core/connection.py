@@ -17,8 +17,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, TypeVar, Union
+from typing import Callable, NamedTuple, TypeVar, Union
 
 import libvirt
 
@@ -101,8 +100,9 @@ def ensure_event_loop() -> None:
 # --- events delivered to subscribers -----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DomainEvent:
+# Events are NamedTuples, not dataclasses: this module is on `neuron-vm list`'s start-up
+# path, and the dataclasses module costs ~6 ms to import there (bench/list_latency.py).
+class DomainEvent(NamedTuple):
     """A libvirt lifecycle event for one domain."""
 
     name: str
@@ -119,8 +119,7 @@ class DomainEvent:
         return f"event-{self.event}"
 
 
-@dataclass(frozen=True)
-class ConnectionEvent:
+class ConnectionEvent(NamedTuple):
     """The connection went away (``disconnected``) or is back (``reconnected``)."""
 
     status: str

@@ -7,22 +7,25 @@ changes anything.
 from __future__ import annotations
 
 import logging
-import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import libvirt
 
 from .connection import LibvirtConnection
 from .errors import StoreError
-from .store import VMStore
-from .vm_config import VMState
+from .primitives import VMState
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
+
+    from .store import VMStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class VMSummary:
+# NamedTuples rather than dataclasses keep `neuron-vm list` start-up light (see
+# bench/list_latency.py): the dataclasses module alone costs ~6 ms to import.
+class VMSummary(NamedTuple):
     name: str
     uuid: str
     state: VMState
@@ -32,15 +35,14 @@ class VMSummary:
     vm_type: str | None = None  # from the saved settings, when NeuronOS made the VM
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self._asdict()
         data["state"] = self.state.value
         return data
 
 
-@dataclass
-class Inventory:
-    vms: list[VMSummary] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # e.g. unreadable settings files
+class Inventory(NamedTuple):
+    vms: list[VMSummary]
+    problems: list[str]  # e.g. unreadable settings files
 
 
 def _summary(dom: libvirt.virDomain) -> VMSummary:
@@ -73,17 +75,21 @@ def list_vms(connection: LibvirtConnection, store: VMStore | None = None) -> Inv
                     raise
         return summaries
 
-    inventory = Inventory(vms=sorted(connection.execute(read, idempotent=True), key=_by_name))
+    vms = sorted(connection.execute(read, idempotent=True), key=_by_name)
+    problems: list[str] = []
     if store is not None:
         saved = set(store.names())
-        wanted = [vm.name for vm in inventory.vms if vm.name in saved]
-        scan = store.load_all(wanted)
-        inventory.problems.extend(str(problem) for problem in scan.problems)
-        for vm in inventory.vms:
-            config = scan.configs.get(vm.name)
-            if config is not None:
-                vm.vm_type = config.vm_type.value
-    return inventory
+        wanted = [vm.name for vm in vms if vm.name in saved]
+        if wanted:
+            scan = store.load_all(wanted)
+            problems.extend(str(problem) for problem in scan.problems)
+            vms = [
+                vm._replace(vm_type=scan.configs[vm.name].vm_type.value)
+                if vm.name in scan.configs
+                else vm
+                for vm in vms
+            ]
+    return Inventory(vms=vms, problems=problems)
 
 
 def _by_name(vm: VMSummary) -> str:
@@ -129,6 +135,8 @@ def vm_details(
 
 def parse_domain_xml(xml: str) -> dict[str, Any]:
     """The facts a user cares about from a domain's XML (works on live or inactive XML)."""
+    import xml.etree.ElementTree as ET  # only `info` needs it; `list` stays light
+
     root = ET.fromstring(xml)
     os_type = root.find("os/type")
     os_elem = root.find("os")

@@ -20,9 +20,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from .errors import InvalidConfig
+from .primitives import NAME_PATTERN, NAME_RULE, VMState, validate_name  # noqa: F401 (re-exported)
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 MAX_VCPUS = 512  # well above any desktop; QEMU's q35 limit is higher
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
@@ -87,42 +86,6 @@ class DomainType(str, Enum):
     QEMU = "qemu"  # software emulation (TCG): slow but works without /dev/kvm
 
 
-class VMState(str, Enum):
-    """libvirt's domain states (virDomainState), as the manager names them."""
-
-    NOSTATE = "nostate"
-    RUNNING = "running"
-    BLOCKED = "blocked"
-    PAUSED = "paused"
-    SHUTDOWN = "shutdown"  # the guest is shutting down
-    SHUTOFF = "shutoff"
-    CRASHED = "crashed"
-    PMSUSPENDED = "pmsuspended"
-
-    @classmethod
-    def from_libvirt(cls, code: int) -> VMState:
-        # Order of virDomainState: NOSTATE 0 ... PMSUSPENDED 7 (libvirt-domain.h)
-        order = list(cls)
-        return order[code] if 0 <= code < len(order) else cls.NOSTATE
-
-    @property
-    def label(self) -> str:
-        return _STATE_LABELS.get(self, self.value)
-
-    @property
-    def is_active(self) -> bool:
-        """True while QEMU runs for the domain (libvirt's "active")."""
-        return self not in (VMState.SHUTOFF, VMState.NOSTATE, VMState.CRASHED)
-
-
-_STATE_LABELS = {
-    VMState.NOSTATE: "no state",
-    VMState.SHUTDOWN: "shutting down",
-    VMState.SHUTOFF: "shut off",
-    VMState.PMSUSPENDED: "suspended",
-}
-
-
 # --- small parsers, each raising InvalidConfig(field, ...) -------------------------------
 
 _SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", re.IGNORECASE)
@@ -183,12 +146,6 @@ def _parse_enum(enum_cls: type[Enum], value: Any, field_name: str) -> Any:
                 return member
     allowed = ", ".join(member.value for member in enum_cls)
     raise InvalidConfig(field_name, f"{value!r} is not allowed; use one of: {allowed}")
-
-
-def validate_name(value: Any, field_name: str = "name") -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-        raise InvalidConfig(field_name, f"{value!r} is not a valid name; use {NAME_RULE}")
-    return value
 
 
 def _parse_path(value: Any, field_name: str) -> str | None:

@@ -1,0 +1,28 @@
+# NeuronOS VM Manager. Quick start: `make demo`, then `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench clean
+
+## setup: Debian packages, /dev/kvm group, libvirtd running, .venv with the package
+setup:
+	bash scripts/setup-host.sh
+
+## demo: set everything up, then run the main job on qemu:///system
+demo: setup
+	bash scripts/demo.sh
+
+## test: the whole test suite (daemon tests skip with a reason when libvirtd is not up, outside CI)
+test: $(PY)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(PY):
+	bash scripts/setup-host.sh
+
+## bench: the benchmarks under bench/, each prints its figures
+bench: $(PY)
+	$(PY) bench/list_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis src/*.egg-info

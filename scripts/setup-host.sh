@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Prepare a Debian/Ubuntu machine for the NeuronOS VM Manager:
+#   1. the Debian packages (libvirt, QEMU, OVMF, swtpm, build tools for libvirt-python),
+#   2. /dev/kvm owned by group kvm, mode 0660 (what udev does on a normal host),
+#   3. virtlogd + libvirtd running, answering on qemu:///system,
+#   4. a virtual environment .venv with the package installed (editable, with test and gui
+#      extras).
+# Safe to run again: every step checks first. Needs root, or sudo for steps 1-3.
+# It never starts libvirt's "default" NAT network (DESIGN.md 6).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+VENV=${VENV:-$REPO/.venv}
+PYTHON=${PYTHON:-python3}
+URI=qemu:///system
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+say() { printf '==> %s\n' "$*"; }
+
+PACKAGES=(
+  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+  qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools dnsmasq-base
+  python3-venv python3-dev gcc make
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+else
+  say "Debian packages: all present"
+fi
+
+# libvirt checks that its QEMU user can open /dev/kvm; when it cannot (a root-only 0600 node,
+# as in containers without udev), it throws its QEMU capability cache away on every lookup and
+# each domain define takes ~50 s. Debian's udev rule gives the node to group kvm, mode 0660.
+if [ -c /dev/kvm ] && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+  say "giving /dev/kvm to group kvm, mode 0660 (as udev does)"
+  "${SUDO[@]}" chgrp kvm /dev/kvm
+  "${SUDO[@]}" chmod 0660 /dev/kvm
+fi
+
+daemon_answers() { "${SUDO[@]}" virsh -c "$URI" version >/dev/null 2>&1; }
+
+if daemon_answers; then
+  say "libvirtd answers on $URI"
+elif [ -d /run/systemd/system ]; then
+  say "starting libvirtd with systemd"
+  "${SUDO[@]}" systemctl start virtlogd.socket libvirtd.socket libvirtd.service
+else
+  say "starting virtlogd and libvirtd by hand (no systemd here)"
+  "${SUDO[@]}" mkdir -p /var/log/libvirt /run/libvirt
+  # Tests and the demo never use the default NAT network: keep libvirtd from autostarting it.
+  "${SUDO[@]}" rm -f /etc/libvirt/qemu/networks/autostart/default.xml
+  pgrep -x virtlogd >/dev/null || "${SUDO[@]}" virtlogd -d
+  pgrep -x libvirtd >/dev/null || "${SUDO[@]}" libvirtd -d
+fi
+for _ in $(seq 1 300); do
+  daemon_answers && break
+  sleep 0.1
+done
+daemon_answers || { echo "libvirtd did not answer on $URI within 30 s" >&2; exit 1; }
+say "libvirtd is up: $("${SUDO[@]}" virsh -c "$URI" version | sed -n 's/^Running hypervisor: //p')"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+  say "installing the package and its dependencies into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".[test,gui]"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+else
+  say "$VENV is up to date"
+fi
