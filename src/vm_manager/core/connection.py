@@ -43,6 +43,21 @@ DOMAIN_EVENT_NAMES = (
     "pmsuspended",
     "crashed",
 )
+# Detail names per event type (virDomainEvent*DetailType), for messages and `events`.
+EVENT_DETAIL_NAMES = (
+    ("added", "updated", "renamed", "from snapshot"),
+    ("removed", "renamed"),
+    ("booted", "migrated", "restored", "from snapshot", "woken up"),
+    ("paused", "migrated", "I/O error", "watchdog", "restored", "from snapshot", "API error",
+     "post-copy", "post-copy failed"),
+    ("unpaused", "migrated", "from snapshot", "post-copy", "post-copy failed"),
+    ("shut down", "destroyed", "crashed", "migrated", "saved", "failed", "from snapshot"),
+    ("finished", "by the guest", "by the host"),
+    ("to memory", "to disk"),
+    ("panicked", "crash loaded"),
+)
+# VIR_DOMAIN_EVENT_ID_REBOOT has no type of its own; we deliver it as a DomainEvent with this.
+EVENT_REBOOTED = 100
 # virConnectCloseReason
 CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "closed by client"}
 
@@ -114,9 +129,19 @@ class DomainEvent(NamedTuple):
 
     @property
     def event_name(self) -> str:
+        if self.event == EVENT_REBOOTED:
+            return "rebooted"
         if 0 <= self.event < len(DOMAIN_EVENT_NAMES):
             return DOMAIN_EVENT_NAMES[self.event]
         return f"event-{self.event}"
+
+    @property
+    def detail_name(self) -> str:
+        if 0 <= self.event < len(EVENT_DETAIL_NAMES):
+            names = EVENT_DETAIL_NAMES[self.event]
+            if 0 <= self.detail < len(names):
+                return names[self.detail]
+        return str(self.detail)
 
 
 class ConnectionEvent(NamedTuple):
@@ -182,7 +207,7 @@ class LibvirtConnection:
         self._changed = threading.Condition(self._lock)
         self._conn: libvirt.virConnect | None = None
         self._generation = 0  # bumps on every open; stale callbacks compare against it
-        self._lifecycle_callback_id: int | None = None
+        self._event_callback_ids: list[int] | None = None
         self._subscribers: dict[int, Subscriber] = {}
         self._next_token = 1
         self._closed = False
@@ -220,23 +245,23 @@ class LibvirtConnection:
             self._closed = True
             self._stop.set()
             conn, self._conn = self._conn, None
-            callback_id, self._lifecycle_callback_id = self._lifecycle_callback_id, None
+            callback_ids, self._event_callback_ids = self._event_callback_ids, None
             self._generation += 1
             self._changed.notify_all()
         thread = self._reconnect_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
         if conn is not None:
-            self._release(conn, callback_id)
+            self._release(conn, callback_ids)
 
     @staticmethod
-    def _release(conn: libvirt.virConnect, callback_id: int | None) -> None:
+    def _release(conn: libvirt.virConnect, callback_ids: list[int] | None) -> None:
         """Drop our callbacks and close a handle; a dead connection may refuse each step."""
-        try:
-            if callback_id is not None:
-                conn.domainEventDeregisterAny(callback_id)
-        except libvirt.libvirtError as error:
-            log.debug("while closing: %s", error)
+        for one_id in callback_ids or ():
+            try:
+                conn.domainEventDeregisterAny(one_id)
+            except libvirt.libvirtError as error:
+                log.debug("while closing: %s", error)
         try:
             conn.unregisterCloseCallback()
         except libvirt.libvirtError as error:
@@ -285,22 +310,26 @@ class LibvirtConnection:
         except libvirt.libvirtError as error:
             if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
                 log.warning("no close callback on %s: %s", self.uri, error)
-        callback_id = self._register_lifecycle(conn, generation) if wants_events else None
+        callback_ids = self._register_lifecycle(conn, generation) if wants_events else None
         with self._lock:
             self._conn = conn
-            self._lifecycle_callback_id = callback_id
+            self._event_callback_ids = callback_ids
             self._changed.notify_all()
         log.info("connected to %s", self.uri)
         return conn
 
-    def _register_lifecycle(self, conn: libvirt.virConnect, generation: int) -> int | None:
-        try:
-            return conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, generation
-            )
-        except libvirt.libvirtError as error:
-            log.warning("cannot subscribe to lifecycle events on %s: %s", self.uri, error)
-            return None
+    def _register_lifecycle(self, conn: libvirt.virConnect, generation: int) -> list[int] | None:
+        """Register our lifecycle and reboot callbacks on ``conn``; their ids, or None."""
+        ids = []
+        for event_id, callback in (
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
+            (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot),
+        ):
+            try:
+                ids.append(conn.domainEventRegisterAny(None, event_id, callback, generation))
+            except libvirt.libvirtError as error:
+                log.warning("cannot subscribe to domain events on %s: %s", self.uri, error)
+        return ids or None
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -367,17 +396,17 @@ class LibvirtConnection:
             token = self._next_token
             self._next_token += 1
             self._subscribers[token] = callback
-            need_register = self._lifecycle_callback_id is None and self._conn is conn
+            need_register = self._event_callback_ids is None and self._conn is conn
             generation = self._generation
         if need_register:
-            callback_id = self._register_lifecycle(conn, generation)
+            callback_ids = self._register_lifecycle(conn, generation)
             with self._lock:
-                if self._conn is conn and self._lifecycle_callback_id is None:
-                    self._lifecycle_callback_id = callback_id
-                    callback_id = None
-            if callback_id is not None:  # lost a race with another subscriber
+                if self._conn is conn and self._event_callback_ids is None:
+                    self._event_callback_ids = callback_ids
+                    callback_ids = None
+            for one_id in callback_ids or ():  # lost a race with another subscriber
                 try:
-                    conn.domainEventDeregisterAny(callback_id)
+                    conn.domainEventDeregisterAny(one_id)
                 except libvirt.libvirtError:
                     pass
         return token
@@ -413,6 +442,21 @@ class LibvirtConnection:
             )
         )
 
+    def _on_reboot(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+        self._dispatch(
+            DomainEvent(
+                name=dom.name(),
+                uuid=dom.UUIDString(),
+                event=EVENT_REBOOTED,
+                detail=0,
+                timestamp=time.time(),
+                monotonic=time.monotonic(),
+            )
+        )
+
     # --- losing and regaining the daemon ---------------------------------------------------
 
     def _on_close(self, _conn: libvirt.virConnect, reason: int, generation: int) -> None:
@@ -427,7 +471,7 @@ class LibvirtConnection:
             if conn is None or self._conn is not conn or self._closed:
                 return
             self._conn = None
-            self._lifecycle_callback_id = None
+            self._event_callback_ids = None
             self._generation += 1  # ignore anything the dead connection still delivers
             start_thread = self.auto_reconnect and (
                 self._reconnect_thread is None or not self._reconnect_thread.is_alive()

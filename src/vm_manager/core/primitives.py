@@ -23,7 +23,12 @@ def validate_name(value: Any, field_name: str = "name") -> str:
 
 
 class VMState(str, Enum):
-    """libvirt's domain states (virDomainState), as the manager names them."""
+    """A VM's state: libvirt's domain states, then the ones the manager adds.
+
+    The first eight are virDomainState in order (NOSTATE 0 ... PMSUSPENDED 7). The
+    transitional states mean "the manager asked for this and is waiting"; ``ERROR`` means
+    the last request failed (the reason travels with the state change).
+    """
 
     NOSTATE = "nostate"
     RUNNING = "running"
@@ -33,23 +38,39 @@ class VMState(str, Enum):
     SHUTOFF = "shutoff"
     CRASHED = "crashed"
     PMSUSPENDED = "pmsuspended"
+    # owned by the manager
+    STARTING = "starting"
+    STOPPING = "stopping"
+    PAUSING = "pausing"
+    RESUMING = "resuming"
+    REBOOTING = "rebooting"
+    CREATING = "creating"
+    DELETING = "deleting"
+    ERROR = "error"
 
     @classmethod
     def from_libvirt(cls, code: int) -> VMState:
-        # Order of virDomainState: NOSTATE 0 ... PMSUSPENDED 7 (libvirt-domain.h)
-        order = list(cls)
-        return order[code] if 0 <= code < len(order) else cls.NOSTATE
+        return _LIBVIRT_ORDER[code] if 0 <= code < len(_LIBVIRT_ORDER) else cls.NOSTATE
 
     @property
     def label(self) -> str:
         return _STATE_LABELS.get(self, self.value)
 
     @property
+    def is_transitional(self) -> bool:
+        return self in _TRANSITIONAL
+
+    @property
     def is_active(self) -> bool:
         """True while QEMU runs for the domain (libvirt's "active")."""
-        return self not in (VMState.SHUTOFF, VMState.NOSTATE, VMState.CRASHED)
+        return self in (
+            VMState.RUNNING, VMState.BLOCKED, VMState.PAUSED, VMState.SHUTDOWN,
+            VMState.PMSUSPENDED,
+        )
 
 
+_LIBVIRT_ORDER = list(VMState)[:8]
+_TRANSITIONAL = frozenset(list(VMState)[8:15])
 _STATE_LABELS = {
     VMState.NOSTATE: "no state",
     VMState.SHUTDOWN: "shutting down",

@@ -1,0 +1,225 @@
+"""A tiny real guest for end-to-end tests and the demo (recipe: DESIGN.md 3).
+
+A Debian cloud kernel booted directly (``<kernel>``/``<initrd>``), and an initramfs holding
+a static busybox whose ``/init`` mounts proc/sys/devtmpfs, loads ``evdev.ko`` and
+``button.ko`` (so the ACPI power button reaches userspace), prints ``READY_MARKER`` on the
+serial console and runs ``acpid``, whose ``PWRF/00000080`` handler powers off. So a
+graceful (ACPI) shutdown really completes, ~5 s after start under TCG.
+
+Everything comes from Debian packages fetched with ``apt-get download`` into a cache
+folder; nothing binary is committed. ``python -m vm_manager.tiny_guest`` builds it and
+prints the paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+READY_MARKER = "NEURONOS-TINY-GUEST-READY"
+KERNEL_PACKAGE = "linux-image-cloud-amd64"  # a metapackage: resolved to the real image
+BUSYBOX_PACKAGE = "busybox-static"
+FORMAT = "4"  # bump when the initramfs layout changes, to rebuild cached copies
+
+INIT_SCRIPT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+insmod /lib/modules/evdev.ko
+insmod /lib/modules/button.ko
+mkdir -p /etc/acpi/PWRF
+acpid -f -c /etc/acpi &
+echo {READY_MARKER}
+while :; do sleep 3600; done
+"""
+POWER_BUTTON_SCRIPT = "#!/bin/sh\necho NEURONOS-TINY-GUEST-POWEROFF\npoweroff -f\n"
+
+
+@dataclass(frozen=True)
+class TinyGuest:
+    kernel: Path
+    initrd: Path
+    kernel_version: str
+
+
+def default_cache_dir() -> Path:
+    """``$NEURONOS_CACHE_DIR/tiny-guest``; else ``/var/cache/neuronos`` for root (QEMU of
+    the system daemon must be able to read it), or the user's XDG cache folder."""
+    override = os.environ.get("NEURONOS_CACHE_DIR")
+    if override:
+        return Path(override) / "tiny-guest"
+    if os.geteuid() == 0:
+        return Path("/var/cache/neuronos/tiny-guest")
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("neuronos", appauthor=False)) / "tiny-guest"
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str:
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _resolve_kernel_package() -> str:
+    out = _run(["apt-cache", "depends", KERNEL_PACKAGE])
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Depends:") and "linux-image-" in line:
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError(f"cannot resolve {KERNEL_PACKAGE} (run apt-get update first?)")
+
+
+def _download(packages: list[str], into: Path) -> None:
+    try:
+        _run(["apt-get", "download", *packages], cwd=into)
+    except RuntimeError:
+        if os.geteuid() != 0:
+            raise
+        _run(["apt-get", "update", "-qq"])  # lists may be missing on a fresh machine
+        _run(["apt-get", "download", *packages], cwd=into)
+
+
+def _cpio_newc(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
+    """A cpio "newc" archive (what the kernel unpacks as initramfs).
+
+    ``entries``: (path, mode, data, (rdev major, minor)); a symlink's data is its target.
+    Written by hand so that device nodes need no root and no cpio binary.
+    """
+    out = io.BytesIO()
+
+    def pad(length: int) -> None:
+        out.write(b"\0" * (-length % 4))
+
+    for ino, (name, mode, data, (major, minor)) in enumerate(
+        [*entries, ("TRAILER!!!", 0, b"", (0, 0))], start=1
+    ):
+        encoded = name.encode() + b"\0"
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, major, minor, len(encoded), 0]
+        header = b"070701" + b"".join(b"%08X" % value for value in fields)
+        out.write(header + encoded)
+        pad(len(header) + len(encoded))
+        out.write(data)
+        pad(len(data))
+    return out.getvalue()
+
+
+def _initramfs(busybox: bytes, evdev: bytes, button: bytes) -> bytes:
+    directory, regular, executable = 0o040755, 0o100644, 0o100755
+    entries = [
+        (name, directory, b"", (0, 0))
+        for name in ("bin", "dev", "proc", "sys", "etc", "etc/acpi", "etc/acpi/PWRF", "lib",
+                     "lib/modules", "tmp", "var", "var/log", "var/run")
+    ]
+    entries += [
+        ("dev/console", 0o020600, b"", (5, 1)),  # the kernel opens it before /init runs
+        ("bin/busybox", executable, busybox, (0, 0)),
+        ("bin/sh", 0o120777, b"busybox", (0, 0)),
+        ("init", executable, INIT_SCRIPT.encode(), (0, 0)),
+        ("etc/acpi/PWRF/00000080", executable, POWER_BUTTON_SCRIPT.encode(), (0, 0)),
+        ("lib/modules/evdev.ko", regular, evdev, (0, 0)),
+        ("lib/modules/button.ko", regular, button, (0, 0)),
+    ]
+    return gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
+
+
+def build(cache_dir: Path | None = None) -> TinyGuest:
+    """Build (or reuse) the kernel and initramfs in ``cache_dir``."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    kernel, initrd, stamp = cache_dir / "vmlinuz", cache_dir / "initrd.gz", cache_dir / "STAMP"
+    if kernel.exists() and initrd.exists() and stamp.exists():
+        fmt, _, version = stamp.read_text().strip().partition(" ")
+        if fmt == FORMAT:
+            return TinyGuest(kernel, initrd, version)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tiny-guest-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)  # apt's _apt user downloads into it
+        kernel_package = _resolve_kernel_package()
+        log.info("downloading %s and %s", kernel_package, BUSYBOX_PACKAGE)
+        _download([kernel_package, BUSYBOX_PACKAGE], work)
+        root = work / "root"
+        for deb in work.glob("*.deb"):
+            _run(["dpkg-deb", "-x", str(deb), str(root)])
+        vmlinuz = next((root / "boot").glob("vmlinuz-*"))
+        version = vmlinuz.name[len("vmlinuz-"):]
+        modules = root / "lib" / "modules" / version / "kernel" / "drivers"
+        image = _initramfs(
+            busybox=(root / "bin" / "busybox").read_bytes(),
+            evdev=(modules / "input" / "evdev.ko").read_bytes(),
+            button=(modules / "acpi" / "button.ko").read_bytes(),
+        )
+        for target, write in ((kernel, None), (initrd, image)):
+            partial = target.with_suffix(".partial")
+            if write is None:
+                shutil.copyfile(vmlinuz, partial)
+            else:
+                partial.write_bytes(write)
+            os.chmod(partial, 0o644)  # QEMU runs as another user and must read it
+            os.replace(partial, target)
+    stamp.write_text(f"{FORMAT} {version}\n")
+    for folder in (cache_dir, *cache_dir.parents):
+        if folder == Path("/") or folder.stat().st_uid != os.geteuid():
+            break
+        os.chmod(folder, folder.stat().st_mode | 0o011)  # let QEMU's user traverse
+    return TinyGuest(kernel, initrd, version)
+
+
+def domain_xml(
+    name: str,
+    guest: TinyGuest,
+    serial_log: Path,
+    memory_mb: int = 256,
+    domain_type: str = "qemu",
+) -> str:
+    """A libvirt domain for the tiny guest: direct kernel boot, no disk, no NIC, ACPI on,
+    the serial console written to ``serial_log``. Built with ElementTree: every value is
+    escaped."""
+    domain = ET.Element("domain", type=domain_type)
+    ET.SubElement(domain, "name").text = name
+    ET.SubElement(domain, "memory", unit="MiB").text = str(memory_mb)
+    ET.SubElement(domain, "vcpu").text = "1"
+    os_elem = ET.SubElement(domain, "os")
+    ET.SubElement(os_elem, "type", arch="x86_64", machine="q35").text = "hvm"
+    ET.SubElement(os_elem, "kernel").text = str(guest.kernel)
+    ET.SubElement(os_elem, "initrd").text = str(guest.initrd)
+    ET.SubElement(os_elem, "cmdline").text = "console=ttyS0 quiet panic=-1"
+    features = ET.SubElement(domain, "features")
+    ET.SubElement(features, "acpi")  # without it there is no power button to press
+    ET.SubElement(domain, "on_poweroff").text = "destroy"
+    ET.SubElement(domain, "on_reboot").text = "restart"
+    ET.SubElement(domain, "on_crash").text = "destroy"
+    devices = ET.SubElement(domain, "devices")
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=str(serial_log), append="on")
+    ET.SubElement(serial, "target", port="0")
+    ET.SubElement(devices, "memballoon", model="none")
+    return ET.tostring(domain, encoding="unicode")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the tiny test guest (kernel + initrd).")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    guest = build(args.cache_dir)
+    print(f"kernel {guest.kernel}\ninitrd {guest.initrd}\nversion {guest.kernel_version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
