@@ -36,6 +36,7 @@ class _Context:
         self.out = out
         self.err = err
         self._connection = connection
+        self._lifecycle = None
 
     @property
     def json(self) -> bool:
@@ -48,6 +49,14 @@ class _Context:
 
             self._connection = get_connection(getattr(self.args, "connect", None))
         return self._connection
+
+    @property
+    def lifecycle(self):
+        if self._lifecycle is None:
+            from .core.vm_lifecycle import VMLifecycleManager
+
+            self._lifecycle = VMLifecycleManager(self.connection)
+        return self._lifecycle
 
     def store(self):
         from .core.store import VMStore
@@ -147,9 +156,170 @@ def cmd_info(ctx: _Context) -> int:
     return EXIT_OK
 
 
+class _Spinner:
+    """``⠋ Stopping win11… 3.2s`` on stderr while a wait lasts longer than a second, only on
+    a terminal and never with --json (DESIGN: the library waits on events; this is just the
+    face of that wait)."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, ctx: _Context, text: str):
+        self.ctx = ctx
+        self.text = text
+        stream = ctx.err
+        self.enabled = not ctx.json and hasattr(stream, "isatty") and stream.isatty()
+        self._done = None
+        self._thread = None
+
+    def __enter__(self) -> _Spinner:
+        if self.enabled:
+            import threading
+            import time
+
+            self._done = threading.Event()
+            started = time.monotonic()
+
+            def spin() -> None:
+                if self._done.wait(1.0):
+                    return
+                frame = 0
+                while not self._done.wait(0.1):
+                    elapsed = time.monotonic() - started
+                    self.ctx.err.write(
+                        f"\r{self.FRAMES[frame % len(self.FRAMES)]} {self.text}… {elapsed:.1f}s"
+                    )
+                    self.ctx.err.flush()
+                    frame += 1
+                self.ctx.err.write("\r\033[K")
+                self.ctx.err.flush()
+
+            self._thread = threading.Thread(target=spin, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread is not None:
+            self._done.set()
+            self._thread.join()
+
+
+def _report(ctx: _Context, result, text: str) -> int:
+    if ctx.json:
+        ctx.print_json(result.to_dict())
+    else:
+        ctx.print(text)
+    return EXIT_OK
+
+
+def cmd_start(ctx: _Context) -> int:
+    args = ctx.args
+    with _Spinner(ctx, f"Starting {args.name}"):
+        result = ctx.lifecycle.start(
+            args.name, paused=args.paused, wait=not args.no_wait, timeout=args.timeout
+        )
+    how = "requested" if args.no_wait else f"{result.state.label} after {result.elapsed_s:.2f} s"
+    return _report(ctx, result, f"{args.name}: {result.message}, {how}")
+
+
+def cmd_stop(ctx: _Context) -> int:
+    from .core.vm_lifecycle import ShutdownMethod
+
+    args = ctx.args
+    method = ShutdownMethod.FORCE if args.force else ShutdownMethod.GRACEFUL
+    with _Spinner(ctx, f"Stopping {args.name}"):
+        result = ctx.lifecycle.stop(args.name, method=method, timeout=args.timeout)
+    return _report(ctx, result, f"{args.name}: {result.message} in {result.elapsed_s:.2f} s")
+
+
+def _simple(operation: str) -> Callable[[_Context], int]:
+    def command(ctx: _Context) -> int:
+        name = ctx.args.name
+        with _Spinner(ctx, f"{operation.capitalize()} {name}"):
+            result = getattr(ctx.lifecycle, operation)(name)
+        text = f"{name}: {result.message} in {result.elapsed_s:.2f} s"
+        if result.state.value not in result.message:
+            text += f"; it is {result.state.label}"
+        return _report(ctx, result, text)
+
+    command.__name__ = f"cmd_{operation}"
+    return command
+
+
+def _format_change(change) -> str:
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(change.timestamp).isoformat(" ", "milliseconds")
+    return f"{stamp}  {change.name}  {change.old.value} -> {change.new.value}  ({change.reason})"
+
+
+def cmd_events(ctx: _Context) -> int:
+    import queue
+
+    from .core.connection import ConnectionEvent
+
+    name = ctx.args.name
+    lifecycle = ctx.lifecycle
+    if name:
+        lifecycle.get_state(name)  # a typo is "not found" (exit 3), not an endless silence
+    changes: queue.Queue = queue.Queue()
+    lifecycle.subscribe(lambda change: changes.put(change) if not name or change.name == name
+                        else None)
+    ctx.connection.subscribe(
+        lambda event: changes.put(event) if isinstance(event, ConnectionEvent) else None
+    )
+    if not ctx.json:
+        target = name or "all VMs"
+        ctx.err.write(f"Watching {target} on {ctx.connection.uri}; Ctrl-C to stop.\n")
+        ctx.err.flush()
+    seen = 0
+    try:
+        while ctx.args.count is None or seen < ctx.args.count:
+            try:
+                item = changes.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+            if isinstance(item, ConnectionEvent):
+                if ctx.json:
+                    _print_json_line(ctx, {"connection": item.status, "uri": item.uri,
+                                           "reason": item.reason, "time": item.timestamp})
+                else:
+                    ctx.print(f"-- connection {item.status}: {item.reason}")
+                    ctx.out.flush()
+                continue
+            if ctx.json:
+                _print_json_line(ctx, {
+                    "name": item.name, "old": item.old.value, "new": item.new.value,
+                    "reason": item.reason, "time": item.timestamp,
+                })
+            else:
+                ctx.print(_format_change(item))
+                ctx.out.flush()
+            seen += 1
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _print_json_line(ctx: _Context, data: dict) -> None:
+    import json
+
+    ctx.out.write(json.dumps(data) + "\n")
+    ctx.out.flush()
+
+
 # --- parser --------------------------------------------------------------------------------
 
-COMMANDS: dict[str, Callable[[_Context], int]] = {"list": cmd_list, "info": cmd_info}
+COMMANDS: dict[str, Callable[[_Context], int]] = {
+    "list": cmd_list,
+    "info": cmd_info,
+    "start": cmd_start,
+    "stop": cmd_stop,
+    "pause": _simple("pause"),
+    "resume": _simple("resume"),
+    "reboot": _simple("reboot"),
+    "reset": _simple("reset"),
+    "events": cmd_events,
+}
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -193,7 +363,52 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show one VM: live domain facts plus its saved NeuronOS settings.",
     )
     info.add_argument("name", metavar="NAME")
+
+    start = commands.add_parser(
+        "start", parents=[common], help="boot a VM and wait until it runs",
+        description="Boot a VM. Waits (on libvirt events) until it runs, unless --no-wait.",
+    )
+    start.add_argument("name", metavar="NAME")
+    start.add_argument("--paused", action="store_true", help="start with the CPUs paused")
+    start.add_argument("--no-wait", action="store_true", help="return once libvirt accepted")
+    start.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
+                       help="give up waiting after S seconds (default 60)")
+    stop = commands.add_parser(
+        "stop", parents=[common], help="shut a VM down (ACPI, forced after the timeout)",
+        description="Press the VM's ACPI power button and wait; if the guest has not powered"
+        " off after --timeout seconds, power it off by force. Says which happened.",
+    )
+    stop.add_argument("name", metavar="NAME")
+    stop.add_argument("--force", action="store_true", help="power off at once (may lose data)")
+    stop.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
+                      help="seconds to wait for a graceful shutdown (default 60)")
+    for name, text in (
+        ("pause", "freeze a running VM's CPUs"),
+        ("resume", "let a paused VM continue"),
+        ("reboot", "ask the guest to restart (ACPI)"),
+        ("reset", "press the reset button (no shutdown)"),
+    ):
+        sub = commands.add_parser(name, parents=[common], help=text, description=text + ".")
+        sub.add_argument("name", metavar="NAME")
+    events = commands.add_parser(
+        "events", parents=[common], help="print VM state changes as they happen",
+        description="Print every state change (one line each, or JSON lines with --json)"
+        " until Ctrl-C.",
+    )
+    events.add_argument("name", metavar="NAME", nargs="?", help="only this VM")
+    events.add_argument("--count", type=int, default=None, metavar="N",
+                        help="stop after N state changes")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0-86400 seconds")
+    return value
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -72,3 +72,7 @@ class OperationFailed(VMManagerError):
     def __init__(self, message: str, code: int | None = None):
         self.code = code
         super().__init__(message)
+
+
+class OperationTimedOut(LifecycleError):
+    """A request was accepted but the VM did not reach the expected state in time."""

@@ -1,0 +1,234 @@
+"""Start, stop, pause, resume, reboot and reset VMs; every request says what happened.
+
+Each request goes through the state machine first (``VMStateMachine.begin``): an illegal
+one raises ``LifecycleError`` before libvirt is called. Waiting is on libvirt events
+through the state machine's condition variable, never by polling ``state()``.
+
+    manager = VMLifecycleManager(get_connection())
+    result = manager.stop("win11", timeout=60)
+    if result.forced: ...   # the guest ignored ACPI; it was powered off after 60 s
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Callable
+
+import libvirt
+
+from .connection import LibvirtConnection, get_connection
+from .errors import OperationFailed, OperationTimedOut, VMManagerError
+from .primitives import VMState
+from .state_machine import STOPPED_LIKE, StateChange, VMStateMachine
+
+log = logging.getLogger(__name__)
+
+FORCE_TIMEOUT_S = 15.0  # how long a destroy may take to show up as "shut off"
+QUICK_TIMEOUT_S = 30.0  # pause / resume / reset / reboot requests
+DEADLINE_SLACK_S = 5.0  # the transitional state outlives the request's own timeout by this
+
+
+class ShutdownMethod(str, Enum):
+    """How ``stop`` ends a VM."""
+
+    GRACEFUL = "graceful"  # ACPI power button; powered off by force after the timeout
+    FORCE = "force"  # pull the plug now (virDomainDestroy)
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    """What a request did. ``state`` is libvirt's state when the request returned."""
+
+    name: str
+    operation: str
+    state: VMState
+    elapsed_s: float
+    forced: bool = False
+    method: str | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["state"] = self.state.value
+        data["elapsed_s"] = round(self.elapsed_s, 3)
+        return data
+
+
+def _is_stopped(state: VMState) -> bool:
+    return state in STOPPED_LIKE
+
+
+class VMLifecycleManager:
+    """Lifecycle requests for the VMs on one connection. Thread-safe: requests on
+    different VMs run in parallel; a second request on a VM that has one in flight is
+    refused with ``LifecycleError`` (a force-stop may interrupt a stop or a start)."""
+
+    def __init__(
+        self,
+        connection: LibvirtConnection | None = None,
+        state_machine: VMStateMachine | None = None,
+    ):
+        self.connection = connection or get_connection()
+        self.states = state_machine or VMStateMachine(self.connection)
+
+    def close(self) -> None:
+        self.states.close()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get_state(self, name: str) -> VMState:
+        """The VM's state as the manager shows it (may be transitional or ``error``).
+        Raises ``VMNotFound``."""
+        return self.states.state(name)
+
+    def subscribe(self, callback: Callable[[StateChange], None]) -> int:
+        return self.states.subscribe(callback)
+
+    def unsubscribe(self, token: int) -> None:
+        self.states.unsubscribe(token)
+
+    # --- requests --------------------------------------------------------------------------
+
+    def start(
+        self, name: str, paused: bool = False, wait: bool = True, timeout: float = 60.0
+    ) -> OperationResult:
+        """Boot the VM (``paused``: stop at the first instruction). With ``wait``, returns
+        once libvirt reports it running (or paused); raises ``OperationTimedOut`` if that
+        does not happen within ``timeout``."""
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+        target = VMState.PAUSED if paused else VMState.RUNNING
+        return self._request(
+            name, "start", timeout,
+            lambda dom: dom.createWithFlags(flags),
+            (lambda state: state == target) if wait else None,
+            done=f"{'started paused' if paused else 'started'}",
+        )
+
+    def stop(
+        self, name: str, method: ShutdownMethod = ShutdownMethod.GRACEFUL, timeout: float = 60.0
+    ) -> OperationResult:
+        """Shut the VM down. ``GRACEFUL`` presses the ACPI power button and waits up to
+        ``timeout`` seconds; a guest that has not powered off by then is powered off by
+        force and the result says ``forced=True``. ``FORCE`` powers off at once."""
+        method = ShutdownMethod(method)
+        if method is ShutdownMethod.FORCE:
+            return self._request(
+                name, "force-stop", FORCE_TIMEOUT_S,
+                lambda dom: dom.destroy(), _is_stopped,
+                done="powered off by force", method="force", forced=True,
+            )
+        ticket = self.states.begin(name, "stop", timeout + FORCE_TIMEOUT_S + DEADLINE_SLACK_S)
+        started = time.monotonic()
+        forced = False
+        try:
+            self._call(name, lambda dom: dom.shutdown(), _is_stopped)
+            state = self.states.wait_for(name, _is_stopped, timeout)
+            if state is None:
+                log.info("%s ignored ACPI shutdown for %.0f s; forcing it off", name, timeout)
+                forced = True
+                self._call(name, lambda dom: dom.destroy(), _is_stopped)
+                state = self.states.wait_for(name, _is_stopped, FORCE_TIMEOUT_S)
+                if state is None:
+                    raise OperationTimedOut(
+                        f"{name!r} did not power off even by force within {FORCE_TIMEOUT_S:.0f} s"
+                    )
+        except BaseException as error:
+            self.states.end(ticket, error=_describe(error))
+            raise
+        self.states.end(ticket)
+        elapsed = time.monotonic() - started
+        if forced:
+            message = f"forced off after the guest ignored shutdown for {timeout:.0f} s"
+        else:
+            message = "shut down gracefully"
+        return OperationResult(
+            name, "stop", state, elapsed, forced=forced,
+            method="forced" if forced else "graceful", message=message,
+        )
+
+    def pause(self, name: str, timeout: float = QUICK_TIMEOUT_S) -> OperationResult:
+        return self._request(
+            name, "pause", timeout, lambda dom: dom.suspend(),
+            lambda state: state == VMState.PAUSED, done="paused",
+        )
+
+    def resume(self, name: str, timeout: float = QUICK_TIMEOUT_S) -> OperationResult:
+        return self._request(
+            name, "resume", timeout, lambda dom: dom.resume(),
+            lambda state: state in (VMState.RUNNING, VMState.BLOCKED), done="resumed",
+        )
+
+    def reboot(self, name: str, timeout: float = QUICK_TIMEOUT_S) -> OperationResult:
+        """Ask the guest to reboot (ACPI). Returns once libvirt accepted the request; the
+        guest then restarts on its own."""
+        return self._request(
+            name, "reboot", timeout, lambda dom: dom.reboot(0), None, done="reboot requested"
+        )
+
+    def reset(self, name: str, timeout: float = QUICK_TIMEOUT_S) -> OperationResult:
+        """Press the reset button: the guest restarts at once, without shutting down."""
+        return self._request(name, "reset", timeout, lambda dom: dom.reset(0), None, done="reset")
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _call(
+        self,
+        name: str,
+        action: Callable[[libvirt.virDomain], object],
+        already_done: Callable[[VMState], bool] | None,
+    ) -> None:
+        """Run ``action`` on the domain. If libvirt refuses because the VM already got where
+        we wanted (the guest shut down by itself a moment earlier), that is success."""
+        try:
+            self.connection.execute(lambda conn: action(self.connection.lookup(conn, name)))
+        except OperationFailed:
+            actual = self.states.actual(name)
+            if already_done is not None and actual is not None and already_done(actual):
+                return
+            raise
+
+    def _request(
+        self,
+        name: str,
+        operation: str,
+        timeout: float,
+        action: Callable[[libvirt.virDomain], object],
+        reached: Callable[[VMState], bool] | None,
+        *,
+        done: str,
+        method: str | None = None,
+        forced: bool = False,
+    ) -> OperationResult:
+        ticket = self.states.begin(name, operation, timeout + DEADLINE_SLACK_S)
+        started = time.monotonic()
+        try:
+            self._call(name, action, reached)
+            if reached is not None:
+                state = self.states.wait_for(name, reached, timeout)
+                if state is None:
+                    now = self.states.actual(name)
+                    raise OperationTimedOut(
+                        f"{operation} of {name!r} did not complete within {timeout:.0f} s;"
+                        f" it is {now.label if now else 'gone'}"
+                    )
+            else:
+                state = self.states.actual(name) or VMState.NOSTATE
+        except BaseException as error:
+            self.states.end(ticket, error=_describe(error))
+            raise
+        self.states.end(ticket)
+        return OperationResult(
+            name, operation, state, time.monotonic() - started,
+            forced=forced, method=method, message=done,
+        )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, VMManagerError):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(error).__name__}: {error}"
