@@ -99,6 +99,7 @@ class _Record:
     deadline: float | None = None
     error: str | None = None
     exists: bool = True
+    version: int = 0  # bumps on every update, so a slow read cannot undo a newer event
 
     @property
     def effective(self) -> VMState:
@@ -153,18 +154,32 @@ class VMStateMachine:
             return record.error if record else None
 
     def refresh(self, name: str) -> VMState:
-        """Read the VM's real state from libvirt now. Raises ``VMNotFound``."""
+        """Read the VM's real state from libvirt now; returns the state as shown (which
+        may be transitional). Raises ``VMNotFound``."""
+        self.read_libvirt(name)
+        return self.state_if_known(name) or S.NOSTATE
+
+    def read_libvirt(self, name: str) -> VMState:
+        """libvirt's state of ``name``, read now (and recorded unless an event was newer).
+        Raises ``VMNotFound``."""
 
         def read(conn: libvirt.virConnect) -> int:
             return self.connection.lookup(conn, name).state()[0]
 
+        version = self._version(name)
         try:
             code = self.connection.execute(read, idempotent=True)
         except VMNotFound:
-            self._set_actual(name, None, "not defined")
+            self._set_actual(name, None, "not defined", if_version=version)
             raise
-        self._set_actual(name, VMState.from_libvirt(code), "read from libvirt")
-        return self.state_if_known(name) or VMState.from_libvirt(code)
+        state = VMState.from_libvirt(code)
+        self._set_actual(name, state, "read from libvirt", if_version=version)
+        return state
+
+    def _version(self, name: str) -> int:
+        with self._lock:
+            record = self._records.get(name)
+            return record.version if record is not None else -1
 
     def state_if_known(self, name: str) -> VMState | None:
         with self._lock:
@@ -177,14 +192,17 @@ class VMStateMachine:
         def read(conn: libvirt.virConnect) -> dict[str, int]:
             return {dom.name(): dom.state()[0] for dom in conn.listAllDomains(0)}
 
-        states = self.connection.execute(read, idempotent=True)
         with self._lock:
-            known = [name for name, record in self._records.items() if record.exists]
-        for name in known:
+            versions = {name: record.version for name, record in self._records.items()}
+        states = self.connection.execute(read, idempotent=True)
+        for name, version in versions.items():
             if name not in states:
-                self._set_actual(name, None, "no longer defined")
+                self._set_actual(name, None, "no longer defined", if_version=version)
         for name, code in states.items():
-            self._set_actual(name, VMState.from_libvirt(code), "re-read after reconnect")
+            self._set_actual(
+                name, VMState.from_libvirt(code), "re-read after reconnect",
+                if_version=versions.get(name, -1),
+            )
 
     # --- requests --------------------------------------------------------------------------
 
@@ -220,6 +238,7 @@ class VMStateMachine:
             self._serial += 1
             ticket = Ticket(name, operation, self._serial)
             self._tickets[name] = ticket
+            self._changed.notify_all()  # a request this one interrupts stops waiting
             old = record.effective
             record.operation = operation
             record.operation_started = self._clock()
@@ -235,6 +254,11 @@ class VMStateMachine:
         timer.start()
         self._notify(change)
         return ticket
+
+    def superseded(self, ticket: Ticket) -> bool:
+        """True if a force-stop (or the deadline) took this request over."""
+        with self._lock:
+            return self._tickets.get(ticket.name) != ticket
 
     def end(self, ticket: Ticket, error: str | None = None) -> None:
         """Finish a request; with ``error``, the VM shows ``error`` and the reason."""
@@ -252,19 +276,33 @@ class VMStateMachine:
             change = self._change_locked(ticket.name, old, record.effective, reason)
         self._notify(change)
 
+    def version(self, name: str) -> int:
+        """A counter that grows with every update of ``name``'s state (-1: unknown)."""
+        return self._version(name)
+
     def wait_for(
-        self, name: str, predicate: Callable[[VMState], bool], timeout: float
+        self,
+        name: str,
+        predicate: Callable[[VMState], bool],
+        timeout: float,
+        after_version: int = -1,
+        ticket: Ticket | None = None,
     ) -> VMState | None:
         """Block until libvirt's state of ``name`` satisfies ``predicate``; return it, or
-        None on timeout. Woken by events, never by polling."""
+        None on timeout. With ``after_version``, only an update newer than that counts, so
+        a state that was stale when the request was made cannot end the wait. With
+        ``ticket``, the wait also ends (None) as soon as a force-stop or the deadline takes
+        that request over. Woken by events, never by polling."""
         deadline = self._clock() + timeout
         with self._lock:
             while True:
                 record = self._records.get(name)
                 if record is None or not record.exists:
                     raise VMNotFound(name, self.connection.uri)
-                if predicate(record.actual):
+                if record.version > after_version and predicate(record.actual):
                     return record.actual
+                if ticket is not None and self._tickets.get(ticket.name) != ticket:
+                    return None
                 left = deadline - self._clock()
                 if left <= 0:
                     return None
@@ -324,10 +362,19 @@ class VMStateMachine:
             log.warning("could not re-read VM states after reconnect: %s", error)
 
     def _set_actual(
-        self, name: str, actual: VMState | None, reason: str, stamp: float | None = None
+        self,
+        name: str,
+        actual: VMState | None,
+        reason: str,
+        stamp: float | None = None,
+        if_version: int | None = None,
     ) -> None:
+        """Record libvirt's state. ``if_version``: only if nothing changed the record since
+        that version was read (a read that raced an event must not undo it)."""
         with self._lock:
             record = self._records.get(name)
+            if if_version is not None and (record.version if record else -1) != if_version:
+                return
             if record is None:
                 if actual is None:
                     return
@@ -335,6 +382,7 @@ class VMStateMachine:
                 old = S.NOSTATE
             else:
                 old = record.effective if record.exists else S.NOSTATE
+            record.version += 1
             if actual is None:
                 record.exists = False
                 record.operation = None
@@ -361,6 +409,7 @@ class VMStateMachine:
                 return  # the request ended in time
             del self._tickets[ticket.name]
             self._timers.pop(ticket.name, None)
+            self._changed.notify_all()
             elapsed = self._clock() - record.operation_started
             old = record.effective
             record.operation = None

@@ -12,6 +12,7 @@ through the state machine's condition variable, never by polling ``state()``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -20,9 +21,9 @@ from typing import Callable
 import libvirt
 
 from .connection import LibvirtConnection, get_connection
-from .errors import OperationFailed, OperationTimedOut, VMManagerError
+from .errors import LifecycleError, OperationFailed, OperationTimedOut, VMManagerError
 from .primitives import VMState
-from .state_machine import STOPPED_LIKE, StateChange, VMStateMachine
+from .state_machine import ALLOWED, STOPPED_LIKE, StateChange, Ticket, VMStateMachine
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class VMLifecycleManager:
     ):
         self.connection = connection or get_connection()
         self.states = state_machine or VMStateMachine(self.connection)
+        # Per-VM lock around each libvirt call, so a force-stop that interrupts a request
+        # cannot interleave with that request's own call (it runs before or after it).
+        self._call_locks: dict[str, threading.Lock] = {}
+        self._call_locks_guard = threading.Lock()
 
     def close(self) -> None:
         self.states.close()
@@ -124,20 +129,22 @@ class VMLifecycleManager:
         started = time.monotonic()
         forced = False
         try:
-            self._call(name, lambda dom: dom.shutdown(), _is_stopped)
-            state = self.states.wait_for(name, _is_stopped, timeout)
+            version = self._call(ticket, lambda dom: dom.shutdown(), _is_stopped)
+            state = self.states.wait_for(name, _is_stopped, timeout, version, ticket)
             if state is None:
+                self._raise_if_superseded(ticket)
                 log.info("%s ignored ACPI shutdown for %.0f s; forcing it off", name, timeout)
                 forced = True
-                self._call(name, lambda dom: dom.destroy(), _is_stopped)
-                state = self.states.wait_for(name, _is_stopped, FORCE_TIMEOUT_S)
+                version = self._call(ticket, lambda dom: dom.destroy(), _is_stopped)
+                state = self.states.wait_for(
+                    name, _is_stopped, FORCE_TIMEOUT_S, version, ticket
+                )
                 if state is None:
                     raise OperationTimedOut(
                         f"{name!r} did not power off even by force within {FORCE_TIMEOUT_S:.0f} s"
                     )
         except BaseException as error:
-            self.states.end(ticket, error=_describe(error))
-            raise
+            self._fail(ticket, error)
         self.states.end(ticket)
         elapsed = time.monotonic() - started
         if forced:
@@ -174,21 +181,57 @@ class VMLifecycleManager:
 
     # --- internals -------------------------------------------------------------------------
 
+    def _fail(self, ticket, error: BaseException) -> None:
+        """End a failed request and raise; a request that a force-stop cut short says so
+        instead of passing on libvirt's "domain is not running"."""
+        if self.states.superseded(ticket) and isinstance(error, OperationFailed):
+            raise LifecycleError(
+                f"{ticket.operation} of {ticket.name!r} was cut short by a force-stop"
+            ) from error
+        self.states.end(ticket, error=_describe(error))
+        raise error
+
     def _call(
         self,
-        name: str,
+        ticket: Ticket,
         action: Callable[[libvirt.virDomain], object],
         already_done: Callable[[VMState], bool] | None,
-    ) -> None:
-        """Run ``action`` on the domain. If libvirt refuses because the VM already got where
-        we wanted (the guest shut down by itself a moment earlier), that is success."""
-        try:
-            self.connection.execute(lambda conn: action(self.connection.lookup(conn, name)))
-        except OperationFailed:
-            actual = self.states.actual(name)
-            if already_done is not None and actual is not None and already_done(actual):
-                return
-            raise
+    ) -> int:
+        """Run ``action`` on the domain; return the state version to wait beyond.
+
+        If libvirt refuses, its state is read afresh: a VM that already got where we wanted
+        (the guest shut down by itself a moment earlier) is a success; a VM that is in a
+        state the request is not allowed from (it changed before its event reached us) is
+        a ``LifecycleError`` naming that state.
+        """
+        name, operation = ticket.name, ticket.operation
+        with self._call_lock(name):
+            self._raise_if_superseded(ticket)
+            version = self.states.version(name)
+            try:
+                self.connection.execute(lambda conn: action(self.connection.lookup(conn, name)))
+                return version
+            except OperationFailed as error:
+                fresh = self.states.read_libvirt(name)
+                if already_done is not None and already_done(fresh):
+                    return -1  # the fresh read is the answer: any recorded state counts
+                if fresh not in ALLOWED[operation][1]:
+                    raise LifecycleError(
+                        f"cannot {operation} {name!r}: it is {fresh.label} (it changed while"
+                        " the request was on its way)"
+                    ) from error
+                raise
+
+    def _raise_if_superseded(self, ticket: Ticket) -> None:
+        if self.states.superseded(ticket):
+            raise LifecycleError(
+                f"{ticket.operation} of {ticket.name!r} was cut short (by a force-stop, or it"
+                " outlived its deadline)"
+            )
+
+    def _call_lock(self, name: str) -> threading.Lock:
+        with self._call_locks_guard:
+            return self._call_locks.setdefault(name, threading.Lock())
 
     def _request(
         self,
@@ -205,10 +248,11 @@ class VMLifecycleManager:
         ticket = self.states.begin(name, operation, timeout + DEADLINE_SLACK_S)
         started = time.monotonic()
         try:
-            self._call(name, action, reached)
+            version = self._call(ticket, action, reached)
             if reached is not None:
-                state = self.states.wait_for(name, reached, timeout)
+                state = self.states.wait_for(name, reached, timeout, version, ticket)
                 if state is None:
+                    self._raise_if_superseded(ticket)
                     now = self.states.actual(name)
                     raise OperationTimedOut(
                         f"{operation} of {name!r} did not complete within {timeout:.0f} s;"
@@ -217,8 +261,7 @@ class VMLifecycleManager:
             else:
                 state = self.states.actual(name) or VMState.NOSTATE
         except BaseException as error:
-            self.states.end(ticket, error=_describe(error))
-            raise
+            self._fail(ticket, error)
         self.states.end(ticket)
         return OperationResult(
             name, operation, state, time.monotonic() - started,
