@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 READY_MARKER = "NEURONOS-TINY-GUEST-READY"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"  # a metapackage: resolved to the real image
 BUSYBOX_PACKAGE = "busybox-static"
-FORMAT = "4"  # bump when the initramfs layout changes, to rebuild cached copies
+FORMAT = "5"  # bump when the initramfs layout changes, to rebuild cached copies
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -42,6 +43,8 @@ insmod /lib/modules/evdev.ko
 insmod /lib/modules/button.ko
 mkdir -p /etc/acpi/PWRF
 acpid -f -c /etc/acpi &
+# Ready means the power button works: wait until acpid holds the input event devices open.
+while ! ls -l /proc/$!/fd 2>/dev/null | grep -q /dev/input/event; do sleep 0.05; done
 echo {READY_MARKER}
 while :; do sleep 3600; done
 """
@@ -209,6 +212,38 @@ def domain_xml(
     ET.SubElement(serial, "target", port="0")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
+
+
+def no_os_domain_xml(name: str, domain_type: str = "qemu") -> str:
+    """A domain with no disk and no kernel: the firmware finds nothing to boot and idles,
+    and nothing answers the ACPI power button (a guest that ignores a graceful stop)."""
+    domain = ET.Element("domain", type=domain_type)
+    ET.SubElement(domain, "name").text = name
+    ET.SubElement(domain, "memory", unit="MiB").text = "64"
+    ET.SubElement(domain, "vcpu").text = "1"
+    os_elem = ET.SubElement(domain, "os")
+    ET.SubElement(os_elem, "type", arch="x86_64", machine="q35").text = "hvm"
+    ET.SubElement(ET.SubElement(domain, "features"), "acpi")
+    devices = ET.SubElement(domain, "devices")
+    ET.SubElement(devices, "memballoon", model="none")
+    return ET.tostring(domain, encoding="unicode")
+
+
+def wait_for_console(path: Path, marker: str, count: int = 1, timeout: float = 60.0) -> float:
+    """Wait until ``marker`` appears ``count`` times in the serial log; return the seconds
+    waited. The console is a plain file QEMU appends to and nothing signals a write, so
+    this reads it every 50 ms (a test and demo helper, not a lifecycle wait)."""
+    started = time.monotonic()
+    needle = marker.encode()
+    while True:
+        try:
+            if Path(path).read_bytes().count(needle) >= count:
+                return time.monotonic() - started
+        except FileNotFoundError:
+            pass
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{marker!r} x{count} not seen in {path} within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
