@@ -20,9 +20,10 @@ test: $(PY)
 $(PY):
 	bash scripts/setup-host.sh
 
-## bench: the benchmarks under bench/, each prints its figures
+## bench: the benchmarks under bench/, each prints its figures (event_latency needs libvirtd)
 bench: $(PY)
 	$(PY) bench/list_latency.py
+	$(PY) bench/event_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis src/*.egg-info

@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
-# The main job on this machine's libvirtd: list every VM on qemu:///system.
+# The main job (see scripts/demo.py): a real VM on qemu:///system, started, listed, stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-URI=qemu:///system
-run() {
-  # A desktop user needs to be in the 'libvirt' group to reach qemu:///system; until then,
-  # fall back to sudo so the demo still runs.
-  if [ "$(id -u)" -eq 0 ] || "$VENV/bin/neuron-vm" --connect "$URI" list >/dev/null 2>&1; then
-    "$VENV/bin/neuron-vm" "$@"
-  else
-    sudo "$VENV/bin/neuron-vm" "$@"
-  fi
-}
-echo "==> neuron-vm --connect $URI list"
-run --connect "$URI" list
+if [ "$(id -u)" -eq 0 ] || "$VENV/bin/neuron-vm" --connect qemu:///system list >/dev/null 2>&1; then
+  exec "$VENV/bin/python" scripts/demo.py "$@"
+fi
+# A desktop user reaches qemu:///system once in the 'libvirt' group (after logging in again);
+# until then the demo runs through sudo.
+echo "==> qemu:///system needs the 'libvirt' group; running the demo with sudo"
+exec sudo "$VENV/bin/python" scripts/demo.py "$@"

@@ -151,3 +151,35 @@ def test_list_does_not_import_gui_or_templates(three_vm_uri):
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_spinner_only_on_a_terminal_and_only_after_a_second():
+    import argparse
+    import time
+
+    from vm_manager.cli import _Context, _Spinner
+
+    def context(err, json_mode=False):
+        return _Context(argparse.Namespace(json=json_mode), None, io.StringIO(), err)
+
+    terminal = FakeTerminal()
+    with _Spinner(context(terminal), "Stopping win11"):
+        time.sleep(1.4)
+    shown = terminal.getvalue()
+    assert "Stopping win11…" in shown and "s" in shown.split("…")[-1]
+    assert shown.endswith("\r\033[K")  # the line is cleared afterwards
+
+    quick = FakeTerminal()
+    with _Spinner(context(quick), "Pausing x"):
+        pass
+    assert quick.getvalue() == ""  # under a second: nothing
+
+    for err, json_mode in ((io.StringIO(), False), (FakeTerminal(), True)):
+        with _Spinner(context(err, json_mode), "Stopping"):
+            time.sleep(1.2)
+        assert err.getvalue() == ""  # piped, or --json: never
