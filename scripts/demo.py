@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from vm_manager import cli
 from vm_manager.core.connection import LibvirtConnection

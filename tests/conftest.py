@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 
@@ -101,3 +102,18 @@ def system_daemon() -> str:
             pytest.fail(f"CI=true but {problem}; .ci/run must start virtlogd and libvirtd")
         pytest.skip(f"{problem} (start it with: virtlogd -d; libvirtd -d)")
     return SYSTEM_URI
+
+
+@contextlib.contextmanager
+def lifecycle_on(uri: str):
+    """A VMLifecycleManager on its own connection to ``uri``, closed afterwards."""
+    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.core.vm_lifecycle import VMLifecycleManager
+
+    conn = LibvirtConnection(uri).open()
+    manager = VMLifecycleManager(conn)
+    try:
+        yield manager
+    finally:
+        manager.close()
+        conn.close()

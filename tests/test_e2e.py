@@ -15,12 +15,12 @@ import uuid
 
 import pytest
 
-from conftest import IN_CI
+from conftest import IN_CI, lifecycle_on
 from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.errors import LifecycleError
 from vm_manager.core.primitives import VMState
-from vm_manager.core.vm_lifecycle import ShutdownMethod, VMLifecycleManager
+from vm_manager.core.vm_lifecycle import ShutdownMethod
 from vm_manager.tiny_guest import READY_MARKER, build, domain_xml, no_os_domain_xml
 from vm_manager.tiny_guest import wait_for_console
 
@@ -41,11 +41,8 @@ def tiny_guest(system_daemon):
 
 @pytest.fixture
 def system(system_daemon):
-    conn = LibvirtConnection(system_daemon).open()
-    manager = VMLifecycleManager(conn)
-    yield manager
-    manager.close()
-    conn.close()
+    with lifecycle_on(system_daemon) as manager:
+        yield manager
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import random
 import threading
 import time
 
-import libvirt
 import pytest
 
+from conftest import lifecycle_on
 from vm_manager.cli import main
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.errors import (
@@ -35,11 +35,8 @@ def every_state_uri(make_host):
 
 @pytest.fixture
 def manager(three_vm_uri):
-    conn = LibvirtConnection(three_vm_uri).open()
-    lifecycle = VMLifecycleManager(conn)
-    yield lifecycle
-    lifecycle.close()
-    conn.close()
+    with lifecycle_on(three_vm_uri) as lifecycle:
+        yield lifecycle
 
 
 def libvirt_state(manager: VMLifecycleManager, name: str) -> VMState:

@@ -428,30 +428,23 @@ class LibvirtConnection:
         self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int,
         generation: int,
     ) -> None:
+        self._domain_event(dom, event, detail, generation)
+
+    def _on_reboot(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, generation: int) -> None:
+        self._domain_event(dom, EVENT_REBOOTED, 0, generation)
+
+    def _domain_event(
+        self, dom: libvirt.virDomain, event: int, detail: int, generation: int
+    ) -> None:
         with self._lock:
             if generation != self._generation:
-                return
+                return  # from a connection that has since been replaced
         self._dispatch(
             DomainEvent(
                 name=dom.name(),
                 uuid=dom.UUIDString(),
                 event=event,
                 detail=detail,
-                timestamp=time.time(),
-                monotonic=time.monotonic(),
-            )
-        )
-
-    def _on_reboot(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, generation: int) -> None:
-        with self._lock:
-            if generation != self._generation:
-                return
-        self._dispatch(
-            DomainEvent(
-                name=dom.name(),
-                uuid=dom.UUIDString(),
-                event=EVENT_REBOOTED,
-                detail=0,
                 timestamp=time.time(),
                 monotonic=time.monotonic(),
             )
