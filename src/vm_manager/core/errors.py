@@ -55,7 +55,11 @@ class LifecycleError(VMManagerError):
 
 
 class VMCreationError(VMManagerError):
-    """Creating a VM failed; nothing of it was left behind."""
+    """Creating a VM failed; nothing of it was left behind. ``step`` names where."""
+
+    def __init__(self, message: str, step: str | None = None):
+        self.step = step
+        super().__init__(message)
 
 
 class StoreError(VMManagerError):

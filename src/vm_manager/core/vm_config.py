@@ -313,6 +313,11 @@ class VMConfig:
     disk_path: str | None = None  # an existing disk to use instead of a new one
     iso_path: str | None = None  # installer
     virtio_iso_path: str | None = None  # virtio-win drivers (Windows)
+    opencore_path: str | None = None  # macOS: the user's OpenCore boot image (required)
+    kernel_path: str | None = None  # Linux direct kernel boot (no bootloader, no firmware)
+    initrd_path: str | None = None
+    kernel_cmdline: str | None = None
+    serial_log_path: str | None = None  # the guest's serial console, appended to this file
     display_mode: DisplayMode = DisplayMode.SPICE
     domain_type: DomainType = DomainType.KVM
     network: str = "default"  # libvirt network name, or "none"
@@ -334,13 +339,23 @@ class VMConfig:
             self.memory_mb = parse_size_mb(self.memory_mb, "memory_mb", default_unit="M")
         if self.vcpus is not None:
             self.vcpus = _parse_int(self.vcpus, "vcpus")
-        if self.disk_size_gb is not None:
+        if self.disk_size_gb == 0 and not isinstance(self.disk_size_gb, bool):
+            self.disk_size_gb = 0  # no disk at all (a direct-kernel-boot Linux guest)
+        elif self.disk_size_gb is not None:
             disk_mb = parse_size_mb(self.disk_size_gb, "disk_size_gb", default_unit="G")
             if disk_mb % 1024:
                 raise InvalidConfig("disk_size_gb", f"{self.disk_size_gb!r} is not whole GiB")
             self.disk_size_gb = disk_mb // 1024
-        for name in ("disk_path", "iso_path", "virtio_iso_path"):
+        for name in ("disk_path", "iso_path", "virtio_iso_path", "opencore_path", "kernel_path",
+                     "initrd_path", "serial_log_path"):
             setattr(self, name, _parse_path(getattr(self, name), name))
+        if self.kernel_cmdline is not None:
+            if not isinstance(self.kernel_cmdline, str) or len(self.kernel_cmdline) > 4096 or any(
+                ord(ch) < 32 or ord(ch) == 127 for ch in self.kernel_cmdline
+            ):
+                raise InvalidConfig(
+                    "kernel_cmdline", "expected one line of text (at most 4096 characters)"
+                )
         if self.network != "none":
             self.network = validate_name(self.network, "network")
         if isinstance(self.gpu_passthrough, dict):
@@ -393,7 +408,12 @@ class VMConfig:
                 f"{self.vcpus} is outside {minimum.vcpus}-{MAX_VCPUS}"
                 f" ({label} needs at least {minimum.vcpus})",
             )
-        if self.disk_size_gb is not None and not minimum.disk_gb <= self.disk_size_gb <= (
+        if self.disk_size_gb == 0:
+            if self.vm_type is not VMType.LINUX or self.kernel_path is None:
+                raise InvalidConfig(
+                    "disk_size_gb", "0 (no disk) is only for a Linux VM booted from kernel_path"
+                )
+        elif self.disk_size_gb is not None and not minimum.disk_gb <= self.disk_size_gb <= (
             MAX_DISK_GB
         ):
             raise InvalidConfig(
@@ -401,6 +421,17 @@ class VMConfig:
                 f"{self.disk_size_gb} GiB is outside {minimum.disk_gb}-{MAX_DISK_GB} GiB"
                 f" ({label} needs at least {minimum.disk_gb} GiB)",
             )
+        if self.vm_type is VMType.MACOS and self.opencore_path is None:
+            raise InvalidConfig(
+                "opencore_path",
+                "macOS VMs boot through OpenCore: give the path of your OpenCore image",
+            )
+        if self.vm_type is not VMType.LINUX:
+            for name in ("kernel_path", "initrd_path", "kernel_cmdline"):
+                if getattr(self, name) is not None:
+                    raise InvalidConfig(name, "direct kernel boot is for Linux VMs only")
+        if self.kernel_path is None and (self.initrd_path or self.kernel_cmdline):
+            raise InvalidConfig("kernel_path", "initrd and cmdline need a kernel_path")
         if self.looking_glass.enabled and self.gpu_passthrough is None:
             raise InvalidConfig(
                 "looking_glass.enabled",

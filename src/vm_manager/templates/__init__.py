@@ -1,0 +1,1 @@
+"""Domain XML templates (``*.xml.j2``), their loader and the XML validator."""
