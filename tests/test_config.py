@@ -72,7 +72,7 @@ def test_disk_size_units_default_to_gib():
 # --- per-type minimums and defaults -------------------------------------------------------
 
 def test_windows11_minimums():
-    with pytest.raises(InvalidConfig, match="Windows 11 needs at least 4096 MiB") as caught:
+    with pytest.raises(InvalidConfig, match="below the minimum for Windows 11: 4096 MiB \\(4 GiB\\)") as caught:
         VMConfig(name="w", vm_type="windows11", memory_mb="2G")
     assert caught.value.field == "memory_mb"
     with pytest.raises(InvalidConfig) as caught:

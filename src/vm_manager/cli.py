@@ -300,6 +300,181 @@ def cmd_events(ctx: _Context) -> int:
     return EXIT_OK
 
 
+# CLI flags for the config fields, so an error names what the user typed.
+_FLAG_FOR_FIELD = {
+    "memory_mb": "--memory", "vcpus": "--cpus", "disk_size_gb": "--disk-size",
+    "disk_path": "--disk", "iso_path": "--iso", "virtio_iso_path": "--virtio-iso",
+    "gpu.pci_address": "--gpu", "opencore_path": "--opencore", "domain_type": "--domain-type",
+    "network": "--network", "vm_type": "--template", "kernel_path": "--kernel",
+    "initrd_path": "--initrd", "kernel_cmdline": "--cmdline",
+    "serial_log_path": "--serial-log", "looking_glass.enabled": "--looking-glass",
+    "looking_glass.width": "--resolution", "looking_glass.height": "--resolution",
+}
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .core.errors import InvalidConfig
+    from .core.vm_config import VMConfig
+
+    kind, _, variant = args.template.partition("-")
+    usb = []
+    for item in args.usb or ():
+        vendor, sep, product = item.partition(":")
+        if not sep:
+            raise InvalidConfig("--usb", f"{item!r} is not VID:PID (e.g. 046d:c52b)")
+        usb.append({"vendor_id": vendor, "product_id": product})
+    looking_glass = {"enabled": bool(args.looking_glass)}
+    if args.resolution:
+        width, sep, height = args.resolution.lower().partition("x")
+        if not (sep and width.isdigit() and height.isdigit()):
+            raise InvalidConfig("--resolution", f"{args.resolution!r} is not WxH (e.g. 2560x1440)")
+        looking_glass.update(width=int(width), height=int(height))
+    data = {
+        "name": args.name, "vm_type": kind, "memory_mb": args.memory, "vcpus": args.cpus,
+        "disk_size_gb": args.disk_size, "disk_path": args.disk, "iso_path": args.iso,
+        "virtio_iso_path": args.virtio_iso, "opencore_path": args.opencore,
+        "domain_type": args.domain_type, "network": args.network, "usb_devices": usb,
+        "looking_glass": looking_glass, "kernel_path": args.kernel,
+        "initrd_path": args.initrd, "kernel_cmdline": args.cmdline,
+        "serial_log_path": args.serial_log,
+    }
+    if args.looking_glass:
+        data["display_mode"] = "looking-glass"
+    if args.gpu:
+        data["gpu_passthrough"] = {"pci_address": args.gpu, "rom_file": args.gpu_rom,
+                                   "nvidia_compat": args.nvidia_compat}
+    data = {key: value for key, value in data.items() if value is not None}
+    config = VMConfig.from_dict(data)
+    template = None
+    if variant:
+        from .templates.loader import template_name
+
+        if variant not in ("basic", "passthrough"):
+            raise InvalidConfig("--template", f"{args.template!r}: the variant is basic or"
+                                " passthrough (e.g. windows11-passthrough)")
+        template = template_name(kind, variant == "passthrough")
+    return config, template
+
+
+def cmd_create(ctx: _Context) -> int:
+    from .core.errors import InvalidConfig
+    from .core.vm_creator import VMCreator
+
+    args = ctx.args
+    try:
+        config, template = _config_from_args(args)
+        creator = VMCreator(ctx.connection, store=ctx.store())
+        if args.print_xml:
+            ctx.out.write(creator.print_xml(config, force=args.force, template=template))
+            return EXIT_OK
+        plan = creator.plan(config, force=args.force, template=template)
+    except InvalidConfig as error:
+        flag = _FLAG_FOR_FIELD.get(error.field)
+        if flag and not error.field.startswith("--"):
+            raise InvalidConfig(f"{flag} ({error.field})", error.message) from None
+        raise
+    if not ctx.json:
+        for line in plan.describe():
+            ctx.print(line)
+    steps = [] if ctx.json else None
+
+    def progress(step: str) -> None:
+        if steps is None:
+            ctx.print(f"  ... {step}")
+
+    result = creator.create(config, force=args.force, template=template, progress=progress)
+    started = None
+    if args.start:
+        with _Spinner(ctx, f"Starting {config.name}"):
+            started = ctx.lifecycle.start(config.name)
+    if ctx.json:
+        data = result.to_dict()
+        data["started"] = started.to_dict() if started else None
+        ctx.print_json(data)
+    else:
+        ctx.print(f"created {result.name} from {result.template}"
+                  f"{'; started' if started else ''}")
+    return EXIT_OK
+
+
+def cmd_delete(ctx: _Context) -> int:
+    from .core.errors import InvalidConfig
+    from .core.vm_destroyer import VMDestroyer
+
+    args = ctx.args
+    destroyer = VMDestroyer(ctx.connection, store=ctx.store(), lifecycle=ctx.lifecycle)
+    plan = destroyer.plan(args.name, delete_disks=args.delete_disks)
+    if ctx.json and args.dry_run:
+        ctx.print_json(plan.to_dict())
+        return EXIT_OK
+    if not ctx.json:
+        for line in plan.describe():
+            ctx.print(line)
+    if args.dry_run:
+        return EXIT_OK
+    if plan.state.is_active and not args.force:
+        from .core.errors import LifecycleError
+
+        raise LifecycleError(f"cannot delete {plan.blocked_reason}")
+    if not args.yes:
+        stdin = sys.stdin
+        if not (hasattr(stdin, "isatty") and stdin.isatty()):
+            raise InvalidConfig("--yes", "not on a terminal: add --yes to confirm the deletion")
+        answer = input(f"Delete VM {args.name!r} as shown? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            ctx.print("nothing deleted")
+            return EXIT_FAILED
+    result = destroyer.destroy(args.name, delete_disks=args.delete_disks, force=args.force)
+    if ctx.json:
+        ctx.print_json(result.to_dict())
+    else:
+        for path in result.removed:
+            ctx.print(f"removed {path}")
+        for path, reason in result.kept:
+            ctx.print(f"kept    {path} ({reason})")
+        for path, error in result.failed:
+            ctx.print(f"FAILED  {path}: {error}")
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def cmd_templates(ctx: _Context) -> int:
+    from .templates.loader import TemplateLoader
+
+    loader = TemplateLoader()
+    action = ctx.args.action
+    if action == "list":
+        infos = loader.list_templates()
+        if ctx.json:
+            ctx.print_json([{"name": i.name, "origin": i.origin, "path": str(i.path)}
+                            for i in infos])
+        else:
+            for info in infos:
+                ctx.print(f"{info.name:24s} {info.origin:8s} {info.path}")
+        return EXIT_OK
+    if action == "show":
+        if not ctx.args.target:
+            from .core.errors import InvalidConfig
+
+            raise InvalidConfig("TEMPLATE", "name the template to show")
+        ctx.out.write(loader.source(ctx.args.target))
+        return EXIT_OK
+    from .core.errors import InvalidConfig
+    from .templates.validator import validate_xml
+
+    if not ctx.args.target:
+        raise InvalidConfig("FILE", "name the XML file to validate")
+    try:
+        with open(ctx.args.target, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise InvalidConfig("FILE", f"cannot read {ctx.args.target}: {error.strerror}") from None
+    report = validate_xml(text)
+    checked = "schema and NeuronOS rules" if report.schema_checked else (
+        f"NeuronOS rules only ({report.schema_skipped_reason})")
+    ctx.print(f"{ctx.args.target}: valid ({checked})")
+    return EXIT_OK
+
+
 def _print_json_line(ctx: _Context, data: dict) -> None:
     import json
 
@@ -319,6 +494,9 @@ COMMANDS: dict[str, Callable[[_Context], int]] = {
     "reboot": _simple("reboot"),
     "reset": _simple("reset"),
     "events": cmd_events,
+    "create": cmd_create,
+    "delete": cmd_delete,
+    "templates": cmd_templates,
 }
 
 
@@ -398,6 +576,67 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("name", metavar="NAME", nargs="?", help="only this VM")
     events.add_argument("--count", type=int, default=None, metavar="N",
                         help="stop after N state changes")
+
+    create = commands.add_parser(
+        "create", parents=[common], help="create a VM from a template",
+        description="Create a VM: check, make its disk, render and validate its XML, define"
+        " it, save its settings. A failure undoes every step before it.",
+    )
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--template", required=True, metavar="T",
+                        help="windows11, windows10, linux or macos (optionally -basic or"
+                        " -passthrough; the GPU option picks passthrough by itself)")
+    create.add_argument("--memory", metavar="SIZE", help="e.g. 8G (default per OS)")
+    create.add_argument("--cpus", metavar="N", help="vCPUs (default per OS)")
+    disk = create.add_mutually_exclusive_group()
+    disk.add_argument("--disk-size", metavar="SIZE", help="new disk, e.g. 64G (default per OS)")
+    disk.add_argument("--disk", metavar="PATH", help="use this existing disk image instead")
+    create.add_argument("--iso", metavar="PATH", help="installer ISO")
+    create.add_argument("--virtio-iso", metavar="PATH",
+                        help="virtio-win drivers ISO (Windows; enables virtio disk and NIC)")
+    create.add_argument("--gpu", metavar="PCI_ADDR", help="pass this GPU (all its functions)")
+    create.add_argument("--gpu-rom", metavar="PATH", help="ROM file for the GPU")
+    create.add_argument("--nvidia-compat", action="store_true",
+                        help="hide KVM and set a Hyper-V vendor id (old NVIDIA drivers)")
+    create.add_argument("--usb", action="append", metavar="VID:PID", help="pass a USB device")
+    create.add_argument("--looking-glass", action="store_true",
+                        help="show the GPU's screen through Looking Glass")
+    create.add_argument("--resolution", metavar="WxH",
+                        help="Looking Glass resolution (default 2560x1440)")
+    create.add_argument("--opencore", metavar="PATH", help="OpenCore image (macOS, required)")
+    create.add_argument("--kernel", metavar="PATH", help="Linux direct kernel boot")
+    create.add_argument("--initrd", metavar="PATH")
+    create.add_argument("--cmdline", metavar="TEXT")
+    create.add_argument("--serial-log", metavar="PATH", help="write the serial console here")
+    create.add_argument("--domain-type", choices=["kvm", "qemu"],
+                        help="kvm (default) or qemu (software emulation)")
+    create.add_argument("--network", metavar="NAME|none",
+                        help="libvirt network (default: default)")
+    create.add_argument("--force", action="store_true",
+                        help="allow more memory or vCPUs than the host has")
+    create.add_argument("--print-xml", action="store_true",
+                        help="print the domain XML and change nothing")
+    create.add_argument("--start", action="store_true", help="start the VM once created")
+
+    delete = commands.add_parser(
+        "delete", parents=[common], help="delete a VM (disks kept unless asked)",
+        description="Delete a VM. Shows the plan first; disks, UEFI variables and TPM state"
+        " are kept unless --delete-disks.",
+    )
+    delete.add_argument("name", metavar="NAME")
+    delete.add_argument("--delete-disks", action="store_true",
+                        help="also delete its own disks, UEFI variables and TPM state")
+    delete.add_argument("--dry-run", action="store_true", help="show the plan only")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.add_argument("--force", action="store_true",
+                        help="stop a running VM first (graceful, then forced)")
+
+    templates = commands.add_parser(
+        "templates", parents=[common], help="list, show or validate domain templates",
+        description="templates list | templates show T | templates validate FILE",
+    )
+    templates.add_argument("action", choices=["list", "show", "validate"])
+    templates.add_argument("target", nargs="?", metavar="T|FILE")
     return parser
 
 

@@ -396,31 +396,17 @@ class VMConfig:
         """Check the rules that span fields. Raises ``InvalidConfig``."""
         minimum = MINIMUMS[self.vm_type]
         label = self.vm_type.label
-        if not minimum.memory_mb <= self.memory_mb <= MAX_MEMORY_MB:
-            raise InvalidConfig(
-                "memory_mb",
-                f"{self.memory_mb} MiB is outside {minimum.memory_mb}-{MAX_MEMORY_MB} MiB"
-                f" ({label} needs at least {minimum.memory_mb} MiB)",
-            )
-        if not minimum.vcpus <= self.vcpus <= MAX_VCPUS:
-            raise InvalidConfig(
-                "vcpus",
-                f"{self.vcpus} is outside {minimum.vcpus}-{MAX_VCPUS}"
-                f" ({label} needs at least {minimum.vcpus})",
-            )
+        _check_range("memory_mb", self.memory_mb, minimum.memory_mb, MAX_MEMORY_MB, "MiB",
+                     label, gib=True)
+        _check_range("vcpus", self.vcpus, minimum.vcpus, MAX_VCPUS, "vCPUs", label)
         if self.disk_size_gb == 0:
             if self.vm_type is not VMType.LINUX or self.kernel_path is None:
                 raise InvalidConfig(
                     "disk_size_gb", "0 (no disk) is only for a Linux VM booted from kernel_path"
                 )
-        elif self.disk_size_gb is not None and not minimum.disk_gb <= self.disk_size_gb <= (
-            MAX_DISK_GB
-        ):
-            raise InvalidConfig(
-                "disk_size_gb",
-                f"{self.disk_size_gb} GiB is outside {minimum.disk_gb}-{MAX_DISK_GB} GiB"
-                f" ({label} needs at least {minimum.disk_gb} GiB)",
-            )
+        elif self.disk_size_gb is not None:
+            _check_range("disk_size_gb", self.disk_size_gb, minimum.disk_gb, MAX_DISK_GB, "GiB",
+                         label)
         if self.vm_type is VMType.MACOS and self.opencore_path is None:
             raise InvalidConfig(
                 "opencore_path",
@@ -470,6 +456,17 @@ class VMConfig:
     @classmethod
     def from_dict(cls, data: Any) -> VMConfig:
         return _from_mapping(cls, data, "")
+
+
+def _check_range(field_name: str, value: int, low: int, high: int, unit: str, label: str,
+                 gib: bool = False) -> None:
+    if value < low:
+        extra = f" ({low // 1024} GiB)" if gib and low >= 1024 else ""
+        raise InvalidConfig(
+            field_name, f"{value} {unit} is below the minimum for {label}: {low} {unit}{extra}"
+        )
+    if value > high:
+        raise InvalidConfig(field_name, f"{value} {unit} is above the maximum of {high} {unit}")
 
 
 def _to_plain(value: Any) -> Any:

@@ -1,0 +1,334 @@
+"""Delete a VM without losing anything the user did not ask to lose.
+
+``plan()`` says exactly what would be removed and what is kept (with the reason);
+``destroy()`` carries it out: stop (only with ``force=True`` when running), undefine with
+the right flags, remove the saved settings and the Looking Glass shared-memory file, and
+the disks only with ``delete_disks=True``. Even then a disk is kept when it is a CD-ROM,
+read-only, shareable, not a plain file, outside the managed images folder, or used by
+another domain (directly or as a backing file). ``delete_disks=True`` also removes the
+UEFI variables (NVRAM) and the TPM state: it means "delete everything".
+
+Facts (DESIGN.md 5, virt-manager's delete dialog): undefine flags MANAGED_SAVE 1 |
+SNAPSHOTS_METADATA 2 | NVRAM 4 | KEEP_NVRAM 8 | CHECKPOINTS_METADATA 16 | TPM 32 |
+KEEP_TPM 64, the TPM ones from libvirt 8.9.0; the test driver takes only 1 | 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+
+from .connection import LibvirtConnection, get_connection
+from .errors import InvalidConfig, LifecycleError, OperationFailed
+from .primitives import VMState
+from .store import VMStore
+from .vm_creator import images_dir
+
+log = logging.getLogger(__name__)
+
+UNDEFINE_MANAGED_SAVE = 1
+UNDEFINE_SNAPSHOTS_METADATA = 2
+UNDEFINE_NVRAM = 4
+UNDEFINE_KEEP_NVRAM = 8
+UNDEFINE_CHECKPOINTS_METADATA = 16
+UNDEFINE_TPM = 32
+UNDEFINE_KEEP_TPM = 64
+TPM_FLAGS_SINCE = 8009000  # libvirt 8.9.0
+
+
+@dataclass
+class DiskDecision:
+    path: str
+    device: str  # "disk", "cdrom", ...
+    delete: bool
+    reason: str
+
+
+@dataclass
+class DestroyPlan:
+    name: str
+    state: VMState
+    delete_disks: bool
+    disks: list[DiskDecision]
+    settings_file: str | None  # present and to be removed
+    shm_file: str | None
+    undefine_flags: int
+    firmware_state: str  # what happens to NVRAM/TPM
+
+    @property
+    def blocked_reason(self) -> str | None:
+        if self.state.is_active:
+            return f"{self.name!r} is {self.state.label}: stop it first, or delete with force"
+        return None
+
+    def describe(self) -> list[str]:
+        lines = [f"delete VM {self.name!r} ({self.state.label})"]
+        if self.state.is_active:
+            lines.append("  stop it first (graceful, forced after the timeout)")
+        lines.append("  remove its libvirt definition (snapshot and checkpoint metadata too)")
+        lines.append(f"  UEFI variables and TPM state: {self.firmware_state}")
+        for disk in self.disks:
+            action = "DELETE" if disk.delete else "keep  "
+            lines.append(f"  {action} {disk.device} {disk.path} ({disk.reason})")
+        if self.settings_file:
+            lines.append(f"  remove settings {self.settings_file}")
+        if self.shm_file:
+            lines.append(f"  remove shared memory {self.shm_file}")
+        return lines
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "delete_disks": self.delete_disks,
+            "disks": [disk.__dict__ for disk in self.disks],
+            "settings_file": self.settings_file,
+            "shm_file": self.shm_file,
+            "firmware_state": self.firmware_state,
+        }
+
+
+@dataclass
+class DestroyResult:
+    name: str
+    stopped: bool
+    removed: list[str] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "stopped": self.stopped, "removed": self.removed,
+                "kept": [{"path": p, "reason": r} for p, r in self.kept],
+                "failed": [{"path": p, "error": e} for p, e in self.failed]}
+
+
+class VMDestroyer:
+    def __init__(
+        self,
+        connection: LibvirtConnection | None = None,
+        *,
+        store: VMStore | None = None,
+        lifecycle=None,
+        images_dir: Path | str | None = None,
+        shm_dir: Path | str = "/dev/shm",
+        qemu_img: str = "qemu-img",
+    ):
+        self._connection = connection
+        self.store = store or VMStore()
+        self._lifecycle = lifecycle
+        self._images_dir = Path(images_dir) if images_dir else None
+        self.shm_dir = Path(shm_dir)
+        self.qemu_img = qemu_img
+
+    @property
+    def connection(self) -> LibvirtConnection:
+        if self._connection is None:
+            self._connection = get_connection()
+        return self._connection
+
+    @property
+    def lifecycle(self):
+        if self._lifecycle is None:
+            from .vm_lifecycle import VMLifecycleManager
+
+            self._lifecycle = VMLifecycleManager(self.connection)
+        return self._lifecycle
+
+    # --- plan -------------------------------------------------------------------------------
+
+    def plan(self, name: str, delete_disks: bool = False) -> DestroyPlan:
+        """What ``destroy`` would do. Raises ``VMNotFound``. Changes nothing."""
+
+        def read(conn: libvirt.virConnect):
+            dom = self.connection.lookup(conn, name)
+            others = {}
+            for other in conn.listAllDomains(0):
+                if other.name() != name:
+                    others[other.name()] = other.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            return (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.state()[0], others,
+                    conn.getLibVersion())
+
+        xml, state_code, others, lib_version = self.connection.execute(read, idempotent=True)
+        state = VMState.from_libvirt(state_code)
+        managed = (self._images_dir or images_dir(self.connection.uri)).resolve()
+        used_by = self._paths_used_by(others)
+        disks = [self._decide(disk, delete_disks, managed, used_by)
+                 for disk in _disks(ET.fromstring(xml))]
+
+        flags = UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA | UNDEFINE_CHECKPOINTS_METADATA
+        tpm_flags = lib_version >= TPM_FLAGS_SINCE
+        if delete_disks:
+            flags |= UNDEFINE_NVRAM | (UNDEFINE_TPM if tpm_flags else 0)
+            firmware = "deleted"
+        else:
+            flags |= UNDEFINE_KEEP_NVRAM | (UNDEFINE_KEEP_TPM if tpm_flags else 0)
+            firmware = "kept (delete them with --delete-disks)"
+
+        from ..passthrough.ivshmem import shm_path
+
+        try:  # a domain made outside NeuronOS may have a name our files cannot carry
+            settings: Path | None = self.store.path_for(name)
+            shm: Path | None = shm_path(name, self.shm_dir)
+        except InvalidConfig:
+            settings = shm = None
+        return DestroyPlan(
+            name=name, state=state, delete_disks=delete_disks, disks=disks,
+            settings_file=str(settings) if settings and settings.exists() else None,
+            shm_file=str(shm) if shm and shm.exists() else None,
+            undefine_flags=flags, firmware_state=firmware,
+        )
+
+    def _decide(self, disk: dict, delete_disks: bool, managed: Path,
+                used_by: dict[str, str]) -> DiskDecision:
+        path, device = disk["path"], disk["device"]
+
+        def keep(reason: str) -> DiskDecision:
+            return DiskDecision(path, device, False, reason)
+
+        if device == "cdrom":
+            return keep("a CD-ROM image is never deleted")
+        if disk["readonly"]:
+            return keep("read-only")
+        if disk["shareable"]:
+            return keep("shareable")
+        if disk["type"] != "file":
+            return keep(f"not a plain file ({disk['type']})")
+        real = Path(os.path.realpath(path))
+        if str(real) in used_by:
+            return keep(f"also used by VM {used_by[str(real)]!r}")
+        if managed not in real.parents:
+            return keep(f"outside the managed images folder {managed}")
+        if not delete_disks:
+            return keep("disks are kept unless you ask to delete them (--delete-disks)")
+        return DiskDecision(path, device, True, "owned by this VM")
+
+    def _paths_used_by(self, others: dict[str, str]) -> dict[str, str]:
+        """Real path -> name of another domain that uses it (a disk or a backing file)."""
+        used: dict[str, str] = {}
+        for other_name, xml in others.items():
+            for disk in _disks(ET.fromstring(xml)):
+                if disk["type"] != "file" or not disk["path"]:
+                    continue
+                for path in [disk["path"], *self._backing_chain(disk["path"])]:
+                    used.setdefault(os.path.realpath(path), other_name)
+        return used
+
+    def _backing_chain(self, path: str) -> list[str]:
+        if not os.path.isfile(path):
+            return []
+        try:
+            out = subprocess.run(
+                [self.qemu_img, "info", "-U", "--backing-chain", "--output=json", path],
+                capture_output=True, text=True, check=True, timeout=30,
+            ).stdout
+            images = json.loads(out)
+        except (OSError, subprocess.SubprocessError, ValueError) as error:
+            log.warning("cannot read the backing chain of %s: %s", path, error)
+            return []
+        if isinstance(images, dict):
+            images = [images]
+        chain = []
+        for image in images:
+            backing = image.get("full-backing-filename") or image.get("backing-filename")
+            if backing:
+                chain.append(backing)
+        return chain
+
+    # --- destroy ----------------------------------------------------------------------------
+
+    def destroy(self, name: str, delete_disks: bool = False, force: bool = False,
+                stop_timeout: float = 60.0) -> DestroyResult:
+        plan = self.plan(name, delete_disks)
+        stopped = False
+        if plan.state.is_active:
+            if not force:
+                raise LifecycleError(f"cannot delete {plan.blocked_reason}")
+            self.lifecycle.stop(name, timeout=stop_timeout)  # forced after the timeout
+            stopped = True
+        states = self.lifecycle.states
+        ticket = states.begin(name, "delete", timeout=60)
+        try:
+            self._undefine(name, plan.undefine_flags)
+        except BaseException as error:
+            states.end(ticket, error=str(error))
+            raise
+        states.end(ticket)
+        result = DestroyResult(name, stopped)
+        result.removed.append(f"libvirt domain {name}")
+        for disk in plan.disks:
+            if not disk.delete:
+                result.kept.append((disk.path, disk.reason))
+                continue
+            try:
+                self._delete_disk(disk.path)
+                result.removed.append(disk.path)
+            except (OSError, OperationFailed) as error:
+                result.failed.append((disk.path, str(error)))
+        for path in (plan.settings_file, plan.shm_file):
+            if path is None:
+                continue
+            try:
+                os.unlink(path)
+                result.removed.append(path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                result.failed.append((path, error.strerror or str(error)))
+        log.info("deleted VM %s: removed %s, kept %s", name, result.removed, result.kept)
+        return result
+
+    def _undefine(self, name: str, flags: int) -> None:
+        def undefine(conn: libvirt.virConnect) -> None:
+            dom = self.connection.lookup(conn, name)
+            for attempt in (flags, flags & (UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA)):
+                try:
+                    dom.undefineFlags(attempt)
+                    return
+                except libvirt.libvirtError as error:
+                    if error.get_error_code() not in (
+                        libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT
+                    ):
+                        raise
+                    log.debug("undefine flags %#x refused: %s", attempt, error)
+            dom.undefine()  # drivers that take no flags at all
+
+        self.connection.execute(undefine)
+
+    def _delete_disk(self, path: str) -> None:
+        def managed_volume(conn: libvirt.virConnect):
+            try:
+                return conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError:
+                return None
+
+        volume = self.connection.execute(managed_volume)
+        if volume is not None:
+            self.connection.execute(lambda conn: volume.delete(0))
+        else:
+            os.unlink(path)
+
+
+def _disks(root: ET.Element) -> list[dict]:
+    disks = []
+    for disk in root.findall("devices/disk"):
+        source = disk.find("source")
+        path = None
+        if source is not None:
+            path = source.get("file") or source.get("dev") or source.get("name")
+        if not path:
+            continue  # an empty CD-ROM drive
+        disks.append({
+            "path": path,
+            "device": disk.get("device", "disk"),
+            "type": disk.get("type", "file"),
+            "readonly": disk.find("readonly") is not None,
+            "shareable": disk.find("shareable") is not None,
+        })
+    return disks
