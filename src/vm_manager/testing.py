@@ -8,6 +8,7 @@ state per process (DESIGN.md 5).
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,3 +64,74 @@ def write_node_file(path: Path, host: FakeHost) -> str:
     path = Path(path).resolve()
     path.write_text(node_xml(host), encoding="utf-8")
     return f"test://{path}"
+
+
+# --- fake sysfs trees ---------------------------------------------------------------------
+
+
+@dataclass
+class FakePCIDevice:
+    """One PCI function as the kernel shows it under /sys (DESIGN.md 4.3)."""
+
+    address: str  # DDDD:BB:SS.F
+    vendor: int
+    device: int
+    pci_class: int  # 0x030000 VGA, 0x040300 HD audio, 0x0c0330 xHCI, ...
+    driver: str | None = None
+    iommu_group: int | None = None
+    boot_vga: bool | None = None  # only VGA-class devices have the file
+    subsystem_vendor: int = 0
+    subsystem_device: int = 0
+    reset_methods: tuple[str, ...] = ("flr", "bus")
+    parent: str = "0000:00:01.0"  # the bridge (root port) above it
+
+
+def add_pci_devices(root: Path, devices: list[FakePCIDevice]) -> Path:
+    """Build ``root/sys`` like the kernel's: the device folder under /sys/devices, the
+    /sys/bus/pci/devices symlink to it, and symlinks for ``driver`` and ``iommu_group``."""
+    root = Path(root)
+    sys_dir = root / "sys"
+    bus_devices = sys_dir / "bus" / "pci" / "devices"
+    bus_devices.mkdir(parents=True, exist_ok=True)
+    for dev in devices:
+        domain = dev.address.split(":")[0]
+        real = sys_dir / "devices" / f"pci{domain}:00" / dev.parent / dev.address
+        real.mkdir(parents=True, exist_ok=True)
+        files = {
+            "vendor": f"0x{dev.vendor:04x}", "device": f"0x{dev.device:04x}",
+            "subsystem_vendor": f"0x{dev.subsystem_vendor:04x}",
+            "subsystem_device": f"0x{dev.subsystem_device:04x}",
+            "class": f"0x{dev.pci_class:06x}", "driver_override": "(null)",
+        }
+        if dev.reset_methods:
+            files["reset_method"] = " ".join(dev.reset_methods)
+        if dev.boot_vga is not None:
+            files["boot_vga"] = "1" if dev.boot_vga else "0"
+        for name, text in files.items():
+            (real / name).write_text(text + "\n")
+        link = bus_devices / dev.address
+        if not link.exists():
+            link.symlink_to(os.path.relpath(real, bus_devices))
+        if dev.driver:
+            driver_dir = sys_dir / "bus" / "pci" / "drivers" / dev.driver
+            driver_dir.mkdir(parents=True, exist_ok=True)
+            (real / "driver").symlink_to(os.path.relpath(driver_dir, real))
+            (driver_dir / dev.address).symlink_to(os.path.relpath(real, driver_dir))
+        if dev.iommu_group is not None:
+            group = sys_dir / "kernel" / "iommu_groups" / str(dev.iommu_group)
+            (group / "devices").mkdir(parents=True, exist_ok=True)
+            (real / "iommu_group").symlink_to(os.path.relpath(group, real))
+            (group / "devices" / dev.address).symlink_to(
+                os.path.relpath(real, group / "devices"))
+    return root
+
+
+def nvidia_turing_gpu(bus: int = 1, group: int = 14, boot_vga: bool = False) -> list[FakePCIDevice]:
+    """A Turing-class NVIDIA card: VGA, HD audio, xHCI and UCSI on one slot, one group."""
+    base = f"0000:{bus:02x}:00"
+    return [
+        FakePCIDevice(f"{base}.0", 0x10DE, 0x1E87, 0x030000, "nvidia", group, boot_vga),
+        FakePCIDevice(f"{base}.1", 0x10DE, 0x10F8, 0x040300, "snd_hda_intel", group),
+        FakePCIDevice(f"{base}.2", 0x10DE, 0x1AD8, 0x0C0330, "xhci_hcd", group),
+        FakePCIDevice(f"{base}.3", 0x10DE, 0x1AD9, 0x0C8000, "nvidia-gpu", group),
+    ]
