@@ -172,3 +172,67 @@ def test_vm_survives_a_libvirtd_restart(system, define, tiny_guest):
     assert {vm["name"]: vm["state"] for vm in json.loads(listing.stdout)}[name] == "running"
     stopped = system.stop(name, timeout=60)
     assert stopped.state == S.SHUTOFF and stopped.forced is False
+
+
+# --- templates on the real daemon (issue 4) ---------------------------------------------------
+
+def unique(case: str) -> str:
+    return f"neuron-e2e-{case}-{uuid.uuid4().hex[:6]}"
+
+
+def test_every_template_defines_on_the_real_daemon(system, tmp_path):
+    from creation_cases import cases, media
+    from vm_manager.core.store import VMStore
+    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.core.vm_creator import VMCreator
+    from vm_manager.core.vm_destroyer import VMDestroyer
+
+    images = tmp_path / "images"
+    store = VMStore(tmp_path / "config")
+    creator = VMCreator(system.connection, store=store, images_dir=images)
+    destroyer = VMDestroyer(system.connection, store=store, lifecycle=system, images_dir=images)
+    for case, config in cases(media(tmp_path / "media"), gpu=False).items():
+        data = config.to_dict()
+        data["name"] = unique(case)
+        result = creator.create(VMConfig.from_dict(data), force=True)
+        try:
+            assert system.get_state(result.name) == S.SHUTOFF
+            live = system.connection.execute(lambda c: c.lookupByName(result.name).XMLDesc(0))
+            assert f"<name>{result.name}</name>" in live
+        finally:
+            outcome = destroyer.destroy(result.name, delete_disks=True)
+        if result.disk_created:
+            assert result.disk_path in outcome.removed
+
+
+def test_windows11_starts_on_real_qemu(system, tmp_path):
+    """UEFI with Secure Boot and Microsoft keys, TPM 2.0 (swtpm), SMM, Hyper-V: QEMU starts it
+    (it idles in the firmware: there is no OS on the disk). Then it is deleted with
+    everything, NVRAM included."""
+    from pathlib import Path
+
+    from vm_manager.core.store import VMStore
+    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.core.vm_creator import VMCreator
+    from vm_manager.core.vm_destroyer import VMDestroyer
+
+    store = VMStore(tmp_path / "config")
+    images = Path("/var/lib/libvirt/images")  # QEMU's user must reach the disk
+    creator = VMCreator(system.connection, store=store, images_dir=images)
+    destroyer = VMDestroyer(system.connection, store=store, lifecycle=system, images_dir=images)
+    name = unique("win11")
+    config = VMConfig(name=name, vm_type="windows11", memory_mb=4096, vcpus=2,
+                      disk_size_gb=64, domain_type="qemu", network="none")
+    result = creator.create(config, force=True)
+    try:
+        assert system.start(name, timeout=BOOT_TIMEOUT).state == S.RUNNING
+        live = system.connection.execute(lambda c: c.lookupByName(name).XMLDesc(0))
+        assert "secure='yes'" in live and "<tpm model='tpm-crb'>" in live
+        nvram = [line for line in live.splitlines() if "<nvram" in line]
+        assert nvram, "libvirt picked no UEFI variable store"
+        system.stop(name, method=ShutdownMethod.FORCE)
+    finally:
+        outcome = destroyer.destroy(name, delete_disks=True, force=True)
+    assert result.disk_path in outcome.removed and not Path(result.disk_path).exists()
+    nvram_path = nvram[0].split(">")[1].split("<")[0]
+    assert not Path(nvram_path).exists(), "NVRAM kept although everything was deleted"

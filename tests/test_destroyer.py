@@ -1,0 +1,148 @@
+"""VMDestroyer: the delete matrix keeps everything it must."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+
+import pytest
+
+from vm_manager.cli import main
+from vm_manager.core.connection import LibvirtConnection
+from vm_manager.core.errors import LifecycleError
+from vm_manager.core.store import VMStore
+from vm_manager.core.vm_config import VMConfig
+from vm_manager.core.vm_destroyer import VMDestroyer
+from vm_manager.core.vm_lifecycle import VMLifecycleManager
+
+
+def disk_xml(path, device="disk", readonly=False, shareable=False, target="vda"):
+    extra = ("<readonly/>" if readonly else "") + ("<shareable/>" if shareable else "")
+    return (f"<disk type='file' device='{device}'><source file='{path}'/>"
+            f"<target dev='{target}' bus='virtio'/>{extra}</disk>")
+
+
+def define(conn, name, disks, running=False):
+    xml = (f"<domain type='test'><name>{name}</name><memory unit='MiB'>512</memory>"
+           f"<vcpu>1</vcpu><os><type>hvm</type></os><devices>{''.join(disks)}</devices>"
+           "</domain>")
+    dom = conn.execute(lambda c: c.defineXML(xml))
+    if running:
+        conn.execute(lambda c: c.lookupByName(name).create())
+    return dom
+
+
+def qcow2(path, backing=None):
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing:
+        argv += ["-b", str(backing), "-F", "qcow2"]
+    subprocess.run([*argv, str(path), "1G"], check=True)
+    return path
+
+
+@pytest.fixture
+def world(tmp_path, make_host):
+    images = tmp_path / "images"
+    images.mkdir()
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    conn = LibvirtConnection(make_host()).open()
+    store = VMStore(tmp_path / "config")
+    lifecycle = VMLifecycleManager(conn)
+    destroyer = VMDestroyer(conn, store=store, lifecycle=lifecycle, images_dir=images,
+                            shm_dir=shm)
+    yield conn, images, shm, store, destroyer
+    lifecycle.close()
+    conn.close()
+
+
+def names(conn):
+    return set(conn.execute(lambda c: [d.name() for d in c.listAllDomains()]))
+
+
+def test_default_keeps_every_disk_but_removes_settings_and_shm(world):
+    conn, images, shm, store, destroyer = world
+    own = qcow2(images / "vm.qcow2")
+    define(conn, "vm", [disk_xml(own)])
+    store.save(VMConfig(name="vm"))
+    (shm / "looking-glass-vm").write_bytes(b"LGMP")
+    plan = destroyer.plan("vm")
+    assert [d.delete for d in plan.disks] == [False]
+    assert "--delete-disks" in plan.disks[0].reason
+    assert plan.firmware_state.startswith("kept")
+    result = destroyer.destroy("vm")
+    assert own.exists()
+    assert "vm" not in names(conn)
+    assert not store.path_for("vm").exists() and not (shm / "looking-glass-vm").exists()
+    assert (str(own), plan.disks[0].reason) in result.kept
+
+
+def test_delete_matrix(world, tmp_path):
+    conn, images, shm, store, destroyer = world
+    own = qcow2(images / "own.qcow2")
+    shared = qcow2(images / "shared.qcow2")
+    base = qcow2(images / "base.qcow2")
+    outside = qcow2(tmp_path / "outside.qcow2")
+    iso = images / "installer.iso"
+    iso.write_bytes(b"")
+    readonly = qcow2(images / "ro.qcow2")
+    shareable = qcow2(images / "sh.qcow2")
+    define(conn, "victim", [
+        disk_xml(own, target="vda"), disk_xml(shared, target="vdb"),
+        disk_xml(base, target="vdc"), disk_xml(outside, target="vdd"),
+        disk_xml(iso, device="cdrom", target="vde"), disk_xml(readonly, readonly=True,
+                                                              target="vdf"),
+        disk_xml(shareable, shareable=True, target="vdg"),
+    ])
+    define(conn, "neighbour", [disk_xml(shared)])
+    child = qcow2(images / "child.qcow2", backing=base)  # another VM's overlay on our base
+    define(conn, "overlay", [disk_xml(child)])
+
+    plan = destroyer.plan("victim", delete_disks=True)
+    decisions = {d.path: d for d in plan.disks}
+    assert decisions[str(own)].delete
+    assert not decisions[str(shared)].delete and "neighbour" in decisions[str(shared)].reason
+    assert not decisions[str(base)].delete and "overlay" in decisions[str(base)].reason
+    assert not decisions[str(outside)].delete and "outside" in decisions[str(outside)].reason
+    assert not decisions[str(iso)].delete and "CD-ROM" in decisions[str(iso)].reason
+    assert not decisions[str(readonly)].delete and "read-only" in decisions[str(readonly)].reason
+    assert not decisions[str(shareable)].delete
+    assert plan.firmware_state == "deleted"
+
+    result = destroyer.destroy("victim", delete_disks=True)
+    assert result.removed.count(str(own)) == 1 and not own.exists()
+    for keep in (shared, base, outside, iso, readonly, shareable, child):
+        assert keep.exists(), keep
+    assert names(conn) == {"neighbour", "overlay"}
+
+
+def test_running_vm_needs_force(world):
+    conn, images, _, _, destroyer = world
+    own = qcow2(images / "run.qcow2")
+    define(conn, "run", [disk_xml(own)], running=True)
+    with pytest.raises(LifecycleError, match="stop it first"):
+        destroyer.destroy("run", delete_disks=True)
+    assert "run" in names(conn) and own.exists()
+    result = destroyer.destroy("run", delete_disks=True, force=True)
+    assert result.stopped and not own.exists() and "run" not in names(conn)
+
+
+def cli(argv, conn):
+    out, err = io.StringIO(), io.StringIO()
+    return main(argv, connection=conn, out=out, err=err), out.getvalue(), err.getvalue()
+
+
+def test_cli_delete(world, monkeypatch):
+    conn, images, _, _, _ = world
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
+    own = qcow2(images / "c.qcow2")
+    define(conn, "c", [disk_xml(own)])
+    code, out, _ = cli(["delete", "c", "--dry-run", "--delete-disks"], conn)
+    assert code == 0 and "DELETE disk" in out and "c" in names(conn)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal
+    code, _, err = cli(["delete", "c"], conn)
+    assert code == 2 and "--yes" in err and "c" in names(conn)
+    code, out, _ = cli(["delete", "c", "--yes"], conn)
+    assert code == 0 and "kept" in out and own.exists() and "c" not in names(conn)
+    code, _, _ = cli(["delete", "c", "--yes"], conn)
+    assert code == 3
