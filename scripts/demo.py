@@ -17,8 +17,11 @@ import time
 from vm_manager import cli
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.errors import VMManagerError, VMNotFound
-from vm_manager.core.vm_lifecycle import ShutdownMethod, VMLifecycleManager
-from vm_manager.tiny_guest import READY_MARKER, build, domain_xml, wait_for_console
+from vm_manager.core.vm_config import VMConfig
+from vm_manager.core.vm_creator import VMCreator
+from vm_manager.core.vm_destroyer import VMDestroyer
+from vm_manager.core.vm_lifecycle import VMLifecycleManager
+from vm_manager.tiny_guest import READY_MARKER, build, wait_for_console
 
 NAME = "neuron-demo"
 
@@ -48,18 +51,20 @@ def main() -> int:
         manager = VMLifecycleManager(conn)
         started = time.monotonic()
         try:
-            if manager.get_state(NAME).is_active:
-                manager.stop(NAME, method=ShutdownMethod.FORCE)
-            conn.execute(lambda c: c.lookupByName(NAME).undefine())
+            VMDestroyer(conn, lifecycle=manager).destroy(NAME, force=True, stop_timeout=10)
             print(f"==> removed the earlier {NAME}")
         except VMNotFound:
             pass
         serial.unlink(missing_ok=True)
-        xml = domain_xml(NAME, guest, serial, domain_type=args.domain_type)
-        import libvirt
-
-        conn.execute(lambda c: c.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE))
-        step(timings, f"defined {NAME} ({args.domain_type}, no disk, no network)", started)
+        config = VMConfig(
+            name=NAME, vm_type="linux", memory_mb=512, vcpus=1, disk_size_gb=0,
+            kernel_path=str(guest.kernel), initrd_path=str(guest.initrd),
+            kernel_cmdline="console=ttyS0 quiet panic=-1", serial_log_path=str(serial),
+            network="none", domain_type=args.domain_type,
+        )
+        result = VMCreator(conn).create(config, force=True)
+        step(timings, f"created {NAME} from the {result.template} template (direct kernel"
+             f" boot, {args.domain_type}, no disk, no network)", started)
 
         started = time.monotonic()
         result = manager.start(NAME, timeout=120)

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from creation_cases import FIXED_FACTS
 from vm_manager.cli import main
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.errors import InvalidConfig, VMCreationError

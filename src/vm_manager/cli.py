@@ -382,7 +382,8 @@ def cmd_create(ctx: _Context) -> int:
         if steps is None:
             ctx.print(f"  ... {step}")
 
-    result = creator.create(config, force=args.force, template=template, progress=progress)
+    result = creator.create(config, force=args.force, template=template, progress=progress,
+                            plan=plan)
     started = None
     if args.start:
         with _Spinner(ctx, f"Starting {config.name}"):

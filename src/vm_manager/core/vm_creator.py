@@ -370,8 +370,11 @@ class VMCreator:
     # --- the transaction ------------------------------------------------------------------
 
     def create(self, config: VMConfig, *, force: bool = False, template: str | None = None,
-               progress: Callable[[str], None] | None = None) -> CreationResult:
-        """Create the VM. ``progress(step)`` is told each step as it starts."""
+               progress: Callable[[str], None] | None = None,
+               plan: CreationPlan | None = None) -> CreationResult:
+        """Create the VM. ``progress(step)`` is told each step as it starts. ``plan``: one
+        this creator just made for ``config`` (shown to the user first), so the checks do
+        not run twice."""
         from ..templates.validator import validate_xml
 
         undo: list[tuple[str, Callable[[], None]]] = []
@@ -385,7 +388,8 @@ class VMCreator:
             log.debug("create %s: %s", config.name, name)
 
         enter("check")
-        plan = self.plan(config, force=force, template=template)  # InvalidConfig: nothing done
+        if plan is None or plan.config is not config:
+            plan = self.plan(config, force=force, template=template)  # InvalidConfig: no harm
         try:
             enter("disk")
             if plan.disk is not None and plan.disk.create:
