@@ -20,10 +20,12 @@ test: $(PY)
 $(PY):
 	bash scripts/setup-host.sh
 
-## bench: the benchmarks under bench/, each prints its figures (event_latency needs libvirtd)
+## bench: the benchmarks under bench/, each prints its figures (event_latency and
+## create_time need libvirtd; create_time also Debian's virtinst)
 bench: $(PY)
 	$(PY) bench/list_latency.py
 	$(PY) bench/event_latency.py
+	$(PY) bench/create_time.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis src/*.egg-info
