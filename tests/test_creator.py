@@ -280,3 +280,26 @@ def test_design_notes_test_commands_work():
     config = VMConfig(name="test-vm", vm_type=VMType.LINUX, memory_mb=2048, vcpus=2)
     creator = VMCreator()  # no connection is opened until it is needed
     assert creator.store is not None and config.memory_mb == 2048
+
+
+def test_creator_refuses_a_non_viable_or_boot_gpu(env, tmp_path):
+    from vm_manager.testing import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
+
+    conn, images, store = env
+    shared = add_pci_devices(tmp_path / "shared", [
+        *nvidia_turing_gpu(group=7), FakePCIDevice("0000:02:00.0", 0x1022, 0x43B7, 0x010601,
+                                                   "ahci", 7)])
+    boot = add_pci_devices(tmp_path / "boot", nvidia_turing_gpu(boot_vga=True))
+    gpu_config = {"vm_type": "windows10", "memory_mb": 4096, "domain_type": "qemu",
+                  "network": "none"}
+    for root, words in ((shared, "not viable"), (boot, "boot GPU")):
+        config = VMConfig.from_dict({"name": "g", **gpu_config,
+                                     "gpu_passthrough": {"pci_address": "01:00.0"}})
+        with pytest.raises(InvalidConfig, match=words) as caught:
+            creator_for(conn, images, store, host_root=root).create(config)
+        assert caught.value.field == "gpu.pci_address"
+    assert list(images.iterdir()) == [] and domain_names(conn) == {"existing"}
+    opted = VMConfig.from_dict({"name": "g", **gpu_config, "gpu_passthrough": {
+        "pci_address": "01:00.0", "allow_boot_gpu": True}})
+    result = creator_for(conn, images, store, host_root=boot).create(opted)
+    assert result.xml.count("type='pci' managed='yes'") == 4

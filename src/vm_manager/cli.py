@@ -342,7 +342,8 @@ def _config_from_args(args: argparse.Namespace):
         data["display_mode"] = "looking-glass"
     if args.gpu:
         data["gpu_passthrough"] = {"pci_address": args.gpu, "rom_file": args.gpu_rom,
-                                   "nvidia_compat": args.nvidia_compat}
+                                   "nvidia_compat": args.nvidia_compat,
+                                   "allow_boot_gpu": args.allow_boot_gpu}
     data = {key: value for key, value in data.items() if value is not None}
     config = VMConfig.from_dict(data)
     template = None
@@ -476,6 +477,71 @@ def cmd_templates(ctx: _Context) -> int:
     return EXIT_OK
 
 
+def cmd_gpu(ctx: _Context) -> int:
+    from .passthrough import gpu_attach
+
+    action = ctx.args.action
+    if action == "list":
+        gpus = gpu_attach.list_gpus()
+        if ctx.json:
+            ctx.print_json([gpu.to_dict() for gpu in gpus])
+            return EXIT_OK
+        if not gpus:
+            ctx.print("No GPUs found.")
+        for gpu in gpus:
+            verdict = "viable" if gpu.viable else "NOT viable"
+            ctx.print(f"{gpu.address}  {gpu.device.name}")
+            ctx.print(f"    driver {gpu.device.driver or '-'}, IOMMU group"
+                      f" {gpu.device.iommu_group if gpu.device.iommu_group is not None else '-'}"
+                      f", functions {', '.join(str(f.address) for f in gpu.functions)}: {verdict}")
+            for blocker in gpu.blockers:
+                ctx.print(f"    blocked by {blocker.address}: {blocker.reason}")
+            for warning in gpu.warnings:
+                ctx.print(f"    note: {warning}")
+        return EXIT_OK
+    if action in ("plan", "prepare", "unprepare", "detach", "reattach") and not ctx.args.address \
+            and action != "unprepare":
+        from .core.errors import InvalidConfig
+
+        raise InvalidConfig("ADDR", f"gpu {action} needs the GPU's PCI address")
+    if action == "plan":
+        plan = gpu_attach.plan_passthrough(ctx.args.address,
+                                           allow_boot_gpu=ctx.args.allow_boot_gpu)
+        if ctx.json:
+            ctx.print_json(plan.to_dict())
+        else:
+            ctx.print(f"{plan.gpu.address}  {plan.gpu.device.name}")
+            ctx.print(f"  hostdevs (managed='yes'): {', '.join(plan.hostdevs)}")
+            for note in plan.notes:
+                ctx.print(f"  note: {note}")
+            for warning in plan.gpu.warnings:
+                ctx.print(f"  warning: {warning}")
+            ctx.print("  ready to pass through" if plan.ready else
+                      f"  refused: {plan.refused_reason}")
+        return EXIT_OK if plan.ready else EXIT_FAILED
+    if action in ("detach", "reattach"):
+        call = gpu_attach.detach if action == "detach" else gpu_attach.reattach
+        call(ctx.connection, ctx.args.address)
+        ctx.print(f"{ctx.args.address}: {'on vfio-pci' if action == 'detach' else 'back on its host driver'}")
+        return EXIT_OK
+    from .passthrough import isolation
+
+    if action == "unprepare":
+        done = isolation.unprepare()
+        for line in done:
+            ctx.print(line)
+        return EXIT_OK
+    plan = isolation.plan_isolation(ctx.args.address)
+    for line in plan.describe():
+        ctx.print(line)
+    if not ctx.args.apply:
+        ctx.print("(nothing written: add --apply to do it)")
+        return EXIT_OK
+    for line in isolation.apply(plan):
+        ctx.print(line)
+    return EXIT_OK
+
+
 def _print_json_line(ctx: _Context, data: dict) -> None:
     import json
 
@@ -498,6 +564,7 @@ COMMANDS: dict[str, Callable[[_Context], int]] = {
     "create": cmd_create,
     "delete": cmd_delete,
     "templates": cmd_templates,
+    "gpu": cmd_gpu,
 }
 
 
@@ -597,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="virtio-win drivers ISO (Windows; enables virtio disk and NIC)")
     create.add_argument("--gpu", metavar="PCI_ADDR", help="pass this GPU (all its functions)")
     create.add_argument("--gpu-rom", metavar="PATH", help="ROM file for the GPU")
+    create.add_argument("--allow-boot-gpu", action="store_true",
+                        help="single-GPU mode: allow the GPU the host boots on")
     create.add_argument("--nvidia-compat", action="store_true",
                         help="hide KVM and set a Hyper-V vendor id (old NVIDIA drivers)")
     create.add_argument("--usb", action="append", metavar="VID:PID", help="pass a USB device")
@@ -638,6 +707,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     templates.add_argument("action", choices=["list", "show", "validate"])
     templates.add_argument("target", nargs="?", metavar="T|FILE")
+
+    gpu = commands.add_parser(
+        "gpu", parents=[common], help="GPUs: list, passthrough plan, boot-time isolation",
+        description="gpu list | gpu plan ADDR | gpu prepare ADDR [--apply] | gpu unprepare |"
+        " gpu detach ADDR | gpu reattach ADDR. Reads sysfs under $NEURONOS_HOST_ROOT (default"
+        " /); only prepare --apply, unprepare, detach and reattach change anything.",
+    )
+    gpu.add_argument("action", choices=["list", "plan", "prepare", "unprepare", "detach",
+                                        "reattach"])
+    gpu.add_argument("address", nargs="?", metavar="ADDR")
+    gpu.add_argument("--allow-boot-gpu", action="store_true",
+                     help="single-GPU mode: allow passing the GPU the host boots on")
+    gpu.add_argument("--apply", action="store_true", help="gpu prepare: really write the files")
     return parser
 
 

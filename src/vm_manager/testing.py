@@ -32,6 +32,7 @@ class FakeHost:
     cpus: int = 8
     memory_mb: int = 16384
     domains: tuple[FakeDomain, ...] | list[FakeDomain] = ()
+    pci_devices: tuple | list = ()  # FakePCIDevice entries, listed as libvirt node devices
 
 
 def node_xml(host: FakeHost) -> str:
@@ -56,7 +57,32 @@ def node_xml(host: FakeHost) -> str:
         # virDomainState numbers; the test driver starts the domain in that state
         runstate = list(VMState).index(spec.state)
         ET.SubElement(domain, f"{{{TEST_NS}}}runstate").text = str(runstate)
+    for dev in host.pci_devices:
+        node.append(ET.fromstring(pci_node_device_xml(dev)))
     return ET.tostring(node, encoding="unicode")
+
+
+def pci_node_device_xml(dev) -> str:
+    """A libvirt node device (``<device>``) for one PCI function, as the test driver reads."""
+    domain, bus, rest = dev.address.split(":")
+    slot, function = rest.split(".")
+    device = ET.Element("device")
+    ET.SubElement(device, "name").text = f"pci_{domain}_{bus}_{slot}_{function}"
+    ET.SubElement(device, "parent").text = "computer"
+    if dev.driver:
+        ET.SubElement(ET.SubElement(device, "driver"), "name").text = dev.driver
+    cap = ET.SubElement(device, "capability", type="pci")
+    ET.SubElement(cap, "class").text = f"0x{dev.pci_class:06x}"
+    for tag, value in (("domain", domain), ("bus", bus), ("slot", slot),
+                       ("function", function)):
+        ET.SubElement(cap, tag).text = str(int(value, 16))
+    ET.SubElement(cap, "product", id=f"0x{dev.device:04x}")
+    ET.SubElement(cap, "vendor", id=f"0x{dev.vendor:04x}")
+    if dev.iommu_group is not None:
+        group = ET.SubElement(cap, "iommuGroup", number=str(dev.iommu_group))
+        ET.SubElement(group, "address", domain=f"0x{domain}", bus=f"0x{bus}",
+                      slot=f"0x{slot}", function=f"0x{function}")
+    return ET.tostring(device, encoding="unicode")
 
 
 def write_node_file(path: Path, host: FakeHost) -> str:

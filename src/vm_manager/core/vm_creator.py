@@ -233,6 +233,14 @@ class VMCreator:
         gpu = config.gpu_passthrough
         if gpu is not None and gpu.rom_file is not None and not Path(gpu.rom_file).is_file():
             raise InvalidConfig("gpu.rom_file", f"{gpu.rom_file} does not exist")
+        if gpu is not None:
+            from ..passthrough.gpu_attach import plan_passthrough
+
+            gpu_plan = plan_passthrough(gpu.pci_address, self.host_root,
+                                        allow_boot_gpu=gpu.allow_boot_gpu)
+            if not gpu_plan.ready:  # never a non-viable group, never the boot GPU unasked
+                raise InvalidConfig("gpu.pci_address", f"{gpu.pci_address}: {gpu_plan.refused_reason}")
+            warnings.extend(gpu_plan.gpu.warnings)
 
         folder = self._images_dir or images_dir(self.connection.uri)
         disk = self._plan_disk(config, folder)
