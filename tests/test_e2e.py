@@ -236,3 +236,44 @@ def test_windows11_starts_on_real_qemu(system, tmp_path):
     assert result.disk_path in outcome.removed and not Path(result.disk_path).exists()
     nvram_path = nvram[0].split(">")[1].split("<")[0]
     assert not Path(nvram_path).exists(), "NVRAM kept although everything was deleted"
+
+
+# --- USB hot-plug call path (issue 5) ------------------------------------------------------
+
+USB_MOUSE = "<input type='mouse' bus='usb'/>"  # QEMU plugs it on the xHCI bus, no hardware
+
+
+def test_usb_hot_plug_and_confirmed_detach(system, tmp_path, tiny_guest):
+    from vm_manager.core.store import VMStore
+    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.core.vm_creator import VMCreator
+    from vm_manager.core.vm_destroyer import VMDestroyer
+    from vm_manager.passthrough.usb_attach import attach_device, detach_device
+
+    conn = system.connection
+    store = VMStore(tmp_path / "config")
+    name = unique("usb")
+    serial = tmp_path / "serial.log"
+    config = VMConfig(name=name, vm_type="linux", memory_mb=512, vcpus=1, disk_size_gb=0,
+                      kernel_path=str(tiny_guest.kernel), initrd_path=str(tiny_guest.initrd),
+                      kernel_cmdline="console=ttyS0 quiet", serial_log_path=str(serial),
+                      network="none", domain_type="qemu")
+    VMCreator(conn, store=store).create(config)
+
+    def mice(flags=0) -> int:
+        return conn.execute(lambda c: c.lookupByName(name).XMLDesc(flags)).count(
+            "<input type='mouse' bus='usb'>")
+
+    try:
+        system.start(name, timeout=BOOT_TIMEOUT)
+        wait_for_console(serial, READY_MARKER, timeout=BOOT_TIMEOUT)
+        assert attach_device(conn, name, USB_MOUSE) is True  # hot-plugged
+        assert mice() == 1 and mice(2) == 1  # live and in the config (2: INACTIVE)
+        assert detach_device(conn, name, USB_MOUSE, timeout=30) is True  # event confirmed
+        assert mice() == 0 and mice(2) == 0
+        system.stop(name, method=ShutdownMethod.FORCE)
+        assert attach_device(conn, name, USB_MOUSE) is False  # stopped: config only
+        assert mice(2) == 1
+        assert detach_device(conn, name, USB_MOUSE) is False and mice(2) == 0
+    finally:
+        VMDestroyer(conn, store=store, lifecycle=system).destroy(name, force=True)

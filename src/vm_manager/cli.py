@@ -542,6 +542,60 @@ def cmd_gpu(ctx: _Context) -> int:
     return EXIT_OK
 
 
+def cmd_usb(ctx: _Context) -> int:
+    from .core.errors import InvalidConfig
+    from .passthrough import usb_attach
+
+    action = ctx.args.action
+    if action == "list":
+        devices = usb_attach.list_usb()
+        if ctx.json:
+            ctx.print_json([device.to_dict() for device in devices])
+        elif not devices:
+            ctx.print("No USB devices found.")
+        for device in devices if not ctx.json else ():
+            hub = "  (hub)" if device.is_hub else ""
+            ctx.print(f"{device.sysfs_name:10s} {device.vendor_id}:{device.product_id}"
+                      f"  {device.name}{hub}")
+        return EXIT_OK
+    if not ctx.args.vm or not ctx.args.device:
+        raise InvalidConfig("NAME", f"usb {action} needs a VM name and VID:PID or BUS-PORT")
+    device = usb_attach.find_usb(ctx.args.device)
+    exact = "-" in ctx.args.device  # named by port: exactly that one
+    xml = usb_attach.device_xml_for(device, exact)
+    if action == "attach":
+        live = usb_attach.attach_device(ctx.connection, ctx.args.vm, xml)
+    else:
+        live = usb_attach.detach_device(ctx.connection, ctx.args.vm, xml)
+    _remember_usb(ctx, ctx.args.vm, device, exact, add=action == "attach")
+    where = "live and in its config" if live else "in its config (it is not running)"
+    ctx.print(f"{device.name} ({device.sysfs_name}) {action}ed: {where}")
+    return EXIT_OK
+
+
+def _remember_usb(ctx: _Context, vm: str, device, exact: bool, add: bool) -> None:
+    """Keep the VM's saved settings in step with its devices (when NeuronOS made it)."""
+    from .core.errors import StoreError
+    from .core.vm_config import USBDeviceConfig
+
+    store = ctx.store()
+    try:
+        config = store.load(vm)
+    except StoreError as error:
+        ctx.warn(str(error))
+        return
+    if config is None:
+        return
+    entry = USBDeviceConfig(device.vendor_id, device.product_id,
+                            bus=device.bus if exact else None,
+                            port=device.port if exact else None, name=device.name)
+    kept = [u for u in config.usb_devices
+            if (u.vendor_id, u.product_id, u.bus, u.port) !=
+            (entry.vendor_id, entry.product_id, entry.bus, entry.port)]
+    config.usb_devices = kept + ([entry] if add else [])
+    store.save(config)
+
+
 def _print_json_line(ctx: _Context, data: dict) -> None:
     import json
 
@@ -565,6 +619,7 @@ COMMANDS: dict[str, Callable[[_Context], int]] = {
     "delete": cmd_delete,
     "templates": cmd_templates,
     "gpu": cmd_gpu,
+    "usb": cmd_usb,
 }
 
 
@@ -720,6 +775,16 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--allow-boot-gpu", action="store_true",
                      help="single-GPU mode: allow passing the GPU the host boots on")
     gpu.add_argument("--apply", action="store_true", help="gpu prepare: really write the files")
+
+    usb = commands.add_parser(
+        "usb", parents=[common], help="USB devices: list, attach to / detach from a VM",
+        description="usb list | usb attach NAME VID:PID|BUS-PORT | usb detach NAME"
+        " VID:PID|BUS-PORT. A running VM gets the device at once and keeps it; a stopped one"
+        " gets it in its config.",
+    )
+    usb.add_argument("action", choices=["list", "attach", "detach"])
+    usb.add_argument("vm", nargs="?", metavar="NAME")
+    usb.add_argument("device", nargs="?", metavar="VID:PID|BUS-PORT")
     return parser
 
 

@@ -161,3 +161,53 @@ def nvidia_turing_gpu(bus: int = 1, group: int = 14, boot_vga: bool = False) -> 
         FakePCIDevice(f"{base}.2", 0x10DE, 0x1AD8, 0x0C0330, "xhci_hcd", group),
         FakePCIDevice(f"{base}.3", 0x10DE, 0x1AD9, 0x0C8000, "nvidia-gpu", group),
     ]
+
+
+@dataclass
+class FakeUSBDevice:
+    """One USB device as the kernel shows it under /sys/bus/usb/devices."""
+
+    bus: int
+    port: str  # "1" or "1.4"
+    vendor: str  # 4 hex digits
+    product: str
+    devnum: int = 2
+    manufacturer: str | None = None
+    product_name: str | None = None
+    serial: str | None = None
+    device_class: str = "00"
+
+
+def add_usb_devices(root: Path, devices: list[FakeUSBDevice], controller: str = "0000:00:14.0",
+                    ) -> Path:
+    """``/sys/bus/usb/devices/`` with the root hub ``usbN``, each device ``N-P`` and one
+    interface ``N-P:1.0`` per device, all symlinks into /sys/devices like the kernel's."""
+    root = Path(root)
+    bus_dir = root / "sys" / "bus" / "usb" / "devices"
+    bus_dir.mkdir(parents=True, exist_ok=True)
+    pci = root / "sys" / "devices" / "pci0000:00" / controller
+    for dev in devices:
+        hub = pci / f"usb{dev.bus}"
+        hub.mkdir(parents=True, exist_ok=True)
+        for name, text in (("idVendor", "1d6b"), ("idProduct", "0002"), ("bDeviceClass", "09"),
+                           ("busnum", str(dev.bus)), ("devnum", "1")):
+            (hub / name).write_text(text + "\n")
+        if not (bus_dir / f"usb{dev.bus}").exists():
+            (bus_dir / f"usb{dev.bus}").symlink_to(os.path.relpath(hub, bus_dir))
+        name = f"{dev.bus}-{dev.port}"
+        real = hub / name
+        real.mkdir(parents=True, exist_ok=True)
+        files = {"idVendor": dev.vendor, "idProduct": dev.product, "busnum": str(dev.bus),
+                 "devnum": str(dev.devnum), "bDeviceClass": dev.device_class}
+        for key, value in (("manufacturer", dev.manufacturer), ("product", dev.product_name),
+                           ("serial", dev.serial)):
+            if value is not None:
+                files[key] = value
+        for key, value in files.items():
+            (real / key).write_text(value + "\n")
+        interface = real / f"{name}:1.0"
+        interface.mkdir(exist_ok=True)
+        (interface / "bInterfaceClass").write_text("03\n")
+        (bus_dir / name).symlink_to(os.path.relpath(real, bus_dir))
+        (bus_dir / f"{name}:1.0").symlink_to(os.path.relpath(interface, bus_dir))
+    return root

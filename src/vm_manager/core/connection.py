@@ -56,8 +56,10 @@ EVENT_DETAIL_NAMES = (
     ("to memory", "to disk"),
     ("panicked", "crash loaded"),
 )
-# VIR_DOMAIN_EVENT_ID_REBOOT has no type of its own; we deliver it as a DomainEvent with this.
+# VIR_DOMAIN_EVENT_ID_REBOOT and _DEVICE_REMOVED have no lifecycle type of their own; they
+# arrive as DomainEvents with these.
 EVENT_REBOOTED = 100
+EVENT_DEVICE_REMOVED = 101
 # virConnectCloseReason
 CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "closed by client"}
 
@@ -126,11 +128,14 @@ class DomainEvent(NamedTuple):
     detail: int  # meaning depends on ``event`` (e.g. STOPPED: 0 shutdown, 1 destroyed, ...)
     timestamp: float  # time.time() when the callback ran
     monotonic: float  # time.monotonic() at the same moment, for latency measurements
+    device: str | None = None  # the device alias, for EVENT_DEVICE_REMOVED
 
     @property
     def event_name(self) -> str:
         if self.event == EVENT_REBOOTED:
             return "rebooted"
+        if self.event == EVENT_DEVICE_REMOVED:
+            return "device-removed"
         if 0 <= self.event < len(DOMAIN_EVENT_NAMES):
             return DOMAIN_EVENT_NAMES[self.event]
         return f"event-{self.event}"
@@ -324,6 +329,7 @@ class LibvirtConnection:
         for event_id, callback in (
             (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
             (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_removed),
         ):
             try:
                 ids.append(conn.domainEventRegisterAny(None, event_id, callback, generation))
@@ -433,8 +439,14 @@ class LibvirtConnection:
     def _on_reboot(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, generation: int) -> None:
         self._domain_event(dom, EVENT_REBOOTED, 0, generation)
 
+    def _on_device_removed(
+        self, _conn: libvirt.virConnect, dom: libvirt.virDomain, alias: str, generation: int
+    ) -> None:
+        self._domain_event(dom, EVENT_DEVICE_REMOVED, 0, generation, device=alias)
+
     def _domain_event(
-        self, dom: libvirt.virDomain, event: int, detail: int, generation: int
+        self, dom: libvirt.virDomain, event: int, detail: int, generation: int,
+        device: str | None = None,
     ) -> None:
         with self._lock:
             if generation != self._generation:
@@ -447,6 +459,7 @@ class LibvirtConnection:
                 detail=detail,
                 timestamp=time.time(),
                 monotonic=time.monotonic(),
+                device=device,
             )
         )
 
