@@ -596,6 +596,44 @@ def _remember_usb(ctx: _Context, vm: str, device, exact: bool, add: bool) -> Non
     store.save(config)
 
 
+def cmd_doctor(ctx: _Context) -> int:
+    from .passthrough.host_check import FAIL, run_checks
+
+    checks = run_checks(uri=getattr(ctx.args, "connect", None))
+    if ctx.json:
+        ctx.print_json([check.to_dict() for check in checks])
+    else:
+        for check in checks:
+            ctx.print(f"[{check.status:^4s}] {check.name}: {check.detail}")
+            if check.fix and check.status != "ok":
+                ctx.print(f"       fix: {check.fix}")
+        failed = sum(check.status == FAIL for check in checks)
+        warned = sum(check.status == "warn" for check in checks)
+        ctx.print(f"{len(checks)} checks: {failed} failed, {warned} warnings")
+    return EXIT_FAILED if any(check.status == FAIL for check in checks) else EXIT_OK
+
+
+def cmd_shm_permissions(ctx: _Context) -> int:
+    from .passthrough.host_check import desktop_user
+    from .passthrough.ivshmem import write_tmpfiles_rule
+    from .passthrough.pci import host_root
+
+    user = ctx.args.user or desktop_user()
+    path, text = write_tmpfiles_rule(ctx.args.name, user, host_root(), apply=ctx.args.apply)
+    ctx.print(f"{'wrote' if ctx.args.apply else 'would write'} {path}:")
+    ctx.out.write(text)
+    if ctx.args.apply:
+        import shutil
+        import subprocess
+
+        if shutil.which("systemd-tmpfiles") and str(host_root()) == "/":
+            subprocess.run(["systemd-tmpfiles", "--create", str(path)], check=False)
+        ctx.print("restart the VM so its shared memory is made with these rights")
+    else:
+        ctx.print("(nothing written: add --apply)")
+    return EXIT_OK
+
+
 def _print_json_line(ctx: _Context, data: dict) -> None:
     import json
 
@@ -620,6 +658,8 @@ COMMANDS: dict[str, Callable[[_Context], int]] = {
     "templates": cmd_templates,
     "gpu": cmd_gpu,
     "usb": cmd_usb,
+    "doctor": cmd_doctor,
+    "shm-permissions": cmd_shm_permissions,
 }
 
 
@@ -785,6 +825,22 @@ def build_parser() -> argparse.ArgumentParser:
     usb.add_argument("action", choices=["list", "attach", "detach"])
     usb.add_argument("vm", nargs="?", metavar="NAME")
     usb.add_argument("device", nargs="?", metavar="VID:PID|BUS-PORT")
+
+    commands.add_parser(
+        "doctor", parents=[common], help="check that this host is ready (KVM, IOMMU, ...)",
+        description="Check CPU virtualization, /dev/kvm, IOMMU, vfio-pci, UEFI firmware,"
+        " swtpm, libvirtd, the default network, your groups, the Looking Glass client and"
+        " shared-memory rights. Each result has a one-line fix. Exit 1 if any check fails.",
+    )
+    shm = commands.add_parser(
+        "shm-permissions", parents=[common],
+        help="let the desktop user open a VM's Looking Glass shared memory",
+        description="Write the systemd-tmpfiles rule the Looking Glass docs give"
+        " (f /dev/shm/looking-glass-<vm> 0660 <user> kvm -). Shows it unless --apply.",
+    )
+    shm.add_argument("name", metavar="NAME")
+    shm.add_argument("--user", help="the desktop user (default: $SUDO_USER or you)")
+    shm.add_argument("--apply", action="store_true", help="really write the rule")
     return parser
 
 

@@ -8,6 +8,8 @@ refuses other sizes). libvirt's ``<shmem name='N'>`` becomes ``/dev/shm/N``.
 from __future__ import annotations
 
 import math
+import os
+import stat
 from pathlib import Path
 
 from ..core.primitives import validate_name
@@ -32,3 +34,86 @@ def shm_name(vm_name: str) -> str:
 
 def shm_path(vm_name: str, shm_dir: Path = SHM_DIR) -> Path:
     return Path(shm_dir) / shm_name(vm_name)
+
+
+def shmem_xml(vm_name: str, size_mb: int) -> str:
+    """The libvirt device: ``<shmem name='looking-glass-<vm>'>`` of ``size_mb`` MiB."""
+    import xml.etree.ElementTree as ET
+
+    if size_mb < 1 or size_mb & (size_mb - 1):
+        raise ValueError(f"IVSHMEM size must be a power of two in MiB, got {size_mb}")
+    shmem = ET.Element("shmem", name=shm_name(vm_name))
+    ET.SubElement(shmem, "model", type="ivshmem-plain")
+    ET.SubElement(shmem, "size", unit="M").text = str(size_mb)
+    return ET.tostring(shmem, encoding="unicode")
+
+
+# --- permissions ------------------------------------------------------------------------------
+# libvirt creates /dev/shm/<name> at VM start, owned by its QEMU user, mode 0644: the desktop
+# user's client cannot open it read-write (DESIGN.md 2). The Looking Glass docs' fix is a
+# systemd-tmpfiles rule that creates the file first with the right owner.
+
+TMPFILES_DIR = Path("etc/tmpfiles.d")
+
+
+def tmpfiles_rule(vm_name: str, user: str, group: str = "kvm") -> str:
+    for label, value in (("user", user), ("group", group)):
+        if not value or any(ch.isspace() for ch in value) or "/" in value:
+            raise ValueError(f"{label} {value!r} is not a valid account name")
+    return f"f {shm_path(vm_name)} 0660 {user} {group} -\n"
+
+
+def tmpfiles_path(vm_name: str, root: Path | str = "/") -> Path:
+    return Path(root) / TMPFILES_DIR / f"neuronos-{shm_name(vm_name)}.conf"
+
+
+def write_tmpfiles_rule(vm_name: str, user: str, root: Path | str = "/",
+                        apply: bool = False) -> tuple[Path, str]:
+    """The rule file and its text; written only with ``apply`` (a dry run shows it)."""
+    path = tmpfiles_path(vm_name, root)
+    text = ("# Written by NeuronOS: lets the desktop user's Looking Glass client open the\n"
+            "# VM's shared memory read-write (created before libvirt does).\n"
+            + tmpfiles_rule(vm_name, user))
+    if apply:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path, text
+
+
+def access_problem(path: Path | str) -> str | None:
+    """None when the current user can open ``path`` read-write; else what is wrong and the
+    fix, naming the file, its owner and its mode."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None  # nothing to open yet: the VM is not running
+    except OSError as error:
+        return f"cannot look at {path}: {error.strerror}"
+    if os.access(path, os.R_OK | os.W_OK):
+        return None
+    try:
+        import grp
+        import pwd
+
+        owner = pwd.getpwuid(info.st_uid).pw_name
+        group = grp.getgrgid(info.st_gid).gr_name
+    except (KeyError, ImportError):
+        owner, group = str(info.st_uid), str(info.st_gid)
+    mode = stat.filemode(info.st_mode)
+    vm = path.name[len("looking-glass-"):] if path.name.startswith("looking-glass-") else "VM"
+    return (f"{path} is {owner}:{group} {mode}, so this user cannot open it read-write;"
+            f" fix: `neuron-vm shm-permissions {vm} --apply` (a systemd-tmpfiles rule), then"
+            " restart the VM")
+
+
+def kvmfr_device(root: Path | str = "/") -> Path | None:
+    """``/dev/kvmfr0`` when the KVMFR module made it (a character device; a plain file of
+    that name means the VM started before the module was loaded)."""
+    path = Path(root) / "dev" / "kvmfr0"
+    try:
+        return path if stat.S_ISCHR(path.stat().st_mode) else None
+    except OSError:
+        return None

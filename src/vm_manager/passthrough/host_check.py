@@ -1,0 +1,285 @@
+"""Is this host ready for VMs with passthrough? (``neuron-vm doctor``)
+
+Each check reads the host under a root folder (tests build fake roots) and returns ok, warn
+or fail with a one-line fix. Nothing here changes the host. Facts: DESIGN.md 4.3 (CPU flags,
+/dev/kvm, IOMMU groups, vfio-pci, "amd_iommu=on" is not a documented value), 5 (firmware
+descriptors, swtpm) and 6 (the default network is never started by us).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .pci import host_root, iommu_groups
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "detail": self.detail,
+                "fix": self.fix}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpu_vendor(root: Path) -> str:
+    match = re.search(r"^vendor_id\s*:\s*(\S+)", _read(root / "proc" / "cpuinfo"), re.M)
+    return match.group(1) if match else ""
+
+
+def check_cpu(root: Path) -> Check:
+    flags = set()
+    for line in _read(root / "proc" / "cpuinfo").splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    if "vmx" in flags:
+        return Check("CPU virtualization", OK, "Intel VT-x (vmx)")
+    if "svm" in flags:
+        return Check("CPU virtualization", OK, "AMD-V (svm)")
+    return Check("CPU virtualization", FAIL, "the CPU shows neither vmx nor svm",
+                 "enable Intel VT-x or AMD-V (SVM) in the firmware (BIOS/UEFI) setup")
+
+
+def check_kvm(root: Path) -> Check:
+    path = root / "dev" / "kvm"
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return Check("/dev/kvm", FAIL, "missing", "load the module: sudo modprobe kvm_intel"
+                     " (Intel) or kvm_amd (AMD); check CPU virtualization first")
+    if not stat.S_ISCHR(mode):
+        return Check("/dev/kvm", FAIL, "exists but is not a device", "reboot, or reload kvm")
+    if not os.access(path, os.R_OK | os.W_OK):
+        return Check("/dev/kvm", FAIL, "present, but this user cannot use it",
+                     "sudo usermod -aG kvm $USER, then log in again")
+    return Check("/dev/kvm", OK, "present and usable")
+
+
+def check_iommu(root: Path) -> Check:
+    groups = iommu_groups(root)
+    cmdline = _read(root / "proc" / "cmdline").split()
+    if groups:
+        return Check("IOMMU", OK, f"{len(groups)} IOMMU groups")
+    intel = _cpu_vendor(root) == "GenuineIntel"
+    detail = "no IOMMU groups: the IOMMU is off"
+    if intel and "intel_iommu=on" not in cmdline:
+        fix = "add intel_iommu=on iommu=pt to the kernel command line, then reboot"
+    elif intel:
+        fix = "intel_iommu=on is set: enable VT-d in the firmware setup"
+    else:
+        fix = ("enable IOMMU / AMD-Vi in the firmware setup (Linux turns it on by itself;"
+               " amd_iommu=on is not a real option)")
+    return Check("IOMMU", FAIL, detail, fix)
+
+
+def check_interrupt_remapping(root: Path) -> Check | None:
+    """Intel only, from the DMAR units' extended capability register (bit 3: IR)."""
+    units = sorted((root / "sys" / "class" / "iommu").glob("dmar*/intel-iommu/ecap"))
+    if not units:
+        return None  # not detectable here
+    try:
+        supported = all(int(_read(unit).strip(), 16) & 0x8 for unit in units)
+    except ValueError:
+        return None
+    if supported:
+        return Check("Interrupt remapping", OK, "supported by every DMAR unit")
+    return Check("Interrupt remapping", WARN, "not supported by the IOMMU",
+                 "passthrough may need vfio_iommu_type1 allow_unsafe_interrupts=1 (less safe)")
+
+
+def _kernel_release(root: Path) -> str | None:
+    if root == Path("/"):
+        return os.uname().release
+    modules = sorted((root / "lib" / "modules").glob("*"))
+    return modules[0].name if modules else None
+
+
+def check_vfio(root: Path) -> Check:
+    if (root / "sys" / "module" / "vfio_pci").exists():
+        return Check("vfio-pci", OK, "loaded")
+    release = _kernel_release(root)
+    if release:
+        folder = root / "lib" / "modules" / release
+        listing = _read(folder / "modules.dep") + _read(folder / "modules.builtin")
+        if re.search(r"vfio[-_]pci\.ko", listing):
+            return Check("vfio-pci", OK, "available (libvirt loads it when a VM needs it)")
+    where = root / "lib" / "modules" / (release or "<release>")
+    return Check("vfio-pci", FAIL, f"not loaded, and no vfio-pci module in {where}",
+                 "use a kernel built with CONFIG_VFIO_PCI (every distribution kernel has it)")
+
+
+def check_firmware(root: Path) -> Check:
+    folder = root / "usr" / "share" / "qemu" / "firmware"
+    uefi = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(_read(path))
+        except ValueError:
+            continue
+        if "uefi" in data.get("interface-types", []):
+            uefi.append(path.name)
+    if uefi:
+        secure = any("secure" in name for name in uefi)
+        return Check("UEFI firmware (OVMF)", OK,
+                     f"{len(uefi)} descriptors{', Secure Boot available' if secure else ''}")
+    return Check("UEFI firmware (OVMF)", FAIL, f"no UEFI firmware descriptors in {folder}",
+                 "install OVMF: sudo apt install ovmf (Debian/Ubuntu), sudo pacman -S edk2-ovmf"
+                 " (Arch)")
+
+
+def check_swtpm(root: Path) -> Check:
+    found = (root / "usr" / "bin" / "swtpm").exists() or (
+        root == Path("/") and shutil.which("swtpm") is not None)
+    if found:
+        return Check("swtpm (TPM 2.0)", OK, "installed")
+    return Check("swtpm (TPM 2.0)", WARN, "not installed: Windows 11 VMs need it",
+                 "sudo apt install swtpm swtpm-tools (Debian/Ubuntu), sudo pacman -S swtpm (Arch)")
+
+
+def check_libvirt(uri: str) -> tuple[Check, Check]:
+    """libvirtd reachable, and the state of the 'default' network (never started here)."""
+    from ..core.connection import LibvirtConnection
+    from ..core.errors import ConnectionFailed, OperationFailed
+
+    connection = LibvirtConnection(uri, auto_reconnect=False)
+    try:
+        connection.open()
+    except ConnectionFailed as error:
+        return (Check("libvirtd", FAIL, str(error),
+                      "sudo systemctl enable --now libvirtd (and be in the libvirt group)"),
+                Check("default network", WARN, "unknown: libvirtd is not reachable"))
+    try:
+        def facts(conn):
+            version = conn.getLibVersion()
+            try:
+                hyper = conn.getVersion()
+            except Exception:  # noqa: BLE001 - the test driver has no hypervisor version
+                hyper = 0
+            try:
+                net = conn.networkLookupByName("default")
+                network = "active" if net.isActive() else "inactive"
+            except Exception:  # noqa: BLE001 - missing network
+                network = "missing"
+            return version, hyper, network
+
+        version, hyper, network = connection.execute(facts)
+    except OperationFailed as error:
+        return (Check("libvirtd", FAIL, str(error)), Check("default network", WARN, "unknown"))
+    finally:
+        connection.close()
+
+    def dotted(number: int) -> str:
+        return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+    detail = f"reachable at {uri}: libvirt {dotted(version)}"
+    if hyper:
+        detail += f", hypervisor {dotted(hyper)}"
+    libvirt_check = Check("libvirtd", OK, detail)
+    if network == "active":
+        net_check = Check("default network", OK, "active")
+    else:
+        net_check = Check(
+            "default network", WARN,
+            f"{network}: VMs on the 'default' network will not start (NeuronOS never starts"
+            " it for you)",
+            "sudo virsh net-start default && sudo virsh net-autostart default, or create VMs"
+            " with --network none",
+        )
+    return libvirt_check, net_check
+
+
+def desktop_user(environ: dict | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("SUDO_USER") or env.get("USER") or getpass.getuser()
+
+
+def check_groups(root: Path, user: str) -> Check:
+    if user == "root":
+        return Check("user groups", OK, "root needs no group")
+    members: dict[str, set[str]] = {}
+    primary_gid = None
+    for line in _read(root / "etc" / "passwd").splitlines():
+        parts = line.split(":")
+        if len(parts) > 3 and parts[0] == user:
+            primary_gid = parts[3]
+    for line in _read(root / "etc" / "group").splitlines():
+        parts = line.split(":")
+        if len(parts) >= 4:
+            names = set(filter(None, parts[3].split(",")))
+            if parts[2] == primary_gid:
+                names.add(user)
+            members[parts[0]] = names
+    missing = [group for group in ("libvirt", "kvm") if user not in members.get(group, set())]
+    if not missing:
+        return Check("user groups", OK, f"{user} is in libvirt and kvm")
+    return Check("user groups", WARN, f"{user} is not in: {', '.join(missing)}",
+                 f"sudo usermod -aG {','.join(missing)} {user}, then log in again")
+
+
+def check_looking_glass_client(environ: dict | None = None) -> Check:
+    from ..core.looking_glass import client_release, find_client
+
+    client = find_client(environ)
+    if client is None:
+        return Check("Looking Glass client", WARN, "not found (only Looking Glass VMs need it)",
+                     "install looking-glass-client (Arch: AUR looking-glass), or set"
+                     " NEURONOS_LG_CLIENT to its path")
+    release = client_release(client)
+    if release is None:
+        return Check("Looking Glass client", WARN, f"{client} does not say its release",
+                     "reinstall it; the guest's host application must be the same release")
+    return Check("Looking Glass client", OK, f"{client}, release {release} (the guest's host"
+                 " application must be the same release)")
+
+
+def check_shared_memory(root: Path) -> Check:
+    from .ivshmem import access_problem, kvmfr_device
+
+    folder = root / "dev" / "shm"
+    files = sorted(folder.glob("looking-glass-*"))
+    problems = [p for p in (access_problem(path) for path in files) if p]
+    kvmfr = kvmfr_device(root)
+    extra = f"; KVMFR device {kvmfr}" if kvmfr else ""
+    if problems:
+        return Check("Looking Glass shared memory", WARN, problems[0] + extra,
+                     "neuron-vm shm-permissions VM --apply")
+    if files:
+        return Check("Looking Glass shared memory", OK,
+                     f"{len(files)} file(s), all readable and writable{extra}")
+    return Check("Looking Glass shared memory", OK, f"none yet (made when a VM starts){extra}")
+
+
+def run_checks(root: Path | str | None = None, uri: str | None = None,
+               environ: dict | None = None) -> list[Check]:
+    from ..core.connection import resolve_uri
+
+    base = host_root(root)
+    checks = [check_cpu(base), check_kvm(base), check_iommu(base)]
+    remapping = check_interrupt_remapping(base)
+    if remapping is not None:
+        checks.append(remapping)
+    checks += [check_vfio(base), check_firmware(base), check_swtpm(base)]
+    checks += list(check_libvirt(resolve_uri(uri)))
+    checks += [check_groups(base, desktop_user(environ)), check_looking_glass_client(environ),
+               check_shared_memory(base)]
+    return checks
