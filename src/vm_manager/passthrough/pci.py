@@ -160,7 +160,7 @@ def read_devices(root: Path | str | None = None, names: bool = True) -> dict[PCI
             continue  # not a DDDD:BB:SS.F name
         devices[device.address] = device
     if names and devices:
-        database = PCIIds.load(root)
+        database = PCIIds.load(root, wanted={dev.vendor_id for dev in devices.values()})
         if database is not None:
             devices = {addr: database.name(dev) for addr, dev in devices.items()}
     return devices
