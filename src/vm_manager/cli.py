@@ -213,12 +213,69 @@ def _report(ctx: _Context, result, text: str) -> int:
 
 def cmd_start(ctx: _Context) -> int:
     args = ctx.args
+    if args.display:
+        _display_config(ctx, args.name)  # no Looking Glass: say so before booting anything
     with _Spinner(ctx, f"Starting {args.name}"):
         result = ctx.lifecycle.start(
             args.name, paused=args.paused, wait=not args.no_wait, timeout=args.timeout
         )
     how = "requested" if args.no_wait else f"{result.state.label} after {result.elapsed_s:.2f} s"
-    return _report(ctx, result, f"{args.name}: {result.message}, {how}")
+    code = _report(ctx, result, f"{args.name}: {result.message}, {how}")
+    if args.display:
+        return _show_display(ctx, args.name, fullscreen=False, user=None)
+    return code
+
+
+def _display_config(ctx: _Context, name: str):
+    from .core.errors import InvalidConfig
+    from .core.looking_glass import display_config
+
+    config = display_config(name, ctx.store(), ctx.connection)
+    if config is None:
+        raise InvalidConfig("NAME", f"VM {name!r} has no Looking Glass display (create it with"
+                            " --gpu ADDR --looking-glass)")
+    return config
+
+
+def _show_display(ctx: _Context, name: str, fullscreen: bool, user: str | None) -> int:
+    """Run the Looking Glass client for ``name`` in the foreground until it closes, the VM
+    stops, or Ctrl-C."""
+    import os
+    from dataclasses import replace
+
+    from .core.errors import LifecycleError
+    from .core.looking_glass import LGState, LookingGlassManager
+    from .core.primitives import VMState
+
+    config = replace(_display_config(ctx, name), fullscreen=fullscreen)
+    if ctx.lifecycle.get_state(name) != VMState.RUNNING:
+        raise LifecycleError(f"{name!r} is not running: start it with `neuron-vm start {name}"
+                             " --display`")
+    run_as = user or (os.environ.get("SUDO_USER") if os.geteuid() == 0 else None)
+    manager = LookingGlassManager(run_as=run_as, connection=ctx.connection)
+    manager.subscribe(lambda change: ctx.print(
+        f"{change.vm_name}: {change.new.value} ({change.reason})"))
+    manager.follow(ctx.lifecycle, lambda vm: config if vm == name else None)
+    manager.start(name, config)
+    done = {LGState.STOPPED, LGState.ERROR}
+    try:
+        while manager.wait_for_state(name, done, 0.5) not in done:
+            pass
+    except KeyboardInterrupt:
+        manager.stop(name)
+    final = manager.get_state(name)
+    return EXIT_FAILED if final == LGState.ERROR else EXIT_OK
+
+
+def cmd_display(ctx: _Context) -> int:
+    args = ctx.args
+    if args.stop:
+        from .core.looking_glass import stop_by_pid_file
+
+        stopped = stop_by_pid_file(args.name)
+        ctx.print(f"{args.name}: Looking Glass {'closed' if stopped else 'was not open'}")
+        return EXIT_OK
+    return _show_display(ctx, args.name, fullscreen=args.fullscreen, user=args.user)
 
 
 def cmd_stop(ctx: _Context) -> int:
@@ -660,6 +717,7 @@ COMMANDS: dict[str, Callable[[_Context], int]] = {
     "usb": cmd_usb,
     "doctor": cmd_doctor,
     "shm-permissions": cmd_shm_permissions,
+    "display": cmd_display,
 }
 
 
@@ -714,6 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--no-wait", action="store_true", help="return once libvirt accepted")
     start.add_argument("--timeout", type=_seconds, default=60.0, metavar="S",
                        help="give up waiting after S seconds (default 60)")
+    start.add_argument("--display", action="store_true",
+                       help="then show it through Looking Glass (stays until the window closes)")
     stop = commands.add_parser(
         "stop", parents=[common], help="shut a VM down (ACPI, forced after the timeout)",
         description="Press the VM's ACPI power button and wait; if the guest has not powered"
@@ -841,6 +901,20 @@ def build_parser() -> argparse.ArgumentParser:
     shm.add_argument("name", metavar="NAME")
     shm.add_argument("--user", help="the desktop user (default: $SUDO_USER or you)")
     shm.add_argument("--apply", action="store_true", help="really write the rule")
+
+    display = commands.add_parser(
+        "display", parents=[common], help="show a running VM through Looking Glass",
+        description="Start the Looking Glass client once the guest's host application is"
+        " live, restart it if it crashes, and close it when the VM stops. Runs until the"
+        " window closes or Ctrl-C. Fullscreen at any time: the escape key (Scroll Lock) + F"
+        " inside the window.",
+    )
+    display.add_argument("name", metavar="NAME")
+    display.add_argument("--fullscreen", action="store_true", help="open fullscreen")
+    display.add_argument("--stop", action="store_true",
+                         help="close the window another neuron-vm opened")
+    display.add_argument("--user", help="as root: the desktop user to run the client as"
+                         " (default $SUDO_USER)")
     return parser
 
 

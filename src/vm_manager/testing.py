@@ -211,3 +211,60 @@ def add_usb_devices(root: Path, devices: list[FakeUSBDevice], controller: str = 
         (bus_dir / name).symlink_to(os.path.relpath(real, bus_dir))
         (bus_dir / f"{name}:1.0").symlink_to(os.path.relpath(interface, bus_dir))
     return root
+
+
+# --- a Looking Glass host (the guest side of the shared memory) ----------------------------
+
+LGMP_MAGIC = b"LGMP"
+KVMFR_MAGIC = b"KVMFR---"
+KVMFR_OFFSET = 5756  # B6/B7 (DESIGN.md 4.2, measured against B7's headers)
+
+
+class FakeLGHost:
+    """Writes an LGMP header into a shared-memory file like the guest's host application:
+    magic at 0, version at 4, session id at 8, a u64 heartbeat timestamp at 16 bumped every
+    10 ms by a thread, and the KVMFR user-data block with the host's release."""
+
+    def __init__(self, path: Path, release: str = "B7", version: int = 6, kvmfr_version: int = 20):
+        import struct
+        import threading
+
+        self.path = Path(path)
+        self.release = release
+        self._struct = struct
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.session = int.from_bytes(os.urandom(4), "little")
+        header = bytearray(8192)
+        header[0:4] = LGMP_MAGIC
+        struct.pack_into("<II", header, 4, version, self.session)
+        struct.pack_into("<Q", header, 16, 1)
+        block = KVMFR_MAGIC + struct.pack("<I", kvmfr_version) + release.encode()[:31].ljust(
+            32, b"\0") + struct.pack("<I", 0)
+        header[KVMFR_OFFSET:KVMFR_OFFSET + len(block)] = block
+        with open(self.path, "r+b" if self.path.exists() else "w+b") as handle:
+            handle.seek(0)
+            handle.write(header)
+
+    def start(self) -> FakeLGHost:
+        import threading
+
+        def beat() -> None:
+            tick = 1
+            with open(self.path, "r+b") as handle:
+                while not self._stop.wait(0.01):
+                    tick += 1
+                    handle.seek(16)
+                    handle.write(self._struct.pack("<Q", tick))
+                    handle.flush()
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the heartbeat: the header stays, stale, as after a VM stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -1,16 +1,42 @@
-"""Looking Glass client: finding it and reading its release (DESIGN.md 4.1).
+"""Looking Glass: start the client when the guest's host application is live, keep it alive,
+stop it with the VM (DESIGN.md 2, 4.1, 4.2: facts read in the Looking Glass sources at B5-B7
+and checked with a real B7 client).
 
-(The client supervision, ``LookingGlassManager`` and ``LGClientConfig``, comes with the
-Looking Glass issue; this part is shared with ``neuron-vm doctor``.)
+- The command line uses long ``section:key=value`` forms with explicit values: short
+  boolean flags *toggle* (``-s`` turns SPICE off), and ``-g`` is the renderer, not grab.
+  The escape key is a name on B6+ and a numeric keycode on B5.
+- The client refuses to run as root; as root, the manager runs it as the desktop user.
+- Ready means: the shared memory exists, this user can open it read-write, it starts with
+  the LGMP magic, and the host's heartbeat timestamp changes (a stale header survives a VM
+  stop). That memory has no change notification, so readiness is read every 50 ms.
+- The client's output goes to a per-VM log file, never to a pipe. A client that exits with
+  an error is restarted with backoff (1, 2, 4, 8 s) and given up after N failures in a
+  window. Exit 0 (the user closed it) is not restarted; neither is exit 255 with no error in
+  its log (a user closing the window before the host connected exits 255 too).
+- Stopping is SIGTERM, then SIGKILL after a timeout (a client stuck on a silent SPICE port
+  ignores SIGTERM). SIGUSR1 kills the client, so nothing here sends it; fullscreen at runtime
+  is the escape key + F inside the client, or a restart with the other ``win:fullScreen``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import signal
+import struct
 import subprocess
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
+from typing import Callable
+
+from .errors import InvalidConfig, VMManagerError
+
+log = logging.getLogger(__name__)
 
 CLIENT_NAME = "looking-glass-client"
 USUAL_PATHS = (
@@ -20,6 +46,61 @@ USUAL_PATHS = (
     "/opt/looking-glass/client/build/looking-glass-client",
 )
 _VERSION = re.compile(r"Looking Glass \(([^)]+)\)")
+LGMP_MAGIC = b"LGMP"
+KVMFR_MAGIC = b"KVMFR---"
+HEARTBEAT_OFFSET = 16  # u64 timestamp the host bumps every 10 ms (LGMP header)
+# B5 takes numeric keycodes only (linux/input-event-codes.h); B6+ take KEY_* names.
+KEYCODES = {"KEY_SCROLLLOCK": 70, "KEY_RIGHTCTRL": 97, "KEY_LEFTCTRL": 29,
+            "KEY_RIGHTALT": 100, "KEY_LEFTALT": 56, "KEY_RIGHTSHIFT": 54, "KEY_LEFTSHIFT": 42,
+            "KEY_RIGHTMETA": 126, "KEY_LEFTMETA": 125, "KEY_INSERT": 110, "KEY_PAUSE": 119}
+ERROR_MARKERS = ("[E]", "[C]", "Failed", "failed", "Invalid", "Crash", "crash",
+                 "Do not run looking glass as root", "No display servers", "Segmentation")
+
+
+class LookingGlassError(VMManagerError):
+    """The Looking Glass display cannot be shown (the message says why and what to do)."""
+
+
+class LGState(str, Enum):
+    STOPPED = "stopped"
+    WAITING = "waiting-for-host"
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    ERROR = "error"
+
+
+@dataclass
+class LGClientConfig:
+    """How to show one VM. ``spice_port`` None: read from the running domain."""
+
+    vm_name: str
+    shm_path: Path | None = None  # default /dev/shm/looking-glass-<vm>
+    fullscreen: bool = False
+    borderless: bool = False
+    no_screensaver: bool = True
+    grab_keyboard: bool = True
+    escape_key: str = "KEY_SCROLLLOCK"  # the client's own default
+    fps_min: int | None = None  # win:fpsMin, a frame-rate MINIMUM (there is no limit option)
+    spice: bool = True
+    spice_host: str = "127.0.0.1"
+    spice_port: int | None = None
+    window_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        from ..passthrough.ivshmem import shm_path
+
+        if self.shm_path is None:
+            self.shm_path = shm_path(self.vm_name)
+        self.shm_path = Path(self.shm_path)
+        key = self.escape_key.upper()
+        if not (key in KEYCODES or re.fullmatch(r"KEY_[A-Z0-9_]+", key) or key.isdigit()):
+            raise InvalidConfig("escape_key", f"{self.escape_key!r} is not a key name like"
+                                " KEY_RIGHTCTRL")
+        self.escape_key = key
+
+
+# --- finding the client -------------------------------------------------------------------
 
 
 def find_client(environ: dict | None = None) -> Path | None:
@@ -39,9 +120,9 @@ def find_client(environ: dict | None = None) -> Path | None:
 
 
 def client_release(client: Path, timeout: float = 5.0) -> str | None:
-    """The release (``B7``, ``B6``, ``B7-188-g...``): the client has no --version; its first
-    log lines carry ``Looking Glass (<release>)`` behind a log prefix, and ``--help`` prints
-    them too (then exits 255)."""
+    """The release (``B7``, ``B6``, ``B7-188-g...``): the client has no --version; the first
+    stderr lines carry ``Looking Glass (<release>)`` behind a log prefix, and ``--help``
+    prints them too (then exits 255)."""
     try:
         result = subprocess.run([str(client), "--help"], capture_output=True, text=True,
                                 timeout=timeout, check=False)
@@ -49,3 +130,571 @@ def client_release(client: Path, timeout: float = 5.0) -> str | None:
         return None
     match = _VERSION.search(result.stderr + result.stdout)
     return match.group(1) if match else None
+
+
+def release_number(release: str | None) -> int | None:
+    match = re.match(r"B(\d+)", release or "")
+    return int(match.group(1)) if match else None
+
+
+def build_argv(client: Path | str, config: LGClientConfig, release: str | None) -> list[str]:
+    """The client's command line for that release: long forms, explicit values."""
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    number = release_number(release)
+    escape = config.escape_key
+    if number is not None and number <= 5 and not escape.isdigit():
+        if escape not in KEYCODES:
+            raise InvalidConfig("escape_key", f"Looking Glass {release} takes numeric keycodes;"
+                                f" {escape} has none known here")
+        escape = str(KEYCODES[escape])  # B5 turns a name into 0 silently
+    argv = [
+        str(client),
+        f"app:shmFile={config.shm_path}",
+        f"win:title=NeuronOS: {config.vm_name}",
+        f"win:fullScreen={yes(config.fullscreen)}",
+        f"win:borderless={yes(config.borderless)}",
+        f"win:noScreensaver={yes(config.no_screensaver)}",
+        f"input:grabKeyboard={yes(config.grab_keyboard)}",
+        f"input:escapeKey={escape}",
+        f"spice:enable={yes(config.spice)}",
+    ]
+    if config.spice:
+        if config.spice_port is None:
+            raise LookingGlassError(f"{config.vm_name}: the SPICE port is unknown (is the VM"
+                                    " running with SPICE graphics?)")
+        argv += [f"spice:host={config.spice_host}", f"spice:port={config.spice_port}"]
+    if config.fps_min is not None:
+        argv.append(f"win:fpsMin={config.fps_min}")
+    if config.window_size is not None:
+        argv.append(f"win:size={config.window_size[0]}x{config.window_size[1]}")
+    return argv
+
+
+# --- the shared memory header ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostHeader:
+    magic_ok: bool
+    version: int
+    session_id: int
+    timestamp: int
+    kvmfr_version: int | None = None
+    host_release: str | None = None
+
+
+def read_header(path: Path | str) -> HostHeader | None:
+    """The LGMP header, read-only (never written). None when the file is missing or short."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(8192)
+    except FileNotFoundError:
+        return None
+    if len(data) < 24:
+        return None
+    magic_ok = data[:4] == LGMP_MAGIC
+    version, session = struct.unpack_from("<II", data, 4)
+    (timestamp,) = struct.unpack_from("<Q", data, HEARTBEAT_OFFSET)
+    kvmfr_version = release = None
+    at = data.find(KVMFR_MAGIC)
+    if magic_ok and at >= 0 and len(data) >= at + 8 + 4 + 32:
+        (kvmfr_version,) = struct.unpack_from("<I", data, at + 8)
+        raw = data[at + 12:at + 44].split(b"\0", 1)[0]
+        release = raw.decode(errors="replace") or None
+    return HostHeader(magic_ok, version, session, timestamp, kvmfr_version, release)
+
+
+def wait_for_host(path: Path, timeout: float, cancel: threading.Event | None = None,
+                  interval: float = 0.05, user: str | None = None) -> HostHeader:
+    """Block until the guest's host application is live in ``path``: the file exists, this
+    user can open it read-write, the magic is there, and the heartbeat (or the session id)
+    changes between two reads. A stale header (VM stopped, host app gone) never changes and
+    is never accepted. Raises ``LookingGlassError`` on a permission problem or when
+    cancelled, ``OperationTimedOut`` after ``timeout``."""
+    from ..passthrough.ivshmem import access_problem
+    from .errors import OperationTimedOut
+
+    cancel = cancel or threading.Event()
+    deadline = time.monotonic() + timeout
+    seen: tuple[int, int] | None = None
+    while True:
+        problem = access_problem(path, user)
+        if problem:
+            raise LookingGlassError(problem)
+        header = read_header(path)
+        if header is not None and header.magic_ok:
+            key = (header.session_id, header.timestamp)
+            if seen is not None and key != seen:
+                return header
+            seen = key
+        else:
+            seen = None
+        if time.monotonic() >= deadline:
+            what = ("does not exist yet" if header is None else
+                    "has no LGMP header" if not header.magic_ok else "has a stale header")
+            raise OperationTimedOut(
+                f"the Looking Glass host application is not running in the guest: {path}"
+                f" {what} after {timeout:g} s; start it in the guest (it installs as a"
+                " Windows service)")
+        if cancel.wait(interval):
+            raise LookingGlassError("cancelled while waiting for the guest's host application")
+
+
+# --- supervision ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LGStateChange:
+    vm_name: str
+    old: LGState
+    new: LGState
+    reason: str
+    timestamp: float
+
+
+@dataclass
+class _Client:
+    config: LGClientConfig
+    state: LGState = LGState.STOPPED
+    reason: str = ""
+    process: subprocess.Popen | None = None
+    thread: threading.Thread | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    restart_now: bool = False
+    failures: list[float] = field(default_factory=list)
+    host: HostHeader | None = None
+
+
+class LookingGlassManager:
+    """One supervised client per VM. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        client: Path | str | None = None,
+        log_dir: Path | str | None = None,
+        run_as: str | None = None,
+        backoff: tuple[float, ...] = (1, 2, 4, 8),
+        max_failures: int = 4,
+        failure_window: float = 120.0,
+        stop_timeout: float = 5.0,
+        host_timeout: float = 300.0,
+        settle: float = 0.5,
+        connection=None,
+    ):
+        self._client_path = Path(client) if client else None
+        self._release: str | None = None
+        self.log_dir = Path(log_dir) if log_dir else _default_log_dir()
+        self.run_as = run_as
+        self.backoff = backoff
+        self.max_failures = max_failures
+        self.failure_window = failure_window
+        self.stop_timeout = stop_timeout
+        self.host_timeout = host_timeout
+        self.settle = settle
+        self.connection = connection
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._clients: dict[str, _Client] = {}
+        self._subscribers: dict[int, Callable[[LGStateChange], None]] = {}
+        self._next_token = 1
+        self._pause_timers: dict[str, threading.Timer] = {}
+
+    # --- the client binary ------------------------------------------------------------------
+
+    @property
+    def client(self) -> Path:
+        if self._client_path is None:
+            found = find_client()
+            if found is None:
+                raise LookingGlassError(
+                    "looking-glass-client not found: install it (Arch: AUR looking-glass) or"
+                    " set NEURONOS_LG_CLIENT to its path")
+            self._client_path = found
+        return self._client_path
+
+    @property
+    def release(self) -> str | None:
+        if self._release is None:
+            self._release = client_release(self.client)
+        return self._release
+
+    # --- state ------------------------------------------------------------------------------
+
+    def get_state(self, vm_name: str) -> LGState:
+        with self._lock:
+            entry = self._clients.get(vm_name)
+            return entry.state if entry else LGState.STOPPED
+
+    def reason(self, vm_name: str) -> str:
+        with self._lock:
+            entry = self._clients.get(vm_name)
+            return entry.reason if entry else ""
+
+    def is_running(self, vm_name: str) -> bool:
+        return self.get_state(vm_name) == LGState.RUNNING
+
+    def log_path(self, vm_name: str) -> Path:
+        from .primitives import validate_name
+
+        return self.log_dir / f"{validate_name(vm_name)}.log"
+
+    def subscribe(self, callback: Callable[[LGStateChange], None]) -> int:
+        with self._lock:
+            token = self._next_token
+            self._next_token += 1
+            self._subscribers[token] = callback
+            return token
+
+    def unsubscribe(self, token: int) -> None:
+        with self._lock:
+            self._subscribers.pop(token, None)
+
+    def wait_for_state(self, vm_name: str, states: set[LGState], timeout: float) -> LGState:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                state = self.get_state(vm_name)
+                left = deadline - time.monotonic()
+                if state in states or left <= 0:
+                    return state
+                self._changed.wait(left)
+
+    def _set(self, vm_name: str, state: LGState, reason: str) -> None:
+        with self._lock:
+            entry = self._clients[vm_name]
+            old = entry.state
+            entry.state, entry.reason = state, reason
+            subscribers = list(self._subscribers.values())
+            self._changed.notify_all()
+        log.info("Looking Glass %s: %s -> %s (%s)", vm_name, old.value, state.value, reason)
+        if old != state:
+            change = LGStateChange(vm_name, old, state, reason, time.time())
+            for callback in subscribers:
+                try:
+                    callback(change)
+                except Exception:
+                    log.exception("Looking Glass subscriber failed")
+
+    # --- start / stop -----------------------------------------------------------------------
+
+    def start(self, vm_name: str, config: LGClientConfig | None = None) -> None:
+        """Supervise a client for ``vm_name``: wait for the guest's host app, then run and
+        keep running the client. Returns at once; watch the state or ``wait_for_state``."""
+        if os.geteuid() == 0 and self.run_as is None:
+            raise LookingGlassError(
+                "the Looking Glass client refuses to run as root: run `neuron-vm display"
+                f" {vm_name}` as your desktop user, or give the user to run it as (--user)")
+        config = config or LGClientConfig(vm_name)
+        if config.spice and config.spice_port is None:
+            config = replace(config, spice_port=self._spice_port(vm_name))
+        build_argv(self.client, config, self.release)  # a bad setting fails here, not later
+        with self._lock:
+            entry = self._clients.get(vm_name)
+            if entry is not None and entry.thread is not None and entry.thread.is_alive():
+                return  # already supervised
+            entry = _Client(config)
+            self._clients[vm_name] = entry
+            entry.thread = threading.Thread(target=self._supervise, args=(vm_name, entry),
+                                            name=f"looking-glass {vm_name}", daemon=True)
+        entry.thread.start()
+
+    def stop(self, vm_name: str, timeout: float | None = None) -> None:
+        """SIGTERM the client, SIGKILL it after ``timeout`` (default ``stop_timeout``)."""
+        with self._lock:
+            entry = self._clients.get(vm_name)
+            timer = self._pause_timers.pop(vm_name, None)
+        if timer is not None:
+            timer.cancel()
+        if entry is None:
+            return
+        entry.cancel.set()
+        self._terminate(entry, self.stop_timeout if timeout is None else timeout)
+        if entry.thread is not None and entry.thread is not threading.current_thread():
+            entry.thread.join(timeout=30)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            names = list(self._clients)
+        for name in names:
+            self.stop(name)
+
+    def toggle_fullscreen(self, vm_name: str) -> bool:
+        """Restart the client with the other ``win:fullScreen`` value (there is no signal
+        for it: SIGUSR1 would kill it). The VM is untouched. Returns the new value."""
+        with self._lock:
+            entry = self._clients.get(vm_name)
+            if entry is None or entry.state in (LGState.STOPPED, LGState.ERROR):
+                raise LookingGlassError(f"no Looking Glass window is open for {vm_name!r}")
+            entry.config = replace(entry.config, fullscreen=not entry.config.fullscreen)
+            entry.restart_now = True
+            value = entry.config.fullscreen
+        self._terminate(entry, self.stop_timeout)
+        return value
+
+    # --- the supervisor thread --------------------------------------------------------------
+
+    def _supervise(self, vm_name: str, entry: _Client) -> None:
+        try:
+            self._supervise_loop(vm_name, entry)
+        except Exception as error:  # never die silently: say why in the state
+            log.exception("Looking Glass supervisor for %s failed", vm_name)
+            self._set(vm_name, LGState.ERROR, str(error))
+
+    def _supervise_loop(self, vm_name: str, entry: _Client) -> None:
+        from .errors import OperationTimedOut
+
+        while not entry.cancel.is_set():
+            self._set(vm_name, LGState.WAITING, "waiting for the guest's host application")
+            try:
+                entry.host = wait_for_host(entry.config.shm_path, self.host_timeout,
+                                           entry.cancel, user=self._client_user())
+            except (LookingGlassError, OperationTimedOut) as error:
+                if entry.cancel.is_set():
+                    break
+                self._set(vm_name, LGState.ERROR, str(error))
+                return
+            self._warn_release(vm_name, entry)
+            self._set(vm_name, LGState.STARTING, f"starting {self.client.name}")
+            offset = self._launch(vm_name, entry)
+            try:  # "running" once it survived its start (a bad option exits at once)
+                code = entry.process.wait(self.settle)
+            except subprocess.TimeoutExpired:
+                self._set(vm_name, LGState.RUNNING, f"pid {entry.process.pid}")
+                code = entry.process.wait()
+            with self._lock:
+                restart_now, entry.restart_now = entry.restart_now, False
+            if entry.cancel.is_set():
+                break
+            if restart_now:
+                continue  # fullscreen toggle: not a failure
+            tail = self._log_tail(vm_name, offset)
+            if not _is_failure(code, tail):
+                self._set(vm_name, LGState.STOPPED, "closed by the user")
+                return
+            now = time.monotonic()
+            entry.failures = [t for t in entry.failures if now - t <= self.failure_window]
+            entry.failures.append(now)
+            last_lines = " | ".join(tail[-3:]) or f"exit status {code}"
+            if len(entry.failures) >= self.max_failures:
+                self._set(vm_name, LGState.ERROR,
+                          f"the client failed {len(entry.failures)} times in"
+                          f" {self.failure_window:.0f} s; last lines: {last_lines}")
+                return
+            delay = self.backoff[min(len(entry.failures), len(self.backoff)) - 1]
+            self._set(vm_name, LGState.RESTARTING,
+                      f"exit status {code}; restarting in {delay:g} s ({last_lines})")
+            if entry.cancel.wait(delay):
+                break
+        self._set(vm_name, LGState.STOPPED, "stopped")
+
+    def _launch(self, vm_name: str, entry: _Client) -> int:
+        argv = build_argv(self.client, entry.config, self.release)
+        path = self.log_path(vm_name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as handle:  # the child keeps its own copy of the descriptor
+            offset = handle.tell()
+            handle.write(f"--- {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
+            handle.flush()
+            kwargs = {}
+            if self.run_as is not None and os.geteuid() == 0:
+                kwargs["user"] = self.run_as
+                kwargs["group"] = _primary_group(self.run_as)
+                kwargs["extra_groups"] = []
+            entry.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                start_new_session=True, env=_client_env(self.run_as), **kwargs)
+        (self.log_dir / f"{vm_name}.pid").write_text(f"{entry.process.pid}\n")
+        return offset
+
+    def _terminate(self, entry: _Client, timeout: float) -> None:
+        process = entry.process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("Looking Glass client %s ignored SIGTERM; killing it", process.pid)
+            process.kill()
+            process.wait()
+        except ProcessLookupError:
+            pass
+
+    def _log_tail(self, vm_name: str, offset: int, lines: int = 20) -> list[str]:
+        try:
+            with open(self.log_path(vm_name), "rb") as handle:
+                handle.seek(offset)
+                text = handle.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line and not line.startswith("---")][-lines:]
+
+    def _warn_release(self, vm_name: str, entry: _Client) -> None:
+        host = entry.host.host_release if entry.host else None
+        client = self.release
+        if host and client and release_number(host) != release_number(client):
+            log.warning("%s: the guest's host application is %s but the client is %s; they"
+                        " must be the same release", vm_name, host, client)
+
+    def _client_user(self) -> str | None:
+        """Whose rights the client runs with (None: this process's)."""
+        return self.run_as if (self.run_as is not None and os.geteuid() == 0) else None
+
+    def _spice_port(self, vm_name: str) -> int | None:
+        if self.connection is None:
+            return None
+        import xml.etree.ElementTree as ET
+
+        xml = self.connection.execute(
+            lambda conn: self.connection.lookup(conn, vm_name).XMLDesc(0))
+        graphics = ET.fromstring(xml).find("devices/graphics[@type='spice']")
+        if graphics is None:
+            return None
+        port = graphics.get("port")
+        return int(port) if port and port.isdigit() and int(port) > 0 else None
+
+    # --- tie to the VM lifecycle ------------------------------------------------------------
+
+    def follow(self, lifecycle, config_for: Callable[[str], LGClientConfig | None],
+               pause_grace: float = 30.0) -> int:
+        """Start the client when a VM for which ``config_for`` gives a config reaches
+        running; stop it when the VM stops, is deleted, or stays paused longer than
+        ``pause_grace`` seconds. Returns the lifecycle subscription token."""
+        from .primitives import VMState
+
+        def on_change(change) -> None:
+            name = change.name
+            if change.new == VMState.RUNNING:
+                self._cancel_pause_timer(name)
+                if self.get_state(name) in (LGState.STOPPED, LGState.ERROR):
+                    threading.Thread(target=self._start_quietly, args=(name, config_for),
+                                     daemon=True).start()
+            elif change.new in (VMState.SHUTOFF, VMState.CRASHED, VMState.NOSTATE):
+                threading.Thread(target=self.stop, args=(name,), daemon=True).start()
+            elif change.new == VMState.PAUSED and name in self._clients:
+                timer = threading.Timer(pause_grace, self.stop, args=(name,))
+                timer.daemon = True
+                with self._lock:
+                    self._pause_timers[name] = timer
+                timer.start()
+
+        return lifecycle.subscribe(on_change)
+
+    def _start_quietly(self, name: str, config_for) -> None:
+        try:
+            config = config_for(name)
+            if config is not None:
+                self.start(name, config)
+        except VMManagerError as error:
+            log.warning("cannot show %s through Looking Glass: %s", name, error)
+
+    def _cancel_pause_timer(self, name: str) -> None:
+        with self._lock:
+            timer = self._pause_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+
+def _is_failure(code: int, tail: list[str]) -> bool:
+    """Exit 0 is a normal quit. Exit 255 is a quit too when nothing in the log says error
+    (the window closed before the host connected); a signal or an error line is a crash."""
+    if code == 0:
+        return False
+    if code < 0:
+        return True
+    return any(marker in line for line in tail for marker in ERROR_MARKERS)
+
+
+def _primary_group(user: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_gid
+    except KeyError:
+        raise LookingGlassError(f"no user named {user!r} to run the client as") from None
+
+
+def _client_env(run_as: str | None) -> dict:
+    env = dict(os.environ)
+    if run_as is not None and os.geteuid() == 0:
+        import pwd
+
+        entry = pwd.getpwnam(run_as)
+        env.update(HOME=entry.pw_dir, USER=run_as, LOGNAME=run_as)
+    return env
+
+
+def _default_log_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "neuronos" / "looking-glass"
+
+
+_manager: LookingGlassManager | None = None
+
+
+def get_looking_glass_manager() -> LookingGlassManager:
+    """The process-wide manager (the design notes' entry point)."""
+    global _manager
+    if _manager is None:
+        _manager = LookingGlassManager()
+    return _manager
+
+
+def display_config(vm_name: str, store=None, connection=None,
+                   root: Path | str | None = None) -> LGClientConfig | None:
+    """The client config for a VM that has Looking Glass (from its saved settings, or its
+    domain's ``looking-glass-<vm>`` shmem device); None when it has none."""
+    from ..passthrough.ivshmem import kvmfr_device, shm_name
+    from .errors import StoreError
+
+    settings = None
+    if store is not None:
+        try:
+            settings = store.load(vm_name)
+        except StoreError as error:
+            log.warning("%s", error)
+    if settings is not None and settings.looking_glass.enabled:
+        if settings.looking_glass.use_kvmfr:
+            device = kvmfr_device(root or "/")
+            if device is None:
+                raise LookingGlassError(f"{vm_name} uses KVMFR but /dev/kvmfr0 is missing: load"
+                                        " the module (modprobe kvmfr static_size_mb=N)")
+            return LGClientConfig(vm_name, shm_path=device)
+        return LGClientConfig(vm_name)
+    if connection is not None:
+        import xml.etree.ElementTree as ET
+
+        xml = connection.execute(lambda conn: connection.lookup(conn, vm_name).XMLDesc(0))
+        for shmem in ET.fromstring(xml).iterfind("devices/shmem"):
+            if shmem.get("name") == shm_name(vm_name):
+                return LGClientConfig(vm_name)
+    return None
+
+
+def stop_by_pid_file(vm_name: str, log_dir: Path | str | None = None,
+                     timeout: float = 5.0) -> bool:
+    """Stop a client another process started (its pid file in the log folder): SIGTERM,
+    then SIGKILL. Returns False when there was none."""
+    folder = Path(log_dir) if log_dir else _default_log_dir()
+    pid_file = folder / f"{vm_name}.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return False
+    if CLIENT_NAME.encode() not in cmdline and b"NeuronOS" not in cmdline:
+        pid_file.unlink(missing_ok=True)
+        return False  # the pid was reused by something else: leave it alone
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # not our child: no wait() to block on
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True

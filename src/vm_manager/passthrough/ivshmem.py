@@ -82,9 +82,28 @@ def write_tmpfiles_rule(vm_name: str, user: str, root: Path | str = "/",
     return path, text
 
 
-def access_problem(path: Path | str) -> str | None:
-    """None when the current user can open ``path`` read-write; else what is wrong and the
-    fix, naming the file, its owner and its mode."""
+def _user_can_read_write(info: os.stat_result, user: str) -> bool:
+    """Unix permission bits for another user (root running the client as the desktop
+    user must judge for that user, not for itself)."""
+    import grp
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    if entry.pw_uid == 0:
+        return True
+    groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    if info.st_uid == entry.pw_uid:
+        bits = (info.st_mode >> 6) & 0o7
+    elif info.st_gid in groups:
+        bits = (info.st_mode >> 3) & 0o7
+    else:
+        bits = info.st_mode & 0o7
+    return bits & 0o6 == 0o6
+
+
+def access_problem(path: Path | str, user: str | None = None) -> str | None:
+    """None when ``user`` (default: this process) can open ``path`` read-write; else what
+    is wrong and the fix, naming the file, its owner and its mode."""
     path = Path(path)
     try:
         info = path.stat()
@@ -92,7 +111,9 @@ def access_problem(path: Path | str) -> str | None:
         return None  # nothing to open yet: the VM is not running
     except OSError as error:
         return f"cannot look at {path}: {error.strerror}"
-    if os.access(path, os.R_OK | os.W_OK):
+    if user is None and os.access(path, os.R_OK | os.W_OK):
+        return None
+    if user is not None and _user_can_read_write(info, user):
         return None
     try:
         import grp
@@ -104,7 +125,8 @@ def access_problem(path: Path | str) -> str | None:
         owner, group = str(info.st_uid), str(info.st_gid)
     mode = stat.filemode(info.st_mode)
     vm = path.name[len("looking-glass-"):] if path.name.startswith("looking-glass-") else "VM"
-    return (f"{path} is {owner}:{group} {mode}, so this user cannot open it read-write;"
+    who = f"user {user}" if user else "this user"
+    return (f"{path} is {owner}:{group} {mode}, so {who} cannot open it read-write;"
             f" fix: `neuron-vm shm-permissions {vm} --apply` (a systemd-tmpfiles rule), then"
             " restart the VM")
 

@@ -1,0 +1,311 @@
+"""Looking Glass supervision with a fake client that behaves like a real B7 build."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from vm_manager.cli import main
+from vm_manager.core.connection import LibvirtConnection
+from vm_manager.core.errors import OperationTimedOut
+from vm_manager.core.looking_glass import (
+    LGClientConfig,
+    LGState,
+    LookingGlassError,
+    LookingGlassManager,
+    build_argv,
+    client_release,
+    read_header,
+    wait_for_host,
+)
+from vm_manager.testing import FakeDomain, FakeLGHost
+
+FAKE = Path(__file__).parent / "bin" / "looking-glass-client"
+AS_ROOT = os.geteuid() == 0
+RUN_AS = "nobody" if AS_ROOT else None  # the real client refuses root; so does the fake
+
+
+@pytest.fixture
+def shared():
+    """A folder the client's user can reach (pytest's tmp folders are root-only)."""
+    folder = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))
+    os.chmod(folder, 0o777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def lg(shared, tmp_path, monkeypatch):
+    """(manager factory, shm path, record file, script file)."""
+    shm = shared / "looking-glass-vm1"
+    shm.write_bytes(b"\0" * 65536)
+    os.chmod(shm, 0o666)
+    record, script = shared / "argv.jsonl", shared / "script"
+    for path in (record, script):
+        path.write_text("")
+        os.chmod(path, 0o666)
+    monkeypatch.setenv("FAKE_LG_RECORD", str(record))
+    monkeypatch.setenv("FAKE_LG_SCRIPT", str(script))
+    managers = []
+
+    def make(**kwargs) -> LookingGlassManager:
+        options = dict(client=FAKE, log_dir=tmp_path / "logs", run_as=RUN_AS,
+                       backoff=(0.05, 0.1, 0.2), stop_timeout=2.0, host_timeout=10.0)
+        options.update(kwargs)
+        manager = LookingGlassManager(**options)
+        managers.append(manager)
+        return manager
+
+    yield make, shm, record, script
+    for manager in managers:
+        manager.stop_all()
+
+
+def config(shm: Path, **kwargs) -> LGClientConfig:
+    return LGClientConfig("vm1", shm_path=shm, spice=False, **kwargs)
+
+
+def recorded(record: Path) -> list[list[str]]:
+    return [json.loads(line) for line in record.read_text().splitlines() if line]
+
+
+def changes_of(manager):
+    seen = []
+    manager.subscribe(seen.append)
+    return seen
+
+
+# --- the command line -----------------------------------------------------------------------
+
+def test_release_from_help():
+    assert client_release(FAKE) == "B7"
+
+
+def test_argv_per_release():
+    cfg = LGClientConfig("win11", spice_port=5901, escape_key="KEY_RIGHTCTRL", fps_min=60,
+                         window_size=(1920, 1080))
+    argv = build_argv("/usr/bin/looking-glass-client", cfg, "B7")
+    assert "app:shmFile=/dev/shm/looking-glass-win11" in argv
+    assert "input:escapeKey=KEY_RIGHTCTRL" in argv
+    assert ["spice:enable=yes", "spice:host=127.0.0.1", "spice:port=5901"] == argv[8:11]
+    assert "win:fpsMin=60" in argv and "win:size=1920x1080" in argv
+    assert not any(arg in ("-g", "-s", "-F", "-G") for arg in argv)  # no toggles, no renderer
+    assert "input:escapeKey=97" in build_argv("lg", cfg, "B5")  # B5: numeric keycodes only
+    assert "input:escapeKey=KEY_RIGHTCTRL" in build_argv("lg", cfg, "B6")
+    assert "input:escapeKey=70" in build_argv("lg", LGClientConfig("x", spice=False), "B5")
+    with pytest.raises(LookingGlassError, match="SPICE port"):
+        build_argv("lg", LGClientConfig("x"), "B7")
+
+
+def test_the_fake_accepts_our_argv_and_rejects_a_wrong_flag(shared):
+    import subprocess
+
+    env = dict(os.environ)
+    missing = shared / "nothing-here"
+    ours = build_argv(FAKE, config(missing, fullscreen=True, fps_min=30), "B7")
+    kwargs = {"user": RUN_AS} if AS_ROOT else {}
+    result = subprocess.run(ours, capture_output=True, text=True, env=env, **kwargs)
+    assert result.returncode == 255, result.stderr  # parsed fine, then: no shm file
+    assert "Invalid path to the ivshmem file specified" in result.stderr
+    wrong = subprocess.run([str(FAKE), "-g", "app:shmFile=x"], capture_output=True, text=True,
+                           **kwargs)
+    assert wrong.returncode != 3  # -g takes a value: it eats the next argument
+    wrong = subprocess.run([str(FAKE), "win:bogus=1"], capture_output=True, text=True, **kwargs)
+    assert wrong.returncode == 3 and "unknown option" in wrong.stderr
+
+
+# --- readiness -------------------------------------------------------------------------------
+
+def test_live_header_is_accepted_and_stale_is_not(shared):
+    shm = shared / "looking-glass-h"
+    shm.write_bytes(b"\0" * 65536)
+    with pytest.raises(OperationTimedOut, match="no LGMP header"):
+        wait_for_host(shm, timeout=0.3)
+    host = FakeLGHost(shm, release="B7")  # header written, heartbeat not running: stale
+    with pytest.raises(OperationTimedOut, match="stale header"):
+        wait_for_host(shm, timeout=0.5)
+    host.start()
+    header = wait_for_host(shm, timeout=5)
+    assert header.magic_ok and header.version == 6 and header.host_release == "B7"
+    assert header.kvmfr_version == 20
+    host.stop()
+    assert read_header(shm).timestamp > 1
+
+
+def test_permission_problem_names_file_owner_mode_and_fix(shared):
+    shm = shared / "looking-glass-vm9"
+    FakeLGHost(shm)
+    os.chmod(shm, 0o644)
+    user = RUN_AS or "root"
+    if user == "root":
+        pytest.skip("needs root to judge another user's rights")
+    with pytest.raises(LookingGlassError) as caught:
+        wait_for_host(shm, timeout=1, user=user)
+    message = str(caught.value)
+    assert str(shm) in message and "-rw-r--r--" in message
+    assert "neuron-vm shm-permissions vm9 --apply" in message
+
+
+# --- supervision -----------------------------------------------------------------------------
+
+def test_starts_when_the_host_is_live_and_stops_cleanly(lg):
+    make, shm, record, _ = lg
+    manager = make()
+    seen = changes_of(manager)
+    manager.start("vm1", config(shm))
+    assert manager.wait_for_state("vm1", {LGState.WAITING}, 5) == LGState.WAITING
+    host = FakeLGHost(shm).start()
+    try:
+        assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+        argv = recorded(record)[-1]
+        assert f"app:shmFile={shm}" in argv and "spice:enable=no" in argv
+        manager.stop("vm1")
+    finally:
+        host.stop()
+    assert manager.get_state("vm1") == LGState.STOPPED
+    states = [c.new for c in seen]
+    assert LGState.RESTARTING not in states and LGState.ERROR not in states  # our stop
+    assert "Looking Glass (B7)" in manager.log_path("vm1").read_text()
+
+
+def test_crash_restarts_with_backoff_then_gives_up(lg):
+    make, shm, _, script = lg
+    script.write_text("crash\n" * 10)
+    manager = make(max_failures=3)
+    seen = changes_of(manager)
+    host = FakeLGHost(shm).start()
+    try:
+        manager.start("vm1", config(shm))
+        assert manager.wait_for_state("vm1", {LGState.ERROR}, 20) == LGState.ERROR
+    finally:
+        host.stop()
+    restarts = [c for c in seen if c.new == LGState.RESTARTING]
+    assert len(restarts) == 2
+    assert "restarting in 0.05 s" in restarts[0].reason
+    assert "restarting in 0.1 s" in restarts[1].reason
+    reason = manager.reason("vm1")
+    assert "failed 3 times" in reason and "Crash" in reason
+
+
+def test_crash_then_recovery(lg):
+    make, shm, record, script = lg
+    script.write_text("crash\nrun\n")
+    manager = make()
+    host = FakeLGHost(shm).start()
+    try:
+        manager.start("vm1", config(shm))
+        deadline = time.monotonic() + 10
+        while len(recorded(record)) < 2 and time.monotonic() < deadline:
+            manager.wait_for_state("vm1", {LGState.ERROR}, 0.1)
+        assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+        assert len(recorded(record)) == 2
+    finally:
+        host.stop()
+
+
+@pytest.mark.parametrize("behaviour", ["quit", "quit-early"])
+def test_user_close_is_not_restarted(lg, behaviour):
+    make, shm, record, script = lg
+    script.write_text(behaviour + "\n")
+    manager = make()
+    seen = changes_of(manager)
+    host = FakeLGHost(shm).start()
+    try:
+        manager.start("vm1", config(shm))
+        assert manager.wait_for_state("vm1", {LGState.STOPPED}, 10) == LGState.STOPPED
+        time.sleep(0.3)  # a wrongly scheduled restart (backoff 0.05 s) would show by now
+    finally:
+        host.stop()
+    assert manager.reason("vm1") == "closed by the user"
+    assert LGState.RESTARTING not in [c.new for c in seen]
+    assert len(recorded(record)) == 1
+
+
+def test_sigterm_ignored_means_sigkill_after_the_timeout(lg):
+    make, shm, _, script = lg
+    script.write_text("ignore-term\n")
+    manager = make(stop_timeout=0.5)
+    host = FakeLGHost(shm).start()
+    try:
+        manager.start("vm1", config(shm))
+        assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+        process = manager._clients["vm1"].process
+        started = time.monotonic()
+        manager.stop("vm1")
+        assert time.monotonic() - started >= 0.5
+        assert process.returncode == -signal.SIGKILL
+    finally:
+        host.stop()
+    assert manager.get_state("vm1") == LGState.STOPPED
+
+
+def test_fullscreen_toggle_restarts_the_client_only(lg):
+    make, shm, record, _ = lg
+    manager = make()
+    seen = changes_of(manager)
+    host = FakeLGHost(shm).start()
+    try:
+        manager.start("vm1", config(shm))
+        assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+        assert manager.toggle_fullscreen("vm1") is True
+        deadline = time.monotonic() + 10
+        while len(recorded(record)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+    finally:
+        host.stop()
+    first, second = recorded(record)[:2]
+    assert "win:fullScreen=no" in first and "win:fullScreen=yes" in second
+    assert LGState.RESTARTING not in [c.new for c in seen]
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the refusal is about running as root")
+def test_root_without_a_desktop_user_is_refused(lg):
+    make, shm, _, _ = lg
+    with pytest.raises(LookingGlassError, match="refuses to run as root"):
+        make(run_as=None).start("vm1", config(shm))
+
+
+def test_stops_when_the_vm_stops(lg, make_host):
+    from conftest import lifecycle_on
+
+    make, shm, _, _ = lg
+    uri = make_host([FakeDomain("vm1")])
+    manager = make()
+    host = FakeLGHost(shm).start()
+    try:
+        with lifecycle_on(uri) as lifecycle:
+            manager.follow(lifecycle, lambda name: config(shm) if name == "vm1" else None)
+            lifecycle.start("vm1")
+            assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+            lifecycle.stop("vm1")
+            assert manager.wait_for_state("vm1", {LGState.STOPPED}, 10) == LGState.STOPPED
+    finally:
+        host.stop()
+
+
+def test_no_sigusr1_and_no_unread_pipes_anywhere():
+    source = Path(__file__).resolve().parents[1] / "src" / "vm_manager"
+    for path in source.rglob("*.py"):
+        code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+        assert "SIGUSR1)" not in code and "signal.SIGUSR1" not in code, path
+        if path.name == "looking_glass.py":
+            assert "PIPE" not in re.sub(r'"""[\s\S]*?"""', "", code), path
+
+
+def test_cli_display_without_looking_glass_exits_2(three_vm_uri):
+    with LibvirtConnection(three_vm_uri) as conn:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["display", "alpha"], connection=conn, out=out, err=err) == 2
+        assert "has no Looking Glass" in err.getvalue()
+        assert main(["start", "beta", "--display"], connection=conn, out=out, err=err) == 2
+        assert conn.execute(lambda c: c.lookupByName("beta").isActive()) == 0  # not booted
