@@ -277,3 +277,58 @@ def test_usb_hot_plug_and_confirmed_detach(system, tmp_path, tiny_guest):
         assert detach_device(conn, name, USB_MOUSE) is False and mice(2) == 0
     finally:
         VMDestroyer(conn, store=store, lifecycle=system).destroy(name, force=True)
+
+
+# --- Looking Glass on QEMU's real shared memory (issue 6) -----------------------------------
+
+def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from vm_manager.core.looking_glass import LGClientConfig, LGState, LookingGlassManager
+    from vm_manager.passthrough.ivshmem import access_problem, shm_path, shmem_xml
+    from vm_manager.testing import FakeLGHost
+
+    conn = system.connection
+    name = unique("lg")
+    serial = tmp_path / "serial.log"
+    xml = domain_xml(name, tiny_guest, serial).replace(
+        "</devices>", shmem_xml(name, 32) + "</devices>")
+    conn.execute(lambda c: c.defineXML(xml))
+    run_as = "nobody" if os.geteuid() == 0 else None
+    shared = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))
+    os.chmod(shared, 0o777)
+    client = shared / "looking-glass-client"
+    shutil.copy(Path(__file__).parent / "bin" / "looking-glass-client", client)
+    os.chmod(client, 0o755)
+    manager = LookingGlassManager(client=client, log_dir=tmp_path / "lg", run_as=run_as,
+                                  stop_timeout=2, host_timeout=30)
+    path = shm_path(name)
+    host = None
+    try:
+        system.start(name, timeout=BOOT_TIMEOUT)
+        assert path.exists() and path.stat().st_size == 32 * 1024 * 1024  # QEMU made it
+        if run_as:  # as libvirt leaves it, the desktop user cannot open it read-write
+            assert access_problem(path, run_as) is not None
+        os.chmod(path, 0o666)  # what the tmpfiles rule (0660, the user's group) provides
+        host = FakeLGHost(path).start()  # the guest's host application, writing its header
+        config = LGClientConfig(name, spice=False)
+        manager.follow(system, lambda vm: config if vm == name else None)
+        manager.start(name, config)
+        assert manager.wait_for_state(name, {LGState.RUNNING, LGState.ERROR}, 60) == \
+            LGState.RUNNING, manager.reason(name)
+        system.stop(name, method=ShutdownMethod.FORCE)  # the VM stops: the client goes too
+        assert manager.wait_for_state(name, {LGState.STOPPED}, 30) == LGState.STOPPED
+    finally:
+        if host is not None:
+            host.stop()
+        manager.stop_all()
+        def cleanup(c):
+            dom = c.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        conn.execute(cleanup)
+        shutil.rmtree(shared, ignore_errors=True)

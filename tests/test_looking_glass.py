@@ -36,9 +36,12 @@ RUN_AS = "nobody" if AS_ROOT else None  # the real client refuses root; so does 
 
 @pytest.fixture
 def shared():
-    """A folder the client's user can reach (pytest's tmp folders are root-only)."""
+    """A folder the client's user can reach (pytest's tmp folders, and maybe the checkout,
+    are root-only), holding a copy of the fake client."""
     folder = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))
     os.chmod(folder, 0o777)
+    shutil.copy(FAKE, folder / "looking-glass-client")
+    os.chmod(folder / "looking-glass-client", 0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -58,7 +61,8 @@ def lg(shared, tmp_path, monkeypatch):
     managers = []
 
     def make(**kwargs) -> LookingGlassManager:
-        options = dict(client=FAKE, log_dir=tmp_path / "logs", run_as=RUN_AS,
+        options = dict(client=shared / "looking-glass-client", log_dir=tmp_path / "logs",
+                       run_as=RUN_AS,
                        backoff=(0.05, 0.1, 0.2), stop_timeout=2.0, host_timeout=10.0)
         options.update(kwargs)
         manager = LookingGlassManager(**options)
@@ -111,15 +115,16 @@ def test_the_fake_accepts_our_argv_and_rejects_a_wrong_flag(shared):
 
     env = dict(os.environ)
     missing = shared / "nothing-here"
-    ours = build_argv(FAKE, config(missing, fullscreen=True, fps_min=30), "B7")
+    fake = shared / "looking-glass-client"
+    ours = build_argv(fake, config(missing, fullscreen=True, fps_min=30), "B7")
     kwargs = {"user": RUN_AS} if AS_ROOT else {}
     result = subprocess.run(ours, capture_output=True, text=True, env=env, **kwargs)
     assert result.returncode == 255, result.stderr  # parsed fine, then: no shm file
     assert "Invalid path to the ivshmem file specified" in result.stderr
-    wrong = subprocess.run([str(FAKE), "-g", "app:shmFile=x"], capture_output=True, text=True,
+    wrong = subprocess.run([str(fake), "-g", "app:shmFile=x"], capture_output=True, text=True,
                            **kwargs)
     assert wrong.returncode != 3  # -g takes a value: it eats the next argument
-    wrong = subprocess.run([str(FAKE), "win:bogus=1"], capture_output=True, text=True, **kwargs)
+    wrong = subprocess.run([str(fake), "win:bogus=1"], capture_output=True, text=True, **kwargs)
     assert wrong.returncode == 3 and "unknown option" in wrong.stderr
 
 
