@@ -314,3 +314,14 @@ def test_cli_display_without_looking_glass_exits_2(three_vm_uri):
         assert "has no Looking Glass" in err.getvalue()
         assert main(["start", "beta", "--display"], connection=conn, out=out, err=err) == 2
         assert conn.execute(lambda c: c.lookupByName("beta").isActive()) == 0  # not booted
+
+
+def test_spice_port_is_read_from_the_live_domain(make_host, tmp_path):
+    uri = make_host()
+    xml = ("<domain type='test'><name>sp</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>"
+           "<os><type>hvm</type></os><devices><graphics type='spice' port='5930'"
+           " autoport='no' listen='127.0.0.1'/></devices></domain>")
+    with LibvirtConnection(uri) as conn:
+        conn.execute(lambda c: c.defineXML(xml))
+        manager = LookingGlassManager(client=FAKE, log_dir=tmp_path, connection=conn)
+        assert manager._spice_port("sp") == 5930
