@@ -22,6 +22,7 @@ PACKAGES=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools dnsmasq-base
   python3-venv python3-dev gcc make
+  libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 fonts-dejavu-core
 )
 
 missing=()

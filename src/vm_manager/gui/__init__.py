@@ -1,0 +1,1 @@
+"""The desktop app (PySide6). Nothing here talks to libvirt: it uses the library."""

@@ -1,0 +1,144 @@
+"""Reusable pieces of the desktop app: the VM table model, the daemon-down banner, and the
+bridge that carries library callbacks (libvirt's event thread) into the Qt thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+
+from ..core.primitives import VMState
+
+OS_LABELS = {"windows11": "Windows 11", "windows10": "Windows 10", "linux": "Linux",
+             "macos": "macOS", None: "Other"}
+STATE_COLORS = {
+    VMState.RUNNING: "#2e7d32", VMState.PAUSED: "#f9a825", VMState.SHUTOFF: "#616161",
+    VMState.CRASHED: "#c62828", VMState.ERROR: "#c62828",
+}
+
+
+@dataclass
+class VMRow:
+    name: str
+    state: VMState
+    vcpus: int
+    memory_mb: int
+    vm_type: str | None = None
+    gpu: str | None = None  # PCI address when a GPU is passed through
+    looking_glass: bool = False
+    reason: str = ""
+
+
+class EventBridge(QObject):
+    """Signals emitted from any thread, delivered in the GUI thread (queued)."""
+
+    state_changed = Signal(str, str, str)  # name, new state value, reason
+    connection_changed = Signal(str, str)  # "disconnected"/"reconnected", reason
+    inventory_ready = Signal(object)  # list[VMRow]
+    inventory_failed = Signal(str)
+    operation_done = Signal(str, str)  # name, message
+    operation_failed = Signal(str, str)  # name, error
+
+
+class VMTableModel(QAbstractTableModel):
+    COLUMNS = ("Name", "System", "State", "vCPUs", "Memory", "GPU", "Looking Glass")
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.rows: list[VMRow] = []
+        self._index: dict[str, int] = {}
+
+    # --- Qt model API ---------------------------------------------------------------------
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802 - Qt name
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.DisplayRole):  # noqa: N802
+        if role == Qt.DisplayRole and orientation == Qt.Horizontal:
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index: QModelIndex, role=Qt.DisplayRole):
+        if not index.isValid():
+            return None
+        row = self.rows[index.row()]
+        column = index.column()
+        if role == Qt.DisplayRole:
+            return (
+                row.name,
+                OS_LABELS.get(row.vm_type, row.vm_type or "Other"),
+                row.state.label,
+                str(row.vcpus),
+                f"{row.memory_mb / 1024:.1f} GiB" if row.memory_mb >= 1024 else
+                f"{row.memory_mb} MiB",
+                f"GPU {row.gpu}" if row.gpu else "",
+                "LG" if row.looking_glass else "",
+            )[column]
+        if role == Qt.ForegroundRole and column == 2:
+            color = STATE_COLORS.get(row.state)
+            return QColor(color) if color else None
+        if role == Qt.ToolTipRole and column == 2 and row.reason:
+            return row.reason
+        if role == Qt.UserRole:
+            return row
+        return None
+
+    # --- updates ----------------------------------------------------------------------------
+
+    def reset_rows(self, rows: list[VMRow]) -> None:
+        self.beginResetModel()
+        self.rows = sorted(rows, key=lambda r: r.name)
+        self._index = {row.name: i for i, row in enumerate(self.rows)}
+        self.endResetModel()
+
+    def update_state(self, name: str, state: VMState, reason: str) -> bool:
+        """Change one row in place (one dataChanged, no reset); False if unknown."""
+        position = self._index.get(name)
+        if position is None:
+            return False
+        row = self.rows[position]
+        row.state, row.reason = state, reason
+        self.dataChanged.emit(self.index(position, 0), self.index(position, len(self.COLUMNS) - 1))
+        return True
+
+    def remove(self, name: str) -> None:
+        position = self._index.get(name)
+        if position is None:
+            return
+        self.beginRemoveRows(QModelIndex(), position, position)
+        del self.rows[position]
+        self.endRemoveRows()
+        self._index = {row.name: i for i, row in enumerate(self.rows)}
+
+    def row_for(self, name: str) -> VMRow | None:
+        position = self._index.get(name)
+        return self.rows[position] if position is not None else None
+
+
+class Banner(QWidget):
+    """A strip across the window: "libvirt is not reachable ... [Retry]"."""
+
+    retry = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("banner")
+        self.setStyleSheet("#banner { background: #fdecea; } QLabel { color: #b71c1c; }")
+        self.setAutoFillBackground(True)
+        layout = QHBoxLayout(self)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.button = QPushButton("Retry")
+        self.button.clicked.connect(self.retry.emit)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.button)
+        self.hide()
+
+    def show_message(self, text: str) -> None:
+        self.label.setText(text)
+        self.show()
