@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench screenshots clean
 
 ## setup: Debian packages, /dev/kvm group, libvirtd running, .venv with the package
 setup:
@@ -26,6 +26,11 @@ bench: $(PY)
 	$(PY) bench/list_latency.py
 	$(PY) bench/event_latency.py
 	$(PY) bench/create_time.py
+	$(PY) bench/gui_scale.py
+
+## screenshots: render the GUI's windows to docs/screenshots (offscreen)
+screenshots: $(PY)
+	$(PY) scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis src/*.egg-info

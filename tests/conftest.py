@@ -13,6 +13,7 @@ from vm_manager.testing import FakeDomain, FakeHost, write_node_file
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # GUI tests need no display
+os.environ.setdefault("QT_NO_GLIB", "1")  # as vm_manager.gui.app sets it (see there)
 SYSTEM_URI = "qemu:///system"
 
 

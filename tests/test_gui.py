@@ -144,3 +144,18 @@ def test_daemon_restart_banner_and_recovery(qtbot, system_daemon, tmp_path):
         start_libvirtd(system_daemon)
     qtbot.waitUntil(lambda: win.banner.isHidden(), timeout=20000)
     win.close()
+
+
+def test_qt_bindings_keep_none_alive(qtbot):
+    """PySide6 6.12.0 on Python 3.11 drops a reference to None on every void call and the app
+    dies with "none_dealloc" after a few thousand calls (pyproject pins it out)."""
+    import sys
+
+    from PySide6.QtWidgets import QLabel
+
+    label = QLabel()
+    qtbot.addWidget(label)
+    before = sys.getrefcount(None)
+    for _ in range(5000):
+        label.setText("x")
+    assert sys.getrefcount(None) - before > -100

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Render the desktop app's windows to PNG for the README (offscreen, no display needed).
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshots.py [--out docs/screenshots]
+
+Uses a libvirt test-driver host with a few sample VMs and saved settings in a temporary
+folder; touches nothing of the user's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("QT_NO_GLIB", "1")  # as vm_manager.gui.app sets it (see there)
+
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from vm_manager.core.connection import LibvirtConnection  # noqa: E402
+from vm_manager.core.primitives import VMState  # noqa: E402
+from vm_manager.core.store import VMStore  # noqa: E402
+from vm_manager.core.vm_config import VMConfig  # noqa: E402
+from vm_manager.testing import FakeDomain, FakeHost, write_node_file  # noqa: E402
+
+SAMPLES = [
+    ("Gaming-Win11", VMState.RUNNING, 8, 16384,
+     {"vm_type": "windows11", "gpu_passthrough": {"pci_address": "0000:01:00.0"},
+      "display_mode": "looking-glass"}),
+    ("Office-Win10", VMState.SHUTOFF, 4, 8192, {"vm_type": "windows10"}),
+    ("dev-debian", VMState.PAUSED, 2, 4096, {"vm_type": "linux"}),
+    ("macOS-Sonoma", VMState.SHUTOFF, 4, 8192, {"vm_type": "macos",
+                                                 "opencore_path": "/vms/OpenCore.qcow2"}),
+]
+
+
+def process(app: QApplication, rounds: int = 20) -> None:
+    for _ in range(rounds):
+        app.processEvents()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/screenshots"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    app = QApplication.instance() or QApplication([])
+    from vm_manager.gui.app import MainWindow
+    from vm_manager.gui.dialogs import DeleteDialog
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        uri = write_node_file(tmp_path / "node.xml", FakeHost(cpus=16, memory_mb=65536, domains=[
+            FakeDomain(name, state, vcpus, memory) for name, state, vcpus, memory, _ in SAMPLES]))
+        store = VMStore(tmp_path / "config")
+        for name, _, vcpus, memory, extra in SAMPLES:
+            store.save(VMConfig.from_dict({"name": name, "vcpus": vcpus, "memory_mb": memory,
+                                           **extra}))
+        conn = LibvirtConnection(uri)
+        window = MainWindow(connection=conn, store=store)
+        window.resize(980, 360)
+        window.show()
+        deadline = 200
+        while window.model.rowCount() < len(SAMPLES) and deadline:
+            process(app, 1)
+            deadline -= 1
+        window.select("Gaming-Win11")
+        process(app)
+        window.grab().save(str(args.out / "main-window.png"))
+
+        images = tmp_path / "images"
+        images.mkdir()
+        disk = images / "Office-Win10.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64G"], check=True)
+        iso = tmp_path / "Win10_22H2.iso"
+        iso.write_bytes(b"")
+        conn.execute(lambda c: c.lookupByName("Office-Win10").undefine())
+        conn.execute(lambda c: c.defineXML(
+            "<domain type='test'><name>Office-Win10</name><memory unit='MiB'>8192</memory>"
+            "<vcpu>4</vcpu><os><type>hvm</type></os><devices>"
+            f"<disk type='file' device='disk'><source file='{disk}'/><target dev='sda'/></disk>"
+            f"<disk type='file' device='cdrom'><source file='{iso}'/><target dev='sdb'/>"
+            "<readonly/></disk></devices></domain>"))
+        from vm_manager.core.vm_destroyer import VMDestroyer
+
+        dialog = DeleteDialog(VMDestroyer(conn, store=store, images_dir=images), "Office-Win10")
+        dialog.resize(640, 260)
+        dialog.show()
+        process(app)
+        dialog.grab().save(str(args.out / "delete-dialog.png"))
+        dialog.close()
+        window.close()
+        conn.close()
+    print(f"wrote {args.out}/main-window.png and {args.out}/delete-dialog.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
