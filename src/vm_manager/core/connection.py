@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple, TypeVar, Union
 import libvirt
 
 from .errors import ConnectionFailed, OperationFailed, VMNotFound
+from .primitives import Subscribers
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,7 @@ class LibvirtConnection:
         self._conn: libvirt.virConnect | None = None
         self._generation = 0  # bumps on every open; stale callbacks compare against it
         self._event_callback_ids: list[int] | None = None
-        self._subscribers: dict[int, Subscriber] = {}
-        self._next_token = 1
+        self._subscribers = Subscribers(log)
         self._closed = False
         self._reconnect_thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -398,10 +398,8 @@ class LibvirtConnection:
         not call back into libvirt from them. Returns a token for ``unsubscribe``.
         """
         conn = self._ensure_open()
+        token = self._subscribers.add(callback)
         with self._lock:
-            token = self._next_token
-            self._next_token += 1
-            self._subscribers[token] = callback
             need_register = self._event_callback_ids is None and self._conn is conn
             generation = self._generation
         if need_register:
@@ -418,17 +416,10 @@ class LibvirtConnection:
         return token
 
     def unsubscribe(self, token: int) -> None:
-        with self._lock:
-            self._subscribers.pop(token, None)
+        self._subscribers.remove(token)
 
     def _dispatch(self, event: Event) -> None:
-        with self._lock:
-            subscribers = list(self._subscribers.values())
-        for callback in subscribers:
-            try:
-                callback(event)
-            except Exception:  # one bad subscriber must not starve the others
-                log.exception("event subscriber %r failed on %s", callback, event)
+        self._subscribers.notify(event)
 
     def _on_lifecycle(
         self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int,

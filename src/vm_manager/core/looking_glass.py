@@ -299,8 +299,9 @@ class LookingGlassManager:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._clients: dict[str, _Client] = {}
-        self._subscribers: dict[int, Callable[[LGStateChange], None]] = {}
-        self._next_token = 1
+        from .primitives import Subscribers
+
+        self._subscribers = Subscribers(log)
         self._pause_timers: dict[str, threading.Timer] = {}
 
     # --- the client binary ------------------------------------------------------------------
@@ -343,15 +344,10 @@ class LookingGlassManager:
         return self.log_dir / f"{validate_name(vm_name)}.log"
 
     def subscribe(self, callback: Callable[[LGStateChange], None]) -> int:
-        with self._lock:
-            token = self._next_token
-            self._next_token += 1
-            self._subscribers[token] = callback
-            return token
+        return self._subscribers.add(callback)
 
     def unsubscribe(self, token: int) -> None:
-        with self._lock:
-            self._subscribers.pop(token, None)
+        self._subscribers.remove(token)
 
     def wait_for_state(self, vm_name: str, states: set[LGState], timeout: float) -> LGState:
         deadline = time.monotonic() + timeout
@@ -368,16 +364,10 @@ class LookingGlassManager:
             entry = self._clients[vm_name]
             old = entry.state
             entry.state, entry.reason = state, reason
-            subscribers = list(self._subscribers.values())
             self._changed.notify_all()
         log.info("Looking Glass %s: %s -> %s (%s)", vm_name, old.value, state.value, reason)
         if old != state:
-            change = LGStateChange(vm_name, old, state, reason, time.time())
-            for callback in subscribers:
-                try:
-                    callback(change)
-                except Exception:
-                    log.exception("Looking Glass subscriber failed")
+            self._subscribers.notify(LGStateChange(vm_name, old, state, reason, time.time()))
 
     # --- start / stop -----------------------------------------------------------------------
 

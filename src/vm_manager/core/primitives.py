@@ -77,3 +77,43 @@ _STATE_LABELS = {
     VMState.SHUTOFF: "shut off",
     VMState.PMSUSPENDED: "suspended",
 }
+
+
+class Subscribers:
+    """Callbacks registered under tokens, called with each change; one failing callback is
+    logged and does not stop the others. Thread-safe."""
+
+    def __init__(self, logger) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._callbacks: dict[int, Any] = {}
+        self._next_token = 1
+        self._log = logger
+
+    def add(self, callback) -> int:
+        with self._lock:
+            token = self._next_token
+            self._next_token += 1
+            self._callbacks[token] = callback
+            return token
+
+    def remove(self, token: int) -> None:
+        with self._lock:
+            self._callbacks.pop(token, None)
+
+    def __bool__(self) -> bool:
+        with self._lock:
+            return bool(self._callbacks)
+
+    def snapshot(self) -> list:
+        with self._lock:
+            return list(self._callbacks.values())
+
+    def notify(self, value, callbacks: list | None = None) -> None:
+        """Call every callback (or the given snapshot) with ``value``."""
+        for callback in self.snapshot() if callbacks is None else callbacks:
+            try:
+                callback(value)
+            except Exception:  # one bad subscriber must not starve the others
+                self._log.exception("subscriber %r failed on %s", callback, value)

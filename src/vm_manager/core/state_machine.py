@@ -27,7 +27,7 @@ import libvirt
 
 from .connection import ConnectionEvent, DomainEvent, LibvirtConnection
 from .errors import LifecycleError, VMNotFound
-from .primitives import VMState
+from .primitives import Subscribers, VMState
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ class VMStateMachine:
         self._tickets: dict[str, Ticket] = {}
         self._timers: dict[str, threading.Timer] = {}
         self._serial = 0
-        self._subscribers: dict[int, Callable[[StateChange], None]] = {}
-        self._next_token = 1
+        self._subscribers = Subscribers(log)
         self._event_token = connection.subscribe(self._on_connection_event)
 
     def close(self) -> None:
@@ -320,15 +319,10 @@ class VMStateMachine:
         """``callback(StateChange)`` on every change of any VM's shown state. Runs on the
         thread that caused the change (the libvirt event thread, or a request's): keep it
         short and do not call the manager back from it."""
-        with self._lock:
-            token = self._next_token
-            self._next_token += 1
-            self._subscribers[token] = callback
-            return token
+        return self._subscribers.add(callback)
 
     def unsubscribe(self, token: int) -> None:
-        with self._lock:
-            self._subscribers.pop(token, None)
+        self._subscribers.remove(token)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -433,15 +427,9 @@ class VMStateMachine:
         if old == new:
             return None
         change = StateChange(name, old, new, reason, time.time(), stamp or time.monotonic())
-        return list(self._subscribers.values()), change
+        return self._subscribers.snapshot(), change
 
-    @staticmethod
-    def _notify(pending: tuple[list, StateChange] | None) -> None:
-        if pending is None:
-            return
-        subscribers, change = pending
-        for callback in subscribers:
-            try:
-                callback(change)
-            except Exception:
-                log.exception("state subscriber %r failed on %s", callback, change)
+    def _notify(self, pending: tuple[list, StateChange] | None) -> None:
+        if pending is not None:
+            subscribers, change = pending
+            self._subscribers.notify(change, subscribers)
