@@ -93,9 +93,36 @@ def main() -> int:
         process(app)
         dialog.grab().save(str(args.out / "delete-dialog.png"))
         dialog.close()
+
+        from vm_manager.core.vm_creator import VMCreator
+        from vm_manager.gui.dialogs import CreateWizard
+        from vm_manager.testing import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
+
+        host = add_pci_devices(tmp_path / "host", [
+            FakePCIDevice("0000:00:02.0", 0x8086, 0x3E92, 0x030000, "i915", 0, True),
+            *nvidia_turing_gpu(bus=1, group=14)])
+        wizard = CreateWizard(VMCreator(conn, store=store, images_dir=images, host_root=host),
+                              host_root=host)
+        wizard.resize(720, 560)
+        wizard.show()
+        page = wizard.system_page
+        page.name.setText("Gaming-Win11b")
+        page.memory.setText("2G")  # shows the same message the CLI gives
+        process(app)
+        wizard.grab().save(str(args.out / "wizard-system.png"))
+        page.memory.setText("16G")
+        page.iso.setText(str(iso))
+        page.network.setText("none")
+        wizard.next()
+        devices = wizard.devices_page
+        devices.gpu.setCurrentIndex(2)
+        devices.looking_glass.setChecked(True)
+        process(app)
+        wizard.grab().save(str(args.out / "wizard-devices.png"))
+        wizard.close()
         window.close()
         conn.close()
-    print(f"wrote {args.out}/main-window.png and {args.out}/delete-dialog.png")
+    print(f"wrote main-window, delete-dialog, wizard-system and wizard-devices PNGs to {args.out}")
     return 0
 
 

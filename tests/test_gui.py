@@ -159,3 +159,87 @@ def test_qt_bindings_keep_none_alive(qtbot):
     for _ in range(5000):
         label.setText("x")
     assert sys.getrefcount(None) - before > -100
+
+
+# --- create wizard and readiness page ---------------------------------------------------------
+
+@pytest.fixture
+def wizard(qtbot, make_host, tmp_path):
+    from vm_manager.core.vm_creator import VMCreator
+    from vm_manager.gui.dialogs import CreateWizard
+    from vm_manager.testing import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
+
+    host_root = add_pci_devices(tmp_path / "host", [
+        FakePCIDevice("0000:00:02.0", 0x8086, 0x3E92, 0x030000, "i915", 0, True),
+        *nvidia_turing_gpu(bus=1, group=14),
+        *nvidia_turing_gpu(bus=2, group=7),
+        FakePCIDevice("0000:03:00.0", 0x1022, 0x43B7, 0x010601, "ahci", 7),
+    ])
+    images = tmp_path / "images"
+    conn = LibvirtConnection(make_host()).open()
+    creator = VMCreator(conn, store=VMStore(tmp_path / "config"), images_dir=images,
+                        host_root=host_root)
+    wiz = CreateWizard(creator, host_root=host_root)
+    qtbot.addWidget(wiz)
+    wiz.show()
+    yield wiz, conn, images
+    conn.close()
+
+
+def test_wizard_rejects_bad_input_with_the_cli_messages(wizard):
+    wiz, _, _ = wizard
+    page = wiz.system_page
+    page.template.setCurrentIndex(0)  # Windows 11
+    page.name.setText("x")
+    page.memory.setText("2G")
+    assert not page.isComplete()
+    assert "below the minimum for Windows 11: 4096 MiB (4 GiB)" in page.error.text()
+    page.memory.setText("8G")
+    page.name.setText("a b")
+    assert not page.isComplete() and "name" in page.error.text()
+    page.name.setText("ok-name")
+    assert page.isComplete() and page.error.text() == ""
+
+
+def test_wizard_creates_a_valid_vm(wizard, qtbot):
+    wiz, conn, images = wizard
+    page = wiz.system_page
+    page.template.setCurrentIndex(2)  # Linux
+    page.name.setText("wiz")
+    page.memory.setText("2G")
+    page.vcpus.setValue(2)
+    page.disk_size.setText("2G")
+    page.network.setText("none")
+    assert page.isComplete()
+    wiz.next()
+    devices = wiz.devices_page
+    labels = [devices.gpu.itemText(i) for i in range(devices.gpu.count())]
+    assert labels[0].startswith("No GPU") and any("0000:01:00.0" in t for t in labels)
+    enabled = {devices.gpu.itemData(i): devices.gpu.model().item(i).isEnabled()
+               for i in range(1, devices.gpu.count())}
+    assert enabled == {"0000:00:02.0": False, "0000:01:00.0": True, "0000:02:00.0": False}
+    assert "0000:03:00.0" in devices.gpu_reason.text()  # the SATA controller is named
+    devices.gpu.setCurrentIndex(labels.index(next(t for t in labels if "0000:01:00.0" in t)))
+    devices.looking_glass.setChecked(True)
+    assert devices.shm_label.text() == "64 MiB"
+    devices.gpu.setCurrentIndex(0)  # no GPU after all
+    wiz.next()
+    summary = wiz.summary_page
+    assert "disk: create" in summary.plan_text.text()
+    assert summary.validatePage()
+    steps = [summary.steps.item(i).text() for i in range(summary.steps.count())]
+    assert steps[-1] == "created" and any("define" in s for s in steps)
+    assert wiz.result.name == "wiz" and (images / "wiz.qcow2").exists()
+    assert conn.execute(lambda c: c.lookupByName("wiz").name()) == "wiz"
+
+
+def test_readiness_page_shows_checks_with_fixes(qtbot):
+    from vm_manager.gui.dialogs import ReadinessDialog
+    from vm_manager.passthrough.host_check import Check
+
+    dialog = ReadinessDialog([Check("IOMMU", "fail", "off", "add intel_iommu=on"),
+                              Check("swtpm (TPM 2.0)", "ok", "installed", "ignored")])
+    qtbot.addWidget(dialog)
+    first, second = dialog.tree.topLevelItem(0), dialog.tree.topLevelItem(1)
+    assert [first.text(i) for i in range(4)] == ["fail", "IOMMU", "off", "add intel_iommu=on"]
+    assert second.text(3) == ""  # no fix shown for a passing check

@@ -51,7 +51,10 @@ ACTIONS = {
     "display": ("Show display", None, "Ctrl+D"),
     "delete": ("Delete…", "delete", QKeySequence.Delete),
     "refresh": ("Refresh", None, QKeySequence.Refresh),
+    "create": ("New VM…", None, QKeySequence.New),
+    "readiness": ("Host check…", None, "Ctrl+H"),
 }
+ALWAYS_ENABLED = {"refresh", "readiness"}
 
 
 class MainWindow(QMainWindow):
@@ -118,6 +121,7 @@ class MainWindow(QMainWindow):
         self.bridge.connection_changed.connect(self._on_connection_changed)
         self.bridge.operation_done.connect(self._on_operation_done)
         self.bridge.operation_failed.connect(self._on_operation_failed)
+        self.bridge.checks_ready.connect(self._show_readiness)
         self._restore_geometry()
         self.update_actions()
         self.statusBar().showMessage(f"Connecting to {self.uri}…")
@@ -223,8 +227,10 @@ class MainWindow(QMainWindow):
         allowed = set(allowed_operations(row.state)) if row and connected else set()
         for key, (_, operation, _) in ACTIONS.items():
             action = self.actions_by_key[key]
-            if key == "refresh":
+            if key in ALWAYS_ENABLED:
                 action.setEnabled(True)
+            elif key == "create":
+                action.setEnabled(connected)
             elif key == "display":
                 action.setEnabled(bool(row and connected and row.state == VMState.RUNNING))
             elif name in self.busy and key != "force_stop":
@@ -297,6 +303,32 @@ class MainWindow(QMainWindow):
 
     def on_refresh(self) -> None:
         self.load()
+
+    def on_create(self) -> None:
+        from ..core.vm_creator import VMCreator
+        from .dialogs import CreateWizard
+
+        wizard = CreateWizard(VMCreator(self.connection, store=self.store), parent=self)
+        if wizard.exec() and wizard.result is not None:
+            self.statusBar().showMessage(f"created {wizard.result.name}")
+            self.load()
+
+    def on_readiness(self) -> None:
+        from ..passthrough.host_check import run_checks
+
+        def work() -> None:
+            checks = run_checks(uri=self.uri)
+            self.bridge.checks_ready.emit(checks)
+
+        self.statusBar().showMessage("Checking this computer…")
+        self.pool.submit(work)
+
+    def _show_readiness(self, checks) -> None:
+        from .dialogs import ReadinessDialog
+
+        self.statusBar().showMessage("Host check done")
+        self.readiness = ReadinessDialog(checks, self)
+        self.readiness.show()
 
     def on_display(self) -> None:
         from ..core.errors import VMManagerError

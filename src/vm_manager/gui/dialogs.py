@@ -65,3 +65,276 @@ class DeleteDialog(QDialog):
                 item.setFlags(item.flags() & ~Qt.ItemIsEnabled)
                 item.setToolTip(disk.reason)
             self.disk_list.addItem(item)
+
+
+# --- create wizard -----------------------------------------------------------------------------
+
+from PySide6.QtWidgets import (  # noqa: E402
+    QComboBox,
+    QFormLayout,
+    QLineEdit,
+    QSpinBox,
+    QWizard,
+    QWizardPage,
+)
+
+TEMPLATES = (("windows11", "Windows 11"), ("windows10", "Windows 10"), ("linux", "Linux"),
+             ("macos", "macOS"))
+RESOLUTIONS = ("1920x1080", "2560x1440", "3840x2160")
+
+
+class CreateWizard(QWizard):
+    """System and resources -> GPU, USB and Looking Glass -> summary and create. Every field
+    is checked as you type by building the same ``VMConfig`` the CLI builds, so the message
+    is the CLI's ``InvalidConfig`` text."""
+
+    def __init__(self, creator, host_root=None, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("New virtual machine")
+        self.creator = creator
+        self.host_root = host_root
+        self.error_text = ""
+        self.result = None
+        self.system_page = _SystemPage(self)
+        self.devices_page = _DevicesPage(self)
+        self.summary_page = _SummaryPage(self)
+        for page in (self.system_page, self.devices_page, self.summary_page):
+            self.addPage(page)
+
+    def config_data(self) -> dict:
+        s, d = self.system_page, self.devices_page
+        data = {
+            "name": s.name.text().strip(), "vm_type": s.template.currentData(),
+            "memory_mb": s.memory.text().strip() or None, "vcpus": s.vcpus.value(),
+            "disk_size_gb": s.disk_size.text().strip() or None,
+            "disk_path": s.disk_path.text().strip() or None,
+            "iso_path": s.iso.text().strip() or None,
+            "virtio_iso_path": s.virtio_iso.text().strip() or None,
+            "opencore_path": s.opencore.text().strip() or None,
+            "network": s.network.text().strip() or "default",
+        }
+        gpu = d.gpu.currentData() if d.gpu.count() else None
+        if gpu:
+            data["gpu_passthrough"] = {"pci_address": gpu}
+        usb = [d.usb.item(i).data(Qt.UserRole) for i in range(d.usb.count())
+               if d.usb.item(i).checkState() == Qt.Checked]
+        data["usb_devices"] = [{"vendor_id": v, "product_id": p} for v, p in usb]
+        if gpu and d.looking_glass.isChecked():
+            width, height = d.resolution.currentText().split("x")
+            data["looking_glass"] = {"enabled": True, "width": int(width), "height": int(height)}
+        if data["disk_path"]:
+            data.pop("disk_size_gb")
+        return {key: value for key, value in data.items() if value is not None}
+
+    def build_config(self):
+        """The VMConfig, or None with ``error_text`` set to the InvalidConfig message."""
+        from ..core.errors import InvalidConfig
+        from ..core.vm_config import VMConfig
+
+        try:
+            config = VMConfig.from_dict(self.config_data())
+        except InvalidConfig as error:
+            self.error_text = str(error)
+            return None
+        self.error_text = ""
+        return config
+
+
+class _SystemPage(QWizardPage):
+    def __init__(self, wizard: CreateWizard):
+        super().__init__()
+        self.setTitle("System and resources")
+        self.wizard_ = wizard
+        form = QFormLayout(self)
+        self.template = QComboBox()
+        for value, label in TEMPLATES:
+            self.template.addItem(label, value)
+        self.name = QLineEdit()
+        self.memory = QLineEdit("8G")
+        self.vcpus = QSpinBox()
+        self.vcpus.setRange(1, 512)
+        self.vcpus.setValue(4)
+        self.disk_size = QLineEdit("128G")
+        self.disk_path = QLineEdit()
+        self.disk_path.setPlaceholderText("or an existing disk image (path)")
+        self.iso = QLineEdit()
+        self.virtio_iso = QLineEdit()
+        self.opencore = QLineEdit()
+        self.network = QLineEdit("default")
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #b71c1c")
+        self.error.setWordWrap(True)
+        for label, widget in (("System", self.template), ("Name", self.name),
+                              ("Memory", self.memory), ("vCPUs", self.vcpus),
+                              ("New disk size", self.disk_size), ("Existing disk", self.disk_path),
+                              ("Installer ISO", self.iso), ("virtio drivers ISO", self.virtio_iso),
+                              ("OpenCore image (macOS)", self.opencore),
+                              ("Network", self.network)):
+            form.addRow(label, widget)
+        form.addRow(self.error)
+        for widget in (self.name, self.memory, self.disk_size, self.disk_path, self.iso,
+                       self.virtio_iso, self.opencore, self.network):
+            widget.textChanged.connect(self._changed)
+        self.vcpus.valueChanged.connect(self._changed)
+        self.template.currentIndexChanged.connect(self._changed)
+
+    def _changed(self, *_args) -> None:
+        self.wizard_.build_config()
+        self.error.setText(self.wizard_.error_text)
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802 - Qt name
+        return self.wizard_.build_config() is not None
+
+
+class _DevicesPage(QWizardPage):
+    def __init__(self, wizard: CreateWizard):
+        super().__init__()
+        self.setTitle("GPU, USB devices and Looking Glass")
+        self.wizard_ = wizard
+        form = QFormLayout(self)
+        self.gpu = QComboBox()
+        self.gpu_reason = QLabel()
+        self.gpu_reason.setWordWrap(True)
+        self.usb = QListWidget()
+        self.looking_glass = QCheckBox("Show the VM through Looking Glass")
+        self.resolution = QComboBox()
+        self.resolution.addItems(RESOLUTIONS)
+        self.resolution.setCurrentText("2560x1440")
+        self.shm_label = QLabel()
+        form.addRow("GPU", self.gpu)
+        form.addRow(self.gpu_reason)
+        form.addRow("USB devices", self.usb)
+        form.addRow(self.looking_glass)
+        form.addRow("Resolution", self.resolution)
+        form.addRow("Shared memory", self.shm_label)
+        self.gpu.currentIndexChanged.connect(self._update)
+        self.looking_glass.toggled.connect(self._update)
+        self.resolution.currentTextChanged.connect(self._update)
+
+    def initializePage(self) -> None:  # noqa: N802 - Qt name
+        from ..passthrough.gpu_attach import list_gpus
+        from ..passthrough.usb_attach import list_usb
+
+        self.gpu.clear()
+        self.gpu.addItem("No GPU (a SPICE window)", None)
+        reasons = []
+        for gpu in list_gpus(self.wizard_.host_root):
+            label = f"{gpu.address} {gpu.device.name}"
+            self.gpu.addItem(label, gpu.address)
+            item = self.gpu.model().item(self.gpu.count() - 1)
+            blocked = not gpu.viable or gpu.device.boot_vga
+            if blocked:  # cannot be picked; the reason is shown
+                item.setEnabled(False)
+                why = "; ".join(f"blocked by {b.address}: {b.reason}" for b in gpu.blockers) \
+                    or "the boot GPU (the host's display)"
+                reasons.append(f"{gpu.address}: {why}")
+        self.gpu_reason.setText("\n".join(reasons))
+        self.usb.clear()
+        for device in list_usb(self.wizard_.host_root):
+            if device.is_hub:
+                continue
+            item = QListWidgetItem(f"{device.sysfs_name}  {device.name}")
+            item.setData(Qt.UserRole, (device.vendor_id, device.product_id))
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Unchecked)
+            self.usb.addItem(item)
+        self._update()
+
+    def _update(self, *_args) -> None:
+        from ..passthrough.ivshmem import shm_size_mb
+
+        has_gpu = self.gpu.currentData() is not None
+        self.looking_glass.setEnabled(has_gpu)
+        enabled = has_gpu and self.looking_glass.isChecked()
+        self.resolution.setEnabled(enabled)
+        width, height = (int(v) for v in self.resolution.currentText().split("x"))
+        self.shm_label.setText(f"{shm_size_mb(width, height)} MiB" if enabled else "-")
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802 - Qt name
+        return self.wizard_.build_config() is not None
+
+
+class _SummaryPage(QWizardPage):
+    def __init__(self, wizard: CreateWizard):
+        super().__init__()
+        self.setTitle("Summary")
+        self.wizard_ = wizard
+        layout = QVBoxLayout(self)
+        self.plan_text = QLabel()
+        self.plan_text.setWordWrap(True)
+        self.steps = QListWidget()
+        layout.addWidget(self.plan_text)
+        layout.addWidget(self.steps)
+        self.plan = None
+        self.config = None
+
+    def initializePage(self) -> None:  # noqa: N802 - Qt name
+        from ..core.errors import VMManagerError
+
+        self.steps.clear()
+        self.config = self.wizard_.build_config()
+        try:
+            self.plan = self.wizard_.creator.plan(self.config)
+            self.plan_text.setText("\n".join(self.plan.describe()))
+        except VMManagerError as error:
+            self.plan = None
+            self.plan_text.setText(f"Cannot create: {error}")
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802 - Qt name
+        return self.plan is not None
+
+    def validatePage(self) -> bool:  # noqa: N802 - Qt name
+        """Create now; each step is listed as it starts. False keeps the wizard open."""
+        from PySide6.QtWidgets import QApplication
+
+        from ..core.errors import VMManagerError
+
+        def progress(step: str) -> None:
+            self.steps.addItem(f"… {step}")
+            QApplication.processEvents()
+
+        try:
+            self.wizard_.result = self.wizard_.creator.create(self.config, plan=self.plan,
+                                                              progress=progress)
+        except VMManagerError as error:
+            self.steps.addItem(f"failed: {error}")
+            return False
+        self.steps.addItem("created")
+        return True
+
+
+# --- host readiness ---------------------------------------------------------------------------
+
+from PySide6.QtWidgets import QTreeWidget, QTreeWidgetItem  # noqa: E402
+
+
+class ReadinessDialog(QDialog):
+    """``neuron-vm doctor`` as a page: each check with its status and its one-line fix."""
+
+    COLORS = {"ok": "#2e7d32", "warn": "#f9a825", "fail": "#c62828"}
+
+    def __init__(self, checks, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Is this computer ready?")
+        layout = QVBoxLayout(self)
+        failed = sum(check.status == "fail" for check in checks)
+        layout.addWidget(QLabel("Everything needed is in place." if not failed else
+                                f"{failed} thing(s) need fixing before VMs can use a GPU."))
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(["Status", "Check", "Result", "How to fix"])
+        for check in checks:
+            item = QTreeWidgetItem([check.status, check.name, check.detail,
+                                    check.fix if check.status != "ok" and check.fix else ""])
+            from PySide6.QtGui import QColor
+
+            item.setForeground(0, QColor(self.COLORS.get(check.status, "#000000")))
+            self.tree.addTopLevelItem(item)
+        for column in range(4):
+            self.tree.resizeColumnToContents(column)
+        layout.addWidget(self.tree)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)

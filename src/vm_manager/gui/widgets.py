@@ -40,6 +40,7 @@ class EventBridge(QObject):
     inventory_failed = Signal(str)
     operation_done = Signal(str, str)  # name, message
     operation_failed = Signal(str, str)  # name, error
+    checks_ready = Signal(object)  # list of host_check.Check
 
 
 class VMTableModel(QAbstractTableModel):

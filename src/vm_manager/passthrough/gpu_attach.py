@@ -99,7 +99,7 @@ def _group_verdict(gpu: PCIDevice, functions: list[PCIDevice], members: list[PCI
             continue
         blockers.append(Blocker(
             str(member.address),
-            f"{member.class_name} {member.name} on host driver {member.driver} shares IOMMU"
+            f"{member.describe()} on host driver {member.driver} shares IOMMU"
             f" group {gpu.iommu_group}: passing the GPU would take it from the host",
         ))
     return blockers, notes

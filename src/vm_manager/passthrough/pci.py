@@ -96,6 +96,12 @@ class PCIDevice:
             return f"{self.vendor_name} device {self.device_id:04x}"
         return f"{self.class_name} [{self.ids}]"
 
+    def describe(self) -> str:
+        """``SATA controller [1022:43b7]``, or ``SATA controller: <pci.ids name>``."""
+        if self.vendor_name:
+            return f"{self.class_name}: {self.name}"
+        return f"{self.class_name} [{self.ids}]"
+
     def to_dict(self) -> dict:
         return {
             "address": str(self.address), "vendor_id": f"{self.vendor_id:04x}",
