@@ -303,3 +303,37 @@ def test_creator_refuses_a_non_viable_or_boot_gpu(env, tmp_path):
         "pci_address": "01:00.0", "allow_boot_gpu": True}})
     result = creator_for(conn, images, store, host_root=boot).create(opted)
     assert result.xml.count("type='pci' managed='yes'") == 4
+
+
+def test_reconfigure_a_stopped_vm_keeps_uuid_and_disk(env, tmp_path):
+    conn, images, store = env
+    creator = creator_for(conn, images, store)
+    created = creator.create(linux(memory_mb="2G", vcpus=2))
+    saved = store.load("vm1")
+    data = saved.to_dict()
+    data.update(memory_mb=4096, vcpus=4)
+    result = creator.reconfigure(VMConfig.from_dict(data))
+    assert result.uuid == created.uuid and not result.disk_created
+    xml = conn.execute(lambda c: c.lookupByName("vm1").XMLDesc(0))
+    assert "<vcpu placement='static'>4</vcpu>" in xml and "4194304" in xml
+    assert created.disk_path in xml and store.load("vm1").vcpus == 4
+    assert sorted(p.name for p in images.iterdir()) == ["vm1.qcow2"]
+    conn.execute(lambda c: c.lookupByName("vm1").create())
+    from vm_manager.core.errors import LifecycleError
+
+    with pytest.raises(LifecycleError, match="stop it"):
+        creator.reconfigure(VMConfig.from_dict(data))
+
+
+def test_reconfigure_puts_the_old_definition_back_if_saving_fails(env, tmp_path):
+    conn, images, store = env
+    creator_for(conn, images, store).create(linux(memory_mb="2G"))
+    data = store.load("vm1").to_dict()
+    data.update(memory_mb=3072)
+    blocker = tmp_path / "config-file"
+    blocker.write_text("")
+    broken = creator_for(conn, images, VMStore(blocker))
+    with pytest.raises(Exception):
+        broken.reconfigure(VMConfig.from_dict(data))
+    xml = conn.execute(lambda c: c.lookupByName("vm1").XMLDesc(0))
+    assert "2097152" in xml  # still 2 GiB

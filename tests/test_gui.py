@@ -243,3 +243,63 @@ def test_readiness_page_shows_checks_with_fixes(qtbot):
     first, second = dialog.tree.topLevelItem(0), dialog.tree.topLevelItem(1)
     assert [first.text(i) for i in range(4)] == ["fail", "IOMMU", "off", "add intel_iommu=on"]
     assert second.text(3) == ""  # no fix shown for a passing check
+
+
+# --- settings, USB panel, notifications -------------------------------------------------------
+
+def test_settings_dialog_rewrites_a_stopped_vm(qtbot, make_host, tmp_path):
+    from vm_manager.core.vm_creator import VMCreator
+    from vm_manager.gui.dialogs import SettingsDialog
+
+    store = VMStore(tmp_path / "config")
+    with LibvirtConnection(make_host()) as conn:
+        creator = VMCreator(conn, store=store, images_dir=tmp_path / "images",
+                            host_root=tmp_path / "no-gpus")
+        creator.create(VMConfig(name="s", vm_type="linux", memory_mb="2G", vcpus=2,
+                                disk_size_gb=1, network="none", domain_type="qemu"))
+        dialog = SettingsDialog(creator, store.load("s"), host_root=tmp_path / "no-gpus")
+        qtbot.addWidget(dialog)
+        dialog.memory.setText("1M")
+        dialog.apply()
+        assert "memory_mb" in dialog.error.text() and dialog.result is None
+        dialog.memory.setText("3G")
+        dialog.vcpus.setValue(3)
+        dialog.apply()
+        assert dialog.result is not None
+        xml = conn.execute(lambda c: c.lookupByName("s").XMLDesc(0))
+        assert "<vcpu placement='static'>3</vcpu>" in xml and "3145728" in xml
+        assert store.load("s").vcpus == 3
+
+
+def test_usb_panel_reverts_a_refused_attach(qtbot, three_vm_uri, tmp_path):
+    from PySide6.QtCore import Qt
+
+    from vm_manager.gui.dialogs import USBPanel
+    from vm_manager.testing import FakeUSBDevice, add_usb_devices
+
+    root = add_usb_devices(tmp_path / "usb", [FakeUSBDevice(1, "2", "046d", "c077")])
+    with LibvirtConnection(three_vm_uri) as conn:
+        panel = USBPanel(conn, "alpha", host_root=root)
+        qtbot.addWidget(panel)
+        item = panel.list.item(0)
+        assert item.checkState() == Qt.Unchecked
+        item.setCheckState(Qt.Checked)  # the test driver cannot hot-plug
+        assert panel.errors and item.checkState() == Qt.Unchecked
+
+
+def test_forced_stop_made_elsewhere_is_notified(window, qtbot):
+    window.connection.execute(lambda c: c.lookupByName("alpha").destroy())
+    qtbot.waitUntil(lambda: bool(window.notifications), timeout=2000)
+    title, _ = window.notifications[0]
+    assert title == "alpha was powered off by force"
+    window.select("gamma")
+    window.on_resume()  # our own request: no notification
+    qtbot.waitUntil(lambda: state_of(window, "gamma") == S.RUNNING, timeout=2000)
+    assert len(window.notifications) == 1
+
+
+def test_settings_only_for_stopped_vms(window):
+    window.select("beta")
+    assert "settings" in enabled(window) and "usb" not in enabled(window)
+    window.select("alpha")
+    assert "settings" not in enabled(window) and "usb" in enabled(window)

@@ -203,18 +203,23 @@ class VMCreator:
     # --- planning (no side effects) ---------------------------------------------------------
 
     def plan(self, config: VMConfig, *, force: bool = False, template: str | None = None,
-             facts: HostFacts | None = None) -> CreationPlan:
+             facts: HostFacts | None = None, existing: bool = False) -> CreationPlan:
         """Check everything and compute the plan. Raises ``InvalidConfig`` (bad input, a
-        missing file, a name in use) before anything is touched."""
+        missing file, a name in use) before anything is touched. ``existing``: plan a new
+        definition for a VM that exists (``reconfigure``): its disk is reused, never made."""
         from ..templates.loader import template_name
 
         name = config.name
-        try:
-            self.connection.execute(lambda c: self.connection.lookup(c, name))
-        except VMNotFound:
-            pass
-        else:
-            raise InvalidConfig("name", f"a VM named {name!r} already exists; pick another name")
+        if not existing:
+            try:
+                self.connection.execute(lambda c: self.connection.lookup(c, name))
+            except VMNotFound:
+                pass
+            else:
+                raise InvalidConfig("name", f"a VM named {name!r} already exists; pick another"
+                                    " name")
+        elif config.disk_path is None and config.disk_size_gb:
+            raise InvalidConfig("disk_path", f"the saved settings of {name!r} name no disk")
         facts = facts or probe_host(self.connection)
         if facts.resources is not None:
             config.check_host_limits(facts.resources, force=force)
@@ -434,6 +439,36 @@ class VMCreator:
             disk_created=bool(plan.disk and plan.disk.create),
             settings_path=str(settings_path), xml=xml,
         )
+
+    def reconfigure(self, config: VMConfig, *, force: bool = False) -> CreationResult:
+        """Rewrite a stopped VM's definition from ``config`` (memory, vCPUs, GPU, USB,
+        Looking Glass...), keeping its UUID and disk, then save the settings. If saving
+        fails, the old definition is put back."""
+        from ..templates.validator import validate_xml
+        from .errors import LifecycleError
+
+        name = config.name
+
+        def read(conn: libvirt.virConnect):
+            dom = self.connection.lookup(conn, name)
+            return (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.UUIDString(),
+                    bool(dom.isActive()))
+
+        old_xml, vm_uuid, active = self.connection.execute(read)
+        if active:
+            raise LifecycleError(f"{name!r} is running: stop it before changing its settings")
+        plan = self.plan(config, force=force, existing=True)
+        plan.uuid = plan.context["uuid"] = vm_uuid
+        xml = self.render(plan)
+        validate_xml(xml)
+        self._define(xml)
+        try:
+            settings_path = self.store.save(config)
+        except BaseException:
+            self._define(old_xml)  # same UUID: libvirt replaces it back
+            raise
+        return CreationResult(name, vm_uuid, plan.template, config.disk_path, False,
+                              str(settings_path), xml)
 
     def _create_disk(self, disk: DiskPlan) -> None:
         path = Path(disk.path)

@@ -51,6 +51,8 @@ ACTIONS = {
     "display": ("Show display", None, "Ctrl+D"),
     "delete": ("Delete…", "delete", QKeySequence.Delete),
     "refresh": ("Refresh", None, QKeySequence.Refresh),
+    "settings": ("Settings…", None, "Ctrl+,"),
+    "usb": ("USB…", None, "Ctrl+U"),
     "create": ("New VM…", None, QKeySequence.New),
     "readiness": ("Host check…", None, "Ctrl+H"),
 }
@@ -73,6 +75,8 @@ class MainWindow(QMainWindow):
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="neuron-gui")
         self.busy: set[str] = set()
         self.last_error: str | None = None
+        self.notifications: list[tuple[str, str]] = []  # (title, text), also for tests
+        self.tray = None
         self._reload_timer = QTimer(self)
         self._reload_timer.setSingleShot(True)
         self._reload_timer.setInterval(200)
@@ -189,8 +193,27 @@ class MainWindow(QMainWindow):
 
     # --- live updates -------------------------------------------------------------------------
 
+    def notify(self, title: str, text: str) -> None:
+        """A desktop notification (tray balloon where a tray exists) plus the status bar."""
+        from PySide6.QtWidgets import QSystemTrayIcon
+
+        self.notifications.append((title, text))
+        self.statusBar().showMessage(f"{title}: {text}")
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            if self.tray is None:
+                self.tray = QSystemTrayIcon(self.windowIcon(), self)
+                self.tray.show()
+            self.tray.showMessage(title, text, QSystemTrayIcon.Warning)
+
     def _on_state_changed(self, name: str, value: str, reason: str) -> None:
         state = VMState(value)
+        unexpected = name not in self.busy and (
+            state == VMState.CRASHED or "crashed" in reason
+            or (state == VMState.SHUTOFF and "destroyed" in reason))
+        if unexpected:  # the user did not ask for it here: tell them
+            what = "crashed" if state == VMState.CRASHED or "crashed" in reason else \
+                "was powered off by force"
+            self.notify(f"{name} {what}", reason)
         if state == VMState.NOSTATE and reason in ("undefined", "not defined",
                                                     "no longer defined"):
             self.model.remove(name)
@@ -231,8 +254,11 @@ class MainWindow(QMainWindow):
                 action.setEnabled(True)
             elif key == "create":
                 action.setEnabled(connected)
-            elif key == "display":
+            elif key in ("display", "usb"):
                 action.setEnabled(bool(row and connected and row.state == VMState.RUNNING))
+            elif key == "settings":
+                action.setEnabled(bool(row and connected and row.state == VMState.SHUTOFF
+                                       and name not in self.busy))
             elif name in self.busy and key != "force_stop":
                 action.setEnabled(False)
             else:
@@ -312,6 +338,28 @@ class MainWindow(QMainWindow):
         if wizard.exec() and wizard.result is not None:
             self.statusBar().showMessage(f"created {wizard.result.name}")
             self.load()
+
+    def on_settings(self) -> None:
+        from ..core.vm_creator import VMCreator
+        from .dialogs import SettingsDialog
+
+        name = self.selected_name()
+        config = self.store.load(name) if name else None
+        if config is None:
+            QMessageBox.information(self, "Settings", f"{name} was not made by NeuronOS; change"
+                                    " it with virt-manager or `virsh edit`.")
+            return
+        dialog = SettingsDialog(VMCreator(self.connection, store=self.store), config, parent=self)
+        if dialog.exec():
+            self.load()
+
+    def on_usb(self) -> None:
+        from .dialogs import USBPanel
+
+        name = self.selected_name()
+        if name:
+            self.usb_panel = USBPanel(self.connection, name, parent=self)
+            self.usb_panel.show()
 
     def on_readiness(self) -> None:
         from ..passthrough.host_check import run_checks

@@ -256,6 +256,14 @@ class _DevicesPage(QWizardPage):
         return self.wizard_.build_config() is not None
 
 
+from PySide6.QtCore import QObject, Signal  # noqa: E402
+
+
+class _Progress(QObject):
+    step = Signal(str)
+    finished = Signal()
+
+
 class _SummaryPage(QWizardPage):
     def __init__(self, wizard: CreateWizard):
         super().__init__()
@@ -287,21 +295,42 @@ class _SummaryPage(QWizardPage):
         return self.plan is not None
 
     def validatePage(self) -> bool:  # noqa: N802 - Qt name
-        """Create now; each step is listed as it starts. False keeps the wizard open."""
-        from PySide6.QtWidgets import QApplication
+        """Create now, on a worker thread, while this page lists each step as it starts
+        (a local event loop keeps the window alive meanwhile). False keeps the wizard open."""
+        import threading
+
+        from PySide6.QtCore import QEventLoop
 
         from ..core.errors import VMManagerError
 
-        def progress(step: str) -> None:
-            self.steps.addItem(f"… {step}")
-            QApplication.processEvents()
+        signals = _Progress()
+        signals.step.connect(lambda step: self.steps.addItem(f"… {step}"))
+        loop = QEventLoop()
+        signals.finished.connect(loop.quit)
+        outcome: dict = {}
 
-        try:
-            self.wizard_.result = self.wizard_.creator.create(self.config, plan=self.plan,
-                                                              progress=progress)
-        except VMManagerError as error:
-            self.steps.addItem(f"failed: {error}")
+        def work() -> None:
+            try:
+                outcome["result"] = self.wizard_.creator.create(
+                    self.config, plan=self.plan, progress=signals.step.emit)
+            except VMManagerError as error:
+                outcome["error"] = error
+            except Exception as error:  # noqa: BLE001 - shown on the page, never lost
+                outcome["error"] = error
+            finally:
+                signals.finished.emit()
+
+        thread = threading.Thread(target=work, name="create-vm", daemon=True)
+        self.setEnabled(False)
+        thread.start()
+        if thread.is_alive() or not outcome:
+            loop.exec()
+        thread.join()
+        self.setEnabled(True)
+        if "error" in outcome:
+            self.steps.addItem(f"failed: {outcome['error']}")
             return False
+        self.wizard_.result = outcome["result"]
         self.steps.addItem("created")
         return True
 
@@ -338,3 +367,130 @@ class ReadinessDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
+
+
+# --- settings of a stopped VM, USB hot-plug of a running one -----------------------------------
+
+
+class SettingsDialog(QDialog):
+    """Memory, vCPUs, GPU, USB and Looking Glass of a stopped VM; OK rewrites its domain
+    through ``VMCreator.reconfigure`` (same UUID, same disk)."""
+
+    def __init__(self, creator, config, host_root=None, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle(f"Settings of {config.name}")
+        self.creator = creator
+        self.base = config
+        self.host_root = host_root
+        self.result = None
+        form = QFormLayout(self)
+        self.memory = QLineEdit(f"{config.memory_mb}M")
+        self.vcpus = QSpinBox()
+        self.vcpus.setRange(1, 512)
+        self.vcpus.setValue(config.vcpus)
+        self.gpu = QComboBox()
+        self.gpu.addItem("No GPU", None)
+        from ..passthrough.gpu_attach import list_gpus
+
+        current = config.gpu_passthrough.pci_address if config.gpu_passthrough else None
+        for gpu in list_gpus(host_root):
+            self.gpu.addItem(f"{gpu.address} {gpu.device.name}", gpu.address)
+            usable = gpu.viable and (not gpu.device.boot_vga or gpu.address == current)
+            self.gpu.model().item(self.gpu.count() - 1).setEnabled(usable)
+        if current:
+            index = self.gpu.findData(current)
+            self.gpu.setCurrentIndex(index if index >= 0 else 0)
+        self.looking_glass = QCheckBox("Looking Glass")
+        self.looking_glass.setChecked(config.looking_glass.enabled)
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #b71c1c")
+        self.error.setWordWrap(True)
+        form.addRow("Memory", self.memory)
+        form.addRow("vCPUs", self.vcpus)
+        form.addRow("GPU", self.gpu)
+        form.addRow(self.looking_glass)
+        form.addRow(self.error)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.apply)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def new_config(self):
+        from ..core.vm_config import VMConfig
+
+        data = self.base.to_dict()
+        gpu = self.gpu.currentData()
+        data.update(memory_mb=self.memory.text().strip(), vcpus=self.vcpus.value(),
+                    gpu_passthrough={"pci_address": gpu} if gpu else None)
+        lg = dict(data["looking_glass"], enabled=bool(gpu) and self.looking_glass.isChecked())
+        data["looking_glass"] = lg
+        if not lg["enabled"] and data.get("display_mode") == "looking-glass":
+            data["display_mode"] = "spice"
+        return VMConfig.from_dict(data)
+
+    def apply(self) -> None:
+        from ..core.errors import VMManagerError
+
+        try:
+            self.result = self.creator.reconfigure(self.new_config())
+        except VMManagerError as error:
+            self.error.setText(str(error))
+            return
+        self.accept()
+
+
+class USBPanel(QDialog):
+    """The host's USB devices; tick to give one to the running VM, untick to take it back
+    (hot-plug, kept in the VM's config)."""
+
+    def __init__(self, connection, vm_name: str, host_root=None, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle(f"USB devices of {vm_name}")
+        self.connection = connection
+        self.vm_name = vm_name
+        self.errors: list[str] = []
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Ticked devices belong to the VM while it runs."))
+        self.list = QListWidget()
+        layout.addWidget(self.list)
+        from ..passthrough.usb_attach import list_usb
+
+        attached = self._attached()
+        for device in list_usb(host_root):
+            if device.is_hub:
+                continue
+            item = QListWidgetItem(f"{device.sysfs_name}  {device.name}")
+            item.setData(Qt.UserRole, device)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            key = (device.vendor_id, device.product_id)
+            item.setCheckState(Qt.Checked if key in attached else Qt.Unchecked)
+            self.list.addItem(item)
+        self.list.itemChanged.connect(self._toggled)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+
+    def _attached(self) -> set[tuple[str, str]]:
+        from ..core.inventory import parse_domain_xml
+
+        xml = self.connection.execute(
+            lambda conn: self.connection.lookup(conn, self.vm_name).XMLDesc(0))
+        return {((h.get("vendor_id") or "")[2:], (h.get("product_id") or "")[2:])
+                for h in parse_domain_xml(xml)["hostdevs"] if h["type"] == "usb"}
+
+    def _toggled(self, item: QListWidgetItem) -> None:
+        from ..core.errors import VMManagerError
+        from ..passthrough.usb_attach import attach_device, detach_device, device_xml_for
+
+        device = item.data(Qt.UserRole)
+        xml = device_xml_for(device, exact=False)
+        try:
+            if item.checkState() == Qt.Checked:
+                attach_device(self.connection, self.vm_name, xml)
+            else:
+                detach_device(self.connection, self.vm_name, xml)
+        except VMManagerError as error:
+            self.errors.append(str(error))
+            self.list.blockSignals(True)  # put the box back as it was
+            item.setCheckState(Qt.Unchecked if item.checkState() == Qt.Checked else Qt.Checked)
+            self.list.blockSignals(False)
