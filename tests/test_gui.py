@@ -303,3 +303,38 @@ def test_settings_only_for_stopped_vms(window):
     assert "settings" in enabled(window) and "usb" not in enabled(window)
     window.select("alpha")
     assert "settings" not in enabled(window) and "usb" in enabled(window)
+
+
+def test_settings_dialog_usb_devices(qtbot, make_host, tmp_path):
+    from PySide6.QtCore import Qt
+
+    from vm_manager.core.vm_creator import VMCreator
+    from vm_manager.gui.dialogs import SettingsDialog
+    from vm_manager.testing import FakeUSBDevice, add_usb_devices
+
+    root = add_usb_devices(tmp_path / "host", [FakeUSBDevice(1, "2", "046d", "c077"),
+                                              FakeUSBDevice(1, "3", "1050", "0407")])
+    store = VMStore(tmp_path / "config")
+    with LibvirtConnection(make_host()) as conn:
+        creator = VMCreator(conn, store=store, images_dir=tmp_path / "images", host_root=root)
+        creator.create(VMConfig(name="u", vm_type="linux", disk_size_gb=1, network="none",
+                                domain_type="qemu", usb_devices=[
+                                    {"vendor_id": "046d", "product_id": "c077"},
+                                    {"vendor_id": "abcd", "product_id": "0001"}]))
+        dialog = SettingsDialog(creator, store.load("u"), host_root=root)
+        qtbot.addWidget(dialog)
+        states = {dialog.usb.item(i).data(Qt.UserRole): dialog.usb.item(i).checkState()
+                  for i in range(dialog.usb.count())}
+        assert states == {("046d", "c077"): Qt.Checked, ("1050", "0407"): Qt.Unchecked,
+                          ("abcd", "0001"): Qt.Checked}  # configured, unplugged: kept
+        for i in range(dialog.usb.count()):
+            if dialog.usb.item(i).data(Qt.UserRole) == ("046d", "c077"):
+                dialog.usb.item(i).setCheckState(Qt.Unchecked)
+            else:
+                dialog.usb.item(i).setCheckState(Qt.Checked)
+        dialog.apply()
+        assert dialog.result is not None, dialog.error.text()
+        assert {(d.vendor_id, d.product_id) for d in store.load("u").usb_devices} == {
+            ("1050", "0407"), ("abcd", "0001")}
+        xml = conn.execute(lambda c: c.lookupByName("u").XMLDesc(0))
+        assert "0x1050" in xml and "0x046d" not in xml

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
+    QWidget,
     QDialog,
     QDialogButtonBox,
     QLabel,
@@ -140,6 +141,27 @@ class CreateWizard(QWizard):
         return config
 
 
+def _with_browse(field: QLineEdit, filter_text: str) -> QWidget:
+    """A path field with a Browse… button (a file picker)."""
+    from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QToolButton
+
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    button = QToolButton()
+    button.setText("Browse…")
+
+    def pick() -> None:
+        path, _ = QFileDialog.getOpenFileName(box, "Choose a file", field.text(), filter_text)
+        if path:
+            field.setText(path)
+
+    button.clicked.connect(pick)
+    row.addWidget(field, 1)
+    row.addWidget(button)
+    return box
+
+
 class _SystemPage(QWizardPage):
     def __init__(self, wizard: CreateWizard):
         super().__init__()
@@ -166,9 +188,12 @@ class _SystemPage(QWizardPage):
         self.error.setWordWrap(True)
         for label, widget in (("System", self.template), ("Name", self.name),
                               ("Memory", self.memory), ("vCPUs", self.vcpus),
-                              ("New disk size", self.disk_size), ("Existing disk", self.disk_path),
-                              ("Installer ISO", self.iso), ("virtio drivers ISO", self.virtio_iso),
-                              ("OpenCore image (macOS)", self.opencore),
+                              ("New disk size", self.disk_size),
+                              ("Existing disk", _with_browse(self.disk_path, "Disk images (*)")),
+                              ("Installer ISO", _with_browse(self.iso, "ISO images (*.iso)")),
+                              ("virtio drivers ISO",
+                               _with_browse(self.virtio_iso, "ISO images (*.iso)")),
+                              ("OpenCore image (macOS)", _with_browse(self.opencore, "Images (*)")),
                               ("Network", self.network)):
             form.addRow(label, widget)
         form.addRow(self.error)
@@ -402,6 +427,27 @@ class SettingsDialog(QDialog):
             self.gpu.setCurrentIndex(index if index >= 0 else 0)
         self.looking_glass = QCheckBox("Looking Glass")
         self.looking_glass.setChecked(config.looking_glass.enabled)
+        self.usb = QListWidget()
+        from ..passthrough.usb_attach import list_usb
+
+        chosen = {(u.vendor_id, u.product_id) for u in config.usb_devices}
+        listed = set()
+        for device in list_usb(host_root):
+            key = (device.vendor_id, device.product_id)
+            if device.is_hub or key in listed:
+                continue
+            listed.add(key)
+            item = QListWidgetItem(f"{device.vendor_id}:{device.product_id}  {device.name}")
+            item.setData(Qt.UserRole, key)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if key in chosen else Qt.Unchecked)
+            self.usb.addItem(item)
+        for key in sorted(chosen - listed):  # configured but not plugged in now: keep them
+            item = QListWidgetItem(f"{key[0]}:{key[1]}  (not plugged in)")
+            item.setData(Qt.UserRole, key)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked)
+            self.usb.addItem(item)
         self.error = QLabel()
         self.error.setStyleSheet("color: #b71c1c")
         self.error.setWordWrap(True)
@@ -409,6 +455,7 @@ class SettingsDialog(QDialog):
         form.addRow("vCPUs", self.vcpus)
         form.addRow("GPU", self.gpu)
         form.addRow(self.looking_glass)
+        form.addRow("USB devices", self.usb)
         form.addRow(self.error)
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.apply)
@@ -420,8 +467,11 @@ class SettingsDialog(QDialog):
 
         data = self.base.to_dict()
         gpu = self.gpu.currentData()
+        usb = [self.usb.item(i).data(Qt.UserRole) for i in range(self.usb.count())
+               if self.usb.item(i).checkState() == Qt.Checked]
         data.update(memory_mb=self.memory.text().strip(), vcpus=self.vcpus.value(),
-                    gpu_passthrough={"pci_address": gpu} if gpu else None)
+                    gpu_passthrough={"pci_address": gpu} if gpu else None,
+                    usb_devices=[{"vendor_id": v, "product_id": p} for v, p in usb])
         lg = dict(data["looking_glass"], enabled=bool(gpu) and self.looking_glass.isChecked())
         data["looking_glass"] = lg
         if not lg["enabled"] and data.get("display_mode") == "looking-glass":

@@ -6,13 +6,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..core.primitives import VMState
 
 OS_LABELS = {"windows11": "Windows 11", "windows10": "Windows 10", "linux": "Linux",
              "macos": "macOS", None: "Other"}
+OS_COLORS = {"windows11": "#0078d4", "windows10": "#00a4ef", "linux": "#f4b400",
+             "macos": "#8e8e93", None: "#b0bec5"}
+_icons: dict = {}
+
+
+def os_icon(vm_type: str | None) -> QIcon:
+    """A small badge in the system's colour (drawn, so it needs no icon theme)."""
+    if vm_type not in _icons:
+        pixmap = QPixmap(14, 14)
+        pixmap.fill(QColor(0, 0, 0, 0))
+        painter = QPainter(pixmap)
+        painter.setRenderHint(QPainter.Antialiasing)
+        painter.setBrush(QColor(OS_COLORS.get(vm_type, OS_COLORS[None])))
+        painter.setPen(QColor(0, 0, 0, 0))
+        painter.drawRoundedRect(1, 1, 12, 12, 3, 3)
+        painter.end()
+        _icons[vm_type] = QIcon(pixmap)
+    return _icons[vm_type]
+
+
 STATE_COLORS = {
     VMState.RUNNING: "#2e7d32", VMState.PAUSED: "#f9a825", VMState.SHUTOFF: "#616161",
     VMState.CRASHED: "#c62828", VMState.ERROR: "#c62828",
@@ -80,6 +100,8 @@ class VMTableModel(QAbstractTableModel):
                 f"GPU {row.gpu}" if row.gpu else "",
                 "LG" if row.looking_glass else "",
             )[column]
+        if role == Qt.DecorationRole and column == 1:
+            return os_icon(row.vm_type)
         if role == Qt.ForegroundRole and column == 2:
             color = STATE_COLORS.get(row.state)
             return QColor(color) if color else None
