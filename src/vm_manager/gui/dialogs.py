@@ -141,6 +141,15 @@ class CreateWizard(QWizard):
         return config
 
 
+def _check_item(text: str, data, checked: bool) -> QListWidgetItem:
+    """A list row with a tick box, carrying ``data``."""
+    item = QListWidgetItem(text)
+    item.setData(Qt.UserRole, data)
+    item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+    item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
+    return item
+
+
 def _with_browse(field: QLineEdit, filter_text: str) -> QWidget:
     """A path field with a Browse… button (a file picker)."""
     from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QToolButton
@@ -259,11 +268,8 @@ class _DevicesPage(QWizardPage):
         for device in list_usb(self.wizard_.host_root):
             if device.is_hub:
                 continue
-            item = QListWidgetItem(f"{device.sysfs_name}  {device.name}")
-            item.setData(Qt.UserRole, (device.vendor_id, device.product_id))
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Unchecked)
-            self.usb.addItem(item)
+            self.usb.addItem(_check_item(f"{device.sysfs_name}  {device.name}",
+                                         (device.vendor_id, device.product_id), False))
         self._update()
 
     def _update(self, *_args) -> None:
@@ -437,17 +443,10 @@ class SettingsDialog(QDialog):
             if device.is_hub or key in listed:
                 continue
             listed.add(key)
-            item = QListWidgetItem(f"{device.vendor_id}:{device.product_id}  {device.name}")
-            item.setData(Qt.UserRole, key)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked if key in chosen else Qt.Unchecked)
-            self.usb.addItem(item)
+            self.usb.addItem(_check_item(f"{key[0]}:{key[1]}  {device.name}", key,
+                                         key in chosen))
         for key in sorted(chosen - listed):  # configured but not plugged in now: keep them
-            item = QListWidgetItem(f"{key[0]}:{key[1]}  (not plugged in)")
-            item.setData(Qt.UserRole, key)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked)
-            self.usb.addItem(item)
+            self.usb.addItem(_check_item(f"{key[0]}:{key[1]}  (not plugged in)", key, True))
         self.error = QLabel()
         self.error.setStyleSheet("color: #b71c1c")
         self.error.setWordWrap(True)
@@ -509,12 +508,9 @@ class USBPanel(QDialog):
         for device in list_usb(host_root):
             if device.is_hub:
                 continue
-            item = QListWidgetItem(f"{device.sysfs_name}  {device.name}")
-            item.setData(Qt.UserRole, device)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
             key = (device.vendor_id, device.product_id)
-            item.setCheckState(Qt.Checked if key in attached else Qt.Unchecked)
-            self.list.addItem(item)
+            self.list.addItem(_check_item(f"{device.sysfs_name}  {device.name}", device,
+                                          key in attached))
         self.list.itemChanged.connect(self._toggled)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
