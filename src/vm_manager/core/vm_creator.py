@@ -76,15 +76,16 @@ def probe_host(connection: LibvirtConnection) -> HostFacts:
         try:
             return conn.getDomainCapabilities(None, "x86_64", "q35", virttype, 0)
         except libvirt.libvirtError:
-            return None
+            if not conn.isAlive():
+                raise  # a lost connection is not "no KVM": let execute() report it
+            return None  # this virt type (or capabilities at all) is not offered
 
     def read(conn: libvirt.virConnect):
         kvm = caps(conn, "kvm")
-        qemu = kvm or caps(conn, "qemu")
-        info = conn.getInfo()
-        return kvm, qemu, info
+        return kvm, kvm or caps(conn, "qemu")
 
-    kvm_caps, any_caps, info = connection.execute(read, idempotent=True)
+    kvm_caps, any_caps = connection.execute(read, idempotent=True)
+    memory_mb, cpus = connection.host_info()
     hyperv = None
     if any_caps:
         root = ET.fromstring(any_caps)
@@ -92,7 +93,7 @@ def probe_host(connection: LibvirtConnection) -> HostFacts:
         hyperv = frozenset(value.text for value in values if value.text)
     driver = connection.uri.split(":", 1)[0]
     kvm_usable = None if driver == "test" else kvm_caps is not None
-    return HostFacts(kvm_usable, hyperv, HostResources(memory_mb=int(info[1]), cpus=int(info[2])))
+    return HostFacts(kvm_usable, hyperv, HostResources(memory_mb=memory_mb, cpus=cpus))
 
 
 @dataclass
