@@ -29,7 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vm_manager.testing import add_pci_devices, nvidia_turing_gpu
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
+
+from support.fakes import add_pci_devices, nvidia_turing_gpu
 
 URI = "qemu:///system"
 

@@ -25,10 +25,13 @@ import time
 import uuid
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
+
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.primitives import VMState
 from vm_manager.core.vm_lifecycle import ShutdownMethod, VMLifecycleManager
-from vm_manager.tiny_guest import READY_MARKER, build, domain_xml, wait_for_console
+from support.domains import domain_xml
+from support.tiny_guest import READY_MARKER, build, wait_for_console
 
 
 def pct(values: list[float], fraction: float) -> float:

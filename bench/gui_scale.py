@@ -21,10 +21,12 @@ os.environ.setdefault("QT_NO_GLIB", "1")  # as vm_manager.gui.app sets it (see t
 
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
+
 from vm_manager.core.connection import LibvirtConnection  # noqa: E402
 from vm_manager.core.primitives import VMState  # noqa: E402
 from vm_manager.core.store import VMStore  # noqa: E402
-from vm_manager.testing import FakeDomain, FakeHost, write_node_file  # noqa: E402
+from support.fakes import FakeDomain, FakeHost, write_node_file  # noqa: E402
 
 
 def main() -> int:

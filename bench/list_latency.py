@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
+
 from vm_manager.core.vm_config import VMState
-from vm_manager.testing import FakeDomain, FakeHost, write_node_file
+from support.fakes import FakeDomain, FakeHost, write_node_file
 
 
 def timed(argv: list[str], env: dict) -> tuple[float, str]:

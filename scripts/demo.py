@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
 
 from vm_manager import cli
 from vm_manager.core.connection import LibvirtConnection
@@ -21,7 +24,7 @@ from vm_manager.core.vm_config import VMConfig
 from vm_manager.core.vm_creator import VMCreator
 from vm_manager.core.vm_destroyer import VMDestroyer
 from vm_manager.core.vm_lifecycle import VMLifecycleManager
-from vm_manager.tiny_guest import READY_MARKER, build, wait_for_console
+from support.tiny_guest import READY_MARKER, build, wait_for_console
 
 NAME = "neuron-demo"
 

@@ -21,11 +21,13 @@ os.environ.setdefault("QT_NO_GLIB", "1")  # as vm_manager.gui.app sets it (see t
 
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
+
 from vm_manager.core.connection import LibvirtConnection  # noqa: E402
 from vm_manager.core.primitives import VMState  # noqa: E402
 from vm_manager.core.store import VMStore  # noqa: E402
 from vm_manager.core.vm_config import VMConfig  # noqa: E402
-from vm_manager.testing import FakeDomain, FakeHost, write_node_file  # noqa: E402
+from support.fakes import FakeDomain, FakeHost, write_node_file  # noqa: E402
 
 SAMPLES = [
     ("Gaming-Win11", VMState.RUNNING, 8, 16384,
@@ -96,7 +98,7 @@ def main() -> int:
 
         from vm_manager.core.vm_creator import VMCreator
         from vm_manager.gui.dialogs import CreateWizard
-        from vm_manager.testing import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
+        from support.fakes import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
 
         host = add_pci_devices(tmp_path / "host", [
             FakePCIDevice("0000:00:02.0", 0x8086, 0x3E92, 0x030000, "i915", 0, True),

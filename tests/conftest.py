@@ -9,7 +9,7 @@ import queue
 import pytest
 
 from vm_manager.core.vm_config import VMState
-from vm_manager.testing import FakeDomain, FakeHost, write_node_file
+from support.fakes import FakeDomain, FakeHost, write_node_file
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # GUI tests need no display

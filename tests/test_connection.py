@@ -16,7 +16,7 @@ from vm_manager.core.connection import (
 )
 from vm_manager.core.errors import ConnectionFailed, OperationFailed, VMNotFound
 from vm_manager.core.vm_config import VMState
-from vm_manager.testing import FakeDomain
+from support.fakes import FakeDomain
 
 
 def names(conn: LibvirtConnection) -> list[str]:

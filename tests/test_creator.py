@@ -19,7 +19,7 @@ from vm_manager.core.store import VMStore
 from vm_manager.core.vm_config import VMConfig
 from vm_manager.core.vm_creator import VMCreator
 from vm_manager.templates.loader import PACKAGE_DIR, TemplateLoader
-from vm_manager.testing import FakeDomain
+from support.fakes import FakeDomain
 
 
 @pytest.fixture
@@ -283,7 +283,7 @@ def test_design_notes_test_commands_work():
 
 
 def test_creator_refuses_a_non_viable_or_boot_gpu(env, tmp_path):
-    from vm_manager.testing import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
+    from support.fakes import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
 
     conn, images, store = env
     shared = add_pci_devices(tmp_path / "shared", [

@@ -18,7 +18,7 @@ from vm_manager.passthrough.ivshmem import (
     tmpfiles_rule,
     write_tmpfiles_rule,
 )
-from vm_manager.testing import add_pci_devices, nvidia_turing_gpu
+from support.fakes import add_pci_devices, nvidia_turing_gpu
 
 IS_ROOT = os.geteuid() == 0
 

@@ -21,8 +21,9 @@ from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.errors import LifecycleError
 from vm_manager.core.primitives import VMState
 from vm_manager.core.vm_lifecycle import ShutdownMethod
-from vm_manager.tiny_guest import READY_MARKER, build, domain_xml, no_os_domain_xml
-from vm_manager.tiny_guest import wait_for_console
+from support.domains import domain_xml, no_os_domain_xml
+from support.tiny_guest import READY_MARKER, build
+from support.tiny_guest import wait_for_console
 
 pytestmark = pytest.mark.daemon
 S = VMState
@@ -289,7 +290,7 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
 
     from vm_manager.core.looking_glass import LGClientConfig, LGState, LookingGlassManager
     from vm_manager.passthrough.ivshmem import access_problem, shm_path, shmem_xml
-    from vm_manager.testing import FakeLGHost
+    from support.fakes import FakeLGHost
 
     conn = system.connection
     name = unique("lg")

@@ -12,8 +12,8 @@ from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.errors import InvalidConfig, OperationFailed
 from vm_manager.passthrough.gpu_attach import detach, list_gpus, plan_passthrough, reattach
 from vm_manager.passthrough.pci import iommu_groups, read_devices
-from vm_manager.testing import FakePCIDevice as Dev
-from vm_manager.testing import add_pci_devices, nvidia_turing_gpu
+from support.fakes import FakePCIDevice as Dev
+from support.fakes import add_pci_devices, nvidia_turing_gpu
 
 VGA, DISPLAY_3D, AUDIO, SATA, BRIDGE, NIC, HOST = 0x030000, 0x030200, 0x040300, 0x010601, \
     0x060400, 0x020000, 0x060000

@@ -167,7 +167,7 @@ def test_qt_bindings_keep_none_alive(qtbot):
 def wizard(qtbot, make_host, tmp_path):
     from vm_manager.core.vm_creator import VMCreator
     from vm_manager.gui.dialogs import CreateWizard
-    from vm_manager.testing import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
+    from support.fakes import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
 
     host_root = add_pci_devices(tmp_path / "host", [
         FakePCIDevice("0000:00:02.0", 0x8086, 0x3E92, 0x030000, "i915", 0, True),
@@ -275,7 +275,7 @@ def test_usb_panel_reverts_a_refused_attach(qtbot, three_vm_uri, tmp_path):
     from PySide6.QtCore import Qt
 
     from vm_manager.gui.dialogs import USBPanel
-    from vm_manager.testing import FakeUSBDevice, add_usb_devices
+    from support.fakes import FakeUSBDevice, add_usb_devices
 
     root = add_usb_devices(tmp_path / "usb", [FakeUSBDevice(1, "2", "046d", "c077")])
     with LibvirtConnection(three_vm_uri) as conn:
@@ -310,7 +310,7 @@ def test_settings_dialog_usb_devices(qtbot, make_host, tmp_path):
 
     from vm_manager.core.vm_creator import VMCreator
     from vm_manager.gui.dialogs import SettingsDialog
-    from vm_manager.testing import FakeUSBDevice, add_usb_devices
+    from support.fakes import FakeUSBDevice, add_usb_devices
 
     root = add_usb_devices(tmp_path / "host", [FakeUSBDevice(1, "2", "046d", "c077"),
                                               FakeUSBDevice(1, "3", "1050", "0407")])

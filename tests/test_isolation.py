@@ -8,7 +8,7 @@ import pytest
 
 from vm_manager.cli import main
 from vm_manager.passthrough.isolation import IsolationError, apply, plan_isolation, unprepare
-from vm_manager.testing import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
+from support.fakes import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
 
 GRUB = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet splash"\nGRUB_CMDLINE_LINUX=""\n'
 

@@ -21,7 +21,7 @@ from vm_manager.core.errors import (
 from vm_manager.core.primitives import VMState
 from vm_manager.core.state_machine import ALLOWED, VMStateMachine, allowed_operations
 from vm_manager.core.vm_lifecycle import ShutdownMethod, VMLifecycleManager
-from vm_manager.testing import FakeDomain
+from support.fakes import FakeDomain
 
 S = VMState
 LIBVIRT_STATES = list(VMState)[:8]

@@ -27,7 +27,7 @@ from vm_manager.core.looking_glass import (
     read_header,
     wait_for_host,
 )
-from vm_manager.testing import FakeDomain, FakeLGHost
+from support.fakes import FakeDomain, FakeLGHost
 
 FAKE = Path(__file__).parent / "bin" / "looking-glass-client"
 AS_ROOT = os.geteuid() == 0

@@ -14,7 +14,7 @@ from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.vm_creator import VMCreator
 from vm_manager.templates.loader import PACKAGE_DIR, TemplateError, TemplateLoader
 from vm_manager.templates.validator import XMLValidationError, validate_xml
-from vm_manager.testing import add_pci_devices, nvidia_turing_gpu
+from support.fakes import add_pci_devices, nvidia_turing_gpu
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("NEURONOS_UPDATE_GOLDEN") == "1"

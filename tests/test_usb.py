@@ -19,7 +19,7 @@ from vm_manager.passthrough.usb_attach import (
     list_usb,
 )
 from vm_manager.templates.validator import validate_xml
-from vm_manager.testing import FakeDomain, FakeUSBDevice, add_usb_devices
+from support.fakes import FakeDomain, FakeUSBDevice, add_usb_devices
 
 USB_IDS = "046d  Logitech, Inc.\n\tc077  M105 Optical Mouse\n"
 

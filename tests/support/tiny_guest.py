@@ -7,7 +7,7 @@ serial console and runs ``acpid``, whose ``PWRF/00000080`` handler powers off. S
 graceful (ACPI) shutdown really completes, ~5 s after start under TCG.
 
 Everything comes from Debian packages fetched with ``apt-get download`` into a cache
-folder; nothing binary is committed. ``python -m vm_manager.tiny_guest`` builds it and
+folder; nothing binary is committed. ``python tests/support/tiny_guest.py`` builds it and
 prints the paths.
 """
 
@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,53 +179,6 @@ def build(cache_dir: Path | None = None) -> TinyGuest:
             break
         os.chmod(folder, folder.stat().st_mode | 0o011)  # let QEMU's user traverse
     return TinyGuest(kernel, initrd, version)
-
-
-def domain_xml(
-    name: str,
-    guest: TinyGuest,
-    serial_log: Path,
-    memory_mb: int = 256,
-    domain_type: str = "qemu",
-) -> str:
-    """A libvirt domain for the tiny guest: direct kernel boot, no disk, no NIC, ACPI on,
-    the serial console written to ``serial_log``. Built with ElementTree: every value is
-    escaped."""
-    domain = ET.Element("domain", type=domain_type)
-    ET.SubElement(domain, "name").text = name
-    ET.SubElement(domain, "memory", unit="MiB").text = str(memory_mb)
-    ET.SubElement(domain, "vcpu").text = "1"
-    os_elem = ET.SubElement(domain, "os")
-    ET.SubElement(os_elem, "type", arch="x86_64", machine="q35").text = "hvm"
-    ET.SubElement(os_elem, "kernel").text = str(guest.kernel)
-    ET.SubElement(os_elem, "initrd").text = str(guest.initrd)
-    ET.SubElement(os_elem, "cmdline").text = "console=ttyS0 quiet panic=-1"
-    features = ET.SubElement(domain, "features")
-    ET.SubElement(features, "acpi")  # without it there is no power button to press
-    ET.SubElement(domain, "on_poweroff").text = "destroy"
-    ET.SubElement(domain, "on_reboot").text = "restart"
-    ET.SubElement(domain, "on_crash").text = "destroy"
-    devices = ET.SubElement(domain, "devices")
-    serial = ET.SubElement(devices, "serial", type="file")
-    ET.SubElement(serial, "source", path=str(serial_log), append="on")
-    ET.SubElement(serial, "target", port="0")
-    ET.SubElement(devices, "memballoon", model="none")
-    return ET.tostring(domain, encoding="unicode")
-
-
-def no_os_domain_xml(name: str, domain_type: str = "qemu") -> str:
-    """A domain with no disk and no kernel: the firmware finds nothing to boot and idles,
-    and nothing answers the ACPI power button (a guest that ignores a graceful stop)."""
-    domain = ET.Element("domain", type=domain_type)
-    ET.SubElement(domain, "name").text = name
-    ET.SubElement(domain, "memory", unit="MiB").text = "64"
-    ET.SubElement(domain, "vcpu").text = "1"
-    os_elem = ET.SubElement(domain, "os")
-    ET.SubElement(os_elem, "type", arch="x86_64", machine="q35").text = "hvm"
-    ET.SubElement(ET.SubElement(domain, "features"), "acpi")
-    devices = ET.SubElement(domain, "devices")
-    ET.SubElement(devices, "memballoon", model="none")
-    return ET.tostring(domain, encoding="unicode")
 
 
 def wait_for_console(path: Path, marker: str, count: int = 1, timeout: float = 60.0) -> float:

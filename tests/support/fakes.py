@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.vm_config import VMState
+from vm_manager.core.primitives import VMState
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 

@@ -1,0 +1,60 @@
+"""Hand-written domain XML for tests that need a domain no NeuronOS template makes.
+
+Whole domains in the product come from the templates (``vm_manager/templates``); these are
+test fixtures only: the tiny guest booted directly, and a domain with nothing to boot.
+Built with ElementTree, so every value is escaped.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from .tiny_guest import TinyGuest
+
+
+def domain_xml(
+    name: str,
+    guest: TinyGuest,
+    serial_log: Path,
+    memory_mb: int = 256,
+    domain_type: str = "qemu",
+) -> str:
+    """A libvirt domain for the tiny guest: direct kernel boot, no disk, no NIC, ACPI on,
+    the serial console written to ``serial_log``. Built with ElementTree: every value is
+    escaped."""
+    domain = ET.Element("domain", type=domain_type)
+    ET.SubElement(domain, "name").text = name
+    ET.SubElement(domain, "memory", unit="MiB").text = str(memory_mb)
+    ET.SubElement(domain, "vcpu").text = "1"
+    os_elem = ET.SubElement(domain, "os")
+    ET.SubElement(os_elem, "type", arch="x86_64", machine="q35").text = "hvm"
+    ET.SubElement(os_elem, "kernel").text = str(guest.kernel)
+    ET.SubElement(os_elem, "initrd").text = str(guest.initrd)
+    ET.SubElement(os_elem, "cmdline").text = "console=ttyS0 quiet panic=-1"
+    features = ET.SubElement(domain, "features")
+    ET.SubElement(features, "acpi")  # without it there is no power button to press
+    ET.SubElement(domain, "on_poweroff").text = "destroy"
+    ET.SubElement(domain, "on_reboot").text = "restart"
+    ET.SubElement(domain, "on_crash").text = "destroy"
+    devices = ET.SubElement(domain, "devices")
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=str(serial_log), append="on")
+    ET.SubElement(serial, "target", port="0")
+    ET.SubElement(devices, "memballoon", model="none")
+    return ET.tostring(domain, encoding="unicode")
+
+
+def no_os_domain_xml(name: str, domain_type: str = "qemu") -> str:
+    """A domain with no disk and no kernel: the firmware finds nothing to boot and idles,
+    and nothing answers the ACPI power button (a guest that ignores a graceful stop)."""
+    domain = ET.Element("domain", type=domain_type)
+    ET.SubElement(domain, "name").text = name
+    ET.SubElement(domain, "memory", unit="MiB").text = "64"
+    ET.SubElement(domain, "vcpu").text = "1"
+    os_elem = ET.SubElement(domain, "os")
+    ET.SubElement(os_elem, "type", arch="x86_64", machine="q35").text = "hvm"
+    ET.SubElement(ET.SubElement(domain, "features"), "acpi")
+    devices = ET.SubElement(domain, "devices")
+    ET.SubElement(devices, "memballoon", model="none")
+    return ET.tostring(domain, encoding="unicode")
