@@ -16,8 +16,6 @@ from .errors import StoreError
 from .primitives import VMState
 
 if TYPE_CHECKING:
-    import xml.etree.ElementTree as ET
-
     from .store import VMStore
 
 log = logging.getLogger(__name__)
@@ -119,7 +117,11 @@ def vm_details(
     details: dict[str, Any] = summary.to_dict()
     details["state_reason"] = reason
     details["autostart"] = autostart
-    details.update(parse_domain_xml(xml))
+    from .domain_xml import read_domain  # only `info` needs it; `list` stays light
+
+    domain = read_domain(xml)
+    details.update({key: value for key, value in domain.to_dict().items()
+                    if key not in details})
     details["settings"] = None
     if store is not None:
         try:
@@ -131,111 +133,3 @@ def vm_details(
             details["settings"] = config.to_dict()
             details["vm_type"] = config.vm_type.value
     return details
-
-
-def parse_domain_xml(xml: str) -> dict[str, Any]:
-    """The facts a user cares about from a domain's XML (works on live or inactive XML)."""
-    import xml.etree.ElementTree as ET  # only `info` needs it; `list` stays light
-
-    root = ET.fromstring(xml)
-    os_type = root.find("os/type")
-    os_elem = root.find("os")
-    info: dict[str, Any] = {
-        "domain_type": root.get("type"),
-        "title": root.findtext("title"),
-        "description": root.findtext("description"),
-        "os": {
-            "type": os_type.text if os_type is not None else None,
-            "arch": os_type.get("arch") if os_type is not None else None,
-            "machine": os_type.get("machine") if os_type is not None else None,
-            "firmware": os_elem.get("firmware") if os_elem is not None else None,
-            "kernel": root.findtext("os/kernel"),
-        },
-        "disks": [],
-        "interfaces": [],
-        "graphics": [],
-        "hostdevs": [],
-        "shmem": [],
-    }
-    for disk in root.findall("devices/disk"):
-        source = disk.find("source")
-        target = disk.find("target")
-        info["disks"].append(
-            {
-                "device": disk.get("device"),
-                "type": disk.get("type"),
-                "source": _first_attr(source, ("file", "dev", "name", "volume")),
-                "target": target.get("dev") if target is not None else None,
-                "bus": target.get("bus") if target is not None else None,
-                "readonly": disk.find("readonly") is not None,
-            }
-        )
-    for iface in root.findall("devices/interface"):
-        source = iface.find("source")
-        model = iface.find("model")
-        mac = iface.find("mac")
-        info["interfaces"].append(
-            {
-                "type": iface.get("type"),
-                "source": _first_attr(source, ("network", "bridge", "dev")),
-                "model": model.get("type") if model is not None else None,
-                "mac": mac.get("address") if mac is not None else None,
-            }
-        )
-    for graphics in root.findall("devices/graphics"):
-        info["graphics"].append(
-            {
-                "type": graphics.get("type"),
-                "port": _int_or_none(graphics.get("port")),
-                "listen": graphics.get("listen"),
-            }
-        )
-    for hostdev in root.findall("devices/hostdev"):
-        info["hostdevs"].append(_hostdev(hostdev))
-    for shmem in root.findall("devices/shmem"):
-        model = shmem.find("model")
-        size = shmem.find("size")
-        info["shmem"].append(
-            {
-                "name": shmem.get("name"),
-                "model": model.get("type") if model is not None else None,
-                "size": f"{size.text} {size.get('unit', 'B')}" if size is not None else None,
-            }
-        )
-    return info
-
-
-def _hostdev(hostdev: ET.Element) -> dict[str, Any]:
-    kind = hostdev.get("type")
-    entry: dict[str, Any] = {"type": kind, "managed": hostdev.get("managed") == "yes"}
-    address = hostdev.find("source/address")
-    if kind == "pci" and address is not None:
-        parts = [address.get(key, "0") for key in ("domain", "bus", "slot", "function")]
-        try:
-            domain, bus, slot, function = (int(part, 0) for part in parts)
-            entry["address"] = f"{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"
-        except ValueError:
-            entry["address"] = None
-    elif kind == "usb":
-        vendor = hostdev.find("source/vendor")
-        product = hostdev.find("source/product")
-        entry["vendor_id"] = vendor.get("id") if vendor is not None else None
-        entry["product_id"] = product.get("id") if product is not None else None
-    return entry
-
-
-def _first_attr(element: ET.Element | None, names: tuple[str, ...]) -> str | None:
-    if element is None:
-        return None
-    for name in names:
-        value = element.get(name)
-        if value:
-            return value
-    return None
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None

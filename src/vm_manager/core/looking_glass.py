@@ -537,15 +537,11 @@ class LookingGlassManager:
     def _spice_port(self, vm_name: str) -> int | None:
         if self.connection is None:
             return None
-        import xml.etree.ElementTree as ET
+        from .domain_xml import read_domain
 
         xml = self.connection.execute(
             lambda conn: self.connection.lookup(conn, vm_name).XMLDesc(0))
-        graphics = ET.fromstring(xml).find("devices/graphics[@type='spice']")
-        if graphics is None:
-            return None
-        port = graphics.get("port")
-        return int(port) if port and port.isdigit() and int(port) > 0 else None
+        return read_domain(xml).spice_port
 
     # --- tie to the VM lifecycle ------------------------------------------------------------
 
@@ -656,12 +652,11 @@ def display_config(vm_name: str, store=None, connection=None,
             return LGClientConfig(vm_name, shm_path=device)
         return LGClientConfig(vm_name)
     if connection is not None:
-        import xml.etree.ElementTree as ET
+        from .domain_xml import read_domain
 
         xml = connection.execute(lambda conn: connection.lookup(conn, vm_name).XMLDesc(0))
-        for shmem in ET.fromstring(xml).iterfind("devices/shmem"):
-            if shmem.get("name") == shm_name(vm_name):
-                return LGClientConfig(vm_name)
+        if read_domain(xml).shmem(shm_name(vm_name)) is not None:
+            return LGClientConfig(vm_name)
     return None
 
 

@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import subprocess
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
 
 from .connection import LibvirtConnection, get_connection
+from .domain_xml import Disk, read_domain
 from .errors import InvalidConfig, LifecycleError, OperationFailed
 from .primitives import VMState
 from .store import VMStore
@@ -160,7 +160,7 @@ class VMDestroyer:
         managed = (self._images_dir or images_dir(self.connection.uri)).resolve()
         used_by = self._paths_used_by(others)
         disks = [self._decide(disk, delete_disks, managed, used_by)
-                 for disk in _disks(ET.fromstring(xml))]
+                 for disk in read_domain(xml).disks if disk.source]  # not empty drives
 
         flags = UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA | UNDEFINE_CHECKPOINTS_METADATA
         tpm_flags = lib_version >= TPM_FLAGS_SINCE
@@ -185,21 +185,21 @@ class VMDestroyer:
             undefine_flags=flags, firmware_state=firmware,
         )
 
-    def _decide(self, disk: dict, delete_disks: bool, managed: Path,
+    def _decide(self, disk: Disk, delete_disks: bool, managed: Path,
                 used_by: dict[str, str]) -> DiskDecision:
-        path, device = disk["path"], disk["device"]
+        path, device = disk.source, disk.device
 
         def keep(reason: str) -> DiskDecision:
             return DiskDecision(path, device, False, reason)
 
         if device == "cdrom":
             return keep("a CD-ROM image is never deleted")
-        if disk["readonly"]:
+        if disk.readonly:
             return keep("read-only")
-        if disk["shareable"]:
+        if disk.shareable:
             return keep("shareable")
-        if disk["type"] != "file":
-            return keep(f"not a plain file ({disk['type']})")
+        if disk.type != "file":
+            return keep(f"not a plain file ({disk.type})")
         real = Path(os.path.realpath(path))
         if str(real) in used_by:
             return keep(f"also used by VM {used_by[str(real)]!r}")
@@ -213,10 +213,13 @@ class VMDestroyer:
         """Real path -> name of another domain that uses it (a disk or a backing file)."""
         used: dict[str, str] = {}
         for other_name, xml in others.items():
-            for disk in _disks(ET.fromstring(xml)):
-                if disk["type"] != "file" or not disk["path"]:
+            for disk in read_domain(xml).disks:
+                if disk.type != "file" or not disk.source:
                     continue
-                for path in [disk["path"], *self._backing_chain(disk["path"])]:
+                # libvirt reports the chain only for running domains; qemu-img reads it
+                # from the images themselves (an inactive domain's overlay has one too)
+                reported = [image.path for image in disk.backing_chain if image.path]
+                for path in [disk.source, *reported, *self._backing_chain(disk.source)]:
                     used.setdefault(os.path.realpath(path), other_name)
         return used
 
@@ -313,22 +316,3 @@ class VMDestroyer:
             self.connection.execute(lambda conn: volume.delete(0))
         else:
             os.unlink(path)
-
-
-def _disks(root: ET.Element) -> list[dict]:
-    disks = []
-    for disk in root.findall("devices/disk"):
-        source = disk.find("source")
-        path = None
-        if source is not None:
-            path = source.get("file") or source.get("dev") or source.get("name")
-        if not path:
-            continue  # an empty CD-ROM drive
-        disks.append({
-            "path": path,
-            "device": disk.get("device", "disk"),
-            "type": disk.get("type", "file"),
-            "readonly": disk.find("readonly") is not None,
-            "shareable": disk.find("shareable") is not None,
-        })
-    return disks

@@ -517,12 +517,11 @@ class USBPanel(QDialog):
         layout.addWidget(buttons)
 
     def _attached(self) -> set[tuple[str, str]]:
-        from ..core.inventory import parse_domain_xml
+        from ..core.domain_xml import read_domain
 
         xml = self.connection.execute(
             lambda conn: self.connection.lookup(conn, self.vm_name).XMLDesc(0))
-        return {((h.get("vendor_id") or "")[2:], (h.get("product_id") or "")[2:])
-                for h in parse_domain_xml(xml)["hostdevs"] if h["type"] == "usb"}
+        return {(h.vendor_id, h.product_id) for h in read_domain(xml).usb_hostdevs}
 
     def _toggled(self, item: QListWidgetItem) -> None:
         from ..core.errors import VMManagerError

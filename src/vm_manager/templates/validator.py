@@ -17,15 +17,13 @@ from pathlib import Path
 
 from lxml import etree
 
+from ..core.domain_xml import DomainInfo, DomainXMLError, read_domain
 from ..core.errors import VMCreationError
 from ..core.vm_config import MAX_MEMORY_MB, MAX_VCPUS
 
 log = logging.getLogger(__name__)
 
 SCHEMA_DIRS = (Path("/usr/share/libvirt/schemas"), Path("/usr/local/share/libvirt/schemas"))
-_UNITS = {"b": 1 / 1048576, "bytes": 1 / 1048576, "k": 1 / 1024, "kib": 1 / 1024, "kb": 1 / 1024,
-          "m": 1, "mib": 1, "mb": 1, "g": 1024, "gib": 1024, "gb": 1024,
-          "t": 1048576, "tib": 1048576, "tb": 1048576}
 
 
 class XMLValidationError(VMCreationError):
@@ -54,65 +52,46 @@ def _schema() -> tuple[etree.RelaxNG | None, str | None]:
     return None, reason
 
 
-def _mib(element: etree._Element | None) -> float | None:
-    if element is None or element.text is None:
-        return None
-    unit = (element.get("unit") or "KiB").lower()
-    try:
-        return float(element.text) * _UNITS[unit]
-    except (KeyError, ValueError):
-        return None
-
-
-def semantic_problems(root: etree._Element) -> list[str]:
-    """Our own rules; each problem names the element and what is allowed."""
+def semantic_problems(domain: DomainInfo) -> list[str]:
+    """Our own rules, over the reader's facts; each problem names the element and what is
+    allowed."""
     problems = []
-    memory = _mib(root.find("memory"))
+    memory = domain.memory_mib
     if memory is None or not 1 <= memory <= MAX_MEMORY_MB:
         problems.append(f"<memory> must be 1-{MAX_MEMORY_MB} MiB, got {memory}")
-    vcpu_text = root.findtext("vcpu") or ""
-    if not vcpu_text.strip().isdigit() or not 1 <= int(vcpu_text) <= MAX_VCPUS:
-        problems.append(f"<vcpu> must be 1-{MAX_VCPUS}, got {vcpu_text!r}")
-    for shmem in root.iterfind("devices/shmem"):
-        size = _mib(shmem.find("size"))
+    if domain.vcpus is None or not 1 <= domain.vcpus <= MAX_VCPUS:
+        problems.append(f"<vcpu> must be 1-{MAX_VCPUS}, got {domain.vcpus_text or ''!r}")
+    for shmem in domain.shmems:
+        size = shmem.size_mib
         if size is None or size < 1 or int(size) != size or int(size) & (int(size) - 1):
             problems.append(
-                f"<shmem name={shmem.get('name')!r}> size must be a power of two in MiB (QEMU"
+                f"<shmem name={shmem.name!r}> size must be a power of two in MiB (QEMU"
                 f" requires it), got {size}"
             )
     seen_pci = set()
-    for address in root.iterfind("devices/hostdev[@type='pci']/source/address"):
-        parts = [address.get(key) for key in ("domain", "bus", "slot", "function")]
+    for hostdev in domain.pci_hostdevs:
+        parts = list(hostdev.raw_address)
         if not all(p and re.fullmatch(r"0x[0-9a-fA-F]+", p) for p in parts):
             problems.append(f"hostdev PCI address {parts} is not in 0x-hex form")
             continue
-        domain, bus, slot, function = (int(p, 16) for p in parts)
-        if domain > 0xFFFF or bus > 0xFF or slot > 0x1F or function > 7:
+        if hostdev.address is None:
             problems.append(f"hostdev PCI address {parts} is out of range")
-        key = (domain, bus, slot, function)
-        if key in seen_pci:
-            problems.append(f"hostdev PCI address {domain:04x}:{bus:02x}:{slot:02x}.{function:x}"
-                            " is passed twice")
-        seen_pci.add(key)
+        elif hostdev.address in seen_pci:
+            problems.append(f"hostdev PCI address {hostdev.address} is passed twice")
+        seen_pci.add(hostdev.address)
     seen_usb = set()
-    for source in root.iterfind("devices/hostdev[@type='usb']/source"):
-        vendor, product = source.find("vendor"), source.find("product")
-        address = source.find("address")
-        key = (vendor.get("id") if vendor is not None else None,
-               product.get("id") if product is not None else None,
-               address.get("bus") if address is not None else None,
-               address.get("device") if address is not None else None)
+    for usb in domain.usb_hostdevs:
+        key = (usb.vendor_id, usb.product_id, usb.bus, usb.device)
         if key in seen_usb:
-            problems.append(f"USB device {key[0]}:{key[1]} is passed twice")
+            problems.append(f"USB device {usb.vendor_id}:{usb.product_id} is passed twice")
         seen_usb.add(key)
-    for source in root.iterfind("devices/disk/source"):
-        path = source.get("file") or source.get("dev")
+    for disk in domain.disks:
+        if disk.type in ("file", "block") and disk.source and not disk.source.startswith("/"):
+            problems.append(f"disk path {disk.source!r} is not absolute")
+    for tag, path in (("os/kernel", domain.os.kernel), ("os/initrd", domain.os.initrd),
+                      ("os/loader", domain.os.loader), ("os/nvram", domain.os.nvram)):
         if path is not None and not path.startswith("/"):
-            problems.append(f"disk path {path!r} is not absolute")
-    for tag in ("os/kernel", "os/initrd", "os/loader", "os/nvram"):
-        text = root.findtext(tag)
-        if text is not None and not text.startswith("/"):
-            problems.append(f"<{tag}> path {text!r} is not absolute")
+            problems.append(f"<{tag}> path {path!r} is not absolute")
     return problems
 
 
@@ -129,7 +108,10 @@ def validate_xml(xml: str, use_schema: bool = True) -> ValidationReport:
     elif not schema.validate(root):
         errors = [f"schema: line {e.line}: {e.message}" for e in schema.error_log]
         report.problems.extend(errors[:5] or ["schema: does not match libvirt's domain.rng"])
-    report.problems.extend(semantic_problems(root))
+    try:
+        report.problems.extend(semantic_problems(read_domain(xml)))
+    except DomainXMLError as error:  # well-formed, but not a domain
+        report.problems.append(str(error))
     if report.problems:
         raise XMLValidationError(report.problems)
     return report
