@@ -22,11 +22,9 @@ from vm_manager.core.looking_glass import (
     LGState,
     LookingGlassError,
     LookingGlassManager,
-    build_argv,
-    client_release,
-    read_header,
-    wait_for_host,
 )
+from vm_manager.passthrough.lg_client import build_argv, client_release
+from vm_manager.passthrough.lgmp import read_header, wait_for_host
 from support.fakes import FakeDomain, FakeLGHost
 
 FAKE = Path(__file__).parent / "bin" / "looking-glass-client"

@@ -248,7 +248,7 @@ def _show_display(ctx: _Context, name: str, fullscreen: bool, user: str | None) 
     from .core.primitives import VMState
 
     config = replace(_display_config(ctx, name), fullscreen=fullscreen)
-    if ctx.lifecycle.get_state(name) != VMState.RUNNING:
+    if ctx.lifecycle.require(name) != VMState.RUNNING:
         raise LifecycleError(f"{name!r} is not running: start it with `neuron-vm start {name}"
                              " --display`")
     run_as = user or (os.environ.get("SUDO_USER") if os.geteuid() == 0 else None)
@@ -317,7 +317,7 @@ def cmd_events(ctx: _Context) -> int:
     name = ctx.args.name
     lifecycle = ctx.lifecycle
     if name:
-        lifecycle.get_state(name)  # a typo is "not found" (exit 3), not an endless silence
+        lifecycle.require(name)  # a typo is "not found" (exit 3), not an endless silence
     changes: queue.Queue = queue.Queue()
     lifecycle.subscribe(lambda change: changes.put(change) if not name or change.name == name
                         else None)

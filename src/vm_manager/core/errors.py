@@ -78,5 +78,9 @@ class OperationFailed(VMManagerError):
         super().__init__(message)
 
 
+class LookingGlassError(VMManagerError):
+    """The Looking Glass display cannot be shown (the message says why and what to do)."""
+
+
 class OperationTimedOut(LifecycleError):
     """A request was accepted but the VM did not reach the expected state in time."""

@@ -2,13 +2,12 @@
 stop it with the VM (DESIGN.md 2, 4.1, 4.2: facts read in the Looking Glass sources at B5-B7
 and checked with a real B7 client).
 
-- The command line uses long ``section:key=value`` forms with explicit values: short
-  boolean flags *toggle* (``-s`` turns SPICE off), and ``-g`` is the renderer, not grab.
-  The escape key is a name on B6+ and a numeric keycode on B5.
+Finding the client and building its command line live in ``passthrough.lg_client``; reading
+the guest's LGMP header in ``passthrough.lgmp``. This module supervises:
+
 - The client refuses to run as root; as root, the manager runs it as the desktop user.
-- Ready means: the shared memory exists, this user can open it read-write, it starts with
-  the LGMP magic, and the host's heartbeat timestamp changes (a stale header survives a VM
-  stop). That memory has no change notification, so readiness is read every 50 ms.
+- It starts once the guest's host application is live in the shared memory
+  (``lgmp.wait_for_host``).
 - The client's output goes to a per-VM log file, never to a pipe. A client that exits with
   an error is restarted with backoff (1, 2, 4, 8 s) and given up after N failures in a
   window. Exit 0 (the user closed it) is not restarted; neither is exit 255 with no error in
@@ -22,10 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
 import signal
-import struct
 import subprocess
 import threading
 import time
@@ -34,31 +30,26 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable
 
-from .errors import InvalidConfig, VMManagerError
+from ..passthrough.lg_client import (
+    CLIENT_NAME,
+    LGClientConfig,
+    build_argv,
+    client_release,
+    find_client,
+    release_number,
+)
+from ..passthrough.lgmp import HostHeader, wait_for_host
+from .errors import LookingGlassError, OperationTimedOut, VMManagerError
+from .primitives import Subscribers, VMState, validate_name
+
+__all__ = ["LGClientConfig", "LGState", "LGStateChange", "LookingGlassError",
+           "LookingGlassManager", "display_config", "get_looking_glass_manager",
+           "stop_by_pid_file"]
 
 log = logging.getLogger(__name__)
 
-CLIENT_NAME = "looking-glass-client"
-USUAL_PATHS = (
-    "/usr/bin/looking-glass-client",
-    "/usr/local/bin/looking-glass-client",
-    "/opt/looking-glass/bin/looking-glass-client",
-    "/opt/looking-glass/client/build/looking-glass-client",
-)
-_VERSION = re.compile(r"Looking Glass \(([^)]+)\)")
-LGMP_MAGIC = b"LGMP"
-KVMFR_MAGIC = b"KVMFR---"
-HEARTBEAT_OFFSET = 16  # u64 timestamp the host bumps every 10 ms (LGMP header)
-# B5 takes numeric keycodes only (linux/input-event-codes.h); B6+ take KEY_* names.
-KEYCODES = {"KEY_SCROLLLOCK": 70, "KEY_RIGHTCTRL": 97, "KEY_LEFTCTRL": 29,
-            "KEY_RIGHTALT": 100, "KEY_LEFTALT": 56, "KEY_RIGHTSHIFT": 54, "KEY_LEFTSHIFT": 42,
-            "KEY_RIGHTMETA": 126, "KEY_LEFTMETA": 125, "KEY_INSERT": 110, "KEY_PAUSE": 119}
 ERROR_MARKERS = ("[E]", "[C]", "Failed", "failed", "Invalid", "Crash", "crash",
                  "Do not run looking glass as root", "No display servers", "Segmentation")
-
-
-class LookingGlassError(VMManagerError):
-    """The Looking Glass display cannot be shown (the message says why and what to do)."""
 
 
 class LGState(str, Enum):
@@ -68,179 +59,6 @@ class LGState(str, Enum):
     RUNNING = "running"
     RESTARTING = "restarting"
     ERROR = "error"
-
-
-@dataclass
-class LGClientConfig:
-    """How to show one VM. ``spice_port`` None: read from the running domain."""
-
-    vm_name: str
-    shm_path: Path | None = None  # default /dev/shm/looking-glass-<vm>
-    fullscreen: bool = False
-    borderless: bool = False
-    no_screensaver: bool = True
-    grab_keyboard: bool = True
-    escape_key: str = "KEY_SCROLLLOCK"  # the client's own default
-    fps_min: int | None = None  # win:fpsMin, a frame-rate MINIMUM (there is no limit option)
-    spice: bool = True
-    spice_host: str = "127.0.0.1"
-    spice_port: int | None = None
-    window_size: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        from ..passthrough.ivshmem import shm_path
-
-        if self.shm_path is None:
-            self.shm_path = shm_path(self.vm_name)
-        self.shm_path = Path(self.shm_path)
-        key = self.escape_key.upper()
-        if not (key in KEYCODES or re.fullmatch(r"KEY_[A-Z0-9_]+", key) or key.isdigit()):
-            raise InvalidConfig("escape_key", f"{self.escape_key!r} is not a key name like"
-                                " KEY_RIGHTCTRL")
-        self.escape_key = key
-
-
-# --- finding the client -------------------------------------------------------------------
-
-
-def find_client(environ: dict | None = None) -> Path | None:
-    """``$NEURONOS_LG_CLIENT``, then ``looking-glass-client`` on PATH, then the usual
-    install paths."""
-    env = os.environ if environ is None else environ
-    override = env.get("NEURONOS_LG_CLIENT")
-    if override:
-        return Path(override) if os.access(override, os.X_OK) else None
-    on_path = shutil.which(CLIENT_NAME, path=env.get("PATH"))
-    if on_path:
-        return Path(on_path)
-    for candidate in USUAL_PATHS:
-        if os.access(candidate, os.X_OK):
-            return Path(candidate)
-    return None
-
-
-def client_release(client: Path, timeout: float = 5.0) -> str | None:
-    """The release (``B7``, ``B6``, ``B7-188-g...``): the client has no --version; the first
-    stderr lines carry ``Looking Glass (<release>)`` behind a log prefix, and ``--help``
-    prints them too (then exits 255)."""
-    try:
-        result = subprocess.run([str(client), "--help"], capture_output=True, text=True,
-                                timeout=timeout, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = _VERSION.search(result.stderr + result.stdout)
-    return match.group(1) if match else None
-
-
-def release_number(release: str | None) -> int | None:
-    match = re.match(r"B(\d+)", release or "")
-    return int(match.group(1)) if match else None
-
-
-def build_argv(client: Path | str, config: LGClientConfig, release: str | None) -> list[str]:
-    """The client's command line for that release: long forms, explicit values."""
-
-    def yes(flag: bool) -> str:
-        return "yes" if flag else "no"
-
-    number = release_number(release)
-    escape = config.escape_key
-    if number is not None and number <= 5 and not escape.isdigit():
-        if escape not in KEYCODES:
-            raise InvalidConfig("escape_key", f"Looking Glass {release} takes numeric keycodes;"
-                                f" {escape} has none known here")
-        escape = str(KEYCODES[escape])  # B5 turns a name into 0 silently
-    argv = [
-        str(client),
-        f"app:shmFile={config.shm_path}",
-        f"win:title=NeuronOS: {config.vm_name}",
-        f"win:fullScreen={yes(config.fullscreen)}",
-        f"win:borderless={yes(config.borderless)}",
-        f"win:noScreensaver={yes(config.no_screensaver)}",
-        f"input:grabKeyboard={yes(config.grab_keyboard)}",
-        f"input:escapeKey={escape}",
-        f"spice:enable={yes(config.spice)}",
-    ]
-    if config.spice:
-        if config.spice_port is None:
-            raise LookingGlassError(f"{config.vm_name}: the SPICE port is unknown (is the VM"
-                                    " running with SPICE graphics?)")
-        argv += [f"spice:host={config.spice_host}", f"spice:port={config.spice_port}"]
-    if config.fps_min is not None:
-        argv.append(f"win:fpsMin={config.fps_min}")
-    if config.window_size is not None:
-        argv.append(f"win:size={config.window_size[0]}x{config.window_size[1]}")
-    return argv
-
-
-# --- the shared memory header ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HostHeader:
-    magic_ok: bool
-    version: int
-    session_id: int
-    timestamp: int
-    kvmfr_version: int | None = None
-    host_release: str | None = None
-
-
-def read_header(path: Path | str) -> HostHeader | None:
-    """The LGMP header, read-only (never written). None when the file is missing or short."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(8192)
-    except FileNotFoundError:
-        return None
-    if len(data) < 24:
-        return None
-    magic_ok = data[:4] == LGMP_MAGIC
-    version, session = struct.unpack_from("<II", data, 4)
-    (timestamp,) = struct.unpack_from("<Q", data, HEARTBEAT_OFFSET)
-    kvmfr_version = release = None
-    at = data.find(KVMFR_MAGIC)
-    if magic_ok and at >= 0 and len(data) >= at + 8 + 4 + 32:
-        (kvmfr_version,) = struct.unpack_from("<I", data, at + 8)
-        raw = data[at + 12:at + 44].split(b"\0", 1)[0]
-        release = raw.decode(errors="replace") or None
-    return HostHeader(magic_ok, version, session, timestamp, kvmfr_version, release)
-
-
-def wait_for_host(path: Path, timeout: float, cancel: threading.Event | None = None,
-                  interval: float = 0.05, user: str | None = None) -> HostHeader:
-    """Block until the guest's host application is live in ``path``: the file exists, this
-    user can open it read-write, the magic is there, and the heartbeat (or the session id)
-    changes between two reads. A stale header (VM stopped, host app gone) never changes and
-    is never accepted. Raises ``LookingGlassError`` on a permission problem or when
-    cancelled, ``OperationTimedOut`` after ``timeout``."""
-    from ..passthrough.ivshmem import access_problem
-    from .errors import OperationTimedOut
-
-    cancel = cancel or threading.Event()
-    deadline = time.monotonic() + timeout
-    seen: tuple[int, int] | None = None
-    while True:
-        problem = access_problem(path, user)
-        if problem:
-            raise LookingGlassError(problem)
-        header = read_header(path)
-        if header is not None and header.magic_ok:
-            key = (header.session_id, header.timestamp)
-            if seen is not None and key != seen:
-                return header
-            seen = key
-        else:
-            seen = None
-        if time.monotonic() >= deadline:
-            what = ("does not exist yet" if header is None else
-                    "has no LGMP header" if not header.magic_ok else "has a stale header")
-            raise OperationTimedOut(
-                f"the Looking Glass host application is not running in the guest: {path}"
-                f" {what} after {timeout:g} s; start it in the guest (it installs as a"
-                " Windows service)")
-        if cancel.wait(interval):
-            raise LookingGlassError("cancelled while waiting for the guest's host application")
 
 
 # --- supervision ----------------------------------------------------------------------------
@@ -299,8 +117,6 @@ class LookingGlassManager:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._clients: dict[str, _Client] = {}
-        from .primitives import Subscribers
-
         self._subscribers = Subscribers(log)
         self._pause_timers: dict[str, threading.Timer] = {}
 
@@ -325,6 +141,10 @@ class LookingGlassManager:
 
     # --- state ------------------------------------------------------------------------------
 
+    def _find_lg_executable(self) -> Path | None:
+        """The client's path, or None when it is not installed (the design notes' name)."""
+        return self._client_path or find_client()
+
     def get_state(self, vm_name: str) -> LGState:
         with self._lock:
             entry = self._clients.get(vm_name)
@@ -339,8 +159,6 @@ class LookingGlassManager:
         return self.get_state(vm_name) == LGState.RUNNING
 
     def log_path(self, vm_name: str) -> Path:
-        from .primitives import validate_name
-
         return self.log_dir / f"{validate_name(vm_name)}.log"
 
     def subscribe(self, callback: Callable[[LGStateChange], None]) -> int:
@@ -435,8 +253,6 @@ class LookingGlassManager:
             self._set(vm_name, LGState.ERROR, str(error))
 
     def _supervise_loop(self, vm_name: str, entry: _Client) -> None:
-        from .errors import OperationTimedOut
-
         while not entry.cancel.is_set():
             self._set(vm_name, LGState.WAITING, "waiting for the guest's host application")
             try:
@@ -550,8 +366,6 @@ class LookingGlassManager:
         """Start the client when a VM for which ``config_for`` gives a config reaches
         running; stop it when the VM stops, is deleted, or stays paused longer than
         ``pause_grace`` seconds. Returns the lifecycle subscription token."""
-        from .primitives import VMState
-
         def on_change(change) -> None:
             name = change.name
             if change.new == VMState.RUNNING:
@@ -559,7 +373,8 @@ class LookingGlassManager:
                 if self.get_state(name) in (LGState.STOPPED, LGState.ERROR):
                     threading.Thread(target=self._start_quietly, args=(name, config_for),
                                      daemon=True).start()
-            elif change.new in (VMState.SHUTOFF, VMState.CRASHED, VMState.NOSTATE):
+            elif change.new in (VMState.SHUTOFF, VMState.CRASHED, VMState.NOSTATE,
+                                VMState.UNDEFINED):
                 threading.Thread(target=self.stop, args=(name,), daemon=True).start()
             elif change.new == VMState.PAUSED and name in self._clients:
                 timer = threading.Timer(pause_grace, self.stop, args=(name,))

@@ -27,7 +27,10 @@ class VMState(str, Enum):
 
     The first eight are virDomainState in order (NOSTATE 0 ... PMSUSPENDED 7). The
     transitional states mean "the manager asked for this and is waiting"; ``ERROR`` means
-    the last request failed (the reason travels with the state change).
+    the last request failed (the reason travels with the state change). ``UNDEFINED``
+    is the state of a name libvirt does not know: ``get_state`` of a missing VM answers it
+    (the design notes ask for a state, not an error), and a VM that is undefined changes to
+    it.
     """
 
     NOSTATE = "nostate"
@@ -47,6 +50,7 @@ class VMState(str, Enum):
     CREATING = "creating"
     DELETING = "deleting"
     ERROR = "error"
+    UNDEFINED = "undefined"  # no such domain (any more): asked about, or just undefined
 
     @classmethod
     def from_libvirt(cls, code: int) -> VMState:
@@ -76,6 +80,7 @@ _STATE_LABELS = {
     VMState.SHUTDOWN: "shutting down",
     VMState.SHUTOFF: "shut off",
     VMState.PMSUSPENDED: "suspended",
+    VMState.UNDEFINED: "not defined",
 }
 
 

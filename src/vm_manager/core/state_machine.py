@@ -373,9 +373,9 @@ class VMStateMachine:
                 if actual is None:
                     return
                 record = self._records[name] = _Record(actual=actual)
-                old = S.NOSTATE
+                old = S.UNDEFINED
             else:
-                old = record.effective if record.exists else S.NOSTATE
+                old = record.effective if record.exists else S.UNDEFINED
             record.version += 1
             if actual is None:
                 record.exists = False
@@ -383,7 +383,7 @@ class VMStateMachine:
                 record.error = None
                 self._tickets.pop(name, None)
                 self._cancel_timer_locked(name)
-                new = S.NOSTATE
+                new = S.UNDEFINED
             else:
                 if actual != record.actual or not record.exists:
                     record.error = None  # a real change clears a stale error

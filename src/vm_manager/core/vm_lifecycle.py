@@ -21,7 +21,13 @@ from typing import Callable
 import libvirt
 
 from .connection import LibvirtConnection, get_connection
-from .errors import LifecycleError, OperationFailed, OperationTimedOut, VMManagerError
+from .errors import (
+    LifecycleError,
+    OperationFailed,
+    OperationTimedOut,
+    VMManagerError,
+    VMNotFound,
+)
 from .primitives import VMState
 from .state_machine import ALLOWED, STOPPED_LIKE, StateChange, Ticket, VMStateMachine
 
@@ -85,8 +91,16 @@ class VMLifecycleManager:
     # --- reading ---------------------------------------------------------------------------
 
     def get_state(self, name: str) -> VMState:
-        """The VM's state as the manager shows it (may be transitional or ``error``).
-        Raises ``VMNotFound``."""
+        """The VM's state as the manager shows it (may be transitional or ``error``);
+        ``VMState.UNDEFINED`` when no such VM exists. Every *operation* on a missing VM
+        raises ``VMNotFound``; asking for its state does not (the design notes' use)."""
+        try:
+            return self.states.state(name)
+        except VMNotFound:
+            return VMState.UNDEFINED
+
+    def require(self, name: str) -> VMState:
+        """The VM's state; raises ``VMNotFound`` when it does not exist."""
         return self.states.state(name)
 
     def subscribe(self, callback: Callable[[StateChange], None]) -> int:

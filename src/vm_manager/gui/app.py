@@ -214,8 +214,7 @@ class MainWindow(QMainWindow):
             what = "crashed" if state == VMState.CRASHED or "crashed" in reason else \
                 "was powered off by force"
             self.notify(f"{name} {what}", reason)
-        if state == VMState.NOSTATE and reason in ("undefined", "not defined",
-                                                    "no longer defined"):
+        if state == VMState.UNDEFINED:
             self.model.remove(name)
         elif not self.model.update_state(name, state, reason):
             self._reload_timer.start()  # a VM we did not know: list again, once

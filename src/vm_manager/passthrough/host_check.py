@@ -237,7 +237,7 @@ def check_groups(root: Path, user: str) -> Check:
 
 
 def check_looking_glass_client(environ: dict | None = None) -> Check:
-    from ..core.looking_glass import client_release, find_client
+    from .lg_client import client_release, find_client
 
     client = find_client(environ)
     if client is None:

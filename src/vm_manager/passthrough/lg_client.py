@@ -1,0 +1,140 @@
+"""The Looking Glass client program on this host: where it is, which release it is, and
+the command line for one VM (DESIGN.md 4.1: read in the Looking Glass sources at B5-B7 and
+checked with a real B7 client).
+
+- The command line uses long ``section:key=value`` forms with explicit values: short
+  boolean flags *toggle* (``-s`` turns SPICE off), and ``-g`` is the renderer, not grab.
+- The escape key is a name on B6+ and a numeric keycode on B5 (a name silently becomes 0).
+- There is no ``--version``: ``--help`` prints ``Looking Glass (<release>)`` behind a log
+  prefix. The client refuses root even for ``--help``, so the release is read as the user
+  the client will run as.
+
+Supervising the running client is ``core.looking_glass``'s job; this module only finds and
+describes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import InvalidConfig, LookingGlassError
+from .ivshmem import shm_path
+
+CLIENT_NAME = "looking-glass-client"
+USUAL_PATHS = (
+    "/usr/bin/looking-glass-client",
+    "/usr/local/bin/looking-glass-client",
+    "/opt/looking-glass/bin/looking-glass-client",
+    "/opt/looking-glass/client/build/looking-glass-client",
+)
+_VERSION = re.compile(r"Looking Glass \(([^)]+)\)")
+# B5 takes numeric keycodes only (linux/input-event-codes.h); B6+ take KEY_* names.
+KEYCODES = {"KEY_SCROLLLOCK": 70, "KEY_RIGHTCTRL": 97, "KEY_LEFTCTRL": 29,
+            "KEY_RIGHTALT": 100, "KEY_LEFTALT": 56, "KEY_RIGHTSHIFT": 54, "KEY_LEFTSHIFT": 42,
+            "KEY_RIGHTMETA": 126, "KEY_LEFTMETA": 125, "KEY_INSERT": 110, "KEY_PAUSE": 119}
+
+
+@dataclass
+class LGClientConfig:
+    """How to show one VM. ``spice_port`` None: read from the running domain."""
+
+    vm_name: str
+    shm_path: Path | None = None  # default /dev/shm/looking-glass-<vm>
+    fullscreen: bool = False
+    borderless: bool = False
+    no_screensaver: bool = True
+    grab_keyboard: bool = True
+    escape_key: str = "KEY_SCROLLLOCK"  # the client's own default
+    fps_min: int | None = None  # win:fpsMin, a frame-rate MINIMUM (there is no limit option)
+    spice: bool = True
+    spice_host: str = "127.0.0.1"
+    spice_port: int | None = None
+    window_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shm_path is None:
+            self.shm_path = shm_path(self.vm_name)
+        self.shm_path = Path(self.shm_path)
+        key = self.escape_key.upper()
+        if not (key in KEYCODES or re.fullmatch(r"KEY_[A-Z0-9_]+", key) or key.isdigit()):
+            raise InvalidConfig("escape_key", f"{self.escape_key!r} is not a key name like"
+                                " KEY_RIGHTCTRL")
+        self.escape_key = key
+
+
+# --- finding the client -------------------------------------------------------------------
+
+
+def find_client(environ: dict | None = None) -> Path | None:
+    """``$NEURONOS_LG_CLIENT``, then ``looking-glass-client`` on PATH, then the usual
+    install paths."""
+    env = os.environ if environ is None else environ
+    override = env.get("NEURONOS_LG_CLIENT")
+    if override:
+        return Path(override) if os.access(override, os.X_OK) else None
+    on_path = shutil.which(CLIENT_NAME, path=env.get("PATH"))
+    if on_path:
+        return Path(on_path)
+    for candidate in USUAL_PATHS:
+        if os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def client_release(client: Path, timeout: float = 5.0) -> str | None:
+    """The release (``B7``, ``B6``, ``B7-188-g...``): the client has no --version; the first
+    stderr lines carry ``Looking Glass (<release>)`` behind a log prefix, and ``--help``
+    prints them too (then exits 255)."""
+    try:
+        result = subprocess.run([str(client), "--help"], capture_output=True, text=True,
+                                timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION.search(result.stderr + result.stdout)
+    return match.group(1) if match else None
+
+
+def release_number(release: str | None) -> int | None:
+    match = re.match(r"B(\d+)", release or "")
+    return int(match.group(1)) if match else None
+
+
+def build_argv(client: Path | str, config: LGClientConfig, release: str | None) -> list[str]:
+    """The client's command line for that release: long forms, explicit values."""
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    number = release_number(release)
+    escape = config.escape_key
+    if number is not None and number <= 5 and not escape.isdigit():
+        if escape not in KEYCODES:
+            raise InvalidConfig("escape_key", f"Looking Glass {release} takes numeric keycodes;"
+                                f" {escape} has none known here")
+        escape = str(KEYCODES[escape])  # B5 turns a name into 0 silently
+    argv = [
+        str(client),
+        f"app:shmFile={config.shm_path}",
+        f"win:title=NeuronOS: {config.vm_name}",
+        f"win:fullScreen={yes(config.fullscreen)}",
+        f"win:borderless={yes(config.borderless)}",
+        f"win:noScreensaver={yes(config.no_screensaver)}",
+        f"input:grabKeyboard={yes(config.grab_keyboard)}",
+        f"input:escapeKey={escape}",
+        f"spice:enable={yes(config.spice)}",
+    ]
+    if config.spice:
+        if config.spice_port is None:
+            raise LookingGlassError(f"{config.vm_name}: the SPICE port is unknown (is the VM"
+                                    " running with SPICE graphics?)")
+        argv += [f"spice:host={config.spice_host}", f"spice:port={config.spice_port}"]
+    if config.fps_min is not None:
+        argv.append(f"win:fpsMin={config.fps_min}")
+    if config.window_size is not None:
+        argv.append(f"win:size={config.window_size[0]}x{config.window_size[1]}")
+    return argv
