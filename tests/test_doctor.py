@@ -9,15 +9,18 @@ import os
 import pytest
 
 from vm_manager.cli import main
+from vm_manager.core.errors import InvalidConfig
+from vm_manager.core.vm_config import LookingGlassConfig
 from vm_manager.passthrough import host_check as hc
 from vm_manager.passthrough.ivshmem import (
     access_problem,
     kvmfr_device,
+    shm_name,
     shm_size_mb,
-    shmem_xml,
     tmpfiles_rule,
     write_tmpfiles_rule,
 )
+from vm_manager.templates.loader import TemplateLoader
 from support.fakes import add_pci_devices, nvidia_turing_gpu
 
 IS_ROOT = os.geteuid() == 0
@@ -149,9 +152,12 @@ def test_shared_memory_the_user_cannot_open():
 def test_ivshmem_pieces(tmp_path):
     assert [shm_size_mb(1920, 1080), shm_size_mb(1920, 1080, True)] == [32, 64]
     assert [shm_size_mb(2560, 1440), shm_size_mb(3840, 2160, True)] == [64, 256]
-    assert "<size unit=\"M\">64</size>" in shmem_xml("vm", 64)
-    with pytest.raises(ValueError):
-        shmem_xml("vm", 48)
+    # the one producer of <shmem>: the templates' macro, also rendered alone for hot-plug
+    fragment = TemplateLoader().render_fragment("shmem", {"shm_name": shm_name("vm"),
+                                                          "size_mb": 64})
+    assert "<shmem name='looking-glass-vm'>" in fragment and "<size unit='M'>64</size>" in fragment
+    with pytest.raises(InvalidConfig, match="power of two"):
+        LookingGlassConfig(shm_size_mb=48)
     assert tmpfiles_rule("win11", "alice") == "f /dev/shm/looking-glass-win11 0660 alice kvm -\n"
     path, text = write_tmpfiles_rule("win11", "alice", tmp_path)
     assert not path.exists() and "0660 alice kvm" in text  # a dry run writes nothing

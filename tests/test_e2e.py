@@ -289,14 +289,16 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
     from pathlib import Path
 
     from vm_manager.core.looking_glass import LGClientConfig, LGState, LookingGlassManager
-    from vm_manager.passthrough.ivshmem import access_problem, shm_path, shmem_xml
+    from vm_manager.passthrough.ivshmem import access_problem, shm_name, shm_path
+    from vm_manager.templates.loader import TemplateLoader
     from support.fakes import FakeLGHost
 
     conn = system.connection
     name = unique("lg")
     serial = tmp_path / "serial.log"
-    xml = domain_xml(name, tiny_guest, serial).replace(
-        "</devices>", shmem_xml(name, 32) + "</devices>")
+    shmem = TemplateLoader().render_fragment("shmem", {"shm_name": shm_name(name),
+                                                       "size_mb": 32})
+    xml = domain_xml(name, tiny_guest, serial).replace("</devices>", shmem + "</devices>")
     conn.execute(lambda c: c.defineXML(xml))
     run_as = "nobody" if os.geteuid() == 0 else None
     shared = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))

@@ -166,7 +166,7 @@ def _parse_path(value: Any, field_name: str) -> str | None:
     return str(path)
 
 
-def _parse_hex_id(value: Any, field_name: str) -> str:
+def parse_hex_id(value: Any, field_name: str) -> str:
     """A 16-bit PCI/USB id as 4 lowercase hex digits (``10de``; ``0x10DE`` accepted)."""
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(?:0x)?([0-9a-fA-F]{4})\s*", value)
@@ -250,8 +250,8 @@ class USBDeviceConfig:
     name: str | None = None  # for display only
 
     def __post_init__(self) -> None:
-        self.vendor_id = _parse_hex_id(self.vendor_id, "usb.vendor_id")
-        self.product_id = _parse_hex_id(self.product_id, "usb.product_id")
+        self.vendor_id = parse_hex_id(self.vendor_id, "usb.vendor_id")
+        self.product_id = parse_hex_id(self.product_id, "usb.product_id")
         if self.bus is not None:
             self.bus = _parse_int(self.bus, "usb.bus")
             if not 1 <= self.bus <= 255:

@@ -36,18 +36,6 @@ def shm_path(vm_name: str, shm_dir: Path = SHM_DIR) -> Path:
     return Path(shm_dir) / shm_name(vm_name)
 
 
-def shmem_xml(vm_name: str, size_mb: int) -> str:
-    """The libvirt device: ``<shmem name='looking-glass-<vm>'>`` of ``size_mb`` MiB."""
-    import xml.etree.ElementTree as ET
-
-    if size_mb < 1 or size_mb & (size_mb - 1):
-        raise ValueError(f"IVSHMEM size must be a power of two in MiB, got {size_mb}")
-    shmem = ET.Element("shmem", name=shm_name(vm_name))
-    ET.SubElement(shmem, "model", type="ivshmem-plain")
-    ET.SubElement(shmem, "size", unit="M").text = str(size_mb)
-    return ET.tostring(shmem, encoding="unicode")
-
-
 # --- permissions ------------------------------------------------------------------------------
 # libvirt creates /dev/shm/<name> at VM start, owned by its QEMU user, mode 0644: the desktop
 # user's client cannot open it read-write (DESIGN.md 2). The Looking Glass docs' fix is a

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import queue
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import libvirt
 
 from ..core.connection import EVENT_DEVICE_REMOVED, DomainEvent, LibvirtConnection
 from ..core.errors import InvalidConfig, OperationTimedOut
+from ..core.vm_config import parse_hex_id
 from .pci import _parse_ids, host_root
 
 USB_IDS_PATHS = ("usr/share/misc/usb.ids", "usr/share/hwdata/usb.ids",
@@ -145,21 +145,24 @@ def find_usb(spec: str, root: Path | str | None = None) -> USBDevice:
 
 
 def hostdev_xml(vendor_id: str, product_id: str, bus: int | None = None,
-                devnum: int | None = None) -> str:
+                devnum: int | None = None, loader=None) -> str:
     """``<hostdev type='usb'>`` by vendor/product; with ``bus``/``devnum`` it is that exact
-    device (two identical devices told apart)."""
-    hostdev = ET.Element("hostdev", mode="subsystem", type="usb", managed="yes")
-    source = ET.SubElement(hostdev, "source", startupPolicy="optional")
-    ET.SubElement(source, "vendor", id=f"0x{vendor_id}")
-    ET.SubElement(source, "product", id=f"0x{product_id}")
-    if bus is not None and devnum is not None:
-        ET.SubElement(source, "address", bus=str(bus), device=str(devnum))
-    return ET.tostring(hostdev, encoding="unicode")
+    device (two identical devices told apart). Rendered by the templates' own
+    ``usb_hostdev`` macro, the one producer of this element."""
+    from ..templates.loader import TemplateLoader  # jinja2: not on `usb list`'s path
+
+    vendor_id = parse_hex_id(vendor_id, "usb.vendor_id")
+    product_id = parse_hex_id(product_id, "usb.product_id")
+    exact = bus is not None and devnum is not None
+    device = {"vendor_id": vendor_id, "product_id": product_id,
+              "bus": int(bus) if exact else None, "device": int(devnum) if exact else None}
+    return (loader or TemplateLoader()).render_fragment("usb_hostdev", device)
 
 
-def device_xml_for(device: USBDevice, exact: bool) -> str:
+def device_xml_for(device: USBDevice, exact: bool, loader=None) -> str:
     return hostdev_xml(device.vendor_id, device.product_id,
-                       device.bus if exact else None, device.devnum if exact else None)
+                       device.bus if exact else None, device.devnum if exact else None,
+                       loader=loader)
 
 
 def _flags(dom: libvirt.virDomain) -> tuple[int, bool]:

@@ -10,7 +10,9 @@ an empty string.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from ..core.errors import VMCreationError
 PACKAGE_DIR = Path(__file__).resolve().parent
 SYSTEM_DIR = Path("/usr/share/neuron-os/templates")
 SUFFIX = ".xml.j2"
+MACROS = "_macros"  # the shared pieces; also the producer of hot-plug fragments
 TEMPLATE_KINDS = ("windows11", "windows10", "linux", "macos")
 VARIANTS = ("basic", "passthrough")
 
@@ -82,6 +85,7 @@ class TemplateLoader:
         )
 
     def find(self, name: str) -> TemplateInfo:
+        """The file of a template (``_macros`` included: the shared pieces)."""
         for origin, folder in self.search_dirs:
             path = folder / f"{name}{SUFFIX}"
             if path.is_file():
@@ -106,19 +110,37 @@ class TemplateLoader:
 
     def render(self, name: str, context: dict) -> str:
         info = self.find(name)
+        with self._errors(info.path):
+            return _tidy(self.env.get_template(info.path.name).render(**context))
+
+    def render_fragment(self, macro: str, *args) -> str:
+        """One device element from the macros the whole templates use (``usb_hostdev``,
+        ``shmem``, ...), for hot-plug: the same producer as at creation, user overrides of
+        ``_macros.xml.j2`` included."""
+        path = self.find(MACROS).path
+        with self._errors(path):
+            module = self.env.get_template(path.name).module
+            if not hasattr(module, macro):
+                raise TemplateError(f"{path} has no macro {macro!r}")
+            return textwrap.dedent(_tidy(str(getattr(module, macro)(*args)))).strip() + "\n"
+
+    @contextlib.contextmanager
+    def _errors(self, path: Path):
         try:
-            template = self.env.get_template(info.path.name)
-            rendered = template.render(**context)
-            # Optional pieces leave empty lines behind; drop them for a tidy, stable XML.
-            return "\n".join(line for line in rendered.splitlines() if line.strip()) + "\n"
+            yield
         except jinja2.TemplateSyntaxError as error:
-            where = error.filename or str(info.path)
+            where = error.filename or str(path)
             raise TemplateError(
                 f"template syntax error in {where}, line {error.lineno}: {error.message}"
             ) from None
         except jinja2.UndefinedError as error:
             raise TemplateError(
-                f"template {info.path} needs a value it was not given: {error.message}"
+                f"template {path} needs a value it was not given: {error.message}"
             ) from None
         except jinja2.TemplateError as error:
-            raise TemplateError(f"template {info.path} failed: {error}") from None
+            raise TemplateError(f"template {path} failed: {error}") from None
+
+
+def _tidy(rendered: str) -> str:
+    """Optional pieces leave empty lines behind; drop them for a tidy, stable XML."""
+    return "\n".join(line for line in rendered.splitlines() if line.strip()) + "\n"
