@@ -322,3 +322,20 @@ def test_cli_events_unknown_vm_exits_3(three_vm_uri):
     with LibvirtConnection(three_vm_uri) as conn:
         code, _, err = cli(["events", "nope"], conn)
         assert code == 3 and "nope" in err
+
+
+def test_a_refusal_is_judged_on_a_fresh_read(three_vm_uri):
+    """The recorded state may lag libvirt while events are on their way (seen as a rare
+    "cannot stop: it is shut off" right after a start); begin() re-reads before refusing."""
+    conn = LibvirtConnection(three_vm_uri).open()
+    states = VMStateMachine(conn)
+    try:
+        assert states.state("beta") == S.SHUTOFF
+        states.close()  # it hears no more events: its record of beta goes stale
+        conn.execute(lambda c: c.lookupByName("beta").create())
+        ticket = states.begin("beta", "stop", timeout=5)  # libvirt says running: accepted
+        states.end(ticket)
+        with pytest.raises(LifecycleError, match="it is running"):
+            states.begin("beta", "start", timeout=5)  # refused, on the fresh state
+    finally:
+        conn.close()

@@ -210,49 +210,60 @@ class VMStateMachine:
         made when refused). ``timeout`` bounds the transitional state."""
         if self.state_if_known(name) is None:
             self.refresh(name)  # learn the state (or raise VMNotFound) before judging
-        transitional, sources = ALLOWED[operation]
-        with self._lock:
-            record = self._records[name]
-            if not record.exists:
-                raise VMNotFound(name, self.connection.uri)
-            current = record.operation
-            shown = record.effective
-            judged = ALLOWED[current][0] if current else record.actual
-            if current is not None and not (
-                operation == "force-stop" and current in INTERRUPTIBLE
-            ):
-                raise LifecycleError(
-                    f"cannot {operation} {name!r}: it is {shown.label} (a {current} is in"
-                    " progress); wait for it to finish"
-                    + (", or force-stop it" if current in INTERRUPTIBLE else "")
-                )
-            if judged not in sources:
-                allowed = ", ".join(allowed_operations(judged)) or "nothing"
-                hint = _HINTS.get((operation, judged))
-                raise LifecycleError(
-                    f"cannot {operation} {name!r}: it is {shown.label}"
-                    + (f" ({hint})" if hint else "")
-                    + f"; allowed now: {allowed}"
-                )
-            self._serial += 1
-            ticket = Ticket(name, operation, self._serial)
-            self._tickets[name] = ticket
-            self._changed.notify_all()  # a request this one interrupts stops waiting
-            old = record.effective
-            record.operation = operation
-            record.operation_started = self._clock()
-            record.deadline = record.operation_started + timeout
-            record.error = None
-            change = self._change_locked(name, old, record.effective, f"{operation} requested")
-            # Nothing stays "starting" forever: past the deadline the state resolves to
-            # libvirt's, even if the request's thread is stuck in a call that never returns.
-            self._cancel_timer_locked(name)  # a force-stop replaces the request it interrupts
-            timer = threading.Timer(timeout, self._on_deadline, args=(ticket,))
-            timer.daemon = True
-            self._timers[name] = timer
+        _, sources = ALLOWED[operation]
+        for fresh in (False, True):
+            with self._lock:
+                record = self._records[name]
+                if not record.exists:
+                    raise VMNotFound(name, self.connection.uri)
+                current = record.operation
+                shown = record.effective
+                judged = ALLOWED[current][0] if current else record.actual
+                if current is not None and not (
+                    operation == "force-stop" and current in INTERRUPTIBLE
+                ):
+                    raise LifecycleError(
+                        f"cannot {operation} {name!r}: it is {shown.label} (a {current} is"
+                        " in progress); wait for it to finish"
+                        + (", or force-stop it" if current in INTERRUPTIBLE else "")
+                    )
+                if judged in sources:
+                    ticket, timer, change = self._accept_locked(record, name, operation,
+                                                                timeout)
+                    break
+                if fresh:
+                    allowed = ", ".join(allowed_operations(judged)) or "nothing"
+                    hint = _HINTS.get((operation, judged))
+                    raise LifecycleError(
+                        f"cannot {operation} {name!r}: it is {shown.label}"
+                        + (f" ({hint})" if hint else "")
+                        + f"; allowed now: {allowed}"
+                    )
+            # The record may lag libvirt (its events are still on their way, e.g. right
+            # after a start made on another connection): refuse only on a fresh read.
+            self.read_libvirt(name)
         timer.start()
         self._notify(change)
         return ticket
+
+    def _accept_locked(self, record: _Record, name: str, operation: str, timeout: float):
+        self._serial += 1
+        ticket = Ticket(name, operation, self._serial)
+        self._tickets[name] = ticket
+        self._changed.notify_all()  # a request this one interrupts stops waiting
+        old = record.effective
+        record.operation = operation
+        record.operation_started = self._clock()
+        record.deadline = record.operation_started + timeout
+        record.error = None
+        change = self._change_locked(name, old, record.effective, f"{operation} requested")
+        # Nothing stays "starting" forever: past the deadline the state resolves to
+        # libvirt's, even if the request's thread is stuck in a call that never returns.
+        self._cancel_timer_locked(name)  # a force-stop replaces the request it interrupts
+        timer = threading.Timer(timeout, self._on_deadline, args=(ticket,))
+        timer.daemon = True
+        self._timers[name] = timer
+        return ticket, timer, change
 
     def superseded(self, ticket: Ticket) -> bool:
         """True if a force-stop (or the deadline) took this request over."""
