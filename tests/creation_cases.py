@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vm_manager.core.vm_config import GPUPassthroughConfig, LookingGlassConfig, VMConfig
-from vm_manager.core.vm_creator import HostFacts
-from vm_manager.core.vm_config import HostResources
+from dataclasses import replace
 
-# Capabilities unknown (as on the test driver): the safe Hyper-V fallback set is used.
-FIXED_FACTS = HostFacts(kvm_usable=None, hyperv_features=None,
-                        resources=HostResources(memory_mb=65536, cpus=16))
+from vm_manager.core.host_facts import HostFacts
+from vm_manager.core.vm_config import (
+    GPUPassthroughConfig,
+    HostResources,
+    LookingGlassConfig,
+    VMConfig,
+)
+
+
+def fixed_facts(creator, config: VMConfig) -> HostFacts:
+    """The host as ``creator`` reads it for ``config``, with the capabilities unknown (as on
+    the test driver: the safe Hyper-V fallback set is used) and room for every default."""
+    return replace(creator.gather(config), kvm_usable=None, hyperv_features=None,
+                   resources=HostResources(memory_mb=65536, cpus=16))
 
 
 def media(folder: Path) -> dict[str, str]:

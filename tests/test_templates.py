@@ -9,7 +9,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from creation_cases import FIXED_FACTS, cases, media
+from creation_cases import cases, fixed_facts, media
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.vm_creator import VMCreator
 from vm_manager.templates.loader import PACKAGE_DIR, TemplateError, TemplateLoader
@@ -103,7 +103,7 @@ def gpu_host(tmp_path):
 
 def render_case(tmp_path, gpu_host, config, conn):
     creator = VMCreator(conn, images_dir="/var/lib/libvirt/images", host_root=gpu_host)
-    plan = creator.plan(config, facts=FIXED_FACTS)
+    plan = creator.plan(config, facts=fixed_facts(creator, config))
     xml = creator.render(plan)
     validate_xml(xml)
     return plan, xml

@@ -405,7 +405,7 @@ def _config_from_args(args: argparse.Namespace):
     config = VMConfig.from_dict(data)
     template = None
     if variant:
-        from .templates.loader import template_name
+        from .templates.names import template_name
 
         if variant not in ("basic", "passthrough"):
             raise InvalidConfig("--template", f"{args.template!r}: the variant is basic or"

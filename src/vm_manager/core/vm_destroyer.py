@@ -26,10 +26,10 @@ import libvirt
 
 from .connection import LibvirtConnection, get_connection
 from .domain_xml import Disk, read_domain
+from .host_facts import images_dir
 from .errors import InvalidConfig, LifecycleError, OperationFailed
 from .primitives import VMState
 from .store import VMStore
-from .vm_creator import images_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """GPUs, whether each can be passed through, and the plan for one (DESIGN.md 4.3).
 
-The verdict is a pure function of a sysfs snapshot. When a VM starts, every member of the
+The verdict is a pure function of a sysfs snapshot (``pci.PCISnapshot``; the ``*_in``
+functions take one, the others read sysfs first). When a VM starts, every member of the
 GPU's IOMMU group must be on vfio-pci, pci-stub or no driver (bridges may stay on
 pcieport). The GPU's own functions go to the guest as ``managed='yes'`` hostdevs, which
 libvirt detaches at start, so their current host driver (nvidia, amdgpu, snd_hda_intel,
@@ -21,7 +22,7 @@ import libvirt
 
 from ..core.errors import InvalidConfig, OperationFailed
 from ..core.vm_config import PCIAddress
-from .pci import VFIO_DRIVERS, PCIDevice, iommu_groups, read_devices
+from .pci import VFIO_DRIVERS, PCIDevice, PCISnapshot, read_pci
 
 BRIDGE_DRIVERS = frozenset({"pcieport", "shpchp"})
 
@@ -106,9 +107,13 @@ def _group_verdict(gpu: PCIDevice, functions: list[PCIDevice], members: list[PCI
 
 
 def list_gpus(root: Path | str | None = None) -> list[GPUInfo]:
-    """Every GPU (PCI base class 0x03: VGA, 3D, display) with its verdict."""
-    devices = read_devices(root)
-    groups = iommu_groups(root)
+    """Every GPU (PCI base class 0x03: VGA, 3D, display) with its verdict, from sysfs."""
+    return gpus_in(read_pci(root))
+
+
+def gpus_in(snapshot: PCISnapshot) -> list[GPUInfo]:
+    """``list_gpus`` of a snapshot: pure."""
+    devices, groups = snapshot.devices, snapshot.groups
     gpus = [d for d in devices.values() if d.is_gpu]
     by_slot: dict[str, list[PCIDevice]] = {}
     for device in devices.values():
@@ -144,8 +149,12 @@ def list_gpus(root: Path | str | None = None) -> list[GPUInfo]:
 
 
 def find_gpu(address: PCIAddress | str, root: Path | str | None = None) -> GPUInfo:
+    return find_gpu_in(read_pci(root), address)
+
+
+def find_gpu_in(snapshot: PCISnapshot, address: PCIAddress | str) -> GPUInfo:
     wanted = PCIAddress.parse(address, "gpu.pci_address")
-    for gpu in list_gpus(root):
+    for gpu in gpus_in(snapshot):
         if wanted.slot_address == gpu.device.address.slot_address:
             return gpu
     raise InvalidConfig("gpu.pci_address",
@@ -156,7 +165,13 @@ def plan_passthrough(address: PCIAddress | str, root: Path | str | None = None,
                      allow_boot_gpu: bool = False) -> PassthroughPlan:
     """What passing this GPU takes. ``ready`` only when the group is viable and (for the
     boot GPU) the single-GPU opt-in is given."""
-    gpu = find_gpu(address, root)
+    return plan_passthrough_in(read_pci(root), address, allow_boot_gpu)
+
+
+def plan_passthrough_in(snapshot: PCISnapshot, address: PCIAddress | str,
+                        allow_boot_gpu: bool = False) -> PassthroughPlan:
+    """``plan_passthrough`` of a snapshot: pure."""
+    gpu = find_gpu_in(snapshot, address)
     notes = []
     if gpu.iommu_on and gpu.device.iommu_group is not None:
         _, notes = _group_verdict(gpu.device, gpu.functions, gpu.group_devices)

@@ -128,16 +128,27 @@ def check_vfio(root: Path) -> Check:
                  "use a kernel built with CONFIG_VFIO_PCI (every distribution kernel has it)")
 
 
-def check_firmware(root: Path) -> Check:
-    folder = root / "usr" / "share" / "qemu" / "firmware"
+def firmware_dir(root: Path) -> Path:
+    return root / "usr" / "share" / "qemu" / "firmware"
+
+
+def uefi_descriptors(root: Path | str) -> tuple[str, ...]:
+    """File names of QEMU's firmware descriptors that offer UEFI (what libvirt picks OVMF
+    from for ``<os firmware='efi'>``, DESIGN.md 5)."""
     uefi = []
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(firmware_dir(Path(root)).glob("*.json")):
         try:
             data = json.loads(_read(path))
         except ValueError:
             continue
-        if "uefi" in data.get("interface-types", []):
+        if isinstance(data, dict) and "uefi" in data.get("interface-types", []):
             uefi.append(path.name)
+    return tuple(uefi)
+
+
+def check_firmware(root: Path) -> Check:
+    folder = firmware_dir(root)
+    uefi = uefi_descriptors(root)
     if uefi:
         secure = any("secure" in name for name in uefi)
         return Check("UEFI firmware (OVMF)", OK,

@@ -196,6 +196,23 @@ def iommu_groups(root: Path | str | None = None) -> dict[int, list[PCIAddress]]:
     return groups
 
 
+@dataclass(frozen=True)
+class PCISnapshot:
+    """Every PCI function and IOMMU group of a host, read once (``read_pci``): what the
+    passthrough verdicts and plans are pure functions of."""
+
+    devices: dict[PCIAddress, PCIDevice]
+    groups: dict[int, list[PCIAddress]]  # empty: the IOMMU is off
+
+    def slot_functions(self, address: PCIAddress) -> list[PCIAddress]:
+        """Every function of the card at ``address`` (all ``DDDD:BB:SS.*``), sorted."""
+        return sorted(a for a in self.devices if a.slot_address == address.slot_address)
+
+
+def read_pci(root: Path | str | None = None) -> PCISnapshot:
+    return PCISnapshot(read_devices(root), iommu_groups(root))
+
+
 def slot_functions(address: PCIAddress | str, root: Path | str | None = None) -> list[PCIAddress]:
     """Every function of the card at ``address`` (all ``DDDD:BB:SS.*``), sorted.
 

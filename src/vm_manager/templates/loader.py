@@ -19,13 +19,11 @@ from pathlib import Path
 import jinja2
 
 from ..core.errors import VMCreationError
+from .names import SUFFIX
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SYSTEM_DIR = Path("/usr/share/neuron-os/templates")
-SUFFIX = ".xml.j2"
 MACROS = "_macros"  # the shared pieces; also the producer of hot-plug fragments
-TEMPLATE_KINDS = ("windows11", "windows10", "linux", "macos")
-VARIANTS = ("basic", "passthrough")
 
 
 def user_dir(environ: dict | None = None) -> Path:
@@ -33,11 +31,6 @@ def user_dir(environ: dict | None = None) -> Path:
     xdg = env.get("XDG_CONFIG_HOME")
     base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".config"
     return base / "neuronos" / "templates"
-
-
-def template_name(vm_type: str, passthrough: bool) -> str:
-    """``windows11-basic``, ``linux-passthrough``, ... (the design notes' names)."""
-    return f"{vm_type}-{'passthrough' if passthrough else 'basic'}"
 
 
 def _bytecode_cache() -> jinja2.BytecodeCache | None:

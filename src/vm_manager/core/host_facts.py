@@ -1,0 +1,164 @@
+"""Everything a plan needs to know about the host, read once per action.
+
+``gather_host_facts`` does all the reading (libvirt's domain capabilities, node info and
+version, the defined domain names, PCI devices and IOMMU groups from sysfs, the firmware
+descriptors, and the files a config names); ``planning.plan_creation(config, facts)`` then
+decides with no I/O at all, so it is tested with hand-made facts and no host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import libvirt
+
+from .connection import LibvirtConnection
+from .vm_config import HostResources, VMConfig
+
+if TYPE_CHECKING:
+    from ..passthrough.pci import PCISnapshot
+
+log = logging.getLogger(__name__)
+
+SYSTEM_IMAGES_DIR = Path("/var/lib/libvirt/images")
+# the config's files that must exist (kind "file") when a VM is planned
+INPUT_FILES = ("iso_path", "virtio_iso_path", "opencore_path", "kernel_path", "initrd_path")
+
+
+def images_dir(uri: str, environ: dict | None = None) -> Path:
+    """Where new disks go: ``$NEURONOS_IMAGES_DIR``, else libvirt's pool folder for system
+    URIs, ``~/.local/share/libvirt/images`` for session URIs."""
+    env = os.environ if environ is None else environ
+    if env.get("NEURONOS_IMAGES_DIR"):
+        return Path(env["NEURONOS_IMAGES_DIR"])
+    if uri.rstrip("/").endswith("session") or "/session?" in uri:
+        return Path(os.path.expanduser("~")) / ".local" / "share" / "libvirt" / "images"
+    return SYSTEM_IMAGES_DIR
+
+
+@dataclass(frozen=True)
+class PathFact:
+    """What is at a path: ``file``, ``block``, ``dir``, ``other`` or ``missing``; for a disk
+    image also its format (``qemu-img info``)."""
+
+    kind: str
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """A snapshot of the host for planning. None means unknown (e.g. the test driver has no
+    domain capabilities); planning then takes the safe default."""
+
+    uri: str
+    kvm_usable: bool | None
+    hyperv_features: frozenset[str] | None
+    resources: HostResources | None
+    libvirt_version: int | None = None
+    images_dir: Path = SYSTEM_IMAGES_DIR
+    domain_names: frozenset[str] = frozenset()
+    pci: PCISnapshot | None = None  # read when the config passes a GPU
+    uefi_firmware: tuple[str, ...] = ()
+    paths: dict[str, PathFact] = field(default_factory=dict)
+
+    def path(self, path: str | Path) -> PathFact:
+        return self.paths.get(str(path), PathFact("missing"))
+
+
+def gather_host_facts(
+    connection: LibvirtConnection,
+    config: VMConfig | None = None,
+    *,
+    images: Path | None = None,
+    host_root: Path | str | None = None,
+    qemu_img: str = "qemu-img",
+    pci: bool | None = None,
+) -> HostFacts:
+    """Read everything planning ``config`` needs. ``pci``: read PCI devices and IOMMU
+    groups (default: when the config passes a GPU)."""
+    from ..passthrough.host_check import uefi_descriptors
+    from ..passthrough.pci import host_root as resolve_root
+    from ..passthrough.pci import read_pci
+
+    kvm_caps, any_caps, version, names = connection.execute(_read_libvirt, idempotent=True)
+    memory_mb, cpus = connection.host_info()
+    hyperv = None
+    if any_caps:
+        values = ET.fromstring(any_caps).findall("features/hyperv/enum[@name='features']/value")
+        hyperv = frozenset(value.text for value in values if value.text)
+    driver = connection.uri.split(":", 1)[0]
+    folder = images or images_dir(connection.uri)
+    root = resolve_root(host_root)
+    wants_pci = pci if pci is not None else bool(config and config.gpu_passthrough)
+    return HostFacts(
+        uri=connection.uri,
+        kvm_usable=None if driver == "test" else kvm_caps is not None,
+        hyperv_features=hyperv,
+        resources=HostResources(memory_mb=memory_mb, cpus=cpus),
+        libvirt_version=version,
+        images_dir=folder,
+        domain_names=frozenset(names),
+        pci=read_pci(root) if wants_pci else None,
+        uefi_firmware=uefi_descriptors(root),
+        paths=_path_facts(config, folder, qemu_img) if config is not None else {},
+    )
+
+
+def _read_libvirt(conn: libvirt.virConnect):
+    def caps(virttype: str) -> str | None:
+        try:
+            return conn.getDomainCapabilities(None, "x86_64", "q35", virttype, 0)
+        except libvirt.libvirtError:
+            if not conn.isAlive():
+                raise  # a lost connection is not "no KVM": let execute() report it
+            return None  # this virt type (or capabilities at all) is not offered
+
+    kvm = caps("kvm")
+    names = [dom.name() for dom in conn.listAllDomains(0)]
+    return kvm, kvm or caps("qemu"), conn.getLibVersion(), names
+
+
+def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, PathFact]:
+    paths = [getattr(config, name) for name in INPUT_FILES]
+    if config.gpu_passthrough is not None:
+        paths.append(config.gpu_passthrough.rom_file)
+    facts = {path: _kind(Path(path)) for path in paths if path}
+    if config.disk_path is not None:
+        kind = _kind(Path(config.disk_path))
+        fmt = _image_format(Path(config.disk_path), qemu_img) if kind.kind in (
+            "file", "block") else None
+        facts[config.disk_path] = PathFact(kind.kind, fmt)
+    new_disk = folder / f"{config.name}.qcow2"  # the name is validated: no "/" or ".."
+    facts[str(new_disk)] = _kind(new_disk)
+    return facts
+
+
+def _kind(path: Path) -> PathFact:
+    try:
+        if path.is_file():
+            return PathFact("file")
+        if path.is_block_device():
+            return PathFact("block")
+        if path.is_dir():
+            return PathFact("dir")
+        return PathFact("other" if path.exists() else "missing")
+    except OSError:
+        return PathFact("missing")
+
+
+def _image_format(path: Path, qemu_img: str) -> str:
+    try:
+        out = subprocess.run(
+            [qemu_img, "info", "-U", "--output=json", str(path)],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout
+        return json.loads(out).get("format", "raw")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return "qcow2" if path.suffix == ".qcow2" else "raw"

@@ -1,0 +1,323 @@
+"""What creating (or redefining) a VM will do, decided from the config and the host facts
+alone: ``plan_creation(config, facts)`` reads no file, runs no program and calls no libvirt.
+
+The result is a ``CreationPlan`` holding a typed ``TemplateContext``: the values the domain
+templates see, each one derived from the validated config and the facts in one place.
+``InvalidConfig`` (naming the field) is raised for anything the host cannot do: a name in
+use, a missing ISO, a GPU whose IOMMU group is not viable, more memory than the host has.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuid_module
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..passthrough.gpu_attach import plan_passthrough_in
+from ..passthrough.ivshmem import shm_name, shm_size_mb
+from ..templates.names import template_name
+from .errors import InvalidConfig
+from .host_facts import INPUT_FILES, HostFacts
+from .vm_config import DomainType, PCIAddress, VMConfig, VMType
+
+log = logging.getLogger(__name__)
+
+# Hyper-V enlightenments for Windows (DESIGN.md 5), in the order libvirt documents them.
+HYPERV_WANTED: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("relaxed", ()),
+    ("vapic", ()),
+    ("spinlocks", (("retries", "8191"),)),
+    ("vpindex", ()),
+    ("runtime", ()),
+    ("synic", ()),
+    ("stimer", ()),
+    ("frequencies", ()),
+    ("tlbflush", ()),
+    ("ipi", ()),
+)
+HYPERV_FALLBACK = frozenset({"relaxed", "vapic", "spinlocks"})  # safe when caps are unknown
+NVIDIA_VENDOR_ID = "NeuronOS"  # Hyper-V vendor_id: at most 12 characters
+
+
+# --- the values the templates see -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class DiskSpec:
+    path: str
+    format: str
+    bus: str
+    target: str
+    boot_order: int | None
+
+
+@dataclass(frozen=True)
+class CDROMSpec:
+    path: str
+    bus: str
+    target: str
+    boot_order: int | None
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    model: str
+
+
+@dataclass(frozen=True)
+class HypervFeature:
+    name: str
+    attrs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    path: str
+    initrd: str | None
+    cmdline: str | None
+
+
+@dataclass(frozen=True)
+class USBSpec:
+    vendor_id: str
+    product_id: str
+    bus: int | None = None  # with device: that exact plugged-in device
+    device: int | None = None
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    functions: tuple[PCIAddress, ...]  # every function of the card's slot
+    rom_file: str | None
+    nvidia_compat: bool
+
+
+@dataclass(frozen=True)
+class LookingGlassSpec:
+    shm_name: str
+    size_mb: int
+
+
+@dataclass(frozen=True)
+class TemplateContext:
+    """Every variable of the domain templates (user templates may use all of them)."""
+
+    name: str
+    uuid: str
+    title: str
+    vm_type: str
+    template: str
+    memory_mb: int
+    vcpus: int
+    domain_type: str
+    cpu_mode: str
+    disk: DiskSpec | None
+    cdroms: tuple[CDROMSpec, ...]
+    network: NetworkSpec | None
+    video_model: str
+    hyperv: tuple[HypervFeature, ...]
+    kernel: KernelSpec | None
+    serial_log: str | None
+    opencore_path: str | None
+    opencore_format: str
+    usb: tuple[USBSpec, ...]
+    gpu: GPUSpec | None
+    looking_glass: LookingGlassSpec | None
+
+    def as_mapping(self) -> dict[str, Any]:
+        """The template variables (nested values stay typed objects)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    path: str
+    format: str
+    create: bool  # True: made by this creation (removed on failure); False: the user's
+    size_gb: int | None = None
+
+
+@dataclass
+class CreationPlan:
+    """Everything ``create`` will do, computed without side effects."""
+
+    config: VMConfig
+    template: str
+    domain_type: str
+    uuid: str
+    disk: DiskPlan | None
+    images_dir: Path
+    context: TemplateContext
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        ctx = self.context
+        lines = [
+            f"VM {self.config.name!r}: {self.config.vm_type.label}, template {self.template},"
+            f" {self.config.memory_mb} MiB, {self.config.vcpus} vCPUs, domain type"
+            f" {self.domain_type}",
+        ]
+        if self.disk is None:
+            lines.append("disk: none")
+        elif self.disk.create:
+            lines.append(f"disk: create {self.disk.path} ({self.disk.size_gb} GiB qcow2, grows"
+                         " as used)")
+        else:
+            lines.append(f"disk: use {self.disk.path} ({self.disk.format}); it is yours, never"
+                         " deleted by NeuronOS unless you ask")
+        lines.extend(f"cd-rom: {cdrom.path}" for cdrom in ctx.cdroms)
+        lines.append(f"network: {ctx.network.name} ({ctx.network.model})" if ctx.network else
+                     "network: none")
+        if ctx.gpu:
+            lines.append(f"GPU passthrough: {', '.join(str(f) for f in ctx.gpu.functions)}")
+        lines.extend(f"USB: {usb.vendor_id}:{usb.product_id}" for usb in ctx.usb)
+        if ctx.looking_glass:
+            lines.append(f"Looking Glass: /dev/shm/{ctx.looking_glass.shm_name}"
+                         f" ({ctx.looking_glass.size_mb} MiB)")
+        lines.extend(f"warning: {warning}" for warning in self.warnings)
+        return lines
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = None,
+                  force: bool = False, existing: bool = False,
+                  vm_uuid: str | None = None) -> CreationPlan:
+    """Check everything and compute the plan. ``existing``: a new definition for a VM that
+    exists (reconfigure): its name is taken by itself and its disk is reused, never made.
+    Raises ``InvalidConfig`` before anything is touched."""
+    name = config.name
+    if not existing and name in facts.domain_names:
+        raise InvalidConfig("name", f"a VM named {name!r} already exists; pick another name")
+    if existing and config.disk_path is None and config.disk_size_gb:
+        raise InvalidConfig("disk_path", f"the saved settings of {name!r} name no disk")
+    if facts.resources is not None:
+        config.check_host_limits(facts.resources, force=force)
+    warnings: list[str] = []
+    domain_type = config.domain_type.value
+    if config.domain_type is DomainType.KVM and facts.kvm_usable is False:
+        domain_type = DomainType.QEMU.value
+        warnings.append("KVM is not usable on this host: using software emulation (slow)")
+        log.warning("KVM is not usable here; %s will use software emulation", name)
+    for field_name in INPUT_FILES:
+        path = getattr(config, field_name)
+        if path is not None and facts.path(path).kind != "file":
+            raise InvalidConfig(field_name, f"{path} does not exist or is not a file")
+    gpu = _plan_gpu(config, facts, warnings)
+    disk = _plan_disk(config, facts)
+    chosen = template or template_name(config.vm_type.value, gpu is not None)
+    vm_uuid = vm_uuid or str(uuid_module.uuid4())
+    context = _context(config, chosen, domain_type, vm_uuid, disk, facts, gpu)
+    return CreationPlan(config, chosen, domain_type, vm_uuid, disk, facts.images_dir, context,
+                        warnings)
+
+
+def _plan_gpu(config: VMConfig, facts: HostFacts, warnings: list[str]) -> GPUSpec | None:
+    gpu = config.gpu_passthrough
+    if gpu is None:
+        return None
+    if gpu.rom_file is not None and facts.path(gpu.rom_file).kind != "file":
+        raise InvalidConfig("gpu.rom_file", f"{gpu.rom_file} does not exist")
+    if facts.pci is None:
+        raise InvalidConfig("gpu.pci_address", "the host's PCI devices were not read")
+    passthrough = plan_passthrough_in(facts.pci, gpu.pci_address,
+                                      allow_boot_gpu=gpu.allow_boot_gpu)
+    if not passthrough.ready:  # never a non-viable group, never the boot GPU unasked
+        raise InvalidConfig("gpu.pci_address",
+                            f"{gpu.pci_address}: {passthrough.refused_reason}")
+    warnings.extend(passthrough.gpu.warnings)
+    functions = tuple(function.address for function in passthrough.gpu.functions)
+    return GPUSpec(functions, gpu.rom_file, gpu.nvidia_compat)
+
+
+def _plan_disk(config: VMConfig, facts: HostFacts) -> DiskPlan | None:
+    if config.disk_path is not None:
+        fact = facts.path(config.disk_path)
+        if fact.kind not in ("file", "block"):
+            raise InvalidConfig("disk_path", f"{config.disk_path} does not exist")
+        return DiskPlan(config.disk_path, fact.format or "raw", create=False)
+    if not config.disk_size_gb:
+        return None
+    path = facts.images_dir / f"{config.name}.qcow2"  # the name is validated
+    if facts.path(path).kind != "missing":
+        raise InvalidConfig(
+            "name", f"{path} already exists; NeuronOS never overwrites a disk (pick another"
+            " name, or pass it as an existing disk)"
+        )
+    return DiskPlan(str(path), "qcow2", create=True, size_gb=config.disk_size_gb)
+
+
+def _hyperv(config: VMConfig, available: frozenset[str] | None) -> tuple[HypervFeature, ...]:
+    if config.vm_type not in (VMType.WINDOWS11, VMType.WINDOWS10):
+        return ()
+    chosen = {n for n, _ in HYPERV_WANTED if (available is None and n in HYPERV_FALLBACK)
+              or (available is not None and n in available)}
+    # dependencies (QEMU): synic needs vpindex, stimer needs synic
+    if "vpindex" not in chosen:
+        chosen.discard("synic")
+    if "synic" not in chosen:
+        chosen.discard("stimer")
+    features = [HypervFeature(n, attrs) for n, attrs in HYPERV_WANTED if n in chosen]
+    gpu = config.gpu_passthrough
+    if gpu is not None and gpu.nvidia_compat and (available is None or "vendor_id" in available):
+        features.append(HypervFeature("vendor_id", (("value", NVIDIA_VENDOR_ID),)))
+    return tuple(features)
+
+
+def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
+             disk: DiskPlan | None, facts: HostFacts, gpu: GPUSpec | None) -> TemplateContext:
+    is_windows = config.vm_type in (VMType.WINDOWS11, VMType.WINDOWS10)
+    virtio = config.vm_type is VMType.LINUX or bool(is_windows and config.virtio_iso_path)
+    sata_letters = iter("abcdefghijklmnopqrstuvwxy")
+    disk_spec = None
+    if disk is not None:
+        disk_spec = DiskSpec(
+            disk.path, disk.format, "virtio" if virtio else "sata",
+            "vda" if virtio else f"sd{next(sata_letters)}",
+            None if config.vm_type is VMType.MACOS else 1,  # macOS boots via OpenCore
+        )
+    cdroms = []
+    for path, boots in ((config.iso_path, True), (config.virtio_iso_path, False)):
+        if path:
+            cdroms.append(CDROMSpec(path, "sata", f"sd{next(sata_letters)}",
+                                    (2 if disk_spec else 1) if boots else None))
+    network = None
+    if config.network != "none":
+        model = {VMType.LINUX: "virtio", VMType.MACOS: "vmxnet3"}.get(
+            config.vm_type, "virtio" if virtio else "e1000e")
+        network = NetworkSpec(config.network, model)
+    looking_glass = None
+    if config.looking_glass.enabled:
+        lg = config.looking_glass
+        looking_glass = LookingGlassSpec(shm_name(config.name),
+                                         lg.shm_size_mb or shm_size_mb(lg.width, lg.height,
+                                                                       lg.hdr))
+    kernel = None
+    if config.kernel_path:
+        kernel = KernelSpec(config.kernel_path, config.initrd_path, config.kernel_cmdline)
+    opencore = config.opencore_path
+    return TemplateContext(
+        name=config.name,
+        uuid=vm_uuid,
+        title=f"{config.vm_type.label} (NeuronOS)",
+        vm_type=config.vm_type.value,
+        template=template,
+        memory_mb=config.memory_mb,
+        vcpus=config.vcpus,
+        domain_type=domain_type,
+        cpu_mode="host-passthrough" if domain_type == "kvm" else "maximum",
+        disk=disk_spec,
+        cdroms=tuple(cdroms),
+        network=network,
+        video_model={VMType.LINUX: "virtio", VMType.MACOS: "vga"}.get(config.vm_type, "qxl"),
+        hyperv=_hyperv(config, facts.hyperv_features),
+        kernel=kernel,
+        serial_log=config.serial_log_path,
+        opencore_path=opencore,
+        opencore_format="qcow2" if opencore and opencore.endswith(".qcow2") else "raw",
+        usb=tuple(USBSpec(usb.vendor_id, usb.product_id) for usb in config.usb_devices),
+        gpu=gpu,
+        looking_glass=looking_glass,
+    )
