@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -47,7 +47,8 @@ class _Context:
         if self._connection is None:
             from .core.connection import get_connection
 
-            self._connection = get_connection(getattr(self.args, "connect", None))
+            # one-shot commands need no event loop; the first subscriber turns it on
+            self._connection = get_connection(getattr(self.args, "connect", None), events=False)
         return self._connection
 
     @property
@@ -740,9 +741,19 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter with the width given: without one it imports shutil (and bz2,
+    lzma) on every add_argument just to ask the terminal's width (~5 ms of start-up)."""
+    try:
+        width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+    except (ValueError, OSError):
+        width = 80
+    return argparse.HelpFormatter(prog, width=max(width - 2, 40))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=PROG, formatter_class=_formatter,
         description="Manage NeuronOS virtual machines (libvirt, GPU passthrough, Looking Glass).",
         epilog="Exit codes: 0 ok, 1 operation failed, 2 invalid input, 3 VM not found.",
     )
@@ -929,12 +940,26 @@ def _seconds(text: str) -> float:
 
 
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
-    root = logging.getLogger("vm_manager")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.ERROR)
-    root.propagate = False
+    from .core import log
+
+    level = log.DEBUG if verbose else log.ERROR
+    log.set_threshold(level)  # below it, nothing imports `logging` (start-up cost)
+
+    def configure(logging) -> None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+        root = logging.getLogger("vm_manager")
+        root.handlers[:] = [handler]
+        root.setLevel(level)
+        root.propagate = False
+
+    log.configure(configure)
+
+
+def _library_log():
+    from .core.log import get_logger
+
+    return get_logger("vm_manager")
 
 
 def main(
@@ -961,7 +986,7 @@ def main(
         return COMMANDS[args.command](ctx)
     except VMManagerError as error:
         if args.verbose:
-            logging.getLogger("vm_manager").exception("command failed")
+            _library_log().exception("command failed")
         print(f"{PROG}: {error}", file=err)
         return error.exit_code
     except KeyboardInterrupt:
@@ -971,7 +996,7 @@ def main(
         return EXIT_OK
     except Exception as error:  # a bug: still one line, the traceback with -v
         if args.verbose:
-            logging.getLogger("vm_manager").exception("internal error")
+            _library_log().exception("internal error")
         print(f"{PROG}: internal error: {error!r} (run with -v for details)", file=err)
         return EXIT_FAILED
 

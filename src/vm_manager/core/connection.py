@@ -13,56 +13,36 @@ the live ``virConnect``, and ``subscribe(callback)`` for lifecycle events. Keep 
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
-from typing import Callable, NamedTuple, TypeVar, Union
+from typing import Callable, TypeVar
 
 import libvirt
 
+from . import guard
 from .errors import ConnectionFailed, OperationFailed, VMNotFound
+from .events import (  # noqa: F401 (re-exported: subscribers import them from here)
+    CLOSE_REASONS,
+    ensure_event_loop,
+    quiet_libvirt_errors,
+    EVENT_DEVICE_REMOVED,
+    EVENT_REBOOTED,
+    ConnectionEvent,
+    DomainEvent,
+    Event,
+    Subscriber,
+)
 from .primitives import Subscribers
+from .log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_URI = "qemu:///system"
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
 RECONNECT_FIRST_DELAY_S = 0.1
 RECONNECT_MAX_DELAY_S = 5.0
-
-# virDomainEventType (libvirt-domain.h), in order
-DOMAIN_EVENT_NAMES = (
-    "defined",
-    "undefined",
-    "started",
-    "suspended",
-    "resumed",
-    "stopped",
-    "shutdown",
-    "pmsuspended",
-    "crashed",
-)
-# Detail names per event type (virDomainEvent*DetailType), for messages and `events`.
-EVENT_DETAIL_NAMES = (
-    ("added", "updated", "renamed", "from snapshot"),
-    ("removed", "renamed"),
-    ("booted", "migrated", "restored", "from snapshot", "woken up"),
-    ("paused", "migrated", "I/O error", "watchdog", "restored", "from snapshot", "API error",
-     "post-copy", "post-copy failed"),
-    ("unpaused", "migrated", "from snapshot", "post-copy", "post-copy failed"),
-    ("shut down", "destroyed", "crashed", "migrated", "saved", "failed", "from snapshot"),
-    ("finished", "by the guest", "by the host"),
-    ("to memory", "to disk"),
-    ("panicked", "crash loaded"),
-)
-# VIR_DOMAIN_EVENT_ID_REBOOT and _DEVICE_REMOVED have no lifecycle type of their own; they
-# arrive as DomainEvents with these.
-EVENT_REBOOTED = 100
-EVENT_DEVICE_REMOVED = 101
-# virConnectCloseReason
-CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "closed by client"}
 
 T = TypeVar("T")
 
@@ -74,93 +54,6 @@ def resolve_uri(uri: str | None = None, environ: os._Environ | dict | None = Non
         if candidate and candidate.strip():
             return candidate.strip()
     return DEFAULT_URI
-
-
-# --- the process-wide event loop ---------------------------------------------------------
-
-_loop_lock = threading.Lock()
-_loop_thread: threading.Thread | None = None
-
-
-def _log_libvirt_error(_ctx: object, error: tuple) -> None:
-    # Replaces libvirt's default handler, which prints every error to stderr. Errors still
-    # reach us as exceptions; this only keeps a trace in the log.
-    log.debug("libvirt: %s", error[2] if len(error) > 2 else error)
-
-
-def _run_event_loop() -> None:
-    while True:
-        try:
-            if libvirt.virEventRunDefaultImpl() < 0:
-                log.warning("libvirt event loop iteration failed")
-                time.sleep(0.1)
-        except Exception:  # never let the loop thread die: events would stop for good
-            log.exception("libvirt event loop raised")
-            time.sleep(0.1)
-
-
-def ensure_event_loop() -> None:
-    """Register libvirt's default event loop and start its thread, once per process.
-
-    Must run before any ``libvirt.open``; ``LibvirtConnection`` calls it first thing.
-    """
-    global _loop_thread
-    with _loop_lock:
-        if _loop_thread is not None:
-            return
-        libvirt.registerErrorHandler(_log_libvirt_error, None)
-        libvirt.virEventRegisterDefaultImpl()
-        thread = threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True)
-        thread.start()
-        _loop_thread = thread
-
-
-# --- events delivered to subscribers -----------------------------------------------------
-
-
-# Events are NamedTuples, not dataclasses: this module is on `neuron-vm list`'s start-up
-# path, and the dataclasses module costs ~6 ms to import there (bench/list_latency.py).
-class DomainEvent(NamedTuple):
-    """A libvirt lifecycle event for one domain."""
-
-    name: str
-    uuid: str
-    event: int  # virDomainEventType
-    detail: int  # meaning depends on ``event`` (e.g. STOPPED: 0 shutdown, 1 destroyed, ...)
-    timestamp: float  # time.time() when the callback ran
-    monotonic: float  # time.monotonic() at the same moment, for latency measurements
-    device: str | None = None  # the device alias, for EVENT_DEVICE_REMOVED
-
-    @property
-    def event_name(self) -> str:
-        if self.event == EVENT_REBOOTED:
-            return "rebooted"
-        if self.event == EVENT_DEVICE_REMOVED:
-            return "device-removed"
-        if 0 <= self.event < len(DOMAIN_EVENT_NAMES):
-            return DOMAIN_EVENT_NAMES[self.event]
-        return f"event-{self.event}"
-
-    @property
-    def detail_name(self) -> str:
-        if 0 <= self.event < len(EVENT_DETAIL_NAMES):
-            names = EVENT_DETAIL_NAMES[self.event]
-            if 0 <= self.detail < len(names):
-                return names[self.detail]
-        return str(self.detail)
-
-
-class ConnectionEvent(NamedTuple):
-    """The connection went away (``disconnected``) or is back (``reconnected``)."""
-
-    status: str
-    uri: str
-    reason: str
-    timestamp: float
-
-
-Event = Union[DomainEvent, ConnectionEvent]
-Subscriber = Callable[[Event], None]
 
 
 def describe_open_failure(uri: str, error: libvirt.libvirtError) -> ConnectionFailed:
@@ -205,9 +98,14 @@ class LibvirtConnection:
     ...     names = conn.execute(lambda c: [d.name() for d in c.listAllDomains()])
     """
 
-    def __init__(self, uri: str | None = None, *, auto_reconnect: bool = True):
+    def __init__(self, uri: str | None = None, *, auto_reconnect: bool = True,
+                 events: bool = True):
         self.uri = resolve_uri(uri)
         self.auto_reconnect = auto_reconnect
+        # events=False: a one-shot command (list, info) that never waits on libvirt: no
+        # event loop thread, no keepalive, no close callback. The first subscribe() turns
+        # them on (the connection is reopened: libvirt wants the loop before the open).
+        self.events = events
         self._lock = threading.RLock()  # guards the fields below; held only briefly
         self._open_lock = threading.Lock()  # one open() at a time
         self._changed = threading.Condition(self._lock)
@@ -224,6 +122,7 @@ class LibvirtConnection:
 
     def open(self) -> LibvirtConnection:
         """Open now (idempotent). Raises ``ConnectionFailed`` with the URI and a hint."""
+        guard.check("libvirt")
         self._ensure_open()
         return self
 
@@ -292,13 +191,24 @@ class LibvirtConnection:
 
     def _open_new(self) -> libvirt.virConnect:
         """Open a fresh virConnect and wire it up. Caller holds ``_open_lock``."""
-        ensure_event_loop()
+        events = self.events
+        if events:
+            ensure_event_loop()
+        else:
+            quiet_libvirt_errors()
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as error:
             raise describe_open_failure(self.uri, error) from None
         if conn is None:  # older bindings returned None instead of raising
             raise ConnectionFailed(self.uri, "libvirt returned no connection")
+        if not events:
+            with self._lock:
+                self._generation += 1
+                self._conn = conn
+                self._changed.notify_all()
+            log.info("connected to %s (no events)", self.uri)
+            return conn
         try:
             conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
         except libvirt.libvirtError as error:
@@ -348,6 +258,7 @@ class LibvirtConnection:
         ``libvirtError`` that ``fn`` lets out becomes ``OperationFailed`` carrying libvirt's
         message and code; ``fn`` may raise ``VMManagerError`` subclasses of its own.
         """
+        guard.check("libvirt")
         attempts = 2 if idempotent else 1
         for attempt in range(attempts):
             conn = self._ensure_open()
@@ -397,6 +308,9 @@ class LibvirtConnection:
         Callbacks run on the libvirt event thread: keep them short, hand work off, and do
         not call back into libvirt from them. Returns a token for ``unsubscribe``.
         """
+        guard.check("libvirt")
+        if not self.events:
+            self._enable_events()
         conn = self._ensure_open()
         token = self._subscribers.add(callback)
         with self._lock:
@@ -417,6 +331,20 @@ class LibvirtConnection:
 
     def unsubscribe(self, token: int) -> None:
         self._subscribers.remove(token)
+
+    def _enable_events(self) -> None:
+        """Turn events on for a connection opened without them: the open handle is closed
+        and the next call opens a new one after the event loop is registered."""
+        with self._open_lock:
+            with self._lock:
+                if self.events:
+                    return
+                self.events = True
+                conn, self._conn = self._conn, None
+                self._generation += 1
+        if conn is not None:
+            self._release(conn, None)
+        log.debug("events turned on for %s", self.uri)
 
     def _dispatch(self, event: Event) -> None:
         self._subscribers.notify(event)
@@ -507,15 +435,16 @@ _shared: dict[str, LibvirtConnection] = {}
 _shared_lock = threading.Lock()
 
 
-def get_connection(uri: str | None = None) -> LibvirtConnection:
+def get_connection(uri: str | None = None, *, events: bool = True) -> LibvirtConnection:
     """The process-wide ``LibvirtConnection`` for a URI (resolved as ``resolve_uri`` says).
 
     Opens it on first use; raises ``ConnectionFailed`` if libvirt cannot be reached.
+    ``events=False`` (one-shot commands): no event loop until something subscribes.
     """
     resolved = resolve_uri(uri)
     with _shared_lock:
         connection = _shared.get(resolved)
         if connection is None or connection._closed:
-            connection = LibvirtConnection(resolved)
+            connection = LibvirtConnection(resolved, events=events)
             _shared[resolved] = connection
     return connection.open()

@@ -9,7 +9,6 @@ decides with no I/O at all, so it is tested with hand-made facts and no host.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import xml.etree.ElementTree as ET
@@ -19,13 +18,15 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
+from . import guard
 from .connection import LibvirtConnection
 from .vm_config import HostResources, VMConfig
+from .log import get_logger
 
 if TYPE_CHECKING:
     from ..passthrough.pci import PCISnapshot
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SYSTEM_IMAGES_DIR = Path("/var/lib/libvirt/images")
 # the config's files that must exist (kind "file") when a VM is planned
@@ -154,6 +155,7 @@ def _kind(path: Path) -> PathFact:
 
 
 def _image_format(path: Path, qemu_img: str) -> str:
+    guard.check("qemu-img")
     try:
         out = subprocess.run(
             [qemu_img, "info", "-U", "--output=json", str(path)],

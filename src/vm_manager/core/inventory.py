@@ -6,7 +6,6 @@ changes anything.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import libvirt
@@ -14,11 +13,12 @@ import libvirt
 from .connection import LibvirtConnection
 from .errors import StoreError
 from .primitives import VMState
+from .log import get_logger
 
 if TYPE_CHECKING:
     from .store import VMStore
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 # NamedTuples rather than dataclasses keep `neuron-vm list` start-up light (see

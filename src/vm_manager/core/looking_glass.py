@@ -19,7 +19,6 @@ the guest's LGMP header in ``passthrough.lgmp``. This module supervises:
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -41,12 +40,13 @@ from ..passthrough.lg_client import (
 from ..passthrough.lgmp import HostHeader, wait_for_host
 from .errors import LookingGlassError, OperationTimedOut, VMManagerError
 from .primitives import Subscribers, VMState, validate_name
+from .log import get_logger
 
 __all__ = ["LGClientConfig", "LGState", "LGStateChange", "LookingGlassError",
            "LookingGlassManager", "display_config", "get_looking_glass_manager",
            "stop_by_pid_file"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ERROR_MARKERS = ("[E]", "[C]", "Failed", "failed", "Invalid", "Crash", "crash",
                  "Do not run looking glass as root", "No display servers", "Segmentation")

@@ -9,7 +9,6 @@ use, a missing ISO, a GPU whose IOMMU group is not viable, more memory than the 
 
 from __future__ import annotations
 
-import logging
 import uuid as uuid_module
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,8 +20,9 @@ from ..templates.names import template_name
 from .errors import InvalidConfig
 from .host_facts import INPUT_FILES, HostFacts
 from .vm_config import DomainType, PCIAddress, VMConfig, VMType
+from .log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Hyper-V enlightenments for Windows (DESIGN.md 5), in the order libvirt documents them.
 HYPERV_WANTED: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (

@@ -17,7 +17,6 @@ notify (``wait_for``); nothing here polls.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -28,8 +27,9 @@ import libvirt
 from .connection import ConnectionEvent, DomainEvent, LibvirtConnection
 from .errors import LifecycleError, VMNotFound
 from .primitives import Subscribers, VMState
+from .log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 S = VMState
 RUNNING_LIKE = frozenset({S.RUNNING, S.BLOCKED})

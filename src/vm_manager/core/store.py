@@ -10,37 +10,45 @@ with both paths; it never stops a listing.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import InvalidConfig, StoreError
 from .primitives import validate_name
+from .log import get_logger
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .vm_config import VMConfig
 
-# `neuron-vm list` only needs names(): the config dataclasses (vm_config) and tempfile are
-# imported by the methods that read or write files, to keep its start-up light.
+# `neuron-vm list` only needs names(): the config dataclasses (vm_config), tempfile and
+# pathlib (~8 ms with the urllib.parse it pulls in) are imported by the methods that read
+# or write files, to keep its start-up light; the folders are kept as strings until then.
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FORMAT_VERSION = 1
 
 
 def default_config_dir(environ: dict | None = None) -> Path:
+    from pathlib import Path
+
+    return Path(_default_config_dir(environ))
+
+
+def _default_config_dir(environ: dict | None = None) -> str:
     env = os.environ if environ is None else environ
     override = env.get("NEURONOS_CONFIG_DIR")
     if override:
-        return Path(override)
+        return override
     # The XDG base-directory rule, as platformdirs applies it on Linux (done by hand here:
     # importing platformdirs costs ~12 ms of `neuron-vm list`'s start-up).
     xdg = env.get("XDG_CONFIG_HOME")
     if xdg and os.path.isabs(xdg):  # the spec says to ignore a relative value
-        return Path(xdg) / "neuronos"
-    return Path(os.path.expanduser("~")) / ".config" / "neuronos"
+        return os.path.join(xdg, "neuronos")
+    return os.path.join(os.path.expanduser("~"), ".config", "neuronos")
 
 
 class StoreScan(NamedTuple):
@@ -54,8 +62,21 @@ class VMStore:
     """Reads and writes saved VM settings. Safe to share between threads."""
 
     def __init__(self, config_dir: Path | str | None = None):
-        self.config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
-        self.vms_dir = self.config_dir / "vms"
+        self._config_dir = os.fspath(config_dir) if config_dir is not None else \
+            _default_config_dir()
+        self._vms_dir = os.path.join(self._config_dir, "vms")
+
+    @property
+    def config_dir(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._config_dir)
+
+    @property
+    def vms_dir(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._vms_dir)
 
     def path_for(self, name: str) -> Path:
         # The name is validated, so it cannot climb out of the folder ("../x") or hide.
@@ -64,7 +85,7 @@ class VMStore:
     def names(self) -> list[str]:
         """Names with a saved settings file, sorted; cheap (one directory listing)."""
         try:
-            entries = os.listdir(self.vms_dir)
+            entries = os.listdir(self._vms_dir)
         except FileNotFoundError:
             return []
         except OSError as error:

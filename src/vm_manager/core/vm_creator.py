@@ -13,7 +13,6 @@ step. Template values come from the validated config, never from raw strings.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 from dataclasses import dataclass
@@ -22,14 +21,16 @@ from typing import Any, Callable
 
 import libvirt
 
+from . import guard
 from .connection import LibvirtConnection, get_connection
 from .errors import VMCreationError, VMManagerError
 from .host_facts import HostFacts, gather_host_facts
 from .planning import CreationPlan, DiskPlan, plan_creation
 from .store import VMStore
 from .vm_config import VMConfig
+from .log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass
@@ -208,6 +209,7 @@ class VMCreator:
         # create itself would overwrite it).
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
+        guard.check("qemu-img")
         try:
             subprocess.run(
                 [self.qemu_img, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",

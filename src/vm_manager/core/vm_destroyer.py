@@ -16,7 +16,6 @@ KEEP_TPM 64, the TPM ones from libvirt 8.9.0; the test driver takes only 1 | 2.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -24,14 +23,16 @@ from pathlib import Path
 
 import libvirt
 
+from . import guard
 from .connection import LibvirtConnection, get_connection
 from .domain_xml import Disk, read_domain
 from .host_facts import images_dir
 from .errors import InvalidConfig, LifecycleError, OperationFailed
 from .primitives import VMState
 from .store import VMStore
+from .log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 UNDEFINE_MANAGED_SAVE = 1
 UNDEFINE_SNAPSHOTS_METADATA = 2
@@ -226,6 +227,7 @@ class VMDestroyer:
     def _backing_chain(self, path: str) -> list[str]:
         if not os.path.isfile(path):
             return []
+        guard.check("qemu-img")
         try:
             out = subprocess.run(
                 [self.qemu_img, "info", "-U", "--backing-chain", "--output=json", path],

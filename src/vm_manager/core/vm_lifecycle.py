@@ -11,7 +11,6 @@ through the state machine's condition variable, never by polling ``state()``.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -30,8 +29,9 @@ from .errors import (
 )
 from .primitives import VMState
 from .state_machine import ALLOWED, STOPPED_LIKE, StateChange, Ticket, VMStateMachine
+from .log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FORCE_TIMEOUT_S = 15.0  # how long a destroy may take to show up as "shut off"
 QUICK_TIMEOUT_S = 30.0  # pause / resume / reset / reboot requests

@@ -9,7 +9,6 @@ lifecycle requests) runs on a thread pool; the window never waits on libvirt.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +36,9 @@ os.environ.setdefault("QT_NO_GLIB", "1")
 from ..core.primitives import VMState  # noqa: E402
 from ..core.state_machine import allowed_operations  # noqa: E402
 from .widgets import Banner, EventBridge, VMRow, VMTableModel  # noqa: E402
+from ..core.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # action key -> (label, state-machine operation, shortcut)
 ACTIONS = {

@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import guard
 from .pci import host_root, iommu_groups
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -284,6 +285,7 @@ def run_checks(root: Path | str | None = None, uri: str | None = None,
                environ: dict | None = None) -> list[Check]:
     from ..core.connection import resolve_uri
 
+    guard.check("host checks")
     base = host_root(root)
     checks = [check_cpu(base), check_kvm(base), check_iommu(base)]
     remapping = check_interrupt_remapping(base)

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core import guard
 from ..core.errors import InvalidConfig, VMManagerError
 from .gpu_attach import find_gpu
 from .pci import VFIO_DRIVERS, host_root, read_devices
@@ -228,6 +229,7 @@ def apply(plan: IsolationPlan, root: Path | str | None = None,
         if not run_commands:
             lines.append(f"run by hand: {' '.join(command)}")
             continue
+        guard.check(command[0])
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         status = "ok" if result.returncode == 0 else f"FAILED ({result.returncode})"
         lines.append(f"ran {' '.join(command)}: {status}")

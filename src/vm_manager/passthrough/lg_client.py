@@ -22,6 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import guard
 from ..core.errors import InvalidConfig, LookingGlassError
 from .ivshmem import shm_path
 
@@ -90,6 +91,7 @@ def client_release(client: Path, timeout: float = 5.0) -> str | None:
     """The release (``B7``, ``B6``, ``B7-188-g...``): the client has no --version; the first
     stderr lines carry ``Looking Glass (<release>)`` behind a log prefix, and ``--help``
     prints them too (then exits 255)."""
+    guard.check("looking-glass-client --help")
     try:
         result = subprocess.run([str(client), "--help"], capture_output=True, text=True,
                                 timeout=timeout, check=False)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import guard
 from ..core.errors import InvalidConfig
 from ..core.vm_config import PCIAddress
 
@@ -153,6 +154,7 @@ def read_device(folder: Path) -> PCIDevice:
 
 def read_devices(root: Path | str | None = None, names: bool = True) -> dict[PCIAddress, PCIDevice]:
     """Every PCI function on the host, by address. ``names``: look them up in pci.ids."""
+    guard.check("sysfs")
     folder = pci_devices_dir(root)
     devices = {}
     try:
@@ -174,6 +176,7 @@ def read_devices(root: Path | str | None = None, names: bool = True) -> dict[PCI
 
 def iommu_groups(root: Path | str | None = None) -> dict[int, list[PCIAddress]]:
     """Group number -> member addresses. Empty: the IOMMU is off (or absent)."""
+    guard.check("sysfs")
     folder = host_root(root) / "sys" / "kernel" / "iommu_groups"
     groups: dict[int, list[PCIAddress]] = {}
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import libvirt
 
 from ..core.connection import EVENT_DEVICE_REMOVED, DomainEvent, LibvirtConnection
+from ..core import guard
 from ..core.errors import InvalidConfig, OperationTimedOut
 from ..core.vm_config import parse_hex_id
 from .pci import _parse_ids, host_root
@@ -75,6 +76,7 @@ def _text(folder: Path, name: str) -> str | None:
 
 def list_usb(root: Path | str | None = None, names: bool = True) -> list[USBDevice]:
     """Every USB device (not root hubs, not interfaces), sorted by bus and port."""
+    guard.check("sysfs")
     folder = host_root(root) / "sys" / "bus" / "usb" / "devices"
     try:
         entries = list(folder.iterdir())

@@ -10,7 +10,6 @@ cannot express or that libvirt's test driver does not check (DESIGN.md 3: it acc
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,9 @@ from lxml import etree
 from ..core.domain_xml import DomainInfo, DomainXMLError, read_domain
 from ..core.errors import VMCreationError
 from ..core.vm_config import MAX_MEMORY_MB, MAX_VCPUS
+from ..core.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SCHEMA_DIRS = (Path("/usr/share/libvirt/schemas"), Path("/usr/local/share/libvirt/schemas"))
 
