@@ -119,3 +119,18 @@ def lifecycle_on(uri: str):
     finally:
         manager.close()
         conn.close()
+
+
+@pytest.fixture
+def ui_thread_never_blocks():
+    """The test fails if anything calls libvirt, reads sysfs or runs a program on the main
+    (Qt) thread; what a test itself does there goes in ``guard.allowed()``."""
+    import threading
+
+    from vm_manager.core import guard
+
+    guard.violations.clear()
+    guard.forbid_blocking_calls(threading.main_thread(), strict=True)
+    yield
+    guard.allow_blocking_calls(threading.main_thread())
+    assert guard.violations == [], guard.violations

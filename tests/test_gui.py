@@ -10,6 +10,8 @@ pytest.importorskip("PySide6", reason="the gui extra is not installed")
 
 from conftest import IN_CI  # noqa: E402
 from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd  # noqa: E402
+from vm_manager.actions import Context  # noqa: E402
+from vm_manager.core import guard  # noqa: E402
 from vm_manager.core.connection import LibvirtConnection  # noqa: E402
 from vm_manager.core.primitives import VMState  # noqa: E402
 from vm_manager.core.store import VMStore  # noqa: E402
@@ -20,18 +22,33 @@ from vm_manager.gui.dialogs import DeleteDialog  # noqa: E402
 S = VMState
 
 
+# Every GUI test fails if the window's code calls libvirt, reads sysfs or runs a program on
+# the Qt thread (conftest.ui_thread_never_blocks).
+pytestmark = pytest.mark.usefixtures("ui_thread_never_blocks")
+
+
+def test_the_ui_thread_check_catches_a_blocking_call():
+    with pytest.raises(guard.BlockingCallOnUIThread, match="libvirt used on the MainThread"):
+        LibvirtConnection("test:///default").open()
+    with pytest.raises(guard.BlockingCallOnUIThread, match="sysfs"):
+        __import__("vm_manager.passthrough.pci", fromlist=["read_devices"]).read_devices("/")
+    assert len(guard.violations) == 2
+    guard.violations.clear()  # seen on purpose here
+
+
 @pytest.fixture
 def window(qtbot, three_vm_uri, tmp_path):
     conn = LibvirtConnection(three_vm_uri)
     store = VMStore(tmp_path / "config")
     store.save(VMConfig(name="alpha", vm_type="windows10"))
-    win = MainWindow(connection=conn, store=store)
+    win = MainWindow(connection=conn, store=store)  # opens nothing on this thread
     qtbot.addWidget(win)
     win.show()
     qtbot.waitUntil(lambda: win.model.rowCount() == 3, timeout=5000)
     yield win
     win.close()
-    conn.close()
+    with guard.allowed():
+        conn.close()
 
 
 def state_of(win, name):
@@ -51,8 +68,9 @@ def test_list_shows_every_vm_with_saved_details(window):
 
 
 def test_change_made_outside_the_gui_shows_up_by_event(window, qtbot):
-    conn = window.connection
-    conn.execute(lambda c: c.lookupByName("alpha").suspend())  # not through the window
+    with guard.allowed():
+        conn = window.connection
+        conn.execute(lambda c: c.lookupByName("alpha").suspend())  # not through the window
     qtbot.waitUntil(lambda: state_of(window, "alpha") == S.PAUSED, timeout=2000)
     assert not window._reload_timer.isActive()  # updated in place, no relisting
 
@@ -79,14 +97,15 @@ def test_start_from_the_window_runs_off_the_ui_thread(window, qtbot):
 
 def test_illegal_outcome_is_reported_not_raised(window, qtbot):
     window.select("beta")
-    window.lifecycle.states.begin("beta", "start", timeout=30)  # someone else is starting it
+    with guard.allowed():
+        window.lifecycle.states.begin("beta", "start", timeout=30)  # someone else starts it
     window.on_start()
     qtbot.waitUntil(lambda: window.last_error is not None, timeout=5000)
     assert "in progress" in window.last_error
 
 
 def test_delete_dialog_defaults(qtbot, make_host, tmp_path, monkeypatch):
-    from vm_manager.core.vm_destroyer import VMDestroyer
+    from vm_manager.actions import delete
 
     images = tmp_path / "images"
     images.mkdir()
@@ -94,14 +113,15 @@ def test_delete_dialog_defaults(qtbot, make_host, tmp_path, monkeypatch):
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(own), "1G"], check=True)
     iso = tmp_path / "installer.iso"
     iso.write_bytes(b"")
-    with LibvirtConnection(make_host()) as conn:
+    with guard.allowed(), LibvirtConnection(make_host()) as conn:
         conn.execute(lambda c: c.defineXML(
             "<domain type='test'><name>d</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>"
             "<os><type>hvm</type></os><devices>"
             f"<disk type='file' device='disk'><source file='{own}'/><target dev='vda'/></disk>"
             f"<disk type='file' device='cdrom'><source file='{iso}'/><target dev='sda'/>"
             "<readonly/></disk></devices></domain>"))
-        dialog = DeleteDialog(VMDestroyer(conn, images_dir=images), "d")
+        preview = delete.preview(Context(connection=conn, images_dir=images), "d")
+        dialog = DeleteDialog(preview, "d")  # what the window's worker reads first
         qtbot.addWidget(dialog)
         assert dialog.disks_box.isChecked() is False and dialog.delete_disks is False
         items = [dialog.disk_list.item(i) for i in range(dialog.disk_list.count())]
@@ -165,7 +185,6 @@ def test_qt_bindings_keep_none_alive(qtbot):
 
 @pytest.fixture
 def wizard(qtbot, make_host, tmp_path):
-    from vm_manager.core.vm_creator import VMCreator
     from vm_manager.gui.dialogs import CreateWizard
     from support.fakes import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
 
@@ -175,15 +194,20 @@ def wizard(qtbot, make_host, tmp_path):
         *nvidia_turing_gpu(bus=2, group=7),
         FakePCIDevice("0000:03:00.0", 0x1022, 0x43B7, 0x010601, "ahci", 7),
     ])
+    from vm_manager.actions import host
+
     images = tmp_path / "images"
-    conn = LibvirtConnection(make_host()).open()
-    creator = VMCreator(conn, store=VMStore(tmp_path / "config"), images_dir=images,
-                        host_root=host_root)
-    wiz = CreateWizard(creator, host_root=host_root)
+    with guard.allowed():  # the window reads these on a worker before opening the wizard
+        conn = LibvirtConnection(make_host()).open()
+        ctx = Context(connection=conn, store=VMStore(tmp_path / "config"), images_dir=images,
+                      host_root=host_root)
+        devices = host.devices(ctx)
+    wiz = CreateWizard(ctx, devices)
     qtbot.addWidget(wiz)
     wiz.show()
     yield wiz, conn, images
-    conn.close()
+    with guard.allowed():
+        conn.close()
 
 
 def test_wizard_rejects_bad_input_with_the_cli_messages(wizard):
@@ -225,12 +249,14 @@ def test_wizard_creates_a_valid_vm(wizard, qtbot):
     devices.gpu.setCurrentIndex(0)  # no GPU after all
     wiz.next()
     summary = wiz.summary_page
+    qtbot.waitUntil(lambda: summary.plan is not None, timeout=5000)  # planned on a worker
     assert "disk: create" in summary.plan_text.text()
     assert summary.validatePage()
     steps = [summary.steps.item(i).text() for i in range(summary.steps.count())]
     assert steps[-1] == "created" and any("define" in s for s in steps)
     assert wiz.result.name == "wiz" and (images / "wiz.qcow2").exists()
-    assert conn.execute(lambda c: c.lookupByName("wiz").name()) == "wiz"
+    with guard.allowed():
+        assert conn.execute(lambda c: c.lookupByName("wiz").name()) == "wiz"
 
 
 def test_readiness_page_shows_checks_with_fixes(qtbot):
@@ -247,48 +273,68 @@ def test_readiness_page_shows_checks_with_fixes(qtbot):
 
 # --- settings, USB panel, notifications -------------------------------------------------------
 
+def settings_world(make_host, tmp_path, config, host_root):
+    """A test-driver host with ``config`` made by the creator, and what the window's worker
+    would read before opening the settings dialog."""
+    from vm_manager.actions import host
+
+    with guard.allowed():
+        conn = LibvirtConnection(make_host()).open()
+        ctx = Context(connection=conn, store=VMStore(tmp_path / "config"),
+                      images_dir=tmp_path / "images", host_root=host_root)
+        ctx.creator().create(config)
+        return conn, ctx, ctx.store.load(config.name), host.devices(ctx)
+
+
 def test_settings_dialog_rewrites_a_stopped_vm(qtbot, make_host, tmp_path):
-    from vm_manager.core.vm_creator import VMCreator
     from vm_manager.gui.dialogs import SettingsDialog
 
-    store = VMStore(tmp_path / "config")
-    with LibvirtConnection(make_host()) as conn:
-        creator = VMCreator(conn, store=store, images_dir=tmp_path / "images",
-                            host_root=tmp_path / "no-gpus")
-        creator.create(VMConfig(name="s", vm_type="linux", memory_mb="2G", vcpus=2,
-                                disk_size_gb=1, network="none", domain_type="qemu"))
-        dialog = SettingsDialog(creator, store.load("s"), host_root=tmp_path / "no-gpus")
-        qtbot.addWidget(dialog)
-        dialog.memory.setText("1M")
-        dialog.apply()
-        assert "memory_mb" in dialog.error.text() and dialog.result is None
-        dialog.memory.setText("3G")
-        dialog.vcpus.setValue(3)
-        dialog.apply()
-        assert dialog.result is not None
+    conn, ctx, saved, devices = settings_world(make_host, tmp_path, VMConfig(
+        name="s", vm_type="linux", memory_mb="2G", vcpus=2, disk_size_gb=1, network="none",
+        domain_type="qemu"), tmp_path / "no-gpus")
+    dialog = SettingsDialog(ctx, saved, devices)
+    qtbot.addWidget(dialog)
+    dialog.memory.setText("1M")
+    dialog.apply()
+    assert "memory_mb" in dialog.error.text() and dialog.result is None
+    dialog.memory.setText("3G")
+    dialog.vcpus.setValue(3)
+    dialog.apply()
+    qtbot.waitUntil(lambda: dialog.result is not None, timeout=5000)  # saved on a worker
+    assert dialog.result is not None
+    with guard.allowed():
         xml = conn.execute(lambda c: c.lookupByName("s").XMLDesc(0))
         assert "<vcpu placement='static'>3</vcpu>" in xml and "3145728" in xml
-        assert store.load("s").vcpus == 3
+        assert ctx.store.load("s").vcpus == 3
+        conn.close()
 
 
 def test_usb_panel_reverts_a_refused_attach(qtbot, three_vm_uri, tmp_path):
     from PySide6.QtCore import Qt
 
+    from vm_manager.actions import usb
     from vm_manager.gui.dialogs import USBPanel
     from support.fakes import FakeUSBDevice, add_usb_devices
 
     root = add_usb_devices(tmp_path / "usb", [FakeUSBDevice(1, "2", "046d", "c077")])
-    with LibvirtConnection(three_vm_uri) as conn:
-        panel = USBPanel(conn, "alpha", host_root=root)
-        qtbot.addWidget(panel)
-        item = panel.list.item(0)
-        assert item.checkState() == Qt.Unchecked
-        item.setCheckState(Qt.Checked)  # the test driver cannot hot-plug
-        assert panel.errors and item.checkState() == Qt.Unchecked
+    with guard.allowed():
+        conn = LibvirtConnection(three_vm_uri).open()
+        ctx = Context(connection=conn, host_root=root)
+        devices, attached = usb.list_usb(ctx), usb.attached(ctx, "alpha")
+    panel = USBPanel(ctx, "alpha", devices, attached)
+    qtbot.addWidget(panel)
+    item = panel.list.item(0)
+    assert item.checkState() == Qt.Unchecked
+    item.setCheckState(Qt.Checked)  # the test driver cannot hot-plug
+    qtbot.waitUntil(lambda: bool(panel.errors), timeout=5000)
+    assert panel.errors and item.checkState() == Qt.Unchecked
+    with guard.allowed():
+        conn.close()
 
 
 def test_forced_stop_made_elsewhere_is_notified(window, qtbot):
-    window.connection.execute(lambda c: c.lookupByName("alpha").destroy())
+    with guard.allowed():
+        window.connection.execute(lambda c: c.lookupByName("alpha").destroy())
     qtbot.waitUntil(lambda: bool(window.notifications), timeout=2000)
     title, _ = window.notifications[0]
     assert title == "alpha was powered off by force"
@@ -308,33 +354,33 @@ def test_settings_only_for_stopped_vms(window):
 def test_settings_dialog_usb_devices(qtbot, make_host, tmp_path):
     from PySide6.QtCore import Qt
 
-    from vm_manager.core.vm_creator import VMCreator
     from vm_manager.gui.dialogs import SettingsDialog
     from support.fakes import FakeUSBDevice, add_usb_devices
 
     root = add_usb_devices(tmp_path / "host", [FakeUSBDevice(1, "2", "046d", "c077"),
                                               FakeUSBDevice(1, "3", "1050", "0407")])
-    store = VMStore(tmp_path / "config")
-    with LibvirtConnection(make_host()) as conn:
-        creator = VMCreator(conn, store=store, images_dir=tmp_path / "images", host_root=root)
-        creator.create(VMConfig(name="u", vm_type="linux", disk_size_gb=1, network="none",
-                                domain_type="qemu", usb_devices=[
-                                    {"vendor_id": "046d", "product_id": "c077"},
-                                    {"vendor_id": "abcd", "product_id": "0001"}]))
-        dialog = SettingsDialog(creator, store.load("u"), host_root=root)
-        qtbot.addWidget(dialog)
-        states = {dialog.usb.item(i).data(Qt.UserRole): dialog.usb.item(i).checkState()
-                  for i in range(dialog.usb.count())}
-        assert states == {("046d", "c077"): Qt.Checked, ("1050", "0407"): Qt.Unchecked,
-                          ("abcd", "0001"): Qt.Checked}  # configured, unplugged: kept
-        for i in range(dialog.usb.count()):
-            if dialog.usb.item(i).data(Qt.UserRole) == ("046d", "c077"):
-                dialog.usb.item(i).setCheckState(Qt.Unchecked)
-            else:
-                dialog.usb.item(i).setCheckState(Qt.Checked)
-        dialog.apply()
-        assert dialog.result is not None, dialog.error.text()
-        assert {(d.vendor_id, d.product_id) for d in store.load("u").usb_devices} == {
+    conn, ctx, saved, devices = settings_world(make_host, tmp_path, VMConfig(
+        name="u", vm_type="linux", disk_size_gb=1, network="none", domain_type="qemu",
+        usb_devices=[{"vendor_id": "046d", "product_id": "c077"},
+                     {"vendor_id": "abcd", "product_id": "0001"}]), root)
+    dialog = SettingsDialog(ctx, saved, devices)
+    qtbot.addWidget(dialog)
+    states = {dialog.usb.item(i).data(Qt.UserRole): dialog.usb.item(i).checkState()
+              for i in range(dialog.usb.count())}
+    assert states == {("046d", "c077"): Qt.Checked, ("1050", "0407"): Qt.Unchecked,
+                      ("abcd", "0001"): Qt.Checked}  # configured, unplugged: kept
+    for i in range(dialog.usb.count()):
+        if dialog.usb.item(i).data(Qt.UserRole) == ("046d", "c077"):
+            dialog.usb.item(i).setCheckState(Qt.Unchecked)
+        else:
+            dialog.usb.item(i).setCheckState(Qt.Checked)
+    dialog.apply()
+    qtbot.waitUntil(lambda: dialog.result is not None or "Saving" not in dialog.error.text(),
+                    timeout=5000)
+    assert dialog.result is not None, dialog.error.text()
+    with guard.allowed():
+        assert {(d.vendor_id, d.product_id) for d in ctx.store.load("u").usb_devices} == {
             ("1050", "0407"), ("abcd", "0001")}
         xml = conn.execute(lambda c: c.lookupByName("u").XMLDesc(0))
         assert "0x1050" in xml and "0x046d" not in xml
+        conn.close()

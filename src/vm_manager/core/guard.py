@@ -8,6 +8,7 @@ the Qt thread; not strict (the app itself) logs the call with its stack and goes
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from .log import get_logger
@@ -28,6 +29,18 @@ def forbid_blocking_calls(thread: threading.Thread | None = None, *, strict: boo
 
 def allow_blocking_calls(thread: threading.Thread | None = None) -> None:
     _forbidden.pop((thread or threading.current_thread()).ident, None)
+
+
+@contextlib.contextmanager
+def allowed():
+    """Blocking calls are fine inside (a test's own setup on the UI thread, say)."""
+    ident = threading.get_ident()
+    strict = _forbidden.pop(ident, None)
+    try:
+        yield
+    finally:
+        if strict is not None:
+            _forbidden[ident] = strict
 
 
 def check(what: str) -> None:

@@ -41,6 +41,7 @@ class VMSummary(NamedTuple):
 class Inventory(NamedTuple):
     vms: list[VMSummary]
     problems: list[str]  # e.g. unreadable settings files
+    settings: dict[str, Any] = {}  # name -> VMConfig, for the VMs NeuronOS made
 
 
 def _summary(dom: libvirt.virDomain) -> VMSummary:
@@ -75,19 +76,21 @@ def list_vms(connection: LibvirtConnection, store: VMStore | None = None) -> Inv
 
     vms = sorted(connection.execute(read, idempotent=True), key=_by_name)
     problems: list[str] = []
+    settings: dict[str, Any] = {}
     if store is not None:
         saved = set(store.names())
         wanted = [vm.name for vm in vms if vm.name in saved]
         if wanted:
             scan = store.load_all(wanted)
             problems.extend(str(problem) for problem in scan.problems)
+            settings = scan.configs
             vms = [
-                vm._replace(vm_type=scan.configs[vm.name].vm_type.value)
-                if vm.name in scan.configs
+                vm._replace(vm_type=settings[vm.name].vm_type.value)
+                if vm.name in settings
                 else vm
                 for vm in vms
             ]
-    return Inventory(vms=vms, problems=problems)
+    return Inventory(vms=vms, problems=problems, settings=settings)
 
 
 def _by_name(vm: VMSummary) -> str:

@@ -446,12 +446,14 @@ def get_looking_glass_manager() -> LookingGlassManager:
 
 
 def display_config(vm_name: str, store=None, connection=None,
-                   root: Path | str | None = None) -> LGClientConfig | None:
+                   root: Path | str | None = None,
+                   shm_dir: Path | str | None = None) -> LGClientConfig | None:
     """The client config for a VM that has Looking Glass (from its saved settings, or its
     domain's ``looking-glass-<vm>`` shmem device); None when it has none."""
-    from ..passthrough.ivshmem import kvmfr_device, shm_name
+    from ..passthrough.ivshmem import SHM_DIR, kvmfr_device, shm_name, shm_path
     from .errors import StoreError
 
+    shared = shm_path(vm_name, Path(shm_dir) if shm_dir else SHM_DIR)
     settings = None
     if store is not None:
         try:
@@ -465,13 +467,13 @@ def display_config(vm_name: str, store=None, connection=None,
                 raise LookingGlassError(f"{vm_name} uses KVMFR but /dev/kvmfr0 is missing: load"
                                         " the module (modprobe kvmfr static_size_mb=N)")
             return LGClientConfig(vm_name, shm_path=device)
-        return LGClientConfig(vm_name)
+        return LGClientConfig(vm_name, shm_path=shared)
     if connection is not None:
         from .domain_xml import read_domain
 
         xml = connection.execute(lambda conn: connection.lookup(conn, vm_name).XMLDesc(0))
         if read_domain(xml).shmem(shm_name(vm_name)) is not None:
-            return LGClientConfig(vm_name)
+            return LGClientConfig(vm_name, shm_path=shared)
     return None
 
 

@@ -146,7 +146,14 @@ class VMDestroyer:
 
     def plan(self, name: str, delete_disks: bool = False) -> DestroyPlan:
         """What ``destroy`` would do. Raises ``VMNotFound``. Changes nothing."""
+        return self._plans(name, (delete_disks,))[0]
 
+    def plan_both(self, name: str) -> tuple[DestroyPlan, DestroyPlan]:
+        """The plan keeping the disks and the plan deleting them, from one read."""
+        keep, full = self._plans(name, (False, True))
+        return keep, full
+
+    def _plans(self, name: str, choices: tuple[bool, ...]) -> list[DestroyPlan]:
         def read(conn: libvirt.virConnect):
             dom = self.connection.lookup(conn, name)
             others = {}
@@ -160,17 +167,8 @@ class VMDestroyer:
         state = VMState.from_libvirt(state_code)
         managed = (self._images_dir or images_dir(self.connection.uri)).resolve()
         used_by = self._paths_used_by(others)
-        disks = [self._decide(disk, delete_disks, managed, used_by)
-                 for disk in read_domain(xml).disks if disk.source]  # not empty drives
-
-        flags = UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA | UNDEFINE_CHECKPOINTS_METADATA
+        domain_disks = [disk for disk in read_domain(xml).disks if disk.source]  # not empty
         tpm_flags = lib_version >= TPM_FLAGS_SINCE
-        if delete_disks:
-            flags |= UNDEFINE_NVRAM | (UNDEFINE_TPM if tpm_flags else 0)
-            firmware = "deleted"
-        else:
-            flags |= UNDEFINE_KEEP_NVRAM | (UNDEFINE_KEEP_TPM if tpm_flags else 0)
-            firmware = "kept (delete them with --delete-disks)"
 
         from ..passthrough.ivshmem import shm_path
 
@@ -179,12 +177,25 @@ class VMDestroyer:
             shm: Path | None = shm_path(name, self.shm_dir)
         except InvalidConfig:
             settings = shm = None
-        return DestroyPlan(
-            name=name, state=state, delete_disks=delete_disks, disks=disks,
-            settings_file=str(settings) if settings and settings.exists() else None,
-            shm_file=str(shm) if shm and shm.exists() else None,
-            undefine_flags=flags, firmware_state=firmware,
-        )
+        plans = []
+        for delete_disks in choices:
+            flags = (UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA
+                     | UNDEFINE_CHECKPOINTS_METADATA)
+            if delete_disks:
+                flags |= UNDEFINE_NVRAM | (UNDEFINE_TPM if tpm_flags else 0)
+                firmware = "deleted"
+            else:
+                flags |= UNDEFINE_KEEP_NVRAM | (UNDEFINE_KEEP_TPM if tpm_flags else 0)
+                firmware = "kept (delete them with --delete-disks)"
+            plans.append(DestroyPlan(
+                name=name, state=state, delete_disks=delete_disks,
+                disks=[self._decide(disk, delete_disks, managed, used_by)
+                       for disk in domain_disks],
+                settings_file=str(settings) if settings and settings.exists() else None,
+                shm_file=str(shm) if shm and shm.exists() else None,
+                undefine_flags=flags, firmware_state=firmware,
+            ))
+        return plans
 
     def _decide(self, disk: Disk, delete_disks: bool, managed: Path,
                 used_by: dict[str, str]) -> DiskDecision:

@@ -1,6 +1,8 @@
 """``neuron-vm-gui``: the main window.
 
-The GUI calls the same library as the CLI and never libvirt itself. Library callbacks
+The GUI calls the same actions as the CLI (``vm_manager.actions``) and never libvirt
+itself; everything that talks to libvirt, reads sysfs or runs a program runs on a worker
+(``Tasks``) while the window shows a busy state. Library callbacks
 (state changes on libvirt's event thread) reach the Qt thread through ``EventBridge``
 signals, so the list follows every change without polling. Slow work (connecting, listing,
 lifecycle requests) runs on a thread pool; the window never waits on libvirt.
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from PySide6.QtCore import QSettings, Qt, QTimer
@@ -33,9 +34,10 @@ from PySide6.QtWidgets import (
 # it. Must be set before the QApplication exists.
 os.environ.setdefault("QT_NO_GLIB", "1")
 
+from ..actions import Context  # noqa: E402
+from ..actions.power import allowed_operations  # noqa: E402
 from ..core.primitives import VMState  # noqa: E402
-from ..core.state_machine import allowed_operations  # noqa: E402
-from .widgets import Banner, EventBridge, VMRow, VMTableModel  # noqa: E402
+from .widgets import Banner, EventBridge, Tasks, VMRow, VMTableModel  # noqa: E402
 from ..core.log import get_logger
 
 log = get_logger(__name__)
@@ -60,19 +62,16 @@ ALWAYS_ENABLED = {"refresh", "readiness"}
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, uri: str | None = None, connection=None, store=None):
+    def __init__(self, uri: str | None = None, connection=None, store=None,
+                 context: Context | None = None):
         super().__init__()
-        from ..core.connection import resolve_uri
-        from ..core.store import VMStore
-
-        self.uri = connection.uri if connection is not None else resolve_uri(uri)
-        self.connection = connection
-        self.store = store or VMStore()
-        self.lifecycle = None
-        self.looking_glass = None
+        self.ctx = context or Context(uri, connection=connection, store=store)
+        self.uri = self.ctx.uri
+        self.lifecycle = None  # set by the first listing (on a worker)
         self.bridge = EventBridge()
         self.model = VMTableModel(self)
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="neuron-gui")
+        self.tasks = Tasks(parent=self)
+        self.pool = self.tasks.pool
         self.busy: set[str] = set()
         self.last_error: str | None = None
         self.notifications: list[tuple[str, str]] = []  # (title, text), also for tests
@@ -138,33 +137,26 @@ class MainWindow(QMainWindow):
         self.pool.submit(self._load_worker)
 
     def _load_worker(self) -> None:
-        from ..core.connection import ConnectionEvent, LibvirtConnection
+        from ..actions import vms
         from ..core.errors import VMManagerError
-        from ..core.inventory import list_vms
-        from ..core.vm_lifecycle import VMLifecycleManager
 
         try:
-            if self.connection is None:
-                self.connection = LibvirtConnection(self.uri)
-            self.connection.open()
             if self.lifecycle is None:
-                self.lifecycle = VMLifecycleManager(self.connection)
-                self.lifecycle.subscribe(lambda change: self.bridge.state_changed.emit(
+                lifecycle = self.ctx.lifecycle
+                lifecycle.subscribe(lambda change: self.bridge.state_changed.emit(
                     change.name, change.new.value, change.reason))
-                self.connection.subscribe(lambda event: self.bridge.connection_changed.emit(
-                    event.status, event.reason) if isinstance(event, ConnectionEvent) else None)
-            inventory = list_vms(self.connection)
-            names = {vm.name for vm in inventory.vms}
-            saved = self.store.load_all(sorted(names & set(self.store.names()))).configs
+                self.ctx.connection.subscribe(lambda event: self.bridge.connection_changed.emit(
+                    event.status, event.reason) if hasattr(event, "status") else None)
+                self.lifecycle = lifecycle
+            inventory = vms.list_vms(self.ctx)
             rows = []
             for vm in inventory.vms:
-                config = saved.get(vm.name)
-                shown = self.lifecycle.states.state_if_known(vm.name) or vm.state
+                config = inventory.settings.get(vm.name)
+                gpu = config.gpu_passthrough if config else None
                 rows.append(VMRow(
-                    name=vm.name, state=shown, vcpus=vm.vcpus, memory_mb=vm.memory_mb,
-                    vm_type=config.vm_type.value if config else None,
-                    gpu=config.gpu_passthrough.pci_address if config and
-                    config.gpu_passthrough else None,
+                    name=vm.name, state=vms.shown_state(self.ctx, vm.name, vm.state),
+                    vcpus=vm.vcpus, memory_mb=vm.memory_mb, vm_type=vm.vm_type,
+                    gpu=gpu.pci_address if gpu else None,
                     looking_glass=bool(config and config.looking_glass.enabled),
                 ))
             self.bridge.inventory_ready.emit(rows)
@@ -173,6 +165,15 @@ class MainWindow(QMainWindow):
         except Exception as error:  # noqa: BLE001 - shown in the banner, never a dead window
             log.exception("loading the VM list failed")
             self.bridge.inventory_failed.emit(f"{type(error).__name__}: {error}")
+
+    @property
+    def connection(self):
+        """The context's connection (opening it is a libvirt call: workers only)."""
+        return self.ctx.connection
+
+    @property
+    def store(self):
+        return self.ctx.store
 
     def _on_inventory(self, rows: list[VMRow]) -> None:
         selected = self.selected_name()
@@ -292,83 +293,112 @@ class MainWindow(QMainWindow):
     def confirm(self, title: str, text: str) -> bool:
         return QMessageBox.question(self, title, text) == QMessageBox.Yes
 
-    def on_start(self) -> None:
+    def _power(self, label: str, operation: str, **options) -> None:
+        from ..actions import power
+
         name = self.selected_name()
         if name:
-            self._run(name, "Starting", lambda: self.lifecycle.start(name))
+            self._run(name, label, lambda: getattr(power, operation)(self.ctx, name, **options))
+
+    def on_start(self) -> None:
+        from ..actions import power
+
+        name = self.selected_name()
+        if name:
+            self._run(name, "Starting",
+                      lambda: power.start(self.ctx, power.StartRequest(name)).result)
 
     def on_stop(self) -> None:
-        name = self.selected_name()
-        if name:
-            self._run(name, "Stopping", lambda: self.lifecycle.stop(name))
+        self._power("Stopping", "stop")
 
     def on_force_stop(self) -> None:
-        from ..core.vm_lifecycle import ShutdownMethod
-
         name = self.selected_name()
         if name and self.confirm("Force stop", f"Power {name} off now? Unsaved work in the"
                                  " VM is lost."):
-            self._run(name, "Powering off",
-                      lambda: self.lifecycle.stop(name, method=ShutdownMethod.FORCE))
+            self._power("Powering off", "stop", force=True)
 
     def on_pause(self) -> None:
-        name = self.selected_name()
-        if name:
-            self._run(name, "Pausing", lambda: self.lifecycle.pause(name))
+        self._power("Pausing", "pause")
 
     def on_resume(self) -> None:
-        name = self.selected_name()
-        if name:
-            self._run(name, "Resuming", lambda: self.lifecycle.resume(name))
+        self._power("Resuming", "resume")
 
     def on_reboot(self) -> None:
-        name = self.selected_name()
-        if name:
-            self._run(name, "Rebooting", lambda: self.lifecycle.reboot(name))
+        self._power("Rebooting", "reboot")
 
     def on_refresh(self) -> None:
         self.load()
 
-    def on_create(self) -> None:
-        from ..core.vm_creator import VMCreator
-        from .dialogs import CreateWizard
+    def _prepare(self, label: str, work: Callable[[], object],
+                 then: Callable[[object], None]) -> None:
+        """Read what a dialog needs on a worker (busy in the status bar), then open it."""
+        self.statusBar().showMessage(f"{label}…")
 
-        wizard = CreateWizard(VMCreator(self.connection, store=self.store), parent=self)
-        if wizard.exec() and wizard.result is not None:
-            self.statusBar().showMessage(f"created {wizard.result.name}")
-            self.load()
+        def failed(error: BaseException) -> None:
+            self.last_error = str(error)
+            self.statusBar().showMessage(str(error))
+
+        self.tasks.run(work, then, failed)
+
+    def on_create(self) -> None:
+        from ..actions import host
+        from .wizard import CreateWizard
+
+        def show(devices) -> None:
+            self.statusBar().clearMessage()
+            wizard = CreateWizard(self.ctx, devices, tasks=self.tasks, parent=self)
+            if wizard.exec() and wizard.result is not None:
+                self.statusBar().showMessage(f"created {wizard.result.name}")
+                self.load()
+
+        self._prepare("Looking at this computer's GPUs and USB devices",
+                      lambda: host.devices(self.ctx), show)
 
     def on_settings(self) -> None:
-        from ..core.vm_creator import VMCreator
+        from ..actions import host
         from .dialogs import SettingsDialog
 
         name = self.selected_name()
-        config = self.store.load(name) if name else None
-        if config is None:
-            QMessageBox.information(self, "Settings", f"{name} was not made by NeuronOS; change"
-                                    " it with virt-manager or `virsh edit`.")
+        if not name:
             return
-        dialog = SettingsDialog(VMCreator(self.connection, store=self.store), config, parent=self)
-        if dialog.exec():
-            self.load()
+
+        def show(found) -> None:
+            config, devices = found
+            self.statusBar().clearMessage()
+            if config is None:
+                QMessageBox.information(self, "Settings", f"{name} was not made by NeuronOS;"
+                                        " change it with virt-manager or `virsh edit`.")
+                return
+            dialog = SettingsDialog(self.ctx, config, devices, tasks=self.tasks, parent=self)
+            if dialog.exec():
+                self.load()
+
+        self._prepare(f"Reading the settings of {name}",
+                      lambda: (self.store.load(name), host.devices(self.ctx)), show)
 
     def on_usb(self) -> None:
+        from ..actions import usb
         from .dialogs import USBPanel
 
         name = self.selected_name()
-        if name:
-            self.usb_panel = USBPanel(self.connection, name, parent=self)
+        if not name:
+            return
+
+        def show(found) -> None:
+            devices, attached = found
+            self.statusBar().clearMessage()
+            self.usb_panel = USBPanel(self.ctx, name, devices, attached, tasks=self.tasks,
+                                      parent=self)
             self.usb_panel.show()
 
+        self._prepare("Looking at the USB devices",
+                      lambda: (usb.list_usb(self.ctx), usb.attached(self.ctx, name)), show)
+
     def on_readiness(self) -> None:
-        from ..passthrough.host_check import run_checks
+        from ..actions import host
 
-        def work() -> None:
-            checks = run_checks(uri=self.uri)
-            self.bridge.checks_ready.emit(checks)
-
-        self.statusBar().showMessage("Checking this computer…")
-        self.pool.submit(work)
+        self._prepare("Checking this computer", lambda: host.doctor(self.ctx),
+                      self._show_readiness)
 
     def _show_readiness(self, checks) -> None:
         from .dialogs import ReadinessDialog
@@ -378,44 +408,33 @@ class MainWindow(QMainWindow):
         self.readiness.show()
 
     def on_display(self) -> None:
-        from ..core.errors import VMManagerError
-        from ..core.looking_glass import LookingGlassManager, display_config
+        """The same action as ``neuron-vm display``: the window then follows the VM (it
+        closes when the VM stops and opens again when it runs)."""
+        from ..actions import display
 
         name = self.selected_name()
-        if not name:
-            return
-        try:
-            config = display_config(name, self.store, self.connection)
-            if config is None:
-                QMessageBox.information(
-                    self, "No Looking Glass",
-                    f"{name} has no Looking Glass display. Create it with a GPU and Looking"
-                    " Glass turned on to see its screen here.")
-                return
-            if self.looking_glass is None:
-                run_as = os.environ.get("SUDO_USER") if os.geteuid() == 0 else None
-                self.looking_glass = LookingGlassManager(run_as=run_as,
-                                                         connection=self.connection)
-            self.looking_glass.start(name, config)
-            self.statusBar().showMessage(f"{name}: waiting for the guest's Looking Glass host")
-        except VMManagerError as error:
-            self.last_error = str(error)
-            self.statusBar().showMessage(str(error))
+        if name:
+            self._run(name, "Opening the display of",
+                      lambda: _DisplayOpened(display.open_display(
+                          self.ctx, display.DisplayRequest(name))))
 
     def on_delete(self) -> None:
+        from ..actions import delete
         from .dialogs import DeleteDialog
 
         name = self.selected_name()
         if not name:
             return
-        from ..core.vm_destroyer import VMDestroyer
 
-        destroyer = VMDestroyer(self.connection, store=self.store, lifecycle=self.lifecycle)
-        dialog = DeleteDialog(destroyer, name, self)
-        if dialog.exec():
-            delete_disks = dialog.delete_disks
-            self._run(name, "Deleting",
-                      lambda: destroyer.destroy(name, delete_disks=delete_disks))
+        def show(preview) -> None:
+            self.statusBar().clearMessage()
+            dialog = DeleteDialog(preview, name, self)
+            if dialog.exec():
+                request = delete.DeleteRequest(name, delete_disks=dialog.delete_disks)
+                self._run(name, "Deleting", lambda: delete.delete(self.ctx, request))
+
+        self._prepare(f"Planning the deletion of {name}", lambda: delete.preview(self.ctx, name),
+                      show)
 
     # --- window state -------------------------------------------------------------------------
 
@@ -429,10 +448,17 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         QSettings("NeuronOS", "VM Manager").setValue("geometry", self.saveGeometry())
-        if self.looking_glass is not None:
-            self.looking_glass.stop_all()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.submit(self.ctx.close)  # displays closed, connection released, off the UI
+        self.pool.shutdown(wait=False)
         super().closeEvent(event)
+
+
+class _DisplayOpened:
+    """What the status bar says once the display action returned."""
+
+    def __init__(self, session):
+        self.session = session
+        self.message = "waiting for the guest's Looking Glass host"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0], *qt_args])
     app.setApplicationName("NeuronOS VM Manager")
     app.setDesktopFileName("neuron-vm-gui")
+    from ..core import guard
+
+    guard.forbid_blocking_calls(strict=False)  # a slip onto the UI thread is logged
     window = MainWindow(uri=args.connect)
     window.show()
     return app.exec()

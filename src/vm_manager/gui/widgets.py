@@ -1,13 +1,16 @@
-"""Reusable pieces of the desktop app: the VM table model, the daemon-down banner, and the
-bridge that carries library callbacks (libvirt's event thread) into the Qt thread."""
+"""Reusable pieces of the desktop app: the VM table model, the daemon-down banner, the
+bridge that carries library callbacks (libvirt's event thread) into the Qt thread, and
+``Tasks``, which runs actions off the Qt thread and hands their results back to it."""
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidgetItem, QPushButton, QWidget
 
 from ..core.primitives import VMState
 
@@ -49,6 +52,42 @@ class VMRow:
     gpu: str | None = None  # PCI address when a GPU is passed through
     looking_glass: bool = False
     reason: str = ""
+
+
+class Tasks(QObject):
+    """Runs work (an action: libvirt, sysfs, programs) on a thread pool and calls ``done``
+    with its result, or ``failed`` with its exception, on the Qt thread. The Qt thread
+    itself never waits on the library."""
+
+    _finished = Signal(object, object)  # the callback to run on the Qt thread, its argument
+
+    def __init__(self, pool: Executor | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self.pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="neuron-gui")
+        self._finished.connect(self._deliver)
+
+    def run(self, work: Callable[[], Any], done: Callable[[Any], None] | None = None,
+            failed: Callable[[BaseException], None] | None = None) -> None:
+        def job() -> None:
+            try:
+                value = work()
+            except Exception as error:  # noqa: BLE001 - handed to ``failed`` on the Qt thread
+                self._finished.emit(failed or _log_failure, error)
+                return
+            if done is not None:
+                self._finished.emit(done, value)
+
+        self.pool.submit(job)
+
+    @staticmethod
+    def _deliver(callback: Callable[[Any], None], value: Any) -> None:
+        callback(value)
+
+
+def _log_failure(error: BaseException) -> None:
+    from ..core.log import get_logger
+
+    get_logger(__name__).error("background task failed: %s", error)
 
 
 class EventBridge(QObject):
@@ -141,6 +180,15 @@ class VMTableModel(QAbstractTableModel):
     def row_for(self, name: str) -> VMRow | None:
         position = self._index.get(name)
         return self.rows[position] if position is not None else None
+
+
+def check_item(text: str, data, checked: bool) -> QListWidgetItem:
+    """A list row with a tick box, carrying ``data``."""
+    item = QListWidgetItem(text)
+    item.setData(Qt.UserRole, data)
+    item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+    item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
+    return item
 
 
 class Banner(QWidget):

@@ -1,0 +1,152 @@
+"""One libvirt host as both faces use it.
+
+A ``Context`` holds what every action needs and makes each piece on first use: the
+connection, the saved settings, the lifecycle manager (the one state machine of this
+process), the creator and destroyer with the same images folder and host root, and the
+Looking Glass manager that follows the VMs' lifecycle. The CLI makes one per command (with
+``events=False``: one-shot commands start no event loop); the desktop app keeps one for its
+whole run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ..core.connection import LibvirtConnection
+    from ..core.looking_glass import LGClientConfig, LookingGlassManager
+    from ..core.store import VMStore
+    from ..core.vm_creator import VMCreator
+    from ..core.vm_destroyer import VMDestroyer
+    from ..core.vm_lifecycle import VMLifecycleManager
+
+
+class Context:
+    def __init__(
+        self,
+        uri: str | None = None,
+        *,
+        connection: LibvirtConnection | None = None,
+        store: VMStore | None = None,
+        images_dir: Path | str | None = None,
+        host_root: Path | str | None = None,
+        shm_dir: Path | str | None = None,
+        loader: Any = None,
+        events: bool = True,
+        looking_glass: Callable[..., LookingGlassManager] | None = None,
+    ):
+        """``looking_glass``: a factory ``(run_as=..., connection=...) ->
+        LookingGlassManager`` (tests give one with a fake client); default the real one."""
+        self._uri = uri
+        self._connection = connection
+        self._owns_connection = connection is None
+        self._store = store
+        self.images_dir = Path(images_dir) if images_dir else None
+        self.host_root = host_root
+        self.shm_dir = Path(shm_dir) if shm_dir else None
+        self._loader = loader
+        self.events = events
+        self._lg_factory = looking_glass
+        self._lock = threading.Lock()
+        self._lifecycle: VMLifecycleManager | None = None
+        self._looking_glass: LookingGlassManager | None = None
+        self.displays: dict[str, LGClientConfig] = {}  # VMs whose display follows them
+
+    # --- the pieces, made on first use ------------------------------------------------------
+
+    @property
+    def uri(self) -> str:
+        if self._connection is not None:
+            return self._connection.uri
+        from ..core.connection import resolve_uri
+
+        return resolve_uri(self._uri)
+
+    @property
+    def connection(self) -> LibvirtConnection:
+        with self._lock:
+            if self._connection is None:
+                from ..core.connection import LibvirtConnection
+
+                self._connection = LibvirtConnection(self._uri, events=self.events)
+            connection = self._connection
+        return connection.open()
+
+    @property
+    def store(self) -> VMStore:
+        if self._store is None:
+            from ..core.store import VMStore
+
+            self._store = VMStore()
+        return self._store
+
+    @property
+    def lifecycle(self) -> VMLifecycleManager:
+        connection = self.connection
+        with self._lock:
+            if self._lifecycle is None:
+                from ..core.vm_lifecycle import VMLifecycleManager
+
+                self._lifecycle = VMLifecycleManager(connection)
+            return self._lifecycle
+
+    @property
+    def has_lifecycle(self) -> bool:
+        return self._lifecycle is not None
+
+    @property
+    def loader(self):
+        if self._loader is None:
+            from ..templates.loader import TemplateLoader
+
+            self._loader = TemplateLoader()
+        return self._loader
+
+    def creator(self) -> VMCreator:
+        from ..core.vm_creator import VMCreator
+
+        return VMCreator(self.connection, store=self.store, loader=self.loader,
+                         images_dir=self.images_dir, host_root=self.host_root)
+
+    def destroyer(self) -> VMDestroyer:
+        from ..core.vm_destroyer import VMDestroyer
+
+        options = {"shm_dir": self.shm_dir} if self.shm_dir else {}
+        return VMDestroyer(self.connection, store=self.store, lifecycle=self.lifecycle,
+                           images_dir=self.images_dir, **options)
+
+    def looking_glass(self, run_as: str | None = None) -> LookingGlassManager:
+        """The one Looking Glass manager of this context; it follows the lifecycle of every
+        VM whose display was opened (``displays``)."""
+        lifecycle = self.lifecycle
+        with self._lock:
+            if self._looking_glass is None:
+                if run_as is None and os.geteuid() == 0:
+                    run_as = os.environ.get("SUDO_USER")
+                if self._lg_factory is not None:
+                    manager = self._lg_factory(run_as=run_as, connection=self._connection)
+                else:
+                    from ..core.looking_glass import LookingGlassManager
+
+                    manager = LookingGlassManager(run_as=run_as, connection=self._connection)
+                manager.follow(lifecycle, self.displays.get)
+                self._looking_glass = manager
+            return self._looking_glass
+
+    @property
+    def open_looking_glass(self) -> LookingGlassManager | None:
+        """The Looking Glass manager if a display was opened through this context."""
+        return self._looking_glass
+
+    def close(self) -> None:
+        """Stop the displays this context opened, and close the connection it opened (one
+        it was given stays open for its owner)."""
+        if self._looking_glass is not None:
+            self._looking_glass.stop_all()
+        if self._lifecycle is not None:
+            self._lifecycle.close()
+        if self._connection is not None and self._owns_connection:
+            self._connection.close()

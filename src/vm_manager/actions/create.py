@@ -1,0 +1,132 @@
+"""Creating a VM, and changing a stopped VM's settings.
+
+Both faces build a ``VMConfig`` (validated at the edge), ask ``preview`` for the plan to
+show, then ``create`` it. ``reconfigure`` takes a ``SettingsChange`` — only what the user
+changed — and merges it into the saved settings, so options the face does not show (a GPU's
+ROM file, the NVIDIA compatibility flags, the single-GPU opt-in, a USB device's port) are
+kept, whichever face made the change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from .context import Context
+
+if TYPE_CHECKING:
+    from ..core.planning import CreationPlan
+    from ..core.vm_config import VMConfig
+    from ..core.vm_creator import CreationResult
+    from ..core.vm_lifecycle import OperationResult
+
+KEEP = "keep"  # SettingsChange.gpu: leave the GPU as it is
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    config: VMConfig
+    template: str | None = None  # e.g. "windows11-passthrough"; default from the config
+    force: bool = False  # allow more memory or vCPUs than the host has
+    start: bool = False
+
+
+@dataclass
+class CreateOutcome:
+    result: CreationResult
+    started: OperationResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.result.to_dict()
+        data["started"] = self.started.to_dict() if self.started else None
+        return data
+
+
+def preview(ctx: Context, request: CreateRequest) -> CreationPlan:
+    """Everything ``create`` would do (host facts read once, a pure plan); changes nothing.
+    Raises ``InvalidConfig`` naming the field for anything the host cannot do."""
+    return ctx.creator().plan(request.config, force=request.force, template=request.template)
+
+
+def print_xml(ctx: Context, request: CreateRequest) -> str:
+    """The domain XML ``create`` would define, validated; changes nothing."""
+    return ctx.creator().print_xml(request.config, force=request.force,
+                                   template=request.template)
+
+
+def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = None,
+           progress: Callable[[str], None] | None = None) -> CreateOutcome:
+    """Create the VM (a transaction: a failure leaves nothing behind), then start it if
+    asked. ``plan``: the preview just shown, so the checks do not run twice."""
+    result = ctx.creator().create(request.config, force=request.force,
+                                  template=request.template, progress=progress, plan=plan)
+    started = ctx.lifecycle.start(result.name) if request.start else None
+    return CreateOutcome(result, started)
+
+
+# --- changing a stopped VM ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SettingsChange:
+    """What to change; None (and ``gpu=KEEP``) leaves a setting as it is."""
+
+    memory: str | int | None = None  # "6G", 6144 (MiB)
+    vcpus: int | str | None = None
+    gpu: str | None = KEEP  # a PCI address, None to remove the GPU, or KEEP
+    usb: tuple[tuple[str, str], ...] | None = None  # (vendor, product) ids: the whole list
+    looking_glass: bool | None = None
+    force: bool = False
+
+
+@dataclass
+class ReconfigureOutcome:
+    result: CreationResult
+    config: VMConfig = field(repr=False)
+
+
+def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
+    """The saved settings with ``change`` merged in (pure; raises ``InvalidConfig``)."""
+    from ..core.vm_config import PCIAddress, VMConfig
+
+    data = config.to_dict()
+    if change.memory is not None:
+        data["memory_mb"] = change.memory
+    if change.vcpus is not None:
+        data["vcpus"] = change.vcpus
+    if change.gpu != KEEP:
+        current = config.gpu_passthrough
+        if change.gpu is None:
+            data["gpu_passthrough"] = None
+        elif current is not None and PCIAddress.parse(change.gpu, "gpu.pci_address") == \
+                current.address:
+            pass  # the same card: its ROM, compatibility flags and opt-in stay
+        else:
+            data["gpu_passthrough"] = {"pci_address": change.gpu}
+    if change.usb is not None:
+        kept = {(u.vendor_id, u.product_id): u.__dict__ for u in config.usb_devices}
+        data["usb_devices"] = [dict(kept.get((v, p), {"vendor_id": v, "product_id": p}))
+                               for v, p in change.usb]
+    lg = dict(data["looking_glass"])
+    if change.looking_glass is not None:
+        lg["enabled"] = change.looking_glass
+    lg["enabled"] = bool(lg["enabled"] and data["gpu_passthrough"])
+    data["looking_glass"] = lg
+    if not lg["enabled"] and data.get("display_mode") == "looking-glass":
+        data["display_mode"] = "spice"
+    return VMConfig.from_dict(data)
+
+
+def reconfigure(ctx: Context, name: str, change: SettingsChange) -> ReconfigureOutcome:
+    """Rewrite a stopped VM's definition with ``change`` (same UUID, same disk) and save its
+    settings; if saving fails the old definition is put back. Raises ``VMNotFound``,
+    ``InvalidConfig`` (a bad value, or a VM NeuronOS did not make), ``LifecycleError``
+    (running)."""
+    from ..core.errors import InvalidConfig
+
+    ctx.lifecycle.require(name)
+    config = ctx.store.load(name)
+    if config is None:
+        raise InvalidConfig("NAME", f"{name} was not made by NeuronOS; change it with"
+                            " virt-manager or `virsh edit`")
+    new = apply_change(config, change)
+    return ReconfigureOutcome(ctx.creator().reconfigure(new, force=change.force), new)

@@ -1,0 +1,102 @@
+"""The Looking Glass display of a running VM, tied to its lifecycle.
+
+``open_display`` is what both faces call: the client starts once the guest's host
+application is live, is restarted if it crashes, and closes when the VM stops, is deleted
+or stays paused (``LookingGlassManager.follow``, set up once per ``Context``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable
+
+from .context import Context
+
+if TYPE_CHECKING:
+    from ..core.looking_glass import LGClientConfig, LGState, LookingGlassManager
+
+
+@dataclass(frozen=True)
+class DisplayRequest:
+    name: str
+    fullscreen: bool = False
+    user: str | None = None  # as root: the desktop user to run the client as
+
+
+@dataclass
+class DisplaySession:
+    """One VM's Looking Glass window, supervised by the context's manager."""
+
+    name: str
+    manager: LookingGlassManager
+
+    @property
+    def state(self) -> LGState:
+        return self.manager.get_state(self.name)
+
+    @property
+    def reason(self) -> str:
+        return self.manager.reason(self.name)
+
+    def wait(self, timeout: float) -> LGState:
+        """Block up to ``timeout`` s for the window to close (stopped) or fail (error)."""
+        from ..core.looking_glass import LGState
+
+        return self.manager.wait_for_state(self.name, {LGState.STOPPED, LGState.ERROR},
+                                           timeout)
+
+    @property
+    def closed(self) -> bool:
+        from ..core.looking_glass import LGState
+
+        return self.state in (LGState.STOPPED, LGState.ERROR)
+
+    def close(self) -> None:
+        self.manager.stop(self.name)
+
+
+def config_for(ctx: Context, name: str) -> LGClientConfig:
+    """The client config of a VM with Looking Glass; ``InvalidConfig`` for one without."""
+    from ..core.errors import InvalidConfig
+    from ..core.looking_glass import display_config
+
+    config = display_config(name, ctx.store, ctx.connection, ctx.host_root, ctx.shm_dir)
+    if config is None:
+        raise InvalidConfig("NAME", f"VM {name!r} has no Looking Glass display (create it with"
+                            " --gpu ADDR --looking-glass)")
+    return config
+
+
+def open_display(ctx: Context, request: DisplayRequest,
+                 on_change: Callable | None = None) -> DisplaySession:
+    """Show a running VM through Looking Glass. ``on_change(LGStateChange)`` hears every
+    state of the window from the start. Raises ``VMNotFound``, ``InvalidConfig`` (no Looking
+    Glass) or ``LifecycleError`` (not running)."""
+    from ..core.errors import LifecycleError
+    from ..core.primitives import VMState
+
+    ctx.lifecycle.require(request.name)
+    config = replace(config_for(ctx, request.name), fullscreen=request.fullscreen)
+    if ctx.lifecycle.get_state(request.name) != VMState.RUNNING:
+        raise LifecycleError(f"{request.name!r} is not running: start it with `neuron-vm"
+                             f" start {request.name} --display`")
+    manager = ctx.looking_glass(run_as=request.user)
+    if on_change is not None:
+        manager.subscribe(lambda change: on_change(change)
+                          if change.vm_name == request.name else None)
+    ctx.displays[request.name] = config  # from now on it follows the VM's lifecycle
+    manager.start(request.name, config)
+    return DisplaySession(request.name, manager)
+
+
+def close_display(ctx: Context, name: str) -> bool:
+    """Close the window of ``name`` (opened here, or by another neuron-vm through its pid
+    file). False when none was open."""
+    from ..core.looking_glass import LGState, stop_by_pid_file
+
+    ctx.displays.pop(name, None)
+    manager = ctx.open_looking_glass
+    if manager is not None and manager.get_state(name) != LGState.STOPPED:
+        manager.stop(name)
+        return True
+    return stop_by_pid_file(name)

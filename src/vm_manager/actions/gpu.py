@@ -1,0 +1,63 @@
+"""GPUs: the host's list with verdicts, a VM's passthrough plan, boot-time isolation for
+vfio-pci (``gpu prepare``, written only with ``apply``), and detach/reattach through
+libvirt's node-device API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .context import Context
+
+if TYPE_CHECKING:
+    from ..passthrough.gpu_attach import GPUInfo, PassthroughPlan
+    from ..passthrough.isolation import IsolationPlan
+
+
+def list_gpus(ctx: Context) -> list[GPUInfo]:
+    from ..passthrough.gpu_attach import list_gpus as read
+
+    return read(ctx.host_root)
+
+
+def plan(ctx: Context, address: str, allow_boot_gpu: bool = False) -> PassthroughPlan:
+    from ..passthrough.gpu_attach import plan_passthrough
+
+    return plan_passthrough(address, ctx.host_root, allow_boot_gpu=allow_boot_gpu)
+
+
+@dataclass
+class PrepareOutcome:
+    plan: IsolationPlan
+    applied: bool
+    done: list[str] = field(default_factory=list)  # what apply did, line by line
+
+
+def prepare(ctx: Context, address: str, apply: bool = False) -> PrepareOutcome:
+    """Plan the boot-time vfio-pci isolation of the GPU; with ``apply``, back up and write
+    the files and rebuild the initramfs (a reboot is needed afterwards)."""
+    from ..passthrough import isolation
+
+    planned = isolation.plan_isolation(address, ctx.host_root)
+    if not apply:
+        return PrepareOutcome(planned, False)
+    return PrepareOutcome(planned, True, isolation.apply(planned, ctx.host_root))
+
+
+def unprepare(ctx: Context) -> list[str]:
+    """Undo ``prepare``: every file back byte for byte."""
+    from ..passthrough import isolation
+
+    return isolation.unprepare(ctx.host_root)
+
+
+def detach(ctx: Context, address: str) -> None:
+    from ..passthrough.gpu_attach import detach as run
+
+    run(ctx.connection, address)
+
+
+def reattach(ctx: Context, address: str) -> None:
+    from ..passthrough.gpu_attach import reattach as run
+
+    run(ctx.connection, address)

@@ -1,0 +1,75 @@
+"""This host's readiness (``doctor``), its passthrough devices in one read, and the
+shared-memory permission rule that lets the desktop user's Looking Glass client in."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .context import Context
+
+if TYPE_CHECKING:
+    from ..passthrough.gpu_attach import GPUInfo
+    from ..passthrough.host_check import Check
+    from ..passthrough.usb_attach import USBDevice
+
+
+def doctor(ctx: Context) -> list[Check]:
+    """Every readiness check, each ok / warn / fail with a one-line fix. Reads only."""
+    from ..passthrough.host_check import run_checks
+
+    return run_checks(ctx.host_root, uri=ctx.uri)
+
+
+@dataclass
+class HostDevices:
+    """What a VM could be given: the GPUs with their verdicts and the USB devices."""
+
+    gpus: list[GPUInfo]
+    usb: list[USBDevice]
+
+
+def devices(ctx: Context) -> HostDevices:
+    from ..passthrough.gpu_attach import list_gpus
+    from ..passthrough.usb_attach import list_usb
+
+    return HostDevices(list_gpus(ctx.host_root), list_usb(ctx.host_root))
+
+
+def looking_glass_size_mb(width: int, height: int, hdr: bool = False) -> int:
+    """MiB of shared memory a Looking Glass VM gets for that resolution (pure)."""
+    from ..passthrough.ivshmem import shm_size_mb
+
+    return shm_size_mb(width, height, hdr)
+
+
+@dataclass
+class ShmPermissions:
+    path: Path
+    text: str
+    applied: bool
+    ran: str | None = None  # the command run to create the file now, if any
+
+
+def shm_permissions(ctx: Context, vm: str, user: str | None = None,
+                    apply: bool = False) -> ShmPermissions:
+    """The systemd-tmpfiles rule the Looking Glass docs give (``f /dev/shm/looking-glass-<vm>
+    0660 <user> kvm -``); written, and applied at once, only with ``apply``."""
+    from ..passthrough.host_check import desktop_user
+    from ..passthrough.ivshmem import write_tmpfiles_rule
+    from ..passthrough.pci import host_root
+
+    root = host_root(ctx.host_root)
+    path, text = write_tmpfiles_rule(vm, user or desktop_user(), root, apply=apply)
+    ran = None
+    if apply and shutil.which("systemd-tmpfiles") and str(root) == "/":
+        from ..core import guard
+
+        guard.check("systemd-tmpfiles")
+        command = ["systemd-tmpfiles", "--create", str(path)]
+        subprocess.run(command, check=False)
+        ran = " ".join(command)
+    return ShmPermissions(path, text, apply, ran)

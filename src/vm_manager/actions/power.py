@@ -1,0 +1,75 @@
+"""Start, stop, pause, resume, reboot and reset; each returns the lifecycle manager's
+``OperationResult`` (what happened, how long it took, whether a stop was forced)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .context import Context
+
+if TYPE_CHECKING:
+    from ..core.vm_lifecycle import OperationResult
+    from .display import DisplayRequest, DisplaySession
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    name: str
+    paused: bool = False
+    wait: bool = True
+    timeout: float = 60.0
+    display: DisplayRequest | None = None  # then show it through Looking Glass
+
+
+@dataclass
+class StartOutcome:
+    result: OperationResult
+    display: DisplaySession | None = None
+
+
+def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartOutcome:
+    """Boot the VM; with ``display``, then open its Looking Glass window (a VM without
+    Looking Glass is refused before anything boots)."""
+    from . import display
+
+    if request.display is not None:
+        display.config_for(ctx, request.name)  # InvalidConfig before booting anything
+    result = ctx.lifecycle.start(request.name, paused=request.paused, wait=request.wait,
+                                 timeout=request.timeout)
+    session = None
+    if request.display is not None:
+        session = display.open_display(ctx, request.display, on_change=on_display_change)
+    return StartOutcome(result, session)
+
+
+def stop(ctx: Context, name: str, force: bool = False, timeout: float = 60.0
+         ) -> OperationResult:
+    """ACPI shutdown, forced after ``timeout`` (the result says so); ``force``: at once."""
+    from ..core.vm_lifecycle import ShutdownMethod
+
+    method = ShutdownMethod.FORCE if force else ShutdownMethod.GRACEFUL
+    return ctx.lifecycle.stop(name, method=method, timeout=timeout)
+
+
+def pause(ctx: Context, name: str) -> OperationResult:
+    return ctx.lifecycle.pause(name)
+
+
+def resume(ctx: Context, name: str) -> OperationResult:
+    return ctx.lifecycle.resume(name)
+
+
+def reboot(ctx: Context, name: str) -> OperationResult:
+    return ctx.lifecycle.reboot(name)
+
+
+def reset(ctx: Context, name: str) -> OperationResult:
+    return ctx.lifecycle.reset(name)
+
+
+def allowed_operations(state) -> list[str]:
+    """The requests the state table accepts in ``state`` (for enabling buttons)."""
+    from ..core.state_machine import allowed_operations as table
+
+    return table(state)

@@ -1,0 +1,109 @@
+"""``neuron-vm``: the command line face of the VM manager.
+
+It parses, calls one action (``vm_manager.actions``) and prints the result; it never
+orchestrates library calls itself, so it does exactly what the desktop app does. Start-up
+stays light: each command imports the library parts it needs when it runs (``neuron-vm
+--help`` never loads libvirt, Jinja2, lxml or Qt; ``list`` starts no event loop).
+
+Modules: ``parser`` (the options), ``output`` (printing, the spinner), and one module per
+group of commands: ``vms`` (list, info, events), ``power`` (start ... reset, display),
+``create`` (create, configure, delete), ``devices`` (gpu, usb), ``host`` (doctor,
+shm-permissions, templates).
+
+Exit codes: 0 ok, 1 operation failed, 2 invalid input or usage, 3 VM not found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import TYPE_CHECKING, Sequence
+
+from .output import (
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    CommandContext,
+    Spinner,
+)
+from .parser import build_parser
+
+if TYPE_CHECKING:
+    from ..core.connection import LibvirtConnection
+
+__all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_USAGE", "build_parser", "main",
+           "run"]
+
+# The names the tests of the earlier single-module CLI use.
+_Context = CommandContext
+_Spinner = Spinner
+
+
+def _setup_logging(verbose: bool) -> None:
+    from ..core import log
+
+    level = log.DEBUG if verbose else log.ERROR
+    log.set_threshold(level)  # below it, nothing imports `logging` (start-up cost)
+
+    def configure(logging) -> None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+        root = logging.getLogger("vm_manager")
+        root.handlers[:] = [handler]
+        root.setLevel(level)
+        root.propagate = False
+
+    log.configure(configure)
+
+
+def _library_log():
+    from ..core.log import get_logger
+
+    return get_logger("vm_manager")
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    connection: LibvirtConnection | None = None,
+    out=None,
+    err=None,
+) -> int:
+    """Run one command. Tests pass ``connection`` (a test-driver connection) and streams."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    parser = build_parser()
+    try:
+        # argparse writes help, version and usage errors to sys.stdout/sys.stderr itself
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help/--version exit 0, bad usage exits 2
+        return int(exit_.code or 0)
+    _setup_logging(args.verbose)
+    ctx = CommandContext(args, connection, out, err)
+    from ..core.errors import VMManagerError
+
+    try:
+        return args.run(ctx)
+    except VMManagerError as error:
+        if args.verbose:
+            _library_log().exception("command failed")
+        print(f"{PROG}: {error}", file=err)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=err)
+        return 130
+    except BrokenPipeError:  # `neuron-vm list | head`
+        return EXIT_OK
+    except Exception as error:  # a bug: still one line, the traceback with -v
+        if args.verbose:
+            _library_log().exception("internal error")
+        print(f"{PROG}: internal error: {error!r} (run with -v for details)", file=err)
+        return EXIT_FAILED
+    finally:
+        ctx.close()
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""``create``, ``configure`` and ``delete``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+from .output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandContext,
+    Spinner,
+    confirm,
+    stdin_is_terminal,
+)
+
+# CLI flags for the config fields, so an error names what the user typed.
+FLAG_FOR_FIELD = {
+    "memory_mb": "--memory", "vcpus": "--cpus", "disk_size_gb": "--disk-size",
+    "disk_path": "--disk", "iso_path": "--iso", "virtio_iso_path": "--virtio-iso",
+    "gpu.pci_address": "--gpu", "opencore_path": "--opencore", "domain_type": "--domain-type",
+    "network": "--network", "vm_type": "--template", "kernel_path": "--kernel",
+    "initrd_path": "--initrd", "kernel_cmdline": "--cmdline",
+    "serial_log_path": "--serial-log", "looking_glass.enabled": "--looking-glass",
+    "looking_glass.width": "--resolution", "looking_glass.height": "--resolution",
+    "gpu.rom_file": "--gpu-rom",
+}
+
+
+def register(commands, common) -> None:
+    create = commands.add_parser(
+        "create", parents=[common], help="create a VM from a template",
+        description="Create a VM: check, make its disk, render and validate its XML, define"
+        " it, save its settings. A failure undoes every step before it.",
+    )
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--template", required=True, metavar="T",
+                        help="windows11, windows10, linux or macos (optionally -basic or"
+                        " -passthrough; the GPU option picks passthrough by itself)")
+    create.add_argument("--memory", metavar="SIZE", help="e.g. 8G (default per OS)")
+    create.add_argument("--cpus", metavar="N", help="vCPUs (default per OS)")
+    disk = create.add_mutually_exclusive_group()
+    disk.add_argument("--disk-size", metavar="SIZE", help="new disk, e.g. 64G (default per OS)")
+    disk.add_argument("--disk", metavar="PATH", help="use this existing disk image instead")
+    create.add_argument("--iso", metavar="PATH", help="installer ISO")
+    create.add_argument("--virtio-iso", metavar="PATH",
+                        help="virtio-win drivers ISO (Windows; enables virtio disk and NIC)")
+    _gpu_options(create)
+    create.add_argument("--usb", action="append", metavar="VID:PID", help="pass a USB device")
+    create.add_argument("--looking-glass", action="store_true",
+                        help="show the GPU's screen through Looking Glass")
+    create.add_argument("--resolution", metavar="WxH",
+                        help="Looking Glass resolution (default 2560x1440)")
+    create.add_argument("--opencore", metavar="PATH", help="OpenCore image (macOS, required)")
+    create.add_argument("--kernel", metavar="PATH", help="Linux direct kernel boot")
+    create.add_argument("--initrd", metavar="PATH")
+    create.add_argument("--cmdline", metavar="TEXT")
+    create.add_argument("--serial-log", metavar="PATH", help="write the serial console here")
+    create.add_argument("--domain-type", choices=["kvm", "qemu"],
+                        help="kvm (default) or qemu (software emulation)")
+    create.add_argument("--network", metavar="NAME|none",
+                        help="libvirt network (default: default)")
+    create.add_argument("--force", action="store_true",
+                        help="allow more memory or vCPUs than the host has")
+    create.add_argument("--print-xml", action="store_true",
+                        help="print the domain XML and change nothing")
+    create.add_argument("--start", action="store_true", help="start the VM once created")
+    create.set_defaults(run=cmd_create)
+
+    configure = commands.add_parser(
+        "configure", parents=[common], help="change a stopped VM's memory, vCPUs, GPU, USB",
+        description="Rewrite a stopped VM's definition (same UUID, same disk) with the"
+        " settings given; everything not given stays as it is, a kept GPU keeps its ROM and"
+        " compatibility options. The desktop app's Settings dialog does the same.",
+    )
+    configure.add_argument("name", metavar="NAME")
+    configure.add_argument("--memory", metavar="SIZE", help="e.g. 6G")
+    configure.add_argument("--cpus", metavar="N", help="vCPUs")
+    configure.add_argument("--gpu", metavar="PCI_ADDR|none",
+                           help="pass this GPU instead (none: no GPU)")
+    usb = configure.add_mutually_exclusive_group()
+    usb.add_argument("--usb", action="append", metavar="VID:PID",
+                     help="the USB devices it gets (repeat; replaces the list)")
+    usb.add_argument("--no-usb", action="store_true", help="no USB devices")
+    configure.add_argument("--looking-glass", action=argparse.BooleanOptionalAction,
+                           default=None, help="show the GPU's screen through Looking Glass")
+    configure.add_argument("--force", action="store_true",
+                           help="allow more memory or vCPUs than the host has")
+    configure.set_defaults(run=cmd_configure)
+
+    delete = commands.add_parser(
+        "delete", parents=[common], help="delete a VM (disks kept unless asked)",
+        description="Delete a VM. Shows the plan first; disks, UEFI variables and TPM state"
+        " are kept unless --delete-disks.",
+    )
+    delete.add_argument("name", metavar="NAME")
+    delete.add_argument("--delete-disks", action="store_true",
+                        help="also delete its own disks, UEFI variables and TPM state")
+    delete.add_argument("--dry-run", action="store_true", help="show the plan only")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.add_argument("--force", action="store_true",
+                        help="stop a running VM first (graceful, then forced)")
+    delete.set_defaults(run=cmd_delete)
+
+
+def _gpu_options(parser) -> None:
+    parser.add_argument("--gpu", metavar="PCI_ADDR", help="pass this GPU (all its functions)")
+    parser.add_argument("--gpu-rom", metavar="PATH", help="ROM file for the GPU")
+    parser.add_argument("--allow-boot-gpu", action="store_true",
+                        help="single-GPU mode: allow the GPU the host boots on")
+    parser.add_argument("--nvidia-compat", action="store_true",
+                        help="hide KVM and set a Hyper-V vendor id (old NVIDIA drivers)")
+
+
+@contextlib.contextmanager
+def flags_in_errors():
+    """An ``InvalidConfig`` about a config field names the flag the user typed too."""
+    from ..core.errors import InvalidConfig
+
+    try:
+        yield
+    except InvalidConfig as error:
+        flag = FLAG_FOR_FIELD.get(error.field)
+        if flag and not error.field.startswith("--"):
+            raise InvalidConfig(f"{flag} ({error.field})", error.message) from None
+        raise
+
+
+def usb_ids(items) -> list[tuple[str, str]]:
+    from ..core.errors import InvalidConfig
+
+    ids = []
+    for item in items or ():
+        vendor, sep, product = item.partition(":")
+        if not sep:
+            raise InvalidConfig("--usb", f"{item!r} is not VID:PID (e.g. 046d:c52b)")
+        ids.append((vendor, product))
+    return ids
+
+
+def request_from_args(args: argparse.Namespace):
+    from ..actions.create import CreateRequest
+    from ..core.errors import InvalidConfig
+    from ..core.vm_config import VMConfig
+    from ..templates.names import VARIANTS, template_name
+
+    kind, _, variant = args.template.partition("-")
+    looking_glass = {"enabled": bool(args.looking_glass)}
+    if args.resolution:
+        width, sep, height = args.resolution.lower().partition("x")
+        if not (sep and width.isdigit() and height.isdigit()):
+            raise InvalidConfig("--resolution", f"{args.resolution!r} is not WxH (e.g. 2560x1440)")
+        looking_glass.update(width=int(width), height=int(height))
+    data = {
+        "name": args.name, "vm_type": kind, "memory_mb": args.memory, "vcpus": args.cpus,
+        "disk_size_gb": args.disk_size, "disk_path": args.disk, "iso_path": args.iso,
+        "virtio_iso_path": args.virtio_iso, "opencore_path": args.opencore,
+        "domain_type": args.domain_type, "network": args.network,
+        "usb_devices": [{"vendor_id": v, "product_id": p} for v, p in usb_ids(args.usb)],
+        "looking_glass": looking_glass, "kernel_path": args.kernel,
+        "initrd_path": args.initrd, "kernel_cmdline": args.cmdline,
+        "serial_log_path": args.serial_log,
+    }
+    if args.looking_glass:
+        data["display_mode"] = "looking-glass"
+    if args.gpu:
+        data["gpu_passthrough"] = {"pci_address": args.gpu, "rom_file": args.gpu_rom,
+                                   "nvidia_compat": args.nvidia_compat,
+                                   "allow_boot_gpu": args.allow_boot_gpu}
+    config = VMConfig.from_dict({key: value for key, value in data.items() if value is not None})
+    template = None
+    if variant:
+        if variant not in VARIANTS:
+            raise InvalidConfig("--template", f"{args.template!r}: the variant is basic or"
+                                " passthrough (e.g. windows11-passthrough)")
+        template = template_name(kind, variant == "passthrough")
+    return CreateRequest(config, template=template, force=args.force, start=args.start)
+
+
+def cmd_create(ctx: CommandContext) -> int:
+    from ..actions import create
+
+    args = ctx.args
+    with flags_in_errors():
+        request = request_from_args(args)
+        if args.print_xml:
+            ctx.out.write(create.print_xml(ctx.actions, request))
+            return EXIT_OK
+        plan = create.preview(ctx.actions, request)
+    if not ctx.json:
+        for line in plan.describe():
+            ctx.print(line)
+
+    def progress(step: str) -> None:
+        if not ctx.json:
+            ctx.print(f"  ... {step}")
+
+    with Spinner(ctx, f"Creating {args.name}"):
+        outcome = create.create(ctx.actions, request, plan=plan, progress=progress)
+    if ctx.json:
+        ctx.print_json(outcome.to_dict())
+    else:
+        ctx.print(f"created {outcome.result.name} from {outcome.result.template}"
+                  f"{'; started' if outcome.started else ''}")
+    return EXIT_OK
+
+
+def cmd_configure(ctx: CommandContext) -> int:
+    from ..actions import create
+
+    args = ctx.args
+    gpu = create.KEEP if args.gpu is None else (None if args.gpu == "none" else args.gpu)
+    with flags_in_errors():
+        usb = () if args.no_usb else (tuple(usb_ids(args.usb)) if args.usb else None)
+        change = create.SettingsChange(memory=args.memory, vcpus=args.cpus, gpu=gpu, usb=usb,
+                                       looking_glass=args.looking_glass, force=args.force)
+        outcome = create.reconfigure(ctx.actions, args.name, change)
+    config = outcome.config
+    return ctx.report(outcome.result, f"{args.name}: {config.memory_mb} MiB, {config.vcpus}"
+                      f" vCPUs, GPU {config.gpu_passthrough.pci_address if config.gpu_passthrough else 'none'}"
+                      f", {len(config.usb_devices)} USB device(s); saved")
+
+
+def cmd_delete(ctx: CommandContext) -> int:
+    from ..actions import delete
+    from ..core.errors import InvalidConfig, LifecycleError
+
+    args = ctx.args
+    plan = delete.preview(ctx.actions, args.name).plan(args.delete_disks)
+    if ctx.json and args.dry_run:
+        ctx.print_json(plan.to_dict())
+        return EXIT_OK
+    if not ctx.json:
+        for line in plan.describe():
+            ctx.print(line)
+    if args.dry_run:
+        return EXIT_OK
+    if plan.state.is_active and not args.force:
+        raise LifecycleError(f"cannot delete {plan.blocked_reason}")
+    if not args.yes:
+        if not stdin_is_terminal():
+            raise InvalidConfig("--yes", "not on a terminal: add --yes to confirm the deletion")
+        if not confirm(f"Delete VM {args.name!r} as shown? [y/N] "):
+            ctx.print("nothing deleted")
+            return EXIT_FAILED
+    request = delete.DeleteRequest(args.name, delete_disks=args.delete_disks, force=args.force)
+    with Spinner(ctx, f"Deleting {args.name}"):
+        result = delete.delete(ctx.actions, request)
+    if ctx.json:
+        ctx.print_json(result.to_dict())
+    else:
+        for path in result.removed:
+            ctx.print(f"removed {path}")
+        for path, reason in result.kept:
+            ctx.print(f"kept    {path} ({reason})")
+        for path, error in result.failed:
+            ctx.print(f"FAILED  {path}: {error}")
+    return EXIT_FAILED if result.failed else EXIT_OK

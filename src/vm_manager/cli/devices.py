@@ -1,0 +1,141 @@
+"""``gpu list|plan|prepare|unprepare|detach|reattach`` and ``usb list|attach|detach``."""
+
+from __future__ import annotations
+
+from .output import EXIT_FAILED, EXIT_OK, CommandContext, Spinner
+
+
+def register(commands, common, subcommand) -> None:
+    gpu = commands.add_parser(
+        "gpu", parents=[common], help="GPUs: list, passthrough plan, boot-time isolation",
+        description="Reads sysfs under $NEURONOS_HOST_ROOT (default /); only prepare --apply,"
+        " unprepare, detach and reattach change anything.",
+    )
+    actions = gpu.add_subparsers(dest="gpu_action", metavar="ACTION", required=True)
+    subcommand(actions, "list", "every GPU, its functions, IOMMU group and verdict",
+               cmd_gpu_list)
+    plan = subcommand(actions, "plan", "what passing this GPU to a VM takes", cmd_gpu_plan)
+    plan.add_argument("address", metavar="ADDR")
+    plan.add_argument("--allow-boot-gpu", action="store_true",
+                      help="single-GPU mode: allow passing the GPU the host boots on")
+    prepare = subcommand(actions, "prepare", "let vfio-pci claim the GPU at boot (shown;"
+                         " written with --apply)", cmd_gpu_prepare)
+    prepare.add_argument("address", metavar="ADDR")
+    prepare.add_argument("--apply", action="store_true", help="really write the files")
+    subcommand(actions, "unprepare", "undo prepare: every file back as it was",
+               cmd_gpu_unprepare)
+    for name, text in (("detach", "hand one function to vfio-pci now (through libvirt)"),
+                       ("reattach", "give one function back to its host driver")):
+        sub = subcommand(actions, name, text, cmd_gpu_node)
+        sub.add_argument("address", metavar="ADDR")
+
+    usb = commands.add_parser(
+        "usb", parents=[common], help="USB devices: list, attach to / detach from a VM",
+        description="A running VM gets the device at once and keeps it; a stopped one gets it"
+        " in its config. The VM's saved settings follow.",
+    )
+    actions = usb.add_subparsers(dest="usb_action", metavar="ACTION", required=True)
+    subcommand(actions, "list", "the host's USB devices", cmd_usb_list)
+    for name, text in (("attach", "give a USB device to a VM"),
+                       ("detach", "take a USB device back from a VM")):
+        sub = subcommand(actions, name, text, cmd_usb_change)
+        sub.add_argument("vm", metavar="NAME")
+        sub.add_argument("device", metavar="VID:PID|BUS-PORT")
+
+
+def cmd_gpu_list(ctx: CommandContext) -> int:
+    from ..actions import gpu
+
+    gpus = gpu.list_gpus(ctx.actions)
+    if ctx.json:
+        ctx.print_json([info.to_dict() for info in gpus])
+        return EXIT_OK
+    if not gpus:
+        ctx.print("No GPUs found.")
+    for info in gpus:
+        verdict = "viable" if info.viable else "NOT viable"
+        group = info.device.iommu_group if info.device.iommu_group is not None else "-"
+        ctx.print(f"{info.address}  {info.device.name}")
+        ctx.print(f"    driver {info.device.driver or '-'}, IOMMU group {group}, functions"
+                  f" {', '.join(str(f.address) for f in info.functions)}: {verdict}")
+        for blocker in info.blockers:
+            ctx.print(f"    blocked by {blocker.address}: {blocker.reason}")
+        for warning in info.warnings:
+            ctx.print(f"    note: {warning}")
+    return EXIT_OK
+
+
+def cmd_gpu_plan(ctx: CommandContext) -> int:
+    from ..actions import gpu
+
+    plan = gpu.plan(ctx.actions, ctx.args.address, allow_boot_gpu=ctx.args.allow_boot_gpu)
+    if ctx.json:
+        ctx.print_json(plan.to_dict())
+    else:
+        ctx.print(f"{plan.gpu.address}  {plan.gpu.device.name}")
+        ctx.print(f"  hostdevs (managed='yes'): {', '.join(plan.hostdevs)}")
+        for note in plan.notes:
+            ctx.print(f"  note: {note}")
+        for warning in plan.gpu.warnings:
+            ctx.print(f"  warning: {warning}")
+        ctx.print("  ready to pass through" if plan.ready else f"  refused: {plan.refused_reason}")
+    return EXIT_OK if plan.ready else EXIT_FAILED
+
+
+def cmd_gpu_prepare(ctx: CommandContext) -> int:
+    from ..actions import gpu
+
+    outcome = gpu.prepare(ctx.actions, ctx.args.address, apply=ctx.args.apply)
+    for line in outcome.plan.describe():
+        ctx.print(line)
+    if not outcome.applied:
+        ctx.print("(nothing written: add --apply to do it)")
+    for line in outcome.done:
+        ctx.print(line)
+    return EXIT_OK
+
+
+def cmd_gpu_unprepare(ctx: CommandContext) -> int:
+    from ..actions import gpu
+
+    for line in gpu.unprepare(ctx.actions):
+        ctx.print(line)
+    return EXIT_OK
+
+
+def cmd_gpu_node(ctx: CommandContext) -> int:
+    from ..actions import gpu
+
+    detach = ctx.args.gpu_action == "detach"
+    (gpu.detach if detach else gpu.reattach)(ctx.actions, ctx.args.address)
+    ctx.print(f"{ctx.args.address}: {'on vfio-pci' if detach else 'back on its host driver'}")
+    return EXIT_OK
+
+
+def cmd_usb_list(ctx: CommandContext) -> int:
+    from ..actions import usb
+
+    devices = usb.list_usb(ctx.actions)
+    if ctx.json:
+        ctx.print_json([device.to_dict() for device in devices])
+        return EXIT_OK
+    if not devices:
+        ctx.print("No USB devices found.")
+    for device in devices:
+        hub = "  (hub)" if device.is_hub else ""
+        ctx.print(f"{device.sysfs_name:10s} {device.vendor_id}:{device.product_id}"
+                  f"  {device.name}{hub}")
+    return EXIT_OK
+
+
+def cmd_usb_change(ctx: CommandContext) -> int:
+    from ..actions import usb
+
+    device, exact = usb.find(ctx.actions, ctx.args.device)
+    change = usb.attach if ctx.args.usb_action == "attach" else usb.detach
+    with Spinner(ctx, f"{ctx.args.usb_action.capitalize()}ing {device.name}"):
+        outcome = change(ctx.actions, ctx.args.vm, device, exact)
+    if outcome.warning:
+        ctx.warn(outcome.warning)
+    ctx.print(outcome.describe())
+    return EXIT_OK

@@ -1,0 +1,145 @@
+"""What every command gets (parsed options, the streams, the actions context) and the ways
+it prints: lines, JSON, tables, a spinner while a wait lasts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..actions import Context
+    from ..core.connection import LibvirtConnection
+
+PROG = "neuron-vm"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+
+
+class CommandContext:
+    """Options, output streams and the actions ``Context`` (made on first use)."""
+
+    def __init__(self, args: argparse.Namespace, connection: LibvirtConnection | None, out,
+                 err):
+        self.args = args
+        self.out = out
+        self.err = err
+        self._connection = connection
+        self._actions: Context | None = None
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    @property
+    def actions(self) -> Context:
+        if self._actions is None:
+            from ..actions import Context
+
+            # One-shot commands need no event loop: the first subscriber turns it on.
+            self._actions = Context(getattr(self.args, "connect", None),
+                                    connection=self._connection, events=False)
+        return self._actions
+
+    def close(self) -> None:
+        if self._actions is not None:
+            self._actions.close()
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def print_json(self, data: Any) -> None:
+        import json
+
+        json.dump(data, self.out, indent=2, sort_keys=False)
+        self.out.write("\n")
+
+    def print_json_line(self, data: dict) -> None:
+        import json
+
+        self.out.write(json.dumps(data) + "\n")
+        self.out.flush()
+
+    def print_table(self, rows: list[tuple[str, ...]]) -> None:
+        widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
+        for row in rows:
+            self.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+    def print_fields(self, lines: list[tuple[str, str]]) -> None:
+        width = max(len(key) for key, _ in lines)
+        for key, value in lines:
+            self.print(f"{key + ':':<{width + 1}} {value}".rstrip())
+
+    def warn(self, text: str) -> None:
+        print(f"{PROG}: warning: {text}", file=self.err)
+
+    def report(self, result, text: str) -> int:
+        """A result as JSON (``--json``) or as one line."""
+        if self.json:
+            self.print_json(result.to_dict())
+        else:
+            self.print(text)
+        return EXIT_OK
+
+
+def format_memory(memory_mb: int | float) -> str:
+    if memory_mb >= 1024:
+        return f"{memory_mb / 1024:.1f} GiB"
+    return f"{memory_mb:g} MiB"
+
+
+class Spinner:
+    """``⠋ Stopping win11… 3.2s`` on stderr while a wait lasts longer than a second, only on
+    a terminal and never with --json (the library waits on events; this is just the face of
+    that wait)."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, ctx: CommandContext, text: str):
+        self.ctx = ctx
+        self.text = text
+        stream = ctx.err
+        self.enabled = not ctx.json and hasattr(stream, "isatty") and stream.isatty()
+        self._done: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Spinner:
+        if self.enabled:
+            self._done = threading.Event()
+            started = time.monotonic()
+
+            def spin() -> None:
+                if self._done.wait(1.0):
+                    return
+                frame = 0
+                while not self._done.wait(0.1):
+                    elapsed = time.monotonic() - started
+                    self.ctx.err.write(
+                        f"\r{self.FRAMES[frame % len(self.FRAMES)]} {self.text}… {elapsed:.1f}s"
+                    )
+                    self.ctx.err.flush()
+                    frame += 1
+                self.ctx.err.write("\r\033[K")
+                self.ctx.err.flush()
+
+            self._thread = threading.Thread(target=spin, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread is not None:
+            self._done.set()
+            self._thread.join()
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal; False when the answer is not yes."""
+    return input(question).strip().lower() in ("y", "yes")
+
+
+def stdin_is_terminal() -> bool:
+    return hasattr(sys.stdin, "isatty") and sys.stdin.isatty()

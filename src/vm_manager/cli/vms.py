@@ -1,0 +1,134 @@
+"""``list``, ``info`` and ``events``."""
+
+from __future__ import annotations
+
+import queue
+
+from .output import EXIT_OK, CommandContext, format_memory
+
+
+def register(commands, common) -> None:
+    commands.add_parser(
+        "list", parents=[common], help="list all VMs (defined and running)",
+        description="List all defined and running VMs with state, vCPUs, memory and type.",
+    ).set_defaults(run=cmd_list)
+    info = commands.add_parser(
+        "info", parents=[common], help="show everything known about one VM",
+        description="Show one VM: live domain facts plus its saved NeuronOS settings.",
+    )
+    info.add_argument("name", metavar="NAME")
+    info.set_defaults(run=cmd_info)
+    events = commands.add_parser(
+        "events", parents=[common], help="print VM state changes as they happen",
+        description="Print every state change (one line each, or JSON lines with --json)"
+        " until Ctrl-C.",
+    )
+    events.add_argument("name", metavar="NAME", nargs="?", help="only this VM")
+    events.add_argument("--count", type=int, default=None, metavar="N",
+                        help="stop after N state changes")
+    events.set_defaults(run=cmd_events)
+
+
+def cmd_list(ctx: CommandContext) -> int:
+    from ..actions import vms
+
+    inventory = vms.list_vms(ctx.actions)
+    for problem in inventory.problems:
+        ctx.warn(problem)
+    if ctx.json:
+        ctx.print_json([vm.to_dict() for vm in inventory.vms])
+        return EXIT_OK
+    if not inventory.vms:
+        ctx.print(f"No VMs on {ctx.actions.uri}.")
+        return EXIT_OK
+    rows = [("NAME", "STATE", "VCPUS", "MEMORY", "TYPE")]
+    rows += [(vm.name, vm.state.label, str(vm.vcpus), format_memory(vm.memory_mb),
+              vm.vm_type or "-") for vm in inventory.vms]
+    ctx.print_table(rows)
+    return EXIT_OK
+
+
+def cmd_info(ctx: CommandContext) -> int:
+    from ..actions import vms
+    from ..core.primitives import VMState
+
+    details = vms.vm_details(ctx.actions, ctx.args.name)
+    if "settings_problem" in details:
+        ctx.warn(details["settings_problem"])
+    if ctx.json:
+        ctx.print_json(details)
+        return EXIT_OK
+    osinfo = details["os"]
+    lines = [
+        ("Name", details["name"]),
+        ("UUID", details["uuid"]),
+        ("State", VMState(details["state"]).label),
+        ("Type", details.get("vm_type") or "unknown (not made by NeuronOS)"),
+        ("vCPUs", str(details["vcpus"])),
+        ("Memory", format_memory(details["memory_mb"])),
+        ("Persistent", "yes" if details["persistent"] else "no"),
+        ("Autostart", "yes" if details["autostart"] else "no"),
+        ("Hypervisor", details["domain_type"] or "-"),
+        ("Machine", " ".join(filter(None, [osinfo["arch"], osinfo["machine"],
+                                           osinfo["firmware"]])) or "-"),
+    ]
+    for disk in details["disks"]:
+        lines.append((f"Disk {disk['target'] or '?'}",
+                      f"{disk['source'] or '(empty)'} [{disk['device']}]"))
+    for iface in details["interfaces"]:
+        lines.append(("Network", f"{iface['type']} {iface['source'] or ''} {iface['model'] or ''}"))
+    for graphics in details["graphics"]:
+        lines.append(("Display", f"{graphics['type']} port {graphics['port'] or 'auto'}"))
+    for hostdev in details["hostdevs"]:
+        where = hostdev.get("address") or f"{hostdev.get('vendor_id')}:{hostdev.get('product_id')}"
+        lines.append(("Passthrough", f"{hostdev['type']} {where}"))
+    for shmem in details["shmem"]:
+        lines.append(("Shared memory", f"{shmem['name']} ({shmem['size']})"))
+    ctx.print_fields(lines)
+    return EXIT_OK
+
+
+def _format_change(change) -> str:
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(change.timestamp).isoformat(" ", "milliseconds")
+    return f"{stamp}  {change.name}  {change.old.value} -> {change.new.value}  ({change.reason})"
+
+
+def cmd_events(ctx: CommandContext) -> int:
+    from ..actions import vms
+
+    name = ctx.args.name
+    items: queue.Queue = queue.Queue()
+    stop = vms.watch(ctx.actions, name, items.put, items.put)
+    if not ctx.json:
+        ctx.err.write(f"Watching {name or 'all VMs'} on {ctx.actions.uri}; Ctrl-C to stop.\n")
+        ctx.err.flush()
+    seen = 0
+    try:
+        while ctx.args.count is None or seen < ctx.args.count:
+            try:
+                item = items.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+            if not hasattr(item, "old"):  # the connection went away or came back
+                if ctx.json:
+                    ctx.print_json_line({"connection": item.status, "uri": item.uri,
+                                         "reason": item.reason, "time": item.timestamp})
+                else:
+                    ctx.print(f"-- connection {item.status}: {item.reason}")
+                    ctx.out.flush()
+                continue
+            if ctx.json:
+                ctx.print_json_line({"name": item.name, "old": item.old.value,
+                                     "new": item.new.value, "reason": item.reason,
+                                     "time": item.timestamp})
+            else:
+                ctx.print(_format_change(item))
+                ctx.out.flush()
+            seen += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+    return EXIT_OK

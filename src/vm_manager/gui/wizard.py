@@ -1,0 +1,309 @@
+"""The create wizard: system and resources -> GPU, USB and Looking Glass -> summary and
+create, all through the ``create`` action (the CLI's ``neuron-vm create``)."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+    QWizard,
+    QWizardPage,
+)
+
+from .widgets import Tasks, check_item
+
+TEMPLATES = (("windows11", "Windows 11"), ("windows10", "Windows 10"), ("linux", "Linux"),
+             ("macos", "macOS"))
+RESOLUTIONS = ("1920x1080", "2560x1440", "3840x2160")
+
+
+class CreateWizard(QWizard):
+    """System and resources -> GPU, USB and Looking Glass -> summary and create. Every field
+    is checked as you type by building the same ``VMConfig`` the CLI builds, so the message
+    is the CLI's ``InvalidConfig`` text."""
+
+    def __init__(self, ctx, devices, tasks: Tasks | None = None, parent=None):
+        """``devices``: the host's GPUs and USB devices (``actions.host.devices``), read
+        on a worker before the wizard opens."""
+        super().__init__(parent)
+        self.setWindowTitle("New virtual machine")
+        self.ctx = ctx
+        self.devices = devices
+        self.tasks = tasks or Tasks(parent=self)
+        self.error_text = ""
+        self.result = None
+        self.system_page = _SystemPage(self)
+        self.devices_page = _DevicesPage(self)
+        self.summary_page = _SummaryPage(self)
+        for page in (self.system_page, self.devices_page, self.summary_page):
+            self.addPage(page)
+
+    def config_data(self) -> dict:
+        s, d = self.system_page, self.devices_page
+        data = {
+            "name": s.name.text().strip(), "vm_type": s.template.currentData(),
+            "memory_mb": s.memory.text().strip() or None, "vcpus": s.vcpus.value(),
+            "disk_size_gb": s.disk_size.text().strip() or None,
+            "disk_path": s.disk_path.text().strip() or None,
+            "iso_path": s.iso.text().strip() or None,
+            "virtio_iso_path": s.virtio_iso.text().strip() or None,
+            "opencore_path": s.opencore.text().strip() or None,
+            "network": s.network.text().strip() or "default",
+        }
+        gpu = d.gpu.currentData() if d.gpu.count() else None
+        if gpu:
+            data["gpu_passthrough"] = {"pci_address": gpu}
+        usb = [d.usb.item(i).data(Qt.UserRole) for i in range(d.usb.count())
+               if d.usb.item(i).checkState() == Qt.Checked]
+        data["usb_devices"] = [{"vendor_id": v, "product_id": p} for v, p in usb]
+        if gpu and d.looking_glass.isChecked():
+            width, height = d.resolution.currentText().split("x")
+            data["looking_glass"] = {"enabled": True, "width": int(width), "height": int(height)}
+        if data["disk_path"]:
+            data.pop("disk_size_gb")
+        return {key: value for key, value in data.items() if value is not None}
+
+    def build_config(self):
+        """The VMConfig, or None with ``error_text`` set to the InvalidConfig message."""
+        from ..core.errors import InvalidConfig
+        from ..core.vm_config import VMConfig
+
+        try:
+            config = VMConfig.from_dict(self.config_data())
+        except InvalidConfig as error:
+            self.error_text = str(error)
+            return None
+        self.error_text = ""
+        return config
+
+
+class _SystemPage(QWizardPage):
+    def __init__(self, wizard: CreateWizard):
+        super().__init__()
+        self.setTitle("System and resources")
+        self.wizard_ = wizard
+        form = QFormLayout(self)
+        self.template = QComboBox()
+        for value, label in TEMPLATES:
+            self.template.addItem(label, value)
+        self.name = QLineEdit()
+        self.memory = QLineEdit("8G")
+        self.vcpus = QSpinBox()
+        self.vcpus.setRange(1, 512)
+        self.vcpus.setValue(4)
+        self.disk_size = QLineEdit("128G")
+        self.disk_path = QLineEdit()
+        self.disk_path.setPlaceholderText("or an existing disk image (path)")
+        self.iso = QLineEdit()
+        self.virtio_iso = QLineEdit()
+        self.opencore = QLineEdit()
+        self.network = QLineEdit("default")
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #b71c1c")
+        self.error.setWordWrap(True)
+        for label, widget in (("System", self.template), ("Name", self.name),
+                              ("Memory", self.memory), ("vCPUs", self.vcpus),
+                              ("New disk size", self.disk_size),
+                              ("Existing disk", _with_browse(self.disk_path, "Disk images (*)")),
+                              ("Installer ISO", _with_browse(self.iso, "ISO images (*.iso)")),
+                              ("virtio drivers ISO",
+                               _with_browse(self.virtio_iso, "ISO images (*.iso)")),
+                              ("OpenCore image (macOS)", _with_browse(self.opencore, "Images (*)")),
+                              ("Network", self.network)):
+            form.addRow(label, widget)
+        form.addRow(self.error)
+        for widget in (self.name, self.memory, self.disk_size, self.disk_path, self.iso,
+                       self.virtio_iso, self.opencore, self.network):
+            widget.textChanged.connect(self._changed)
+        self.vcpus.valueChanged.connect(self._changed)
+        self.template.currentIndexChanged.connect(self._changed)
+
+    def _changed(self, *_args) -> None:
+        self.wizard_.build_config()
+        self.error.setText(self.wizard_.error_text)
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802 - Qt name
+        return self.wizard_.build_config() is not None
+
+
+class _DevicesPage(QWizardPage):
+    def __init__(self, wizard: CreateWizard):
+        super().__init__()
+        self.setTitle("GPU, USB devices and Looking Glass")
+        self.wizard_ = wizard
+        form = QFormLayout(self)
+        self.gpu = QComboBox()
+        self.gpu_reason = QLabel()
+        self.gpu_reason.setWordWrap(True)
+        self.usb = QListWidget()
+        self.looking_glass = QCheckBox("Show the VM through Looking Glass")
+        self.resolution = QComboBox()
+        self.resolution.addItems(RESOLUTIONS)
+        self.resolution.setCurrentText("2560x1440")
+        self.shm_label = QLabel()
+        form.addRow("GPU", self.gpu)
+        form.addRow(self.gpu_reason)
+        form.addRow("USB devices", self.usb)
+        form.addRow(self.looking_glass)
+        form.addRow("Resolution", self.resolution)
+        form.addRow("Shared memory", self.shm_label)
+        self.gpu.currentIndexChanged.connect(self._update)
+        self.looking_glass.toggled.connect(self._update)
+        self.resolution.currentTextChanged.connect(self._update)
+
+    def initializePage(self) -> None:  # noqa: N802 - Qt name
+        self.gpu.clear()
+        self.gpu.addItem("No GPU (a SPICE window)", None)
+        reasons = []
+        for gpu in self.wizard_.devices.gpus:
+            label = f"{gpu.address} {gpu.device.name}"
+            self.gpu.addItem(label, gpu.address)
+            item = self.gpu.model().item(self.gpu.count() - 1)
+            blocked = not gpu.viable or gpu.device.boot_vga
+            if blocked:  # cannot be picked; the reason is shown
+                item.setEnabled(False)
+                why = "; ".join(f"blocked by {b.address}: {b.reason}" for b in gpu.blockers) \
+                    or "the boot GPU (the host's display)"
+                reasons.append(f"{gpu.address}: {why}")
+        self.gpu_reason.setText("\n".join(reasons))
+        self.usb.clear()
+        for device in self.wizard_.devices.usb:
+            if device.is_hub:
+                continue
+            self.usb.addItem(check_item(f"{device.sysfs_name}  {device.name}",
+                                         (device.vendor_id, device.product_id), False))
+        self._update()
+
+    def _update(self, *_args) -> None:
+        from ..actions.host import looking_glass_size_mb
+
+        has_gpu = self.gpu.currentData() is not None
+        self.looking_glass.setEnabled(has_gpu)
+        enabled = has_gpu and self.looking_glass.isChecked()
+        self.resolution.setEnabled(enabled)
+        width, height = (int(v) for v in self.resolution.currentText().split("x"))
+        self.shm_label.setText(f"{looking_glass_size_mb(width, height)} MiB" if enabled
+                               else "-")
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802 - Qt name
+        return self.wizard_.build_config() is not None
+
+
+class _Progress(QObject):
+    step = Signal(str)
+    finished = Signal()
+
+
+class _SummaryPage(QWizardPage):
+    def __init__(self, wizard: CreateWizard):
+        super().__init__()
+        self.setTitle("Summary")
+        self.wizard_ = wizard
+        layout = QVBoxLayout(self)
+        self.plan_text = QLabel()
+        self.plan_text.setWordWrap(True)
+        self.steps = QListWidget()
+        layout.addWidget(self.plan_text)
+        layout.addWidget(self.steps)
+        self.plan = None
+        self.config = None
+
+    def initializePage(self) -> None:  # noqa: N802 - Qt name
+        """The plan (the ``create`` action's preview), made on a worker; Create is enabled
+        once it is there."""
+        from ..actions import create
+
+        self.steps.clear()
+        self.config = self.wizard_.build_config()
+        self.plan = None
+        self.plan_text.setText("Checking…")
+        self.completeChanged.emit()
+        request = create.CreateRequest(self.config)
+        self.wizard_.tasks.run(lambda: (request, create.preview(self.wizard_.ctx, request)),
+                               self._planned, self._refused)
+
+    def _planned(self, planned) -> None:
+        request, plan = planned
+        if request.config is not self.config:
+            return  # the user went back and changed something meanwhile
+        self.plan = plan
+        self.plan_text.setText("\n".join(plan.describe()))
+        self.completeChanged.emit()
+
+    def _refused(self, error: BaseException) -> None:
+        self.plan = None
+        self.plan_text.setText(f"Cannot create: {error}")
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802 - Qt name
+        return self.plan is not None
+
+    def validatePage(self) -> bool:  # noqa: N802 - Qt name
+        """Create now, on a worker thread, while this page lists each step as it starts
+        (a local event loop keeps the window alive meanwhile). False keeps the wizard open."""
+        import threading
+
+        from PySide6.QtCore import QEventLoop
+
+        from ..actions import create
+
+        signals = _Progress()
+        signals.step.connect(lambda step: self.steps.addItem(f"… {step}"))
+        loop = QEventLoop()
+        signals.finished.connect(loop.quit)
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = create.create(
+                    self.wizard_.ctx, create.CreateRequest(self.config), plan=self.plan,
+                    progress=signals.step.emit).result
+            except Exception as error:  # noqa: BLE001 - shown on the page, never lost
+                outcome["error"] = error
+            finally:
+                signals.finished.emit()
+
+        thread = threading.Thread(target=work, name="create-vm", daemon=True)
+        self.setEnabled(False)
+        thread.start()
+        if thread.is_alive() or not outcome:
+            loop.exec()
+        thread.join()
+        self.setEnabled(True)
+        if "error" in outcome:
+            self.steps.addItem(f"failed: {outcome['error']}")
+            return False
+        self.wizard_.result = outcome["result"]
+        self.steps.addItem("created")
+        return True
+
+
+def _with_browse(field: QLineEdit, filter_text: str) -> QWidget:
+    """A path field with a Browse… button (a file picker)."""
+    from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QToolButton
+
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    button = QToolButton()
+    button.setText("Browse…")
+
+    def pick() -> None:
+        path, _ = QFileDialog.getOpenFileName(box, "Choose a file", field.text(), filter_text)
+        if path:
+            field.setText(path)
+
+    button.clicked.connect(pick)
+    row.addWidget(field, 1)
+    row.addWidget(button)
+    return box

@@ -1,0 +1,242 @@
+"""The same action through the CLI and through the desktop app ends the same way.
+
+Three places where the two faces used to disagree (architecture issue):
+1. the settings dialog rewrote a VM's GPU as its address only, dropping --gpu-rom,
+   --nvidia-compat and --allow-boot-gpu;
+2. the USB panel hot-plugged without updating the VM's saved settings;
+3. "Show display" started the Looking Glass client without tying it to the VM's lifecycle.
+Each test does the action once per face and compares saved settings and domain XML.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6", reason="the gui extra is not installed")
+
+from vm_manager.actions import Context  # noqa: E402
+from vm_manager.cli import main  # noqa: E402
+from vm_manager.core import guard  # noqa: E402
+from vm_manager.core.connection import LibvirtConnection  # noqa: E402
+from vm_manager.core.store import VMStore  # noqa: E402
+from support.fakes import FakeUSBDevice, add_pci_devices, add_usb_devices  # noqa: E402
+from support.fakes import FakeLGHost, nvidia_turing_gpu  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("ui_thread_never_blocks")
+UUID = re.compile(r"<uuid>[0-9a-f-]{36}</uuid>")
+
+
+def cli(argv, conn, **env):
+    out, err = io.StringIO(), io.StringIO()
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        with guard.allowed():  # the CLI runs on this thread; the window may not
+            code = main(argv, connection=conn, out=out, err=err)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert code == 0, err.getvalue()
+    return out.getvalue()
+
+
+def test_a_settings_change_keeps_the_gpu_options_in_both_faces(qtbot, make_host, tmp_path):
+    from vm_manager.actions import host
+    from vm_manager.gui.dialogs import SettingsDialog
+
+    root = add_pci_devices(tmp_path / "host", nvidia_turing_gpu(boot_vga=True))  # one GPU
+    rom = tmp_path / "gpu.rom"
+    rom.write_bytes(b"\x55\xaa")
+    results = {}
+    for face in ("cli", "gui"):
+        folder = tmp_path / face
+        env = {"NEURONOS_HOST_ROOT": str(root), "NEURONOS_IMAGES_DIR": str(folder / "images"),
+               "NEURONOS_CONFIG_DIR": str(folder / "config")}
+        with guard.allowed():
+            conn = LibvirtConnection(make_host(cpus=16, memory_mb=65536)).open()
+        cli(["create", "g", "--template", "windows10", "--memory", "4G", "--disk-size", "20G",
+             "--gpu", "01:00.0", "--gpu-rom", str(rom), "--nvidia-compat", "--allow-boot-gpu",
+             "--domain-type", "qemu", "--network", "none"], conn, **env)
+        store = VMStore(folder / "config")
+        if face == "cli":
+            cli(["configure", "g", "--memory", "6G"], conn, **env)
+        else:
+            ctx = Context(connection=conn, store=store, images_dir=folder / "images",
+                          host_root=root)
+            with guard.allowed():  # what the window's worker reads before the dialog opens
+                saved, devices = store.load("g"), host.devices(ctx)
+            dialog = SettingsDialog(ctx, saved, devices)
+            qtbot.addWidget(dialog)
+            dialog.memory.setText("6G")  # the only change the user makes
+            dialog.apply()
+            qtbot.waitUntil(lambda: dialog.result is not None, timeout=10000)
+        with guard.allowed():
+            xml = conn.execute(lambda c: c.lookupByName("g").XMLDesc(0))
+            settings = store.load("g").to_dict()
+            conn.close()
+        images = str(folder / "images")
+        results[face] = (UUID.sub("", xml).replace(images, "@IMAGES@"),
+                         {**settings, "disk_path": settings["disk_path"].replace(images, "@")})
+    (cli_xml, cli_saved), (gui_xml, gui_saved) = results["cli"], results["gui"]
+    assert gui_saved == cli_saved
+    assert gui_xml == cli_xml
+    assert cli_saved["memory_mb"] == 6144
+    assert cli_saved["gpu_passthrough"] == {"pci_address": "0000:01:00.0",
+                                            "rom_file": str(rom), "nvidia_compat": True,
+                                            "allow_boot_gpu": True}
+    assert f"<rom bar='on' file='{rom}'/>" in cli_xml and "<hidden state='on'/>" in cli_xml
+    assert cli_xml.count("<hostdev mode='subsystem' type='pci' managed='yes'>") == 4
+
+
+@pytest.mark.daemon
+def test_usb_attach_updates_the_saved_settings_in_both_faces(qtbot, system_daemon, tmp_path):
+    """On the real daemon (the test driver cannot attach devices), to stopped VMs."""
+    from vm_manager.actions import delete, usb
+    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.gui.dialogs import USBPanel
+
+    root = add_usb_devices(tmp_path / "host", [FakeUSBDevice(1, "2", "046d", "c077", devnum=3,
+                                                             product_name="M105 Mouse")])
+    store = VMStore(tmp_path / "config")
+    names = {face: f"neuron-e2e-usb-{face}-{uuid.uuid4().hex[:6]}" for face in ("cli", "gui")}
+    with guard.allowed():
+        conn = LibvirtConnection(system_daemon).open()
+        ctx = Context(connection=conn, store=store, images_dir=tmp_path / "images",
+                      host_root=root)
+        for name in names.values():
+            ctx.creator().create(VMConfig(name=name, vm_type="linux", disk_size_gb=1,
+                                          network="none", domain_type="qemu"))
+    try:
+        cli(["usb", "attach", names["cli"], "046d:c077"], conn,
+            NEURONOS_HOST_ROOT=str(root), NEURONOS_CONFIG_DIR=str(tmp_path / "config"))
+        with guard.allowed():  # what the window's worker reads before the panel opens
+            devices, attached = usb.list_usb(ctx), usb.attached(ctx, names["gui"])
+        panel = USBPanel(ctx, names["gui"], devices, attached)
+        qtbot.addWidget(panel)
+        from PySide6.QtCore import Qt
+
+        panel.list.item(0).setCheckState(Qt.Checked)
+        qtbot.waitUntil(lambda: bool(panel.done or panel.errors), timeout=20000)
+        assert panel.errors == [] and panel.done[0].settings_saved
+        with guard.allowed():
+            saved = {face: [u.__dict__ for u in store.load(name).usb_devices]
+                     for face, name in names.items()}
+            hostdevs = {face: [h for h in usb_hostdevs(conn, name)]
+                        for face, name in names.items()}
+    finally:
+        with guard.allowed():
+            for name in names.values():
+                delete.delete(ctx, delete.DeleteRequest(name, delete_disks=True, force=True))
+            ctx.close()
+            conn.close()
+    assert saved["gui"] == saved["cli"] == [{"vendor_id": "046d", "product_id": "c077",
+                                             "bus": None, "port": None,
+                                             "name": "M105 Mouse"}]
+    assert hostdevs["gui"] == hostdevs["cli"] == [("046d", "c077", None, None)]
+
+
+def usb_hostdevs(conn, name):
+    from vm_manager.core.domain_xml import read_domain
+
+    xml = conn.execute(lambda c: c.lookupByName(name).XMLDesc(2))  # the inactive definition
+    return [(h.vendor_id, h.product_id, h.bus, h.device) for h in read_domain(xml).usb_hostdevs]
+
+
+@pytest.fixture
+def lg_world(make_host, tmp_path):
+    """A running test-driver VM with Looking Glass settings, its shared memory file where
+    the fake client (run as the desktop user) can open it, and the guest's host app."""
+    from vm_manager.core.vm_config import VMConfig
+
+    name = f"lgvm-{uuid.uuid4().hex[:6]}"
+    shm = Path("/dev/shm") / f"looking-glass-{name}"
+    shm.write_bytes(b"\0" * 65536)
+    os.chmod(shm, 0o666)
+    shared = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))
+    os.chmod(shared, 0o777)
+    client = shared / "looking-glass-client"
+    shutil.copy(Path(__file__).parent / "bin" / "looking-glass-client", client)
+    os.chmod(client, 0o755)
+    store = VMStore(tmp_path / "config")
+    store.save(VMConfig(name=name, vm_type="windows10", gpu_passthrough={"pci_address":
+                                                                         "01:00.0"},
+                        looking_glass={"enabled": True}))
+    with guard.allowed():
+        conn = LibvirtConnection(make_host()).open()
+        conn.execute(lambda c: c.defineXML(
+            f"<domain type='test'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>1"
+            "</vcpu><os><type>hvm</type></os><devices><graphics type='spice' port='5930'"
+            " autoport='no' listen='127.0.0.1'/></devices></domain>"))
+    host = FakeLGHost(shm).start()
+    run_as = "nobody" if os.geteuid() == 0 else None
+    yield name, conn, store, client, run_as, tmp_path / "lg-logs"
+    host.stop()
+    with guard.allowed():
+        conn.close()
+    shm.unlink(missing_ok=True)
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_the_display_follows_the_vm_in_both_faces(qtbot, lg_world, monkeypatch):
+    from vm_manager.core.looking_glass import LGState, LookingGlassManager
+    from vm_manager.gui.app import MainWindow
+
+    name, conn, store, client, run_as, logs = lg_world
+
+    def start_vm():
+        with guard.allowed():
+            conn.execute(lambda c: c.lookupByName(name).create())
+
+    def stop_vm():
+        with guard.allowed():
+            conn.execute(lambda c: c.lookupByName(name).destroy())
+
+    # the CLI: `neuron-vm display NAME` runs until the VM stops, then exits 0
+    monkeypatch.setenv("NEURONOS_LG_CLIENT", str(client))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(store.config_dir))
+    monkeypatch.setenv("XDG_STATE_HOME", str(logs))
+    start_vm()
+    out, code = io.StringIO(), []
+    argv = ["display", name] + (["--user", run_as] if run_as else [])
+    thread = threading.Thread(target=lambda: code.append(main(argv, connection=conn, out=out,
+                                                               err=io.StringIO())))
+    thread.start()
+    qtbot.waitUntil(lambda: f"{name}: running" in out.getvalue(), timeout=15000)
+    stop_vm()
+    thread.join(timeout=30)
+    assert code == [0] and f"{name}: stopped" in out.getvalue()
+
+    # the window: "Show display" opens the same way and closes with the VM too
+    start_vm()
+    managers = []
+
+    def factory(run_as=None, connection=None, desktop_user=run_as):
+        managers.append(LookingGlassManager(client=client, log_dir=logs,
+                                            run_as=run_as or desktop_user,
+                                            connection=connection, stop_timeout=2))
+        return managers[-1]
+
+    ctx = Context(connection=conn, store=store, looking_glass=factory)
+    win = MainWindow(context=ctx)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.model.row_for(name) is not None, timeout=5000)
+    win.select(name)
+    win.on_display()
+    qtbot.waitUntil(lambda: bool(managers) and managers[0].get_state(name) == LGState.RUNNING,
+                    timeout=15000)
+    stop_vm()  # stopped outside the window: the client goes with the VM
+    qtbot.waitUntil(lambda: managers[0].get_state(name) == LGState.STOPPED, timeout=15000)
+    win.close()
