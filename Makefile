@@ -13,8 +13,10 @@ setup:
 demo: setup
 	bash scripts/demo.sh
 
-## test: the whole test suite (daemon tests skip with a reason when libvirtd is not up, outside CI)
+## test: the import contracts (layers, faces, no cycles), then the whole test suite (daemon
+## tests skip with a reason when libvirtd is not up, outside CI)
 test: $(PY)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 $(PY):

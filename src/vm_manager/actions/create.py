@@ -42,6 +42,21 @@ class CreateOutcome:
         return data
 
 
+def parse_template(text: str) -> tuple[str, str | None]:
+    """``windows11`` -> (windows11, None: chosen from the config); ``windows11-passthrough``
+    -> (windows11, that template). Raises ``InvalidConfig`` for an unknown variant."""
+    from ..core.errors import InvalidConfig
+    from ..templates.names import VARIANTS, template_name
+
+    kind, _, variant = text.partition("-")
+    if not variant:
+        return kind, None
+    if variant not in VARIANTS:
+        raise InvalidConfig("--template", f"{text!r}: the variant is basic or passthrough"
+                            " (e.g. windows11-passthrough)")
+    return kind, template_name(kind, variant == "passthrough")
+
+
 def preview(ctx: Context, request: CreateRequest) -> CreationPlan:
     """Everything ``create`` would do (host facts read once, a pure plan); changes nothing.
     Raises ``InvalidConfig`` naming the field for anything the host cannot do."""

@@ -46,6 +46,12 @@ class DisplaySession:
                                            timeout)
 
     @property
+    def failed(self) -> bool:
+        from ..core.looking_glass import LGState
+
+        return self.state == LGState.ERROR
+
+    @property
     def closed(self) -> bool:
         from ..core.looking_glass import LGState
 

@@ -139,12 +139,11 @@ def usb_ids(items) -> list[tuple[str, str]]:
 
 
 def request_from_args(args: argparse.Namespace):
-    from ..actions.create import CreateRequest
+    from ..actions.create import CreateRequest, parse_template
     from ..core.errors import InvalidConfig
     from ..core.vm_config import VMConfig
-    from ..templates.names import VARIANTS, template_name
 
-    kind, _, variant = args.template.partition("-")
+    kind, template = parse_template(args.template)
     looking_glass = {"enabled": bool(args.looking_glass)}
     if args.resolution:
         width, sep, height = args.resolution.lower().partition("x")
@@ -168,12 +167,6 @@ def request_from_args(args: argparse.Namespace):
                                    "nvidia_compat": args.nvidia_compat,
                                    "allow_boot_gpu": args.allow_boot_gpu}
     config = VMConfig.from_dict({key: value for key, value in data.items() if value is not None})
-    template = None
-    if variant:
-        if variant not in VARIANTS:
-            raise InvalidConfig("--template", f"{args.template!r}: the variant is basic or"
-                                " passthrough (e.g. windows11-passthrough)")
-        template = template_name(kind, variant == "passthrough")
     return CreateRequest(config, template=template, force=args.force, start=args.start)
 
 

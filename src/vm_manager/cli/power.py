@@ -92,14 +92,12 @@ def _print_display(ctx: CommandContext):
 
 def _follow(session) -> int:
     """Stay until the window closes, the VM stops (it closes then), or Ctrl-C."""
-    from ..core.looking_glass import LGState
-
     try:
         while not session.closed:
             session.wait(0.5)  # a timeout keeps Ctrl-C responsive
     except KeyboardInterrupt:
         session.close()
-    return EXIT_FAILED if session.state == LGState.ERROR else EXIT_OK
+    return EXIT_FAILED if session.failed else EXIT_OK
 
 
 def cmd_display(ctx: CommandContext) -> int:

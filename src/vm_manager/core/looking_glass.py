@@ -30,12 +30,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..passthrough.lg_client import (
-    CLIENT_NAME,
     LGClientConfig,
     build_argv,
+    client_env,
     client_release,
+    default_log_dir,
     find_client,
+    is_failure,
+    primary_group,
     release_number,
+    stop_by_pid_file,
 )
 from ..passthrough.lgmp import HostHeader, wait_for_host
 from .errors import LookingGlassError, OperationTimedOut, VMManagerError
@@ -47,10 +51,6 @@ __all__ = ["LGClientConfig", "LGState", "LGStateChange", "LookingGlassError",
            "stop_by_pid_file"]
 
 log = get_logger(__name__)
-
-ERROR_MARKERS = ("[E]", "[C]", "Failed", "failed", "Invalid", "Crash", "crash",
-                 "Do not run looking glass as root", "No display servers", "Segmentation")
-
 
 class LGState(str, Enum):
     STOPPED = "stopped"
@@ -105,7 +105,7 @@ class LookingGlassManager:
     ):
         self._client_path = Path(client) if client else None
         self._release: str | None = None
-        self.log_dir = Path(log_dir) if log_dir else _default_log_dir()
+        self.log_dir = Path(log_dir) if log_dir else default_log_dir()
         self.run_as = run_as
         self.backoff = backoff
         self.max_failures = max_failures
@@ -278,7 +278,7 @@ class LookingGlassManager:
             if restart_now:
                 continue  # fullscreen toggle: not a failure
             tail = self._log_tail(vm_name, offset)
-            if not _is_failure(code, tail):
+            if not is_failure(code, tail):
                 self._set(vm_name, LGState.STOPPED, "closed by the user")
                 return
             now = time.monotonic()
@@ -308,11 +308,11 @@ class LookingGlassManager:
             kwargs = {}
             if self.run_as is not None and os.geteuid() == 0:
                 kwargs["user"] = self.run_as
-                kwargs["group"] = _primary_group(self.run_as)
+                kwargs["group"] = primary_group(self.run_as)
                 kwargs["extra_groups"] = []
             entry.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                start_new_session=True, env=_client_env(self.run_as), **kwargs)
+                start_new_session=True, env=client_env(self.run_as), **kwargs)
         (self.log_dir / f"{vm_name}.pid").write_text(f"{entry.process.pid}\n")
         return offset
 
@@ -400,40 +400,6 @@ class LookingGlassManager:
             timer.cancel()
 
 
-def _is_failure(code: int, tail: list[str]) -> bool:
-    """Exit 0 is a normal quit. Exit 255 is a quit too when nothing in the log says error
-    (the window closed before the host connected); a signal or an error line is a crash."""
-    if code == 0:
-        return False
-    if code < 0:
-        return True
-    return any(marker in line for line in tail for marker in ERROR_MARKERS)
-
-
-def _primary_group(user: str) -> int | None:
-    import pwd
-
-    try:
-        return pwd.getpwnam(user).pw_gid
-    except KeyError:
-        raise LookingGlassError(f"no user named {user!r} to run the client as") from None
-
-
-def _client_env(run_as: str | None) -> dict:
-    env = dict(os.environ)
-    if run_as is not None and os.geteuid() == 0:
-        import pwd
-
-        entry = pwd.getpwnam(run_as)
-        env.update(HOME=entry.pw_dir, USER=run_as, LOGNAME=run_as)
-    return env
-
-
-def _default_log_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "neuronos" / "looking-glass"
-
-
 _manager: LookingGlassManager | None = None
 
 
@@ -475,28 +441,3 @@ def display_config(vm_name: str, store=None, connection=None,
         if read_domain(xml).shmem(shm_name(vm_name)) is not None:
             return LGClientConfig(vm_name, shm_path=shared)
     return None
-
-
-def stop_by_pid_file(vm_name: str, log_dir: Path | str | None = None,
-                     timeout: float = 5.0) -> bool:
-    """Stop a client another process started (its pid file in the log folder): SIGTERM,
-    then SIGKILL. Returns False when there was none."""
-    folder = Path(log_dir) if log_dir else _default_log_dir()
-    pid_file = folder / f"{vm_name}.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        pid_file.unlink(missing_ok=True)
-        return False
-    if CLIENT_NAME.encode() not in cmdline and b"NeuronOS" not in cmdline:
-        pid_file.unlink(missing_ok=True)
-        return False  # the pid was reused by something else: leave it alone
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)  # not our child: no wait() to block on
-    if Path(f"/proc/{pid}").exists():
-        os.kill(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
-    return True

@@ -12,15 +12,23 @@ separately by ``check_host_limits`` because they need a connection.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from pathlib import PurePosixPath
 from typing import Any
 
 from .errors import InvalidConfig
 from .primitives import NAME_PATTERN, NAME_RULE, VMState, validate_name  # noqa: F401 (re-exported)
+from .values import (  # noqa: F401 (PCIAddress, SIZE_RULE, parse_size_mb: re-exported)
+    SIZE_RULE,
+    PCIAddress,
+    parse_bool,
+    parse_enum,
+    parse_hex_id,
+    parse_int,
+    parse_path,
+    parse_size_mb,
+)
 
 
 MAX_VCPUS = 512  # well above any desktop; QEMU's q35 limit is higher
@@ -86,136 +94,6 @@ class DomainType(str, Enum):
     QEMU = "qemu"  # software emulation (TCG): slow but works without /dev/kvm
 
 
-# --- small parsers, each raising InvalidConfig(field, ...) -------------------------------
-
-_SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", re.IGNORECASE)
-_UNIT_MIB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
-SIZE_RULE = "a whole number with an optional unit M, G or T (e.g. 8G, 8192M, 8GiB)"
-
-
-def parse_size_mb(value: Any, field_name: str, default_unit: str = "M") -> int:
-    """Parse a size into MiB. ``8G``, ``8GiB``, ``8GB`` and ``8192M`` are all 8192.
-
-    Units are binary (a desktop "8 GB of RAM" means GiB). A bare number uses
-    ``default_unit``. The result must be a whole, positive number of MiB.
-    """
-    if isinstance(value, bool):
-        raise InvalidConfig(field_name, f"expected a size, got {value!r}; use {SIZE_RULE}")
-    if isinstance(value, int):
-        number, unit = float(value), default_unit
-    elif isinstance(value, float) and math.isfinite(value):
-        number, unit = value, default_unit
-    elif isinstance(value, str):
-        match = _SIZE_PATTERN.fullmatch(value)
-        if not match:
-            raise InvalidConfig(field_name, f"{value!r} is not a size; use {SIZE_RULE}")
-        number = float(match.group(1))
-        unit = (match.group(2) or default_unit).upper()
-    else:
-        raise InvalidConfig(field_name, f"expected a size, got {value!r}; use {SIZE_RULE}")
-    mib = number * _UNIT_MIB[unit]
-    if mib <= 0 or mib != int(mib):
-        raise InvalidConfig(
-            field_name, f"{value!r} is not a whole, positive number of MiB; use {SIZE_RULE}"
-        )
-    return int(mib)
-
-
-def _parse_int(value: Any, field_name: str) -> int:
-    if isinstance(value, bool):
-        raise InvalidConfig(field_name, f"expected a whole number, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,9}\s*", value):
-        return int(value)
-    raise InvalidConfig(field_name, f"expected a whole number, got {value!r}")
-
-
-def _parse_bool(value: Any, field_name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise InvalidConfig(field_name, f"expected true or false, got {value!r}")
-
-
-def _parse_enum(enum_cls: type[Enum], value: Any, field_name: str) -> Any:
-    if isinstance(value, enum_cls):
-        return value
-    if isinstance(value, str):
-        for member in enum_cls:
-            if value.strip().lower() in (member.value, member.name.lower()):
-                return member
-    allowed = ", ".join(member.value for member in enum_cls)
-    raise InvalidConfig(field_name, f"{value!r} is not allowed; use one of: {allowed}")
-
-
-def _parse_path(value: Any, field_name: str) -> str | None:
-    """An absolute path without control characters, normalized; None stays None."""
-    if value is None:
-        return None
-    if hasattr(value, "__fspath__"):
-        value = value.__fspath__()
-    if not isinstance(value, str) or not value:
-        raise InvalidConfig(field_name, f"expected an absolute path, got {value!r}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise InvalidConfig(field_name, "the path contains control characters")
-    path = PurePosixPath(value)
-    if not path.is_absolute():
-        raise InvalidConfig(field_name, f"{value!r} is not an absolute path (start it with /)")
-    if ".." in path.parts:
-        raise InvalidConfig(field_name, f"{value!r} contains '..'; give the real path")
-    return str(path)
-
-
-def parse_hex_id(value: Any, field_name: str) -> str:
-    """A 16-bit PCI/USB id as 4 lowercase hex digits (``10de``; ``0x10DE`` accepted)."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(?:0x)?([0-9a-fA-F]{4})\s*", value)
-        if match:
-            return match.group(1).lower()
-    raise InvalidConfig(field_name, f"{value!r} is not a 4-digit hex id (e.g. 10de)")
-
-
-@dataclass(frozen=True, order=True)
-class PCIAddress:
-    """A PCI function address ``DDDD:BB:SS.F`` (domain, bus, slot, function)."""
-
-    domain: int
-    bus: int
-    slot: int
-    function: int
-
-    _PATTERN = re.compile(
-        r"\s*(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):"
-        r"(?P<slot>[0-9a-fA-F]{2})\.(?P<function>[0-7])\s*"
-    )
-    RULE = "DDDD:BB:SS.F or BB:SS.F in hex, slot 00-1f, function 0-7 (e.g. 0000:01:00.0)"
-
-    @classmethod
-    def parse(cls, value: Any, field_name: str = "pci_address") -> PCIAddress:
-        if isinstance(value, PCIAddress):
-            return value
-        match = cls._PATTERN.fullmatch(value) if isinstance(value, str) else None
-        if not match:
-            raise InvalidConfig(field_name, f"{value!r} is not a PCI address; use {cls.RULE}")
-        slot = int(match.group("slot"), 16)
-        if slot > 0x1F:
-            raise InvalidConfig(field_name, f"{value!r} has slot {slot:#x}; use {cls.RULE}")
-        return cls(
-            domain=int(match.group("domain") or "0", 16),
-            bus=int(match.group("bus"), 16),
-            slot=slot,
-            function=int(match.group("function")),
-        )
-
-    def __str__(self) -> str:
-        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
-
-    @property
-    def slot_address(self) -> str:
-        """``DDDD:BB:SS``: what every function of one card shares."""
-        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}"
-
-
 # --- the dataclasses ----------------------------------------------------------------------
 
 
@@ -230,9 +108,9 @@ class GPUPassthroughConfig:
 
     def __post_init__(self) -> None:
         self.pci_address = str(PCIAddress.parse(self.pci_address, "gpu.pci_address"))
-        self.rom_file = _parse_path(self.rom_file, "gpu.rom_file")
-        self.nvidia_compat = _parse_bool(self.nvidia_compat, "gpu.nvidia_compat")
-        self.allow_boot_gpu = _parse_bool(self.allow_boot_gpu, "gpu.allow_boot_gpu")
+        self.rom_file = parse_path(self.rom_file, "gpu.rom_file")
+        self.nvidia_compat = parse_bool(self.nvidia_compat, "gpu.nvidia_compat")
+        self.allow_boot_gpu = parse_bool(self.allow_boot_gpu, "gpu.allow_boot_gpu")
 
     @property
     def address(self) -> PCIAddress:
@@ -253,7 +131,7 @@ class USBDeviceConfig:
         self.vendor_id = parse_hex_id(self.vendor_id, "usb.vendor_id")
         self.product_id = parse_hex_id(self.product_id, "usb.product_id")
         if self.bus is not None:
-            self.bus = _parse_int(self.bus, "usb.bus")
+            self.bus = parse_int(self.bus, "usb.bus")
             if not 1 <= self.bus <= 255:
                 raise InvalidConfig("usb.bus", f"{self.bus} is not a USB bus number (1-255)")
         if self.port is not None and not (
@@ -276,11 +154,11 @@ class LookingGlassConfig:
     use_kvmfr: bool = False  # /dev/kvmfr0 instead of /dev/shm/looking-glass-<vm>
 
     def __post_init__(self) -> None:
-        self.enabled = _parse_bool(self.enabled, "looking_glass.enabled")
-        self.hdr = _parse_bool(self.hdr, "looking_glass.hdr")
-        self.use_kvmfr = _parse_bool(self.use_kvmfr, "looking_glass.use_kvmfr")
+        self.enabled = parse_bool(self.enabled, "looking_glass.enabled")
+        self.hdr = parse_bool(self.hdr, "looking_glass.hdr")
+        self.use_kvmfr = parse_bool(self.use_kvmfr, "looking_glass.use_kvmfr")
         for name in ("width", "height"):
-            value = _parse_int(getattr(self, name), f"looking_glass.{name}")
+            value = parse_int(getattr(self, name), f"looking_glass.{name}")
             if not 320 <= value <= 16384:
                 raise InvalidConfig(f"looking_glass.{name}", f"{value} is outside 320-16384")
             setattr(self, name, value)
@@ -332,13 +210,13 @@ class VMConfig:
 
     def _normalize(self) -> None:
         self.name = validate_name(self.name)
-        self.vm_type = _parse_enum(VMType, self.vm_type, "vm_type")
-        self.display_mode = _parse_enum(DisplayMode, self.display_mode, "display_mode")
-        self.domain_type = _parse_enum(DomainType, self.domain_type, "domain_type")
+        self.vm_type = parse_enum(VMType, self.vm_type, "vm_type")
+        self.display_mode = parse_enum(DisplayMode, self.display_mode, "display_mode")
+        self.domain_type = parse_enum(DomainType, self.domain_type, "domain_type")
         if self.memory_mb is not None:
             self.memory_mb = parse_size_mb(self.memory_mb, "memory_mb", default_unit="M")
         if self.vcpus is not None:
-            self.vcpus = _parse_int(self.vcpus, "vcpus")
+            self.vcpus = parse_int(self.vcpus, "vcpus")
         if self.disk_size_gb == 0 and not isinstance(self.disk_size_gb, bool):
             self.disk_size_gb = 0  # no disk at all (a direct-kernel-boot Linux guest)
         elif self.disk_size_gb is not None:
@@ -348,7 +226,7 @@ class VMConfig:
             self.disk_size_gb = disk_mb // 1024
         for name in ("disk_path", "iso_path", "virtio_iso_path", "opencore_path", "kernel_path",
                      "initrd_path", "serial_log_path"):
-            setattr(self, name, _parse_path(getattr(self, name), name))
+            setattr(self, name, parse_path(getattr(self, name), name))
         if self.kernel_cmdline is not None:
             if not isinstance(self.kernel_cmdline, str) or len(self.kernel_cmdline) > 4096 or any(
                 ord(ch) < 32 or ord(ch) == 127 for ch in self.kernel_cmdline

@@ -13,17 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from types import SimpleNamespace
 from typing import Callable
 
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QApplication,
-    QHeaderView,
     QMainWindow,
     QMessageBox,
-    QTableView,
     QVBoxLayout,
     QWidget,
 )
@@ -37,8 +35,8 @@ os.environ.setdefault("QT_NO_GLIB", "1")
 from ..actions import Context  # noqa: E402
 from ..actions.power import allowed_operations  # noqa: E402
 from ..core.primitives import VMState  # noqa: E402
-from .widgets import Banner, EventBridge, Tasks, VMRow, VMTableModel  # noqa: E402
-from ..core.log import get_logger
+from ..core.log import get_logger  # noqa: E402
+from .widgets import Banner, EventBridge, Tasks, VMRow, VMTable, VMTableModel  # noqa: E402
 
 log = get_logger(__name__)
 
@@ -84,21 +82,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("NeuronOS VM Manager")
         self.banner = Banner()
         self.banner.retry.connect(self.load)
-        self.table = QTableView()
-        self.table.setModel(self.model)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.verticalHeader().hide()
-        # Fixed row heights and columns sized once per listing, from the first rows: a
-        # ResizeToContents header re-measures every row on every state change (~300 ms
-        # with 500 VMs), which is exactly what must stay instant.
-        self.table.verticalHeader().setSectionResizeMode(QHeaderView.Fixed)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.Interactive)
-        header.setResizeContentsPrecision(50)
-        header.setStretchLastSection(True)
+        self.table = VMTable(self.model)
         self.table.selectionModel().selectionChanged.connect(lambda *_: self.update_actions())
-        self.table.setContextMenuPolicy(Qt.ActionsContextMenu)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -122,9 +107,6 @@ class MainWindow(QMainWindow):
         self.bridge.inventory_failed.connect(self._on_inventory_failed)
         self.bridge.state_changed.connect(self._on_state_changed)
         self.bridge.connection_changed.connect(self._on_connection_changed)
-        self.bridge.operation_done.connect(self._on_operation_done)
-        self.bridge.operation_failed.connect(self._on_operation_failed)
-        self.bridge.checks_ready.connect(self._show_readiness)
         self._restore_geometry()
         self.update_actions()
         self.statusBar().showMessage(f"Connecting to {self.uri}…")
@@ -233,15 +215,10 @@ class MainWindow(QMainWindow):
     # --- actions ------------------------------------------------------------------------------
 
     def selected_name(self) -> str | None:
-        rows = self.table.selectionModel().selectedRows()
-        if not rows:
-            return None
-        return self.model.rows[rows[0].row()].name
+        return self.table.selected_name()
 
     def select(self, name: str) -> None:
-        row = self.model._index.get(name)
-        if row is not None:
-            self.table.selectRow(row)
+        self.table.select(name)
 
     def update_actions(self) -> None:
         name = self.selected_name()
@@ -265,29 +242,23 @@ class MainWindow(QMainWindow):
                 action.setEnabled(operation in allowed)
 
     def _run(self, name: str, label: str, call: Callable[[], object]) -> None:
+        """An action on ``name`` on a worker; the VM shows busy until it answers."""
         self.busy.add(name)
         self.update_actions()
         self.statusBar().showMessage(f"{label} {name}…")
 
-        def work() -> None:
-            try:
-                result = call()
-                message = getattr(result, "message", "done")
-                self.bridge.operation_done.emit(name, f"{name}: {message}")
-            except Exception as error:  # noqa: BLE001 - reported in the window
-                self.bridge.operation_failed.emit(name, str(error))
+        def done(result) -> None:
+            self._finished(name, f"{name}: {getattr(result, 'message', 'done')}")
 
-        self.pool.submit(work)
+        def failed(error: BaseException) -> None:
+            self.last_error = str(error)
+            self._finished(name, f"{name}: {error}")
 
-    def _on_operation_done(self, name: str, message: str) -> None:
+        self.tasks.run(call, done, failed)
+
+    def _finished(self, name: str, message: str) -> None:
         self.busy.discard(name)
         self.statusBar().showMessage(message)
-        self.update_actions()
-
-    def _on_operation_failed(self, name: str, error: str) -> None:
-        self.busy.discard(name)
-        self.last_error = error
-        self.statusBar().showMessage(f"{name}: {error}")
         self.update_actions()
 
     def confirm(self, title: str, text: str) -> bool:
@@ -414,9 +385,11 @@ class MainWindow(QMainWindow):
 
         name = self.selected_name()
         if name:
-            self._run(name, "Opening the display of",
-                      lambda: _DisplayOpened(display.open_display(
-                          self.ctx, display.DisplayRequest(name))))
+            def show() -> SimpleNamespace:
+                display.open_display(self.ctx, display.DisplayRequest(name))
+                return SimpleNamespace(message="waiting for the guest's Looking Glass host")
+
+            self._run(name, "Opening the display of", show)
 
     def on_delete(self) -> None:
         from ..actions import delete
@@ -452,13 +425,6 @@ class MainWindow(QMainWindow):
         self.pool.shutdown(wait=False)
         super().closeEvent(event)
 
-
-class _DisplayOpened:
-    """What the status bar says once the display action returned."""
-
-    def __init__(self, session):
-        self.session = session
-        self.message = "waiting for the guest's Looking Glass host"
 
 
 def main(argv: list[str] | None = None) -> int:

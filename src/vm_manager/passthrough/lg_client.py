@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,3 +142,70 @@ def build_argv(client: Path | str, config: LGClientConfig, release: str | None) 
     if config.window_size is not None:
         argv.append(f"win:size={config.window_size[0]}x{config.window_size[1]}")
     return argv
+
+
+# --- the client's exit -----------------------------------------------------------------------
+
+ERROR_MARKERS = ("[E]", "[C]", "Failed", "failed", "Invalid", "Crash", "crash",
+                 "Do not run looking glass as root", "No display servers", "Segmentation")
+
+
+def is_failure(code: int, tail: list[str]) -> bool:
+    """Exit 0 is a normal quit. Exit 255 is a quit too when nothing in the log says error
+    (the window closed before the host connected); a signal or an error line is a crash."""
+    if code == 0:
+        return False
+    if code < 0:
+        return True
+    return any(marker in line for line in tail for marker in ERROR_MARKERS)
+
+
+# --- the client as a process of the desktop user ------------------------------------------------
+
+def primary_group(user: str) -> int | None:
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_gid
+    except KeyError:
+        raise LookingGlassError(f"no user named {user!r} to run the client as") from None
+
+
+def client_env(run_as: str | None) -> dict:
+    env = dict(os.environ)
+    if run_as is not None and os.geteuid() == 0:
+        import pwd
+
+        entry = pwd.getpwnam(run_as)
+        env.update(HOME=entry.pw_dir, USER=run_as, LOGNAME=run_as)
+    return env
+
+
+def default_log_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "neuronos" / "looking-glass"
+
+
+def stop_by_pid_file(vm_name: str, log_dir: Path | str | None = None,
+                     timeout: float = 5.0) -> bool:
+    """Stop a client another process started (its pid file in the log folder): SIGTERM,
+    then SIGKILL. Returns False when there was none."""
+    folder = Path(log_dir) if log_dir else default_log_dir()
+    pid_file = folder / f"{vm_name}.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return False
+    if CLIENT_NAME.encode() not in cmdline and b"NeuronOS" not in cmdline:
+        pid_file.unlink(missing_ok=True)
+        return False  # the pid was reused by something else: leave it alone
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # not our child: no wait() to block on
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True
