@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..core.connection import LibvirtConnection
     from ..core.looking_glass import LGClientConfig, LookingGlassManager
     from ..core.store import VMStore
@@ -44,9 +45,10 @@ class Context:
         self._connection = connection
         self._owns_connection = connection is None
         self._store = store
-        self.images_dir = Path(images_dir) if images_dir else None
+        # paths as given (str or Path): pathlib is not imported on `list`'s path
+        self.images_dir = images_dir or None
         self.host_root = host_root
-        self.shm_dir = Path(shm_dir) if shm_dir else None
+        self.shm_dir = shm_dir or None
         self._loader = loader
         self.events = events
         self._lg_factory = looking_glass

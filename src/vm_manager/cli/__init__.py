@@ -73,7 +73,7 @@ def main(
     """Run one command. Tests pass ``connection`` (a test-driver connection) and streams."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         # argparse writes help, version and usage errors to sys.stdout/sys.stderr itself
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -27,7 +27,7 @@ FLAG_FOR_FIELD = {
 }
 
 
-def register(commands, common) -> None:
+def register(commands, common, subcommand) -> None:
     create = commands.add_parser(
         "create", parents=[common], help="create a VM from a template",
         description="Create a VM: check, make its disk, render and validate its XML, define"

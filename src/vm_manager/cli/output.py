@@ -53,10 +53,16 @@ class CommandContext:
         print(text, file=self.out)
 
     def print_json(self, data: Any) -> None:
+        """Objects indented; a list one item per line (json's C encoder only works without
+        indent: 200 VMs indented take ~10 ms of `neuron-vm list --json`)."""
         import json
 
-        json.dump(data, self.out, indent=2, sort_keys=False)
-        self.out.write("\n")
+        if isinstance(data, list):
+            text = "[\n" + ",\n".join(f"  {json.dumps(item)}" for item in data) + "\n]" \
+                if data else "[]"
+        else:
+            text = json.dumps(data, indent=2)
+        self.out.write(text + "\n")
 
     def print_json_line(self, data: dict) -> None:
         import json

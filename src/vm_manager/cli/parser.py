@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from typing import Sequence
 
 from .. import __version__
 from .output import PROG
@@ -40,20 +42,65 @@ def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+GLOBAL_WITH_VALUE = ("-c", "--connect")
+
+
+def requested_command(argv: Sequence[str] | None) -> str | None:
+    """The command word of ``argv`` (the first word that is not a global option), or None."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in GLOBAL_WITH_VALUE:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+class _Skipped:
+    """Stands in for the parser of a command that was not asked for: it takes every call
+    and builds nothing."""
+
+    def __getattr__(self, _name: str):
+        return lambda *args, **kwargs: self
+
+
 class _Commands:
-    """``add_parser`` with the shared formatter, so every level formats alike."""
+    """``add_parser`` with the shared formatter, so every level formats alike. With ``only``
+    set, the other commands' parsers are not built: argparse spends ~0.3 ms per parser and
+    ~15 ms on all of them, and a one-shot `neuron-vm list` needs just its own
+    (bench/list_latency.py). ``--help`` and an unknown command build them all."""
 
-    def __init__(self, subparsers):
+    def __init__(self, subparsers, only: str | None = None):
         self._subparsers = subparsers
+        self._only = only
 
-    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+    def add_parser(self, name: str, **kwargs):
+        if self._only is not None and name != self._only:
+            return _Skipped()
         kwargs.setdefault("formatter_class", _formatter)
         return self._subparsers.add_parser(name, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import create, devices, host, power, vms
+# module of this package -> the commands it registers, in the order --help lists them
+GROUPS = {
+    "vms": ("list", "info", "events"),
+    "power": ("start", "stop", "pause", "resume", "reboot", "reset", "display"),
+    "create": ("create", "configure", "delete"),
+    "devices": ("gpu", "usb"),
+    "host": ("doctor", "shm-permissions", "templates"),
+}
+COMMANDS = tuple(command for commands in GROUPS.values() for command in commands)
 
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (given the ``argv`` to parse) only the part it uses."""
+    import importlib
+
+    wanted = requested_command(argv)
+    only = wanted if wanted in COMMANDS else None
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_formatter,
         description="Manage NeuronOS virtual machines (libvirt, GPU passthrough, Looking Glass).",
@@ -61,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     global_options(parser, suppress=False)
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=_formatter)
     global_options(common, suppress=True)
     commands = _Commands(parser.add_subparsers(dest="command", metavar="COMMAND",
-                                               required=True))
+                                               required=True), only)
 
     def subcommand(actions, name: str, text: str, run) -> argparse.ArgumentParser:
         sub = _Commands(actions).add_parser(name, parents=[common], help=text,
@@ -72,9 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    vms.register(commands, common)
-    power.register(commands, common)
-    create.register(commands, common)
-    devices.register(commands, common, subcommand)
-    host.register(commands, common, subcommand)
+    for group, names in GROUPS.items():
+        if only is None or only in names:
+            importlib.import_module(f"{__package__}.{group}").register(commands, common,
+                                                                      subcommand)
     return parser

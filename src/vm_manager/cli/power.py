@@ -25,7 +25,7 @@ SIMPLE = (
 )
 
 
-def register(commands, common) -> None:
+def register(commands, common, subcommand) -> None:
     start = commands.add_parser(
         "start", parents=[common], help="boot a VM and wait until it runs",
         description="Boot a VM. Waits (on libvirt events) until it runs, unless --no-wait.",

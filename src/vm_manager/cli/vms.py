@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import queue
-
 from .output import EXIT_OK, CommandContext, format_memory
 
 
-def register(commands, common) -> None:
+def register(commands, common, subcommand) -> None:
     commands.add_parser(
         "list", parents=[common], help="list all VMs (defined and running)",
         description="List all defined and running VMs with state, vCPUs, memory and type.",
@@ -96,10 +94,12 @@ def _format_change(change) -> str:
 
 
 def cmd_events(ctx: CommandContext) -> int:
+    import queue
+
     from ..actions import vms
 
     name = ctx.args.name
-    items: queue.Queue = queue.Queue()
+    items = queue.Queue()
     stop = vms.watch(ctx.actions, name, items.put, items.put)
     if not ctx.json:
         ctx.err.write(f"Watching {name or 'all VMs'} on {ctx.actions.uri}; Ctrl-C to stop.\n")
