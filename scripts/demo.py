@@ -18,12 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
 
 from vm_manager import cli
-from vm_manager.core.connection import LibvirtConnection
+from vm_manager.actions import Context, create, delete, power
 from vm_manager.core.errors import VMManagerError, VMNotFound
 from vm_manager.core.vm_config import VMConfig
-from vm_manager.core.vm_creator import VMCreator
-from vm_manager.core.vm_destroyer import VMDestroyer
-from vm_manager.core.vm_lifecycle import VMLifecycleManager
 from support.tiny_guest import READY_MARKER, build, wait_for_console
 
 NAME = "neuron-demo"
@@ -50,11 +47,11 @@ def main() -> int:
     step(timings, f"tiny guest ready (kernel {guest.kernel_version})", started)
     serial = guest.kernel.parent / f"serial-{NAME}.log"
 
-    with LibvirtConnection(args.connect) as conn:
-        manager = VMLifecycleManager(conn)
+    ctx = Context(args.connect)  # the actions both faces use
+    try:
         started = time.monotonic()
         try:
-            VMDestroyer(conn, lifecycle=manager).destroy(NAME, force=True, stop_timeout=10)
+            delete.delete(ctx, delete.DeleteRequest(NAME, force=True, stop_timeout=10))
             print(f"==> removed the earlier {NAME}")
         except VMNotFound:
             pass
@@ -65,25 +62,26 @@ def main() -> int:
             kernel_cmdline="console=ttyS0 quiet panic=-1", serial_log_path=str(serial),
             network="none", domain_type=args.domain_type,
         )
-        result = VMCreator(conn).create(config, force=True)
+        result = create.create(ctx, create.CreateRequest(config, force=True)).result
         step(timings, f"created {NAME} from the {result.template} template (direct kernel"
              f" boot, {args.domain_type}, no disk, no network)", started)
 
         started = time.monotonic()
-        result = manager.start(NAME, timeout=120)
-        step(timings, f"started ({result.state.label})", started)
+        outcome = power.start(ctx, power.StartRequest(NAME, timeout=120))
+        step(timings, f"started ({outcome.result.state.label})", started)
 
         started = time.monotonic()
         wait_for_console(serial, READY_MARKER, timeout=180)
         step(timings, f"guest ready ({READY_MARKER} on its serial console)", started)
 
         print(f"==> neuron-vm --connect {args.connect} list", flush=True)
-        cli.main(["--connect", args.connect, "list"], connection=conn)
+        cli.main(["--connect", args.connect, "list"], connection=ctx.connection)
 
         started = time.monotonic()
-        stopped = manager.stop(NAME, timeout=60)
+        stopped = power.stop(ctx, NAME, timeout=60)
         step(timings, f"stopped: {stopped.message}", started)
-        manager.close()
+    finally:
+        ctx.close()
 
     total = sum(seconds for _, seconds in timings)
     print(f"==> demo finished in {total:.2f} s; {NAME} stays defined (shut off)")

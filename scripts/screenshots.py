@@ -87,24 +87,24 @@ def main() -> int:
             f"<disk type='file' device='disk'><source file='{disk}'/><target dev='sda'/></disk>"
             f"<disk type='file' device='cdrom'><source file='{iso}'/><target dev='sdb'/>"
             "<readonly/></disk></devices></domain>"))
-        from vm_manager.core.vm_destroyer import VMDestroyer
+        from vm_manager.actions import Context, delete, host
 
-        dialog = DeleteDialog(VMDestroyer(conn, store=store, images_dir=images), "Office-Win10")
+        ctx = Context(connection=conn, store=store, images_dir=images)
+        dialog = DeleteDialog(delete.preview(ctx, "Office-Win10"), "Office-Win10")
         dialog.resize(640, 260)
         dialog.show()
         process(app)
         dialog.grab().save(str(args.out / "delete-dialog.png"))
         dialog.close()
 
-        from vm_manager.core.vm_creator import VMCreator
         from vm_manager.gui.dialogs import CreateWizard
         from support.fakes import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
 
-        host = add_pci_devices(tmp_path / "host", [
+        root = add_pci_devices(tmp_path / "host", [
             FakePCIDevice("0000:00:02.0", 0x8086, 0x3E92, 0x030000, "i915", 0, True),
             *nvidia_turing_gpu(bus=1, group=14)])
-        wizard = CreateWizard(VMCreator(conn, store=store, images_dir=images, host_root=host),
-                              host_root=host)
+        wizard_ctx = Context(connection=conn, store=store, images_dir=images, host_root=root)
+        wizard = CreateWizard(wizard_ctx, host.devices(wizard_ctx))
         wizard.resize(720, 560)
         wizard.show()
         page = wizard.system_page
