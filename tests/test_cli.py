@@ -183,3 +183,47 @@ def test_spinner_only_on_a_terminal_and_only_after_a_second():
         with _Spinner(context(err, json_mode), "Stopping"):
             time.sleep(1.2)
         assert err.getvalue() == ""  # piped, or --json: never
+
+
+@pytest.mark.parametrize("argv, opens_libvirt", [
+    (["list"], True), (["info", "alpha"], True), (["gpu", "list"], False),
+    (["templates", "list"], False), (["--help"], False),
+])
+def test_one_shot_commands_start_no_event_loop(three_vm_uri, argv, opens_libvirt):
+    """No event loop thread, no keepalive: only the main thread is left, and libvirt is not
+    even imported by the commands that do not need it."""
+    code = (
+        "import io, sys, threading\n"
+        "from vm_manager.cli import main\n"
+        "try:\n"
+        f"    main(['-c', {three_vm_uri!r}, *{argv!r}], out=io.StringIO())\n"
+        "except SystemExit:\n    pass\n"
+        "imported = 'libvirt' in sys.modules\n"
+        "from vm_manager.core import events  # (imports libvirt itself)\n"
+        "print(threading.active_count(), events._loop_thread is None, imported)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "True", str(opens_libvirt)]
+
+
+def test_gpu_list_and_doctor_run_without_libvirt_python(tmp_path):
+    """The device machine has Python with jinja2 and lxml but no libvirt: the sysfs
+    commands must run there (doctor says what is missing)."""
+    code = (
+        "import io, json, sys\n"
+        "sys.modules['libvirt'] = None  # import libvirt now raises ImportError\n"
+        "from vm_manager.cli import main\n"
+        "out = io.StringIO()\n"
+        "assert main(['gpu', 'list', '--json'], out=out) == 0\n"
+        "json.loads(out.getvalue())\n"
+        "out = io.StringIO()\n"
+        "code = main(['doctor', '--json'], out=out)\n"
+        "checks = {c['name']: c for c in json.loads(out.getvalue())}\n"
+        "print(code, checks['libvirtd']['status'], 'libvirt-python' in checks['libvirtd']['detail'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=dict(os.environ, NEURONOS_HOST_ROOT=str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "fail", "True"]

@@ -201,3 +201,17 @@ def test_parallel_calls_from_many_threads(make_host):
 def test_connection_events_are_dataclasses():
     event = ConnectionEvent("reconnected", "test:///default", "back", 0.0)
     assert event.status == "reconnected"
+
+
+def test_a_connection_opened_without_events_turns_them_on_for_a_subscriber(three_vm_uri,
+                                                                          recorder):
+    conn = LibvirtConnection(three_vm_uri, events=False).open()
+    try:
+        assert conn.events is False and conn.execute(lambda c: c.lookupByName("beta").name())
+        conn.subscribe(recorder)  # reopens with the event loop registered first
+        assert conn.events is True
+        conn.execute(lambda c: c.lookupByName("beta").create())
+        event = recorder.wait_for(lambda e: isinstance(e, DomainEvent) and e.name == "beta")
+        assert event.event_name == "started"
+    finally:
+        conn.close()

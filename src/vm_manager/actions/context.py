@@ -63,7 +63,7 @@ class Context:
     def uri(self) -> str:
         if self._connection is not None:
             return self._connection.uri
-        from ..core.connection import resolve_uri
+        from ..core.primitives import resolve_uri
 
         return resolve_uri(self._uri)
 

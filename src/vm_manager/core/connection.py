@@ -33,27 +33,17 @@ from .events import (  # noqa: F401 (re-exported: subscribers import them from h
     Event,
     Subscriber,
 )
-from .primitives import Subscribers
+from .primitives import DEFAULT_URI, Subscribers, resolve_uri  # noqa: F401 (re-exported)
 from .log import get_logger
 
 log = get_logger(__name__)
 
-DEFAULT_URI = "qemu:///system"
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
 RECONNECT_FIRST_DELAY_S = 0.1
 RECONNECT_MAX_DELAY_S = 5.0
 
 T = TypeVar("T")
-
-
-def resolve_uri(uri: str | None = None, environ: os._Environ | dict | None = None) -> str:
-    """``--connect``/argument > ``NEURONOS_LIBVIRT_URI`` > ``LIBVIRT_DEFAULT_URI`` > system."""
-    env = os.environ if environ is None else environ
-    for candidate in (uri, env.get("NEURONOS_LIBVIRT_URI"), env.get("LIBVIRT_DEFAULT_URI")):
-        if candidate and candidate.strip():
-            return candidate.strip()
-    return DEFAULT_URI
 
 
 def describe_open_failure(uri: str, error: libvirt.libvirtError) -> ConnectionFailed:

@@ -6,11 +6,24 @@
 
 from __future__ import annotations
 
+import os
 import re
 from enum import Enum
 from typing import Any
 
 from .errors import InvalidConfig
+
+DEFAULT_URI = "qemu:///system"
+
+
+def resolve_uri(uri: str | None = None, environ: dict | None = None) -> str:
+    """``--connect``/argument > ``NEURONOS_LIBVIRT_URI`` > ``LIBVIRT_DEFAULT_URI`` > system."""
+    env = os.environ if environ is None else environ
+    for candidate in (uri, env.get("NEURONOS_LIBVIRT_URI"), env.get("LIBVIRT_DEFAULT_URI")):
+        if candidate and candidate.strip():
+            return candidate.strip()
+    return DEFAULT_URI
+
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"

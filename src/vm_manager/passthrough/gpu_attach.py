@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import libvirt
-
 from ..core.errors import InvalidConfig, OperationFailed
 from ..core.vm_config import PCIAddress
 from .pci import VFIO_DRIVERS, PCIDevice, PCISnapshot, read_pci
@@ -198,7 +196,7 @@ def detach(connection, address: PCIAddress | str) -> None:
     address = PCIAddress.parse(address, "ADDR")
     name = _node_name(address)
 
-    def run(conn: libvirt.virConnect) -> None:
+    def run(conn) -> None:  # a libvirt.virConnect
         conn.nodeDeviceLookupByName(name).detachFlags("vfio", 0)
 
     try:

@@ -170,8 +170,15 @@ def check_swtpm(root: Path) -> Check:
 
 def check_libvirt(uri: str) -> tuple[Check, Check]:
     """libvirtd reachable, and the state of the 'default' network (never started here)."""
-    from ..core.connection import LibvirtConnection
     from ..core.errors import ConnectionFailed, OperationFailed
+
+    try:
+        from ..core.connection import LibvirtConnection
+    except ImportError as error:  # a Python without libvirt-python (sysfs checks still run)
+        return (Check("libvirtd", FAIL, f"libvirt-python is not installed here ({error})",
+                      "run neuron-vm from the virtual environment setup-host.sh makes, or"
+                      " pip install libvirt-python (needs libvirt-dev and pkg-config)"),
+                Check("default network", WARN, "unknown: libvirt-python is not installed"))
 
     connection = LibvirtConnection(uri, auto_reconnect=False)
     try:
@@ -283,7 +290,7 @@ def check_shared_memory(root: Path) -> Check:
 
 def run_checks(root: Path | str | None = None, uri: str | None = None,
                environ: dict | None = None) -> list[Check]:
-    from ..core.connection import resolve_uri
+    from ..core.primitives import resolve_uri
 
     guard.check("host checks")
     base = host_root(root)
