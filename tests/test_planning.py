@@ -141,6 +141,14 @@ def test_no_kvm_falls_back_to_emulation_and_says_so():
     assert any("software emulation" in warning for warning in plan.warnings)
 
 
+def test_a_host_without_ovmf_is_told_before_anything_is_made():
+    warned = plan_creation(windows(), facts(uri="qemu:///system"))
+    assert any("OVMF" in warning for warning in warned.warnings)
+    fine = plan_creation(windows(), facts(uri="qemu:///system",
+                                          uefi_firmware=("60-edk2-x86_64.json",)))
+    assert not any("OVMF" in warning for warning in fine.warnings)
+
+
 def test_unknown_capabilities_take_the_safe_hyperv_set_and_no_vendor_id():
     config = windows(gpu_passthrough={"pci_address": "01:00.0", "nvidia_compat": True})
     plan = plan_creation(config, facts(hyperv_features=None))

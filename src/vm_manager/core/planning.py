@@ -205,6 +205,10 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
         path = getattr(config, field_name)
         if path is not None and facts.path(path).kind != "file":
             raise InvalidConfig(field_name, f"{path} does not exist or is not a file")
+    uefi = config.vm_type is not VMType.LINUX or config.kernel_path is None
+    if uefi and not facts.uefi_firmware and facts.uri.startswith("qemu"):
+        warnings.append("no UEFI firmware (OVMF) is installed on this host: the VM will not"
+                        " start until it is (sudo apt install ovmf; Arch: edk2-ovmf)")
     gpu = _plan_gpu(config, facts, warnings)
     disk = _plan_disk(config, facts)
     chosen = template or template_name(config.vm_type.value, gpu is not None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Callable
 
@@ -68,7 +69,9 @@ class MainWindow(QMainWindow):
         self.lifecycle = None  # set by the first listing (on a worker)
         self.bridge = EventBridge()
         self.model = VMTableModel(self)
-        self.tasks = Tasks(parent=self)
+        # four workers: a graceful stop may wait a minute; the list must not wait behind it
+        self.tasks = Tasks(ThreadPoolExecutor(max_workers=4, thread_name_prefix="neuron-gui"),
+                           parent=self)
         self.pool = self.tasks.pool
         self.busy: set[str] = set()
         self.last_error: str | None = None
