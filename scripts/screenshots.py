@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Render the desktop app's windows to PNG for the README (offscreen, no display needed).
+"""Take the README's screenshots of the desktop app from a real X display.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshots.py [--out docs/screenshots]
+    .venv/bin/python scripts/screenshots.py [--out docs/screenshots]
 
-Uses a libvirt test-driver host with a few sample VMs and saved settings in a temporary
-folder; touches nothing of the user's.
+Without $DISPLAY it starts its own Xvfb (apt-get install xvfb); Qt runs on its xcb platform
+plugin, as on a user's desktop, and each window is grabbed from the X server at the size it
+opened with. Uses a libvirt test-driver host with a few sample VMs and saved settings in a
+temporary folder; touches nothing of the user's.
 """
 
 from __future__ import annotations
@@ -14,10 +16,28 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+def real_display() -> subprocess.Popen | None:
+    """Use $DISPLAY, or start an Xvfb and point $DISPLAY at it."""
+    os.environ["QT_QPA_PLATFORM"] = "xcb"
+    if os.environ.get("DISPLAY"):
+        return None
+    read, write = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0",
+                               "1920x1080x24", "-nolisten", "tcp"], pass_fds=(write,),
+                              stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        os.environ["DISPLAY"] = f":{pipe.readline().strip()}"
+    return server
+
+
+XVFB = real_display()
 os.environ.setdefault("QT_NO_GLIB", "1")  # as vm_manager.gui.app sets it (see there)
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="neuronos-shots-")  # first-run sizes
 
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
@@ -43,6 +63,13 @@ SAMPLES = [
 def process(app: QApplication, rounds: int = 20) -> None:
     for _ in range(rounds):
         app.processEvents()
+        time.sleep(0.01)
+
+
+def shoot(app: QApplication, widget, path: Path) -> None:
+    """What the X server shows of the window (its frame-less client area)."""
+    process(app)
+    app.primaryScreen().grabWindow(int(widget.winId())).save(str(path))
 
 
 def main() -> int:
@@ -64,15 +91,13 @@ def main() -> int:
                                            **extra}))
         conn = LibvirtConnection(uri)
         window = MainWindow(connection=conn, store=store)
-        window.resize(980, 360)
         window.show()
         deadline = 200
         while window.model.rowCount() < len(SAMPLES) and deadline:
             process(app, 1)
             deadline -= 1
         window.select("Gaming-Win11")
-        process(app)
-        window.grab().save(str(args.out / "main-window.png"))
+        shoot(app, window, args.out / "main-window.png")
 
         images = tmp_path / "images"
         images.mkdir()
@@ -91,11 +116,17 @@ def main() -> int:
 
         ctx = Context(connection=conn, store=store, images_dir=images)
         dialog = DeleteDialog(delete.preview(ctx, "Office-Win10"), "Office-Win10")
-        dialog.resize(640, 260)
         dialog.show()
-        process(app)
-        dialog.grab().save(str(args.out / "delete-dialog.png"))
+        shoot(app, dialog, args.out / "delete-dialog.png")
         dialog.close()
+
+        from vm_manager.gui.dialogs import ReadinessDialog
+
+        checks = host.doctor(Context("test:///default"))
+        readiness = ReadinessDialog(checks)
+        readiness.show()
+        shoot(app, readiness, args.out / "host-check.png")
+        readiness.close()
 
         from vm_manager.gui.dialogs import CreateWizard
         from support.fakes import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
@@ -105,13 +136,11 @@ def main() -> int:
             *nvidia_turing_gpu(bus=1, group=14)])
         wizard_ctx = Context(connection=conn, store=store, images_dir=images, host_root=root)
         wizard = CreateWizard(wizard_ctx, host.devices(wizard_ctx))
-        wizard.resize(720, 560)
         wizard.show()
         page = wizard.system_page
         page.name.setText("Gaming-Win11b")
         page.memory.setText("2G")  # shows the same message the CLI gives
-        process(app)
-        wizard.grab().save(str(args.out / "wizard-system.png"))
+        shoot(app, wizard, args.out / "wizard-system.png")
         page.memory.setText("16G")
         page.iso.setText(str(iso))
         page.network.setText("none")
@@ -119,12 +148,14 @@ def main() -> int:
         devices = wizard.devices_page
         devices.gpu.setCurrentIndex(2)
         devices.looking_glass.setChecked(True)
-        process(app)
-        wizard.grab().save(str(args.out / "wizard-devices.png"))
+        shoot(app, wizard, args.out / "wizard-devices.png")
         wizard.close()
         window.close()
         conn.close()
-    print(f"wrote main-window, delete-dialog, wizard-system and wizard-devices PNGs to {args.out}")
+    print(f"wrote main-window, delete-dialog, host-check, wizard-system and wizard-devices PNGs"
+          f" to {args.out} (X display {os.environ['DISPLAY']}, platform xcb)")
+    if XVFB is not None:
+        XVFB.terminate()
     return 0
 
 

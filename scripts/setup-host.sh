@@ -16,13 +16,18 @@ PYTHON=${PYTHON:-python3}
 URI=qemu:///system
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+
+# What the desktop app's Qt platform plugins load on X11 (xcb) and Wayland: derived with
+# `ldd` on the pinned PySide6's plugins; the one list lives in the package (qt_libraries.py).
+# tests/test_gui_x11.py checks that afterwards `ldd` finds every library they link.
+mapfile -t QT_PACKAGES < <("$PYTHON" src/vm_manager/passthrough/qt_libraries.py debian)
 say() { printf '==> %s\n' "$*"; }
 
 PACKAGES=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools dnsmasq-base
   python3-venv python3-dev gcc make
-  libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 fonts-dejavu-core
+  "${QT_PACKAGES[@]}"
 )
 
 missing=()

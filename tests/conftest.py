@@ -21,6 +21,7 @@ SYSTEM_URI = "qemu:///system"
 def isolated_env(tmp_path, monkeypatch):
     """No test reads or writes the user's real settings or inherits their URI."""
     monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # the window's QSettings too
     monkeypatch.delenv("NEURONOS_LIBVIRT_URI", raising=False)
     monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
     return tmp_path / "config"

@@ -334,4 +334,5 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
                 dom.destroy()
             dom.undefine()
         conn.execute(cleanup)
+        path.unlink(missing_ok=True)  # QEMU's shared memory outlives the domain (RAM)
         shutil.rmtree(shared, ignore_errors=True)

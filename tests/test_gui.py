@@ -384,3 +384,78 @@ def test_settings_dialog_usb_devices(qtbot, make_host, tmp_path):
         xml = conn.execute(lambda c: c.lookupByName("u").XMLDesc(0))
         assert "0x1050" in xml and "0x046d" not in xml
         conn.close()
+
+
+# --- first-run sizes, plurals (issue 11) -------------------------------------------------------
+
+def test_first_run_shows_every_column_and_several_rows(window, qtbot):
+    table = window.table
+    qtbot.waitUntil(lambda: table.horizontalHeader().sectionSize(0) > 0, timeout=2000)
+    room_width, room_height = __import__("vm_manager.gui.widgets", fromlist=["x"]).screen_room(
+        window)
+    assert window.width() <= room_width and window.height() <= room_height
+    assert not table.horizontalScrollBar().isVisible()  # every column in view
+    assert table.viewport().height() >= 8 * table.verticalHeader().defaultSectionSize()
+    assert window.width() >= min(window.toolbar.sizeHint().width(), room_width)  # no » menu
+    assert window.statusBar().currentMessage().startswith("3 VMs on ")
+
+
+def test_remembered_geometry_wins(qtbot, three_vm_uri, tmp_path):
+    sizes = []
+    for _ in range(2):
+        with guard.allowed():
+            conn = LibvirtConnection(three_vm_uri)
+        win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
+        qtbot.addWidget(win)
+        win.show()
+        qtbot.waitUntil(lambda: win.model.rowCount() == 3, timeout=5000)
+        if not sizes:
+            win.resize(700, 330)  # the user makes it smaller; closing remembers it
+        sizes.append((win.width(), win.height()))
+        win.close()
+    assert sizes[1] == sizes[0] == (700, 330)
+
+
+def test_one_vm_is_one_vm(qtbot, make_host, tmp_path):
+    from support.fakes import FakeDomain
+
+    with guard.allowed():
+        conn = LibvirtConnection(make_host([FakeDomain("solo")]))
+    win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.model.rowCount() == 1, timeout=5000)
+    assert win.statusBar().currentMessage().startswith("1 VM on ")
+    win.close()
+
+
+def test_the_host_check_is_readable_without_scrolling(qtbot):
+    from vm_manager.gui.dialogs import ReadinessDialog
+    from vm_manager.gui.widgets import screen_room
+    from vm_manager.passthrough.host_check import Check, run_checks
+
+    with guard.allowed():  # the window runs the checks on a worker
+        checks = run_checks(uri="test:///default")
+    checks.append(Check("Looking Glass client", "warn", "not found (only Looking Glass VMs"
+                        " need it) " * 3, "install looking-glass-client (Arch: AUR"
+                        " looking-glass), or set NEURONOS_LG_CLIENT to its path " * 3))
+    dialog = ReadinessDialog(checks)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    tree = dialog.tree
+    assert not tree.horizontalScrollBar().isVisible()
+    assert not tree.verticalScrollBar().isVisible()
+    room_width, room_height = screen_room(dialog)
+    assert dialog.width() <= room_width and dialog.height() <= room_height
+    last = tree.topLevelItem(tree.topLevelItemCount() - 1)
+    fix_rect = tree.visualItemRect(last)
+    metrics = tree.fontMetrics()
+    from PySide6.QtCore import QRect, Qt
+
+    needed = metrics.boundingRect(QRect(0, 0, tree.columnWidth(3) - 12, 100000),
+                                  Qt.TextWordWrap, last.text(3)).height()
+    assert fix_rect.height() >= needed  # the long fix wraps instead of being cut
+    failed = sum(check.status == "fail" for check in checks)
+    assert dialog.summary.text().startswith(f"{failed} check" + ("s need" if failed != 1 else
+                                                                 " needs"))

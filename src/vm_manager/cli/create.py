@@ -208,10 +208,13 @@ def cmd_configure(ctx: CommandContext) -> int:
         change = create.SettingsChange(memory=args.memory, vcpus=args.cpus, gpu=gpu, usb=usb,
                                        looking_glass=args.looking_glass, force=args.force)
         outcome = create.reconfigure(ctx.actions, args.name, change)
+    from ..core.primitives import plural
+
     config = outcome.config
-    return ctx.report(outcome.result, f"{args.name}: {config.memory_mb} MiB, {config.vcpus}"
-                      f" vCPUs, GPU {config.gpu_passthrough.pci_address if config.gpu_passthrough else 'none'}"
-                      f", {len(config.usb_devices)} USB device(s); saved")
+    gpu = config.gpu_passthrough.pci_address if config.gpu_passthrough else "none"
+    return ctx.report(outcome.result, f"{args.name}: {config.memory_mb} MiB,"
+                      f" {plural(config.vcpus, 'vCPU')}, GPU {gpu},"
+                      f" {plural(len(config.usb_devices), 'USB device')}; saved")
 
 
 def cmd_delete(ctx: CommandContext) -> int:

@@ -51,8 +51,10 @@ def cmd_doctor(ctx: CommandContext) -> int:
             ctx.print(f"[{check.status:^4s}] {check.name}: {check.detail}")
             if check.fix and check.status != "ok":
                 ctx.print(f"       fix: {check.fix}")
+        from ..core.primitives import plural
+
         warned = sum(check.status == "warn" for check in checks)
-        ctx.print(f"{len(checks)} checks: {failed} failed, {warned} warnings")
+        ctx.print(f"{plural(len(checks), 'check')}: {failed} failed, {plural(warned, 'warning')}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

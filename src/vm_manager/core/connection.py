@@ -13,7 +13,6 @@ the live ``virConnect``, and ``subscribe(callback)`` for lifecycle events. Keep 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Callable, TypeVar

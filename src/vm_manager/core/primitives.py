@@ -35,6 +35,11 @@ def validate_name(value: Any, field_name: str = "name") -> str:
     return value
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 VM``, ``2 VMs``, ``1 check``, ``0 warnings``."""
+    return f"{count} {noun if count == 1 else (plural_form or noun + 's')}"
+
+
 class VMState(str, Enum):
     """A VM's state: libvirt's domain states, then the ones the manager adds.
 

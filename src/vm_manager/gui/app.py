@@ -1,11 +1,9 @@
 """``neuron-vm-gui``: the main window.
 
 The GUI calls the same actions as the CLI (``vm_manager.actions``) and never libvirt
-itself; everything that talks to libvirt, reads sysfs or runs a program runs on a worker
-(``Tasks``) while the window shows a busy state. Library callbacks
-(state changes on libvirt's event thread) reach the Qt thread through ``EventBridge``
-signals, so the list follows every change without polling. Slow work (connecting, listing,
-lifecycle requests) runs on a thread pool; the window never waits on libvirt.
+itself: everything that talks to libvirt, reads sysfs or runs a program runs on a worker
+(``Tasks``) while the window shows a busy state. State changes (libvirt's event thread)
+reach the Qt thread through ``EventBridge`` signals: the list follows them, never polls.
 """
 
 from __future__ import annotations
@@ -19,13 +17,7 @@ from typing import Callable
 
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (
-    QApplication,
-    QMainWindow,
-    QMessageBox,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QApplication, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 # libvirt's default event loop iterates GLib's default main context on its own thread; a
 # GLib-based Qt event dispatcher would compete for that same context and delay libvirt's
@@ -35,9 +27,10 @@ os.environ.setdefault("QT_NO_GLIB", "1")
 
 from ..actions import Context  # noqa: E402
 from ..actions.power import allowed_operations  # noqa: E402
-from ..core.primitives import VMState  # noqa: E402
+from ..core.primitives import VMState, plural  # noqa: E402
 from ..core.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, VMRow, VMTable, VMTableModel  # noqa: E402
+from .widgets import fit_to_screen, notify_desktop  # noqa: E402
 
 log = get_logger(__name__)
 
@@ -76,7 +69,6 @@ class MainWindow(QMainWindow):
         self.busy: set[str] = set()
         self.last_error: str | None = None
         self.notifications: list[tuple[str, str]] = []  # (title, text), also for tests
-        self.tray = None
         self._reload_timer = QTimer(self)
         self._reload_timer.setSingleShot(True)
         self._reload_timer.setInterval(200)
@@ -94,7 +86,7 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.table)
         self.setCentralWidget(central)
 
-        toolbar = self.addToolBar("VM")
+        self.toolbar = toolbar = self.addToolBar("VM")
         toolbar.setObjectName("vm-toolbar")
         self.actions_by_key: dict[str, QAction] = {}
         for key, (label, _, shortcut) in ACTIONS.items():
@@ -166,8 +158,9 @@ class MainWindow(QMainWindow):
         self.model.reset_rows(rows)
         if first_listing and rows:
             self.table.resizeColumnsToContents()
+            self._fit_first_run()
         self.banner.hide()
-        self.statusBar().showMessage(f"{len(rows)} VMs on {self.uri}")
+        self.statusBar().showMessage(f"{plural(len(rows), 'VM')} on {self.uri}")
         if selected:
             self.select(selected)
         self.update_actions()
@@ -181,15 +174,9 @@ class MainWindow(QMainWindow):
 
     def notify(self, title: str, text: str) -> None:
         """A desktop notification (tray balloon where a tray exists) plus the status bar."""
-        from PySide6.QtWidgets import QSystemTrayIcon
-
         self.notifications.append((title, text))
         self.statusBar().showMessage(f"{title}: {text}")
-        if QSystemTrayIcon.isSystemTrayAvailable():
-            if self.tray is None:
-                self.tray = QSystemTrayIcon(self.windowIcon(), self)
-                self.tray.show()
-            self.tray.showMessage(title, text, QSystemTrayIcon.Warning)
+        notify_desktop(self, title, text)
 
     def _on_state_changed(self, name: str, value: str, reason: str) -> None:
         state = VMState(value)
@@ -415,12 +402,19 @@ class MainWindow(QMainWindow):
     # --- window state -------------------------------------------------------------------------
 
     def _restore_geometry(self) -> None:
-        settings = QSettings("NeuronOS", "VM Manager")
-        geometry = settings.value("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        else:
-            self.resize(900, 520)
+        """The remembered geometry wins; the first run is sized to the content."""
+        geometry = QSettings("NeuronOS", "VM Manager").value("geometry")
+        self._remembered = geometry is not None and self.restoreGeometry(geometry)
+        self._fit_first_run()
+
+    def _fit_first_run(self) -> None:
+        """Every column, the whole toolbar and several rows in view (never past the screen)."""
+        if self._remembered:
+            return
+        width = max(self.table.natural_width(), self.toolbar.sizeHint().width()) + 24
+        height = (self.table.height_for_rows(8) + self.toolbar.sizeHint().height()
+                  + self.statusBar().sizeHint().height() + 24)
+        fit_to_screen(self, width, height)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         QSettings("NeuronOS", "VM Manager").setValue("geometry", self.saveGeometry())

@@ -8,7 +8,7 @@ or a program.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QRect, QSize, Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -21,12 +21,14 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QSpinBox,
+    QStyledItemDelegate,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
 )
 
-from .widgets import Tasks, check_item
+from ..core.primitives import plural
+from .widgets import Tasks, check_item, fit_list, screen_room
 from .wizard import CreateWizard
 
 __all__ = ["CreateWizard", "DeleteDialog", "ReadinessDialog", "SettingsDialog", "USBPanel"]
@@ -67,6 +69,8 @@ class DeleteDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
         self._refresh()
+        fit_list(self.disk_list)
+        self.adjustSize()
 
     @property
     def delete_disks(self) -> bool:
@@ -95,21 +99,67 @@ class ReadinessDialog(QDialog):
         self.setWindowTitle("Is this computer ready?")
         layout = QVBoxLayout(self)
         failed = sum(check.status == "fail" for check in checks)
-        layout.addWidget(QLabel("Everything needed is in place." if not failed else
-                                f"{failed} thing(s) need fixing before VMs can use a GPU."))
+        need = "needs" if failed == 1 else "need"
+        self.summary = QLabel("Everything needed is in place." if not failed else
+                              f"{plural(failed, 'check')} {need} fixing before VMs can use a"
+                              " GPU.")
+        layout.addWidget(self.summary)
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Status", "Check", "Result", "How to fix"])
+        self.tree.setRootIsDecorated(False)
+        self.tree.setWordWrap(True)
+        self.tree.setUniformRowHeights(False)
+        self.tree.setItemDelegate(WrappingDelegate(self.tree))
         for check in checks:
             item = QTreeWidgetItem([check.status, check.name, check.detail,
                                     check.fix if check.status != "ok" and check.fix else ""])
             item.setForeground(0, QColor(self.COLORS.get(check.status, "#000000")))
             self.tree.addTopLevelItem(item)
-        for column in range(4):
-            self.tree.resizeColumnToContents(column)
         layout.addWidget(self.tree)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
+        self._fit()
+
+    def _fit(self) -> None:
+        """Every result and fix readable without scrolling: the columns take the width their
+        text needs; where the screen is narrower, Result and How to fix share what is left
+        and wrap. The height is then that of all the rows."""
+        tree = self.tree
+        for column in range(4):
+            tree.resizeColumnToContents(column)
+        chrome = 2 * tree.frameWidth() + 48  # the layout's margins and a little air
+        room_width, room_height = screen_room(self)
+        natural = [tree.columnWidth(column) for column in range(4)]
+        if sum(natural) + chrome > room_width:
+            left = max(room_width - chrome - natural[0] - natural[1], 320)
+            share = natural[2] / max(natural[2] + natural[3], 1)
+            tree.setColumnWidth(2, int(left * share))
+            tree.setColumnWidth(3, left - int(left * share))
+        tree.doItemsLayout()
+        width = sum(tree.columnWidth(column) for column in range(4)) + chrome
+        model = tree.model()
+        rows = sum(max(tree.sizeHintForIndex(model.index(row, column)).height()
+                       for column in range(4)) + 1
+                   for row in range(tree.topLevelItemCount()))
+        height = (rows + tree.header().sizeHint().height() + 2 * tree.frameWidth()
+                  + self.summary.sizeHint().height() + 96)
+        tree.setMinimumHeight(min(height - self.summary.sizeHint().height() - 96,
+                                  room_height - 140))
+        self.resize(min(width, room_width), min(height, room_height))
+
+
+class WrappingDelegate(QStyledItemDelegate):
+    """Rows as tall as their wrapped text needs in the column's width."""
+
+    def sizeHint(self, option, index):  # noqa: N802 - Qt name
+        hint = super().sizeHint(option, index)
+        view = self.parent()
+        width = max(view.columnWidth(index.column()) - 12, 20)
+        text = index.data() or ""
+        rect = option.fontMetrics.boundingRect(QRect(0, 0, width, 100000), Qt.TextWordWrap,
+                                               text)
+        return QSize(hint.width(), max(hint.height(), rect.height() + 8))
 
 
 class SettingsDialog(QDialog):
@@ -166,6 +216,8 @@ class SettingsDialog(QDialog):
         self.buttons.accepted.connect(self.apply)
         self.buttons.rejected.connect(self.reject)
         form.addRow(self.buttons)
+        fit_list(self.usb, rows=4)
+        self.adjustSize()
 
     def change(self):
         from ..actions.create import SettingsChange
@@ -225,6 +277,7 @@ class USBPanel(QDialog):
             self.list.addItem(check_item(f"{device.sysfs_name}  {device.name}", device,
                                          key in attached))
         self.list.itemChanged.connect(self._toggled)
+        fit_list(self.list, rows=4)
         self.status = QLabel()
         layout.addWidget(self.status)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)

@@ -191,6 +191,44 @@ class VMTableModel(QAbstractTableModel):
         return self.rows[position] if position is not None else None
 
 
+def notify_desktop(window: QWidget, title: str, text: str) -> None:
+    """A tray balloon, where the desktop has a tray (the window keeps one icon for it)."""
+    from PySide6.QtWidgets import QSystemTrayIcon
+
+    if not QSystemTrayIcon.isSystemTrayAvailable():
+        return
+    tray = getattr(window, "_tray", None)
+    if tray is None:
+        tray = window._tray = QSystemTrayIcon(window.windowIcon(), window)
+        tray.show()
+    tray.showMessage(title, text, QSystemTrayIcon.Warning)
+
+
+def screen_room(widget: QWidget, share: float = 0.9) -> tuple[int, int]:
+    """The width and height a window may take on the screen it is on."""
+    from PySide6.QtGui import QGuiApplication
+
+    screen = widget.screen() or QGuiApplication.primaryScreen()
+    available = screen.availableGeometry()
+    return int(available.width() * share), int(available.height() * share)
+
+
+def fit_to_screen(widget: QWidget, width: int, height: int) -> None:
+    """Resize to ``width`` x ``height``, never beyond the screen."""
+    room_width, room_height = screen_room(widget)
+    widget.resize(min(width, room_width), min(height, room_height))
+
+
+def fit_list(widget, rows: int = 3, max_rows: int = 10) -> None:
+    """A list wide enough for its longest row and tall enough for its rows (3 to 10)."""
+    metrics = widget.fontMetrics()
+    texts = [widget.item(i).text() for i in range(widget.count())]
+    width = max((metrics.horizontalAdvance(text) for text in texts), default=200) + 60
+    shown = min(max(len(texts), rows), max_rows)
+    widget.setMinimumSize(min(width, screen_room(widget)[0] - 40),
+                          shown * (metrics.height() + 8) + 2 * widget.frameWidth())
+
+
 def check_item(text: str, data, checked: bool) -> QListWidgetItem:
     """A list row with a tick box, carrying ``data``."""
     item = QListWidgetItem(text)
@@ -218,6 +256,19 @@ class VMTable(QTableView):
         header.setResizeContentsPrecision(50)
         header.setStretchLastSection(True)
         self.setContextMenuPolicy(Qt.ActionsContextMenu)
+
+    def natural_width(self) -> int:
+        """Every column at the width its header and its rows need, with the frame and room
+        for a vertical scroll bar (the last column stretches beyond this)."""
+        header = self.horizontalHeader()
+        columns = sum(max(header.sectionSizeHint(i), self.sizeHintForColumn(i))
+                      for i in range(header.count()))
+        return columns + 2 * self.frameWidth() + self.verticalScrollBar().sizeHint().width()
+
+    def height_for_rows(self, rows: int) -> int:
+        header = self.horizontalHeader()
+        return (header.sizeHint().height() + rows * self.verticalHeader().defaultSectionSize()
+                + 2 * self.frameWidth())
 
     def selected_name(self) -> str | None:
         rows = self.selectionModel().selectedRows()

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from .widgets import Tasks, check_item
+from .widgets import Tasks, check_item, fit_to_screen
 
 TEMPLATES = (("windows11", "Windows 11"), ("windows10", "Windows 10"), ("linux", "Linux"),
              ("macos", "macOS"))
@@ -45,6 +45,9 @@ class CreateWizard(QWizard):
         self.summary_page = _SummaryPage(self)
         for page in (self.system_page, self.devices_page, self.summary_page):
             self.addPage(page)
+        # room for a one-line message under the fields and for the plan's lines
+        hint = self.sizeHint()
+        fit_to_screen(self, max(hint.width(), 720), max(hint.height(), 540))
 
     def config_data(self) -> dict:
         s, d = self.system_page, self.devices_page

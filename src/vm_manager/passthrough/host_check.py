@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import guard
+from ..core.primitives import plural
 from .pci import host_root, iommu_groups
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -271,6 +272,26 @@ def check_looking_glass_client(environ: dict | None = None) -> Check:
                  " application must be the same release)")
 
 
+def check_desktop_libraries(qt: Path | None = None) -> Check:
+    """Can the desktop app's Qt platform plugins (X11 and Wayland) load? (``ldd``)"""
+    from .qt_libraries import install_hint, missing_libraries, qt_dir
+
+    qt = qt or qt_dir()
+    if qt is None:
+        return Check("Desktop app libraries", WARN, "the desktop app (PySide6) is not installed",
+                     "pip install 'neuronos-vm-manager[gui]' (scripts/setup-host.sh does)")
+    guard.check("ldd")
+    try:
+        missing = missing_libraries(qt)
+    except OSError as error:
+        return Check("Desktop app libraries", WARN, f"cannot run ldd: {error}")
+    if missing:
+        return Check("Desktop app libraries", FAIL, "neuron-vm-gui cannot start: the Qt"
+                     f" platform plugins miss {', '.join(missing)}", install_hint(missing))
+    return Check("Desktop app libraries", OK, "the Qt platform plugins for X11 and Wayland find"
+                 " every library they need")
+
+
 def check_shared_memory(root: Path) -> Check:
     from .ivshmem import access_problem, kvmfr_device
 
@@ -284,7 +305,7 @@ def check_shared_memory(root: Path) -> Check:
                      "neuron-vm shm-permissions VM --apply")
     if files:
         return Check("Looking Glass shared memory", OK,
-                     f"{len(files)} file(s), all readable and writable{extra}")
+                     f"{plural(len(files), 'file')}, all readable and writable{extra}")
     return Check("Looking Glass shared memory", OK, f"none yet (made when a VM starts){extra}")
 
 
@@ -301,5 +322,5 @@ def run_checks(root: Path | str | None = None, uri: str | None = None,
     checks += [check_vfio(base), check_firmware(base), check_swtpm(base)]
     checks += list(check_libvirt(resolve_uri(uri)))
     checks += [check_groups(base, desktop_user(environ)), check_looking_glass_client(environ),
-               check_shared_memory(base)]
+               check_shared_memory(base), check_desktop_libraries()]
     return checks
