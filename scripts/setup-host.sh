@@ -20,6 +20,10 @@ if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
 # What the desktop app's Qt platform plugins load on X11 (xcb) and Wayland: derived with
 # `ldd` on the pinned PySide6's plugins; the one list lives in the package (qt_libraries.py).
 # tests/test_gui_x11.py checks that afterwards `ldd` finds every library they link.
+if ! command -v "$PYTHON" >/dev/null; then  # a minimal image may come without Python
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
+fi
 mapfile -t QT_PACKAGES < <("$PYTHON" src/vm_manager/passthrough/qt_libraries.py debian)
 say() { printf '==> %s\n' "$*"; }
 
