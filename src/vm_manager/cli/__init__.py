@@ -58,6 +58,12 @@ def _setup_logging(verbose: bool) -> None:
     log.configure(configure)
 
 
+def _one_line(text: str, limit: int = 1000) -> str:
+    """An error is one line, and never a wall of text."""
+    text = " ".join(text.split("\n"))
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
 def _library_log():
     from ..core.log import get_logger
 
@@ -89,7 +95,7 @@ def main(
     except VMManagerError as error:
         if args.verbose:
             _library_log().exception("command failed")
-        print(f"{PROG}: {error}", file=err)
+        print(_one_line(f"{PROG}: {error}"), file=err)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=err)
@@ -99,7 +105,8 @@ def main(
     except Exception as error:  # a bug: still one line, the traceback with -v
         if args.verbose:
             _library_log().exception("internal error")
-        print(f"{PROG}: internal error: {error!r} (run with -v for details)", file=err)
+        print(_one_line(f"{PROG}: internal error: {error!r} (run with -v for details)"),
+              file=err)
         return EXIT_FAILED
     finally:
         ctx.close()

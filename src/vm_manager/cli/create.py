@@ -17,7 +17,7 @@ from .output import (
 # CLI flags for the config fields, so an error names what the user typed.
 FLAG_FOR_FIELD = {
     "memory_mb": "--memory", "vcpus": "--cpus", "disk_size_gb": "--disk-size",
-    "disk_path": "--disk", "iso_path": "--iso", "virtio_iso_path": "--virtio-iso",
+    "disk_path": "--disk", "disk_device": "--disk-device", "iso_path": "--iso", "virtio_iso_path": "--virtio-iso",
     "gpu.pci_address": "--gpu", "opencore_path": "--opencore", "domain_type": "--domain-type",
     "network": "--network", "vm_type": "--template", "kernel_path": "--kernel",
     "initrd_path": "--initrd", "kernel_cmdline": "--cmdline",
@@ -42,6 +42,8 @@ def register(commands, common, subcommand) -> None:
     disk = create.add_mutually_exclusive_group()
     disk.add_argument("--disk-size", metavar="SIZE", help="new disk, e.g. 64G (default per OS)")
     disk.add_argument("--disk", metavar="PATH", help="use this existing disk image instead")
+    disk.add_argument("--disk-device", metavar="DEV",
+                      help="give the VM this whole block device (never one the host uses)")
     create.add_argument("--iso", metavar="PATH", help="installer ISO")
     create.add_argument("--virtio-iso", metavar="PATH",
                         help="virtio-win drivers ISO (Windows; enables virtio disk and NIC)")
@@ -152,7 +154,8 @@ def request_from_args(args: argparse.Namespace):
         looking_glass.update(width=int(width), height=int(height))
     data = {
         "name": args.name, "vm_type": kind, "memory_mb": args.memory, "vcpus": args.cpus,
-        "disk_size_gb": args.disk_size, "disk_path": args.disk, "iso_path": args.iso,
+        "disk_size_gb": args.disk_size, "disk_path": args.disk or args.disk_device,
+        "disk_device": bool(args.disk_device), "iso_path": args.iso,
         "virtio_iso_path": args.virtio_iso, "opencore_path": args.opencore,
         "domain_type": args.domain_type, "network": args.network,
         "usb_devices": [{"vendor_id": v, "product_id": p} for v, p in usb_ids(args.usb)],
@@ -162,10 +165,16 @@ def request_from_args(args: argparse.Namespace):
     }
     if args.looking_glass:
         data["display_mode"] = "looking-glass"
-    if args.gpu:
+    if args.gpu is not None:  # '' is not "no GPU": it is a bad address
         data["gpu_passthrough"] = {"pci_address": args.gpu, "rom_file": args.gpu_rom,
                                    "nvidia_compat": args.nvidia_compat,
                                    "allow_boot_gpu": args.allow_boot_gpu}
+    else:
+        for flag, given in (("--gpu-rom", args.gpu_rom), ("--nvidia-compat", args.nvidia_compat),
+                            ("--allow-boot-gpu", args.allow_boot_gpu)):
+            if given:
+                raise InvalidConfig(flag, "goes with --gpu PCI_ADDR (there is no GPU to"
+                                    " apply it to)")
     config = VMConfig.from_dict({key: value for key, value in data.items() if value is not None})
     return CreateRequest(config, template=template, force=args.force, start=args.start)
 

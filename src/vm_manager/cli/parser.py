@@ -23,6 +23,13 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.HelpFormatter(prog, width=max(width - 2, 40))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, and where the help is)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     # The same options work before and after the command (`--json list` and `list --json`);
     # the sub-command copy uses SUPPRESS so it does not overwrite a value given earlier.
@@ -101,14 +108,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     wanted = requested_command(argv)
     only = wanted if wanted in COMMANDS else None
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, formatter_class=_formatter,
         description="Manage NeuronOS virtual machines (libvirt, GPU passthrough, Looking Glass).",
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     global_options(parser, suppress=False)
-    common = argparse.ArgumentParser(add_help=False, formatter_class=_formatter)
+    common = Parser(add_help=False, formatter_class=_formatter)
     global_options(common, suppress=True)
     commands = _Commands(parser.add_subparsers(dest="command", metavar="COMMAND",
                                                required=True), only)

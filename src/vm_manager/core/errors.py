@@ -45,9 +45,19 @@ class InvalidConfig(VMManagerError):
     exit_code = 2
 
     def __init__(self, field: str, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}")
+        self.field = _shorten_quoted(field)
+        self.message = _shorten_quoted(message)
+        super().__init__(f"{self.field}: {self.message}")
+
+
+def _shorten_quoted(text: str, keep: int = 40, limit: int = 600) -> str:
+    """A message echoes what the user typed; a 100,000-character value is cut to its start
+    and its length (any unbroken run of 60+ characters), and the whole message to 600."""
+    import re
+
+    text = re.sub(r"\S{%d,}" % (keep + 20),
+                  lambda m: f"{m.group(0)[:keep]}… ({len(m.group(0))} characters)", text)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class LifecycleError(VMManagerError):

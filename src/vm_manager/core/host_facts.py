@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,11 +47,15 @@ def images_dir(uri: str, environ: dict | None = None) -> Path:
 
 @dataclass(frozen=True)
 class PathFact:
-    """What is at a path: ``file``, ``block``, ``dir``, ``other`` or ``missing``; for a disk
-    image also its format (``qemu-img info``)."""
+    """What is at a path: ``file``, ``block``, ``dir``, ``other`` (a character device, a
+    FIFO, a socket) or ``missing``, with the symlinks resolved; for a disk image also its
+    format (``qemu-img info``)."""
 
     kind: str
     format: str | None = None
+    pseudo: bool = False  # it lies in /proc, /sys or /dev (not a file the user keeps)
+    parent_writable: bool = False  # a missing file could be made there (a serial log)
+    in_use: str | None = None  # a block device the host uses: mounted, or held (LVM, RAID)
 
 
 @dataclass(frozen=True)
@@ -131,27 +136,56 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
     if config.gpu_passthrough is not None:
         paths.append(config.gpu_passthrough.rom_file)
     facts = {path: _kind(Path(path)) for path in paths if path}
+    if config.serial_log_path is not None:
+        facts[config.serial_log_path] = _kind(Path(config.serial_log_path))
     if config.disk_path is not None:
         kind = _kind(Path(config.disk_path))
-        fmt = _image_format(Path(config.disk_path), qemu_img) if kind.kind in (
-            "file", "block") else None
-        facts[config.disk_path] = PathFact(kind.kind, fmt)
+        fmt = _image_format(Path(config.disk_path), qemu_img) if kind.kind == "file" and \
+            not kind.pseudo else ("raw" if kind.kind == "block" else None)
+        facts[config.disk_path] = replace(kind, format=fmt)
     new_disk = folder / f"{config.name}.qcow2"  # the name is validated: no "/" or ".."
     facts[str(new_disk)] = _kind(new_disk)
     return facts
 
 
+PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+
+
 def _kind(path: Path) -> PathFact:
+    real = os.path.realpath(path)
+    pseudo = any(real == root or real.startswith(root + "/") for root in PSEUDO_ROOTS)
     try:
-        if path.is_file():
-            return PathFact("file")
-        if path.is_block_device():
-            return PathFact("block")
-        if path.is_dir():
-            return PathFact("dir")
-        return PathFact("other" if path.exists() else "missing")
+        info = os.stat(real)
     except OSError:
-        return PathFact("missing")
+        parent = os.path.dirname(real)
+        return PathFact("missing", pseudo=pseudo, parent_writable=os.path.isdir(parent)
+                        and os.access(parent, os.W_OK | os.X_OK))
+    if stat.S_ISREG(info.st_mode):
+        return PathFact("file", pseudo=pseudo)
+    if stat.S_ISBLK(info.st_mode):
+        return PathFact("block", pseudo=pseudo, in_use=_block_in_use(real))
+    return PathFact("dir" if stat.S_ISDIR(info.st_mode) else "other", pseudo=pseudo)
+
+
+def _block_in_use(real: str) -> str | None:
+    """Why the host needs this block device: mounted (it or a partition of it), or held by
+    another device (LVM, RAID, dm-crypt); None when it is free."""
+    name = os.path.basename(real)
+    sys_block = Path("/sys/class/block") / name
+    family = {real} | {f"/dev/{child.name}" for child in sys_block.glob(f"{name}*")
+                       if child.name != name}
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        mounts = []
+    for line in mounts:
+        source, target = (line.split() + ["", ""])[:2]
+        if source.startswith("/dev/") and os.path.realpath(source) in family:
+            return f"{source} is mounted on {target}"
+    holders = [h.name for h in (sys_block / "holders").glob("*")] if sys_block.exists() else []
+    if holders:
+        return f"it is held by {', '.join(holders)}"
+    return None
 
 
 def _image_format(path: Path, qemu_img: str) -> str:

@@ -38,11 +38,13 @@ from ..passthrough.lg_client import (
     find_client,
     is_failure,
     primary_group,
+    user_id,
     release_number,
     stop_by_pid_file,
 )
 from ..passthrough.lgmp import HostHeader, wait_for_host
 from .errors import LookingGlassError, OperationTimedOut, VMManagerError
+from .store import private_folder
 from .primitives import Subscribers, VMState, validate_name
 from .log import get_logger
 
@@ -192,10 +194,11 @@ class LookingGlassManager:
     def start(self, vm_name: str, config: LGClientConfig | None = None) -> None:
         """Supervise a client for ``vm_name``: wait for the guest's host app, then run and
         keep running the client. Returns at once; watch the state or ``wait_for_state``."""
-        if os.geteuid() == 0 and self.run_as is None:
+        if (os.geteuid() == 0 and self.run_as is None) or (
+                self.run_as is not None and user_id(self.run_as) == 0):
             raise LookingGlassError(
                 "the Looking Glass client refuses to run as root: run `neuron-vm display"
-                f" {vm_name}` as your desktop user, or give the user to run it as (--user)")
+                f" {vm_name}` as your desktop user, or give that user (--user NAME, not root)")
         config = config or LGClientConfig(vm_name)
         if config.spice and config.spice_port is None:
             config = replace(config, spice_port=self._spice_port(vm_name))
@@ -300,7 +303,7 @@ class LookingGlassManager:
     def _launch(self, vm_name: str, entry: _Client) -> int:
         argv = build_argv(self.client, entry.config, self.release)
         path = self.log_path(vm_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         with open(path, "ab") as handle:  # the child keeps its own copy of the descriptor
             offset = handle.tell()
             handle.write(f"--- {time.strftime('%F %T')} {' '.join(argv)}\n".encode())

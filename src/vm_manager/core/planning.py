@@ -50,6 +50,7 @@ class DiskSpec:
     bus: str
     target: str
     boot_order: int | None
+    type: str = "file"  # "block" for a whole device
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class DiskPlan:
     format: str
     create: bool  # True: made by this creation (removed on failure); False: the user's
     size_gb: int | None = None
+    device: bool = False  # a whole block device (--disk-device), not an image file
 
 
 @dataclass
@@ -203,8 +205,10 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
         log.warning("KVM is not usable here; %s will use software emulation", name)
     for field_name in INPUT_FILES:
         path = getattr(config, field_name)
-        if path is not None and facts.path(path).kind != "file":
-            raise InvalidConfig(field_name, f"{path} does not exist or is not a file")
+        if path is not None:
+            _regular_file(field_name, path, facts.path(path))
+    if config.serial_log_path is not None:
+        _serial_log(config.serial_log_path, facts.path(config.serial_log_path))
     uefi = config.vm_type is not VMType.LINUX or config.kernel_path is None
     if uefi and not facts.uefi_firmware and facts.uri.startswith("qemu"):
         warnings.append("no UEFI firmware (OVMF) is installed on this host: the VM will not"
@@ -216,6 +220,32 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     context = _context(config, chosen, domain_type, vm_uuid, disk, facts, gpu)
     return CreationPlan(config, chosen, domain_type, vm_uuid, disk, facts.images_dir, context,
                         warnings)
+
+
+def _regular_file(field_name: str, path: str, fact) -> None:
+    """Only a regular file of the user's: never a folder, a device, a FIFO, or /proc."""
+    if fact.kind == "file" and not fact.pseudo:
+        return
+    why = {"missing": "does not exist", "dir": "is a folder", "block": "is a block device",
+           "other": "is a device, FIFO or socket"}.get(fact.kind, "is not a regular file")
+    if fact.pseudo and fact.kind == "file":
+        why = "lies in /proc, /sys or /dev"
+    raise InvalidConfig(field_name, f"{path} {why}; give a regular file")
+
+
+def _serial_log(path: str, fact) -> None:
+    """A regular file to append to, or a new one in a folder that exists and may be
+    written; never a device (the guest console would be written onto it)."""
+    if not fact.pseudo and (fact.kind == "file" or (fact.kind == "missing"
+                                                    and fact.parent_writable)):
+        return
+    if fact.kind == "missing":
+        why = "cannot be made: its folder is missing or not writable"
+    elif fact.pseudo or fact.kind in ("block", "other"):
+        why = "is a device or lies in /proc, /sys or /dev"
+    else:
+        why = "is a folder"
+    raise InvalidConfig("serial_log_path", f"{path} {why}; give a file (existing or new)")
 
 
 def _plan_gpu(config: VMConfig, facts: HostFacts, warnings: list[str]) -> GPUSpec | None:
@@ -239,8 +269,17 @@ def _plan_gpu(config: VMConfig, facts: HostFacts, warnings: list[str]) -> GPUSpe
 def _plan_disk(config: VMConfig, facts: HostFacts) -> DiskPlan | None:
     if config.disk_path is not None:
         fact = facts.path(config.disk_path)
-        if fact.kind not in ("file", "block"):
-            raise InvalidConfig("disk_path", f"{config.disk_path} does not exist")
+        if config.disk_device:
+            if fact.kind != "block":
+                raise InvalidConfig("disk_device", f"{config.disk_path} is not a block device")
+            if fact.in_use:
+                raise InvalidConfig("disk_device", f"{config.disk_path} is in use by this host"
+                                    f" ({fact.in_use}); NeuronOS never gives it to a VM")
+            return DiskPlan(config.disk_path, "raw", create=False, device=True)
+        if fact.kind == "block":
+            raise InvalidConfig("disk_path", f"{config.disk_path} is a block device: pass it"
+                                " with --disk-device if the VM is to own the whole device")
+        _regular_file("disk_path", config.disk_path, fact)
         return DiskPlan(config.disk_path, fact.format or "raw", create=False)
     if not config.disk_size_gb:
         return None
@@ -281,6 +320,7 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
             disk.path, disk.format, "virtio" if virtio else "sata",
             "vda" if virtio else f"sd{next(sata_letters)}",
             None if config.vm_type is VMType.MACOS else 1,  # macOS boots via OpenCore
+            "block" if disk.device else "file",
         )
     cdroms = []
     for path, boots in ((config.iso_path, True), (config.virtio_iso_path, False)):

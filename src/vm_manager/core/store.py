@@ -9,8 +9,10 @@ with both paths; it never stops a listing.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -30,6 +32,43 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 FORMAT_VERSION = 1
+MAX_SETTINGS_BYTES = 1024 * 1024  # a settings file is a few KiB; more is not one of ours
+
+
+def read_small_file(path, limit: int) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes. Never follows a symlink
+    and never blocks (a FIFO in its place is refused, not waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{info.st_size} bytes, more than a settings file holds")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8")
+
+
+def private_folder(path, mode: int = 0o700) -> None:
+    """Make ``path`` (and missing parents) with ``mode`` whatever the umask; an existing
+    folder keeps its mode (never loosened)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent and not os.path.isdir(parent):
+        private_folder(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)  # mkdir's mode is cut by the umask only, never widened: set it
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 def default_config_dir(environ: dict | None = None) -> Path:
@@ -100,7 +139,7 @@ class VMStore:
             {"format": FORMAT_VERSION, "config": config.to_dict()}, indent=2, sort_keys=True
         )
         try:
-            self.vms_dir.mkdir(parents=True, exist_ok=True)
+            private_folder(self.vms_dir)
             fd, tmp_name = tempfile.mkstemp(
                 dir=self.vms_dir, prefix=f".{config.name}.", suffix=".tmp"
             )
@@ -131,11 +170,14 @@ class VMStore:
 
         path = self.path_for(name)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_small_file(path, MAX_SETTINGS_BYTES)
         except FileNotFoundError:
             return None
-        except OSError as error:
-            raise StoreError(f"cannot read {path}: {error.strerror}") from None
+        except (OSError, ValueError) as error:  # not a regular file, too big, a link
+            problem = getattr(error, "strerror", None) or str(error)
+            if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EIO):
+                raise StoreError(f"cannot read {path}: {problem}") from None
+            return self._unreadable(path, problem)
         try:
             data = json.loads(text)
             if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
@@ -143,11 +185,16 @@ class VMStore:
             config = VMConfig.from_dict(data.get("config"))
             if config.name != name:
                 raise ValueError(f"it describes {config.name!r}, not {name!r}")
-        except (ValueError, InvalidConfig) as error:  # JSONDecodeError is a ValueError
-            aside = self._set_aside(path)
-            where = f"moved to {aside}" if aside else "could not move it aside"
-            raise StoreError(f"saved settings {path} are unreadable ({error}); {where}") from None
+        except (ValueError, InvalidConfig, RecursionError) as error:
+            # JSONDecodeError and UnicodeDecodeError are ValueErrors; RecursionError is JSON
+            # nested thousands deep
+            return self._unreadable(path, shorten(str(error) or type(error).__name__))
         return config
+
+    def _unreadable(self, path: Path, problem: str):
+        aside = self._set_aside(path)
+        where = f"moved to {aside}" if aside else "could not move it aside"
+        raise StoreError(f"saved settings {path} are unreadable ({problem}); {where}")
 
     def load_all(self, names: list[str] | None = None) -> StoreScan:
         """Load every saved config (or just ``names``); bad files become ``problems``."""

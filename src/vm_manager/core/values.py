@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import InvalidConfig
 
-_SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*", re.IGNORECASE)
+_SIZE_PATTERN = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(I?B)?\s*", re.IGNORECASE)
 _UNIT_MIB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 SIZE_RULE = "a whole number with an optional unit M, G or T (e.g. 8G, 8192M, 8GiB)"
 
@@ -51,7 +51,7 @@ def parse_int(value: Any, field_name: str) -> int:
         raise InvalidConfig(field_name, f"expected a whole number, got {value!r}")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,9}\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,9}\s*", value):
         return int(value)
     raise InvalidConfig(field_name, f"expected a whole number, got {value!r}")
 

@@ -189,6 +189,7 @@ class VMConfig:
     vcpus: int | None = None
     disk_size_gb: int | None = None
     disk_path: str | None = None  # an existing disk to use instead of a new one
+    disk_device: bool = False  # disk_path is a whole block device (asked for explicitly)
     iso_path: str | None = None  # installer
     virtio_iso_path: str | None = None  # virtio-win drivers (Windows)
     opencore_path: str | None = None  # macOS: the user's OpenCore boot image (required)
@@ -224,6 +225,7 @@ class VMConfig:
             if disk_mb % 1024:
                 raise InvalidConfig("disk_size_gb", f"{self.disk_size_gb!r} is not whole GiB")
             self.disk_size_gb = disk_mb // 1024
+        self.disk_device = parse_bool(self.disk_device, "disk_device")
         for name in ("disk_path", "iso_path", "virtio_iso_path", "opencore_path", "kernel_path",
                      "initrd_path", "serial_log_path"):
             setattr(self, name, parse_path(getattr(self, name), name))
@@ -285,6 +287,8 @@ class VMConfig:
         elif self.disk_size_gb is not None:
             _check_range("disk_size_gb", self.disk_size_gb, minimum.disk_gb, MAX_DISK_GB, "GiB",
                          label)
+        if self.disk_device and self.disk_path is None:
+            raise InvalidConfig("disk_device", "a block device disk needs its path")
         if self.vm_type is VMType.MACOS and self.opencore_path is None:
             raise InvalidConfig(
                 "opencore_path",

@@ -26,7 +26,7 @@ from .connection import LibvirtConnection, get_connection
 from .errors import VMCreationError, VMManagerError
 from .host_facts import HostFacts, gather_host_facts
 from .planning import CreationPlan, DiskPlan, plan_creation
-from .store import VMStore
+from .store import VMStore, private_folder
 from .vm_config import VMConfig
 from .log import get_logger
 
@@ -204,7 +204,7 @@ class VMCreator:
 
     def _create_disk(self, disk: DiskPlan) -> None:
         path = Path(disk.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent, 0o711)  # as libvirt's own images folder: QEMU may pass
         # O_EXCL claims the name first, so an existing file is never overwritten (qemu-img
         # create itself would overwrite it).
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

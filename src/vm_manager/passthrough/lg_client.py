@@ -162,6 +162,16 @@ def is_failure(code: int, tail: list[str]) -> bool:
 
 # --- the client as a process of the desktop user ------------------------------------------------
 
+def user_id(user: str) -> int:
+    """The uid of ``user`` (a name, or a number); refuses a user that does not exist."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(int(user)).pw_uid if user.isdigit() else pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise LookingGlassError(f"no user named {user!r} to run the client as") from None
+
+
 def primary_group(user: str) -> int | None:
     import pwd
 
