@@ -226,3 +226,127 @@ def test_a_free_block_device_is_taken_only_when_asked(make_host, tmp_path):
                     out=out, err=err) == 0, err.getvalue()
         xml = conn.execute(lambda c: c.lookupByName("blk").XMLDesc(0))
     assert f"<source dev='{free}'/>" in xml and "<disk type='block' device='disk'>" in xml
+
+
+# --- the daemon killed in the middle of a creation (defect 1) -------------------------------------
+
+@pytest.mark.daemon
+@pytest.mark.parametrize("step, broken_store", [
+    ("disk", False), ("render", False), ("validate", False), ("define", False),
+    ("save settings", False), ("save settings", True),
+])
+def test_daemon_killed_during_create_leaves_all_or_nothing(system_daemon, tmp_path, step,
+                                                            broken_store):
+    """libvirtd is SIGKILLed as ``step`` starts and comes back half a second later: the VM
+    is either whole (domain, disk, settings) or not there at all, and a rollback says it was
+    verified only when it was."""
+    import threading
+    import time
+    import uuid
+
+    from conftest import IN_CI
+    from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd
+    from vm_manager.actions import Context, create
+    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.core.errors import VMManagerError
+
+    problem = may_restart_daemon()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"CI=true but cannot restart libvirtd: {problem}")
+        pytest.skip(problem)
+    name = f"neuron-e2e-kill-{uuid.uuid4().hex[:6]}"
+    images = tmp_path / "images"
+    if broken_store:
+        (tmp_path / "not-a-folder").write_text("")
+    store = VMStore(tmp_path / ("not-a-folder" if broken_store else "config"))
+    ctx = Context(system_daemon, store=store, images_dir=images, events=False)  # as the CLI
+    restarts = []
+
+    def progress(current: str) -> None:
+        if current == step:
+            kill_libvirtd()
+            thread = threading.Thread(
+                target=lambda: (time.sleep(0.5), start_libvirtd(system_daemon)))
+            thread.start()
+            restarts.append(thread)
+
+    request = create.CreateRequest(VMConfig(name=name, vm_type="linux", disk_size_gb=1,
+                                            network="none", domain_type="qemu"))
+    try:
+        create.create(ctx, request, progress=progress)
+        made, message = True, ""
+    except VMManagerError as error:
+        made, message = False, str(error)
+    finally:
+        for thread in restarts:
+            thread.join(timeout=60)
+    ctx.close()
+    with LibvirtConnection(system_daemon) as check:
+        defined = name in check.execute(lambda c: [d.name() for d in c.listAllDomains()])
+        disk = (images / f"{name}.qcow2").exists()
+        try:
+            saved = store.load(name) is not None
+        except Exception:  # noqa: BLE001 - the broken store cannot even be read
+            saved = False
+        if defined:
+            check.execute(lambda c: c.lookupByName(name).undefine())
+    if disk:
+        (images / f"{name}.qcow2").unlink()
+    assert restarts, "the step never started"
+    if made:
+        assert (defined, disk, saved) == (True, True, True)
+    else:
+        assert (defined, disk, saved) == (False, False, False), message
+        assert "everything done before it was undone" in message, message
+
+
+# --- smaller ones ----------------------------------------------------------------------------------
+
+def test_a_missing_network_is_exit_2_naming_those_that_exist(make_host, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    err = io.StringIO()
+    code = main(["-c", make_host(networks=("default", "lab")), "create", "vm", "--template",
+                 "linux", "--network", "nosuch", "--disk-size", "1G", "--domain-type", "qemu"],
+                out=io.StringIO(), err=err)
+    assert code == 2 and "--network" in err.getvalue() and "'nosuch'" in err.getvalue()
+    assert "default, lab" in err.getvalue() and not (tmp_path / "images").exists()
+
+
+def test_shm_permissions_for_a_missing_vm_is_exit_3_and_writes_nothing(three_vm_uri, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("NEURONOS_HOST_ROOT", str(tmp_path))
+    err = io.StringIO()
+    assert main(["-c", three_vm_uri, "shm-permissions", "nope", "--apply", "--user", "alice"],
+                out=io.StringIO(), err=err) == 3
+    assert "no VM named 'nope'" in err.getvalue() and not (tmp_path / "etc").exists()
+
+
+@pytest.mark.parametrize("taken_by", ["disk", "domain"])
+def test_the_loser_of_a_name_race_gets_already_exists(make_host, tmp_path, taken_by):
+    """Both creators passed the check; the other one got there first."""
+    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.core.errors import InvalidConfig
+    from vm_manager.core.vm_creator import VMCreator
+
+    images = tmp_path / "images"
+    images.mkdir()
+    with LibvirtConnection(make_host()) as conn:
+        creator = VMCreator(conn, store=VMStore(tmp_path / "config"), images_dir=images)
+        config = VMConfig(name="vm", vm_type="linux", disk_size_gb=1, network="none",
+                          domain_type="qemu")
+        plan = creator.plan(config)  # both see the name free
+        if taken_by == "disk":
+            (images / "vm.qcow2").write_bytes(b"the winner's disk")
+        else:
+            conn.execute(lambda c: c.defineXML(
+                "<domain type='test'><name>vm</name><memory>524288</memory><vcpu>1</vcpu>"
+                "<os><type>hvm</type></os></domain>"))
+        with pytest.raises(InvalidConfig, match="already exists") as caught:
+            creator.create(config, plan=plan)
+        assert caught.value.exit_code == 2
+        names = conn.execute(lambda c: [d.name() for d in c.listAllDomains()])
+    if taken_by == "disk":
+        assert (images / "vm.qcow2").read_bytes() == b"the winner's disk" and "vm" not in names
+    else:
+        assert names.count("vm") == 1 and list(images.iterdir()) == []  # ours undone

@@ -118,7 +118,7 @@ def test_unreachable_libvirt_fails(tmp_path):
 
 
 def test_inactive_default_network_is_a_warning_never_started(make_host):
-    uri = make_host()  # a node file with no networks at all
+    uri = make_host(networks=())  # a node file with no networks at all
     _, network = hc.check_libvirt(uri)
     assert network.status == hc.WARN and "never starts" in network.detail
 

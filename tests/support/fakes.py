@@ -33,6 +33,7 @@ class FakeHost:
     memory_mb: int = 16384
     domains: tuple[FakeDomain, ...] | list[FakeDomain] = ()
     pci_devices: tuple | list = ()  # FakePCIDevice entries, listed as libvirt node devices
+    networks: tuple[str, ...] = ("default",)  # libvirt networks (bare bridges, never started)
 
 
 def node_xml(host: FakeHost) -> str:
@@ -45,6 +46,10 @@ def node_xml(host: FakeHost) -> str:
     ):
         ET.SubElement(cpu, tag).text = str(value)
     ET.SubElement(node, "memory").text = str(host.memory_mb * 1024)  # KiB
+    for number, name in enumerate(host.networks):
+        network = ET.SubElement(node, "network")
+        ET.SubElement(network, "name").text = name
+        ET.SubElement(network, "bridge", name=f"neuronos-test{number}")
     for spec in host.domains:
         domain = ET.SubElement(node, "domain", type="test")
         ET.SubElement(domain, "name").text = spec.name

@@ -62,6 +62,8 @@ def shm_permissions(ctx: Context, vm: str, user: str | None = None,
     from ..passthrough.ivshmem import write_tmpfiles_rule
     from ..passthrough.pci import host_root
 
+    connection = ctx.connection  # a rule for a VM that does not exist is an error (exit 3)
+    connection.execute(lambda conn: connection.lookup(conn, vm).name())
     root = host_root(ctx.host_root)
     path, text = write_tmpfiles_rule(vm, user or desktop_user(), root, apply=apply)
     ran = None

@@ -73,6 +73,7 @@ class HostFacts:
     pci: PCISnapshot | None = None  # read when the config passes a GPU
     uefi_firmware: tuple[str, ...] = ()
     paths: dict[str, PathFact] = field(default_factory=dict)
+    networks: frozenset[str] | None = None  # libvirt's network names (None: not read)
 
     def path(self, path: str | Path) -> PathFact:
         return self.paths.get(str(path), PathFact("missing"))
@@ -93,7 +94,8 @@ def gather_host_facts(
     from ..passthrough.pci import host_root as resolve_root
     from ..passthrough.pci import read_pci
 
-    kvm_caps, any_caps, version, names = connection.execute(_read_libvirt, idempotent=True)
+    kvm_caps, any_caps, version, names, networks = connection.execute(_read_libvirt,
+                                                                      idempotent=True)
     memory_mb, cpus = connection.host_info()
     hyperv = None
     if any_caps:
@@ -113,6 +115,7 @@ def gather_host_facts(
         domain_names=frozenset(names),
         pci=read_pci(root) if wants_pci else None,
         uefi_firmware=uefi_descriptors(root),
+        networks=networks,
         paths=_path_facts(config, folder, qemu_img) if config is not None else {},
     )
 
@@ -128,7 +131,13 @@ def _read_libvirt(conn: libvirt.virConnect):
 
     kvm = caps("kvm")
     names = [dom.name() for dom in conn.listAllDomains(0)]
-    return kvm, kvm or caps("qemu"), conn.getLibVersion(), names
+    try:
+        networks = frozenset(net.name() for net in conn.listAllNetworks(0))
+    except libvirt.libvirtError:
+        if not conn.isAlive():
+            raise
+        networks = None  # a driver without networks: not checked
+    return kvm, kvm or caps("qemu"), conn.getLibVersion(), names, networks
 
 
 def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, PathFact]:

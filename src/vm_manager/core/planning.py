@@ -209,6 +209,11 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
             _regular_file(field_name, path, facts.path(path))
     if config.serial_log_path is not None:
         _serial_log(config.serial_log_path, facts.path(config.serial_log_path))
+    if (config.network != "none" and facts.networks is not None
+            and config.network not in facts.networks):
+        known = ", ".join(sorted(facts.networks)) or "none at all"
+        raise InvalidConfig("network", f"there is no libvirt network {config.network!r} on"
+                            f" this host (there are: {known}); or use none")
     uefi = config.vm_type is not VMType.LINUX or config.kernel_path is None
     if uefi and not facts.uefi_firmware and facts.uri.startswith("qemu"):
         warnings.append("no UEFI firmware (OVMF) is installed on this host: the VM will not"

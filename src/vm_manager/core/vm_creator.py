@@ -23,7 +23,13 @@ import libvirt
 
 from . import guard
 from .connection import LibvirtConnection, get_connection
-from .errors import VMCreationError, VMManagerError
+from .errors import (
+    ConnectionFailed,
+    InvalidConfig,
+    OperationFailed,
+    VMCreationError,
+    VMManagerError,
+)
 from .host_facts import HostFacts, gather_host_facts
 from .planning import CreationPlan, DiskPlan, plan_creation
 from .store import VMStore, private_folder
@@ -31,6 +37,7 @@ from .vm_config import VMConfig
 from .log import get_logger
 
 log = get_logger(__name__)
+ROLLBACK_WAIT_S = 30.0  # how long an undo waits for a daemon that went away
 
 
 @dataclass
@@ -136,18 +143,22 @@ class VMCreator:
         enter("check")
         if plan is None or plan.config is not config:
             plan = self.plan(config, force=force, template=template)  # InvalidConfig: no harm
+        claimed: dict = {}  # the disk file this creation made (its inode), nothing else
         try:
+            # Each undo is registered BEFORE its step runs: a step that dies half-way (the
+            # daemon killed during define: libvirt saved it, the reply never came) is undone
+            # too. Undoing a step that did not happen is harmless.
             enter("disk")
             if plan.disk is not None and plan.disk.create:
-                self._create_disk(plan.disk)
-                undo.append(("remove disk", lambda: _unlink(plan.disk.path)))
+                undo.append(("remove disk", lambda: _remove_claimed(plan.disk.path, claimed)))
+                self._create_disk(plan.disk, claimed)
             enter("render")
             xml = self.render(plan)
             enter("validate")
             validate_xml(xml)
             enter("define")
+            undo.append(("undefine", lambda: self._undefine_uuid(plan.uuid)))
             self._define(xml)
-            undo.append(("undefine", lambda: self._undefine(config.name)))
             enter("save settings")
             saved = config.to_dict()
             if plan.disk is not None:
@@ -155,16 +166,11 @@ class VMCreator:
                 saved["disk_size_gb"] = None if not plan.disk.create else plan.disk.size_gb
             settings_path = self.store.save(VMConfig.from_dict(saved))
         except BaseException as error:
-            self._rollback(config.name, undo)
-            if isinstance(error, VMCreationError) and getattr(error, "step", None):
+            left = self._rollback(config.name, undo, plan.uuid, plan.disk, claimed)
+            failure = _creation_error(config.name, step, error, left)
+            if failure is error:
                 raise
-            if isinstance(error, (VMManagerError, OSError, subprocess.SubprocessError)):
-                raise VMCreationError(
-                    f"creating {config.name!r} failed at step '{step}': {error}"
-                    " (everything done before it was undone)",
-                    step=step,
-                ) from error
-            raise
+            raise failure from error
         log.info("created VM %s (%s)", config.name, plan.template)
         return CreationResult(
             name=config.name, uuid=plan.uuid, template=plan.template,
@@ -193,21 +199,32 @@ class VMCreator:
         plan = self.plan(config, force=force, existing=True, vm_uuid=vm_uuid)
         xml = self.render(plan)
         validate_xml(xml)
-        self._define(xml)
         try:
+            self._define(xml)  # the daemon may die here, with or without having saved it
             settings_path = self.store.save(config)
-        except BaseException:
-            self._define(old_xml)  # same UUID: libvirt replaces it back
+        except BaseException as error:
+            try:  # same UUID: libvirt replaces it back (and waits for a daemon that left)
+                self._with_daemon(lambda c: c.defineXML(old_xml))
+            except Exception as restore_error:
+                raise VMCreationError(
+                    f"changing {name!r} failed ({error}) and its old definition could not be"
+                    f" put back ({restore_error}); `neuron-vm info {name}` shows what is"
+                    " defined now", step="define") from error
             raise
         return CreationResult(name, vm_uuid, plan.template, config.disk_path, False,
                               str(settings_path), xml)
 
-    def _create_disk(self, disk: DiskPlan) -> None:
+    def _create_disk(self, disk: DiskPlan, claimed: dict) -> None:
         path = Path(disk.path)
         private_folder(path.parent, 0o711)  # as libvirt's own images folder: QEMU may pass
         # O_EXCL claims the name first, so an existing file is never overwritten (qemu-img
         # create itself would overwrite it).
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another creation got there first (a name race)
+            raise InvalidConfig("name", f"{path} already exists; NeuronOS never overwrites a"
+                                " disk (pick another name)") from None
+        claimed["inode"] = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
         os.close(fd)
         guard.check("qemu-img")
         try:
@@ -230,25 +247,100 @@ class VMCreator:
             lambda c: c.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
         )
 
-    def _undefine(self, name: str) -> None:
+    def _undefine_uuid(self, vm_uuid: str) -> None:
+        """Undefine the domain this creation defined (by its UUID: never another one that
+        took the name), if it exists."""
         def undefine(conn: libvirt.virConnect) -> None:
-            dom = conn.lookupByName(name)
+            try:
+                dom = conn.lookupByUUIDString(vm_uuid)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return
+                raise
             try:
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
                                   | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
             except libvirt.libvirtError:
                 dom.undefine()  # the test driver refuses the NVRAM flag
 
-        self.connection.execute(undefine)
+        self._with_daemon(undefine)
 
-    @staticmethod
-    def _rollback(name: str, undo: list[tuple[str, Callable[[], None]]]) -> None:
+    def _with_daemon(self, fn: Callable, wait: float = ROLLBACK_WAIT_S):
+        """Run ``fn`` on the connection; when the daemon is away, wait for it to come back
+        (bounded) and try once more."""
+        try:
+            return self.connection.execute(fn)
+        except ConnectionFailed:
+            if not self.connection.wait_connected(wait):
+                raise
+            return self.connection.execute(fn)
+
+    def _rollback(self, name: str, undo: list[tuple[str, Callable[[], None]]], vm_uuid: str,
+                  disk: DiskPlan | None, claimed: dict) -> list[str]:
+        """Undo every registered step, then check; returns what is still left (empty: the
+        rollback is verified)."""
         for label, action in reversed(undo):
             try:
                 action()
                 log.info("rolled back %s: %s", name, label)
             except Exception as error:  # report, and keep undoing the rest
                 log.error("could not undo '%s' for %s: %s", label, name, error)
+        left = []
+        if any(label == "undefine" for label, _ in undo):
+            try:
+                exists = self._with_daemon(lambda c: _has_uuid(c, vm_uuid), wait=1.0)
+            except VMManagerError:
+                exists = None
+            if exists is None:
+                left.append(f"maybe the domain {name} (uuid {vm_uuid}): libvirt is not"
+                            " reachable to check; `virsh undefine --nvram` it if it is there")
+            elif exists:
+                left.append(f"the domain {name} (uuid {vm_uuid})")
+        if claimed.get("inode") and _same_file(disk.path, claimed["inode"]):
+            left.append(f"the disk {disk.path}")
+        return left
+
+
+def _has_uuid(conn: libvirt.virConnect, vm_uuid: str) -> bool:
+    try:
+        conn.lookupByUUIDString(vm_uuid)
+        return True
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise
+
+
+def _same_file(path: str, inode: tuple[int, int]) -> bool:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (info.st_dev, info.st_ino) == inode
+
+
+def _remove_claimed(path: str, claimed: dict) -> None:
+    """Remove the disk only if it is the very file this creation made."""
+    if claimed.get("inode") and _same_file(path, claimed["inode"]):
+        os.unlink(path)
+
+
+def _creation_error(name: str, step: str, error: BaseException, left: list[str]):
+    """What a failed creation says: an input error stays one (a name taken meanwhile is
+    ``InvalidConfig``); otherwise the step, the cause and whether the undo is verified."""
+    if isinstance(error, OperationFailed) and "already exists" in str(error):
+        error = InvalidConfig("name", f"a VM named {name!r} already exists (made meanwhile);"
+                              " pick another name")
+    if isinstance(error, InvalidConfig) and not left:
+        return error
+    if isinstance(error, VMCreationError) and getattr(error, "step", None) and not left:
+        return error
+    if not isinstance(error, (VMManagerError, OSError, subprocess.SubprocessError)):
+        return error
+    undone = ("everything done before it was undone" if not left else
+              "NOT everything could be undone; left: " + "; ".join(left))
+    return VMCreationError(f"creating {name!r} failed at step '{step}': {error} ({undone})",
+                           step=step)
 
 
 def _unlink(path: str) -> None:

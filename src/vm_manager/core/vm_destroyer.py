@@ -27,7 +27,7 @@ from . import guard
 from .connection import LibvirtConnection, get_connection
 from .domain_xml import Disk, read_domain
 from .host_facts import images_dir
-from .errors import InvalidConfig, LifecycleError, OperationFailed
+from .errors import ConnectionFailed, InvalidConfig, LifecycleError, OperationFailed, VMNotFound
 from .primitives import VMState
 from .store import VMStore
 from .log import get_logger
@@ -315,7 +315,17 @@ class VMDestroyer:
                     log.debug("undefine flags %#x refused: %s", attempt, error)
             dom.undefine()  # drivers that take no flags at all
 
-        self.connection.execute(undefine)
+        try:
+            self.connection.execute(undefine)
+        except ConnectionFailed:
+            # The daemon went away: maybe before, maybe after it undefined the domain. Once
+            # it is back, look again: still there, undefine it; gone, the reply was lost.
+            if not self.connection.wait_connected(30):
+                raise
+            try:
+                self.connection.execute(undefine)
+            except VMNotFound:
+                log.info("%s was undefined before the daemon went away", name)
 
     def _delete_disk(self, path: str) -> None:
         def managed_volume(conn: libvirt.virConnect):
