@@ -19,7 +19,8 @@ def fixed_facts(creator, config: VMConfig) -> HostFacts:
     """The host as ``creator`` reads it for ``config``, with the capabilities unknown (as on
     the test driver: the safe Hyper-V fallback set is used) and room for every default."""
     return replace(creator.gather(config), kvm_usable=None, hyperv_features=None,
-                   resources=HostResources(memory_mb=65536, cpus=16))
+                   resources=HostResources(memory_mb=65536, cpus=16),
+                   usb_present=None)  # the sample USB device need not be plugged in
 
 
 def media(folder: Path) -> dict[str, str]:

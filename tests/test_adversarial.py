@@ -350,3 +350,21 @@ def test_the_loser_of_a_name_race_gets_already_exists(make_host, tmp_path, taken
         assert (images / "vm.qcow2").read_bytes() == b"the winner's disk" and "vm" not in names
     else:
         assert names.count("vm") == 1 and list(images.iterdir()) == []  # ours undone
+
+
+def test_a_usb_device_that_is_not_plugged_in_needs_usb_later(make_host, tmp_path, monkeypatch):
+    from support.fakes import FakeUSBDevice, add_usb_devices
+
+    monkeypatch.setenv("NEURONOS_HOST_ROOT", str(add_usb_devices(tmp_path / "host", [
+        FakeUSBDevice(1, "2", "046d", "c077")])))
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    argv = ["-c", make_host(), "create", "vm", "--template", "linux", "--network", "none",
+            "--domain-type", "qemu", "--disk-size", "1G", "--usb", "1050:0407"]
+    err = io.StringIO()
+    assert main(argv, out=io.StringIO(), err=err) == 2
+    assert "1050:0407 is not plugged in" in err.getvalue() and "--usb-later" in err.getvalue()
+    out = io.StringIO()
+    assert main(argv + ["--usb-later"], out=out, err=io.StringIO()) == 0
+    assert "warning: USB 1050:0407 is not plugged in now" in out.getvalue()
+    argv[3] = "vm2"
+    assert main(argv[:-1] + ["046d:c077"], out=io.StringIO(), err=io.StringIO()) == 0

@@ -171,7 +171,7 @@ def _capture(connection, root: Path, media: Path) -> dict[str, str]:
                 data["name"] = f"neuron-golden-{case}-{uuid.uuid4().hex[:6]}"
                 if running:  # nothing may need libvirt's default network (DESIGN.md 6)
                     data.update(network="none", iso_path=None)
-                result = creator.create(VMConfig.from_dict(data), force=True)
+                result = creator.create(VMConfig.from_dict(data), force=True, usb_later=True)
                 made.append(result.name)
                 dumps[f"{result.template}--{case}"] = dump(result.name)
                 if running:

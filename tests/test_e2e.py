@@ -195,7 +195,7 @@ def test_every_template_defines_on_the_real_daemon(system, tmp_path):
     for case, config in cases(media(tmp_path / "media"), gpu=False).items():
         data = config.to_dict()
         data["name"] = unique(case)
-        result = creator.create(VMConfig.from_dict(data), force=True)
+        result = creator.create(VMConfig.from_dict(data), force=True, usb_later=True)
         try:
             assert system.get_state(result.name) == S.SHUTOFF
             live = system.connection.execute(lambda c: c.lookupByName(result.name).XMLDesc(0))

@@ -282,7 +282,7 @@ def settings_world(make_host, tmp_path, config, host_root):
         conn = LibvirtConnection(make_host()).open()
         ctx = Context(connection=conn, store=VMStore(tmp_path / "config"),
                       images_dir=tmp_path / "images", host_root=host_root)
-        ctx.creator().create(config)
+        ctx.creator().create(config, usb_later=True)  # one device is configured, unplugged
         return conn, ctx, ctx.store.load(config.name), host.devices(ctx)
 
 

@@ -339,3 +339,23 @@ def test_a_refusal_is_judged_on_a_fresh_read(three_vm_uri):
             states.begin("beta", "start", timeout=5)  # refused, on the fresh state
     finally:
         conn.close()
+
+
+def test_a_reread_after_reconnect_tells_only_real_differences(three_vm_uri):
+    """`events` for all VMs learned each one first; a re-read that finds nothing changed
+    says nothing (it used to print undefined -> running for every VM)."""
+    conn = LibvirtConnection(three_vm_uri).open()
+    states = VMStateMachine(conn)
+    try:
+        states.refresh_all(announce=False)
+        heard = []
+        states.subscribe(heard.append)
+        states.refresh_all()  # what a reconnect does
+        assert heard == []
+        states.close()  # deaf from now on, like a connection that is down
+        conn.execute(lambda c: c.lookupByName("beta").create())
+        states.refresh_all()
+        assert [(c.name, c.old, c.new, c.reason) for c in heard] == [
+            ("beta", S.SHUTOFF, S.RUNNING, "re-read after reconnect")]
+    finally:
+        conn.close()

@@ -29,6 +29,7 @@ class CreateRequest:
     template: str | None = None  # e.g. "windows11-passthrough"; default from the config
     force: bool = False  # allow more memory or vCPUs than the host has
     start: bool = False
+    usb_later: bool = False  # its USB devices may be plugged in later
 
 
 @dataclass
@@ -60,7 +61,8 @@ def parse_template(text: str) -> tuple[str, str | None]:
 def preview(ctx: Context, request: CreateRequest) -> CreationPlan:
     """Everything ``create`` would do (host facts read once, a pure plan); changes nothing.
     Raises ``InvalidConfig`` naming the field for anything the host cannot do."""
-    return ctx.creator().plan(request.config, force=request.force, template=request.template)
+    return ctx.creator().plan(request.config, force=request.force, template=request.template,
+                              usb_later=request.usb_later)
 
 
 def print_xml(ctx: Context, request: CreateRequest) -> str:
@@ -73,8 +75,11 @@ def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = Non
            progress: Callable[[str], None] | None = None) -> CreateOutcome:
     """Create the VM (a transaction: a failure leaves nothing behind), then start it if
     asked. ``plan``: the preview just shown, so the checks do not run twice."""
-    result = ctx.creator().create(request.config, force=request.force,
-                                  template=request.template, progress=progress, plan=plan)
+    creator = ctx.creator()
+    plan = plan or creator.plan(request.config, force=request.force, template=request.template,
+                                usb_later=request.usb_later)
+    result = creator.create(request.config, force=request.force, template=request.template,
+                            progress=progress, plan=plan)
     started = ctx.lifecycle.start(result.name) if request.start else None
     return CreateOutcome(result, started)
 

@@ -45,6 +45,8 @@ def watch(ctx: Context, name: str | None, on_change: Callable, on_connection: Ca
     lifecycle = ctx.lifecycle
     if name:
         lifecycle.require(name)
+    else:  # know every VM now, so that after a reconnect only real differences are told
+        lifecycle.states.refresh_all(announce=False)
     state_token = lifecycle.subscribe(
         lambda change: on_change(change) if not name or change.name == name else None)
     connection_token = ctx.connection.subscribe(

@@ -49,6 +49,8 @@ def register(commands, common, subcommand) -> None:
                         help="virtio-win drivers ISO (Windows; enables virtio disk and NIC)")
     _gpu_options(create)
     create.add_argument("--usb", action="append", metavar="VID:PID", help="pass a USB device")
+    create.add_argument("--usb-later", action="store_true",
+                        help="a --usb device is not plugged in yet (the VM gets it when it is)")
     create.add_argument("--looking-glass", action="store_true",
                         help="show the GPU's screen through Looking Glass")
     create.add_argument("--resolution", metavar="WxH",
@@ -176,7 +178,8 @@ def request_from_args(args: argparse.Namespace):
                 raise InvalidConfig(flag, "goes with --gpu PCI_ADDR (there is no GPU to"
                                     " apply it to)")
     config = VMConfig.from_dict({key: value for key, value in data.items() if value is not None})
-    return CreateRequest(config, template=template, force=args.force, start=args.start)
+    return CreateRequest(config, template=template, force=args.force, start=args.start,
+                         usb_later=args.usb_later)
 
 
 def cmd_create(ctx: CommandContext) -> int:

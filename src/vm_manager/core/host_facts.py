@@ -74,6 +74,7 @@ class HostFacts:
     uefi_firmware: tuple[str, ...] = ()
     paths: dict[str, PathFact] = field(default_factory=dict)
     networks: frozenset[str] | None = None  # libvirt's network names (None: not read)
+    usb_present: frozenset[tuple[str, str]] | None = None  # (vendor, product) plugged in now
 
     def path(self, path: str | Path) -> PathFact:
         return self.paths.get(str(path), PathFact("missing"))
@@ -116,8 +117,15 @@ def gather_host_facts(
         pci=read_pci(root) if wants_pci else None,
         uefi_firmware=uefi_descriptors(root),
         networks=networks,
+        usb_present=_usb_present(root) if config is not None and config.usb_devices else None,
         paths=_path_facts(config, folder, qemu_img) if config is not None else {},
     )
+
+
+def _usb_present(root) -> frozenset[tuple[str, str]]:
+    from ..passthrough.usb_attach import list_usb
+
+    return frozenset((d.vendor_id, d.product_id) for d in list_usb(root, names=False))
 
 
 def _read_libvirt(conn: libvirt.virConnect):

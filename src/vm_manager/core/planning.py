@@ -185,8 +185,8 @@ class CreationPlan:
 # --- the plan -------------------------------------------------------------------------------
 
 def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = None,
-                  force: bool = False, existing: bool = False,
-                  vm_uuid: str | None = None) -> CreationPlan:
+                  force: bool = False, existing: bool = False, vm_uuid: str | None = None,
+                  usb_later: bool = False) -> CreationPlan:
     """Check everything and compute the plan. ``existing``: a new definition for a VM that
     exists (reconfigure): its name is taken by itself and its disk is reused, never made.
     Raises ``InvalidConfig`` before anything is touched."""
@@ -209,6 +209,15 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
             _regular_file(field_name, path, facts.path(path))
     if config.serial_log_path is not None:
         _serial_log(config.serial_log_path, facts.path(config.serial_log_path))
+    absent = [f"{u.vendor_id}:{u.product_id}" for u in config.usb_devices
+              if facts.usb_present is not None
+              and (u.vendor_id, u.product_id) not in facts.usb_present]
+    if absent and not (usb_later or existing):
+        raise InvalidConfig("usb_devices", f"{', '.join(absent)} is not plugged in; plug it in,"
+                            " or say it will be plugged later (--usb-later)")
+    if absent:
+        warnings.append(f"USB {', '.join(absent)} is not plugged in now: the VM starts"
+                        " without it and gets it when it is")
     if (config.network != "none" and facts.networks is not None
             and config.network not in facts.networks):
         known = ", ".join(sorted(facts.networks)) or "none at all"

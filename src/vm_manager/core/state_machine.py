@@ -185,8 +185,10 @@ class VMStateMachine:
             record = self._records.get(name)
             return record.effective if record is not None and record.exists else None
 
-    def refresh_all(self) -> None:
-        """Re-read every domain's state (after a reconnect: events were missed)."""
+    def refresh_all(self, announce: bool = True) -> None:
+        """Re-read every domain's state (after a reconnect: events were missed). Subscribers
+        hear only real differences; ``announce=False`` records without telling anyone (to
+        learn every domain first, so a later re-read has something to compare with)."""
 
         def read(conn: libvirt.virConnect) -> dict[str, int]:
             return {dom.name(): dom.state()[0] for dom in conn.listAllDomains(0)}
@@ -196,11 +198,12 @@ class VMStateMachine:
         states = self.connection.execute(read, idempotent=True)
         for name, version in versions.items():
             if name not in states:
-                self._set_actual(name, None, "no longer defined", if_version=version)
+                self._set_actual(name, None, "no longer defined (re-read after reconnect)",
+                                 if_version=version, notify=announce)
         for name, code in states.items():
             self._set_actual(
                 name, VMState.from_libvirt(code), "re-read after reconnect",
-                if_version=versions.get(name, -1),
+                if_version=versions.get(name, -1), notify=announce,
             )
 
     # --- requests --------------------------------------------------------------------------
@@ -373,6 +376,7 @@ class VMStateMachine:
         reason: str,
         stamp: float | None = None,
         if_version: int | None = None,
+        notify: bool = True,
     ) -> None:
         """Record libvirt's state. ``if_version``: only if nothing changed the record since
         that version was read (a read that raced an event must not undo it)."""
@@ -402,7 +406,7 @@ class VMStateMachine:
                 record.actual = actual
                 new = record.effective
             self._changed.notify_all()
-            change = self._change_locked(name, old, new, reason, stamp)
+            change = self._change_locked(name, old, new, reason, stamp) if notify else None
         self._notify(change)
 
     def _on_deadline(self, ticket: Ticket) -> None:

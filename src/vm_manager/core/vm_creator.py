@@ -97,14 +97,14 @@ class VMCreator:
 
     def plan(self, config: VMConfig, *, force: bool = False, template: str | None = None,
              facts: HostFacts | None = None, existing: bool = False,
-             vm_uuid: str | None = None) -> CreationPlan:
+             vm_uuid: str | None = None, usb_later: bool = False) -> CreationPlan:
         """Check everything and compute the plan (``planning.plan_creation`` on facts read
         once, or the ``facts`` given). Raises ``InvalidConfig`` (bad input, a missing file,
         a name in use) before anything is touched. ``existing``: plan a new definition for
         a VM that exists (``reconfigure``): its disk is reused, never made."""
         facts = facts or self.gather(config)
         plan = plan_creation(config, facts, template=template, force=force, existing=existing,
-                             vm_uuid=vm_uuid)
+                             vm_uuid=vm_uuid, usb_later=usb_later)
         self.loader.find(plan.template)  # a missing template is an input error, found now
         return plan
 
@@ -124,7 +124,7 @@ class VMCreator:
 
     def create(self, config: VMConfig, *, force: bool = False, template: str | None = None,
                progress: Callable[[str], None] | None = None,
-               plan: CreationPlan | None = None) -> CreationResult:
+               plan: CreationPlan | None = None, usb_later: bool = False) -> CreationResult:
         """Create the VM. ``progress(step)`` is told each step as it starts. ``plan``: one
         this creator just made for ``config`` (shown to the user first), so the checks do
         not run twice."""
@@ -142,7 +142,8 @@ class VMCreator:
 
         enter("check")
         if plan is None or plan.config is not config:
-            plan = self.plan(config, force=force, template=template)  # InvalidConfig: no harm
+            plan = self.plan(config, force=force, template=template,  # InvalidConfig: no harm
+                             usb_later=usb_later)
         claimed: dict = {}  # the disk file this creation made (its inode), nothing else
         try:
             # Each undo is registered BEFORE its step runs: a step that dies half-way (the
