@@ -289,6 +289,17 @@ class LibvirtConnection:
                 self._changed.wait(left)
             return self._conn is not None
 
+    def execute_when_back(self, fn: Callable[[libvirt.virConnect], T], wait: float = 30.0) -> T:
+        """``execute(fn)``; when the daemon is away, wait (at most ``wait`` seconds) for the
+        connection to come back and run ``fn`` once more. For steps that must finish (an
+        undo, a deletion): ``fn`` must cope with having run before the daemon went away."""
+        try:
+            return self.execute(fn)
+        except ConnectionFailed:
+            if not self.wait_connected(wait):
+                raise
+            return self.execute(fn)
+
     # --- subscriptions ---------------------------------------------------------------------
 
     def subscribe(self, callback: Subscriber) -> int:

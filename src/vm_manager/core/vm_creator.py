@@ -24,7 +24,6 @@ import libvirt
 from . import guard
 from .connection import LibvirtConnection, get_connection
 from .errors import (
-    ConnectionFailed,
     InvalidConfig,
     OperationFailed,
     VMCreationError,
@@ -267,14 +266,7 @@ class VMCreator:
         self._with_daemon(undefine)
 
     def _with_daemon(self, fn: Callable, wait: float = ROLLBACK_WAIT_S):
-        """Run ``fn`` on the connection; when the daemon is away, wait for it to come back
-        (bounded) and try once more."""
-        try:
-            return self.connection.execute(fn)
-        except ConnectionFailed:
-            if not self.connection.wait_connected(wait):
-                raise
-            return self.connection.execute(fn)
+        return self.connection.execute_when_back(fn, wait)
 
     def _rollback(self, name: str, undo: list[tuple[str, Callable[[], None]]], vm_uuid: str,
                   disk: DiskPlan | None, claimed: dict) -> list[str]:

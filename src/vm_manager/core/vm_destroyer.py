@@ -24,7 +24,7 @@ from pathlib import Path
 import libvirt
 
 from . import guard
-from .connection import LibvirtConnection, get_connection
+from .connection import LibvirtConnection, _is_connection_error, get_connection
 from .domain_xml import Disk, read_domain
 from .host_facts import images_dir
 from .errors import ConnectionFailed, InvalidConfig, LifecycleError, OperationFailed, VMNotFound
@@ -33,6 +33,7 @@ from .store import VMStore
 from .log import get_logger
 
 log = get_logger(__name__)
+DAEMON_WAIT_S = 30.0  # how long a deletion under way waits for a daemon that went away
 
 UNDEFINE_MANAGED_SAVE = 1
 UNDEFINE_SNAPSHOTS_METADATA = 2
@@ -285,7 +286,7 @@ class VMDestroyer:
             try:
                 self._delete_disk(disk.path)
                 result.removed.append(disk.path)
-            except (OSError, OperationFailed) as error:
+            except (OSError, OperationFailed, ConnectionFailed) as error:
                 result.failed.append((disk.path, str(error)))
         for path in (plan.settings_file, plan.shm_file):
             if path is None:
@@ -320,22 +321,33 @@ class VMDestroyer:
         except ConnectionFailed:
             # The daemon went away: maybe before, maybe after it undefined the domain. Once
             # it is back, look again: still there, undefine it; gone, the reply was lost.
-            if not self.connection.wait_connected(30):
-                raise
             try:
-                self.connection.execute(undefine)
+                self.connection.execute_when_back(undefine, DAEMON_WAIT_S)
             except VMNotFound:
                 log.info("%s was undefined before the daemon went away", name)
 
     def _delete_disk(self, path: str) -> None:
-        def managed_volume(conn: libvirt.virConnect):
+        """Delete one disk: through its storage pool when libvirt manages it, else the file.
+        A daemon that goes away meanwhile is waited for, and a deletion it finished before
+        it went is not an error."""
+        def delete(conn: libvirt.virConnect) -> bool:
             try:
-                return conn.storageVolLookupByPath(path)
-            except libvirt.libvirtError:
-                return None
+                volume = conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError as error:
+                if _is_connection_error(conn, error):
+                    raise
+                return False
+            volume.delete(0)
+            return True
 
-        volume = self.connection.execute(managed_volume)
-        if volume is not None:
-            self.connection.execute(lambda conn: volume.delete(0))
-        else:
-            os.unlink(path)
+        try:
+            managed = self.connection.execute(delete)
+        except ConnectionFailed:
+            if not os.path.lexists(path):
+                return  # deleted through its pool just before the daemon went away
+            managed = self.connection.execute_when_back(delete, DAEMON_WAIT_S)
+        if not managed:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass  # already gone: the plan saw it, so nothing is left to do
