@@ -135,3 +135,19 @@ def ui_thread_never_blocks():
     yield
     guard.allow_blocking_calls(threading.main_thread())
     assert guard.violations == [], guard.violations
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The standing adversarial suite's counts (issue 12 asks for them in every report)."""
+    import sys
+
+    module = sys.modules.get("test_adversarial")
+    if module is None:
+        return
+    counts = module.COUNTS
+    failed = [report for report in terminalreporter.stats.get("failed", [])
+              if "test_adversarial" in report.nodeid]
+    terminalreporter.write_line(
+        f"adversarial suite: {counts['hostile cases']} hostile CLI cases,"
+        f" {counts['daemon kills']} daemon kills, {counts['corrupt kinds']} kinds of corrupt"
+        f" settings; {len(failed)} failed tests")

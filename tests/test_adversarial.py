@@ -111,26 +111,93 @@ hostile_text = st.one_of(
     st.sampled_from(["", " ", "../x", "a'b", "<x>", "a&b", "１", "0", "-1", "1e9", "nan",
                      "/dev/zero", "/proc/self/mem", "/dev/vda", "/", "/etc", "x" * 100_000]),
 )
-RUNS = {"cases": 0}
+# values shaped like what each option takes, a little wrong in every way
+hex4 = st.text("0123456789abcdefABCDEFxyz:", min_size=0, max_size=6)
+pci_ids = st.one_of(
+    st.builds(lambda d, b, s, f: f"{d}:{b}:{s}.{f}", hex4, hex4, hex4, st.text("0-9a.", max_size=3)),
+    st.sampled_from(["0000:01:00.0", "01:00.0", "0000:01:00", "ffff:ff:1f.7", "0000:01:20.0",
+                     "0000:01:00.8", "0000：01：00.0", "0000:01:00.0\n", "0000:01:00.0;x"]),
+)
+usb_ids = st.one_of(
+    st.builds(lambda v, p: f"{v}:{p}", hex4, hex4),
+    st.sampled_from(["046d:c52b", "046d", "046d:", ":c52b", "046d:c52b:1", "0x046d:0xc52b",
+                     "ＡＢＣＤ:0001", "046d-c52b", "046d:c52b,1234:5678"]),
+)
+resolutions = st.one_of(
+    st.builds(lambda w, h, sep: f"{w}{sep}{h}", st.integers(-10, 100_000),
+              st.integers(-10, 100_000), st.sampled_from(["x", "X", "×", "*", " x ", ""])),
+    st.sampled_from(["1920x1080", "0x0", "1x1", "99999x99999", "1920x", "x1080", "１９２０x1080",
+                     "1920.5x1080", "3840x2160", "7680x4320"]),
+)
+sizes = st.one_of(
+    st.builds(lambda n, unit: f"{n}{unit}", st.integers(-5, 10**7),
+              st.sampled_from(["", "G", "g", "GiB", "M", "MB", "T", "K", "B", "P", "Gx", "ＧB"])),
+    st.sampled_from(["4.5G", "1e3G", "0G", "nan", "inf", "-0G", " 4G", "4 G"]),
+)
+# paths of every kind; the upper-case ones are made in the example's own folder
+path_kinds = st.sampled_from(["/dev/zero", "/dev/null", "/dev/vda", "/dev/sda", "/dev/loop0",
+                              "/dev/shm", "/proc/self/mem", "/proc/kcore", "/sys/kernel/notes",
+                              "/", "/etc", "/etc/passwd", "relative.iso", "",
+                              "FIFO", "FOLDER", "LINK-OUT", "LINK-TO-DEV", "MISSING/x.iso",
+                              "DANGLING-LINK", "SOCKET"])
+VALUES = {
+    "--gpu": pci_ids, "--usb": usb_ids, "--resolution": resolutions, "--memory": sizes,
+    "--disk-size": sizes, "--cpus": st.one_of(st.integers(-3, 10_000).map(str), hostile_text),
+}
+COUNTS = {"hostile cases": 0, "daemon kills": 0, "corrupt kinds": len(CORRUPT)}
 PATH_OPTIONS = {"--iso", "--disk", "--disk-device", "--virtio-iso", "--kernel", "--initrd",
                 "--serial-log", "--gpu-rom"}
 DANGEROUS = {"/dev/zero", "/proc/self/mem", "/dev/vda", "/", "/etc"}
+MADE_KINDS = {"FIFO", "FOLDER", "LINK-OUT", "LINK-TO-DEV", "SOCKET"}  # never a regular file
+OPTIONS = ["--memory", "--cpus", "--disk-size", "--iso", "--disk", "--disk-device",
+           "--virtio-iso", "--kernel", "--initrd", "--serial-log", "--gpu", "--gpu-rom",
+           "--usb", "--resolution", "--network", "--cmdline", "NAME"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[
+def _value_for(option: str):
+    if option in PATH_OPTIONS:
+        return st.one_of(path_kinds, hostile_text)
+    return st.one_of(VALUES.get(option, hostile_text), hostile_text)
+
+
+def _make_kind(value: str, folder: Path) -> str:
+    """Put the thing ``value`` names into ``folder`` and return its path."""
+    import socket
+
+    target = folder / "thing"
+    if value == "FIFO":
+        os.mkfifo(target)
+    elif value == "FOLDER":
+        target.mkdir()
+    elif value == "LINK-OUT":
+        target.symlink_to("/proc/self/mem")
+    elif value == "LINK-TO-DEV":
+        target.symlink_to("/dev/zero")
+    elif value == "DANGLING-LINK":
+        target.symlink_to(folder / "nowhere")
+    elif value == "SOCKET":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(target))
+    elif value == "MISSING/x.iso":
+        return str(folder / "missing" / "x.iso")
+    else:
+        return value
+    return str(target)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[
     HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(option=st.sampled_from(["--memory", "--cpus", "--disk-size", "--iso", "--disk",
-                               "--disk-device", "--virtio-iso", "--kernel", "--initrd",
-                               "--serial-log",
-                               "--gpu", "--gpu-rom", "--usb", "--resolution", "--network",
-                               "--cmdline", "NAME"]),
-       value=hostile_text)
-def test_hostile_create_input_is_one_line_exit_2_and_leaves_nothing(make_host, tmp_path,
-                                                                      option, value):
+@given(pair=st.sampled_from(OPTIONS).flatmap(lambda o: st.tuples(st.just(o), _value_for(o))))
+def test_hostile_create_input_is_one_line_exit_2_and_leaves_nothing(make_host, tmp_path, pair):
     import tempfile
 
-    RUNS["cases"] += 1
-    images = Path(tempfile.mkdtemp(dir=tmp_path)) / "images"  # one per example
+    option, value = pair
+    COUNTS["hostile cases"] += 1
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example
+    images = folder / "images"
+    made = value in MADE_KINDS
+    if option in PATH_OPTIONS:
+        value = _make_kind(value, folder)
     uri = make_host()
     argv = ["-c", uri, "create", "vm", "--template", "linux", "--network", "none",
             "--domain-type", "qemu", "--disk-size", "1G"]
@@ -148,7 +215,8 @@ def test_hostile_create_input_is_one_line_exit_2_and_leaves_nothing(make_host, t
         del os.environ["NEURONOS_IMAGES_DIR"]
     message = err.getvalue()
     assert "Traceback" not in message and "internal error" not in message, message
-    if option in PATH_OPTIONS and (value in DANGEROUS or value.startswith(("/dev", "/proc"))):
+    if option in PATH_OPTIONS and (value in DANGEROUS or value.startswith(("/dev", "/proc",
+                                                                           "/sys")) or made):
         assert code == 2, (option, value, message)  # never a device, /proc file or folder
     if option == "--cpus" and not value.strip().isascii():
         assert code == 2, (option, value)  # full-width digits are not a number here
@@ -266,6 +334,7 @@ def test_daemon_killed_during_create_leaves_all_or_nothing(system_daemon, tmp_pa
 
     def progress(current: str) -> None:
         if current == step:
+            COUNTS["daemon kills"] += 1
             kill_libvirtd()
             thread = threading.Thread(
                 target=lambda: (time.sleep(0.5), start_libvirtd(system_daemon)))
@@ -332,6 +401,7 @@ def _killing_at(ctx, index: int, uri: str, after: bool) -> _Restarts:
     calls, restarts = [], _Restarts()
 
     def kill() -> None:
+        COUNTS["daemon kills"] += 1
         kill_libvirtd()
         thread = threading.Thread(target=lambda: (time.sleep(0.5), start_libvirtd(uri)))
         thread.start()
@@ -354,8 +424,10 @@ def _killing_at(ctx, index: int, uri: str, after: bool) -> _Restarts:
     return restarts
 
 
-def _kill_each_call(uri: str, tmp_path: Path, operation, check) -> tuple[int, list[str]]:
-    """Run ``operation(ctx, name)`` on a fresh VM twice per libvirt call it makes, with the
+def _kill_each_call(uri: str, tmp_path: Path, operation, check,
+                    premade: bool = True) -> tuple[int, list[str]]:
+    """Run ``operation(ctx, name)`` on a fresh VM (``premade``; else on a new name) twice
+    per libvirt call it makes, with the
     daemon killed just before that call and just after it; ``check(name, raised)`` says
     what is wrong with the result (or None). Returns the calls and the failures."""
     import uuid
@@ -368,13 +440,12 @@ def _kill_each_call(uri: str, tmp_path: Path, operation, check) -> tuple[int, li
     while runs:
         index, after = runs.pop(0)
         name = f"neuron-e2e-kill-{uuid.uuid4().hex[:6]}"
-        made = Context(uri, store=store, images_dir=images, events=False)
-        try:
-            create.create(made, create.CreateRequest(VMConfig(
-                name=name, vm_type="linux", disk_size_gb=1, network="none",
-                domain_type="qemu", memory_mb=512)))
-        finally:
-            made.close()
+        if premade:
+            made = Context(uri, store=store, images_dir=images, events=False)
+            try:
+                create.create(made, _small_vm(name))
+            finally:
+                made.close()
         ctx = Context(uri, store=store, images_dir=images, events=False)
         restarts = _killing_at(ctx, index, uri, after)
         try:
@@ -400,6 +471,13 @@ def _kill_each_call(uri: str, tmp_path: Path, operation, check) -> tuple[int, li
     return total, failures
 
 
+def _small_vm(name: str):
+    from vm_manager.actions import create
+
+    return create.CreateRequest(VMConfig(name=name, vm_type="linux", disk_size_gb=1,
+                                         network="none", domain_type="qemu", memory_mb=512))
+
+
 def _remove_test_vm(uri: str, name: str, store: VMStore, images: Path) -> None:
     from vm_manager.core.connection import LibvirtConnection
 
@@ -418,6 +496,30 @@ def _what_exists(uri: str, name: str, store: VMStore, images: Path) -> tuple[boo
     with LibvirtConnection(uri) as conn:
         defined = name in conn.execute(lambda c: [d.name() for d in c.listAllDomains()])
     return defined, (images / f"{name}.qcow2").exists(), store.load(name) is not None
+
+
+@pytest.mark.daemon
+def test_daemon_killed_at_each_call_of_create_leaves_all_or_nothing(system_daemon, tmp_path):
+    """Create, libvirtd SIGKILLed before and after each libvirt call in turn (the steps
+    above are where the undo list changes; these are every place the daemon is asked): the
+    VM is whole, or nothing of it is left."""
+    from vm_manager.actions import create
+
+    _daemon_may_restart()
+    store, images = VMStore(tmp_path / "config"), tmp_path / "images"
+
+    def check(name, raised):
+        state = _what_exists(system_daemon, name, store, images)
+        if raised is None and state != (True, True, True):
+            return f"reported made but (domain, disk, settings) = {state}"
+        if raised is not None and state != (False, False, False):
+            return f"failed ({raised}) and left (domain, disk, settings) = {state}"
+        return None
+
+    calls, failures = _kill_each_call(system_daemon, tmp_path,
+                                      lambda ctx, name: create.create(ctx, _small_vm(name)),
+                                      check, premade=False)
+    assert failures == [], f"{len(failures)} of {2 * calls} kills"
 
 
 @pytest.mark.daemon
