@@ -490,12 +490,24 @@ def _remove_test_vm(uri: str, name: str, store: VMStore, images: Path) -> None:
     store.delete(name)
 
 
-def _what_exists(uri: str, name: str, store: VMStore, images: Path) -> tuple[bool, bool, bool]:
+def _all_or_nothing(uri: str, tmp_path: Path, verb: str, done: bool):
+    """A check for ``_kill_each_call``: domain, disk and settings all exist or none does;
+    all of them (``done``) or none after success, the other way after a failure."""
     from vm_manager.core.connection import LibvirtConnection
 
-    with LibvirtConnection(uri) as conn:
-        defined = name in conn.execute(lambda c: [d.name() for d in c.listAllDomains()])
-    return defined, (images / f"{name}.qcow2").exists(), store.load(name) is not None
+    store, images = VMStore(tmp_path / "config"), tmp_path / "images"
+
+    def check(name: str, raised: str | None) -> str | None:
+        with LibvirtConnection(uri) as conn:
+            defined = name in conn.execute(lambda c: [d.name() for d in c.listAllDomains()])
+        state = (defined, (images / f"{name}.qcow2").exists(), store.load(name) is not None)
+        want = (done,) * 3 if raised is None else (not done,) * 3
+        if state != want:
+            said = f"reported {verb}" if raised is None else f"failed ({raised})"
+            return f"{said} but (domain, disk, settings) = {state}"
+        return None
+
+    return check
 
 
 @pytest.mark.daemon
@@ -506,16 +518,7 @@ def test_daemon_killed_at_each_call_of_create_leaves_all_or_nothing(system_daemo
     from vm_manager.actions import create
 
     _daemon_may_restart()
-    store, images = VMStore(tmp_path / "config"), tmp_path / "images"
-
-    def check(name, raised):
-        state = _what_exists(system_daemon, name, store, images)
-        if raised is None and state != (True, True, True):
-            return f"reported made but (domain, disk, settings) = {state}"
-        if raised is not None and state != (False, False, False):
-            return f"failed ({raised}) and left (domain, disk, settings) = {state}"
-        return None
-
+    check = _all_or_nothing(system_daemon, tmp_path, "made", done=True)
     calls, failures = _kill_each_call(system_daemon, tmp_path,
                                       lambda ctx, name: create.create(ctx, _small_vm(name)),
                                       check, premade=False)
@@ -529,15 +532,7 @@ def test_daemon_killed_during_delete_leaves_the_vm_whole_or_gone(system_daemon, 
     from vm_manager.actions import delete
 
     _daemon_may_restart()
-    store, images = VMStore(tmp_path / "config"), tmp_path / "images"
-
-    def check(name, raised):
-        state = _what_exists(system_daemon, name, store, images)
-        if raised is None and state != (False, False, False):
-            return f"reported deleted but (domain, disk, settings) = {state}"
-        if raised is not None and state != (True, True, True):
-            return f"failed ({raised}) and left (domain, disk, settings) = {state}"
-        return None
+    check = _all_or_nothing(system_daemon, tmp_path, "deleted", done=False)
 
     def operation(ctx, name):
         result = delete.delete(ctx, delete.DeleteRequest(name, delete_disks=True))
