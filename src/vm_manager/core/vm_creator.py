@@ -24,6 +24,7 @@ import libvirt
 from . import guard
 from .connection import LibvirtConnection, get_connection
 from .errors import (
+    ConnectionFailed,
     InvalidConfig,
     OperationFailed,
     VMCreationError,
@@ -210,6 +211,12 @@ class VMCreator:
                     f"changing {name!r} failed ({error}) and its old definition could not be"
                     f" put back ({restore_error}); `neuron-vm info {name}` shows what is"
                     " defined now", step="define") from error
+            if isinstance(error, ConnectionFailed):  # it is back: say what that meant
+                raise VMCreationError(
+                    f"changing {name!r} failed: libvirt went away during the change"
+                    f" ({error.reason}); it is back"
+                    " and the old definition is in place: nothing was changed, try again",
+                    step="define") from error
             raise
         return CreationResult(name, vm_uuid, plan.template, config.disk_path, False,
                               str(settings_path), xml)
