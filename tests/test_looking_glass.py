@@ -158,6 +158,58 @@ def test_permission_problem_names_file_owner_mode_and_fix(shared):
     assert "neuron-vm shm-permissions vm9 --apply" in message
 
 
+@pytest.fixture
+def group_member():
+    """(user, group): a user made for the test who reaches a file only through a
+    supplementary group (its primary group is its own); both removed afterwards."""
+    import subprocess
+    import uuid
+
+    if not AS_ROOT:
+        pytest.skip("making a user and a group needs root")
+    user = f"nlg{uuid.uuid4().hex[:6]}"
+    group = f"{user}-shm"
+    subprocess.run(["groupadd", group], check=True)
+    try:
+        subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell",
+                        "/usr/sbin/nologin", "--groups", group, user], check=True)
+        try:
+            yield user, group
+        finally:
+            subprocess.run(["userdel", user], check=True)
+    finally:
+        subprocess.run(["groupdel", group], check=True)
+
+
+def test_the_client_carries_the_users_supplementary_groups(lg, group_member):
+    """A shm file open to the user only through a supplementary group (``root:G 0660``):
+    the check says usable, and the client really opens it (DESIGN.md 4.1: started without
+    its groups, it fails 'Failed to open' and is restarted until it gives up)."""
+    import grp
+
+    from vm_manager.passthrough.ivshmem import access_problem, user_credentials
+
+    make, shm, _, _ = lg
+    user, group = group_member
+    gid = grp.getgrnam(group).gr_gid
+    assert gid in user_credentials(user).groups and user_credentials(user).gid != gid
+    host = FakeLGHost(shm)
+    os.chown(shm, 0, gid)
+    os.chmod(shm, 0o660)
+    assert access_problem(shm, user) is None
+    manager = make(run_as=user, max_failures=2)
+    host.start()
+    try:
+        manager.start("vm1", config(shm))
+        state = manager.wait_for_state("vm1", {LGState.RUNNING, LGState.RESTARTING,
+                                               LGState.ERROR}, 10)
+        assert state == LGState.RUNNING, manager.reason("vm1")
+        manager.stop("vm1")
+    finally:
+        host.stop()
+    assert "Failed to open" not in manager.log_path("vm1").read_text()
+
+
 # --- supervision -----------------------------------------------------------------------------
 
 def test_starts_when_the_host_is_live_and_stops_cleanly(lg):

@@ -37,11 +37,11 @@ from ..passthrough.lg_client import (
     default_log_dir,
     find_client,
     is_failure,
-    primary_group,
     user_id,
     release_number,
     stop_by_pid_file,
 )
+from ..passthrough.ivshmem import user_credentials
 from ..passthrough.lgmp import HostHeader, wait_for_host
 from .errors import LookingGlassError, OperationTimedOut, VMManagerError
 from .store import private_folder
@@ -310,9 +310,8 @@ class LookingGlassManager:
             handle.flush()
             kwargs = {}
             if self.run_as is not None and os.geteuid() == 0:
-                kwargs["user"] = self.run_as
-                kwargs["group"] = primary_group(self.run_as)
-                kwargs["extra_groups"] = []
+                who = user_credentials(self.run_as)  # as a login: every group it is in
+                kwargs.update(user=who.uid, group=who.gid, extra_groups=list(who.groups))
             entry.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
                 start_new_session=True, env=client_env(self.run_as), **kwargs)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import LookingGlassError
 from ..core.primitives import validate_name
 
 SHM_DIR = Path("/dev/shm")
@@ -70,19 +72,41 @@ def write_tmpfiles_rule(vm_name: str, user: str, root: Path | str = "/",
     return path, text
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """What a process started for a user carries: as a login does (``initgroups``), its
+    primary group AND every group it is a member of. The access check and the client's
+    launch both use this one answer, so they cannot disagree (DESIGN.md 4.1: a client
+    started without its supplementary groups cannot open a ``root:kvm 0660`` file)."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+def user_credentials(user: str) -> Credentials:
+    """``user`` by name or number; refuses one that does not exist."""
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise LookingGlassError(f"no user named {user!r} to run the client as") from None
+    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    return Credentials(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
 def _user_can_read_write(info: os.stat_result, user: str) -> bool:
     """Unix permission bits for another user (root running the client as the desktop
     user must judge for that user, not for itself)."""
-    import grp
-    import pwd
-
-    entry = pwd.getpwnam(user)
-    if entry.pw_uid == 0:
+    who = user_credentials(user)
+    if who.uid == 0:
         return True
-    groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
-    if info.st_uid == entry.pw_uid:
+    if info.st_uid == who.uid:
         bits = (info.st_mode >> 6) & 0o7
-    elif info.st_gid in groups:
+    elif info.st_gid in who.groups:
         bits = (info.st_mode >> 3) & 0o7
     else:
         bits = info.st_mode & 0o7

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..core import guard
 from ..core.errors import InvalidConfig, LookingGlassError
-from .ivshmem import shm_path
+from .ivshmem import shm_path, user_credentials
 
 CLIENT_NAME = "looking-glass-client"
 USUAL_PATHS = (
@@ -164,30 +164,14 @@ def is_failure(code: int, tail: list[str]) -> bool:
 
 def user_id(user: str) -> int:
     """The uid of ``user`` (a name, or a number); refuses a user that does not exist."""
-    import pwd
-
-    try:
-        return pwd.getpwuid(int(user)).pw_uid if user.isdigit() else pwd.getpwnam(user).pw_uid
-    except KeyError:
-        raise LookingGlassError(f"no user named {user!r} to run the client as") from None
-
-
-def primary_group(user: str) -> int | None:
-    import pwd
-
-    try:
-        return pwd.getpwnam(user).pw_gid
-    except KeyError:
-        raise LookingGlassError(f"no user named {user!r} to run the client as") from None
+    return user_credentials(user).uid
 
 
 def client_env(run_as: str | None) -> dict:
     env = dict(os.environ)
     if run_as is not None and os.geteuid() == 0:
-        import pwd
-
-        entry = pwd.getpwnam(run_as)
-        env.update(HOME=entry.pw_dir, USER=run_as, LOGNAME=run_as)
+        who = user_credentials(run_as)
+        env.update(HOME=who.home, USER=who.name, LOGNAME=who.name)
     return env
 
 
