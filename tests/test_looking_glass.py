@@ -88,8 +88,43 @@ def changes_of(manager):
 
 # --- the command line -----------------------------------------------------------------------
 
-def test_release_from_help():
-    assert client_release(FAKE) == "B7"
+def test_release_from_help(shared):
+    """The real client refuses root even for --help, with no version line (DESIGN.md 4.1):
+    root reads the release as the user the client will run as."""
+    import subprocess
+
+    fake = shared / "looking-glass-client"
+    if AS_ROOT:
+        refused = subprocess.run([str(fake), "--help"], capture_output=True, text=True)
+        assert "Do not run looking glass as root!" in refused.stderr
+        assert "Looking Glass (" not in refused.stderr  # like the real one: no version line
+        assert client_release(fake) is None
+    assert client_release(fake, user=RUN_AS) == "B7"
+
+
+def test_doctor_reads_the_release_as_the_desktop_user(shared):
+    from vm_manager.passthrough.host_check import OK, WARN, check_looking_glass_client
+
+    fake = str(shared / "looking-glass-client")
+    if not AS_ROOT:
+        check = check_looking_glass_client({"NEURONOS_LG_CLIENT": fake, "USER": "me"})
+        assert check.status == OK and "release B7" in check.detail
+        return
+    check = check_looking_glass_client({"NEURONOS_LG_CLIENT": fake, "SUDO_USER": RUN_AS})
+    assert check.status == OK and "release B7" in check.detail, check
+    check = check_looking_glass_client({"NEURONOS_LG_CLIENT": fake, "USER": "root"})
+    assert check.status == WARN and "cannot be read as root" in check.detail, check
+    assert "as your desktop user" in check.fix
+
+
+def test_an_unknown_or_mismatched_release_is_said_once():
+    from vm_manager.passthrough.lg_client import release_note
+
+    note = release_note("B7", None)
+    assert "release could not be read" in note and "non-root" in note
+    assert release_note("B7", None, unknown_said=True) == ""  # once, not on every restart
+    assert "B6 but the client is B7" in release_note("B6", "B7")
+    assert release_note("B7", "B7-rc1") == "" and release_note(None, "B7") == ""
 
 
 def test_argv_per_release():
@@ -230,6 +265,9 @@ def test_starts_when_the_host_is_live_and_stops_cleanly(lg):
     states = [c.new for c in seen]
     assert LGState.RESTARTING not in states and LGState.ERROR not in states  # our stop
     assert "Looking Glass (B7)" in manager.log_path("vm1").read_text()
+    assert manager.release == "B7"  # read as the client's user, also when we are root
+    starting = [c.reason for c in seen if c.new == LGState.STARTING]
+    assert starting and "could not be read" not in starting[0], starting
 
 
 def test_crash_restarts_with_backoff_then_gives_up(lg):

@@ -37,8 +37,8 @@ from ..passthrough.lg_client import (
     default_log_dir,
     find_client,
     is_failure,
+    release_note,
     user_id,
-    release_number,
     stop_by_pid_file,
 )
 from ..passthrough.ivshmem import user_credentials
@@ -107,6 +107,8 @@ class LookingGlassManager:
     ):
         self._client_path = Path(client) if client else None
         self._release: str | None = None
+        self._release_read = False
+        self._release_unknown_said = False
         self.log_dir = Path(log_dir) if log_dir else default_log_dir()
         self.run_as = run_as
         self.backoff = backoff
@@ -137,8 +139,9 @@ class LookingGlassManager:
 
     @property
     def release(self) -> str | None:
-        if self._release is None:
-            self._release = client_release(self.client)
+        if not self._release_read:  # as the user it runs as: it prints nothing to root
+            self._release = client_release(self.client, user=self._client_user())
+            self._release_read = True
         return self._release
 
     # --- state ------------------------------------------------------------------------------
@@ -266,8 +269,8 @@ class LookingGlassManager:
                     break
                 self._set(vm_name, LGState.ERROR, str(error))
                 return
-            self._warn_release(vm_name, entry)
-            self._set(vm_name, LGState.STARTING, f"starting {self.client.name}")
+            note = self._release_note(vm_name, entry)
+            self._set(vm_name, LGState.STARTING, f"starting {self.client.name}{note}")
             offset = self._launch(vm_name, entry)
             try:  # "running" once it survived its start (a bad option exits at once)
                 code = entry.process.wait(self.settle)
@@ -341,12 +344,14 @@ class LookingGlassManager:
             return []
         return [line for line in text.splitlines() if line and not line.startswith("---")][-lines:]
 
-    def _warn_release(self, vm_name: str, entry: _Client) -> None:
-        host = entry.host.host_release if entry.host else None
-        client = self.release
-        if host and client and release_number(host) != release_number(client):
-            log.warning("%s: the guest's host application is %s but the client is %s; they"
-                        " must be the same release", vm_name, host, client)
+    def _release_note(self, vm_name: str, entry: _Client) -> str:
+        """For the "starting" line: a release mismatch, or (once) an unknown release."""
+        note = release_note(entry.host.host_release if entry.host else None, self.release,
+                            unknown_said=self._release_unknown_said)
+        self._release_unknown_said = self._release_unknown_said or self.release is None
+        if note:
+            log.warning("%s: %s", vm_name, note)
+        return f"; {note}" if note else ""
 
     def _client_user(self) -> str | None:
         """Whose rights the client runs with (None: this process's)."""

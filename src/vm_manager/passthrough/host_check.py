@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import guard
+from ..core.errors import LookingGlassError
 from ..core.primitives import plural
 from .pci import host_root, iommu_groups
 
@@ -264,7 +265,20 @@ def check_looking_glass_client(environ: dict | None = None) -> Check:
         return Check("Looking Glass client", WARN, "not found (only Looking Glass VMs need it)",
                      "install looking-glass-client (Arch: AUR looking-glass), or set"
                      " NEURONOS_LG_CLIENT to its path")
-    release = client_release(client)
+    user = None  # the client tells its release only to a non-root user: ask as the desktop user
+    if os.geteuid() == 0:
+        from .ivshmem import user_credentials
+
+        try:
+            user = desktop_user(environ)
+            user = user if user_credentials(user).uid != 0 else None
+        except LookingGlassError:
+            user = None
+        if user is None:
+            return Check("Looking Glass client", WARN, f"{client}: its release cannot be read"
+                         " as root (it tells it only to a non-root user)",
+                         "run `neuron-vm doctor` as your desktop user, or through sudo from it")
+    release = client_release(client, user=user)
     if release is None:
         return Check("Looking Glass client", WARN, f"{client} does not say its release",
                      "reinstall it; the guest's host application must be the same release")

@@ -89,14 +89,20 @@ def find_client(environ: dict | None = None) -> Path | None:
     return None
 
 
-def client_release(client: Path, timeout: float = 5.0) -> str | None:
+def client_release(client: Path, timeout: float = 5.0, user: str | None = None) -> str | None:
     """The release (``B7``, ``B6``, ``B7-188-g...``): the client has no --version; the first
     stderr lines carry ``Looking Glass (<release>)`` behind a log prefix, and ``--help``
-    prints them too (then exits 255)."""
+    prints them too (then exits 255). It refuses root before printing anything (DESIGN.md
+    4.1), so root reads it as ``user``, the user the client will run as; None if unknown."""
     guard.check("looking-glass-client --help")
+    kwargs = {}
+    if user is not None and os.geteuid() == 0:
+        who = user_credentials(user)
+        kwargs = dict(user=who.uid, group=who.gid, extra_groups=list(who.groups),
+                      env=client_env(user))
     try:
         result = subprocess.run([str(client), "--help"], capture_output=True, text=True,
-                                timeout=timeout, check=False)
+                                timeout=timeout, check=False, **kwargs)
     except (OSError, subprocess.SubprocessError):
         return None
     match = _VERSION.search(result.stderr + result.stdout)
@@ -106,6 +112,19 @@ def client_release(client: Path, timeout: float = 5.0) -> str | None:
 def release_number(release: str | None) -> int | None:
     match = re.match(r"B(\d+)", release or "")
     return int(match.group(1)) if match else None
+
+
+def release_note(host: str | None, client: str | None, unknown_said: bool = False) -> str:
+    """What the user must hear about the releases ("" for nothing): the guest's host app
+    and the client must be the same release; an unknown client release is said (once)."""
+    if client is None:
+        return "" if unknown_said else (
+            "the client's release could not be read (it tells it only to a non-root user),"
+            " so B5 key names are not converted and the host/client release check is skipped")
+    if host and release_number(host) != release_number(client):
+        return (f"the guest's host application is {host} but the client is {client}: they"
+                " must be the same release")
+    return ""
 
 
 def build_argv(client: Path | str, config: LGClientConfig, release: str | None) -> list[str]:
