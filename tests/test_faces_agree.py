@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -240,3 +241,39 @@ def test_the_display_follows_the_vm_in_both_faces(qtbot, lg_world, monkeypatch):
     stop_vm()  # stopped outside the window: the client goes with the VM
     qtbot.waitUntil(lambda: managers[0].get_state(name) == LGState.STOPPED, timeout=15000)
     win.close()
+
+
+class _SlowOutput(io.StringIO):
+    """A terminal that takes its time: a state printed on another thread must still be
+    whole in the output when the command returns."""
+
+    def write(self, text: str) -> int:
+        time.sleep(0.2)
+        return super().write(text)
+
+
+def test_display_prints_every_state_in_order_before_it_exits(lg_world, monkeypatch):
+    """A run that ends in error (the client's user cannot open the shared memory): every
+    state line is in the output, whole and in order, when `display` returns (issue 13:
+    the last line, or its newline, was lost)."""
+    name, conn, store, client, run_as, logs = lg_world
+    if run_as is None:
+        pytest.skip("a shared memory file this user cannot open needs root to make")
+    shm = Path("/dev/shm") / f"looking-glass-{name}"
+    os.chmod(shm, 0o600)  # root's only: the desktop user's client cannot open it
+    monkeypatch.setenv("NEURONOS_LG_CLIENT", str(client))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(store.config_dir))
+    monkeypatch.setenv("XDG_STATE_HOME", str(logs))
+    with guard.allowed():
+        conn.execute(lambda c: c.lookupByName(name).create())
+    out, err, code = _SlowOutput(), io.StringIO(), []
+    thread = threading.Thread(target=lambda: code.append(main(  # as the CLI: off the UI thread
+        ["display", name, "--user", run_as], connection=conn, out=out, err=err)))
+    thread.start()
+    thread.join(timeout=30)
+    text = out.getvalue()
+    assert code == [1], (text, err.getvalue())
+    assert text.endswith("\n"), text
+    states = [line.split(": ", 1)[1].split(" ", 1)[0] for line in text.splitlines()]
+    assert states == ["waiting-for-host", "error"], text
+    assert "cannot open it read-write" in text.splitlines()[-1]

@@ -413,3 +413,23 @@ def test_spice_port_is_read_from_the_live_domain(make_host, tmp_path):
         conn.execute(lambda c: c.defineXML(xml))
         manager = LookingGlassManager(client=FAKE, log_dir=tmp_path, connection=conn)
         assert manager._spice_port("sp") == 5930
+
+
+def test_every_state_is_told_in_order_before_it_can_be_seen(lg, shared):
+    """`display` returns on a state it sees: each subscriber must have heard that state
+    first, and the state right after ``start`` is already the first one told (issue 13:
+    the last line was lost; a display could see the initial "stopped" and quit)."""
+    make, _, _, _ = lg
+    manager = make(host_timeout=0.3)
+    heard = []
+
+    def slow(change):
+        time.sleep(0.2)  # a terminal that takes its time
+        heard.append(change.new)
+
+    manager.subscribe(slow)
+    manager.start("vm1", config(shared / "no-such-shm"))
+    assert manager.get_state("vm1") == LGState.WAITING and heard == [LGState.WAITING]
+    assert manager.wait_for_state("vm1", {LGState.ERROR}, 10) == LGState.ERROR
+    assert heard == [LGState.WAITING, LGState.ERROR]  # told before wait_for_state saw it
+    assert "not running in the guest" in manager.reason("vm1")

@@ -30,16 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..passthrough.lg_client import (
-    LGClientConfig,
-    build_argv,
-    client_env,
-    client_release,
-    default_log_dir,
-    find_client,
-    is_failure,
-    release_note,
-    user_id,
-    stop_by_pid_file,
+    LGClientConfig, build_argv, client_env, client_release, default_log_dir, find_client,
+    is_failure, release_note, user_id, stop_by_pid_file,
 )
 from ..passthrough.ivshmem import user_credentials
 from ..passthrough.lgmp import HostHeader, wait_for_host
@@ -53,6 +45,7 @@ __all__ = ["LGClientConfig", "LGState", "LGStateChange", "LookingGlassError",
            "stop_by_pid_file"]
 
 log = get_logger(__name__)
+WAITING = "waiting for the guest's host application"
 
 class LGState(str, Enum):
     STOPPED = "stopped"
@@ -120,6 +113,7 @@ class LookingGlassManager:
         self.connection = connection
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._telling = threading.RLock()  # one change at a time, told before it is seen
         self._clients: dict[str, _Client] = {}
         self._subscribers = Subscribers(log)
         self._pause_timers: dict[str, threading.Timer] = {}
@@ -183,14 +177,15 @@ class LookingGlassManager:
                 self._changed.wait(left)
 
     def _set(self, vm_name: str, state: LGState, reason: str) -> None:
-        with self._lock:
-            entry = self._clients[vm_name]
-            old = entry.state
-            entry.state, entry.reason = state, reason
-            self._changed.notify_all()
-        log.info("Looking Glass %s: %s -> %s (%s)", vm_name, old.value, state.value, reason)
-        if old != state:
-            self._subscribers.notify(LGStateChange(vm_name, old, state, reason, time.time()))
+        with self._telling:  # heard by every subscriber, in order, before it is seen
+            old = self.get_state(vm_name)
+            log.info("Looking Glass %s: %s -> %s (%s)", vm_name, old.value, state.value, reason)
+            if old != state:
+                self._subscribers.notify(LGStateChange(vm_name, old, state, reason, time.time()))
+            with self._lock:
+                entry = self._clients[vm_name]
+                entry.state, entry.reason = state, reason
+                self._changed.notify_all()
 
     # --- start / stop -----------------------------------------------------------------------
 
@@ -214,6 +209,7 @@ class LookingGlassManager:
             self._clients[vm_name] = entry
             entry.thread = threading.Thread(target=self._supervise, args=(vm_name, entry),
                                             name=f"looking-glass {vm_name}", daemon=True)
+        self._set(vm_name, LGState.WAITING, WAITING)  # seen (and told) before start returns
         entry.thread.start()
 
     def stop(self, vm_name: str, timeout: float | None = None) -> None:
@@ -260,7 +256,7 @@ class LookingGlassManager:
 
     def _supervise_loop(self, vm_name: str, entry: _Client) -> None:
         while not entry.cancel.is_set():
-            self._set(vm_name, LGState.WAITING, "waiting for the guest's host application")
+            self._set(vm_name, LGState.WAITING, WAITING)
             try:
                 entry.host = wait_for_host(entry.config.shm_path, self.host_timeout,
                                            entry.cancel, user=self._client_user())
