@@ -382,11 +382,7 @@ def _daemon_may_restart() -> None:
         pytest.skip(problem)
 
 
-class _Restarts(list):
-    calls: list
-
-
-def _killing_at(ctx, index: int, uri: str, after: bool) -> _Restarts:
+def _killing_at(ctx, index: int, uri: str, after: bool) -> tuple[list, list]:
     """Make ``ctx``'s connection SIGKILL libvirtd at its ``index``-th call (from 0) and
     start it again half a second later: before the call, or (``after``) once the call took
     effect, its reply then lost (the caller gets the error the connection really raises
@@ -398,7 +394,7 @@ def _killing_at(ctx, index: int, uri: str, after: bool) -> _Restarts:
 
     connection = ctx.connection
     real = connection.execute
-    calls, restarts = [], _Restarts()
+    calls, restarts = [], []
 
     def kill() -> None:
         COUNTS["daemon kills"] += 1
@@ -420,8 +416,7 @@ def _killing_at(ctx, index: int, uri: str, after: bool) -> _Restarts:
         return result
 
     connection.execute = execute  # the instance's own: execute_when_back goes through it
-    restarts.calls = calls
-    return restarts
+    return restarts, calls
 
 
 def _kill_each_call(uri: str, tmp_path: Path, operation, check,
@@ -447,7 +442,7 @@ def _kill_each_call(uri: str, tmp_path: Path, operation, check,
             finally:
                 made.close()
         ctx = Context(uri, store=store, images_dir=images, events=False)
-        restarts = _killing_at(ctx, index, uri, after)
+        restarts, calls = _killing_at(ctx, index, uri, after)
         try:
             operation(ctx, name)
             raised = None
@@ -458,7 +453,7 @@ def _kill_each_call(uri: str, tmp_path: Path, operation, check,
                 thread.join(timeout=60)
             ctx.close()
         if total is None:  # the first run counts the calls and kills nothing
-            total = len(restarts.calls)
+            total = len(calls)
             assert total > 0 and raised is None, raised
             runs = [(i, when) for i in range(total) for when in (False, True)]
         else:

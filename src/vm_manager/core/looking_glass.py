@@ -19,6 +19,7 @@ the guest's LGMP header in ``passthrough.lgmp``. This module supervises:
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -30,10 +31,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..passthrough.lg_client import (
-    LGClientConfig, build_argv, client_env, client_release, default_log_dir, find_client,
+    LGClientConfig, as_user, build_argv, client_release, default_log_dir, find_client,
     is_failure, release_note, user_id, stop_by_pid_file,
 )
-from ..passthrough.ivshmem import user_credentials
 from ..passthrough.lgmp import HostHeader, wait_for_host
 from .errors import LookingGlassError, OperationTimedOut, VMManagerError
 from .store import private_folder
@@ -99,8 +99,6 @@ class LookingGlassManager:
         connection=None,
     ):
         self._client_path = Path(client) if client else None
-        self._release: str | None = None
-        self._release_read = False
         self._release_unknown_said = False
         self.log_dir = Path(log_dir) if log_dir else default_log_dir()
         self.run_as = run_as
@@ -131,12 +129,9 @@ class LookingGlassManager:
             self._client_path = found
         return self._client_path
 
-    @property
-    def release(self) -> str | None:
-        if not self._release_read:  # as the user it runs as: it prints nothing to root
-            self._release = client_release(self.client, user=self._client_user())
-            self._release_read = True
-        return self._release
+    @functools.cached_property
+    def release(self) -> str | None:  # read as the client's user: it tells root nothing
+        return client_release(self.client, user=self._client_user())
 
     # --- state ------------------------------------------------------------------------------
 
@@ -307,13 +302,9 @@ class LookingGlassManager:
             offset = handle.tell()
             handle.write(f"--- {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
             handle.flush()
-            kwargs = {}
-            if self.run_as is not None and os.geteuid() == 0:
-                who = user_credentials(self.run_as)  # as a login: every group it is in
-                kwargs.update(user=who.uid, group=who.gid, extra_groups=list(who.groups))
-            entry.process = subprocess.Popen(
+            entry.process = subprocess.Popen(  # as a login would: every group it is in
                 argv, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                start_new_session=True, env=client_env(self.run_as), **kwargs)
+                start_new_session=True, **as_user(self._client_user()))
         (self.log_dir / f"{vm_name}.pid").write_text(f"{entry.process.pid}\n")
         return offset
 

@@ -95,14 +95,9 @@ def client_release(client: Path, timeout: float = 5.0, user: str | None = None) 
     prints them too (then exits 255). It refuses root before printing anything (DESIGN.md
     4.1), so root reads it as ``user``, the user the client will run as; None if unknown."""
     guard.check("looking-glass-client --help")
-    kwargs = {}
-    if user is not None and os.geteuid() == 0:
-        who = user_credentials(user)
-        kwargs = dict(user=who.uid, group=who.gid, extra_groups=list(who.groups),
-                      env=client_env(user))
     try:
         result = subprocess.run([str(client), "--help"], capture_output=True, text=True,
-                                timeout=timeout, check=False, **kwargs)
+                                timeout=timeout, check=False, **as_user(user))
     except (OSError, subprocess.SubprocessError):
         return None
     match = _VERSION.search(result.stderr + result.stdout)
@@ -186,12 +181,15 @@ def user_id(user: str) -> int:
     return user_credentials(user).uid
 
 
-def client_env(run_as: str | None) -> dict:
-    env = dict(os.environ)
-    if run_as is not None and os.geteuid() == 0:
-        who = user_credentials(run_as)
-        env.update(HOME=who.home, USER=who.name, LOGNAME=who.name)
-    return env
+def as_user(run_as: str | None) -> dict:
+    """``subprocess`` arguments that start the client as ``run_as`` the way a login would
+    (its uid, primary group and every group it is in, its HOME/USER/LOGNAME) when this
+    process is root; none otherwise (it runs as this user)."""
+    if run_as is None or os.geteuid() != 0:
+        return {}
+    who = user_credentials(run_as)
+    env = dict(os.environ, HOME=who.home, USER=who.name, LOGNAME=who.name)
+    return dict(user=who.uid, group=who.gid, extra_groups=list(who.groups), env=env)
 
 
 def default_log_dir() -> Path:
