@@ -288,6 +288,7 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
     import tempfile
     from pathlib import Path
 
+    from vm_manager.core.domain_xml import read_domain
     from vm_manager.core.looking_glass import LGClientConfig, LGState, LookingGlassManager
     from vm_manager.passthrough.ivshmem import access_problem, shm_name, shm_path
     from vm_manager.templates.loader import TemplateLoader
@@ -298,7 +299,8 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
     serial = tmp_path / "serial.log"
     shmem = TemplateLoader().render_fragment("shmem", {"shm_name": shm_name(name),
                                                        "size_mb": 32})
-    xml = domain_xml(name, tiny_guest, serial).replace("</devices>", shmem + "</devices>")
+    xml = domain_xml(name, tiny_guest, serial, spice=True).replace("</devices>",
+                                                                    shmem + "</devices>")
     conn.execute(lambda c: c.defineXML(xml))
     run_as = "nobody" if os.geteuid() == 0 else None
     shared = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))
@@ -307,7 +309,7 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
     shutil.copy(Path(__file__).parent / "bin" / "looking-glass-client", client)
     os.chmod(client, 0o755)
     manager = LookingGlassManager(client=client, log_dir=tmp_path / "lg", run_as=run_as,
-                                  stop_timeout=2, host_timeout=30)
+                                  stop_timeout=2, host_timeout=30, connection=conn)
     path = shm_path(name)
     host = None
     try:
@@ -317,11 +319,19 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
             assert access_problem(path, run_as) is not None
         os.chmod(path, 0o666)  # what the tmpfiles rule (0660, the user's group) provides
         host = FakeLGHost(path).start()  # the guest's host application, writing its header
-        config = LGClientConfig(name, spice=False)
+        config = LGClientConfig(name)  # SPICE on, its port read from the live domain
         manager.follow(system, lambda vm: config if vm == name else None)
         manager.start(name, config)
         assert manager.wait_for_state(name, {LGState.RUNNING, LGState.ERROR}, 60) == \
             LGState.RUNNING, manager.reason(name)
+        port = read_domain(conn.execute(lambda c: c.lookupByName(name).XMLDesc(0))).spice_port
+        log = manager.log_path(name)
+        assert port and f"spice:port={port}" in log.read_text()  # QEMU's own SPICE server
+        host.stop()  # the guest's host app goes; the window stays and says so
+        assert manager.wait_for_state(name, {LGState.HOST_STOPPED}, 10) == LGState.HOST_STOPPED
+        host.start(new_session=True)
+        assert manager.wait_for_state(name, {LGState.RUNNING}, 10) == LGState.RUNNING
+        assert "failed to process spice messages" not in log.read_text()  # SPICE held
         system.stop(name, method=ShutdownMethod.FORCE)  # the VM stops: the client goes too
         assert manager.wait_for_state(name, {LGState.STOPPED}, 30) == LGState.STOPPED
     finally:

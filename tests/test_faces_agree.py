@@ -30,7 +30,7 @@ from vm_manager.core import guard  # noqa: E402
 from vm_manager.core.connection import LibvirtConnection  # noqa: E402
 from vm_manager.core.store import VMStore  # noqa: E402
 from support.fakes import FakeUSBDevice, add_pci_devices, add_usb_devices  # noqa: E402
-from support.fakes import FakeLGHost, nvidia_turing_gpu  # noqa: E402
+from support.fakes import FakeLGHost, FakeSpiceServer, nvidia_turing_gpu  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ui_thread_never_blocks")
 UUID = re.compile(r"<uuid>[0-9a-f-]{36}</uuid>")
@@ -170,6 +170,7 @@ def lg_world(make_host, tmp_path):
     client = shared / "looking-glass-client"
     shutil.copy(Path(__file__).parent / "bin" / "looking-glass-client", client)
     os.chmod(client, 0o755)
+    spice = FakeSpiceServer()  # the client needs its SPICE port to answer, as B7 does
     store = VMStore(tmp_path / "config")
     store.save(VMConfig(name=name, vm_type="windows10", gpu_passthrough={"pci_address":
                                                                          "01:00.0"},
@@ -178,12 +179,13 @@ def lg_world(make_host, tmp_path):
         conn = LibvirtConnection(make_host()).open()
         conn.execute(lambda c: c.defineXML(
             f"<domain type='test'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>1"
-            "</vcpu><os><type>hvm</type></os><devices><graphics type='spice' port='5930'"
+            f"</vcpu><os><type>hvm</type></os><devices><graphics type='spice' port='{spice.port}'"
             " autoport='no' listen='127.0.0.1'/></devices></domain>"))
     host = FakeLGHost(shm).start()
     run_as = "nobody" if os.geteuid() == 0 else None
     yield name, conn, store, client, run_as, tmp_path / "lg-logs"
     host.stop()
+    spice.close()
     with guard.allowed():
         conn.close()
     shm.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from vm_manager.core.looking_glass import (
 )
 from vm_manager.passthrough.lg_client import build_argv, client_release
 from vm_manager.passthrough.lgmp import read_header, wait_for_host
-from support.fakes import FakeDomain, FakeLGHost
+from support.fakes import FakeDomain, FakeLGHost, FakeSpiceServer
 
 FAKE = Path(__file__).parent / "bin" / "looking-glass-client"
 AS_ROOT = os.geteuid() == 0
@@ -285,8 +285,11 @@ def test_crash_restarts_with_backoff_then_gives_up(lg):
     assert len(restarts) == 2
     assert "restarting in 0.05 s" in restarts[0].reason
     assert "restarting in 0.1 s" in restarts[1].reason
+    assert "exit status -6" in restarts[0].reason  # B7's crash handler aborts: SIGABRT
     reason = manager.reason("vm1")
-    assert "failed 3 times" in reason and "Crash" in reason
+    assert "failed 3 times" in reason and "==== FATAL CRASH (B7) ====" in reason
+    assert "signal 11 (Segmentation fault)" in reason and "[trace]" not in reason
+    assert not (manager.log_dir / "vm1.pid").exists()  # the client is gone: so is its pid file
 
 
 def test_crash_then_recovery(lg):
@@ -412,7 +415,8 @@ def test_spice_port_is_read_from_the_live_domain(make_host, tmp_path):
     with LibvirtConnection(uri) as conn:
         conn.execute(lambda c: c.defineXML(xml))
         manager = LookingGlassManager(client=FAKE, log_dir=tmp_path, connection=conn)
-        assert manager._spice_port("sp") == 5930
+        config, note = manager._with_spice("sp", LGClientConfig("sp"))
+        assert config.spice and config.spice_port == 5930 and note == ""
 
 
 def test_every_state_is_told_in_order_before_it_can_be_seen(lg, shared):
@@ -433,3 +437,173 @@ def test_every_state_is_told_in_order_before_it_can_be_seen(lg, shared):
     assert manager.wait_for_state("vm1", {LGState.ERROR}, 10) == LGState.ERROR
     assert heard == [LGState.WAITING, LGState.ERROR]  # told before wait_for_state saw it
     assert "not running in the guest" in manager.reason("vm1")
+
+
+
+# --- what a B7 client does when it ends, starts without SPICE, or loses its host (issue 13) --
+
+def b7(*lines: str) -> list[str]:
+    """Log lines in B7's format (common/src/debug.c)."""
+    out = []
+    for n, line in enumerate(lines):
+        level, _, text = line.partition(" ")
+        out.append(f"00:00:0{n}.123 [{level}]            main.c:1858 | lg_run"
+                   f"                         | {text}")
+    return out
+
+
+NOISE = ("E context error: Connection refused", "E X11 Error: BadAtom (invalid Atom parameter)")
+
+
+def test_judge_exit_reads_what_a_b7_client_does():
+    from vm_manager.passthrough.lg_client import judge_exit
+
+    waiting = b7("I Looking Glass (B7)", *NOISE, "I The host application seems to not be running",
+                 "I Waiting for the host application to start...")
+    session = waiting + b7("I Guest Information:", "I Version  : B7", "I Starting session")
+    # a healthy start's [E] lines decide nothing: closed while waiting, or in a session
+    assert not judge_exit(255, waiting).failed
+    assert not judge_exit(0, session).failed
+    assert not judge_exit(255, session + b7("I Waiting for the host to restart...")).failed
+    assert judge_exit(255, session).failed  # a session ends with 0
+    crash = judge_exit(-6, session + b7("E ==== FATAL CRASH (B7) ====",
+                                        "E signal 11 (Segmentation fault), address is 0x10",
+                                        "E [trace]: (0) /usr/bin/looking-glass-client(+0x1)"))
+    assert crash.failed and "==== FATAL CRASH (B7) ==== signal 11" in crash.reason
+    assert "[trace]" not in crash.reason
+    assert judge_exit(-9, session).failed and "SIGKILL" in judge_exit(-9, session).reason
+    assert not judge_exit(-15, session).failed
+    spice = judge_exit(255, b7("I Looking Glass (B7)", "E Failed to connect to spice server"),
+                       ("127.0.0.1", 5931))
+    assert spice.failed and "SPICE server at 127.0.0.1:5931" in spice.reason
+    shm = judge_exit(255, b7("E Failed to open: /dev/shm/looking-glass-w", "E Permission denied"))
+    assert shm.failed and "Failed to open: /dev/shm/looking-glass-w" in shm.reason
+    lost = judge_exit(0, session + b7("E failed to process spice messages"), ("127.0.0.1", 5))
+    assert lost.failed and "SPICE" in lost.reason
+
+
+def test_closing_the_window_while_waiting_is_a_quit_despite_the_noise(lg):
+    """A healthy B7 start logs [E] lines (PulseAudio, BadAtom); closed before the host
+    connected it exits 255. That is the user's quit: no restart (was: restarted)."""
+    make, shm, record, script = lg
+    script.write_text("quit-early\n")
+    manager = make()
+    seen = changes_of(manager)
+    host = FakeLGHost(shm).start()
+    try:
+        manager.start("vm1", config(shm))
+        assert manager.wait_for_state("vm1", {LGState.STOPPED}, 10) == LGState.STOPPED
+        time.sleep(0.3)  # a wrongly scheduled restart (backoff 0.05 s) would show by now
+    finally:
+        host.stop()
+    assert "[E]" in manager.log_path("vm1").read_text()  # the noise was there
+    assert LGState.RESTARTING not in [c.new for c in seen]
+    assert len(recorded(record)) == 1
+
+
+def test_sigterm_from_outside_during_a_session_is_a_quit(lg):
+    make, shm, record, _ = lg
+    manager = make()
+    host = FakeLGHost(shm).start()
+    try:
+        manager.start("vm1", config(shm))
+        assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+        deadline = time.monotonic() + 10
+        while "Starting session" not in manager.log_path("vm1").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process = manager._clients["vm1"].process
+        process.send_signal(signal.SIGTERM)  # e.g. the desktop's session ending
+        assert manager.wait_for_state("vm1", {LGState.STOPPED}, 10) == LGState.STOPPED
+    finally:
+        host.stop()
+    assert process.returncode == 0 and len(recorded(record)) == 1
+
+
+def test_the_host_app_stopping_is_told_from_the_heartbeat_and_the_window_stays(lg):
+    """B7 keeps its window when the guest's host app goes (`Waiting for the host to
+    restart...`) and starts a session again when it returns: the manager says host-stopped
+    (from the header, not the log), then running, and never restarts the client."""
+    make, shm, record, _ = lg
+    manager = make()
+    seen = changes_of(manager)
+    host = FakeLGHost(shm).start()
+    try:
+        manager.start("vm1", config(shm))
+        assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+        pid = manager._clients["vm1"].process.pid
+        host.stop()  # Windows shut down inside, or the host app quit
+        assert manager.wait_for_state("vm1", {LGState.HOST_STOPPED}, 10) == \
+            LGState.HOST_STOPPED, manager.reason("vm1")
+        assert "host application stopped" in manager.reason("vm1")
+        host.start(new_session=True)  # it is back, with a new session id
+        assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+        assert manager._clients["vm1"].process.pid == pid  # the same window
+        deadline = time.monotonic() + 10
+        while manager.log_path("vm1").read_text().count("Starting session") < 2:
+            assert time.monotonic() < deadline, manager.log_path("vm1").read_text()
+            time.sleep(0.05)
+        assert "Waiting for the host to restart..." in manager.log_path("vm1").read_text()
+        manager.stop("vm1")
+    finally:
+        host.stop()
+    states = [c.new for c in seen]
+    assert states.count(LGState.STARTING) == 1 and LGState.RESTARTING not in states
+    assert states.index(LGState.HOST_STOPPED) < len(states) - 1
+    assert not (manager.log_dir / "vm1.pid").exists()
+
+
+def test_an_unreachable_spice_port_is_named_in_the_error(lg):
+    """B7 connects to SPICE before anything else and exits 255 at once without it."""
+    make, shm, _, _ = lg
+    with FakeSpiceServer() as spice:
+        port = spice.port  # closed below: nothing listens there any more
+    manager = make(max_failures=2)
+    host = FakeLGHost(shm).start()
+    try:
+        manager.start("vm1", LGClientConfig("vm1", shm_path=shm, spice_port=port))
+        assert manager.wait_for_state("vm1", {LGState.ERROR}, 20) == LGState.ERROR
+    finally:
+        host.stop()
+    reason = manager.reason("vm1")
+    assert f"SPICE server at 127.0.0.1:{port}" in reason, reason
+    assert "Failed to connect to spice server" in manager.log_path("vm1").read_text()
+
+
+def test_a_session_with_spice(lg):
+    make, shm, record, _ = lg
+    manager = make()
+    host = FakeLGHost(shm).start()
+    try:
+        with FakeSpiceServer() as spice:
+            manager.start("vm1", LGClientConfig("vm1", shm_path=shm, spice_port=spice.port))
+            assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+            assert len(spice.connections) == 1
+            manager.stop("vm1")
+    finally:
+        host.stop()
+    assert f"spice:port={spice.port}" in recorded(record)[-1]
+
+
+def test_a_vm_without_spice_graphics_is_shown_without_spice(lg, make_host):
+    """Allowed with spice:enable=no, and the user is told what that leaves out (was: an
+    error, 'the SPICE port is unknown'). A VM with SPICE keeps it."""
+    make, shm, record, _ = lg
+    uri = make_host()
+    plain = ("<domain type='test'><name>vm1</name><memory unit='MiB'>512</memory><vcpu>1"
+             "</vcpu><os><type>hvm</type></os><devices/></domain>")
+    with LibvirtConnection(uri) as conn:
+        conn.execute(lambda c: c.defineXML(plain))
+        manager = make(connection=conn)
+        seen = changes_of(manager)
+        host = FakeLGHost(shm).start()
+        try:
+            manager.start("vm1", LGClientConfig("vm1", shm_path=shm))
+            assert manager.wait_for_state("vm1", {LGState.RUNNING, LGState.ERROR}, 10) == \
+                LGState.RUNNING, manager.reason("vm1")
+            manager.stop("vm1")
+        finally:
+            host.stop()
+    assert "spice:enable=no" in recorded(record)[-1]
+    starting = next(c.reason for c in seen if c.new == LGState.STARTING)
+    assert "no SPICE graphics" in starting and "keyboard, mouse and clipboard" in starting

@@ -19,10 +19,11 @@ def domain_xml(
     serial_log: Path,
     memory_mb: int = 256,
     domain_type: str = "qemu",
+    spice: bool = False,
 ) -> str:
     """A libvirt domain for the tiny guest: direct kernel boot, no disk, no NIC, ACPI on,
-    the serial console written to ``serial_log``. Built with ElementTree: every value is
-    escaped."""
+    the serial console written to ``serial_log``; ``spice``: QEMU's SPICE server on
+    127.0.0.1, port chosen by libvirt. Built with ElementTree: every value is escaped."""
     domain = ET.Element("domain", type=domain_type)
     ET.SubElement(domain, "name").text = name
     ET.SubElement(domain, "memory", unit="MiB").text = str(memory_mb)
@@ -41,6 +42,8 @@ def domain_xml(
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=str(serial_log), append="on")
     ET.SubElement(serial, "target", port="0")
+    if spice:
+        ET.SubElement(devices, "graphics", type="spice", autoport="yes", listen="127.0.0.1")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
 

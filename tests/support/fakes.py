@@ -251,8 +251,15 @@ class FakeLGHost:
             handle.seek(0)
             handle.write(header)
 
-    def start(self) -> FakeLGHost:
+    def start(self, new_session: bool = False) -> FakeLGHost:
+        """Beat every 10 ms; ``new_session``: as a restarted host app, with a new id."""
         import threading
+
+        if new_session:
+            self.session = int.from_bytes(os.urandom(4), "little")
+            with open(self.path, "r+b") as handle:
+                handle.seek(8)
+                handle.write(self._struct.pack("<I", self.session))
 
         def beat() -> None:
             tick = 1
@@ -273,3 +280,45 @@ class FakeLGHost:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+class FakeSpiceServer:
+    """A TCP listener where the VM's SPICE server would be: it takes connections and holds
+    them (the client only needs the port to answer); ``close`` drops them all, as QEMU does
+    when the VM goes."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.connections: list = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        self._thread.join(5)
+        for connection in self.connections:
+            connection.close()
+
+    def __enter__(self) -> FakeSpiceServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -8,9 +8,13 @@ or stays paused (``LookingGlassManager.follow``, set up once per ``Context``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ..core.log import get_logger
 from .context import Context
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from ..core.looking_glass import LGClientConfig, LGState, LookingGlassManager
@@ -64,7 +68,6 @@ class DisplaySession:
 def config_for(ctx: Context, name: str) -> LGClientConfig:
     """The client config of a VM with Looking Glass; ``InvalidConfig`` for one without."""
     from ..core.errors import InvalidConfig
-    from ..core.looking_glass import display_config
 
     config = display_config(name, ctx.store, ctx.connection, ctx.host_root, ctx.shm_dir)
     if config is None:
@@ -106,3 +109,36 @@ def close_display(ctx: Context, name: str) -> bool:
         manager.stop(name)
         return True
     return stop_by_pid_file(name)
+
+
+def display_config(vm_name: str, store=None, connection=None,
+                   root: Path | str | None = None,
+                   shm_dir: Path | str | None = None) -> LGClientConfig | None:
+    """The client config for a VM that has Looking Glass (from its saved settings, or its
+    domain's ``looking-glass-<vm>`` shmem device); None when it has none."""
+    from ..passthrough.ivshmem import SHM_DIR, kvmfr_device, shm_name, shm_path
+    from ..core.errors import LookingGlassError, StoreError
+    from ..core.looking_glass import LGClientConfig
+
+    shared = shm_path(vm_name, Path(shm_dir) if shm_dir else SHM_DIR)
+    settings = None
+    if store is not None:
+        try:
+            settings = store.load(vm_name)
+        except StoreError as error:
+            log.warning("%s", error)
+    if settings is not None and settings.looking_glass.enabled:
+        if settings.looking_glass.use_kvmfr:
+            device = kvmfr_device(root or "/")
+            if device is None:
+                raise LookingGlassError(f"{vm_name} uses KVMFR but /dev/kvmfr0 is missing: load"
+                                        " the module (modprobe kvmfr static_size_mb=N)")
+            return LGClientConfig(vm_name, shm_path=device)
+        return LGClientConfig(vm_name, shm_path=shared)
+    if connection is not None:
+        from ..core.domain_xml import read_domain
+
+        xml = connection.execute(lambda conn: connection.lookup(conn, vm_name).XMLDesc(0))
+        if read_domain(xml).shmem(shm_name(vm_name)) is not None:
+            return LGClientConfig(vm_name, shm_path=shared)
+    return None

@@ -8,10 +8,15 @@ the guest's LGMP header in ``passthrough.lgmp``. This module supervises:
 - The client refuses to run as root; as root, the manager runs it as the desktop user.
 - It starts once the guest's host application is live in the shared memory
   (``lgmp.wait_for_host``).
-- The client's output goes to a per-VM log file, never to a pipe. A client that exits with
-  an error is restarted with backoff (1, 2, 4, 8 s) and given up after N failures in a
-  window. Exit 0 (the user closed it) is not restarted; neither is exit 255 with no error in
-  its log (a user closing the window before the host connected exits 255 too).
+- The client's output goes to a per-VM log file, never to a pipe. Crash, failure or quit
+  is judged from what a B7 client does (``lg_client.judge_exit``: exit status, signal, the
+  FATAL CRASH and start-up lines, never "[E]" lines as such); a crash or failure is
+  restarted with backoff (1, 2, 4, 8 s) and given up after N in a window.
+- While it runs, the guest's heartbeat in the header says whether the host app is there:
+  "host-stopped" when it stops (the client keeps its window and waits), "running" again when
+  it beats.
+- A VM without SPICE graphics is shown with ``spice:enable=no``, and the user is told that
+  keyboard, mouse and clipboard then do not reach the guest.
 - Stopping is SIGTERM, then SIGKILL after a timeout (a client stuck on a silent SPICE port
   ignores SIGTERM). SIGUSR1 kills the client, so nothing here sends it; fullscreen at runtime
   is the escape key + F inside the client, or a restart with the other ``win:fullScreen``.
@@ -32,26 +37,30 @@ from typing import Callable
 
 from ..passthrough.lg_client import (
     LGClientConfig, as_user, build_argv, client_release, default_log_dir, find_client,
-    is_failure, release_note, user_id, stop_by_pid_file,
+    judge_exit, read_log_tail, release_note, user_id, stop_by_pid_file,
 )
-from ..passthrough.lgmp import HostHeader, wait_for_host
+from ..passthrough.lgmp import Heartbeat, HostHeader, wait_for_host
 from .errors import LookingGlassError, OperationTimedOut, VMManagerError
 from .store import private_folder
 from .primitives import Subscribers, VMState, validate_name
 from .log import get_logger
 
 __all__ = ["LGClientConfig", "LGState", "LGStateChange", "LookingGlassError",
-           "LookingGlassManager", "display_config", "get_looking_glass_manager",
+           "LookingGlassManager", "get_looking_glass_manager",
            "stop_by_pid_file"]
 
 log = get_logger(__name__)
 WAITING = "waiting for the guest's host application"
+NO_SPICE = ("this VM has no SPICE graphics: the window shows the guest, but keyboard, mouse"
+            " and clipboard do not reach it (they go through SPICE); add SPICE graphics to"
+            " the VM to use them")
 
 class LGState(str, Enum):
     STOPPED = "stopped"
     WAITING = "waiting-for-host"
     STARTING = "starting"
     RUNNING = "running"
+    HOST_STOPPED = "host-stopped"  # the window is open, the guest's host app is gone
     RESTARTING = "restarting"
     ERROR = "error"
 
@@ -79,6 +88,7 @@ class _Client:
     restart_now: bool = False
     failures: list[float] = field(default_factory=list)
     host: HostHeader | None = None
+    note: str = ""  # said with every start (a VM without SPICE)
 
 
 class LookingGlassManager:
@@ -108,6 +118,7 @@ class LookingGlassManager:
         self.stop_timeout = stop_timeout
         self.host_timeout = host_timeout
         self.settle = settle
+        self.heartbeat_interval = 0.25
         self.connection = connection
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -192,15 +203,13 @@ class LookingGlassManager:
             raise LookingGlassError(
                 "the Looking Glass client refuses to run as root: run `neuron-vm display"
                 f" {vm_name}` as your desktop user, or give that user (--user NAME, not root)")
-        config = config or LGClientConfig(vm_name)
-        if config.spice and config.spice_port is None:
-            config = replace(config, spice_port=self._spice_port(vm_name))
+        config, note = self._with_spice(vm_name, config or LGClientConfig(vm_name))
         build_argv(self.client, config, self.release)  # a bad setting fails here, not later
         with self._lock:
             entry = self._clients.get(vm_name)
             if entry is not None and entry.thread is not None and entry.thread.is_alive():
                 return  # already supervised
-            entry = _Client(config)
+            entry = _Client(config, note=note)
             self._clients[vm_name] = entry
             entry.thread = threading.Thread(target=self._supervise, args=(vm_name, entry),
                                             name=f"looking-glass {vm_name}", daemon=True)
@@ -260,39 +269,61 @@ class LookingGlassManager:
                     break
                 self._set(vm_name, LGState.ERROR, str(error))
                 return
-            note = self._release_note(vm_name, entry)
+            note = self._release_note(vm_name, entry) + (f"; {entry.note}" if entry.note else "")
             self._set(vm_name, LGState.STARTING, f"starting {self.client.name}{note}")
             offset = self._launch(vm_name, entry)
-            try:  # "running" once it survived its start (a bad option exits at once)
-                code = entry.process.wait(self.settle)
-            except subprocess.TimeoutExpired:
-                self._set(vm_name, LGState.RUNNING, f"pid {entry.process.pid}")
-                code = entry.process.wait()
+            code = self._watch(vm_name, entry)
+            (self.log_dir / f"{vm_name}.pid").unlink(missing_ok=True)  # it is gone
             with self._lock:
                 restart_now, entry.restart_now = entry.restart_now, False
             if entry.cancel.is_set():
                 break
             if restart_now:
                 continue  # fullscreen toggle: not a failure
-            tail = self._log_tail(vm_name, offset)
-            if not is_failure(code, tail):
-                self._set(vm_name, LGState.STOPPED, "closed by the user")
+            config = entry.config
+            ended = judge_exit(code, read_log_tail(self.log_path(vm_name), offset),
+                               (config.spice_host, config.spice_port) if config.spice else None)
+            if not ended.failed:
+                self._set(vm_name, LGState.STOPPED, ended.reason)
                 return
             now = time.monotonic()
             entry.failures = [t for t in entry.failures if now - t <= self.failure_window]
             entry.failures.append(now)
-            last_lines = " | ".join(tail[-3:]) or f"exit status {code}"
             if len(entry.failures) >= self.max_failures:
                 self._set(vm_name, LGState.ERROR,
                           f"the client failed {len(entry.failures)} times in"
-                          f" {self.failure_window:.0f} s; last lines: {last_lines}")
+                          f" {self.failure_window:.0f} s; last: {ended.reason}")
                 return
             delay = self.backoff[min(len(entry.failures), len(self.backoff)) - 1]
             self._set(vm_name, LGState.RESTARTING,
-                      f"exit status {code}; restarting in {delay:g} s ({last_lines})")
+                      f"exit status {code}; restarting in {delay:g} s ({ended.reason})")
             if entry.cancel.wait(delay):
                 break
         self._set(vm_name, LGState.STOPPED, "stopped")
+
+    def _watch(self, vm_name: str, entry: _Client) -> int:
+        """Wait for the client to exit (its exit status); "running" once it survived its
+        start (a bad option exits at once). Meanwhile the header's heartbeat, which has no
+        change notification, is read every ``heartbeat_interval`` s: the only periodic read
+        of a session, and it stops with the client."""
+        process = entry.process
+        try:
+            return process.wait(self.settle)
+        except subprocess.TimeoutExpired:
+            self._set(vm_name, LGState.RUNNING, f"pid {process.pid}")
+        beat = Heartbeat(entry.config.shm_path)
+        while True:
+            try:
+                return process.wait(self.heartbeat_interval)
+            except subprocess.TimeoutExpired:
+                pass
+            alive, state = beat.alive(), self.get_state(vm_name)
+            if not alive and state == LGState.RUNNING:
+                self._set(vm_name, LGState.HOST_STOPPED,
+                          "the guest's host application stopped (Windows shut down or"
+                          " restarted, or the host app quit); the window waits for it")
+            elif alive and state == LGState.HOST_STOPPED:
+                self._set(vm_name, LGState.RUNNING, "the guest's host application is back")
 
     def _launch(self, vm_name: str, entry: _Client) -> int:
         argv = build_argv(self.client, entry.config, self.release)
@@ -322,15 +353,6 @@ class LookingGlassManager:
         except ProcessLookupError:
             pass
 
-    def _log_tail(self, vm_name: str, offset: int, lines: int = 20) -> list[str]:
-        try:
-            with open(self.log_path(vm_name), "rb") as handle:
-                handle.seek(offset)
-                text = handle.read().decode(errors="replace")
-        except OSError:
-            return []
-        return [line for line in text.splitlines() if line and not line.startswith("---")][-lines:]
-
     def _release_note(self, vm_name: str, entry: _Client) -> str:
         """For the "starting" line: a release mismatch, or (once) an unknown release."""
         note = release_note(entry.host.host_release if entry.host else None, self.release,
@@ -344,14 +366,19 @@ class LookingGlassManager:
         """Whose rights the client runs with (None: this process's)."""
         return self.run_as if (self.run_as is not None and os.geteuid() == 0) else None
 
-    def _spice_port(self, vm_name: str) -> int | None:
-        if self.connection is None:
-            return None
+    def _with_spice(self, vm_name: str, config: LGClientConfig) -> tuple[LGClientConfig, str]:
+        """The config with the VM's live SPICE port, or with SPICE off (and what that
+        means, for the user) when the VM has no SPICE graphics at all."""
+        if not config.spice or config.spice_port is not None or self.connection is None:
+            return config, ""
         from .domain_xml import read_domain
 
-        xml = self.connection.execute(
-            lambda conn: self.connection.lookup(conn, vm_name).XMLDesc(0))
-        return read_domain(xml).spice_port
+        info = read_domain(self.connection.execute(
+            lambda conn: self.connection.lookup(conn, vm_name).XMLDesc(0)))
+        if not any(graphics.type == "spice" for graphics in info.graphics):
+            log.warning("%s: %s", vm_name, NO_SPICE)
+            return replace(config, spice=False), NO_SPICE
+        return replace(config, spice_port=info.spice_port), ""
 
     # --- tie to the VM lifecycle ------------------------------------------------------------
 
@@ -403,35 +430,3 @@ def get_looking_glass_manager() -> LookingGlassManager:
     if _manager is None:
         _manager = LookingGlassManager()
     return _manager
-
-
-def display_config(vm_name: str, store=None, connection=None,
-                   root: Path | str | None = None,
-                   shm_dir: Path | str | None = None) -> LGClientConfig | None:
-    """The client config for a VM that has Looking Glass (from its saved settings, or its
-    domain's ``looking-glass-<vm>`` shmem device); None when it has none."""
-    from ..passthrough.ivshmem import SHM_DIR, kvmfr_device, shm_name, shm_path
-    from .errors import StoreError
-
-    shared = shm_path(vm_name, Path(shm_dir) if shm_dir else SHM_DIR)
-    settings = None
-    if store is not None:
-        try:
-            settings = store.load(vm_name)
-        except StoreError as error:
-            log.warning("%s", error)
-    if settings is not None and settings.looking_glass.enabled:
-        if settings.looking_glass.use_kvmfr:
-            device = kvmfr_device(root or "/")
-            if device is None:
-                raise LookingGlassError(f"{vm_name} uses KVMFR but /dev/kvmfr0 is missing: load"
-                                        " the module (modprobe kvmfr static_size_mb=N)")
-            return LGClientConfig(vm_name, shm_path=device)
-        return LGClientConfig(vm_name, shm_path=shared)
-    if connection is not None:
-        from .domain_xml import read_domain
-
-        xml = connection.execute(lambda conn: connection.lookup(conn, vm_name).XMLDesc(0))
-        if read_domain(xml).shmem(shm_name(vm_name)) is not None:
-            return LGClientConfig(vm_name, shm_path=shared)
-    return None

@@ -159,19 +159,96 @@ def build_argv(client: Path | str, config: LGClientConfig, release: str | None) 
 
 
 # --- the client's exit -----------------------------------------------------------------------
+# What a B7 client does when it ends (DESIGN.md 4.1, and B7's client/src/main.c): the user
+# closing the window, or SIGTERM/SIGINT, exits 0 in a session and 255 while it waits for
+# the host; a crash logs "==== FATAL CRASH (B7) ====" and aborts (-6); a start-up failure
+# logs one of the lines below and exits 255. Other "[E]" lines (PulseAudio unreachable, X11
+# BadAtom) come with healthy sessions too and decide nothing.
 
-ERROR_MARKERS = ("[E]", "[C]", "Failed", "failed", "Invalid", "Crash", "crash",
-                 "Do not run looking glass as root", "No display servers", "Segmentation")
+FATAL_CRASH = "==== FATAL CRASH"
+SPICE_FAILED = "Failed to connect to spice server"
+SPICE_LOST = "failed to process spice messages"  # then B7 shuts down, exit 0
+STARTUP_FAILURES = (  # logged right before lg_run() returns -1
+    "Do not run looking glass as root", "Do not run looking glass as setuid",
+    "No display servers available", "Subsystem early init failed", "Failed to open:",
+    "Failed to stat:", "Failed to get the device size", "Failed to map",
+    "Invalid path to the ivshmem file", SPICE_FAILED, "spice create thread failed",
+    "Forced renderer failed", "Unable to find a suitable renderer",
+    "Failed to initialize the displayserver backend", "render create thread failed",
+    "lgmpClientInit Failed", "lgmpClientSessionInit Failed", "failed to create the",
+)
+SESSION_STARTED = "Starting session"
+SESSION_LOST = "Waiting for the host to restart..."
+_LINE = re.compile(r"^\S+ \[(?P<level>[IWETF!])\] .*? \| .*? \| (?P<message>.*)$")
 
 
-def is_failure(code: int, tail: list[str]) -> bool:
-    """Exit 0 is a normal quit. Exit 255 is a quit too when nothing in the log says error
-    (the window closed before the host connected); a signal or an error line is a crash."""
-    if code == 0:
-        return False
+@dataclass(frozen=True)
+class ClientExit:
+    """How one run of the client ended: ``failed`` (restart it) or a normal quit."""
+
+    failed: bool
+    reason: str
+
+
+def read_log_tail(path: Path, offset: int, lines: int = 40) -> list[str]:
+    """The last ``lines`` lines the client wrote to its log since ``offset`` (our own
+    ``---`` launch lines left out)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line and not line.startswith("---")][-lines:]
+
+
+def log_messages(lines: list[str]) -> list[tuple[str, str]]:
+    """(level, message) of each line in the client's log format (``00:00:01.234 [E]
+    file.c:12 | function | message``); other lines are ("", line)."""
+    out = []
+    for line in lines:
+        match = _LINE.match(line.strip())
+        out.append((match["level"], match["message"].strip()) if match else ("", line.strip()))
+    return out
+
+
+def judge_exit(code: int, tail: list[str], spice: tuple[str, int] | None = None) -> ClientExit:
+    """Crash, failure or quit, from the exit status, the signal and the lines a B7 client
+    writes for each (never from "[E]" lines as such). ``spice``: where it was told to
+    connect, for the reason when it could not."""
+    messages = [message for _, message in log_messages(tail)]
+
+    def first(*needles: str) -> str | None:
+        return next((m for m in messages if any(n in m for n in needles)), None)
+
+    where = f" at {spice[0]}:{spice[1]}" if spice else ""
+    crash = first(FATAL_CRASH)
+    if crash is not None:
+        after = messages[messages.index(crash) + 1:]
+        detail = after[0] if after and after[0].startswith("signal ") else ""
+        return ClientExit(True, f"the client crashed: {crash}" + (f" {detail}" if detail else ""))
     if code < 0:
-        return True
-    return any(marker in line for line in tail for marker in ERROR_MARKERS)
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        if -code in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            return ClientExit(False, f"closed by {name}")
+        return ClientExit(True, f"the client was killed by {name}")
+    if first(SPICE_FAILED):
+        return ClientExit(True, f"the client could not connect to the VM's SPICE server{where}"
+                                " (it needs SPICE before it shows anything; is the VM running"
+                                " with SPICE graphics?)")
+    if code == 0:
+        if first(SPICE_LOST):
+            return ClientExit(True, f"the client lost the VM's SPICE server{where}")
+        return ClientExit(False, "closed by the user")
+    failure = first(*STARTUP_FAILURES)
+    if failure is not None:
+        return ClientExit(True, f"the client could not start: {failure}")
+    markers = [m for m in messages if m in (SESSION_STARTED, SESSION_LOST)]
+    if markers and markers[-1] == SESSION_STARTED:  # a session ends with 0, not this
+        errors = [message for level, message in log_messages(tail) if level == "E"]
+        return ClientExit(True, f"the client exited with status {code} during a session"
+                                + (f" (last error: {errors[-1]})" if errors else ""))
+    return ClientExit(False, "closed by the user")  # 255 while waiting: the window closed
 
 
 # --- the client as a process of the desktop user ------------------------------------------------

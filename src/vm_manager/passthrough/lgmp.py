@@ -85,3 +85,31 @@ def wait_for_host(path: Path, timeout: float, cancel: threading.Event | None = N
                 " Windows service)")
         if cancel.wait(interval):
             raise LookingGlassError("cancelled while waiting for the guest's host application")
+
+
+HOST_SILENCE = 1.0  # the client itself gives up on a session after 1000 ms without a beat
+
+
+class Heartbeat:
+    """Is the guest's host application still beating? Its (session id, timestamp) changed
+    within ``silence`` seconds. Only the header tells: the client's log says it later, and
+    not at all while the window is busy. Read-only, like everything here."""
+
+    def __init__(self, path: Path | str, silence: float = HOST_SILENCE,
+                 clock=time.monotonic):
+        self.path = Path(path)
+        self.silence = silence
+        self._clock = clock
+        self._seen: tuple[int, int] | None = None
+        self._changed_at = clock()
+
+    def alive(self) -> bool:
+        try:
+            header = read_header(self.path)
+        except OSError:
+            header = None
+        now = self._clock()
+        key = (header.session_id, header.timestamp) if header and header.magic_ok else None
+        if key is not None and key != self._seen:
+            self._seen, self._changed_at = key, now
+        return key is not None and now - self._changed_at <= self.silence
