@@ -262,6 +262,7 @@ def test_starts_when_the_host_is_live_and_stops_cleanly(lg):
     finally:
         host.stop()
     assert manager.get_state("vm1") == LGState.STOPPED
+    assert not (manager.log_dir / "vm1.pid").exists()  # a stopped client leaves no pid file
     states = [c.new for c in seen]
     assert LGState.RESTARTING not in states and LGState.ERROR not in states  # our stop
     assert "Looking Glass (B7)" in manager.log_path("vm1").read_text()
