@@ -78,7 +78,10 @@ def test_live_windows11_facts():
     assert info.memory_mib == 8192 and info.vcpus == 4  # the Windows 11 defaults
     assert info.neuronos_type == "windows11" and info.neuronos_template == "windows11-basic"
     assert [(d.device, d.format) for d in info.disks] == [("disk", "qcow2")]
-    assert {c.target_name for c in info.channels} == {"com.redhat.spice.0"}
+    assert {c.target_name for c in info.channels} == {"com.redhat.spice.0",
+                                                      "org.qemu.guest_agent.0"}
+    agent = next(c for c in info.channels if c.target_name == "org.qemu.guest_agent.0")
+    assert agent.type == "unix" and agent.state == "disconnected"  # no agent in the guest yet
 
 
 def test_passthrough_hostdevs_are_the_host_addresses_not_the_guest_ones():

@@ -24,12 +24,22 @@ KEEP = "keep"  # SettingsChange.gpu: leave the GPU as it is
 
 
 @dataclass(frozen=True)
+class SetupSecrets:
+    """An unattended setup's password (and product key): given to one creation, written
+    onto its setup medium only, never saved, logged or shown."""
+
+    password: str = field(repr=False)
+    product_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class CreateRequest:
     config: VMConfig
     template: str | None = None  # e.g. "windows11-passthrough"; default from the config
     force: bool = False  # allow more memory or vCPUs than the host has
     start: bool = False
     usb_later: bool = False  # its USB devices may be plugged in later
+    secrets: SetupSecrets | None = field(default=None, repr=False)  # unattended setup
 
 
 @dataclass
@@ -41,6 +51,20 @@ class CreateOutcome:
         data = self.result.to_dict()
         data["started"] = self.started.to_dict() if self.started else None
         return data
+
+
+def host_locale(environ: dict | None = None) -> str:
+    """The desktop's language as Windows names it (``LANG=de_DE.UTF-8`` -> ``de-DE``);
+    en-US when it names none."""
+    import os
+    import re
+
+    env = os.environ if environ is None else environ
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        match = re.match(r"([a-z]{2,3})_([A-Z]{2})", env.get(name) or "")
+        if match:
+            return f"{match.group(1)}-{match.group(2)}"
+    return "en-US"
 
 
 def parse_template(text: str) -> tuple[str, str | None]:
@@ -79,7 +103,7 @@ def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = Non
     plan = plan or creator.plan(request.config, force=request.force, template=request.template,
                                 usb_later=request.usb_later)
     result = creator.create(request.config, force=request.force, template=request.template,
-                            progress=progress, plan=plan)
+                            progress=progress, plan=plan, secrets=request.secrets)
     started = ctx.lifecycle.start(result.name) if request.start else None
     return CreateOutcome(result, started)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 
 from .output import (
     EXIT_FAILED,
@@ -23,8 +24,14 @@ FLAG_FOR_FIELD = {
     "initrd_path": "--initrd", "kernel_cmdline": "--cmdline",
     "serial_log_path": "--serial-log", "looking_glass.enabled": "--looking-glass",
     "looking_glass.width": "--resolution", "looking_glass.height": "--resolution",
-    "gpu.rom_file": "--gpu-rom",
+    "gpu.rom_file": "--gpu-rom", "unattended": "--unattended", "unattended.user": "--user",
+    "unattended.locale": "--locale", "unattended.keyboard": "--keyboard",
+    "unattended.timezone": "--timezone", "unattended.edition": "--edition",
+    "unattended.lg_host_installer": "--lg-host-installer",
+    "unattended.lg_host_release": "--lg-host-release", "password": "--password-file",
 }
+SETUP_FLAGS = ("user", "password_file", "locale", "keyboard", "timezone", "edition",
+               "product_key", "lg_host_installer", "lg_host_release", "bypass_hardware_checks")
 
 
 def register(commands, common, subcommand) -> None:
@@ -69,6 +76,7 @@ def register(commands, common, subcommand) -> None:
     create.add_argument("--print-xml", action="store_true",
                         help="print the domain XML and change nothing")
     create.add_argument("--start", action="store_true", help="start the VM once created")
+    _setup_options(create)
     create.set_defaults(run=cmd_create)
 
     configure = commands.add_parser(
@@ -114,6 +122,91 @@ def _gpu_options(parser) -> None:
                         help="single-GPU mode: allow the GPU the host boots on")
     parser.add_argument("--nvidia-compat", action="store_true",
                         help="hide KVM and set a Hyper-V vendor id (old NVIDIA drivers)")
+
+
+def _setup_options(parser) -> None:
+    setup = parser.add_argument_group(
+        "unattended setup", "Install Windows without questions: an answer file, the virtio"
+        " drivers and the first-logon steps (guest tools, the Looking Glass host) on a setup"
+        " medium next to the disk; TPM and Secure Boot stay on.")
+    setup.add_argument("--unattended", action="store_true",
+                       help="set the guest up without questions (needs --iso, --virtio-iso)")
+    setup.add_argument("--user", metavar="NAME", help="the Windows account (default: user)")
+    setup.add_argument("--password-file", metavar="F",
+                       help="the account's password, in a file only you can read (default:"
+                       " asked on the terminal)")
+    setup.add_argument("--locale", metavar="xx-YY", help="language and formats (default: the"
+                       " desktop's, e.g. en-US)")
+    setup.add_argument("--keyboard", metavar="LAYOUT", help="e.g. de-DE (default: the locale's)")
+    setup.add_argument("--timezone", metavar="TZ",
+                       help="a Windows time zone name (default: UTC)")
+    setup.add_argument("--edition", metavar="NAME", help='e.g. "Windows 11 Pro" (default)')
+    setup.add_argument("--product-key", metavar="KEY", help="XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
+    setup.add_argument("--lg-host-installer", metavar="PATH",
+                       help="the Looking Glass host installer (.exe or its .zip), the"
+                       " release of your client")
+    setup.add_argument("--lg-host-release", metavar="B7",
+                       help="its release, when its file name does not say")
+    setup.add_argument("--bypass-hardware-checks", action="store_true",
+                       help="skip Windows 11's TPM/Secure Boot/RAM checks (hosts without"
+                       " swtpm only)")
+
+
+def unattended_from_args(args: argparse.Namespace) -> dict | None:
+    """The unattended settings the flags give (None without --unattended)."""
+    from ..actions.create import host_locale
+    from ..core.errors import InvalidConfig
+
+    given = [name for name in SETUP_FLAGS if getattr(args, name, None)]
+    if not args.unattended:
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise InvalidConfig(flag, "goes with --unattended")
+        return None
+    data = {"user": args.user, "locale": args.locale or host_locale(),
+            "keyboard": args.keyboard, "timezone": args.timezone, "edition": args.edition,
+            "lg_host_installer": args.lg_host_installer,
+            "lg_host_release": args.lg_host_release,
+            "bypass_hardware_checks": args.bypass_hardware_checks}
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def read_secrets(ctx: CommandContext):
+    """The password from --password-file, or asked twice on the terminal; the product key."""
+    import getpass
+    import os
+    import re
+    import stat
+
+    from ..actions.create import SetupSecrets
+    from ..core.errors import InvalidConfig
+
+    args = ctx.args
+    key = args.product_key
+    if key is not None and not re.fullmatch(r"[A-Z0-9]{5}(-[A-Z0-9]{5}){4}", key.upper()):
+        raise InvalidConfig("--product-key", "expected XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
+    if args.password_file:
+        try:
+            info = os.stat(args.password_file)
+            with open(args.password_file, encoding="utf-8") as handle:
+                password = handle.read(4096).rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InvalidConfig("--password-file", f"cannot read {args.password_file}:"
+                                f" {getattr(error, 'strerror', None) or error}") from None
+        if info.st_mode & stat.S_IROTH:
+            ctx.warn(f"{args.password_file} can be read by every user: chmod 600 it")
+    elif stdin_is_terminal():
+        password = getpass.getpass(f"Password for the Windows account {args.user or 'user'}: ")
+        if getpass.getpass("The same again: ") != password:
+            raise InvalidConfig("password", "the two passwords differ; nothing was made")
+    else:
+        raise InvalidConfig("--password-file", "not on a terminal: give the account's"
+                            " password in a file only you can read")
+    if not password:
+        raise InvalidConfig("--password-file", "the password is empty; Windows setup needs one")
+    if len(password) > 127 or any(ord(ch) < 32 for ch in password):
+        raise InvalidConfig("--password-file", "one line of at most 127 characters, please")
+    return SetupSecrets(password, key.upper() if key else None)
 
 
 @contextlib.contextmanager
@@ -163,7 +256,7 @@ def request_from_args(args: argparse.Namespace):
         "usb_devices": [{"vendor_id": v, "product_id": p} for v, p in usb_ids(args.usb)],
         "looking_glass": looking_glass, "kernel_path": args.kernel,
         "initrd_path": args.initrd, "kernel_cmdline": args.cmdline,
-        "serial_log_path": args.serial_log,
+        "serial_log_path": args.serial_log, "unattended": unattended_from_args(args),
     }
     if args.looking_glass:
         data["display_mode"] = "looking-glass"
@@ -191,10 +284,15 @@ def cmd_create(ctx: CommandContext) -> int:
         if args.print_xml:
             ctx.out.write(create.print_xml(ctx.actions, request))
             return EXIT_OK
+        if request.config.unattended is not None and args.password_file:
+            request = dataclasses.replace(request, secrets=read_secrets(ctx))  # fails early
         plan = create.preview(ctx.actions, request)
     if not ctx.json:
         for line in plan.describe():
             ctx.print(line)
+    if request.config.unattended is not None and request.secrets is None:
+        with flags_in_errors():
+            request = dataclasses.replace(request, secrets=read_secrets(ctx))
 
     def progress(step: str) -> None:
         if not ctx.json:

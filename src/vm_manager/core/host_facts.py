@@ -25,6 +25,7 @@ from .vm_config import HostResources, VMConfig
 from .log import get_logger
 
 if TYPE_CHECKING:
+    from ..guest.windows import InstallerInfo, VirtioInfo
     from ..passthrough.pci import PCISnapshot
 
 log = get_logger(__name__)
@@ -45,6 +46,11 @@ def images_dir(uri: str, environ: dict | None = None) -> Path:
     return SYSTEM_IMAGES_DIR
 
 
+def setup_medium_path(folder: Path, name: str) -> Path:
+    """Where an unattended setup's medium goes (next to the VM's disk)."""
+    return folder / f"{name}-setup.iso"
+
+
 @dataclass(frozen=True)
 class PathFact:
     """What is at a path: ``file``, ``block``, ``dir``, ``other`` (a character device, a
@@ -56,6 +62,16 @@ class PathFact:
     pseudo: bool = False  # it lies in /proc, /sys or /dev (not a file the user keeps)
     parent_writable: bool = False  # a missing file could be made there (a serial log)
     in_use: str | None = None  # a block device the host uses: mounted, or held (LVM, RAID)
+
+
+@dataclass(frozen=True)
+class GuestMediaFacts:
+    """What an unattended setup's media hold (read from the ISOs, never mounted)."""
+
+    installer: InstallerInfo | None = None  # None: the ISO is missing (planning says so)
+    virtio: VirtioInfo | None = None
+    lg_host_release: str | None = None  # of the Looking Glass host installer given
+    lg_client_release: str | None = None  # of this host's client (None: none, or unknown)
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,7 @@ class HostFacts:
     paths: dict[str, PathFact] = field(default_factory=dict)
     networks: frozenset[str] | None = None  # libvirt's network names (None: not read)
     usb_present: frozenset[tuple[str, str]] | None = None  # (vendor, product) plugged in now
+    guest_media: GuestMediaFacts | None = None  # read for an unattended setup
 
     def path(self, path: str | Path) -> PathFact:
         return self.paths.get(str(path), PathFact("missing"))
@@ -106,6 +123,7 @@ def gather_host_facts(
     folder = images or images_dir(connection.uri)
     root = resolve_root(host_root)
     wants_pci = pci if pci is not None else bool(config and config.gpu_passthrough)
+    paths = _path_facts(config, folder, qemu_img) if config is not None else {}
     return HostFacts(
         uri=connection.uri,
         kvm_usable=None if driver == "test" else kvm_caps is not None,
@@ -118,8 +136,41 @@ def gather_host_facts(
         uefi_firmware=uefi_descriptors(root),
         networks=networks,
         usb_present=_usb_present(root) if config is not None and config.usb_devices else None,
-        paths=_path_facts(config, folder, qemu_img) if config is not None else {},
+        paths=paths,
+        guest_media=_guest_media(config, paths) if config and config.unattended else None,
     )
+
+
+def _guest_media(config: VMConfig, paths: dict[str, PathFact]) -> GuestMediaFacts:
+    """Read the installer, the virtio-win ISO and the Looking Glass host installer (an ISO
+    that is not one raises ``InvalidConfig`` on its field)."""
+    from ..guest.windows import inspect_installer, inspect_virtio, lg_host_release
+
+    def usable(path: str | None) -> bool:
+        return bool(path) and paths.get(path, PathFact("missing")).kind == "file"
+
+    setup = config.unattended
+    installer = inspect_installer(config.iso_path) if usable(config.iso_path) else None
+    virtio = (inspect_virtio(config.virtio_iso_path, config.vm_type.value)
+              if usable(config.virtio_iso_path) else None)
+    host_release = client_release = None
+    if setup.lg_host_installer:
+        host_release = lg_host_release(setup.lg_host_installer, setup.lg_host_release)
+    if config.looking_glass.enabled:
+        client_release = _client_release()
+    return GuestMediaFacts(installer, virtio, host_release, client_release)
+
+
+def _client_release() -> str | None:
+    """This host's Looking Glass client release, read as the desktop user (it tells root
+    nothing); None when it is not installed or cannot be read."""
+    from ..passthrough.lg_client import client_release, find_client
+
+    client = find_client()
+    if client is None:
+        return None
+    user = os.environ.get("SUDO_USER") if os.geteuid() == 0 else None
+    return client_release(client, user=user if user and user != "root" else None)
 
 
 def _usb_present(root) -> frozenset[tuple[str, str]]:
@@ -162,6 +213,12 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
         facts[config.disk_path] = replace(kind, format=fmt)
     new_disk = folder / f"{config.name}.qcow2"  # the name is validated: no "/" or ".."
     facts[str(new_disk)] = _kind(new_disk)
+    if config.unattended is not None:
+        medium = setup_medium_path(folder, config.name)
+        facts[str(medium)] = _kind(medium)
+        if config.unattended.lg_host_installer:
+            facts[config.unattended.lg_host_installer] = _kind(
+                Path(config.unattended.lg_host_installer))
     return facts
 
 

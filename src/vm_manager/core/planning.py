@@ -19,6 +19,7 @@ from ..passthrough.ivshmem import shm_name, shm_size_mb
 from ..templates.names import template_name
 from .errors import InvalidConfig
 from .host_facts import INPUT_FILES, HostFacts
+from .setup_plan import SetupPlan, plan_setup
 from .vm_config import DomainType, PCIAddress, VMConfig, VMType
 from .log import get_logger
 
@@ -153,6 +154,7 @@ class CreationPlan:
     images_dir: Path
     context: TemplateContext
     warnings: list[str] = field(default_factory=list)
+    setup: SetupPlan | None = None  # an unattended setup's medium and notes
 
     def describe(self) -> list[str]:
         ctx = self.context
@@ -178,6 +180,8 @@ class CreationPlan:
         if ctx.looking_glass:
             lines.append(f"Looking Glass: /dev/shm/{ctx.looking_glass.shm_name}"
                          f" ({ctx.looking_glass.size_mb} MiB)")
+        if self.setup:
+            lines.extend(self.setup.describe())
         lines.extend(f"warning: {warning}" for warning in self.warnings)
         return lines
 
@@ -229,11 +233,13 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
                         " start until it is (sudo apt install ovmf; Arch: edk2-ovmf)")
     gpu = _plan_gpu(config, facts, warnings)
     disk = _plan_disk(config, facts)
+    setup = None if existing else plan_setup(config, facts, warnings)
     chosen = template or template_name(config.vm_type.value, gpu is not None)
     vm_uuid = vm_uuid or str(uuid_module.uuid4())
-    context = _context(config, chosen, domain_type, vm_uuid, disk, facts, gpu)
+    context = _context(config, chosen, domain_type, vm_uuid, disk, facts, gpu,
+                       setup.medium if setup else None)
     return CreationPlan(config, chosen, domain_type, vm_uuid, disk, facts.images_dir, context,
-                        warnings)
+                        warnings, setup)
 
 
 def _regular_file(field_name: str, path: str, fact) -> None:
@@ -324,7 +330,8 @@ def _hyperv(config: VMConfig, available: frozenset[str] | None) -> tuple[HypervF
 
 
 def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
-             disk: DiskPlan | None, facts: HostFacts, gpu: GPUSpec | None) -> TemplateContext:
+             disk: DiskPlan | None, facts: HostFacts, gpu: GPUSpec | None,
+             setup_medium: str | None = None) -> TemplateContext:
     is_windows = config.vm_type in (VMType.WINDOWS11, VMType.WINDOWS10)
     virtio = config.vm_type is VMType.LINUX or bool(is_windows and config.virtio_iso_path)
     sata_letters = iter("abcdefghijklmnopqrstuvwxy")
@@ -337,7 +344,8 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
             "block" if disk.device else "file",
         )
     cdroms = []
-    for path, boots in ((config.iso_path, True), (config.virtio_iso_path, False)):
+    for path, boots in ((config.iso_path, True), (config.virtio_iso_path, False),
+                        (setup_medium, False)):
         if path:
             cdroms.append(CDROMSpec(path, "sata", f"sd{next(sata_letters)}",
                                     (2 if disk_spec else 1) if boots else None))

@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any
 
 from .errors import InvalidConfig
+from .guest_config import UnattendedConfig, check_account_name  # noqa: F401 (re-exported)
 from .primitives import NAME_PATTERN, NAME_RULE, VMState, validate_name  # noqa: F401 (re-exported)
 from .values import (  # noqa: F401 (PCIAddress, SIZE_RULE, parse_size_mb: re-exported)
     SIZE_RULE,
@@ -31,6 +32,7 @@ from .values import (  # noqa: F401 (PCIAddress, SIZE_RULE, parse_size_mb: re-ex
 )
 
 
+DEFAULT_EDITION = {"windows11": "Windows 11 Pro", "windows10": "Windows 10 Pro"}
 MAX_VCPUS = 512  # well above any desktop; QEMU's q35 limit is higher
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_DISK_GB = 64 * 1024  # 64 TiB
@@ -203,6 +205,7 @@ class VMConfig:
     gpu_passthrough: GPUPassthroughConfig | None = None
     usb_devices: list[USBDeviceConfig] = field(default_factory=list)
     looking_glass: LookingGlassConfig = field(default_factory=LookingGlassConfig)
+    unattended: UnattendedConfig | None = None  # set the guest up without questions
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -260,6 +263,10 @@ class VMConfig:
             )
         elif not isinstance(self.looking_glass, LookingGlassConfig):
             raise InvalidConfig("looking_glass", "expected Looking Glass settings")
+        if isinstance(self.unattended, dict):
+            self.unattended = _from_mapping(UnattendedConfig, self.unattended, "unattended")
+        elif self.unattended is not None and not isinstance(self.unattended, UnattendedConfig):
+            raise InvalidConfig("unattended", "expected unattended setup settings or nothing")
 
     def _apply_defaults(self) -> None:
         default = DEFAULTS[self.vm_type]
@@ -305,6 +312,8 @@ class VMConfig:
                 "looking_glass.enabled",
                 "Looking Glass shows a passed-through GPU's screen; choose a GPU first",
             )
+        if self.unattended is not None:
+            self._validate_unattended()
         seen: set[tuple] = set()
         for usb in self.usb_devices:
             key = (usb.vendor_id, usb.product_id, usb.bus, usb.port)
@@ -313,6 +322,25 @@ class VMConfig:
                     "usb_devices", f"{usb.vendor_id}:{usb.product_id} is listed twice"
                 )
             seen.add(key)
+
+    def _validate_unattended(self) -> None:
+        setup = self.unattended
+        if self.vm_type not in (VMType.WINDOWS11, VMType.WINDOWS10):
+            raise InvalidConfig("unattended", f"unattended setup from an installer is for"
+                                f" Windows; {self.vm_type.label} is not (yet)")
+        if self.iso_path is None:
+            raise InvalidConfig("iso_path", "unattended setup needs the Windows installer ISO")
+        if self.virtio_iso_path is None:
+            raise InvalidConfig("virtio_iso_path", "unattended setup needs the virtio-win ISO:"
+                                " setup loads its disk and network drivers, and installs the"
+                                " guest tools from it")
+        if setup.edition is None:
+            setup.edition = DEFAULT_EDITION[self.vm_type.value]
+        if setup.lg_host_release is not None and setup.lg_host_installer is None:
+            raise InvalidConfig("unattended.lg_host_release", "goes with --lg-host-installer")
+        if setup.lg_host_installer is not None and not self.looking_glass.enabled:
+            raise InvalidConfig("unattended.lg_host_installer", "the Looking Glass host goes"
+                                " with --looking-glass")
 
     def check_host_limits(self, host: HostResources, force: bool = False) -> None:
         """Refuse more memory or vCPUs than the host has, unless ``force``."""

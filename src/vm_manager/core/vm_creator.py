@@ -124,10 +124,12 @@ class VMCreator:
 
     def create(self, config: VMConfig, *, force: bool = False, template: str | None = None,
                progress: Callable[[str], None] | None = None,
-               plan: CreationPlan | None = None, usb_later: bool = False) -> CreationResult:
+               plan: CreationPlan | None = None, usb_later: bool = False,
+               secrets=None) -> CreationResult:
         """Create the VM. ``progress(step)`` is told each step as it starts. ``plan``: one
         this creator just made for ``config`` (shown to the user first), so the checks do
-        not run twice."""
+        not run twice. ``secrets``: the unattended setup's password (``SetupSecrets``),
+        written onto the setup medium only."""
         from ..templates.validator import validate_xml
 
         undo: list[tuple[str, Callable[[], None]]] = []
@@ -144,6 +146,9 @@ class VMCreator:
         if plan is None or plan.config is not config:
             plan = self.plan(config, force=force, template=template,  # InvalidConfig: no harm
                              usb_later=usb_later)
+        if plan.setup is not None and secrets is None:
+            raise InvalidConfig("password", "unattended setup needs the password of the"
+                                " account it makes")
         claimed: dict = {}  # the disk file this creation made (its inode), nothing else
         try:
             # Each undo is registered BEFORE its step runs: a step that dies half-way (the
@@ -153,6 +158,11 @@ class VMCreator:
             if plan.disk is not None and plan.disk.create:
                 undo.append(("remove disk", lambda: _remove_claimed(plan.disk.path, claimed)))
                 self._create_disk(plan.disk, claimed)
+            if plan.setup is not None:
+                enter("setup medium")
+                undo.append(("remove setup medium", lambda: _remove_claimed(
+                    plan.setup.medium, claimed, "medium")))
+                self._setup_medium(plan, secrets, claimed)
             enter("render")
             xml = self.render(plan)
             enter("validate")
@@ -167,7 +177,7 @@ class VMCreator:
                 saved["disk_size_gb"] = None if not plan.disk.create else plan.disk.size_gb
             settings_path = self.store.save(VMConfig.from_dict(saved))
         except BaseException as error:
-            left = self._rollback(config.name, undo, plan.uuid, plan.disk, claimed)
+            left = self._rollback(config.name, undo, plan, claimed)
             failure = _creation_error(config.name, step, error, left)
             if failure is error:
                 raise
@@ -179,6 +189,25 @@ class VMCreator:
             disk_created=bool(plan.disk and plan.disk.create),
             settings_path=str(settings_path), xml=xml,
         )
+
+    def _setup_medium(self, plan: CreationPlan, secrets, claimed: dict) -> None:
+        """Write the setup medium (0600, never over an existing file) and claim its inode,
+        so an undo removes this file and no other."""
+        from ..guest.media import build_windows_medium
+
+        guard.check("build the setup medium")
+        config = plan.config
+        medium = Path(plan.setup.medium)
+        private_folder(medium.parent, 0o711)
+        try:
+            build_windows_medium(medium, loader=self.loader, vm_name=config.name,
+                                 vm_type=config.vm_type.value, setup=config.unattended,
+                                 secrets=secrets, virtio_iso=config.virtio_iso_path)
+        except FileExistsError:
+            raise InvalidConfig("name", f"{medium} already exists; NeuronOS never overwrites"
+                                " it") from None
+        info = medium.stat()
+        claimed["medium"] = (info.st_dev, info.st_ino)
 
     def reconfigure(self, config: VMConfig, *, force: bool = False) -> CreationResult:
         """Rewrite a stopped VM's definition from ``config`` (memory, vCPUs, GPU, USB,
@@ -275,10 +304,11 @@ class VMCreator:
     def _with_daemon(self, fn: Callable, wait: float = ROLLBACK_WAIT_S):
         return self.connection.execute_when_back(fn, wait)
 
-    def _rollback(self, name: str, undo: list[tuple[str, Callable[[], None]]], vm_uuid: str,
-                  disk: DiskPlan | None, claimed: dict) -> list[str]:
+    def _rollback(self, name: str, undo: list[tuple[str, Callable[[], None]]],
+                  plan: CreationPlan, claimed: dict) -> list[str]:
         """Undo every registered step, then check; returns what is still left (empty: the
         rollback is verified)."""
+        vm_uuid, disk = plan.uuid, plan.disk
         for label, action in reversed(undo):
             try:
                 action()
@@ -298,6 +328,9 @@ class VMCreator:
                 left.append(f"the domain {name} (uuid {vm_uuid})")
         if claimed.get("inode") and _same_file(disk.path, claimed["inode"]):
             left.append(f"the disk {disk.path}")
+        medium = plan.setup.medium if plan.setup else None
+        if claimed.get("medium") and medium and _same_file(medium, claimed["medium"]):
+            left.append(f"the setup medium {medium}")
         return left
 
 
@@ -319,9 +352,9 @@ def _same_file(path: str, inode: tuple[int, int]) -> bool:
     return (info.st_dev, info.st_ino) == inode
 
 
-def _remove_claimed(path: str, claimed: dict) -> None:
-    """Remove the disk only if it is the very file this creation made."""
-    if claimed.get("inode") and _same_file(path, claimed["inode"]):
+def _remove_claimed(path: str, claimed: dict, key: str = "inode") -> None:
+    """Remove the disk (or setup medium) only if it is the very file this creation made."""
+    if claimed.get(key) and _same_file(path, claimed[key]):
         os.unlink(path)
 
 

@@ -26,7 +26,7 @@ import libvirt
 from . import guard
 from .connection import LibvirtConnection, _is_connection_error, get_connection
 from .domain_xml import Disk, read_domain
-from .host_facts import images_dir
+from .host_facts import images_dir, setup_medium_path
 from .errors import ConnectionFailed, InvalidConfig, LifecycleError, OperationFailed, VMNotFound
 from .primitives import VMState
 from .store import VMStore
@@ -190,7 +190,7 @@ class VMDestroyer:
                 firmware = "kept (delete them with --delete-disks)"
             plans.append(DestroyPlan(
                 name=name, state=state, delete_disks=delete_disks,
-                disks=[self._decide(disk, delete_disks, managed, used_by)
+                disks=[self._decide(disk, delete_disks, managed, used_by, name)
                        for disk in domain_disks],
                 settings_file=str(settings) if settings and settings.exists() else None,
                 shm_file=str(shm) if shm and shm.exists() else None,
@@ -199,12 +199,17 @@ class VMDestroyer:
         return plans
 
     def _decide(self, disk: Disk, delete_disks: bool, managed: Path,
-                used_by: dict[str, str]) -> DiskDecision:
+                used_by: dict[str, str], name: str) -> DiskDecision:
         path, device = disk.source, disk.device
 
         def keep(reason: str) -> DiskDecision:
             return DiskDecision(path, device, False, reason)
 
+        if device == "cdrom" and "/" not in name and Path(os.path.realpath(path)) == \
+                setup_medium_path(managed, name) and str(Path(os.path.realpath(path))) \
+                not in used_by:
+            return DiskDecision(path, device, True, "the setup medium NeuronOS made for it"
+                                " (it holds the account's password)")
         if device == "cdrom":
             return keep("a CD-ROM image is never deleted")
         if disk.readonly:

@@ -1,0 +1,87 @@
+"""Settings for setting a guest up without questions (unattended Windows setup), and the
+rules Windows puts on them. No secrets live here: the password and the product key are
+given to one creation and never saved.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidConfig
+from .values import parse_bool, parse_path
+
+# Windows account names (Microsoft's local-account rules): at most 20 characters, none of
+# these, not only dots or spaces, and not a built-in account or group name.
+ACCOUNT_FORBIDDEN = set('"/\\[]:;|=,+*?<>@')
+RESERVED_ACCOUNTS = frozenset(name.lower() for name in (
+    "Administrator", "Administrators", "Guest", "Guests", "DefaultAccount", "defaultuser0",
+    "WDAGUtilityAccount", "SYSTEM", "LocalSystem", "LocalService", "NetworkService",
+    "Users", "Everyone", "INTERACTIVE", "NETWORK", "SERVICE", "None", "Authenticated Users",
+    "CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)),
+    *(f"LPT{n}" for n in range(1, 10))))
+LOCALE = re.compile(r"[a-z]{2,3}(-[A-Z][a-z]{3})?-[A-Z]{2}")
+KEYBOARD = re.compile(r"[a-z]{2,3}(-[A-Z][a-z]{3})?-[A-Z]{2}|[0-9a-fA-F]{4}:[0-9a-fA-F]{8}")
+WINDOWS_TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9 .+()-]{0,63}")
+
+
+def check_account_name(name: Any, field_name: str = "unattended.user") -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidConfig(field_name, "give the name of the Windows account to make")
+    bad = sorted({ch for ch in name if ch in ACCOUNT_FORBIDDEN or ord(ch) < 32})
+    if bad:
+        shown = " ".join(repr(ch) for ch in bad)
+        raise InvalidConfig(field_name, f"{name!r}: Windows account names cannot contain {shown}")
+    if len(name) > 20:
+        raise InvalidConfig(field_name, f"{name!r} is {len(name)} characters; Windows allows 20")
+    if not name.strip(". "):
+        raise InvalidConfig(field_name, "a Windows account name cannot be only dots or spaces")
+    if name.lower() in RESERVED_ACCOUNTS:
+        raise InvalidConfig(field_name, f"{name!r} is a name Windows reserves; pick another")
+    return name
+
+
+def _text(value: Any, field_name: str, pattern: re.Pattern, example: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidConfig(field_name, f"{value!r} is not allowed; expected e.g. {example}")
+    return value
+
+
+@dataclass
+class UnattendedConfig:
+    """Setting up the guest without questions (no secrets here: the password and product
+    key are never saved)."""
+
+    user: str = "user"
+    locale: str = "en-US"
+    keyboard: str | None = None  # None: the locale's
+    timezone: str = "UTC"  # a Windows time zone name ("W. Europe Standard Time")
+    edition: str | None = None  # None: the template's ("Windows 11 Pro")
+    lg_host_installer: str | None = None
+    lg_host_release: str | None = None  # None: read from the installer's name
+    bypass_hardware_checks: bool = False  # LabConfig: only for hosts without swtpm
+
+    def __post_init__(self) -> None:
+        self.user = check_account_name(self.user)
+        self.locale = _text(self.locale, "unattended.locale", LOCALE, "en-US or de-DE")
+        if self.keyboard is not None:
+            self.keyboard = _text(self.keyboard, "unattended.keyboard", KEYBOARD,
+                                  "de-DE or 0407:00000407")
+        self.timezone = _text(self.timezone, "unattended.timezone", WINDOWS_TIMEZONE,
+                              "'W. Europe Standard Time' (Windows names; `tzutil /l` lists"
+                              " them)")
+        if self.edition is not None and (
+                not isinstance(self.edition, str) or not 0 < len(self.edition) <= 100
+                or any(ord(ch) < 32 for ch in self.edition)):
+            raise InvalidConfig("unattended.edition", "expected an edition name like"
+                                " 'Windows 11 Pro'")
+        self.lg_host_installer = parse_path(self.lg_host_installer,
+                                            "unattended.lg_host_installer")
+        if self.lg_host_release is not None and not re.fullmatch(
+                r"B\d+(\.\d+)*(-rc\d+)?(-\d+-g[0-9a-f]+)?", str(self.lg_host_release)):
+            raise InvalidConfig("unattended.lg_host_release",
+                                f"{self.lg_host_release!r} is not a Looking Glass release"
+                                " like B7")
+        self.bypass_hardware_checks = parse_bool(self.bypass_hardware_checks,
+                                                 "unattended.bypass_hardware_checks")

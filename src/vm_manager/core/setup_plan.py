@@ -1,0 +1,95 @@
+"""The unattended-setup part of a creation plan, decided from the host facts alone (no I/O):
+is the installer a Windows disc holding that edition, does the virtio-win ISO carry the
+setup drivers for that Windows version, does the Looking Glass host installer match the
+client. ``InvalidConfig`` names the field for anything that cannot work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidConfig
+from .host_facts import HostFacts, setup_medium_path
+from .vm_config import VMConfig
+
+LG_DOWNLOADS = "https://looking-glass.io/downloads"
+
+
+@dataclass(frozen=True)
+class SetupPlan:
+    medium: str  # the setup medium to make (0600; removed when setup ends)
+    edition: str
+    looking_glass_host: bool  # the medium carries the Looking Glass host installer
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        lines = [f"unattended setup: {self.edition}, medium {self.medium} (answer file,"
+                 " drivers, first-logon steps; removed when setup ends)"]
+        return lines + [f"note: {note}" for note in self.notes]
+
+
+def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> SetupPlan | None:
+    setup = config.unattended
+    if setup is None:
+        return None
+    medium = setup_medium_path(facts.images_dir, config.name)
+    if facts.path(medium).kind != "missing":
+        raise InvalidConfig("name", f"{medium} already exists; NeuronOS never overwrites it"
+                            " (remove it, or pick another name)")
+    media = facts.guest_media
+    notes: list[str] = []
+    installer = media.installer if media else None
+    if installer is not None:
+        if not installer.is_windows:
+            raise InvalidConfig("iso_path", f"{config.iso_path} is not a Windows installer: it"
+                                " has no sources/install.wim or install.esd (volume"
+                                f" {installer.label!r})")
+        if installer.editions and setup.edition not in installer.editions:
+            raise InvalidConfig("unattended.edition", f"{setup.edition!r} is not on"
+                                f" {Path(config.iso_path).name}; it holds: "
+                                + ", ".join(installer.editions))
+        if not installer.editions:
+            warnings.append(f"the editions on {Path(config.iso_path).name} could not be read;"
+                            f" setup stops at the installer if {setup.edition!r} is not one")
+    virtio = media.virtio if media else None
+    if virtio is not None:
+        folder = {"windows11": "w11", "windows10": "w10"}[config.vm_type.value]
+        if virtio.missing:
+            raise InvalidConfig("virtio_iso_path", f"{config.virtio_iso_path} has no"
+                                f" {', '.join(virtio.missing)} driver for"
+                                f" {config.vm_type.label} ({folder}/amd64); use a virtio-win"
+                                " ISO that supports it")
+        if not virtio.guest_tools:
+            warnings.append(f"{Path(config.virtio_iso_path).name} has no"
+                            " virtio-win-guest-tools.exe: the guest agent is not installed,"
+                            " so setup progress after the first logon is not seen")
+    if setup.lg_host_installer is not None:
+        fact = facts.path(setup.lg_host_installer)
+        if fact.kind != "file":
+            raise InvalidConfig("unattended.lg_host_installer", f"{setup.lg_host_installer}"
+                                " does not exist or is not a file")
+        host = media.lg_host_release if media else None
+        client = media.lg_client_release if media else None
+        if host is None:
+            raise InvalidConfig("unattended.lg_host_installer", "cannot tell which Looking"
+                                f" Glass release {Path(setup.lg_host_installer).name} is (its"
+                                " name carries none): give --lg-host-release, e.g. B7")
+        if client is not None and host.split("-")[0] != client.split("-")[0]:
+            raise InvalidConfig("unattended.lg_host_installer", f"the Looking Glass host"
+                                f" installer is {host} but this host's client is {client}: they"
+                                f" must be the same release (get the {client} host from"
+                                f" {LG_DOWNLOADS})")
+        if client is None:
+            notes.append(f"the Looking Glass client's release is unknown here, so the {host}"
+                         " host installer was not checked against it")
+    elif config.looking_glass.enabled:
+        release = media.lg_client_release if media else None
+        notes.append("setup does not install the Looking Glass host: get the"
+                     f" {release or 'same release as your client'} host from {LG_DOWNLOADS}"
+                     " and pass --lg-host-installer, or install it in the guest yourself")
+    if setup.bypass_hardware_checks:
+        warnings.append("Windows 11's TPM, Secure Boot and RAM checks are bypassed"
+                        " (--bypass-hardware-checks): only for hosts without swtpm")
+    return SetupPlan(str(medium), setup.edition, setup.lg_host_installer is not None,
+                     tuple(notes))

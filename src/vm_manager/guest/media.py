@@ -1,0 +1,65 @@
+"""The setup medium of an unattended Windows VM (DESIGN.md 7): an ISO attached as a second
+CD-ROM holding ``Autounattend.xml`` at its root (Windows Setup looks there on every drive),
+the virtio storage and network drivers for that Windows version in ``$WinPEDriver$`` (setup
+loads them by itself), and ``neuronos\\firstlogon.ps1`` that the answer file runs at first
+logon from whichever drive the medium got. The original ISOs are read, never modified. The
+medium holds the account's password: it is created 0600 and removed when setup ends.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from ..core.guest_config import UnattendedConfig
+from .iso import IsoReader, MediumFile, write_iso
+from .windows import computer_name, lg_host_setup_bytes, setup_driver_files
+
+LABEL = "NEURONOS_SETUP"
+ANSWER_FILE = "/Autounattend.xml"
+FIRST_LOGON_SCRIPT = Path(__file__).with_name("firstlogon.ps1")
+# Finds neuronos\firstlogon.ps1 on any drive and runs it: no drive letter is written down.
+FIRST_LOGON = (
+    "powershell.exe -NoProfile -ExecutionPolicy Bypass -Command \"$s = Get-PSDrive"
+    " -PSProvider FileSystem | ForEach-Object { Join-Path $_.Root 'neuronos\\firstlogon.ps1' }"
+    " | Where-Object { Test-Path -LiteralPath $_ } | Select-Object -First 1; if ($s) { & $s }\""
+)
+
+
+def answer_file(loader, vm_name: str, setup: UnattendedConfig, secrets) -> str:
+    """``Autounattend.xml`` from the ``_autounattend`` template (user-overridable).
+    ``secrets``: its ``password`` and ``product_key`` (``actions.create.SetupSecrets``)."""
+    return loader.render("_autounattend", {
+        "computer_name": computer_name(vm_name), "user": setup.user,
+        "password": secrets.password, "product_key": secrets.product_key,
+        "edition": setup.edition, "locale": setup.locale,
+        "keyboard": setup.keyboard or setup.locale, "timezone": setup.timezone,
+        "bypass_hardware_checks": setup.bypass_hardware_checks, "first_logon": FIRST_LOGON,
+    })
+
+
+def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
+                         setup: UnattendedConfig, secrets,
+                         virtio_iso: Path | str) -> list[str]:
+    """Write the medium to ``target`` (which must not exist; 0600). Returns its file list.
+    The drivers are streamed out of the virtio-win ISO through a private temporary folder
+    next to ``target``, never read whole."""
+    files = [
+        MediumFile(ANSWER_FILE, answer_file(loader, vm_name, setup, secrets).encode("utf-8")),
+        MediumFile("/neuronos/firstlogon.ps1", FIRST_LOGON_SCRIPT.read_bytes()),
+        MediumFile("/neuronos/setup.json", json.dumps({
+            "vm": vm_name, "windows": vm_type,
+            "looking_glass_host": setup.lg_host_installer is not None}, indent=2).encode()),
+    ]
+    if setup.lg_host_installer is not None:
+        files.append(MediumFile("/neuronos/looking-glass-host-setup.exe",
+                                lg_host_setup_bytes(setup.lg_host_installer)))
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".setup-") as scratch:
+        with IsoReader(virtio_iso, "virtio_iso_path") as iso:
+            for number, (source, path) in enumerate(setup_driver_files(virtio_iso, vm_type)):
+                local = Path(scratch) / f"{number:05d}"
+                iso.copy_to(source, local)
+                files.append(MediumFile(path, local))
+        write_iso(target, LABEL, files, mode=0o600)
+    return sorted(item.path for item in files)

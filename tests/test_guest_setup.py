@@ -1,0 +1,377 @@
+"""Unattended Windows setup (issue 14): the answer file, the setup medium built with pycdlib
+and read back with xorriso, the checks on the installer and virtio-win ISOs, the secrets,
+and the CLI's bad-input answers. The media are shaped like the real ones (tests/support/
+media.py); no Windows image exists on these machines."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from vm_manager.cli import main
+from vm_manager.core.connection import LibvirtConnection
+from vm_manager.core.errors import InvalidConfig
+from vm_manager.core.guest_config import UnattendedConfig, check_account_name
+from vm_manager.core.store import VMStore
+from vm_manager.core.vm_config import VMConfig
+from vm_manager.guest.media import FIRST_LOGON, answer_file, build_windows_medium
+from vm_manager.guest.windows import computer_name, inspect_installer, inspect_virtio
+from vm_manager.templates.loader import PACKAGE_DIR, TemplateLoader
+from support.media import linux_iso, virtio_win_iso, windows_iso
+
+GOLDEN = Path(__file__).parent / "golden" / "unattend"
+UPDATE = os.environ.get("NEURONOS_UPDATE_GOLDEN") == "1"
+NS = {"u": "urn:schemas-microsoft-com:unattend"}
+HOSTILE_PASSWORDS = ["p<a>&\"s'w]]>rd", "Pässwörd ✓ 密码", "</Value><PlainText>false",
+                     "&amp; ${x} $(y) `z`"]
+
+
+class Secrets:
+    def __init__(self, password, product_key=None):
+        self.password, self.product_key = password, product_key
+
+
+@pytest.fixture(scope="module")
+def isos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("isos")
+    return {"windows": windows_iso(folder / "Win11_24H2_English_x64.iso"),
+            "windows10": windows_iso(folder / "Win10_22H2.iso",
+                                     editions=("Windows 10 Home", "Windows 10 Pro"),
+                                     image="install.esd"),
+            "virtio": virtio_win_iso(folder / "virtio-win.iso"),
+            "virtio_old": virtio_win_iso(folder / "virtio-win-old.iso", versions=("w10",),
+                                         label="virtio-win-0.1.100"),
+            "linux": linux_iso(folder / "ubuntu.iso")}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def xorriso_files(iso: Path, joliet: bool = False) -> list[str]:
+    """The file list as xorriso reads it: Rock Ridge names (Linux), or Joliet (Windows)."""
+    mode = ["-rockridge", "off", "-joliet", "on"] if joliet else []
+    out = subprocess.run(["xorriso", *mode, "-indev", str(iso), "-find", "/", "-type", "f"],
+                         capture_output=True, text=True, check=True).stdout
+    return sorted(line.strip().strip("'") for line in out.splitlines() if line.strip())
+
+
+def xorriso_read(iso: Path, path: str, target: Path) -> bytes:
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", path,
+                    str(target)], capture_output=True, check=True)
+    return target.read_bytes()
+
+
+# --- the media as NeuronOS reads them --------------------------------------------------------
+
+def test_the_installer_and_its_editions_are_read_from_the_disc(isos):
+    info = inspect_installer(isos["windows"])
+    assert info.is_windows and info.image == "/sources/install.wim"
+    assert info.label == "CCCOMA_X64FRE_EN-US_DV9"
+    assert info.editions == ("Windows 11 Home", "Windows 11 Pro")
+    esd = inspect_installer(isos["windows10"])
+    assert esd.image == "/sources/install.esd" and "Windows 10 Pro" in esd.editions
+    linux = inspect_installer(isos["linux"])
+    assert not linux.is_windows and linux.label == "Ubuntu 24.04"
+
+
+def test_not_an_iso_names_the_field(tmp_path):
+    junk = tmp_path / "junk.iso"
+    junk.write_bytes(b"not an iso" * 1000)
+    with pytest.raises(InvalidConfig) as caught:
+        inspect_installer(junk)
+    assert caught.value.field == "iso_path" and "cannot be read as an ISO" in str(caught.value)
+
+
+def test_the_setup_drivers_for_each_windows_version(isos):
+    new = inspect_virtio(isos["virtio"], "windows11")
+    assert new.missing == () and new.guest_tools
+    assert "/viostor/w11/amd64/viostor.inf" in new.drivers["viostor"]
+    old = inspect_virtio(isos["virtio_old"], "windows11")
+    assert old.missing == ("viostor", "vioscsi", "NetKVM")
+    assert inspect_virtio(isos["virtio_old"], "windows10").missing == ()
+
+
+# --- the answer file -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("vm_type", ["windows11", "windows10"])
+def test_golden_answer_files(vm_type):
+    setup = UnattendedConfig(user="anna", locale="de-DE", timezone="W. Europe Standard Time",
+                             edition=f"Windows {vm_type[-2:]} Pro")
+    text = answer_file(TemplateLoader(), f"{vm_type}-desk", setup, Secrets("correct horse"))
+    golden = GOLDEN / f"{vm_type}.xml"
+    if UPDATE:
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text(), f"{golden.name} differs"
+    root = ET.fromstring(text.encode())
+    passes = [s.get("pass") for s in root.findall("u:settings", NS)]
+    assert passes == ["windowsPE", "specialize", "oobeSystem"]
+    for component in root.iter("{urn:schemas-microsoft-com:unattend}component"):
+        assert component.get("processorArchitecture") == "amd64"
+        assert component.get("publicKeyToken") == "31bf3856ad364e35"
+        assert component.get("versionScope") == "nonSxS"
+    assert root.find(".//u:ComputerName", NS).text == f"{vm_type.upper()}-DESK"
+    assert "LabConfig" not in text  # no bypass unless asked
+    assert ":\\" not in text.replace("HKLM\\", "")  # no drive letter anywhere
+
+
+@pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
+def test_hostile_values_reach_the_file_escaped_and_verbatim(password):
+    setup = UnattendedConfig(user="O'Brien & Söhne", edition="Windows 11 Pro <N>")
+    text = answer_file(TemplateLoader(), "w", setup, Secrets(password))
+    root = ET.fromstring(text.encode())  # still one well-formed document
+    values = [v.text for v in root.iterfind(".//u:Password/u:Value", NS)]
+    assert values == [password, password]
+    assert root.find(".//u:LocalAccount/u:Name", NS).text == "O'Brien & Söhne"
+    assert root.find(".//u:MetaData/u:Value", NS).text == "Windows 11 Pro <N>"
+    assert root.find(".//u:CommandLine", NS).text == FIRST_LOGON
+
+
+def test_the_bypass_is_written_only_when_asked():
+    setup = UnattendedConfig(bypass_hardware_checks=True, edition="Windows 11 Pro")
+    text = answer_file(TemplateLoader(), "w", setup, Secrets("x"))
+    assert text.count("LabConfig") == 3 and "BypassTPMCheck" in text
+
+
+def test_a_user_answer_file_template_overrides_the_package_one(tmp_path):
+    (tmp_path / "_autounattend.xml.j2").write_text("<unattend>{{ user }}</unattend>\n")
+    loader = TemplateLoader([("user", tmp_path), ("package", PACKAGE_DIR)])
+    assert answer_file(loader, "w", UnattendedConfig(user="a&b", edition="E"),
+                       Secrets("x")) == "<unattend>a&amp;b</unattend>\n"
+
+
+@pytest.mark.parametrize("name, why", [
+    ("a" * 21, "Windows allows 20"), ('we"ird', "cannot contain"), ("x/y", "cannot contain"),
+    ("a<b", "cannot contain"), ("...", "only dots"), ("Administrator", "reserves"),
+    ("guest", "reserves"), ("CON", "reserves"), ("", "give the name"), ("tab\there",
+                                                                         "cannot contain"),
+])
+def test_account_names_windows_refuses(name, why):
+    with pytest.raises(InvalidConfig, match=why):
+        check_account_name(name)
+
+
+def test_computer_names_follow_netbios():
+    assert computer_name("win11") == "WIN11"
+    assert computer_name("my_work.vm-with-a-long-name") == "MY-WORK-VM-WITH"
+    assert computer_name("1234") == "VM-1234" and len(computer_name("x" * 40)) == 15
+    assert computer_name("-._-") == "NEURONOS-VM"
+
+
+# --- the medium ------------------------------------------------------------------------------
+
+def test_the_medium_read_back_with_xorriso(isos, tmp_path):
+    """Built by pycdlib, read by another real reader: the file list under both the Rock
+    Ridge (Linux) and Joliet (Windows) names, the contents, the drivers of the right Windows
+    version, mode 0600, and the original ISOs untouched."""
+    before = {key: sha256(path) for key, path in isos.items()}
+    target = tmp_path / "w11-setup.iso"
+    installer = tmp_path / "looking-glass-host-B7.zip"
+    import zipfile
+
+    with zipfile.ZipFile(installer, "w") as archive:
+        archive.writestr("looking-glass-host-setup.exe", b"MZ" + b"\x90" * 4000)
+    setup = UnattendedConfig(user="anna", edition="Windows 11 Pro",
+                             lg_host_installer=str(installer))
+    listed = build_windows_medium(target, loader=TemplateLoader(), vm_name="w11",
+                                  vm_type="windows11", setup=setup,
+                                  secrets=Secrets("pw <&>"), virtio_iso=isos["virtio"])
+    assert (target.stat().st_mode & 0o777) == 0o600
+    drivers = [f"/$WinPEDriver$/{d}/{d.lower()}.{ext}" for d in ("NetKVM", "vioscsi", "viostor")
+               for ext in ("cat", "inf", "sys")]
+    expected = sorted(drivers + ["/Autounattend.xml", "/neuronos/firstlogon.ps1",
+                                 "/neuronos/looking-glass-host-setup.exe",
+                                 "/neuronos/setup.json"])
+    assert listed == expected
+    assert xorriso_files(target) == expected
+    assert xorriso_files(target, joliet=True) == expected
+    out = tmp_path / "out"
+    out.mkdir()
+    answer = xorriso_read(target, "/Autounattend.xml", out / "a.xml").decode()
+    assert ET.fromstring(answer.encode()).find(".//u:Password/u:Value", NS).text == "pw <&>"
+    inf = xorriso_read(target, "/$WinPEDriver$/viostor/viostor.inf", out / "v.inf")
+    assert b"for w11" in inf  # the Windows 11 driver, not the Windows 10 one
+    source = subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(isos["virtio"]),
+                             "-extract", "/viostor/w11/amd64/viostor.sys", str(out / "s")],
+                            capture_output=True, check=True)
+    assert source.returncode == 0
+    assert xorriso_read(target, "/$WinPEDriver$/viostor/viostor.sys", out / "t") == \
+        (out / "s").read_bytes()
+    assert xorriso_read(target, "/neuronos/looking-glass-host-setup.exe", out / "lg")[:2] == \
+        b"MZ"
+    settings = json.loads(xorriso_read(target, "/neuronos/setup.json", out / "j"))
+    assert settings == {"vm": "w11", "windows": "windows11", "looking_glass_host": True}
+    assert {key: sha256(path) for key, path in isos.items()} == before
+    assert not list(tmp_path.glob(".setup-*"))  # the scratch folder is gone
+
+
+# --- through the CLI: plans, refusals, secrets --------------------------------------------------
+
+@pytest.fixture
+def world(make_host, tmp_path, monkeypatch, isos):
+    images = tmp_path / "images"
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
+    password = tmp_path / "password"
+    password.write_text("Sw0rdfish <&> ünïcode\n")
+    password.chmod(0o600)
+    uri = make_host()
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    store = VMStore(tmp_path / "config")
+    with LibvirtConnection(uri) as conn:
+        yield conn, store, images, password
+
+
+def run(world, *argv) -> tuple[int, str, str]:
+    conn, store, _, _ = world
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), connection=conn, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def create_args(isos, password, *extra, name="w11"):
+    return ["create", name, "--template", "windows11", "--iso", str(isos["windows"]),
+            "--virtio-iso", str(isos["virtio"]), "--network", "none", "--force",
+            "--unattended", "--user", "anna", "--password-file", str(password), *extra]
+
+
+def test_create_unattended_makes_the_medium_and_keeps_the_password_out(world, isos, caplog):
+    conn, store, images, password = world
+    caplog.set_level(logging.DEBUG)
+    code, out, err = run(world, *create_args(isos, password))
+    assert code == 0, err
+    medium = images / "w11-setup.iso"
+    assert "unattended setup: Windows 11 Pro" in out and str(medium) in out
+    assert (medium.stat().st_mode & 0o777) == 0o600
+    xml = conn.execute(lambda c: c.lookupByName("w11").XMLDesc(0))
+    assert str(medium) in xml and "org.qemu.guest_agent.0" in xml
+    secret = "Sw0rdfish"
+    saved = store.path_for("w11").read_text()
+    assert "anna" in saved and secret not in saved
+    code, info, _ = run(world, "info", "w11", "--json")
+    assert code == 0 and secret not in info
+    assert secret not in caplog.text and secret not in out + err
+    assert secret.encode() in medium.read_bytes()  # only here: on the 0600 medium
+
+
+@pytest.mark.parametrize("extra, field, words", [
+    (["--iso", "LINUX"], "--iso", "is not a Windows installer"),
+    (["--edition", "Windows 11 Education"], "--edition", "it holds: Windows 11 Home, Windows"
+                                                         " 11 Pro"),
+    (["--virtio-iso", "OLD"], "--virtio-iso", "has no viostor, vioscsi, NetKVM driver for"
+                                              " Windows 11"),
+    (["--user", "Administrator"], "--user", "reserves"),
+    (["--user", "a" * 21], "--user", "Windows allows 20"),
+    (["--locale", "english"], "--locale", "expected e.g. en-US"),
+    (["--product-key", "123"], "--product-key", "XXXXX-XXXXX"),
+    (["--lg-host-release", "B7"], "--lg-host-release", "goes with --lg-host-installer"),
+])
+def test_bad_setup_input_exits_2_and_leaves_nothing(world, isos, extra, field, words):
+    conn, store, images, password = world
+    extra = [{"LINUX": str(isos["linux"]), "OLD": str(isos["virtio_old"])}.get(a, a)
+             for a in extra]
+    code, _, err = run(world, *create_args(isos, password, *extra))
+    assert code == 2, err
+    assert err.startswith(f"neuron-vm: {field}") and words in err, err
+    assert not images.exists() or not list(images.iterdir())
+    assert conn.execute(lambda c: c.listDefinedDomains()) == [] or "w11" not in \
+        conn.execute(lambda c: c.listDefinedDomains())
+    assert store.load("w11") is None
+
+
+def test_setup_needs_both_isos_and_a_windows_template(world, isos, tmp_path):
+    _, _, _, password = world
+    code, _, err = run(world, "create", "w", "--template", "windows11", "--unattended",
+                       "--virtio-iso", str(isos["virtio"]), "--password-file", str(password))
+    assert code == 2 and "--iso" in err and "installer ISO" in err
+    code, _, err = run(world, "create", "w", "--template", "windows11", "--unattended",
+                       "--iso", str(isos["windows"]), "--password-file", str(password))
+    assert code == 2 and "--virtio-iso" in err
+    code, _, err = run(world, "create", "w", "--template", "linux", "--unattended",
+                       "--password-file", str(password))
+    assert code == 2 and "--unattended" in err and "for Windows" in err
+    code, _, err = run(world, "create", "w", "--template", "windows11", "--user", "anna")
+    assert code == 2 and "--user" in err and "goes with --unattended" in err
+
+
+def test_password_file_rules(world, isos, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    code, _, err = run(world, *create_args(isos, empty))
+    assert code == 2 and "--password-file" in err and "empty" in err
+    loose = tmp_path / "loose"
+    loose.write_text("hunter2hunter2\n")
+    loose.chmod(0o644)
+    code, _, err = run(world, *create_args(isos, loose))
+    assert code == 0 and "can be read by every user: chmod 600" in err
+    code, _, err = run(world, *create_args(isos, tmp_path / "nope", name="w2"))
+    assert code == 2 and "cannot read" in err
+
+
+def test_the_looking_glass_host_must_match_the_client(world, isos, tmp_path, monkeypatch,
+                                                      make_host):
+    """The client here (the fake) is B7: a B6 host installer is refused naming both; one
+    whose name says no release needs --lg-host-release."""
+    from support.fakes import add_pci_devices, nvidia_turing_gpu
+
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))  # reachable by the desktop user
+    folder.chmod(0o755)
+    fake = folder / "looking-glass-client"
+    shutil.copy(Path(__file__).parent / "bin" / "looking-glass-client", fake)
+    fake.chmod(0o755)
+    monkeypatch.setenv("NEURONOS_LG_CLIENT", str(fake))
+    if os.geteuid() == 0:
+        monkeypatch.setenv("SUDO_USER", "nobody")  # the desktop user the release is read as
+    _, _, _, password = world
+    root = add_pci_devices(tmp_path / "host", nvidia_turing_gpu())
+    old = tmp_path / "looking-glass-host-B6.zip"
+    nameless = tmp_path / "host-setup.exe"
+    for path in (old, nameless):
+        path.write_bytes(b"MZ")
+    monkeypatch.setenv("NEURONOS_HOST_ROOT", str(root))
+    gpu = ["--gpu", "01:00.0", "--looking-glass"]
+    code, _, err = run(world, *create_args(isos, password, *gpu, "--lg-host-installer",
+                                           str(old)))
+    assert code == 2 and "is B6 but this host's client is B7" in err, err
+    code, _, err = run(world, *create_args(isos, password, *gpu, "--lg-host-installer",
+                                           str(nameless)))
+    assert code == 2 and "give --lg-host-release" in err, err
+    code, out, err = run(world, *create_args(isos, password, *gpu))
+    assert code == 0, err
+    assert "does not install the Looking Glass host: get the B7 host" in out
+    shutil.rmtree(folder)
+
+
+def test_a_failed_creation_removes_the_medium(make_host, tmp_path, isos):
+    """A template that renders invalid XML fails at "validate", after the medium was made:
+    the medium goes with the disk."""
+    from vm_manager.core.errors import VMCreationError
+    from vm_manager.core.vm_creator import VMCreator
+
+    user = tmp_path / "templates"
+    user.mkdir()
+    (user / "windows11-basic.xml.j2").write_text("<domain type='kvm'><name>{{ name }}</name>"
+                                                 "<broken/></domain>\n")
+    loader = TemplateLoader([("user", user), ("package", PACKAGE_DIR)])
+    images = tmp_path / "images"
+    with LibvirtConnection(make_host()) as conn:
+        creator = VMCreator(conn, store=VMStore(tmp_path / "config"), loader=loader,
+                            images_dir=images)
+        config = VMConfig(name="w11", vm_type="windows11", iso_path=str(isos["windows"]),
+                          virtio_iso_path=str(isos["virtio"]), network="none",
+                          unattended={"user": "anna"})
+        with pytest.raises(VMCreationError) as caught:
+            creator.create(config, force=True, secrets=Secrets("pw"))
+        assert caught.value.step == "validate"
+    assert list(images.iterdir()) == []  # neither the disk nor the medium
