@@ -375,3 +375,72 @@ def test_a_failed_creation_removes_the_medium(make_host, tmp_path, isos):
             creator.create(config, force=True, secrets=Secrets("pw"))
         assert caught.value.step == "validate"
     assert list(images.iterdir()) == []  # neither the disk nor the medium
+
+
+# --- the stages on the test driver (its real lifecycle events), and the faces ------------------
+
+def test_stages_follow_events_and_setup_status_tells_them(world, isos):
+    """`create --unattended`: stage "created" in the domain's metadata; starting it (the
+    test driver's real "started" event) moves it to "installing"; an agent that answers
+    while first-logon runs moves it to "first-logon". setup-status says where it stands and
+    what comes next; `info --json` carries the stage, never the password."""
+    import threading
+
+    from vm_manager.actions import setup
+    from vm_manager.actions.context import Context
+
+    conn, store, images, password = world
+    assert run(world, *create_args(isos, password))[0] == 0
+    code, out, _ = run(world, "setup-status", "w11")
+    assert code == 0 and "w11: created (windows setup)" in out and "neuron-vm start w11" in out
+    ctx = Context(connection=conn, store=store)
+    try:
+        reached = {stage: threading.Event() for stage in ("installing", "first-logon")}
+        stop = setup.follow(ctx, "w11", lambda c: reached[c.new].set())
+        ctx.setup_tracker().boot_prompt_s = 0
+        ctx.lifecycle.start("w11")
+        assert reached["installing"].wait(10)
+        ctx.setup_tracker().agent_connected("w11", stage_text="guest-tools")
+        assert reached["first-logon"].wait(10)
+        stop()
+        status = setup.status(ctx, "w11")
+        assert status.stage == "first-logon"
+        assert [s["stage"] for s in status.steps] == ["installing", "first-logon"]
+    finally:
+        ctx.close()
+    code, out, _ = run(world, "setup-status", "w11", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["stage"] == "first-logon" and data["kind"] == "windows"
+    assert "guest tools" in data["steps"][-1]["note"]
+    code, info, _ = run(world, "info", "w11", "--json")
+    assert '"first-logon"' in info and "Sw0rdfish" not in info
+    code, _, err = run(world, "setup-status", "nope")
+    assert code == 3
+
+
+def test_setup_status_of_a_vm_without_setup_exits_2(three_vm_uri):
+    with LibvirtConnection(three_vm_uri) as conn:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["setup-status", "alpha"], connection=conn, out=out, err=err) == 2
+        assert "was not created with --unattended" in err.getvalue()
+
+
+def test_console_without_virt_viewer_says_how_to_install_it(three_vm_uri, monkeypatch,
+                                                            tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no virt-viewer on it
+    monkeypatch.delenv("NEURONOS_VIRT_VIEWER", raising=False)
+    with LibvirtConnection(three_vm_uri) as conn:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["console", "alpha"], connection=conn, out=out, err=err) == 1
+        assert "sudo apt install virt-viewer" in err.getvalue()
+        assert "sudo pacman -S virt-viewer" in err.getvalue()
+        assert err.getvalue().count("\n") == 1
+        assert main(["console", "nope"], connection=conn, out=out, err=err) == 3
+    from vm_manager.passthrough.host_check import WARN, check_console_viewer
+
+    host = tmp_path / "host"  # a host tree without it, then with it
+    check = check_console_viewer(host, {"PATH": str(tmp_path)})
+    assert check.status == WARN and "virt-viewer" in check.fix
+    (host / "usr" / "bin").mkdir(parents=True)
+    (host / "usr" / "bin" / "virt-viewer").write_bytes(b"")
+    assert check_console_viewer(host, {}).status == "ok"

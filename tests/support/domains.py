@@ -20,14 +20,25 @@ def domain_xml(
     memory_mb: int = 256,
     domain_type: str = "qemu",
     spice: bool = False,
+    agent: bool = False,
+    setup_stage: str | None = None,
+    disks: tuple[str, ...] = (),
 ) -> str:
     """A libvirt domain for the tiny guest: direct kernel boot, no disk, no NIC, ACPI on,
     the serial console written to ``serial_log``; ``spice``: QEMU's SPICE server on
-    127.0.0.1, port chosen by libvirt. Built with ElementTree: every value is escaped."""
+    127.0.0.1, port chosen by libvirt; ``agent``: the QEMU guest-agent channel;
+    ``setup_stage``: an unattended setup's metadata at that stage (kind windows);
+    ``disks``: raw images as virtio disks (a cloud-init seed). Built with ElementTree:
+    every value is escaped."""
     domain = ET.Element("domain", type=domain_type)
     ET.SubElement(domain, "name").text = name
     ET.SubElement(domain, "memory", unit="MiB").text = str(memory_mb)
     ET.SubElement(domain, "vcpu").text = "1"
+    if setup_stage:
+        from vm_manager.core.domain_xml import SETUP_NS
+
+        ET.SubElement(ET.SubElement(domain, "metadata"), f"{{{SETUP_NS}}}setup", kind="windows",
+                      stage=setup_stage)
     os_elem = ET.SubElement(domain, "os")
     ET.SubElement(os_elem, "type", arch="x86_64", machine="q35").text = "hvm"
     ET.SubElement(os_elem, "kernel").text = str(guest.kernel)
@@ -42,6 +53,15 @@ def domain_xml(
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=str(serial_log), append="on")
     ET.SubElement(serial, "target", port="0")
+    for number, image in enumerate(disks):
+        disk = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type="raw")
+        ET.SubElement(disk, "source", file=image)
+        ET.SubElement(disk, "target", dev=f"vd{'abcdefgh'[number]}", bus="virtio")
+        ET.SubElement(disk, "readonly")
+    if agent:
+        channel = ET.SubElement(devices, "channel", type="unix")
+        ET.SubElement(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
     if spice:
         ET.SubElement(devices, "graphics", type="spice", autoport="yes", listen="127.0.0.1")
     ET.SubElement(devices, "memballoon", model="none")

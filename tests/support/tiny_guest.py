@@ -6,6 +6,14 @@ a static busybox whose ``/init`` mounts proc/sys/devtmpfs, loads ``evdev.ko`` an
 serial console and runs ``acpid``, whose ``PWRF/00000080`` handler powers off. So a
 graceful (ACPI) shutdown really completes, ~5 s after start under TCG.
 
+For the guest-setup tests it also loads the virtio modules, and then:
+- a cloud-init seed: the first virtio disk holding ``meta-data`` (ISO 9660) is mounted
+  read-only and its instance-id printed as ``SEED_MARKER <id>``;
+- the QEMU guest agent: Debian's ``qemu-ga`` (with the libraries it links, found by
+  ``ldd`` on this host, the same Debian release) runs on the ``org.qemu.guest_agent.0``
+  port when the domain has one; the file ``STAGE_FILE`` says "done", as the Windows
+  first-logon script's stage file does when setup ends.
+
 Everything comes from Debian packages fetched with ``apt-get download`` into a cache
 folder; nothing binary is committed. ``python tests/support/tiny_guest.py`` builds it and
 prints the paths.
@@ -29,22 +37,46 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 READY_MARKER = "NEURONOS-TINY-GUEST-READY"
+SEED_MARKER = "NEURONOS-SEED instance-id:"
+STAGE_FILE = "/run/neuronos-stage"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"  # a metapackage: resolved to the real image
 BUSYBOX_PACKAGE = "busybox-static"
-FORMAT = "5"  # bump when the initramfs layout changes, to rebuild cached copies
+AGENT_PACKAGE = "qemu-guest-agent"
+FORMAT = "6"  # bump when the initramfs layout changes, to rebuild cached copies
+# loaded in this order (each after what it depends on: the modules' own "depends=")
+MODULES = ("input/evdev", "acpi/button", "virtio/virtio_ring", "virtio/virtio",
+           "virtio/virtio_pci_modern_dev", "virtio/virtio_pci_legacy_dev", "virtio/virtio_pci",
+           "char/virtio_console", "block/virtio_blk", "cdrom/cdrom", "../fs/isofs/isofs")
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-insmod /lib/modules/evdev.ko
-insmod /lib/modules/button.ko
+mkdir -p /run /mnt/seed
+for module in {" ".join(m.rsplit("/", 1)[-1] for m in MODULES)}; do
+  insmod /lib/modules/$module.ko
+done
 mkdir -p /etc/acpi/PWRF
 acpid -f -c /etc/acpi &
 # Ready means the power button works: wait until acpid holds the input event devices open.
 while ! ls -l /proc/$!/fd 2>/dev/null | grep -q /dev/input/event; do sleep 0.05; done
 echo {READY_MARKER}
+for disk in /dev/vd?; do
+  [ -b "$disk" ] || continue
+  if mount -t iso9660 -o ro "$disk" /mnt/seed 2>/dev/null; then
+    if [ -f /mnt/seed/meta-data ]; then
+      echo "{SEED_MARKER} $(sed -n 's/^instance-id: *//p' /mnt/seed/meta-data)"
+      break
+    fi
+    umount /mnt/seed
+  fi
+done
+echo done > {STAGE_FILE}
+for port in /sys/class/virtio-ports/*; do
+  [ "$(cat $port/name 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+  /usr/sbin/qemu-ga -m virtio-serial -p /dev/$(basename $port) -t /run -f /run/qga.pid &
+done
 while :; do sleep 3600; done
 """
 POWER_BUTTON_SCRIPT = "#!/bin/sh\necho NEURONOS-TINY-GUEST-POWEROFF\npoweroff -f\n"
@@ -120,23 +152,43 @@ def _cpio_newc(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
     return out.getvalue()
 
 
-def _initramfs(busybox: bytes, evdev: bytes, button: bytes) -> bytes:
+def _initramfs(busybox: bytes, modules: dict[str, bytes], files: dict[str, bytes]) -> bytes:
+    """``modules``: name -> .ko; ``files``: absolute path -> content (qemu-ga and the
+    libraries it links, at the paths its loader looks in)."""
     directory, regular, executable = 0o040755, 0o100644, 0o100755
-    entries = [
-        (name, directory, b"", (0, 0))
-        for name in ("bin", "dev", "proc", "sys", "etc", "etc/acpi", "etc/acpi/PWRF", "lib",
-                     "lib/modules", "tmp", "var", "var/log", "var/run")
-    ]
+    folders = {"bin", "dev", "proc", "sys", "etc", "etc/acpi", "etc/acpi/PWRF", "lib",
+               "lib/modules", "tmp", "var", "var/log", "var/run", "run", "mnt"}
+    for path in files:
+        parts = path.strip("/").split("/")[:-1]
+        folders.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    entries = [(name, directory, b"", (0, 0)) for name in sorted(folders)]
     entries += [
         ("dev/console", 0o020600, b"", (5, 1)),  # the kernel opens it before /init runs
         ("bin/busybox", executable, busybox, (0, 0)),
         ("bin/sh", 0o120777, b"busybox", (0, 0)),
         ("init", executable, INIT_SCRIPT.encode(), (0, 0)),
         ("etc/acpi/PWRF/00000080", executable, POWER_BUTTON_SCRIPT.encode(), (0, 0)),
-        ("lib/modules/evdev.ko", regular, evdev, (0, 0)),
-        ("lib/modules/button.ko", regular, button, (0, 0)),
     ]
+    entries += [(f"lib/modules/{name}.ko", regular, data, (0, 0))
+                for name, data in modules.items()]
+    entries += [(path.strip("/"), executable, data, (0, 0)) for path, data in files.items()]
     return gzip.compress(_cpio_newc(entries), compresslevel=6, mtime=0)
+
+
+def _agent_files(root: Path) -> dict[str, bytes]:
+    """qemu-ga from its Debian package, and every library it links as this host's loader
+    resolves them (``ldd``; the host is the same Debian release, and QEMU itself needs the
+    same libraries, so they are installed wherever the tests run)."""
+    agent = root / "usr" / "sbin" / "qemu-ga"
+    files = {"/usr/sbin/qemu-ga": agent.read_bytes()}
+    for line in _run(["ldd", str(agent)]).splitlines():
+        parts = line.split()
+        path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
+        if path.startswith("/") and os.path.exists(path):
+            files[path] = Path(path).read_bytes()
+            if "=>" not in parts:  # the loader itself, also where the binary names it
+                files["/lib64/ld-linux-x86-64.so.2"] = files[path]
+    return files
 
 
 def build(cache_dir: Path | None = None) -> TinyGuest:
@@ -152,8 +204,8 @@ def build(cache_dir: Path | None = None) -> TinyGuest:
         work = Path(tmp)
         os.chmod(work, 0o755)  # apt's _apt user downloads into it
         kernel_package = _resolve_kernel_package()
-        log.info("downloading %s and %s", kernel_package, BUSYBOX_PACKAGE)
-        _download([kernel_package, BUSYBOX_PACKAGE], work)
+        log.info("downloading %s, %s and %s", kernel_package, BUSYBOX_PACKAGE, AGENT_PACKAGE)
+        _download([kernel_package, BUSYBOX_PACKAGE, AGENT_PACKAGE], work)
         root = work / "root"
         for deb in work.glob("*.deb"):
             _run(["dpkg-deb", "-x", str(deb), str(root)])
@@ -162,8 +214,9 @@ def build(cache_dir: Path | None = None) -> TinyGuest:
         modules = root / "lib" / "modules" / version / "kernel" / "drivers"
         image = _initramfs(
             busybox=(root / "bin" / "busybox").read_bytes(),
-            evdev=(modules / "input" / "evdev.ko").read_bytes(),
-            button=(modules / "acpi" / "button.ko").read_bytes(),
+            modules={path.rsplit("/", 1)[-1]: (modules / f"{path}.ko").read_bytes()
+                     for path in MODULES},
+            files=_agent_files(root),
         )
         for target, write in ((kernel, None), (initrd, image)):
             partial = target.with_suffix(".partial")

@@ -53,6 +53,7 @@ class Context:
         self.events = events
         self._lg_factory = looking_glass
         self._lock = threading.Lock()
+        self._setup_tracker = None
         self._lifecycle: VMLifecycleManager | None = None
         self._looking_glass: LookingGlassManager | None = None
         self.displays: dict[str, LGClientConfig] = {}  # VMs whose display follows them
@@ -138,6 +139,23 @@ class Context:
                 self._looking_glass = manager
             return self._looking_glass
 
+    def setup_tracker(self):
+        """The one tracker of unattended setups of this context, listening from now on."""
+        connection, loader = self.connection, self.loader
+        with self._lock:
+            if self._setup_tracker is None:
+                from ..core.guest_setup import SetupTracker
+
+                def media(name: str) -> set[str]:
+                    config = self.store.load(name)
+                    return {path for path in (config.iso_path, config.virtio_iso_path)
+                            if path} if config else set()
+
+                self._setup_tracker = SetupTracker(
+                    connection, loader=loader, shm_dir=self.shm_dir,
+                    detach_paths=media).start()
+            return self._setup_tracker
+
     @property
     def open_looking_glass(self) -> LookingGlassManager | None:
         """The Looking Glass manager if a display was opened through this context."""
@@ -148,6 +166,8 @@ class Context:
         it was given stays open for its owner)."""
         if self._looking_glass is not None:
             self._looking_glass.stop_all()
+        if self._setup_tracker is not None:
+            self._setup_tracker.close()
         if self._lifecycle is not None:
             self._lifecycle.close()
         if self._connection is not None and self._owns_connection:

@@ -76,6 +76,9 @@ def register(commands, common, subcommand) -> None:
     create.add_argument("--print-xml", action="store_true",
                         help="print the domain XML and change nothing")
     create.add_argument("--start", action="store_true", help="start the VM once created")
+    create.add_argument("--display", action="store_true",
+                        help="with --start: open its Looking Glass window (after an"
+                        " unattended setup: once the host application is live)")
     _setup_options(create)
     create.set_defaults(run=cmd_create)
 
@@ -277,6 +280,7 @@ def request_from_args(args: argparse.Namespace):
 
 def cmd_create(ctx: CommandContext) -> int:
     from ..actions import create
+    from ..core.errors import InvalidConfig
 
     args = ctx.args
     with flags_in_errors():
@@ -298,6 +302,11 @@ def cmd_create(ctx: CommandContext) -> int:
         if not ctx.json:
             ctx.print(f"  ... {step}")
 
+    if args.display and not args.start:
+        raise InvalidConfig("--display", "goes with --start")
+    following = None
+    if request.start and request.config.unattended is not None:
+        following = SetupFollower(ctx, args.name, args.display)  # before the VM starts
     with Spinner(ctx, f"Creating {args.name}"):
         outcome = create.create(ctx.actions, request, plan=plan, progress=progress)
     if ctx.json:
@@ -305,7 +314,69 @@ def cmd_create(ctx: CommandContext) -> int:
     else:
         ctx.print(f"created {outcome.result.name} from {outcome.result.template}"
                   f"{'; started' if outcome.started else ''}")
+    if following is not None:
+        return following.run()
+    if args.display:
+        from .power import _follow, _print_display
+        from ..actions import display
+
+        return _follow(display.open_display(ctx.actions, display.DisplayRequest(args.name),
+                                            on_change=_print_display(ctx)))
     return EXIT_OK
+
+
+class SetupFollower:
+    """Print each stage of a fresh unattended setup until "ready" (or the VM stops, or
+    Ctrl-C: setup goes on without us); with ``display``, open the Looking Glass window once
+    the host application is expected."""
+
+    def __init__(self, ctx: CommandContext, name: str, display: bool):
+        import queue
+
+        from ..actions import setup, vms
+
+        self.ctx, self.name, self.display = ctx, name, display
+        self.items: queue.Queue = queue.Queue()
+        self._stops = [setup.follow(ctx.actions, name, self.items.put)]
+        self._vms = vms
+
+    def run(self) -> int:
+        import queue
+
+        from ..actions import display
+        from .power import _follow, _print_display
+
+        ctx = self.ctx
+        self._stops.append(self._vms.watch(ctx.actions, self.name, self.items.put,
+                                           lambda event: None))
+        ctx.print(f"following the setup of {self.name} (Ctrl-C stops following; setup goes"
+                  f" on; `neuron-vm setup-status {self.name}` tells where it is)")
+        session = None
+        try:
+            while True:
+                try:
+                    item = self.items.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if hasattr(item, "note"):
+                    ctx.print(f"{self.name}: setup {item.new} ({item.note})")
+                    if self.display and session is None and item.new in ("looking-glass",
+                                                                         "ready"):
+                        session = display.open_display(
+                            ctx.actions, display.DisplayRequest(self.name),
+                            on_change=_print_display(ctx))
+                    if item.new == "ready":
+                        break
+                elif getattr(item.new, "value", "") in ("shutoff", "crashed"):
+                    ctx.print(f"{self.name}: the VM stopped during setup; start it again to"
+                              " go on")
+                    return EXIT_FAILED
+        except KeyboardInterrupt:
+            return EXIT_OK
+        finally:
+            for stop in self._stops:
+                stop()
+        return _follow(session) if session is not None else EXIT_OK
 
 
 def cmd_configure(ctx: CommandContext) -> int:

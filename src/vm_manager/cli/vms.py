@@ -93,14 +93,25 @@ def _format_change(change) -> str:
     return f"{stamp}  {change.name}  {change.old.value} -> {change.new.value}  ({change.reason})"
 
 
+def _format_setup(change) -> str:
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(change.timestamp).isoformat(" ", "milliseconds")
+    return f"{stamp}  {change.name}  setup {change.old} -> {change.new}  ({change.note})"
+
+
 def cmd_events(ctx: CommandContext) -> int:
     import queue
 
     from ..actions import vms
 
+    from ..actions import setup
+
     name = ctx.args.name
     items = queue.Queue()
     stop = vms.watch(ctx.actions, name, items.put, items.put)
+    stop_setup = setup.follow(ctx.actions, name, items.put) if name else \
+        setup.follow_all(ctx.actions, items.put)
     if not ctx.json:
         ctx.err.write(f"Watching {name or 'all VMs'} on {ctx.actions.uri}; Ctrl-C to stop.\n")
         ctx.err.flush()
@@ -110,6 +121,15 @@ def cmd_events(ctx: CommandContext) -> int:
             try:
                 item = items.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
             except queue.Empty:
+                continue
+            if hasattr(item, "note"):  # an unattended setup reached a stage
+                if ctx.json:
+                    ctx.print_json_line({"name": item.name, "setup": item.new, "old": item.old,
+                                         "note": item.note, "time": item.timestamp})
+                else:
+                    ctx.print(_format_setup(item))
+                    ctx.out.flush()
+                seen += 1
                 continue
             if not hasattr(item, "old"):  # the connection went away or came back
                 if ctx.json:
@@ -131,4 +151,5 @@ def cmd_events(ctx: CommandContext) -> int:
         pass
     finally:
         stop()
+        stop_setup()
     return EXIT_OK

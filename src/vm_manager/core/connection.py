@@ -25,6 +25,7 @@ from .events import (  # noqa: F401 (re-exported: subscribers import them from h
     CLOSE_REASONS,
     ensure_event_loop,
     quiet_libvirt_errors,
+    EVENT_AGENT,
     EVENT_DEVICE_REMOVED,
     EVENT_REBOOTED,
     ConnectionEvent,
@@ -225,10 +226,16 @@ class LibvirtConnection:
     def _register_lifecycle(self, conn: libvirt.virConnect, generation: int) -> list[int] | None:
         """Register our lifecycle and reboot callbacks on ``conn``; their ids, or None."""
         ids = []
+        event = self._domain_event  # (dom, event, detail, generation, device=None)
         for event_id, callback in (
-            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
-            (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot),
-            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_removed),
+            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+             lambda _c, dom, kind, detail, gen: event(dom, kind, detail, gen)),
+            (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT,
+             lambda _c, dom, gen: event(dom, EVENT_REBOOTED, 0, gen)),
+            (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+             lambda _c, dom, alias, gen: event(dom, EVENT_DEVICE_REMOVED, 0, gen, device=alias)),
+            (libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE,  # detail: 1 connected, 2 not
+             lambda _c, dom, state, _reason, gen: event(dom, EVENT_AGENT, state, gen)),
         ):
             try:
                 ids.append(conn.domainEventRegisterAny(None, event_id, callback, generation))
@@ -348,20 +355,6 @@ class LibvirtConnection:
 
     def _dispatch(self, event: Event) -> None:
         self._subscribers.notify(event)
-
-    def _on_lifecycle(
-        self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int,
-        generation: int,
-    ) -> None:
-        self._domain_event(dom, event, detail, generation)
-
-    def _on_reboot(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, generation: int) -> None:
-        self._domain_event(dom, EVENT_REBOOTED, 0, generation)
-
-    def _on_device_removed(
-        self, _conn: libvirt.virConnect, dom: libvirt.virDomain, alias: str, generation: int
-    ) -> None:
-        self._domain_event(dom, EVENT_DEVICE_REMOVED, 0, generation, device=alias)
 
     def _domain_event(
         self, dom: libvirt.virDomain, event: int, detail: int, generation: int,

@@ -11,7 +11,7 @@ Facts (libvirt's domain XML format, checked against ``virsh dumpxml`` on libvirt
 sizes default to KiB; a PCI hostdev's host address is ``<source><address>`` (the other
 ``<address>`` is where the guest sees it); the SPICE port is -1 or missing until the
 domain runs; a live disk carries ``<backingStore>`` elements (an empty one ends the
-chain); ``<metadata>`` holds NeuronOS's own ``neuronos:vm`` block.
+chain); ``<metadata>`` holds NeuronOS's ``neuronos:vm`` block and a setup's progress.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from .errors import VMManagerError
 
 NEURONOS_NS = "https://neuronos.org/xmlns/vm/1.0"
+SETUP_NS = "https://neuronos.org/xmlns/setup/1.0"  # a guest setup's progress (its own key)
 # libvirt's size units (docs "formatdomain", memory), in MiB
 UNITS_MIB = {"b": 1 / 1048576, "bytes": 1 / 1048576, "k": 1 / 1024, "kib": 1 / 1024,
              "kb": 1000 / 1048576, "m": 1, "mib": 1, "mb": 1000000 / 1048576, "g": 1024,
@@ -141,6 +142,17 @@ class OSInfo:
 
 
 @dataclass(frozen=True)
+class SetupInfo:
+    """An unattended setup's progress, kept in the domain's metadata."""
+
+    kind: str | None  # windows, cloud-init
+    stage: str | None
+    looking_glass: bool
+    medium: str | None  # the setup medium NeuronOS made (removed at "ready")
+    steps: tuple[tuple[str, str, str], ...] = ()  # (stage, ISO time, note)
+
+
+@dataclass(frozen=True)
 class DomainInfo:
     name: str | None
     uuid: str | None
@@ -164,6 +176,7 @@ class DomainInfo:
     shmems: tuple[Shmem, ...] = ()
     channels: tuple[Channel, ...] = ()
     filesystems: tuple[Filesystem, ...] = field(default=())
+    setup: SetupInfo | None = None
 
     @property
     def spice_port(self) -> int | None:
@@ -191,11 +204,9 @@ class DomainInfo:
 
 def _lists(value):
     """asdict() keeps tuples; JSON and comparisons want lists."""
-    if isinstance(value, dict):
-        return {key: _lists(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_lists(item) for item in value]
-    return value
+    return {k: _lists(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 def read_domain(xml: str) -> DomainInfo:
@@ -210,6 +221,7 @@ def read_domain(xml: str) -> DomainInfo:
     if devices is None:
         devices = ET.Element("devices")
     metadata = root.find(f"metadata/{{{NEURONOS_NS}}}vm")
+    metadata = ET.Element("vm") if metadata is None else metadata
     vcpu_text = root.findtext("vcpu")
     return DomainInfo(
         name=root.findtext("name"),
@@ -223,10 +235,8 @@ def read_domain(xml: str) -> DomainInfo:
         vcpus=_int(vcpu_text),
         vcpus_text=vcpu_text,
         os=_os(root),
-        neuronos_type=metadata.findtext(f"{{{NEURONOS_NS}}}type") if metadata is not None
-        else None,
-        neuronos_template=metadata.findtext(f"{{{NEURONOS_NS}}}template")
-        if metadata is not None else None,
+        neuronos_type=metadata.findtext(f"{{{NEURONOS_NS}}}type"),
+        neuronos_template=metadata.findtext(f"{{{NEURONOS_NS}}}template"),
         tpm=_tpm(devices.find("tpm")),
         disks=tuple(_disk(disk) for disk in devices.findall("disk")),
         interfaces=tuple(_interface(iface) for iface in devices.findall("interface")),
@@ -238,7 +248,17 @@ def read_domain(xml: str) -> DomainInfo:
         shmems=tuple(_shmem(item) for item in devices.findall("shmem")),
         channels=tuple(_channel(item) for item in devices.findall("channel")),
         filesystems=tuple(_filesystem(item) for item in devices.findall("filesystem")),
+        setup=_setup(root.find(f"metadata/{{{SETUP_NS}}}setup")),
     )
+
+
+def _setup(element: ET.Element | None) -> SetupInfo | None:
+    if element is None:
+        return None
+    steps = tuple((step.get("stage") or "", step.get("at") or "", step.text or "")
+                  for step in element if step.tag.rsplit("}", 1)[-1] == "step")
+    return SetupInfo(element.get("kind"), element.get("stage"),
+                     element.get("looking-glass") == "yes", element.get("medium"), steps)
 
 
 def size_mib(element: ET.Element | None, default_unit: str) -> float | None:

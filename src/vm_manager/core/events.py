@@ -46,6 +46,8 @@ EVENT_DETAIL_NAMES = (
 # arrive as DomainEvents with these.
 EVENT_REBOOTED = 100
 EVENT_DEVICE_REMOVED = 101
+EVENT_AGENT = 102  # VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE; detail: 1 connected, 2 disconnected
+AGENT_STATES = {1: "connected", 2: "disconnected"}
 # virConnectCloseReason
 CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "closed by client"}
 
@@ -67,12 +69,16 @@ class DomainEvent(NamedTuple):
             return "rebooted"
         if self.event == EVENT_DEVICE_REMOVED:
             return "device-removed"
+        if self.event == EVENT_AGENT:
+            return "agent"
         if 0 <= self.event < len(DOMAIN_EVENT_NAMES):
             return DOMAIN_EVENT_NAMES[self.event]
         return f"event-{self.event}"
 
     @property
     def detail_name(self) -> str:
+        if self.event == EVENT_AGENT:
+            return AGENT_STATES.get(self.detail, str(self.detail))
         if 0 <= self.event < len(EVENT_DETAIL_NAMES):
             names = EVENT_DETAIL_NAMES[self.event]
             if 0 <= self.detail < len(names):

@@ -103,6 +103,15 @@ class LookingGlassSpec:
 
 
 @dataclass(frozen=True)
+class SetupSpec:
+    """An unattended setup, recorded in the domain's metadata at stage "created"."""
+
+    kind: str  # windows, cloud-init
+    medium: str
+    looking_glass: bool
+
+
+@dataclass(frozen=True)
 class TemplateContext:
     """Every variable of the domain templates (user templates may use all of them)."""
 
@@ -127,6 +136,7 @@ class TemplateContext:
     usb: tuple[USBSpec, ...]
     gpu: GPUSpec | None
     looking_glass: LookingGlassSpec | None
+    setup: SetupSpec | None = None
 
     def as_mapping(self) -> dict[str, Any]:
         """The template variables (nested values stay typed objects)."""
@@ -386,4 +396,6 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
         usb=tuple(USBSpec(usb.vendor_id, usb.product_id) for usb in config.usb_devices),
         gpu=gpu,
         looking_glass=looking_glass,
+        setup=SetupSpec("windows", setup_medium, looking_glass is not None)
+        if setup_medium else None,
     )

@@ -170,6 +170,20 @@ def check_swtpm(root: Path) -> Check:
                  "sudo apt install swtpm swtpm-tools (Debian/Ubuntu), sudo pacman -S swtpm (Arch)")
 
 
+def check_console_viewer(root: Path, environ: dict | None = None) -> Check:
+    """virt-viewer shows a VM's own screen (`neuron-vm console`), e.g. while Windows installs."""
+    env = os.environ if environ is None else environ
+    found = (root / "usr" / "bin" / "virt-viewer").exists() or (
+        root == Path("/") and (env.get("NEURONOS_VIRT_VIEWER")
+                               or shutil.which("virt-viewer", path=env.get("PATH"))))
+    if found:
+        return Check("console viewer", OK, "virt-viewer")
+    return Check("console viewer", WARN, "virt-viewer is not installed: `neuron-vm console`"
+                 " cannot show a VM's own screen (e.g. while Windows installs)",
+                 "sudo apt install virt-viewer (Debian/Ubuntu), sudo pacman -S virt-viewer"
+                 " (Arch)")
+
+
 def check_libvirt(uri: str) -> tuple[Check, Check]:
     """libvirtd reachable, and the state of the 'default' network (never started here)."""
     from ..core.errors import ConnectionFailed, OperationFailed
@@ -333,7 +347,8 @@ def run_checks(root: Path | str | None = None, uri: str | None = None,
     remapping = check_interrupt_remapping(base)
     if remapping is not None:
         checks.append(remapping)
-    checks += [check_vfio(base), check_firmware(base), check_swtpm(base)]
+    checks += [check_vfio(base), check_firmware(base), check_swtpm(base),
+               check_console_viewer(base, environ)]
     checks += list(check_libvirt(resolve_uri(uri)))
     checks += [check_groups(base, desktop_user(environ)), check_looking_glass_client(environ),
                check_shared_memory(base), check_desktop_libraries()]

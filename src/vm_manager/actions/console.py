@@ -1,0 +1,61 @@
+"""A VM's own screen in virt-viewer (its SPICE display): for every VM, also while Windows
+is installing and before Looking Glass works (DESIGN.md 7). ``--wait --reconnect`` make the
+viewer wait for the VM to start and follow it across reboots; ``--connect`` reaches remote
+hosts too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from .context import Context
+
+INSTALL = ("virt-viewer is not installed: sudo apt install virt-viewer (Debian/Ubuntu),"
+           " sudo pacman -S virt-viewer (Arch)")
+
+
+@dataclass
+class ConsoleSession:
+    name: str
+    argv: list[str]
+    pid: int
+    code: int | None  # the viewer's exit status when waited for
+    message: str
+
+
+def viewer_argv(uri: str, name: str, viewer: str = "virt-viewer") -> list[str]:
+    return [viewer, "--connect", uri, "--wait", "--reconnect", name]
+
+
+def find_viewer(environ: dict | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get("NEURONOS_VIRT_VIEWER") or shutil.which("virt-viewer", path=env.get("PATH"))
+
+
+def open_console(ctx: Context, name: str, wait: bool = False) -> ConsoleSession:
+    """Open the viewer for ``name`` (it must exist: ``VMNotFound`` otherwise). ``wait``:
+    return when the window closes. Raises ``OperationFailed`` when virt-viewer is missing
+    or there is no display to open a window on."""
+    from ..core import guard
+    from ..core.errors import OperationFailed
+
+    ctx.lifecycle.require(name)
+    viewer = find_viewer()
+    if viewer is None:
+        raise OperationFailed(INSTALL)
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise OperationFailed("no desktop display here (DISPLAY and WAYLAND_DISPLAY are"
+                              " unset): run it in your desktop session")
+    argv = viewer_argv(ctx.uri, name, viewer)
+    guard.check("virt-viewer")
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=not wait)
+    if wait:
+        code = process.wait()
+        return ConsoleSession(name, argv, process.pid, code,
+                              f"the console window closed (exit status {code})")
+    return ConsoleSession(name, argv, process.pid, None,
+                          f"console opened in virt-viewer (pid {process.pid})")

@@ -1,0 +1,64 @@
+"""Unattended setups as both faces see them: where one stands, and following it to the end.
+
+The stages come from ``core.guest_setup`` (events, the domain's metadata); this layer adds
+what the user can do at each one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .context import Context
+
+NEXT = {
+    "created": "start it (`neuron-vm start {name}`): setup runs by itself from there",
+    "installing": "Windows is installing (20-40 minutes with KVM); watch it with"
+                  " `neuron-vm console {name}`",
+    "first-logon": "Windows runs; its first-logon steps (guest tools, the Looking Glass host)"
+                   " are running",
+    "looking-glass": "waiting for the Looking Glass host application in the guest: it needs"
+                     " a display on the passed-through GPU (a monitor or a dummy plug)",
+    "ready": "done: the installer and setup media are detached",
+}
+
+
+@dataclass
+class SetupStatus:
+    name: str
+    kind: str | None
+    stage: str | None
+    steps: list[dict] = field(default_factory=list)
+    next: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def status(ctx: Context, name: str) -> SetupStatus:
+    """Where the setup of ``name`` stands (caught up once if its agent is connected).
+    Raises ``VMNotFound``; ``InvalidConfig`` for a VM that was not set up unattended."""
+    from ..core.errors import InvalidConfig
+
+    ctx.lifecycle.require(name)
+    info = ctx.setup_tracker().status(name)
+    if info is None:
+        raise InvalidConfig("NAME", f"{name} was not created with --unattended: there is no"
+                            " setup to follow")
+    steps = [{"stage": stage, "at": at, "note": note} for stage, at, note in info.steps]
+    return SetupStatus(name, info.kind, info.stage, steps,
+                       NEXT.get(info.stage or "", "").format(name=name))
+
+
+def follow(ctx: Context, name: str, on_change: Callable) -> Callable[[], None]:
+    """Call ``on_change(SetupChange)`` for each stage ``name`` reaches; returns the stop."""
+    tracker = ctx.setup_tracker()
+    token = tracker.subscribe(lambda change: on_change(change) if change.name == name
+                              else None)
+    return lambda: tracker.unsubscribe(token)
+
+
+def follow_all(ctx: Context, on_change: Callable) -> Callable[[], None]:
+    tracker = ctx.setup_tracker()
+    token = tracker.subscribe(on_change)
+    return lambda: tracker.unsubscribe(token)

@@ -1,0 +1,321 @@
+"""Following an unattended setup to the end from libvirt's events, never by polling libvirt
+(DESIGN.md 7).
+
+The stages, kept in the domain's own metadata (``SETUP_NS``; so they survive a libvirtd or a
+NeuronOS restart, and every NeuronOS that looks at the VM sees the same):
+
+- ``created``: the VM and its setup medium exist.
+- ``installing``: the VM started with the installer (the lifecycle "started" event). The
+  Windows disc's boot loader waits a few seconds for a key before it boots from the CD; the
+  tracker answers it by sending Enter for ``BOOT_PROMPT_S`` seconds.
+- ``first-logon``: the QEMU guest agent answered (the agent-lifecycle "connected" event):
+  Windows runs, and the guest tools that bring the agent are installed.
+- ``looking-glass``: the first-logon steps said "done" (the stage file the first-logon script
+  writes, read through the agent when it reconnects) and the VM shows through Looking Glass:
+  waiting for the host application's heartbeat.
+- ``ready``: the installer, the virtio ISO and the setup medium are detached (config and
+  live), the medium, which holds the password, is deleted.
+
+A cloud-init VM is ready when its agent connects. A stage the tracker missed (nobody was
+listening) is caught up once by ``status``: a running VM whose agent channel says
+"connected" is asked for its stage file then.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import libvirt
+
+from .connection import EVENT_AGENT, DomainEvent, LibvirtConnection
+from .domain_xml import SETUP_NS, SetupInfo, read_domain
+from .errors import VMManagerError
+from .primitives import Subscribers
+from .log import get_logger
+
+log = get_logger(__name__)
+
+STAGES = ("created", "installing", "first-logon", "looking-glass", "ready")
+WINDOWS_STAGE_FILE = r"C:\ProgramData\NeuronOS\stage"
+BOOT_PROMPT_S = 20.0  # "Press any key to boot from CD or DVD" lasts ~5 s; TCG is slow
+KEY_ENTER = 28  # linux/input-event-codes.h
+METADATA_KEY = "neuronos-setup"
+AGENT_CONNECTED = 1
+
+
+@dataclass(frozen=True)
+class SetupChange:
+    name: str
+    old: str | None
+    new: str
+    note: str
+    timestamp: float
+
+
+class SetupTracker:
+    """Moves each VM's setup through its stages as events arrive. Thread-safe."""
+
+    def __init__(self, connection: LibvirtConnection, *, loader=None,
+                 stage_file: str = WINDOWS_STAGE_FILE, agent_timeout: int = 5,
+                 host_timeout: float = 3600.0, shm_dir: Path | None = None,
+                 boot_prompt_s: float = BOOT_PROMPT_S, detach_paths=None):
+        self.connection = connection
+        self._loader = loader
+        self.stage_file = stage_file
+        self.agent_timeout = agent_timeout
+        self.host_timeout = host_timeout
+        self.shm_dir = shm_dir
+        self.boot_prompt_s = boot_prompt_s
+        self._detach_paths = detach_paths or (lambda name: set())
+        self._subscribers = Subscribers(log)
+        self._lock = threading.RLock()
+        self._token: int | None = None
+        self._cancel = threading.Event()
+
+    # --- subscribing ------------------------------------------------------------------------
+
+    def start(self) -> SetupTracker:
+        with self._lock:
+            if self._token is None:
+                self._token = self.connection.subscribe(self._on_event)
+        return self
+
+    def close(self) -> None:
+        self._cancel.set()
+        with self._lock:
+            token, self._token = self._token, None
+        if token is not None:
+            self.connection.unsubscribe(token)
+
+    def subscribe(self, callback: Callable[[SetupChange], None]) -> int:
+        return self._subscribers.add(callback)
+
+    def unsubscribe(self, token: int) -> None:
+        self._subscribers.remove(token)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def info(self, name: str) -> tuple[SetupInfo | None, dict]:
+        """The setup's metadata and the VM's live facts (active, agent channel state)."""
+        def read(conn):
+            dom = self.connection.lookup(conn, name)
+            return dom.XMLDesc(0), bool(dom.isActive())
+
+        xml, active = self.connection.execute(read, idempotent=True)
+        domain = read_domain(xml)
+        agent = next((c.state for c in domain.channels
+                      if c.target_name == "org.qemu.guest_agent.0"), None)
+        return domain.setup, {"active": active, "agent": agent, "domain": domain}
+
+    def status(self, name: str) -> SetupInfo | None:
+        """The stage now; a VM whose agent is connected is caught up first (once)."""
+        setup, live = self.info(name)
+        if setup is not None and setup.stage not in ("ready", None) and live["active"] \
+                and live["agent"] == "connected":
+            self.agent_connected(name)
+            setup, _ = self.info(name)
+        return setup
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _on_event(self, event) -> None:
+        if not isinstance(event, DomainEvent):
+            return
+        if event.event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            target = self._started
+        elif event.event == EVENT_AGENT and event.detail == AGENT_CONNECTED:
+            target = self.agent_connected
+        else:
+            return
+        # never call libvirt from libvirt's event thread: a worker does it
+        threading.Thread(target=self._quietly, args=(target, event.name), daemon=True,
+                         name=f"setup {event.name}").start()
+
+    def _quietly(self, target, name: str) -> None:
+        try:
+            target(name)
+        except VMManagerError as error:
+            log.warning("setup of %s: %s", name, error)
+
+    def _started(self, name: str) -> None:
+        with self._lock:
+            setup, _ = self.info(name)
+            if setup is None or setup.stage != "created":
+                return
+            self._advance(name, setup, "installing", "the VM started with the installer")
+        if setup.kind == "windows":
+            self._answer_boot_prompt(name)
+
+    def _answer_boot_prompt(self, name: str) -> None:
+        """Windows discs ask for a key before they boot from CD; answer with Enter for a
+        while (the answer file then runs setup without any other key)."""
+        deadline = time.monotonic() + self.boot_prompt_s
+
+        def press(conn):
+            dom = self.connection.lookup(conn, name)
+            if dom.isActive():
+                dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 0, [KEY_ENTER], 1, 0)
+            return bool(dom.isActive())
+
+        while time.monotonic() < deadline and not self._cancel.wait(1.0):
+            try:
+                if not self.connection.execute(press):
+                    return
+            except VMManagerError as error:
+                log.debug("could not press Enter in %s: %s", name, error)
+                return
+
+    def agent_connected(self, name: str, stage_text: str | None = None) -> None:
+        """The guest agent answered: Windows runs (first logon done, tools installed), or
+        its first-logon steps are done; a cloud-init VM is ready. ``stage_text``: the
+        stage file's content when already read."""
+        with self._lock:
+            self._agent_connected(name, stage_text)
+
+    def _agent_connected(self, name: str, stage_text: str | None) -> None:
+        setup, _ = self.info(name)
+        if setup is None or setup.stage in ("ready", "looking-glass"):
+            return
+        if setup.kind == "cloud-init":
+            self.finish(name, "cloud-init ran and the guest agent answers")
+            return
+        text = stage_text if stage_text is not None else self.read_stage_file(name)
+        if text != "done":
+            if setup.stage != "first-logon":
+                self._advance(name, setup, "first-logon", "Windows runs and its guest agent"
+                              " answers: the guest tools are installed")
+            return
+        if setup.looking_glass:
+            setup = self._advance(name, setup, "looking-glass", "the first-logon steps are"
+                                  " done; waiting for the Looking Glass host application")
+            threading.Thread(target=self._quietly, args=(self._wait_for_looking_glass, name),
+                             daemon=True).start()
+            return
+        self.finish(name, "the first-logon steps are done")
+
+    def _wait_for_looking_glass(self, name: str) -> None:
+        from ..passthrough.ivshmem import SHM_DIR, shm_path
+        from ..passthrough.lgmp import wait_for_host
+
+        path = shm_path(name, self.shm_dir or SHM_DIR)
+        header = wait_for_host(path, self.host_timeout, self._cancel)
+        self.finish(name, f"the Looking Glass host application is live"
+                    f" ({header.host_release or 'release unknown'})")
+
+    def read_stage_file(self, name: str) -> str | None:
+        """The first-logon script's stage file, read through the guest agent (None when it
+        cannot be read yet)."""
+        import libvirt_qemu
+
+        def agent(conn, command: dict):
+            dom = self.connection.lookup(conn, name)
+            reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(command),
+                                                  self.agent_timeout, 0)
+            return json.loads(reply)["return"]
+
+        try:
+            handle = self.connection.execute(lambda c: agent(c, {
+                "execute": "guest-file-open", "arguments": {"path": self.stage_file,
+                                                            "mode": "r"}}))
+            try:
+                data = self.connection.execute(lambda c: agent(c, {
+                    "execute": "guest-file-read", "arguments": {"handle": handle,
+                                                                "count": 4096}}))
+            finally:
+                self.connection.execute(lambda c: agent(c, {
+                    "execute": "guest-file-close", "arguments": {"handle": handle}}))
+        except (VMManagerError, ValueError, KeyError) as error:
+            log.debug("stage file of %s not readable yet: %s", name, error)
+            return None
+        raw = base64.b64decode(data.get("buf-b64", ""))
+        for encoding in ("utf-8-sig", "utf-16"):
+            try:
+                return raw.decode(encoding).replace("\0", "").strip()
+            except UnicodeDecodeError:
+                continue
+        return None
+
+    # --- the end ----------------------------------------------------------------------------
+
+    def finish(self, name: str, note: str) -> None:
+        """Detach the installer, the virtio ISO and the setup medium (config, and live when
+        it runs), delete the medium, and say "ready"."""
+        with self._lock:
+            self._finish(name, note)
+
+    def _finish(self, name: str, note: str) -> None:
+        setup, live = self.info(name)
+        if setup is None or setup.stage == "ready":
+            return
+        detach = self._detach_paths(name) | ({setup.medium} if setup.medium else set())
+        cdroms = [d for d in live["domain"].disks if d.device == "cdrom" and d.source in detach]
+        inactive = read_domain(self.connection.execute(
+            lambda c: self.connection.lookup(c, name).XMLDesc(
+                libvirt.VIR_DOMAIN_XML_INACTIVE)))
+        for disk in inactive.disks:
+            if disk.device == "cdrom" and disk.source in detach:
+                self._detach(name, disk, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        if live["active"]:
+            for disk in cdroms:
+                self._detach(name, disk, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if setup.medium and Path(setup.medium).name == f"{name}-setup.iso":
+            try:
+                os.unlink(setup.medium)
+            except FileNotFoundError:
+                pass
+        self._advance(name, setup, "ready", f"{note}; installer and setup media detached,"
+                      " the setup medium deleted")
+
+    def _detach(self, name: str, disk, flags: int) -> None:
+        """CONFIG: remove the CD-ROM; LIVE: eject it (a SATA CD-ROM cannot be unplugged)."""
+        from .planning import CDROMSpec
+
+        loader = self._loader
+        if loader is None:
+            from ..templates.loader import TemplateLoader
+
+            loader = self._loader = TemplateLoader()
+        config = flags == libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        spec = CDROMSpec(disk.source if config else None, disk.bus or "sata", disk.target, None)
+        fragment = loader.render_fragment("cdroms", [spec])
+
+        def apply(conn):
+            dom = self.connection.lookup(conn, name)
+            if config:
+                dom.detachDeviceFlags(fragment, flags)
+            else:
+                dom.updateDeviceFlags(fragment, flags)
+
+        self.connection.execute(apply)
+
+    def _advance(self, name: str, setup: SetupInfo, stage: str, note: str) -> SetupInfo:
+        steps = (*setup.steps, (stage, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                note))
+        new = SetupInfo(setup.kind, stage, setup.looking_glass, setup.medium, steps)
+        element = ET.Element("setup", {"kind": new.kind or "", "stage": stage,
+                                       "looking-glass": "yes" if new.looking_glass else "no"})
+        if new.medium:
+            element.set("medium", new.medium)
+        for step_stage, at, text in steps:
+            ET.SubElement(element, "step", {"stage": step_stage, "at": at}).text = text
+
+        def write(conn):
+            dom = self.connection.lookup(conn, name)
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (
+                libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                            ET.tostring(element, encoding="unicode"), METADATA_KEY, SETUP_NS,
+                            flags)
+
+        self.connection.execute(write)
+        log.info("setup of %s: %s -> %s (%s)", name, setup.stage, stage, note)
+        self._subscribers.notify(SetupChange(name, setup.stage, stage, note, time.time()))
+        return new
