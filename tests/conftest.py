@@ -151,3 +151,40 @@ def pytest_terminal_summary(terminalreporter) -> None:
         f"adversarial suite: {counts['hostile cases']} hostile CLI cases,"
         f" {counts['daemon kills']} daemon kills, {counts['corrupt kinds']} kinds of corrupt"
         f" settings; {len(failed)} failed tests")
+
+
+@pytest.fixture
+def xserver(tmp_path):
+    """A real X server (Xvfb) for the test: its DISPLAY. CI installs Xvfb and xdotool."""
+    import shutil
+    import subprocess
+
+    xvfb, xdotool = shutil.which("Xvfb"), shutil.which("xdotool")
+    if not (xvfb and xdotool):
+        reason = "Xvfb and xdotool are needed (apt-get install xvfb xdotool)"
+        if IN_CI:
+            pytest.fail(f"CI=true but {reason}: .ci/run installs them")
+        pytest.skip(reason)
+    read, write = os.pipe()
+    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1920x1080x24",
+                               "-nolisten", "tcp"], pass_fds=(write,),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        display = f":{pipe.readline().strip()}"
+    yield display
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_guest(system_daemon):
+    """The tiny real guest (kernel + initramfs, built once from Debian packages)."""
+    from support.tiny_guest import build
+
+    try:
+        return build()
+    except Exception as error:  # noqa: BLE001 - reported as a skip outside CI, a failure in CI
+        if IN_CI:
+            raise
+        pytest.skip(f"cannot build the tiny guest here: {error}")

@@ -22,22 +22,12 @@ from vm_manager.core.errors import LifecycleError
 from vm_manager.core.primitives import VMState
 from vm_manager.core.vm_lifecycle import ShutdownMethod
 from support.domains import domain_xml, no_os_domain_xml
-from support.tiny_guest import READY_MARKER, build
+from support.tiny_guest import READY_MARKER
 from support.tiny_guest import wait_for_console
 
 pytestmark = pytest.mark.daemon
 S = VMState
 BOOT_TIMEOUT = 120  # TCG on a 2-core CI machine; the guest is usually ready in ~5 s
-
-
-@pytest.fixture(scope="session")
-def tiny_guest(system_daemon):
-    try:
-        return build()
-    except Exception as error:  # noqa: BLE001 - reported as a skip outside CI, a failure in CI
-        if IN_CI:
-            raise
-        pytest.skip(f"cannot build the tiny guest here: {error}")
 
 
 @pytest.fixture

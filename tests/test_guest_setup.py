@@ -288,7 +288,7 @@ def test_bad_setup_input_exits_2_and_leaves_nothing(world, isos, extra, field, w
     assert store.load("w11") is None
 
 
-def test_setup_needs_both_isos_and_a_windows_template(world, isos, tmp_path):
+def test_setup_needs_its_media_and_a_windows_or_linux_template(world, isos, tmp_path):
     _, _, _, password = world
     code, _, err = run(world, "create", "w", "--template", "windows11", "--unattended",
                        "--virtio-iso", str(isos["virtio"]), "--password-file", str(password))
@@ -298,7 +298,10 @@ def test_setup_needs_both_isos_and_a_windows_template(world, isos, tmp_path):
     assert code == 2 and "--virtio-iso" in err
     code, _, err = run(world, "create", "w", "--template", "linux", "--unattended",
                        "--password-file", str(password))
-    assert code == 2 and "--unattended" in err and "for Windows" in err
+    assert code == 2 and "--cloud-image" in err and "starts from a cloud image" in err
+    code, _, err = run(world, "create", "w", "--template", "macos", "--opencore",
+                       str(password), "--unattended", "--password-file", str(password))
+    assert code == 2 and "--unattended" in err and "for Windows and Linux" in err
     code, _, err = run(world, "create", "w", "--template", "windows11", "--user", "anna")
     assert code == 2 and "--user" in err and "goes with --unattended" in err
 
@@ -444,3 +447,112 @@ def test_console_without_virt_viewer_says_how_to_install_it(three_vm_uri, monkey
     (host / "usr" / "bin").mkdir(parents=True)
     (host / "usr" / "bin" / "virt-viewer").write_bytes(b"")
     assert check_console_viewer(host, {}).status == "ok"
+
+
+# --- Linux cloud images (cloud-init NoCloud) ----------------------------------------------------
+
+@pytest.fixture
+def cloud(tmp_path):
+    base = tmp_path / "debian-12-genericcloud-amd64.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "256M"], check=True)
+    key = tmp_path / "id_ed25519.pub"
+    key.write_text("# my laptop\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0example "
+                   'anna@laptop: "quoted" #tail\n')
+    return base, key
+
+
+def linux_args(base, key, *extra, name="lin"):
+    return ["create", name, "--template", "linux", "--cloud-image", str(base), "--network",
+            "none", "--unattended", "--user", "dev", "--ssh-key", str(key), *extra]
+
+
+def test_a_cloud_image_vm_gets_an_overlay_and_a_seed(world, cloud, tmp_path):
+    import yaml
+
+    conn, store, images, password = world
+    base, key = cloud
+    before = sha256(base)
+    code, out, err = run(world, *linux_args(base, key, "--password-file", str(password)))
+    assert code == 0, err
+    assert f"on {base}, which is never written" in out and "1 SSH key(s)" in out
+    disk, seed = images / "lin.qcow2", images / "lin-setup.iso"
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["backing-filename"] == str(base) and info["backing-filename-format"] == "qcow2"
+    assert (seed.stat().st_mode & 0o777) == 0o600
+    assert xorriso_files(seed) == ["/meta-data", "/network-config", "/user-data"]
+    label = subprocess.run(["xorriso", "-indev", str(seed), "-pvd_info"], capture_output=True,
+                           text=True).stdout
+    assert "Volume Id    : cidata" in label
+    out_dir = tmp_path / "seed"
+    out_dir.mkdir()
+    meta = yaml.safe_load(xorriso_read(seed, "/meta-data", out_dir / "m"))
+    vm_uuid = conn.execute(lambda c: c.lookupByName("lin").UUIDString())
+    assert meta == {"instance-id": f"iid-{vm_uuid}", "local-hostname": "lin"}
+    user_data = xorriso_read(seed, "/user-data", out_dir / "u").decode()
+    assert user_data.startswith("#cloud-config\n")
+    config = yaml.safe_load(user_data)
+    account = config["users"][0]
+    assert account["name"] == "dev" and account["lock_passwd"] is False
+    assert account["plain_text_passwd"] == "Sw0rdfish <&> ünïcode"  # verbatim
+    assert account["ssh_authorized_keys"] == [
+        'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0example anna@laptop: "quoted" #tail']
+    assert "qemu-guest-agent" in config["packages"]
+    xml = conn.execute(lambda c: c.lookupByName("lin").XMLDesc(0))
+    assert "kind='cloud-init'" in xml.replace('"', "'") and str(seed) in xml
+    assert "Sw0rdfish" not in store.path_for("lin").read_text()
+    assert sha256(base) == before
+
+
+def test_a_key_only_account_needs_no_password(world, cloud):
+    import yaml
+
+    _, _, images, _ = world
+    base, key = cloud
+    code, _, err = run(world, *linux_args(base, key))
+    assert code == 0, err
+    seed = images / "lin-setup.iso"
+    listing = subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(seed), "-extract",
+                              "/user-data", str(images / "u")], capture_output=True)
+    assert listing.returncode == 0
+    account = yaml.safe_load((images / "u").read_text())["users"][0]
+    assert account["lock_passwd"] is True and "plain_text_passwd" not in account
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (("--ssh-key", "PRIVATE"), "--ssh-key", "is a private key"),
+    (("--ssh-key", "EMPTY"), "--ssh-key", "holds no SSH public key"),
+    (("--user", "Root"), "--user", "not a Linux user name"),
+    (("--user", "root"), "--user", "system account"),
+    (("--cloud-image", "MISSING"), "--cloud-image", "does not exist"),
+])
+def test_bad_cloud_image_input_exits_2(world, cloud, tmp_path, change, field, words):
+    base, key = cloud
+    private = tmp_path / "id"
+    private.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n")
+    empty = tmp_path / "empty.pub"
+    empty.write_text("# nothing\n")
+    args = linux_args(base, key)
+    flag, value = change
+    value = {"PRIVATE": str(private), "EMPTY": str(empty),
+             "MISSING": str(tmp_path / "nope.qcow2")}.get(value, value)
+    args[args.index(flag) + 1] = value
+    code, _, err = run(world, *args)
+    assert code == 2 and err.startswith(f"neuron-vm: {field}") and words in err, err
+    _, _, images, _ = world
+    assert not images.exists() or not list(images.iterdir())
+
+
+@pytest.mark.parametrize("extra", [["--edition", "X"], ["--locale", "de-DE"],
+                                   ["--bypass-hardware-checks"]])
+def test_windows_options_on_linux_exit_2(world, cloud, extra):
+    base, key = cloud
+    code, _, err = run(world, *linux_args(base, key, *extra))
+    assert code == 2 and "goes with a Windows template" in err, err
+
+
+def test_linux_without_key_or_password_off_a_terminal_exits_2(world, cloud):
+    base, _ = cloud
+    code, _, err = run(world, "create", "lin", "--template", "linux", "--cloud-image",
+                       str(base), "--network", "none", "--unattended", "--user", "dev")
+    assert code == 2 and "--password-file" in err and "not on a terminal" in err

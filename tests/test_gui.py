@@ -459,3 +459,16 @@ def test_the_host_check_is_readable_without_scrolling(qtbot):
     failed = sum(check.status == "fail" for check in checks)
     assert dialog.summary.text().startswith(f"{failed} check" + ("s need" if failed != 1 else
                                                                  " needs"))
+
+
+def test_the_console_action_runs_the_console_action(window, qtbot, monkeypatch, tmp_path):
+    """Console is there for every VM (also a stopped one: the viewer waits for it); it runs
+    `neuron-vm console`'s action on a worker and says what happened in the status bar."""
+    window.select("beta")  # shut off
+    assert window.actions_by_key["console"].isEnabled()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no virt-viewer here
+    monkeypatch.delenv("NEURONOS_VIRT_VIEWER", raising=False)
+    window.actions_by_key["console"].trigger()
+    qtbot.waitUntil(lambda: "virt-viewer is not installed" in
+                    window.statusBar().currentMessage(), timeout=5000)
+    assert "sudo apt install virt-viewer" in window.last_error

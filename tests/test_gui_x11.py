@@ -75,26 +75,6 @@ def test_doctor_names_a_missing_library_and_its_package(tmp_path):
     assert f"sudo pacman -S wayland {SONAME_PACKAGES[known][1]}" in hint
 
 
-@pytest.fixture
-def xserver(tmp_path):
-    xvfb, xdotool = shutil.which("Xvfb"), shutil.which("xdotool")
-    if not (xvfb and xdotool):
-        reason = "Xvfb and xdotool are needed (apt-get install xvfb xdotool)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}: .ci/run installs them")
-        pytest.skip(reason)
-    read, write = os.pipe()
-    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1920x1080x24",
-                               "-nolisten", "tcp"], pass_fds=(write,),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        display = f":{pipe.readline().strip()}"
-    yield display
-    server.terminate()
-    server.wait(timeout=10)
-
-
 def test_the_app_starts_on_x11_and_shows_a_usable_window(xserver, three_vm_uri, tmp_path):
     gui = Path(sys.executable).with_name("neuron-vm-gui")
     env = {key: value for key, value in os.environ.items() if not key.startswith("QT_")}

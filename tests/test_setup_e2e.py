@@ -13,7 +13,7 @@ import libvirt
 import pytest
 
 from conftest import lifecycle_on
-from test_e2e import BOOT_TIMEOUT, tiny_guest  # noqa: F401 (the session fixture)
+from test_e2e import BOOT_TIMEOUT
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.domain_xml import read_domain
 from vm_manager.core.guest_setup import SetupTracker
@@ -64,7 +64,7 @@ def remove(conn: LibvirtConnection, name: str) -> None:
     conn.execute(cleanup)
 
 
-def test_a_real_guest_agent_moves_the_setup_to_ready(conn, tiny_guest, tmp_path):  # noqa: F811
+def test_a_real_guest_agent_moves_the_setup_to_ready(conn, tiny_guest, tmp_path):
     """started -> installing (the lifecycle event), then the agent-lifecycle "connected"
     event from a real qemu-ga; the stage file is read through that agent and says "done":
     ready. Kept in the domain's metadata, where a fresh reader finds it."""
@@ -152,3 +152,143 @@ def test_windows_setup_media_are_detached_at_ready(conn, tmp_path):
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_real_kernel_reads_the_cloud_init_seed(conn, tiny_guest, tmp_path):
+    """`create --template linux --cloud-image IMG --unattended`: the tiny guest (booted
+    directly, as a cloud image's own kernel would be) mounts the cidata disk and prints
+    meta-data's instance-id; its real qemu-ga connecting ends the setup: the seed is
+    unplugged and deleted. The cloud image under the overlay is never written."""
+    import hashlib
+    import json
+    import subprocess
+
+    from vm_manager.actions.create import SetupSecrets
+    from vm_manager.core.store import VMStore
+    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.core.vm_creator import VMCreator
+    from support.tiny_guest import SEED_MARKER, wait_for_console
+
+    folder = Path(f"/var/lib/libvirt/images/neuron-cloud-{uuid.uuid4().hex[:6]}")
+    folder.mkdir(mode=0o711)
+    name = f"neuron-cloud-{uuid.uuid4().hex[:6]}"
+    serial = folder / "serial.log"
+    base = folder / "cloud.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "128M"], check=True)
+    base.chmod(0o644)
+    digest = hashlib.sha256(base.read_bytes()).hexdigest()
+    key = tmp_path / "key.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0example dev@host\n")
+    tracker = SetupTracker(conn).start()
+    stages = Stages(tracker, name)
+    try:
+        creator = VMCreator(conn, store=VMStore(tmp_path / "config"), images_dir=folder)
+        config = VMConfig(name=name, vm_type="linux", cloud_image_path=str(base),
+                          kernel_path=str(tiny_guest.kernel), initrd_path=str(tiny_guest.initrd),
+                          kernel_cmdline="console=ttyS0 quiet panic=-1",
+                          serial_log_path=str(serial), network="none", domain_type="qemu",
+                          memory_mb=512, vcpus=1, disk_size_gb=1,
+                          unattended={"user": "dev", "ssh_key_path": str(key)})
+        result = creator.create(config, force=True, secrets=SetupSecrets("pw"))
+        seed = folder / f"{name}-setup.iso"
+        assert seed.exists()
+        with lifecycle_on(conn.uri) as lifecycle:
+            lifecycle.start(name, timeout=BOOT_TIMEOUT)
+        wait_for_console(serial, SEED_MARKER, timeout=BOOT_TIMEOUT)
+        line = next(line for line in serial.read_text(errors="replace").splitlines()
+                    if SEED_MARKER in line)
+        import yaml
+
+        value = line.split(SEED_MARKER, 1)[1].strip()  # as meta-data holds it: YAML
+        assert yaml.safe_load(value) == f"iid-{result.uuid}"
+        assert stages.wait("ready", BOOT_TIMEOUT), stages.seen
+        assert [c.new for c in stages.seen] == ["installing", "ready"]
+        assert "cloud-init ran and the guest agent answers" in stages.seen[-1].note
+        assert not seed.exists()
+        inactive = read_domain(conn.execute(lambda c: c.lookupByName(name).XMLDesc(
+            libvirt.VIR_DOMAIN_XML_INACTIVE)))
+        assert [d.source for d in inactive.disks] == [str(folder / f"{name}.qcow2")]
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json",
+                                          str(folder / f"{name}.qcow2")], capture_output=True,
+                                         text=True, check=True).stdout)
+        assert info["backing-filename"] == str(base)
+    finally:
+        tracker.close()
+        remove(conn, name)
+        assert hashlib.sha256(base.read_bytes()).hexdigest() == digest  # never written
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_console_shows_the_vm_screen_in_virt_viewer(conn, tiny_guest, tmp_path, xserver,
+                                                        monkeypatch):
+    """`neuron-vm console NAME` opens virt-viewer on the VM's own SPICE display (a real
+    virt-viewer under Xvfb, on the running tiny guest, which writes its boot log on the
+    screen): the window appears with the VM's name and its picture is not blank."""
+    import io
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import IN_CI
+    from vm_manager.cli import main
+
+    grab = """
+import sys
+from PySide6.QtGui import QGuiApplication
+app = QGuiApplication([])
+image = app.primaryScreen().grabWindow(int(sys.argv[1])).toImage()
+image.save(sys.argv[2])
+top = image.height() // 6  # below the viewer's own header bar: the guest's picture
+pixels = [image.pixel(x, y) & 0xFFFFFF for x in range(0, image.width(), 2)
+          for y in range(top, image.height(), 2)]
+lit = sum(1 for p in pixels if p > 0x202020)
+print(image.width(), image.height(), len(set(pixels)), lit, len(pixels))
+"""
+
+    if shutil.which("virt-viewer") is None:
+        reason = "virt-viewer is not installed (scripts/setup-host.sh installs it)"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    pytest.importorskip("PySide6", reason="the screenshot uses Qt")
+    name = f"neuron-console-{uuid.uuid4().hex[:8]}"
+    xml = domain_xml(name, tiny_guest, tmp_path / "serial.log", spice=True,
+                     cmdline="console=tty0 console=ttyS0 panic=-1")
+    conn.execute(lambda c: c.defineXML(xml))
+    monkeypatch.setenv("DISPLAY", xserver)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QT_")}
+    env.update(DISPLAY=xserver, QT_QPA_PLATFORM="xcb")  # the grab runs on X, as a desktop
+    pid = None
+    try:
+        with lifecycle_on(conn.uri) as lifecycle:
+            lifecycle.start(name, timeout=BOOT_TIMEOUT)
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["console", name], connection=conn, out=out, err=err) == 0, err.getvalue()
+        pid = int(out.getvalue().split("pid ")[1].split(")")[0])
+        found = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name", name],
+                               env=env, capture_output=True, text=True, timeout=60)
+        assert found.returncode == 0, "no virt-viewer window with the VM's name"
+        window = found.stdout.split()[0]
+        colours = lit = 0
+        for _ in range(30):  # the guest's picture arrives over SPICE after the window maps
+            shot = tmp_path / "console.png"
+            grabbed = subprocess.run([sys.executable, "-c", grab, window, str(shot)], env=env,
+                                     capture_output=True, text=True, timeout=60)
+            assert grabbed.returncode == 0, grabbed.stderr
+            _, _, colours, lit, total = (int(n) for n in grabbed.stdout.split())
+            if colours >= 2 and lit > total // 500:  # the guest wrote text on its screen
+                break
+            subprocess.run(["sleep", "1"])
+        assert colours >= 2 and lit > total // 500, "the guest's picture stayed blank"
+        print(f"console screenshot {shot}: {colours} colours, {lit}/{total} lit pixels")
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        remove(conn, name)

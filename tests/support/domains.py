@@ -23,6 +23,7 @@ def domain_xml(
     agent: bool = False,
     setup_stage: str | None = None,
     disks: tuple[str, ...] = (),
+    cmdline: str = "console=ttyS0 quiet panic=-1",
 ) -> str:
     """A libvirt domain for the tiny guest: direct kernel boot, no disk, no NIC, ACPI on,
     the serial console written to ``serial_log``; ``spice``: QEMU's SPICE server on
@@ -43,7 +44,7 @@ def domain_xml(
     ET.SubElement(os_elem, "type", arch="x86_64", machine="q35").text = "hvm"
     ET.SubElement(os_elem, "kernel").text = str(guest.kernel)
     ET.SubElement(os_elem, "initrd").text = str(guest.initrd)
-    ET.SubElement(os_elem, "cmdline").text = "console=ttyS0 quiet panic=-1"
+    ET.SubElement(os_elem, "cmdline").text = cmdline
     features = ET.SubElement(domain, "features")
     ET.SubElement(features, "acpi")  # without it there is no power button to press
     ET.SubElement(domain, "on_poweroff").text = "destroy"

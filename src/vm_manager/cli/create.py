@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 
+from .guest import SetupFollower, read_secrets, setup_options, unattended_from_args
 from .output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -29,9 +30,9 @@ FLAG_FOR_FIELD = {
     "unattended.timezone": "--timezone", "unattended.edition": "--edition",
     "unattended.lg_host_installer": "--lg-host-installer",
     "unattended.lg_host_release": "--lg-host-release", "password": "--password-file",
+    "unattended.ssh_key_path": "--ssh-key", "cloud_image_path": "--cloud-image",
+    "unattended.bypass_hardware_checks": "--bypass-hardware-checks",
 }
-SETUP_FLAGS = ("user", "password_file", "locale", "keyboard", "timezone", "edition",
-               "product_key", "lg_host_installer", "lg_host_release", "bypass_hardware_checks")
 
 
 def register(commands, common, subcommand) -> None:
@@ -79,7 +80,7 @@ def register(commands, common, subcommand) -> None:
     create.add_argument("--display", action="store_true",
                         help="with --start: open its Looking Glass window (after an"
                         " unattended setup: once the host application is live)")
-    _setup_options(create)
+    setup_options(create)
     create.set_defaults(run=cmd_create)
 
     configure = commands.add_parser(
@@ -125,91 +126,6 @@ def _gpu_options(parser) -> None:
                         help="single-GPU mode: allow the GPU the host boots on")
     parser.add_argument("--nvidia-compat", action="store_true",
                         help="hide KVM and set a Hyper-V vendor id (old NVIDIA drivers)")
-
-
-def _setup_options(parser) -> None:
-    setup = parser.add_argument_group(
-        "unattended setup", "Install Windows without questions: an answer file, the virtio"
-        " drivers and the first-logon steps (guest tools, the Looking Glass host) on a setup"
-        " medium next to the disk; TPM and Secure Boot stay on.")
-    setup.add_argument("--unattended", action="store_true",
-                       help="set the guest up without questions (needs --iso, --virtio-iso)")
-    setup.add_argument("--user", metavar="NAME", help="the Windows account (default: user)")
-    setup.add_argument("--password-file", metavar="F",
-                       help="the account's password, in a file only you can read (default:"
-                       " asked on the terminal)")
-    setup.add_argument("--locale", metavar="xx-YY", help="language and formats (default: the"
-                       " desktop's, e.g. en-US)")
-    setup.add_argument("--keyboard", metavar="LAYOUT", help="e.g. de-DE (default: the locale's)")
-    setup.add_argument("--timezone", metavar="TZ",
-                       help="a Windows time zone name (default: UTC)")
-    setup.add_argument("--edition", metavar="NAME", help='e.g. "Windows 11 Pro" (default)')
-    setup.add_argument("--product-key", metavar="KEY", help="XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
-    setup.add_argument("--lg-host-installer", metavar="PATH",
-                       help="the Looking Glass host installer (.exe or its .zip), the"
-                       " release of your client")
-    setup.add_argument("--lg-host-release", metavar="B7",
-                       help="its release, when its file name does not say")
-    setup.add_argument("--bypass-hardware-checks", action="store_true",
-                       help="skip Windows 11's TPM/Secure Boot/RAM checks (hosts without"
-                       " swtpm only)")
-
-
-def unattended_from_args(args: argparse.Namespace) -> dict | None:
-    """The unattended settings the flags give (None without --unattended)."""
-    from ..actions.create import host_locale
-    from ..core.errors import InvalidConfig
-
-    given = [name for name in SETUP_FLAGS if getattr(args, name, None)]
-    if not args.unattended:
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise InvalidConfig(flag, "goes with --unattended")
-        return None
-    data = {"user": args.user, "locale": args.locale or host_locale(),
-            "keyboard": args.keyboard, "timezone": args.timezone, "edition": args.edition,
-            "lg_host_installer": args.lg_host_installer,
-            "lg_host_release": args.lg_host_release,
-            "bypass_hardware_checks": args.bypass_hardware_checks}
-    return {key: value for key, value in data.items() if value is not None}
-
-
-def read_secrets(ctx: CommandContext):
-    """The password from --password-file, or asked twice on the terminal; the product key."""
-    import getpass
-    import os
-    import re
-    import stat
-
-    from ..actions.create import SetupSecrets
-    from ..core.errors import InvalidConfig
-
-    args = ctx.args
-    key = args.product_key
-    if key is not None and not re.fullmatch(r"[A-Z0-9]{5}(-[A-Z0-9]{5}){4}", key.upper()):
-        raise InvalidConfig("--product-key", "expected XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
-    if args.password_file:
-        try:
-            info = os.stat(args.password_file)
-            with open(args.password_file, encoding="utf-8") as handle:
-                password = handle.read(4096).rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as error:
-            raise InvalidConfig("--password-file", f"cannot read {args.password_file}:"
-                                f" {getattr(error, 'strerror', None) or error}") from None
-        if info.st_mode & stat.S_IROTH:
-            ctx.warn(f"{args.password_file} can be read by every user: chmod 600 it")
-    elif stdin_is_terminal():
-        password = getpass.getpass(f"Password for the Windows account {args.user or 'user'}: ")
-        if getpass.getpass("The same again: ") != password:
-            raise InvalidConfig("password", "the two passwords differ; nothing was made")
-    else:
-        raise InvalidConfig("--password-file", "not on a terminal: give the account's"
-                            " password in a file only you can read")
-    if not password:
-        raise InvalidConfig("--password-file", "the password is empty; Windows setup needs one")
-    if len(password) > 127 or any(ord(ch) < 32 for ch in password):
-        raise InvalidConfig("--password-file", "one line of at most 127 characters, please")
-    return SetupSecrets(password, key.upper() if key else None)
 
 
 @contextlib.contextmanager
@@ -260,6 +176,7 @@ def request_from_args(args: argparse.Namespace):
         "looking_glass": looking_glass, "kernel_path": args.kernel,
         "initrd_path": args.initrd, "kernel_cmdline": args.cmdline,
         "serial_log_path": args.serial_log, "unattended": unattended_from_args(args),
+        "cloud_image_path": args.cloud_image,
     }
     if args.looking_glass:
         data["display_mode"] = "looking-glass"
@@ -323,60 +240,6 @@ def cmd_create(ctx: CommandContext) -> int:
         return _follow(display.open_display(ctx.actions, display.DisplayRequest(args.name),
                                             on_change=_print_display(ctx)))
     return EXIT_OK
-
-
-class SetupFollower:
-    """Print each stage of a fresh unattended setup until "ready" (or the VM stops, or
-    Ctrl-C: setup goes on without us); with ``display``, open the Looking Glass window once
-    the host application is expected."""
-
-    def __init__(self, ctx: CommandContext, name: str, display: bool):
-        import queue
-
-        from ..actions import setup, vms
-
-        self.ctx, self.name, self.display = ctx, name, display
-        self.items: queue.Queue = queue.Queue()
-        self._stops = [setup.follow(ctx.actions, name, self.items.put)]
-        self._vms = vms
-
-    def run(self) -> int:
-        import queue
-
-        from ..actions import display
-        from .power import _follow, _print_display
-
-        ctx = self.ctx
-        self._stops.append(self._vms.watch(ctx.actions, self.name, self.items.put,
-                                           lambda event: None))
-        ctx.print(f"following the setup of {self.name} (Ctrl-C stops following; setup goes"
-                  f" on; `neuron-vm setup-status {self.name}` tells where it is)")
-        session = None
-        try:
-            while True:
-                try:
-                    item = self.items.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if hasattr(item, "note"):
-                    ctx.print(f"{self.name}: setup {item.new} ({item.note})")
-                    if self.display and session is None and item.new in ("looking-glass",
-                                                                         "ready"):
-                        session = display.open_display(
-                            ctx.actions, display.DisplayRequest(self.name),
-                            on_change=_print_display(ctx))
-                    if item.new == "ready":
-                        break
-                elif getattr(item.new, "value", "") in ("shutoff", "crashed"):
-                    ctx.print(f"{self.name}: the VM stopped during setup; start it again to"
-                              " go on")
-                    return EXIT_FAILED
-        except KeyboardInterrupt:
-            return EXIT_OK
-        finally:
-            for stop in self._stops:
-                stop()
-        return _follow(session) if session is not None else EXIT_OK
 
 
 def cmd_configure(ctx: CommandContext) -> int:

@@ -26,6 +26,19 @@ KEYBOARD = re.compile(r"[a-z]{2,3}(-[A-Z][a-z]{3})?-[A-Z]{2}|[0-9a-fA-F]{4}:[0-9
 WINDOWS_TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9 .+()-]{0,63}")
 
 
+LINUX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+RESERVED_LINUX_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "nobody", "admin"})
+
+
+def check_linux_user(name: Any, field_name: str = "unattended.user") -> str:
+    if not isinstance(name, str) or not LINUX_USER.fullmatch(name):
+        raise InvalidConfig(field_name, f"{name!r} is not a Linux user name (a lowercase"
+                            " letter or _, then up to 31 of a-z 0-9 _ -)")
+    if name in RESERVED_LINUX_USERS:
+        raise InvalidConfig(field_name, f"{name!r} is a system account; pick another")
+    return name
+
+
 def check_account_name(name: Any, field_name: str = "unattended.user") -> str:
     if not isinstance(name, str) or not name:
         raise InvalidConfig(field_name, "give the name of the Windows account to make")
@@ -61,9 +74,12 @@ class UnattendedConfig:
     lg_host_installer: str | None = None
     lg_host_release: str | None = None  # None: read from the installer's name
     bypass_hardware_checks: bool = False  # LabConfig: only for hosts without swtpm
+    ssh_key_path: str | None = None  # Linux: the public key(s) to log in with
 
     def __post_init__(self) -> None:
-        self.user = check_account_name(self.user)
+        if not isinstance(self.user, str) or not self.user:  # the OS's rules: VMConfig
+            raise InvalidConfig("unattended.user", "give the name of the account to make")
+        self.ssh_key_path = parse_path(self.ssh_key_path, "unattended.ssh_key_path")
         self.locale = _text(self.locale, "unattended.locale", LOCALE, "en-US or de-DE")
         if self.keyboard is not None:
             self.keyboard = _text(self.keyboard, "unattended.keyboard", KEYBOARD,

@@ -256,15 +256,15 @@ class SetupTracker:
         if setup is None or setup.stage == "ready":
             return
         detach = self._detach_paths(name) | ({setup.medium} if setup.medium else set())
-        cdroms = [d for d in live["domain"].disks if d.device == "cdrom" and d.source in detach]
+        attached = [d for d in live["domain"].disks if d.source in detach]
         inactive = read_domain(self.connection.execute(
             lambda c: self.connection.lookup(c, name).XMLDesc(
                 libvirt.VIR_DOMAIN_XML_INACTIVE)))
         for disk in inactive.disks:
-            if disk.device == "cdrom" and disk.source in detach:
+            if disk.source in detach:
                 self._detach(name, disk, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         if live["active"]:
-            for disk in cdroms:
+            for disk in attached:
                 self._detach(name, disk, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         if setup.medium and Path(setup.medium).name == f"{name}-setup.iso":
             try:
@@ -275,8 +275,9 @@ class SetupTracker:
                       " the setup medium deleted")
 
     def _detach(self, name: str, disk, flags: int) -> None:
-        """CONFIG: remove the CD-ROM; LIVE: eject it (a SATA CD-ROM cannot be unplugged)."""
-        from .planning import CDROMSpec
+        """A CD-ROM: removed from the config, ejected live (a SATA CD-ROM cannot be
+        unplugged). The cloud-init seed (a virtio disk): unplugged from both."""
+        from .planning import CDROMSpec, DiskSpec
 
         loader = self._loader
         if loader is None:
@@ -284,15 +285,21 @@ class SetupTracker:
 
             loader = self._loader = TemplateLoader()
         config = flags == libvirt.VIR_DOMAIN_AFFECT_CONFIG
-        spec = CDROMSpec(disk.source if config else None, disk.bus or "sata", disk.target, None)
-        fragment = loader.render_fragment("cdroms", [spec])
+        eject = disk.device == "cdrom" and not config
+        if disk.device == "cdrom":
+            spec = CDROMSpec(None if eject else disk.source, disk.bus or "sata", disk.target,
+                             None)
+            fragment = loader.render_fragment("cdroms", [spec])
+        else:
+            fragment = loader.render_fragment("seed_disk", DiskSpec(
+                disk.source, "raw", disk.bus or "virtio", disk.target, None))
 
         def apply(conn):
             dom = self.connection.lookup(conn, name)
-            if config:
-                dom.detachDeviceFlags(fragment, flags)
-            else:
+            if eject:
                 dom.updateDeviceFlags(fragment, flags)
+            else:
+                dom.detachDeviceFlags(fragment, flags)
 
         self.connection.execute(apply)
 

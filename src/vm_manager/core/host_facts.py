@@ -32,7 +32,8 @@ log = get_logger(__name__)
 
 SYSTEM_IMAGES_DIR = Path("/var/lib/libvirt/images")
 # the config's files that must exist (kind "file") when a VM is planned
-INPUT_FILES = ("iso_path", "virtio_iso_path", "opencore_path", "kernel_path", "initrd_path")
+INPUT_FILES = ("iso_path", "virtio_iso_path", "opencore_path", "kernel_path", "initrd_path",
+               "cloud_image_path")
 
 
 def images_dir(uri: str, environ: dict | None = None) -> Path:
@@ -72,6 +73,7 @@ class GuestMediaFacts:
     virtio: VirtioInfo | None = None
     lg_host_release: str | None = None  # of the Looking Glass host installer given
     lg_client_release: str | None = None  # of this host's client (None: none, or unknown)
+    ssh_keys: tuple[str, ...] = ()  # Linux: the public keys the account logs in with
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,11 @@ def _guest_media(config: VMConfig, paths: dict[str, PathFact]) -> GuestMediaFact
         return bool(path) and paths.get(path, PathFact("missing")).kind == "file"
 
     setup = config.unattended
+    if config.vm_type.value == "linux":
+        from ..guest.cloud_init import read_ssh_keys
+
+        keys = read_ssh_keys(setup.ssh_key_path) if setup.ssh_key_path else []
+        return GuestMediaFacts(ssh_keys=tuple(keys))
     installer = inspect_installer(config.iso_path) if usable(config.iso_path) else None
     virtio = (inspect_virtio(config.virtio_iso_path, config.vm_type.value)
               if usable(config.virtio_iso_path) else None)
@@ -206,6 +213,11 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
     facts = {path: _kind(Path(path)) for path in paths if path}
     if config.serial_log_path is not None:
         facts[config.serial_log_path] = _kind(Path(config.serial_log_path))
+    if config.cloud_image_path is not None:
+        kind = facts[config.cloud_image_path]
+        if kind.kind == "file" and not kind.pseudo:
+            facts[config.cloud_image_path] = replace(kind, format=_image_format(
+                Path(config.cloud_image_path), qemu_img))
     if config.disk_path is not None:
         kind = _kind(Path(config.disk_path))
         fmt = _image_format(Path(config.disk_path), qemu_img) if kind.kind == "file" and \

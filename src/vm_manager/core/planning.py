@@ -137,6 +137,7 @@ class TemplateContext:
     gpu: GPUSpec | None
     looking_glass: LookingGlassSpec | None
     setup: SetupSpec | None = None
+    seed: DiskSpec | None = None  # a cloud-init seed, a read-only virtio disk
 
     def as_mapping(self) -> dict[str, Any]:
         """The template variables (nested values stay typed objects)."""
@@ -150,6 +151,8 @@ class DiskPlan:
     create: bool  # True: made by this creation (removed on failure); False: the user's
     size_gb: int | None = None
     device: bool = False  # a whole block device (--disk-device), not an image file
+    backing: str | None = None  # a new overlay on this image (a cloud image), never written
+    backing_format: str | None = None
 
 
 @dataclass
@@ -175,6 +178,9 @@ class CreationPlan:
         ]
         if self.disk is None:
             lines.append("disk: none")
+        elif self.disk.create and self.disk.backing:
+            lines.append(f"disk: create {self.disk.path} ({self.disk.size_gb} GiB qcow2) on"
+                         f" {self.disk.backing}, which is never written")
         elif self.disk.create:
             lines.append(f"disk: create {self.disk.path} ({self.disk.size_gb} GiB qcow2, grows"
                          " as used)")
@@ -207,6 +213,9 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     name = config.name
     if not existing and name in facts.domain_names:
         raise InvalidConfig("name", f"a VM named {name!r} already exists; pick another name")
+    if not existing and config.cloud_image_path and config.disk_path:
+        raise InvalidConfig("cloud_image_path", "a cloud image is the base of a new disk: not"
+                            " with an existing one (--disk)")
     if existing and config.disk_path is None and config.disk_size_gb:
         raise InvalidConfig("disk_path", f"the saved settings of {name!r} name no disk")
     if facts.resources is not None:
@@ -246,8 +255,7 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     setup = None if existing else plan_setup(config, facts, warnings)
     chosen = template or template_name(config.vm_type.value, gpu is not None)
     vm_uuid = vm_uuid or str(uuid_module.uuid4())
-    context = _context(config, chosen, domain_type, vm_uuid, disk, facts, gpu,
-                       setup.medium if setup else None)
+    context = _context(config, chosen, domain_type, vm_uuid, disk, facts, gpu, setup)
     return CreationPlan(config, chosen, domain_type, vm_uuid, disk, facts.images_dir, context,
                         warnings, setup)
 
@@ -319,7 +327,9 @@ def _plan_disk(config: VMConfig, facts: HostFacts) -> DiskPlan | None:
             "name", f"{path} already exists; NeuronOS never overwrites a disk (pick another"
             " name, or pass it as an existing disk)"
         )
-    return DiskPlan(str(path), "qcow2", create=True, size_gb=config.disk_size_gb)
+    image = config.cloud_image_path
+    return DiskPlan(str(path), "qcow2", create=True, size_gb=config.disk_size_gb,
+                    backing=image, backing_format=facts.path(image).format if image else None)
 
 
 def _hyperv(config: VMConfig, available: frozenset[str] | None) -> tuple[HypervFeature, ...]:
@@ -341,7 +351,7 @@ def _hyperv(config: VMConfig, available: frozenset[str] | None) -> tuple[HypervF
 
 def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
              disk: DiskPlan | None, facts: HostFacts, gpu: GPUSpec | None,
-             setup_medium: str | None = None) -> TemplateContext:
+             setup: SetupPlan | None = None) -> TemplateContext:
     is_windows = config.vm_type in (VMType.WINDOWS11, VMType.WINDOWS10)
     virtio = config.vm_type is VMType.LINUX or bool(is_windows and config.virtio_iso_path)
     sata_letters = iter("abcdefghijklmnopqrstuvwxy")
@@ -354,8 +364,9 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
             "block" if disk.device else "file",
         )
     cdroms = []
+    windows_medium = setup.medium if setup and setup.kind == "windows" else None
     for path, boots in ((config.iso_path, True), (config.virtio_iso_path, False),
-                        (setup_medium, False)):
+                        (windows_medium, False)):
         if path:
             cdroms.append(CDROMSpec(path, "sata", f"sd{next(sata_letters)}",
                                     (2 if disk_spec else 1) if boots else None))
@@ -396,6 +407,7 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
         usb=tuple(USBSpec(usb.vendor_id, usb.product_id) for usb in config.usb_devices),
         gpu=gpu,
         looking_glass=looking_glass,
-        setup=SetupSpec("windows", setup_medium, looking_glass is not None)
-        if setup_medium else None,
+        setup=SetupSpec(setup.kind, setup.medium, looking_glass is not None) if setup else None,
+        seed=DiskSpec(setup.medium, "raw", "virtio", "vdb", None)
+        if setup and setup.kind == "cloud-init" else None,
     )

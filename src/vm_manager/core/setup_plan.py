@@ -19,13 +19,20 @@ LG_DOWNLOADS = "https://looking-glass.io/downloads"
 @dataclass(frozen=True)
 class SetupPlan:
     medium: str  # the setup medium to make (0600; removed when setup ends)
-    edition: str
+    edition: str | None  # Windows
     looking_glass_host: bool  # the medium carries the Looking Glass host installer
     notes: tuple[str, ...] = ()
+    kind: str = "windows"  # or cloud-init
+    ssh_keys: tuple[str, ...] = ()
 
     def describe(self) -> list[str]:
-        lines = [f"unattended setup: {self.edition}, medium {self.medium} (answer file,"
-                 " drivers, first-logon steps; removed when setup ends)"]
+        if self.kind == "cloud-init":
+            lines = [f"unattended setup: cloud-init seed {self.medium} (the account, its"
+                     f" {len(self.ssh_keys)} SSH key(s), the guest agent; removed when setup"
+                     " ends)"]
+        else:
+            lines = [f"unattended setup: {self.edition}, medium {self.medium} (answer file,"
+                     " drivers, first-logon steps; removed when setup ends)"]
         return lines + [f"note: {note}" for note in self.notes]
 
 
@@ -39,6 +46,9 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
                             " (remove it, or pick another name)")
     media = facts.guest_media
     notes: list[str] = []
+    if config.vm_type.value == "linux":
+        keys = media.ssh_keys if media else ()
+        return SetupPlan(str(medium), None, False, kind="cloud-init", ssh_keys=keys)
     installer = media.installer if media else None
     if installer is not None:
         if not installer.is_windows:

@@ -18,7 +18,11 @@ from enum import Enum
 from typing import Any
 
 from .errors import InvalidConfig
-from .guest_config import UnattendedConfig, check_account_name  # noqa: F401 (re-exported)
+from .guest_config import (  # noqa: F401 (re-exported)
+    UnattendedConfig,
+    check_account_name,
+    check_linux_user,
+)
 from .primitives import NAME_PATTERN, NAME_RULE, VMState, validate_name  # noqa: F401 (re-exported)
 from .values import (  # noqa: F401 (PCIAddress, SIZE_RULE, parse_size_mb: re-exported)
     SIZE_RULE,
@@ -195,6 +199,7 @@ class VMConfig:
     iso_path: str | None = None  # installer
     virtio_iso_path: str | None = None  # virtio-win drivers (Windows)
     opencore_path: str | None = None  # macOS: the user's OpenCore boot image (required)
+    cloud_image_path: str | None = None  # Linux: the disk is a qcow2 overlay on this image
     kernel_path: str | None = None  # Linux direct kernel boot (no bootloader, no firmware)
     initrd_path: str | None = None
     kernel_cmdline: str | None = None
@@ -230,7 +235,7 @@ class VMConfig:
             self.disk_size_gb = disk_mb // 1024
         self.disk_device = parse_bool(self.disk_device, "disk_device")
         for name in ("disk_path", "iso_path", "virtio_iso_path", "opencore_path", "kernel_path",
-                     "initrd_path", "serial_log_path"):
+                     "initrd_path", "serial_log_path", "cloud_image_path"):
             setattr(self, name, parse_path(getattr(self, name), name))
         if self.kernel_cmdline is not None:
             if not isinstance(self.kernel_cmdline, str) or len(self.kernel_cmdline) > 4096 or any(
@@ -312,6 +317,8 @@ class VMConfig:
                 "looking_glass.enabled",
                 "Looking Glass shows a passed-through GPU's screen; choose a GPU first",
             )
+        if self.cloud_image_path is not None and self.vm_type is not VMType.LINUX:
+            raise InvalidConfig("cloud_image_path", "a cloud image is for a Linux VM")
         if self.unattended is not None:
             self._validate_unattended()
         seen: set[tuple] = set()
@@ -325,9 +332,23 @@ class VMConfig:
 
     def _validate_unattended(self) -> None:
         setup = self.unattended
+        if self.vm_type is VMType.LINUX:
+            check_linux_user(setup.user)
+            if self.cloud_image_path is None:
+                raise InvalidConfig("cloud_image_path", "unattended Linux setup starts from a"
+                                    " cloud image (cloud-init): give it")
+            windows_only = [name for name in ("edition", "lg_host_installer", "lg_host_release")
+                            if getattr(setup, name) is not None]
+            if windows_only or setup.bypass_hardware_checks:
+                name = (windows_only or ["bypass_hardware_checks"])[0]
+                raise InvalidConfig(f"unattended.{name}", "goes with a Windows template")
+            return
         if self.vm_type not in (VMType.WINDOWS11, VMType.WINDOWS10):
-            raise InvalidConfig("unattended", f"unattended setup from an installer is for"
-                                f" Windows; {self.vm_type.label} is not (yet)")
+            raise InvalidConfig("unattended", f"unattended setup is for Windows and Linux;"
+                                f" {self.vm_type.label} is not (yet)")
+        check_account_name(setup.user)
+        if setup.ssh_key_path is not None:
+            raise InvalidConfig("unattended.ssh_key_path", "goes with a Linux cloud image")
         if self.iso_path is None:
             raise InvalidConfig("iso_path", "unattended setup needs the Windows installer ISO")
         if self.virtio_iso_path is None:

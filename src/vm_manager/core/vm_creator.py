@@ -146,9 +146,11 @@ class VMCreator:
         if plan is None or plan.config is not config:
             plan = self.plan(config, force=force, template=template,  # InvalidConfig: no harm
                              usb_later=usb_later)
-        if plan.setup is not None and secrets is None:
+        if plan.setup is not None and secrets is None and (
+                plan.setup.kind == "windows" or not plan.setup.ssh_keys):
             raise InvalidConfig("password", "unattended setup needs the password of the"
-                                " account it makes")
+                                " account it makes" + ("" if plan.setup.kind == "windows"
+                                                       else " (or an SSH key)"))
         claimed: dict = {}  # the disk file this creation made (its inode), nothing else
         try:
             # Each undo is registered BEFORE its step runs: a step that dies half-way (the
@@ -200,9 +202,16 @@ class VMCreator:
         medium = Path(plan.setup.medium)
         private_folder(medium.parent, 0o711)
         try:
-            build_windows_medium(medium, loader=self.loader, vm_name=config.name,
-                                 vm_type=config.vm_type.value, setup=config.unattended,
-                                 secrets=secrets, virtio_iso=config.virtio_iso_path)
+            if plan.setup.kind == "cloud-init":
+                from ..guest.cloud_init import build_seed
+
+                build_seed(medium, vm_name=config.name, vm_uuid=plan.uuid,
+                           setup=config.unattended,
+                           password=secrets.password if secrets else None)
+            else:
+                build_windows_medium(medium, loader=self.loader, vm_name=config.name,
+                                     vm_type=config.vm_type.value, setup=config.unattended,
+                                     secrets=secrets, virtio_iso=config.virtio_iso_path)
         except FileExistsError:
             raise InvalidConfig("name", f"{medium} already exists; NeuronOS never overwrites"
                                 " it") from None
@@ -264,9 +273,11 @@ class VMCreator:
         os.close(fd)
         guard.check("qemu-img")
         try:
+            backing = ["-b", os.path.abspath(disk.backing), "-F", disk.backing_format or "raw"] \
+                if disk.backing else []  # an overlay: the image below is never written
             subprocess.run(
                 [self.qemu_img, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
-                 str(path), f"{disk.size_gb}G"],
+                 *backing, str(path), f"{disk.size_gb}G"],
                 capture_output=True, text=True, check=True, timeout=120,
             )
         except subprocess.CalledProcessError as error:

@@ -205,7 +205,7 @@ class VMDestroyer:
         def keep(reason: str) -> DiskDecision:
             return DiskDecision(path, device, False, reason)
 
-        if device == "cdrom" and "/" not in name and Path(os.path.realpath(path)) == \
+        if path and "/" not in name and Path(os.path.realpath(path)) == \
                 setup_medium_path(managed, name) and str(Path(os.path.realpath(path))) \
                 not in used_by:
             return DiskDecision(path, device, True, "the setup medium NeuronOS made for it"

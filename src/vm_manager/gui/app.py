@@ -12,12 +12,11 @@ import argparse
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 from typing import Callable
 
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QApplication, QMainWindow, QMessageBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QApplication, QMainWindow, QVBoxLayout, QWidget
 
 # libvirt's default event loop iterates GLib's default main context on its own thread; a
 # GLib-based Qt event dispatcher would compete for that same context and delay libvirt's
@@ -31,6 +30,7 @@ from ..core.primitives import VMState, plural  # noqa: E402
 from ..core.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, VMRow, VMTable, VMTableModel  # noqa: E402
 from .widgets import fit_to_screen, notify_desktop  # noqa: E402
+from .commands import Commands  # noqa: E402
 
 log = get_logger(__name__)
 
@@ -43,6 +43,7 @@ ACTIONS = {
     "resume": ("Resume", "resume", "Ctrl+Shift+P"),
     "reboot": ("Reboot", "reboot", "Ctrl+Shift+R"),
     "display": ("Show display", None, "Ctrl+D"),
+    "console": ("Console", None, "Ctrl+Shift+C"),
     "delete": ("Delete…", "delete", QKeySequence.Delete),
     "refresh": ("Refresh", None, QKeySequence.Refresh),
     "settings": ("Settings…", None, "Ctrl+,"),
@@ -53,7 +54,7 @@ ACTIONS = {
 ALWAYS_ENABLED = {"refresh", "readiness"}
 
 
-class MainWindow(QMainWindow):
+class MainWindow(Commands, QMainWindow):
     def __init__(self, uri: str | None = None, connection=None, store=None,
                  context: Context | None = None):
         super().__init__()
@@ -221,6 +222,8 @@ class MainWindow(QMainWindow):
                 action.setEnabled(True)
             elif key == "create":
                 action.setEnabled(connected)
+            elif key == "console":  # it waits for the VM to start, and follows reboots
+                action.setEnabled(bool(row and connected))
             elif key in ("display", "usb"):
                 action.setEnabled(bool(row and connected and row.state == VMState.RUNNING))
             elif key == "settings":
@@ -250,154 +253,6 @@ class MainWindow(QMainWindow):
         self.busy.discard(name)
         self.statusBar().showMessage(message)
         self.update_actions()
-
-    def confirm(self, title: str, text: str) -> bool:
-        return QMessageBox.question(self, title, text) == QMessageBox.Yes
-
-    def _power(self, label: str, operation: str, **options) -> None:
-        from ..actions import power
-
-        name = self.selected_name()
-        if name:
-            self._run(name, label, lambda: getattr(power, operation)(self.ctx, name, **options))
-
-    def on_start(self) -> None:
-        from ..actions import power
-
-        name = self.selected_name()
-        if name:
-            self._run(name, "Starting",
-                      lambda: power.start(self.ctx, power.StartRequest(name)).result)
-
-    def on_stop(self) -> None:
-        self._power("Stopping", "stop")
-
-    def on_force_stop(self) -> None:
-        name = self.selected_name()
-        if name and self.confirm("Force stop", f"Power {name} off now? Unsaved work in the"
-                                 " VM is lost."):
-            self._power("Powering off", "stop", force=True)
-
-    def on_pause(self) -> None:
-        self._power("Pausing", "pause")
-
-    def on_resume(self) -> None:
-        self._power("Resuming", "resume")
-
-    def on_reboot(self) -> None:
-        self._power("Rebooting", "reboot")
-
-    def on_refresh(self) -> None:
-        self.load()
-
-    def _prepare(self, label: str, work: Callable[[], object],
-                 then: Callable[[object], None]) -> None:
-        """Read what a dialog needs on a worker (busy in the status bar), then open it."""
-        self.statusBar().showMessage(f"{label}…")
-
-        def failed(error: BaseException) -> None:
-            self.last_error = str(error)
-            self.statusBar().showMessage(str(error))
-
-        self.tasks.run(work, then, failed)
-
-    def on_create(self) -> None:
-        from ..actions import host
-        from .wizard import CreateWizard
-
-        def show(devices) -> None:
-            self.statusBar().clearMessage()
-            wizard = CreateWizard(self.ctx, devices, tasks=self.tasks, parent=self)
-            if wizard.exec() and wizard.result is not None:
-                self.statusBar().showMessage(f"created {wizard.result.name}")
-                self.load()
-
-        self._prepare("Looking at this computer's GPUs and USB devices",
-                      lambda: host.devices(self.ctx), show)
-
-    def on_settings(self) -> None:
-        from ..actions import host
-        from .dialogs import SettingsDialog
-
-        name = self.selected_name()
-        if not name:
-            return
-
-        def show(found) -> None:
-            config, devices = found
-            self.statusBar().clearMessage()
-            if config is None:
-                QMessageBox.information(self, "Settings", f"{name} was not made by NeuronOS;"
-                                        " change it with virt-manager or `virsh edit`.")
-                return
-            dialog = SettingsDialog(self.ctx, config, devices, tasks=self.tasks, parent=self)
-            if dialog.exec():
-                self.load()
-
-        self._prepare(f"Reading the settings of {name}",
-                      lambda: (self.store.load(name), host.devices(self.ctx)), show)
-
-    def on_usb(self) -> None:
-        from ..actions import usb
-        from .dialogs import USBPanel
-
-        name = self.selected_name()
-        if not name:
-            return
-
-        def show(found) -> None:
-            devices, attached = found
-            self.statusBar().clearMessage()
-            self.usb_panel = USBPanel(self.ctx, name, devices, attached, tasks=self.tasks,
-                                      parent=self)
-            self.usb_panel.show()
-
-        self._prepare("Looking at the USB devices",
-                      lambda: (usb.list_usb(self.ctx), usb.attached(self.ctx, name)), show)
-
-    def on_readiness(self) -> None:
-        from ..actions import host
-
-        self._prepare("Checking this computer", lambda: host.doctor(self.ctx),
-                      self._show_readiness)
-
-    def _show_readiness(self, checks) -> None:
-        from .dialogs import ReadinessDialog
-
-        self.statusBar().showMessage("Host check done")
-        self.readiness = ReadinessDialog(checks, self)
-        self.readiness.show()
-
-    def on_display(self) -> None:
-        """The same action as ``neuron-vm display``: the window then follows the VM (it
-        closes when the VM stops and opens again when it runs)."""
-        from ..actions import display
-
-        name = self.selected_name()
-        if name:
-            def show() -> SimpleNamespace:
-                display.open_display(self.ctx, display.DisplayRequest(name))
-                return SimpleNamespace(message="waiting for the guest's Looking Glass host")
-
-            self._run(name, "Opening the display of", show)
-
-    def on_delete(self) -> None:
-        from ..actions import delete
-        from .dialogs import DeleteDialog
-
-        name = self.selected_name()
-        if not name:
-            return
-
-        def show(preview) -> None:
-            self.statusBar().clearMessage()
-            dialog = DeleteDialog(preview, name, self)
-            if dialog.exec():
-                request = delete.DeleteRequest(name, delete_disks=dialog.delete_disks)
-                self._run(name, "Deleting", lambda: delete.delete(self.ctx, request))
-
-        self._prepare(f"Planning the deletion of {name}", lambda: delete.preview(self.ctx, name),
-                      show)
 
     # --- window state -------------------------------------------------------------------------
 

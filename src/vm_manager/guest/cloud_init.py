@@ -1,0 +1,87 @@
+"""The cloud-init NoCloud seed of a Linux VM made from a cloud image (DESIGN.md 7): an ISO
+labelled ``cidata`` holding ``meta-data`` (instance-id, local-hostname), ``user-data``
+(``#cloud-config``: the account, its SSH key and/or password, the guest agent) and
+``network-config`` (DHCP on the first Ethernet port). It is attached as a read-only virtio
+disk, which every cloud image reads; it may hold a password, so it is written 0600 and
+removed when setup ends. The cloud image itself is never written: the VM's disk is a qcow2
+overlay on it.
+
+Values are written as JSON strings, which YAML reads verbatim: no user value can add a key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..core.guest_config import UnattendedConfig
+from .iso import MediumFile, write_iso
+
+LABEL = "cidata"
+LINUX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+SSH_KEY = re.compile(r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-(ssh-ed25519|ecdsa-sha2-"
+                     r"nistp256)@openssh\.com) [A-Za-z0-9+/=]+( [^\r\n]*)?")
+
+
+def instance_id(vm_uuid: str) -> str:
+    return f"iid-{vm_uuid}"
+
+
+def seed_files(vm_name: str, vm_uuid: str, setup: UnattendedConfig, ssh_keys: list[str],
+               password: str | None) -> list[MediumFile]:
+    q = json.dumps  # a JSON string is a YAML string, read verbatim
+    meta = f"instance-id: {q(instance_id(vm_uuid))}\nlocal-hostname: {q(vm_name)}\n"
+    user = [f"  - name: {q(setup.user)}", "    groups: [sudo, adm]", "    shell: /bin/bash",
+            "    sudo: \"ALL=(ALL) ALL\"" if password else "    sudo: \"ALL=(ALL) NOPASSWD:ALL\"",
+            f"    lock_passwd: {'false' if password else 'true'}"]
+    if password:
+        user.append(f"    plain_text_passwd: {q(password)}")
+    if ssh_keys:
+        user.append("    ssh_authorized_keys:")
+        user += [f"      - {q(key)}" for key in ssh_keys]
+    data = "\n".join([
+        "#cloud-config",
+        f"hostname: {q(vm_name)}",
+        "users:",
+        *user,
+        f"ssh_pwauth: {'true' if password else 'false'}",
+        "packages: [qemu-guest-agent]",
+        "runcmd:",
+        "  - [systemctl, enable, --now, qemu-guest-agent]",
+    ]) + "\n"
+    network = ("version: 2\nethernets:\n  primary:\n    match:\n      name: \"e*\"\n"
+               "    dhcp4: true\n")
+    return [MediumFile("/meta-data", meta.encode()), MediumFile("/user-data", data.encode()),
+            MediumFile("/network-config", network.encode())]
+
+
+def build_seed(target: Path, *, vm_name: str, vm_uuid: str, setup: UnattendedConfig,
+               password: str | None) -> list[str]:
+    """Write the seed ISO (``target`` must not exist; 0600). Returns its file list."""
+    keys = read_ssh_keys(setup.ssh_key_path) if setup.ssh_key_path else []
+    files = seed_files(vm_name, vm_uuid, setup, keys, password)
+    write_iso(target, LABEL, files, mode=0o600)
+    return [item.path for item in files]
+
+
+def read_ssh_keys(path: str | Path) -> list[str]:
+    """The public keys of an ``authorized_keys``-style file (comments and blanks left
+    out); raises ``InvalidConfig`` when it holds none, or a private key."""
+    from ..core.errors import InvalidConfig
+
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="strict")[:65536]
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidConfig("unattended.ssh_key_path", f"cannot read {path}:"
+                            f" {getattr(error, 'strerror', None) or error}") from None
+    if "PRIVATE KEY" in text:
+        raise InvalidConfig("unattended.ssh_key_path", f"{path} is a private key: give the"
+                            " public one (.pub)")
+    keys = [line.strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+    bad = [key for key in keys if not SSH_KEY.fullmatch(key)]
+    if not keys or bad:
+        raise InvalidConfig("unattended.ssh_key_path", f"{path} holds no SSH public key"
+                            " (ssh-ed25519 AAAA... user@host)")
+    return keys

@@ -1,0 +1,171 @@
+"""The main window's commands: each toolbar action runs the same action as the CLI, on a
+worker (``MainWindow._run`` / ``_prepare``), and dialogs get their data before they open.
+A mixin of ``MainWindow``; it holds no state of its own.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Callable
+
+from PySide6.QtWidgets import QMessageBox
+
+
+class Commands:
+    def confirm(self, title: str, text: str) -> bool:
+        return QMessageBox.question(self, title, text) == QMessageBox.Yes
+
+    def _power(self, label: str, operation: str, **options) -> None:
+        from ..actions import power
+
+        name = self.selected_name()
+        if name:
+            self._run(name, label, lambda: getattr(power, operation)(self.ctx, name, **options))
+
+    def on_start(self) -> None:
+        from ..actions import power
+
+        name = self.selected_name()
+        if name:
+            self._run(name, "Starting",
+                      lambda: power.start(self.ctx, power.StartRequest(name)).result)
+
+    def on_stop(self) -> None:
+        self._power("Stopping", "stop")
+
+    def on_force_stop(self) -> None:
+        name = self.selected_name()
+        if name and self.confirm("Force stop", f"Power {name} off now? Unsaved work in the"
+                                 " VM is lost."):
+            self._power("Powering off", "stop", force=True)
+
+    def on_pause(self) -> None:
+        self._power("Pausing", "pause")
+
+    def on_resume(self) -> None:
+        self._power("Resuming", "resume")
+
+    def on_reboot(self) -> None:
+        self._power("Rebooting", "reboot")
+
+    def on_refresh(self) -> None:
+        self.load()
+
+    def _prepare(self, label: str, work: Callable[[], object],
+                 then: Callable[[object], None]) -> None:
+        """Read what a dialog needs on a worker (busy in the status bar), then open it."""
+        self.statusBar().showMessage(f"{label}…")
+
+        def failed(error: BaseException) -> None:
+            self.last_error = str(error)
+            self.statusBar().showMessage(str(error))
+
+        self.tasks.run(work, then, failed)
+
+    def on_create(self) -> None:
+        from ..actions import host
+        from .wizard import CreateWizard
+
+        def show(devices) -> None:
+            self.statusBar().clearMessage()
+            wizard = CreateWizard(self.ctx, devices, tasks=self.tasks, parent=self)
+            if wizard.exec() and wizard.result is not None:
+                self.statusBar().showMessage(f"created {wizard.result.name}")
+                self.load()
+
+        self._prepare("Looking at this computer's GPUs and USB devices",
+                      lambda: host.devices(self.ctx), show)
+
+    def on_settings(self) -> None:
+        from ..actions import host
+        from .dialogs import SettingsDialog
+
+        name = self.selected_name()
+        if not name:
+            return
+
+        def show(found) -> None:
+            config, devices = found
+            self.statusBar().clearMessage()
+            if config is None:
+                QMessageBox.information(self, "Settings", f"{name} was not made by NeuronOS;"
+                                        " change it with virt-manager or `virsh edit`.")
+                return
+            dialog = SettingsDialog(self.ctx, config, devices, tasks=self.tasks, parent=self)
+            if dialog.exec():
+                self.load()
+
+        self._prepare(f"Reading the settings of {name}",
+                      lambda: (self.store.load(name), host.devices(self.ctx)), show)
+
+    def on_usb(self) -> None:
+        from ..actions import usb
+        from .dialogs import USBPanel
+
+        name = self.selected_name()
+        if not name:
+            return
+
+        def show(found) -> None:
+            devices, attached = found
+            self.statusBar().clearMessage()
+            self.usb_panel = USBPanel(self.ctx, name, devices, attached, tasks=self.tasks,
+                                      parent=self)
+            self.usb_panel.show()
+
+        self._prepare("Looking at the USB devices",
+                      lambda: (usb.list_usb(self.ctx), usb.attached(self.ctx, name)), show)
+
+    def on_readiness(self) -> None:
+        from ..actions import host
+
+        self._prepare("Checking this computer", lambda: host.doctor(self.ctx),
+                      self._show_readiness)
+
+    def _show_readiness(self, checks) -> None:
+        from .dialogs import ReadinessDialog
+
+        self.statusBar().showMessage("Host check done")
+        self.readiness = ReadinessDialog(checks, self)
+        self.readiness.show()
+
+    def on_display(self) -> None:
+        """The same action as ``neuron-vm display``: the window then follows the VM (it
+        closes when the VM stops and opens again when it runs)."""
+        from ..actions import display
+
+        name = self.selected_name()
+        if name:
+            def show() -> SimpleNamespace:
+                display.open_display(self.ctx, display.DisplayRequest(name))
+                return SimpleNamespace(message="waiting for the guest's Looking Glass host")
+
+            self._run(name, "Opening the display of", show)
+
+    def on_delete(self) -> None:
+        from ..actions import delete
+        from .dialogs import DeleteDialog
+
+        name = self.selected_name()
+        if not name:
+            return
+
+        def show(preview) -> None:
+            self.statusBar().clearMessage()
+            dialog = DeleteDialog(preview, name, self)
+            if dialog.exec():
+                request = delete.DeleteRequest(name, delete_disks=dialog.delete_disks)
+                self._run(name, "Deleting", lambda: delete.delete(self.ctx, request))
+
+        self._prepare(f"Planning the deletion of {name}", lambda: delete.preview(self.ctx, name),
+                      show)
+
+    def on_console(self) -> None:
+        """The VM's own screen in virt-viewer (``neuron-vm console``): for any VM, also
+        while Windows installs and before Looking Glass works."""
+        from ..actions import console
+
+        name = self.selected_name()
+        if name:
+            self._run(name, "Opening the console of",
+                      lambda: console.open_console(self.ctx, name))
