@@ -28,6 +28,7 @@ bench: $(PY)
 	$(PY) bench/list_latency.py
 	$(PY) bench/event_latency.py
 	$(PY) bench/create_time.py
+	$(PY) bench/setup_media.py
 	$(PY) bench/gui_scale.py
 
 ## screenshots: render the GUI's windows to docs/screenshots (offscreen)
