@@ -248,6 +248,8 @@ def test_wizard_creates_a_valid_vm(wizard, qtbot):
     assert devices.shm_label.text() == "64 MiB"
     devices.gpu.setCurrentIndex(0)  # no GPU after all
     wiz.next()
+    assert wiz.currentPage() is wiz.setup_page and not wiz.setup_page.unattended.isChecked()
+    wiz.next()
     summary = wiz.summary_page
     qtbot.waitUntil(lambda: summary.plan is not None, timeout=5000)  # planned on a worker
     assert "disk: create" in summary.plan_text.text()
@@ -257,6 +259,49 @@ def test_wizard_creates_a_valid_vm(wizard, qtbot):
     assert wiz.result.name == "wiz" and (images / "wiz.qcow2").exists()
     with guard.allowed():
         assert conn.execute(lambda c: c.lookupByName("wiz").name()) == "wiz"
+
+
+def test_wizard_sets_windows_up_unattended(wizard, qtbot, tmp_path):
+    """An installer ISO given: the setup page is on by default; the password is checked as
+    the CLI checks it (twice, not empty) and never saved; the plan and the medium are the
+    CLI's."""
+    from support.media import virtio_win_iso, windows_iso
+
+    wiz, conn, images = wizard
+    with guard.allowed():
+        installer = windows_iso(tmp_path / "win11.iso")
+        virtio = virtio_win_iso(tmp_path / "virtio-win.iso")
+    page = wiz.system_page
+    page.template.setCurrentIndex(0)  # Windows 11
+    page.name.setText("wiz11")
+    page.disk_size.setText("64G")
+    page.iso.setText(str(installer))
+    page.virtio_iso.setText(str(virtio))
+    page.network.setText("none")
+    assert page.isComplete(), page.error.text()
+    wiz.next()
+    wiz.next()
+    setup = wiz.setup_page
+    assert wiz.currentPage() is setup and setup.unattended.isChecked()
+    assert setup.edition.text() == "Windows 11 Pro" and not setup.cloud_image.isEnabled()
+    assert not setup.isComplete() and "password is empty" in setup.error.text()
+    setup.user.setText("anna")
+    setup.password.setText("S3cret <&>")
+    setup.again.setText("different")
+    assert not setup.isComplete() and "differ" in setup.error.text()
+    setup.again.setText("S3cret <&>")
+    setup.user.setText("Administrator")
+    assert not setup.isComplete() and "reserves" in setup.error.text()
+    setup.user.setText("anna")
+    assert setup.isComplete(), setup.error.text()
+    wiz.next()
+    summary = wiz.summary_page
+    qtbot.waitUntil(lambda: summary.plan is not None, timeout=10000)
+    assert "unattended setup: Windows 11 Pro" in summary.plan_text.text()
+    assert summary.validatePage()
+    assert (images / "wiz11-setup.iso").exists()
+    saved = wiz.ctx.store.path_for("wiz11").read_text()
+    assert '"user": "anna"' in saved and "S3cret" not in saved
 
 
 def test_readiness_page_shows_checks_with_fixes(qtbot):
@@ -472,3 +517,38 @@ def test_the_console_action_runs_the_console_action(window, qtbot, monkeypatch, 
     qtbot.waitUntil(lambda: "virt-viewer is not installed" in
                     window.statusBar().currentMessage(), timeout=5000)
     assert "sudo apt install virt-viewer" in window.last_error
+
+
+def test_the_list_shows_each_vms_setup_stage_live(qtbot, make_host, tmp_path, monkeypatch):
+    """A VM made with --unattended shows its stage; starting it moves the stage on screen
+    from the tracker's event (no relisting)."""
+    from vm_manager.actions import create
+    from support.media import virtio_win_iso, windows_iso
+
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    store = VMStore(tmp_path / "config")
+    with guard.allowed():
+        conn = LibvirtConnection(make_host()).open()
+        ctx = Context(connection=conn, store=store)
+        config = VMConfig(name="w11", vm_type="windows11", network="none",
+                          iso_path=str(windows_iso(tmp_path / "w.iso")),
+                          virtio_iso_path=str(virtio_win_iso(tmp_path / "v.iso")),
+                          unattended={"user": "anna"})
+        create.create(ctx, create.CreateRequest(config, force=True,
+                                                secrets=create.SetupSecrets("pw")))
+    win = MainWindow(context=ctx)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.model.row_for("w11") is not None, timeout=5000)
+    column = win.model.COLUMNS.index("Setup")
+    row = win.model.position("w11")
+    assert win.model.data(win.model.index(row, column)) == "created"
+    with guard.allowed():
+        ctx.setup_tracker().boot_prompt_s = 0
+        conn.execute(lambda c: c.lookupByName("w11").create())  # not through the window
+    qtbot.waitUntil(lambda: win.model.data(win.model.index(row, column)) == "installing",
+                    timeout=5000)
+    assert not win._reload_timer.isActive()
+    win.close()
+    with guard.allowed():
+        conn.close()

@@ -53,6 +53,19 @@ class CreateOutcome:
         return data
 
 
+def check_password(password: str, again: str | None = None, field: str = "password") -> str:
+    """The rules both faces apply to an unattended setup's password."""
+    from ..core.errors import InvalidConfig
+
+    if again is not None and again != password:
+        raise InvalidConfig(field, "the two passwords differ")
+    if not password:
+        raise InvalidConfig(field, "the password is empty; setup needs one")
+    if len(password) > 127 or any(ord(ch) < 32 for ch in password):
+        raise InvalidConfig(field, "one line of at most 127 characters, please")
+    return password
+
+
 def host_locale(environ: dict | None = None) -> str:
     """The desktop's language as Windows names it (``LANG=de_DE.UTF-8`` -> ``de-DE``);
     en-US when it names none."""

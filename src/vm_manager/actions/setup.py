@@ -50,6 +50,18 @@ def status(ctx: Context, name: str) -> SetupStatus:
                        NEXT.get(info.stage or "", "").format(name=name))
 
 
+def stage(ctx: Context, name: str) -> str:
+    """The stage of ``name``'s unattended setup as its metadata says ("" for none); one
+    read, no catching up (the list shows this)."""
+    from ..core.errors import VMManagerError
+
+    try:
+        info, _ = ctx.setup_tracker().info(name)
+    except VMManagerError:
+        return ""
+    return (info.stage or "") if info else ""
+
+
 def follow(ctx: Context, name: str, on_change: Callable) -> Callable[[], None]:
     """Call ``on_change(SetupChange)`` for each stage ``name`` reaches; returns the stop."""
     tracker = ctx.setup_tracker()

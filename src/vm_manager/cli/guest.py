@@ -124,7 +124,7 @@ def read_secrets(ctx: CommandContext):
     import re
     import stat
 
-    from ..actions.create import SetupSecrets
+    from ..actions.create import SetupSecrets, check_password
     from ..core.errors import InvalidConfig
 
     args = ctx.args
@@ -143,17 +143,13 @@ def read_secrets(ctx: CommandContext):
                                 f" {getattr(error, 'strerror', None) or error}") from None
         if info.st_mode & stat.S_IROTH:
             ctx.warn(f"{args.password_file} can be read by every user: chmod 600 it")
+        check_password(password, field="--password-file")
     elif stdin_is_terminal():
         password = getpass.getpass(f"Password for the account {args.user or 'user'}: ")
-        if getpass.getpass("The same again: ") != password:
-            raise InvalidConfig("password", "the two passwords differ; nothing was made")
+        check_password(password, getpass.getpass("The same again: "))
     else:
         raise InvalidConfig("--password-file", "not on a terminal: give the account's"
                             " password in a file only you can read")
-    if not password:
-        raise InvalidConfig("--password-file", "the password is empty; Windows setup needs one")
-    if len(password) > 127 or any(ord(ch) < 32 for ch in password):
-        raise InvalidConfig("--password-file", "one line of at most 127 characters, please")
     return SetupSecrets(password, key.upper() if key else None)
 
 

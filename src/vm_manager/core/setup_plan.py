@@ -64,7 +64,9 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
                             f" setup stops at the installer if {setup.edition!r} is not one")
     virtio = media.virtio if media else None
     if virtio is not None:
-        folder = {"windows11": "w11", "windows10": "w10"}[config.vm_type.value]
+        from ..guest.windows import WINDOWS_FOLDER
+
+        folder = WINDOWS_FOLDER[config.vm_type.value]
         if virtio.missing:
             raise InvalidConfig("virtio_iso_path", f"{config.virtio_iso_path} has no"
                                 f" {', '.join(virtio.missing)} driver for"

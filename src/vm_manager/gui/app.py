@@ -103,6 +103,7 @@ class MainWindow(Commands, QMainWindow):
         self.bridge.inventory_failed.connect(self._on_inventory_failed)
         self.bridge.state_changed.connect(self._on_state_changed)
         self.bridge.connection_changed.connect(self._on_connection_changed)
+        self.bridge.setup_changed.connect(self.model.update_setup)
         self._restore_geometry()
         self.update_actions()
         self.statusBar().showMessage(f"Connecting to {self.uri}…")
@@ -115,7 +116,7 @@ class MainWindow(Commands, QMainWindow):
         self.pool.submit(self._load_worker)
 
     def _load_worker(self) -> None:
-        from ..actions import vms
+        from ..actions import setup, vms
         from ..core.errors import VMManagerError
 
         try:
@@ -125,6 +126,8 @@ class MainWindow(Commands, QMainWindow):
                     change.name, change.new.value, change.reason))
                 self.ctx.connection.subscribe(lambda event: self.bridge.connection_changed.emit(
                     event.status, event.reason) if hasattr(event, "status") else None)
+                setup.follow_all(self.ctx, lambda change: self.bridge.setup_changed.emit(
+                    change.name, change.new))
                 self.lifecycle = lifecycle
             inventory = vms.list_vms(self.ctx)
             rows = []
@@ -136,6 +139,8 @@ class MainWindow(Commands, QMainWindow):
                     vcpus=vm.vcpus, memory_mb=vm.memory_mb, vm_type=vm.vm_type,
                     gpu=gpu.pci_address if gpu else None,
                     looking_glass=bool(config and config.looking_glass.enabled),
+                    setup=setup.stage(self.ctx, vm.name) if config and config.unattended
+                    else "",
                 ))
             self.bridge.inventory_ready.emit(rows)
         except VMManagerError as error:

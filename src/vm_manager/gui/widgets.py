@@ -61,6 +61,7 @@ class VMRow:
     gpu: str | None = None  # PCI address when a GPU is passed through
     looking_glass: bool = False
     reason: str = ""
+    setup: str = ""  # the stage of an unattended setup ("" for none)
 
 
 class Tasks(QObject):
@@ -106,10 +107,11 @@ class EventBridge(QObject):
     connection_changed = Signal(str, str)  # "disconnected"/"reconnected", reason
     inventory_ready = Signal(object)  # list[VMRow]
     inventory_failed = Signal(str)
+    setup_changed = Signal(str, str)  # name, the stage its unattended setup reached
 
 
 class VMTableModel(QAbstractTableModel):
-    COLUMNS = ("Name", "System", "State", "vCPUs", "Memory", "GPU", "Looking Glass")
+    COLUMNS = ("Name", "System", "State", "vCPUs", "Memory", "GPU", "Looking Glass", "Setup")
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -144,6 +146,7 @@ class VMTableModel(QAbstractTableModel):
                 f"{row.memory_mb} MiB",
                 f"GPU {row.gpu}" if row.gpu else "",
                 "LG" if row.looking_glass else "",
+                row.setup,
             )[column]
         if role == Qt.DecorationRole and column == 1:
             return os_icon(row.vm_type)
@@ -172,6 +175,16 @@ class VMTableModel(QAbstractTableModel):
         row = self.rows[position]
         row.state, row.reason = state, reason
         self.dataChanged.emit(self.index(position, 0), self.index(position, len(self.COLUMNS) - 1))
+        return True
+
+    def update_setup(self, name: str, stage: str) -> bool:
+        """An unattended setup reached ``stage`` (from the tracker's events)."""
+        position = self._index.get(name)
+        if position is None:
+            return False
+        self.rows[position].setup = stage
+        column = self.COLUMNS.index("Setup")
+        self.dataChanged.emit(self.index(position, column), self.index(position, column))
         return True
 
     def remove(self, name: str) -> None:

@@ -1,5 +1,5 @@
-"""The create wizard: system and resources -> GPU, USB and Looking Glass -> summary and
-create, all through the ``create`` action (the CLI's ``neuron-vm create``)."""
+"""The create wizard: system and resources -> GPU, USB and Looking Glass -> unattended setup
+-> summary and create, all through the ``create`` action (the CLI's ``neuron-vm create``)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ class CreateWizard(QWizard):
         self.result = None
         self.system_page = _SystemPage(self)
         self.devices_page = _DevicesPage(self)
+        self.setup_page = _SetupPage(self)
         self.summary_page = _SummaryPage(self)
-        for page in (self.system_page, self.devices_page, self.summary_page):
+        for page in (self.system_page, self.devices_page, self.setup_page, self.summary_page):
             self.addPage(page)
         # room for a one-line message under the fields and for the plan's lines
         hint = self.sizeHint()
@@ -72,7 +73,16 @@ class CreateWizard(QWizard):
             data["looking_glass"] = {"enabled": True, "width": int(width), "height": int(height)}
         if data["disk_path"]:
             data.pop("disk_size_gb")
+        data.update(self.setup_page.config_data(data["vm_type"]))
         return {key: value for key, value in data.items() if value is not None}
+
+    def secrets(self):
+        """The unattended setup's password (never saved), or None."""
+        from ..actions.create import SetupSecrets
+
+        page = self.setup_page
+        password = page.password.text()
+        return SetupSecrets(password) if page.unattended.isChecked() and password else None
 
     def build_config(self):
         """The VMConfig, or None with ``error_text`` set to the InvalidConfig message."""
@@ -81,6 +91,7 @@ class CreateWizard(QWizard):
 
         try:
             config = VMConfig.from_dict(self.config_data())
+            self.setup_page.check_password(config)
         except InvalidConfig as error:
             self.error_text = str(error)
             return None
@@ -88,7 +99,22 @@ class CreateWizard(QWizard):
         return config
 
 
-class _SystemPage(QWizardPage):
+class _CheckedPage(QWizardPage):
+    """A page whose fields are checked as they change by building the config."""
+
+    wizard_: CreateWizard
+    error: QLabel
+
+    def _changed(self, *_args) -> None:
+        self.wizard_.build_config()
+        self.error.setText(self.wizard_.error_text)
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802 - Qt name
+        return self.wizard_.build_config() is not None
+
+
+class _SystemPage(_CheckedPage):
     def __init__(self, wizard: CreateWizard):
         super().__init__()
         self.setTitle("System and resources")
@@ -129,16 +155,7 @@ class _SystemPage(QWizardPage):
         self.vcpus.valueChanged.connect(self._changed)
         self.template.currentIndexChanged.connect(self._changed)
 
-    def _changed(self, *_args) -> None:
-        self.wizard_.build_config()
-        self.error.setText(self.wizard_.error_text)
-        self.completeChanged.emit()
-
-    def isComplete(self) -> bool:  # noqa: N802 - Qt name
-        return self.wizard_.build_config() is not None
-
-
-class _DevicesPage(QWizardPage):
+class _DevicesPage(_CheckedPage):
     def __init__(self, wizard: CreateWizard):
         super().__init__()
         self.setTitle("GPU, USB devices and Looking Glass")
@@ -198,8 +215,97 @@ class _DevicesPage(QWizardPage):
                                else "-")
         self.completeChanged.emit()
 
-    def isComplete(self) -> bool:  # noqa: N802 - Qt name
-        return self.wizard_.build_config() is not None
+
+class _SetupPage(_CheckedPage):
+    """Unattended setup: on by default for Windows when an installer ISO is given; the
+    account, its password (never saved), the language and time zone, the edition, the
+    Looking Glass host installer; for Linux, the cloud image and SSH key."""
+
+    def __init__(self, wizard: CreateWizard):
+        from ..actions.create import host_locale
+
+        super().__init__()
+        self.setTitle("Set the guest up without questions")
+        self.wizard_ = wizard
+        form = QFormLayout(self)
+        self.unattended = QCheckBox("Install and set it up by itself")
+        self.user = QLineEdit("user")
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.Password)
+        self.again = QLineEdit()
+        self.again.setEchoMode(QLineEdit.Password)
+        self.locale = QLineEdit(host_locale())
+        self.timezone = QLineEdit("UTC")
+        self.edition = QLineEdit()
+        self.lg_installer = QLineEdit()
+        self.cloud_image = QLineEdit()
+        self.ssh_key = QLineEdit()
+        self.note = QLabel()
+        self.note.setWordWrap(True)
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #b71c1c")
+        self.error.setWordWrap(True)
+        self.rows = {"windows": (self.locale, self.timezone, self.edition, self.lg_installer),
+                     "linux": (self.cloud_image, self.ssh_key)}
+        form.addRow(self.unattended)
+        for label, widget in (
+                ("Account", self.user), ("Password", self.password), ("Again", self.again),
+                ("Language", self.locale), ("Time zone (Windows name)", self.timezone),
+                ("Edition", self.edition),
+                ("Looking Glass host installer", _with_browse(self.lg_installer, "(*.exe *.zip)")),
+                ("Cloud image (Linux)", _with_browse(self.cloud_image, "Images (*)")),
+                ("SSH public key (Linux)", _with_browse(self.ssh_key, "Keys (*.pub)"))):
+            form.addRow(label, widget)
+        form.addRow(self.note)
+        form.addRow(self.error)
+        for widget in (self.user, self.password, self.again, self.locale, self.timezone,
+                       self.edition, self.lg_installer, self.cloud_image, self.ssh_key):
+            widget.textChanged.connect(self._changed)
+        self.unattended.toggled.connect(self._changed)
+
+    def initializePage(self) -> None:  # noqa: N802 - Qt name
+        kind = self.wizard_.system_page.template.currentData()
+        windows = kind in ("windows11", "windows10")
+        self.unattended.setEnabled(kind != "macos")
+        self.unattended.setChecked(windows and bool(self.wizard_.system_page.iso.text()))
+        if windows and not self.edition.text():
+            self.edition.setText(f"Windows {kind[-2:]} Pro")
+        for group, widgets in self.rows.items():
+            for widget in widgets:
+                widget.setEnabled(group == ("windows" if windows else "linux"))
+        self.note.setText({
+            "macos": "macOS cannot be set up unattended (yet).",
+            "linux": "Linux is set up from a cloud image by cloud-init; give an SSH key, a"
+                     " password, or both."}.get(kind, "Windows installs by itself from the"
+                                                  " installer and the virtio-win ISO; then the"
+                                                  " guest tools and the Looking Glass host."))
+        self._changed()
+
+    def config_data(self, vm_type: str) -> dict:
+        if not self.unattended.isChecked():
+            return {}
+        windows = vm_type in ("windows11", "windows10")
+        setup = {"user": self.user.text().strip() or None}
+        if windows:
+            setup.update(locale=self.locale.text().strip() or None,
+                         timezone=self.timezone.text().strip() or None,
+                         edition=self.edition.text().strip() or None,
+                         lg_host_installer=self.lg_installer.text().strip() or None)
+        else:
+            setup["ssh_key_path"] = self.ssh_key.text().strip() or None
+        data = {"unattended": {k: v for k, v in setup.items() if v is not None}}
+        if not windows:
+            data["cloud_image_path"] = self.cloud_image.text().strip() or None
+        return data
+
+    def check_password(self, config) -> None:
+        """The password rules the CLI applies (a Linux account with a key needs none)."""
+        from ..actions.create import check_password
+
+        setup = config.unattended
+        if setup is None or (setup.ssh_key_path and not self.password.text()):
+            return
+        check_password(self.password.text(), self.again.text())
 
 
 class _Progress(QObject):
@@ -231,7 +337,7 @@ class _SummaryPage(QWizardPage):
         self.plan = None
         self.plan_text.setText("Checking…")
         self.completeChanged.emit()
-        request = create.CreateRequest(self.config)
+        request = create.CreateRequest(self.config, secrets=self.wizard_.secrets())
         self.wizard_.tasks.run(lambda: (request, create.preview(self.wizard_.ctx, request)),
                                self._planned, self._refused)
 
@@ -268,9 +374,9 @@ class _SummaryPage(QWizardPage):
 
         def work() -> None:
             try:
+                request = create.CreateRequest(self.config, secrets=self.wizard_.secrets())
                 outcome["result"] = create.create(
-                    self.wizard_.ctx, create.CreateRequest(self.config), plan=self.plan,
-                    progress=signals.step.emit).result
+                    self.wizard_.ctx, request, plan=self.plan, progress=signals.step.emit).result
             except Exception as error:  # noqa: BLE001 - shown on the page, never lost
                 outcome["error"] = error
             finally:
