@@ -556,3 +556,68 @@ def test_linux_without_key_or_password_off_a_terminal_exits_2(world, cloud):
     code, _, err = run(world, "create", "lin", "--template", "linux", "--cloud-image",
                        str(base), "--network", "none", "--unattended", "--user", "dev")
     assert code == 2 and "--password-file" in err and "not on a terminal" in err
+
+
+# --- setup-restart -----------------------------------------------------------------------------
+
+def test_setup_restart_puts_a_stopped_setup_back_at_its_start(world, isos):
+    """Kept: the VM, its disk and a medium that is still there; back to "created" with the
+    history kept. A medium that is gone is made again (the password is needed then); the
+    disk is made empty only with --wipe-disk; a running VM needs --force; a finished setup
+    has nothing to restart."""
+    conn, store, images, password = world
+    assert run(world, *create_args(isos, password))[0] == 0
+    disk, medium = images / "w11.qcow2", images / "w11-setup.iso"
+    conn.execute(lambda c: c.lookupByName("w11").create())
+    code, _, err = run(world, "setup-restart", "w11")
+    assert code == 1 and "is running" in err and "--force" in err
+    code, out, err = run(world, "setup-restart", "w11", "--force")
+    assert code == 0, err
+    assert "kept the setup medium" in out and "next: start it" in out
+    assert not conn.execute(lambda c: c.lookupByName("w11").isActive())
+    medium.unlink()  # say the user removed it
+    code, _, err = run(world, "setup-restart", "w11")
+    assert code == 2 and "--password-file" in err and "needs the account's password" in err
+    disk.write_bytes(disk.read_bytes() + b"\0" * 4096 * 256)  # a half-done installation
+    grown = disk.stat().st_size
+    code, out, err = run(world, "setup-restart", "w11", "--password-file", str(password),
+                         "--wipe-disk")
+    assert code == 0, err
+    assert "made the setup medium" in out and "made the disk" in out
+    assert (medium.stat().st_mode & 0o777) == 0o600 and disk.stat().st_size < grown
+    assert subprocess.run(["qemu-img", "check", "-q", str(disk)]).returncode == 0
+    code, data, _ = run(world, "setup-status", "w11", "--json")
+    steps = [s["stage"] for s in json.loads(data)["steps"]]
+    assert steps == ["created", "created"]  # nobody listened when it started: no "installing"
+    code, _, err = run(world, "setup-restart", "alpha-not-there")
+    assert code == 3
+    import libvirt
+
+    from vm_manager.core.domain_xml import SETUP_NS
+
+    conn.execute(lambda c: c.lookupByName("w11").setMetadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<setup kind='windows' stage='ready'/>",
+        "neuronos-setup", SETUP_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+    code, _, err = run(world, "setup-restart", "w11")
+    assert code == 2 and "finished" in err
+
+
+def test_setup_restart_of_a_cloud_vm_gives_cloud_init_a_new_instance(world, cloud):
+    import yaml
+
+    conn, _, images, _ = world
+    base, key = cloud
+    assert run(world, *linux_args(base, key))[0] == 0
+    code, _, err = run(world, "setup-restart", "lin")
+    assert code == 0, err
+    seed = images / "lin-setup.iso"
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(seed), "-extract",
+                    "/meta-data", str(images / "m")], capture_output=True, check=True)
+    vm_uuid = conn.execute(lambda c: c.lookupByName("lin").UUIDString())
+    assert yaml.safe_load((images / "m").read_text())["instance-id"] == f"iid-{vm_uuid}-2"
+    code, _, err = run(world, "setup-restart", "lin", "--wipe-disk")
+    assert code == 0, err
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json",
+                                      str(images / "lin.qcow2")], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert info["backing-filename"] == str(base)  # on the same cloud image again

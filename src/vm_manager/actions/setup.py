@@ -74,3 +74,32 @@ def follow_all(ctx: Context, on_change: Callable) -> Callable[[], None]:
     tracker = ctx.setup_tracker()
     token = tracker.subscribe(on_change)
     return lambda: tracker.unsubscribe(token)
+
+
+def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
+            force: bool = False, start: bool = False) -> SetupStatus:
+    """Restart a setup that failed or was interrupted: stopped first with ``force`` (a
+    running VM is refused otherwise), the stage back to "created", a missing medium made
+    again (``secrets`` then), the VM's own disk made empty only with ``wipe_disk``; then
+    started with ``start``. Raises ``InvalidConfig`` (finished, no setup, a password is
+    needed), ``LifecycleError`` (running)."""
+    from ..core.errors import InvalidConfig
+    from ..core.setup_restart import restart_setup
+    from ..core.vm_lifecycle import ShutdownMethod
+
+    lifecycle = ctx.lifecycle
+    lifecycle.require(name)
+    config = ctx.store.load(name)
+    if config is None or config.unattended is None:
+        raise InvalidConfig("NAME", f"{name} was not created with --unattended")
+    tracker = ctx.setup_tracker()
+    setup_info, live = tracker.info(name)
+    if force and live["active"] and (setup_info and setup_info.stage != "ready"):
+        lifecycle.stop(name, method=ShutdownMethod.FORCE)
+    from ..core.host_facts import images_dir
+
+    restart_setup(tracker, config, images_dir=ctx.images_dir or images_dir(ctx.uri),
+                  loader=ctx.loader, secrets=secrets, wipe_disk=wipe_disk)
+    if start:
+        lifecycle.start(name)
+    return status(ctx, name)

@@ -22,6 +22,21 @@ def register(commands, common, subcommand) -> None:
     )
     status.add_argument("name", metavar="NAME")
     status.set_defaults(run=cmd_setup_status)
+    restart = commands.add_parser(
+        "setup-restart", parents=[common], help="restart an unattended setup that stopped",
+        description="Put an unattended setup that failed or was interrupted back at its"
+        " start: the VM and its disk stay (Windows Setup resumes from a half-done disk where"
+        " it can), a setup medium that is gone is made again (the password is asked), and"
+        " --wipe-disk makes the VM's own disk empty so the installer starts afresh.",
+    )
+    restart.add_argument("name", metavar="NAME")
+    restart.add_argument("--wipe-disk", action="store_true",
+                         help="make the VM's own disk (made by NeuronOS) empty again")
+    restart.add_argument("--force", action="store_true", help="power a running VM off first")
+    restart.add_argument("--start", action="store_true", help="start it again afterwards")
+    restart.add_argument("--password-file", metavar="F",
+                         help="the account's password, if the medium must be made again")
+    restart.set_defaults(run=cmd_setup_restart)
     console = commands.add_parser(
         "console", parents=[common], help="open a VM's own screen (SPICE) in virt-viewer",
         description="Open the VM's own display in virt-viewer, for any VM: also while Windows"
@@ -46,6 +61,29 @@ def cmd_setup_status(ctx: CommandContext) -> int:
         ctx.print(f"  {step['at']}  {step['stage']:<13} {step['note']}")
     if result.next:
         ctx.print(f"next: {result.next}")
+    return EXIT_OK
+
+
+def cmd_setup_restart(ctx: CommandContext) -> int:
+    from ..actions import setup
+    from ..core.errors import InvalidConfig
+
+    args = ctx.args
+    for name, value in (("user", None), ("product_key", None), ("ssh_key", None)):
+        setattr(args, name, value)  # what read_secrets also looks at
+    options = dict(wipe_disk=args.wipe_disk, force=args.force, start=args.start)
+    secrets = read_secrets(ctx) if args.password_file else None
+    try:
+        result = setup.restart(ctx.actions, args.name, secrets=secrets, **options)
+    except InvalidConfig as error:
+        if error.field != "password" or secrets is not None or not stdin_is_terminal():
+            raise
+        result = setup.restart(ctx.actions, args.name, secrets=read_secrets(ctx), **options)
+    if ctx.json:
+        ctx.print_json(result.to_dict())
+        return EXIT_OK
+    ctx.print(f"{result.name}: setup restarted ({result.steps[-1]['note']})")
+    ctx.print(f"next: {result.next}")
     return EXIT_OK
 
 

@@ -96,7 +96,7 @@ GROUPS = {
     "vms": ("list", "info", "events"),
     "power": ("start", "stop", "pause", "resume", "reboot", "reset", "display"),
     "create": ("create", "configure", "delete"),
-    "guest": ("setup-status", "console"),
+    "guest": ("setup-status", "setup-restart", "console"),
     "devices": ("gpu", "usb"),
     "host": ("doctor", "shm-permissions", "templates"),
 }

@@ -243,6 +243,13 @@ class SetupTracker:
                 continue
         return None
 
+    def reset(self, name: str, note: str) -> None:
+        """Back to "created" (a restarted setup), its history kept."""
+        with self._lock:
+            setup, _ = self.info(name)
+            if setup is not None:
+                self._advance(name, setup, "created", note)
+
     # --- the end ----------------------------------------------------------------------------
 
     def finish(self, name: str, note: str) -> None:

@@ -29,9 +29,10 @@ def instance_id(vm_uuid: str) -> str:
 
 
 def seed_files(vm_name: str, vm_uuid: str, setup: UnattendedConfig, ssh_keys: list[str],
-               password: str | None) -> list[MediumFile]:
+               password: str | None, attempt: int = 1) -> list[MediumFile]:
     q = json.dumps  # a JSON string is a YAML string, read verbatim
-    meta = f"instance-id: {q(instance_id(vm_uuid))}\nlocal-hostname: {q(vm_name)}\n"
+    instance = instance_id(vm_uuid) + (f"-{attempt}" if attempt > 1 else "")  # a new one:
+    meta = f"instance-id: {q(instance)}\nlocal-hostname: {q(vm_name)}\n"  # cloud-init reruns
     user = [f"  - name: {q(setup.user)}", "    groups: [sudo, adm]", "    shell: /bin/bash",
             "    sudo: \"ALL=(ALL) ALL\"" if password else "    sudo: \"ALL=(ALL) NOPASSWD:ALL\"",
             f"    lock_passwd: {'false' if password else 'true'}"]
@@ -57,10 +58,11 @@ def seed_files(vm_name: str, vm_uuid: str, setup: UnattendedConfig, ssh_keys: li
 
 
 def build_seed(target: Path, *, vm_name: str, vm_uuid: str, setup: UnattendedConfig,
-               password: str | None) -> list[str]:
-    """Write the seed ISO (``target`` must not exist; 0600). Returns its file list."""
+               password: str | None, attempt: int = 1) -> list[str]:
+    """Write the seed ISO (``target`` must not exist; 0600). Returns its file list.
+    ``attempt`` > 1 (a restarted setup) gives a new instance-id, so cloud-init runs again."""
     keys = read_ssh_keys(setup.ssh_key_path) if setup.ssh_key_path else []
-    files = seed_files(vm_name, vm_uuid, setup, keys, password)
+    files = seed_files(vm_name, vm_uuid, setup, keys, password, attempt)
     write_iso(target, LABEL, files, mode=0o600)
     return [item.path for item in files]
 

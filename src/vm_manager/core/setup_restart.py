@@ -1,0 +1,103 @@
+"""Restarting an unattended setup that failed or was interrupted (``neuron-vm
+setup-restart``): the VM and its disk stay, the stage goes back to "created", a setup
+medium that is gone is made again, and only with ``wipe_disk`` is the VM's own disk (one
+NeuronOS made, in its images folder) made empty again, so the installer starts afresh.
+
+Without ``wipe_disk`` a Windows disk that holds a half-done installation boots first and
+Windows Setup resumes from it where it can; a cloud-init seed always gets a new
+instance-id, so cloud-init runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from . import guard
+from .errors import InvalidConfig, LifecycleError, VMCreationError
+from .guest_setup import SetupTracker
+from .host_facts import setup_medium_path
+from .vm_config import VMConfig
+from .log import get_logger
+
+log = get_logger(__name__)
+
+
+def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, loader,
+                  secrets=None, wipe_disk: bool = False, qemu_img: str = "qemu-img") -> str:
+    """Put ``config``'s VM back at stage "created" (it must be shut off). Returns what was
+    done, in words. ``InvalidConfig`` for a setup that finished or a missing password."""
+    name = config.name
+    setup, live = tracker.info(name)
+    if setup is None:
+        raise InvalidConfig("NAME", f"{name} was not created with --unattended")
+    if setup.stage == "ready":
+        raise InvalidConfig("NAME", f"the setup of {name} finished; there is nothing to"
+                            " restart")
+    if live["active"]:
+        raise LifecycleError(f"{name} is running: stop it first (or give --force)")
+    done = []
+    if wipe_disk:
+        done.append(_wipe_disk(config, images_dir, qemu_img))
+    medium = Path(setup.medium) if setup.medium else setup_medium_path(images_dir, name)
+    attempt = 2 + sum(1 for stage, _, _ in setup.steps if stage == "created")  # 1: create
+    if setup.kind == "cloud-init" or not medium.exists():
+        _build_medium(config, medium, live["domain"].uuid, loader, secrets, attempt)
+        done.append(f"made the setup medium {medium} again")
+    else:
+        done.append(f"kept the setup medium {medium}")
+    tracker.reset(name, "setup restarted: " + "; ".join(done))
+    return "; ".join(done)
+
+
+def _wipe_disk(config: VMConfig, images_dir: Path, qemu_img: str) -> str:
+    """Make the VM's own disk empty again (same size; on the same cloud image)."""
+    disk = Path(config.disk_path or "")
+    managed = Path(os.path.realpath(images_dir))
+    if not config.disk_size_gb or managed not in Path(os.path.realpath(disk)).parents:
+        raise InvalidConfig("--wipe-disk", f"{disk} is not a disk NeuronOS made for"
+                            f" {config.name} in {images_dir}; it is never wiped")
+    backing = []
+    if config.cloud_image_path:
+        guard.check("qemu-img")
+        info = json.loads(subprocess.run(
+            [qemu_img, "info", "-U", "--output=json", config.cloud_image_path],
+            capture_output=True, text=True, check=True, timeout=30).stdout)
+        backing = ["-b", os.path.abspath(config.cloud_image_path), "-F",
+                   info.get("format", "raw")]
+    fresh = disk.with_name(f".{disk.name}.fresh")
+    guard.check("qemu-img")
+    try:
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
+                        *backing, str(fresh), f"{config.disk_size_gb}G"],
+                       capture_output=True, text=True, check=True, timeout=120)
+        os.chmod(fresh, 0o600)
+        os.replace(fresh, disk)  # the old content goes only once the new disk exists
+    except subprocess.CalledProcessError as error:
+        fresh.unlink(missing_ok=True)
+        raise VMCreationError(f"qemu-img could not make {disk} again:"
+                              f" {error.stderr.strip() or error}") from None
+    log.info("wiped the disk %s of %s", disk, config.name)
+    return f"made the disk {disk} empty again"
+
+
+def _build_medium(config: VMConfig, medium: Path, vm_uuid: str, loader, secrets,
+                  attempt: int) -> None:
+    from ..guest.cloud_init import build_seed
+    from ..guest.media import build_windows_medium
+
+    setup = config.unattended
+    if secrets is None and (config.vm_type.value != "linux" or not setup.ssh_key_path):
+        raise InvalidConfig("password", "the setup medium is made again: it needs the"
+                            " account's password (--password-file, or asked on a terminal)")
+    medium.unlink(missing_ok=True)  # ours: the name is the VM's setup medium
+    guard.check("build the setup medium")
+    if config.vm_type.value == "linux":
+        build_seed(medium, vm_name=config.name, vm_uuid=vm_uuid, setup=setup,
+                   password=secrets.password if secrets else None, attempt=attempt)
+    else:
+        build_windows_medium(medium, loader=loader, vm_name=config.name,
+                             vm_type=config.vm_type.value, setup=setup, secrets=secrets,
+                             virtio_iso=config.virtio_iso_path)
