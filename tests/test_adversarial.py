@@ -521,6 +521,37 @@ def test_daemon_killed_at_each_call_of_create_leaves_all_or_nothing(system_daemo
 
 
 @pytest.mark.daemon
+def test_daemon_killed_at_each_call_of_an_unattended_create_leaves_all_or_nothing(
+        system_daemon, tmp_path):
+    """The same for `create --unattended` of Windows 11: the setup medium (it holds the
+    password) goes with the rest, or stays with the rest."""
+    from vm_manager.actions import create
+    from support.media import virtio_win_iso, windows_iso
+
+    _daemon_may_restart()
+    installer, virtio = windows_iso(tmp_path / "w.iso"), virtio_win_iso(tmp_path / "v.iso")
+    images = tmp_path / "images"
+    disk_check = _all_or_nothing(system_daemon, tmp_path, "made", done=True)
+
+    def check(name: str, raised: str | None) -> str | None:
+        medium = (images / f"{name}-setup.iso").exists()
+        if medium != (raised is None):
+            return f"{'made' if raised is None else 'failed'} but the medium exists: {medium}"
+        (images / f"{name}-setup.iso").unlink(missing_ok=True)
+        return disk_check(name, raised)
+
+    def make(ctx, name):
+        config = VMConfig(name=name, vm_type="windows11", iso_path=str(installer),
+                          virtio_iso_path=str(virtio), network="none", domain_type="qemu",
+                          disk_size_gb=64, unattended={"user": "anna"})
+        create.create(ctx, create.CreateRequest(config, force=True,
+                                                secrets=create.SetupSecrets("pw")))
+
+    calls, failures = _kill_each_call(system_daemon, tmp_path, make, check, premade=False)
+    assert failures == [], f"{len(failures)} of {2 * calls} kills"
+
+
+@pytest.mark.daemon
 def test_daemon_killed_during_delete_leaves_the_vm_whole_or_gone(system_daemon, tmp_path):
     """Delete with --delete-disks, libvirtd SIGKILLed before each libvirt call in turn: the
     VM is either all there (domain, disk, settings; an error said why) or all gone."""

@@ -85,8 +85,7 @@ def _wipe_disk(config: VMConfig, images_dir: Path, qemu_img: str) -> str:
 
 def _build_medium(config: VMConfig, medium: Path, vm_uuid: str, loader, secrets,
                   attempt: int) -> None:
-    from ..guest.cloud_init import build_seed
-    from ..guest.media import build_windows_medium
+    from ..guest.media import build_medium
 
     setup = config.unattended
     if secrets is None and (config.vm_type.value != "linux" or not setup.ssh_key_path):
@@ -94,10 +93,5 @@ def _build_medium(config: VMConfig, medium: Path, vm_uuid: str, loader, secrets,
                             " account's password (--password-file, or asked on a terminal)")
     medium.unlink(missing_ok=True)  # ours: the name is the VM's setup medium
     guard.check("build the setup medium")
-    if config.vm_type.value == "linux":
-        build_seed(medium, vm_name=config.name, vm_uuid=vm_uuid, setup=setup,
-                   password=secrets.password if secrets else None, attempt=attempt)
-    else:
-        build_windows_medium(medium, loader=loader, vm_name=config.name,
-                             vm_type=config.vm_type.value, setup=setup, secrets=secrets,
-                             virtio_iso=config.virtio_iso_path)
+    build_medium(medium, config, vm_uuid=vm_uuid, loader=loader, secrets=secrets,
+                 attempt=attempt)

@@ -195,23 +195,14 @@ class VMCreator:
     def _setup_medium(self, plan: CreationPlan, secrets, claimed: dict) -> None:
         """Write the setup medium (0600, never over an existing file) and claim its inode,
         so an undo removes this file and no other."""
-        from ..guest.media import build_windows_medium
+        from ..guest.media import build_medium
 
         guard.check("build the setup medium")
-        config = plan.config
         medium = Path(plan.setup.medium)
         private_folder(medium.parent, 0o711)
         try:
-            if plan.setup.kind == "cloud-init":
-                from ..guest.cloud_init import build_seed
-
-                build_seed(medium, vm_name=config.name, vm_uuid=plan.uuid,
-                           setup=config.unattended,
-                           password=secrets.password if secrets else None)
-            else:
-                build_windows_medium(medium, loader=self.loader, vm_name=config.name,
-                                     vm_type=config.vm_type.value, setup=config.unattended,
-                                     secrets=secrets, virtio_iso=config.virtio_iso_path)
+            build_medium(medium, plan.config, vm_uuid=plan.uuid, loader=self.loader,
+                         secrets=secrets)
         except FileExistsError:
             raise InvalidConfig("name", f"{medium} already exists; NeuronOS never overwrites"
                                 " it") from None

@@ -63,3 +63,18 @@ def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
                 files.append(MediumFile(path, local))
         write_iso(target, LABEL, files, mode=0o600)
     return sorted(item.path for item in files)
+
+
+def build_medium(target: Path, config, *, vm_uuid: str, loader, secrets,
+                 attempt: int = 1) -> list[str]:
+    """The setup medium of ``config`` (a ``VMConfig`` with ``unattended``): the Windows
+    medium, or a Linux VM's cloud-init seed (``attempt`` > 1: a new instance-id). 0600;
+    ``target`` must not exist (``FileExistsError``)."""
+    if config.vm_type.value == "linux":
+        from .cloud_init import build_seed
+
+        return build_seed(target, vm_name=config.name, vm_uuid=vm_uuid, setup=config.unattended,
+                          password=secrets.password if secrets else None, attempt=attempt)
+    return build_windows_medium(target, loader=loader, vm_name=config.name,
+                                vm_type=config.vm_type.value, setup=config.unattended,
+                                secrets=secrets, virtio_iso=config.virtio_iso_path)
