@@ -621,3 +621,59 @@ def test_setup_restart_of_a_cloud_vm_gives_cloud_init_a_new_instance(world, clou
                                       str(images / "lin.qcow2")], capture_output=True,
                                      text=True, check=True).stdout)
     assert info["backing-filename"] == str(base)  # on the same cloud image again
+
+
+def test_events_and_create_start_follow_the_setup(world, isos):
+    """`create --unattended --start` follows the stages it sees (here to "installing"), and
+    ends with exit 1 and one line when the VM stops mid-setup; `events` streams setup
+    stages among the state changes."""
+    import threading
+    import time
+
+    conn, store, images, password = world
+    out, err, code = io.StringIO(), io.StringIO(), []
+
+    def follow() -> None:
+        code.append(main(create_args(isos, password, "--start"), connection=conn, out=out,
+                         err=err))
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while "w11: setup installing" not in out.getvalue():
+        assert time.monotonic() < deadline and thread.is_alive(), out.getvalue() + err.getvalue()
+        time.sleep(0.05)  # reading another thread's text output: nothing to wait on
+    assert "following the setup of w11" in out.getvalue()
+    conn.execute(lambda c: c.lookupByName("w11").destroy())  # it stops mid-setup
+    thread.join(timeout=20)
+    assert code == [1] and "the VM stopped during setup" in out.getvalue()
+
+    from vm_manager.actions import setup
+    from vm_manager.actions.context import Context
+
+    ctx = Context(connection=conn, store=store)
+    ctx.setup_tracker().reset("w11", "test: again")  # back to created
+    events, said, done = io.StringIO(), io.StringIO(), []
+    watcher = threading.Thread(target=lambda: done.append(main(
+        ["events", "w11", "--count", "2"], connection=conn, out=events, err=said)))
+    watcher.start()
+    deadline = time.monotonic() + 20
+    try:
+        while "Watching w11" not in said.getvalue():  # said once it listens
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        conn.execute(lambda c: c.lookupByName("w11").create())
+        watcher.join(timeout=20)
+    finally:
+        ctx.close()
+    text = events.getvalue()
+    assert done == [0] and "w11  setup created -> installing" in text, text
+    assert setup.stage(Context(connection=conn, store=store), "w11") == "installing"
+
+
+def test_configure_waits_for_the_setup_to_be_ready(world, isos):
+    """A new definition mid-setup would drop the setup medium: refused, saying why."""
+    _, _, _, password = world
+    assert run(world, *create_args(isos, password))[0] == 0
+    code, _, err = run(world, "configure", "w11", "--memory", "6G")
+    assert code == 1 and "setup of 'w11' is at stage created" in err

@@ -27,6 +27,7 @@ from .events import (  # noqa: F401 (re-exported: subscribers import them from h
     quiet_libvirt_errors,
     EVENT_AGENT,
     EVENT_DEVICE_REMOVED,
+    EVENT_METADATA,
     EVENT_REBOOTED,
     ConnectionEvent,
     DomainEvent,
@@ -236,6 +237,8 @@ class LibvirtConnection:
              lambda _c, dom, alias, gen: event(dom, EVENT_DEVICE_REMOVED, 0, gen, device=alias)),
             (libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE,  # detail: 1 connected, 2 not
              lambda _c, dom, state, _reason, gen: event(dom, EVENT_AGENT, state, gen)),
+            (libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,  # device: the namespace's URI
+             lambda _c, dom, kind, uri, gen: event(dom, EVENT_METADATA, kind, gen, device=uri)),
         ):
             try:
                 ids.append(conn.domainEventRegisterAny(None, event_id, callback, generation))

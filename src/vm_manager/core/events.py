@@ -48,6 +48,7 @@ EVENT_REBOOTED = 100
 EVENT_DEVICE_REMOVED = 101
 EVENT_AGENT = 102  # VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE; detail: 1 connected, 2 disconnected
 AGENT_STATES = {1: "connected", 2: "disconnected"}
+EVENT_METADATA = 103  # VIR_DOMAIN_EVENT_ID_METADATA_CHANGE; device: the namespace URI
 # virConnectCloseReason
 CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "closed by client"}
 
@@ -71,6 +72,8 @@ class DomainEvent(NamedTuple):
             return "device-removed"
         if self.event == EVENT_AGENT:
             return "agent"
+        if self.event == EVENT_METADATA:
+            return "metadata"
         if 0 <= self.event < len(DOMAIN_EVENT_NAMES):
             return DOMAIN_EVENT_NAMES[self.event]
         return f"event-{self.event}"

@@ -35,7 +35,7 @@ from typing import Callable
 
 import libvirt
 
-from .connection import EVENT_AGENT, DomainEvent, LibvirtConnection
+from .connection import EVENT_AGENT, EVENT_METADATA, DomainEvent, LibvirtConnection
 from .domain_xml import SETUP_NS, SetupInfo, read_domain
 from .errors import VMManagerError
 from .primitives import Subscribers
@@ -79,6 +79,7 @@ class SetupTracker:
         self._lock = threading.RLock()
         self._token: int | None = None
         self._cancel = threading.Event()
+        self._known: dict[str, str | None] = {}  # the stage each VM was last told at
 
     # --- subscribing ------------------------------------------------------------------------
 
@@ -133,6 +134,8 @@ class SetupTracker:
             target = self._started
         elif event.event == EVENT_AGENT and event.detail == AGENT_CONNECTED:
             target = self.agent_connected
+        elif event.event == EVENT_METADATA and event.device == SETUP_NS:
+            target = self._metadata_changed  # moved on here, or by another NeuronOS
         else:
             return
         # never call libvirt from libvirt's event thread: a worker does it
@@ -144,6 +147,17 @@ class SetupTracker:
             target(name)
         except VMManagerError as error:
             log.warning("setup of %s: %s", name, error)
+
+    def _metadata_changed(self, name: str) -> None:
+        """Tell a stage this tracker did not reach itself (another process moved it)."""
+        with self._lock:
+            setup, _ = self.info(name)
+            if setup is None or setup.stage == self._known.get(name, None):
+                return
+            old = setup.steps[-2][0] if len(setup.steps) > 1 else "created"
+            self._known[name] = setup.stage
+            note = setup.steps[-1][2] if setup.steps else ""
+        self._subscribers.notify(SetupChange(name, old, setup.stage, note, time.time()))
 
     def _started(self, name: str) -> None:
         with self._lock:
@@ -329,7 +343,13 @@ class SetupTracker:
                             ET.tostring(element, encoding="unicode"), METADATA_KEY, SETUP_NS,
                             flags)
 
-        self.connection.execute(write)
+        with self._lock:  # known before the metadata event can come back
+            before, self._known[name] = self._known.get(name), stage
+            try:
+                self.connection.execute(write)
+            except BaseException:
+                self._known[name] = before
+                raise
         log.info("setup of %s: %s -> %s (%s)", name, setup.stage, stage, note)
         self._subscribers.notify(SetupChange(name, setup.stage, stage, note, time.time()))
         return new

@@ -226,6 +226,12 @@ class VMCreator:
         old_xml, vm_uuid, active = self.connection.execute(read)
         if active:
             raise LifecycleError(f"{name!r} is running: stop it before changing its settings")
+        from .domain_xml import read_domain
+
+        setup = read_domain(old_xml).setup  # its media would be dropped half-way
+        if setup is not None and setup.stage != "ready":
+            raise LifecycleError(f"the unattended setup of {name!r} is at stage {setup.stage}:"
+                                 " change its settings once it is ready")
         plan = self.plan(config, force=force, existing=True, vm_uuid=vm_uuid)
         xml = self.render(plan)
         validate_xml(xml)
