@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -479,9 +480,10 @@ def _remove_test_vm(uri: str, name: str, store: VMStore, images: Path) -> None:
     with LibvirtConnection(uri) as conn:
         def undefine(c):
             if name in [d.name() for d in c.listAllDomains()]:
-                c.lookupByName(name).undefine()
+                c.lookupByName(name).undefineFlags(2)  # VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
         conn.execute(undefine)
     (images / f"{name}.qcow2").unlink(missing_ok=True)
+    shutil.rmtree(images / f"{name}.snapshots", ignore_errors=True)
     store.delete(name)
 
 
@@ -548,6 +550,38 @@ def test_daemon_killed_at_each_call_of_an_unattended_create_leaves_all_or_nothin
                                                 secrets=create.SetupSecrets("pw")))
 
     calls, failures = _kill_each_call(system_daemon, tmp_path, make, check, premade=False)
+    assert failures == [], f"{len(failures)} of {2 * calls} kills"
+
+
+@pytest.mark.daemon
+def test_daemon_killed_at_each_call_of_a_snapshot_leaves_it_whole_or_absent(system_daemon,
+                                                                            tmp_path):
+    """`snapshot create` on a shut-off VM, libvirtd SIGKILLed before and after each of its
+    libvirt calls: the snapshot exists with its copies in its folder, or neither does."""
+    from vm_manager.actions import snapshots
+
+    _daemon_may_restart()
+    images = tmp_path / "images"
+
+    def check(name: str, raised: str | None) -> str | None:
+        from vm_manager.core.connection import LibvirtConnection
+
+        with LibvirtConnection(system_daemon) as conn:
+            libvirt_has = conn.execute(lambda c: c.lookupByName(name).snapshotNum(0)) == 1
+        folder = (images / f"{name}.snapshots" / "s1" / "snapshot.json").exists()
+        partial = list((images / f"{name}.snapshots").glob(".*")) if \
+            (images / f"{name}.snapshots").exists() else []
+        if (libvirt_has, folder) != ((raised is None),) * 2 or partial:
+            return (f"{'made' if raised is None else f'failed ({raised})'} but libvirt has it:"
+                    f" {libvirt_has}, its folder: {folder}, partial: {partial}")
+        if libvirt_has:
+            with LibvirtConnection(system_daemon) as conn:
+                conn.execute(lambda c: c.lookupByName(name).snapshotLookupByName("s1").delete(0))
+        return None
+
+    calls, failures = _kill_each_call(system_daemon, tmp_path,
+                                      lambda ctx, name: snapshots.create(ctx, name, "s1"),
+                                      check)
     assert failures == [], f"{len(failures)} of {2 * calls} kills"
 
 

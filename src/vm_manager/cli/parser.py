@@ -97,6 +97,7 @@ GROUPS = {
     "power": ("start", "stop", "pause", "resume", "reboot", "reset", "display"),
     "create": ("create", "configure", "delete"),
     "guest": ("setup-status", "setup-restart", "console"),
+    "snapshot": ("snapshot",),
     "devices": ("gpu", "usb"),
     "host": ("doctor", "shm-permissions", "templates"),
 }

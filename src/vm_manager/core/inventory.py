@@ -105,7 +105,7 @@ def vm_details(
     Raises ``VMNotFound`` when no such domain exists.
     """
 
-    def read(conn: libvirt.virConnect) -> tuple[VMSummary, str, bool, tuple[int, int]]:
+    def read(conn: libvirt.virConnect):
         dom = connection.lookup(conn, name)
         summary = _summary(dom)
         xml = dom.XMLDesc(0)
@@ -114,10 +114,16 @@ def vm_details(
         except libvirt.libvirtError:
             autostart = False
         state, reason = dom.state()
-        return summary, xml, autostart, (state, reason)
+        try:
+            snapshots = dom.snapshotNum(0)
+        except libvirt.libvirtError:
+            snapshots = 0
+        return summary, xml, autostart, (state, reason), snapshots
 
-    summary, xml, autostart, (_state, reason) = connection.execute(read, idempotent=True)
+    summary, xml, autostart, (_state, reason), snapshots = connection.execute(
+        read, idempotent=True)
     details: dict[str, Any] = summary.to_dict()
+    details["snapshots"] = snapshots
     details["state_reason"] = reason
     details["autostart"] = autostart
     from .domain_xml import read_domain  # only `info` needs it; `list` stays light

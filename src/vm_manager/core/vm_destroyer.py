@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +64,21 @@ class DestroyPlan:
     shm_file: str | None
     undefine_flags: int
     firmware_state: str  # what happens to NVRAM/TPM
+    snapshots: list[str] = field(default_factory=list)
+    snapshot_folder: str | None = None  # NeuronOS's NVRAM/TPM copies, removed with the disks
 
     @property
     def blocked_reason(self) -> str | None:
         if self.state.is_active:
             return f"{self.name!r} is {self.state.label}: stop it first, or delete with force"
+        return None
+
+    @property
+    def snapshots_block(self) -> str | None:
+        if self.snapshots and not self.delete_disks:
+            return (f"{self.name!r} has snapshots ({', '.join(self.snapshots)}): delete them"
+                    " first (neuron-vm snapshot delete), or delete the VM with --delete-disks,"
+                    " which takes them too")
         return None
 
     def describe(self) -> list[str]:
@@ -79,6 +90,10 @@ class DestroyPlan:
         for disk in self.disks:
             action = "DELETE" if disk.delete else "keep  "
             lines.append(f"  {action} {disk.device} {disk.path} ({disk.reason})")
+        if self.snapshots:
+            lines.append(f"  {'DELETE' if self.delete_disks else 'refused:'} snapshots"
+                         f" {', '.join(self.snapshots)}"
+                         + ("" if self.delete_disks else " (needs --delete-disks)"))
         if self.settings_file:
             lines.append(f"  remove settings {self.settings_file}")
         if self.shm_file:
@@ -94,6 +109,7 @@ class DestroyPlan:
             "settings_file": self.settings_file,
             "shm_file": self.shm_file,
             "firmware_state": self.firmware_state,
+            "snapshots": self.snapshots,
         }
 
 
@@ -161,10 +177,12 @@ class VMDestroyer:
             for other in conn.listAllDomains(0):
                 if other.name() != name:
                     others[other.name()] = other.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            snaps = [snap.getName() for snap in dom.listAllSnapshots(0)]
             return (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.state()[0], others,
-                    conn.getLibVersion())
+                    conn.getLibVersion(), snaps)
 
-        xml, state_code, others, lib_version = self.connection.execute(read, idempotent=True)
+        xml, state_code, others, lib_version, snaps = self.connection.execute(read,
+                                                                            idempotent=True)
         state = VMState.from_libvirt(state_code)
         managed = (self._images_dir or images_dir(self.connection.uri)).resolve()
         used_by = self._paths_used_by(others)
@@ -178,6 +196,7 @@ class VMDestroyer:
             shm: Path | None = shm_path(name, self.shm_dir)
         except InvalidConfig:
             settings = shm = None
+        folder = managed / f"{name}.snapshots"
         plans = []
         for delete_disks in choices:
             flags = (UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA
@@ -194,7 +213,8 @@ class VMDestroyer:
                        for disk in domain_disks],
                 settings_file=str(settings) if settings and settings.exists() else None,
                 shm_file=str(shm) if shm and shm.exists() else None,
-                undefine_flags=flags, firmware_state=firmware,
+                undefine_flags=flags, firmware_state=firmware, snapshots=snaps,
+                snapshot_folder=str(folder) if "/" not in name and folder.is_dir() else None,
             ))
         return plans
 
@@ -268,6 +288,8 @@ class VMDestroyer:
     def destroy(self, name: str, delete_disks: bool = False, force: bool = False,
                 stop_timeout: float = 60.0) -> DestroyResult:
         plan = self.plan(name, delete_disks)
+        if plan.snapshots_block:
+            raise InvalidConfig("--delete-disks", plan.snapshots_block)
         stopped = False
         if plan.state.is_active:
             if not force:
@@ -293,6 +315,9 @@ class VMDestroyer:
                 result.removed.append(disk.path)
             except (OSError, OperationFailed, ConnectionFailed) as error:
                 result.failed.append((disk.path, str(error)))
+        if plan.snapshot_folder and delete_disks:
+            shutil.rmtree(plan.snapshot_folder, ignore_errors=True)
+            result.removed.append(plan.snapshot_folder)
         for path in (plan.settings_file, plan.shm_file):
             if path is None:
                 continue

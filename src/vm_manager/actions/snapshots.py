@@ -1,0 +1,50 @@
+"""Snapshots of a VM's whole state (disks, NVRAM, TPM) for both faces."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .context import Context
+
+if TYPE_CHECKING:
+    from ..core.snapshots import Snapshot, SnapshotManager
+
+
+def manager(ctx: Context) -> SnapshotManager:
+    from ..core.host_facts import images_dir
+    from ..core.snapshots import LIBVIRT_STATE, SnapshotManager
+    from ..passthrough.pci import host_root
+
+    state = host_root(ctx.host_root) / LIBVIRT_STATE.relative_to("/")  # a test's fake root
+    return SnapshotManager(ctx.connection, ctx.images_dir or images_dir(ctx.uri), state)
+
+
+def list_snapshots(ctx: Context, name: str) -> list[Snapshot]:
+    ctx.lifecycle.require(name)
+    return manager(ctx).list(name)
+
+
+def create(ctx: Context, name: str, snap: str | None = None,
+           description: str = "") -> Snapshot:
+    """Take a snapshot of a shut-off VM (``snap`` default: the time, e.g. 20261201-2130)."""
+    import time
+
+    ctx.lifecycle.require(name)
+    return manager(ctx).create(name, snap or time.strftime("%Y%m%d-%H%M%S"), description)
+
+
+def revert(ctx: Context, name: str, snap: str, force: bool = False) -> Snapshot:
+    """Back to ``snap``; a running VM is refused, or powered off first with ``force``."""
+    from ..core.vm_lifecycle import ShutdownMethod
+
+    lifecycle = ctx.lifecycle
+    lifecycle.require(name)
+    snapshots = manager(ctx)
+    if force and lifecycle.get_state(name).is_active:
+        lifecycle.stop(name, method=ShutdownMethod.FORCE)
+    return snapshots.revert(name, snap)
+
+
+def delete(ctx: Context, name: str, snap: str) -> None:
+    ctx.lifecycle.require(name)
+    manager(ctx).delete(name, snap)

@@ -1,0 +1,302 @@
+"""Snapshots that are a VM's whole state: its disks, its UEFI variables (NVRAM) and its TPM
+state together (DESIGN.md 8).
+
+libvirt 9.0 snapshots a shut-off VM's qcow2 disks (internal snapshots) but restores neither
+the NVRAM vars file nor the swtpm state, and refuses internal snapshots of a running UEFI
+VM. So here, on any libvirt:
+
+- A snapshot is taken of a SHUT-OFF VM only: libvirt's offline internal snapshot of every
+  disk (qcow2 only; a raw disk is refused with the reason) plus copies of the NVRAM file and
+  the TPM state folder, in ``<images>/<vm>.snapshots/<snap>/`` with ``snapshot.json`` (name,
+  time, description, files, method). A running VM is refused: its NVRAM and TPM cannot be
+  captured at the same instant as its disks, and a snapshot that restores mismatched TPM
+  state can make Windows ask for its BitLocker recovery key.
+- Revert (VM shut off) restores the disks (libvirt), then the NVRAM, then the TPM state. It
+  first takes a safety snapshot of the current state the same way; if any step fails,
+  everything is reverted to that, so a failed revert changes nothing. The safety snapshot
+  is deleted at the end.
+- Delete removes one snapshot's internal disk snapshot (libvirt) and its folder; other
+  snapshots and the current state are untouched.
+- ``list`` shows libvirt's snapshots, those made with virsh too (marked "disks only").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid as uuid_module
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import libvirt
+
+from .connection import LibvirtConnection
+from .domain_xml import read_domain
+from .errors import InvalidConfig, LifecycleError, OperationFailed, VMManagerError
+from .log import get_logger
+
+log = get_logger(__name__)
+
+SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+LIBVIRT_STATE = Path("/var/lib/libvirt")  # swtpm/<uuid>/ and qemu/nvram/<name>_VARS.fd
+METHOD = "offline: internal qcow2 disk snapshots (libvirt) + NVRAM and TPM copies"
+SAFETY_PREFIX = "neuronos-pre-revert-"
+
+
+@dataclass
+class Snapshot:
+    name: str
+    created: str  # ISO time
+    description: str = ""
+    method: str = "disks only (made outside NeuronOS: no NVRAM or TPM copy)"
+    files: list[str] = field(default_factory=list)
+    size_bytes: int = 0  # of the NVRAM and TPM copies (the disk snapshots live in the qcow2)
+    complete: bool = False  # disks, NVRAM and TPM together
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_snapshot_name(name: str) -> str:
+    if not isinstance(name, str) or not SNAPSHOT_NAME.fullmatch(name):
+        raise InvalidConfig("SNAP", f"{name!r} is not a snapshot name: 1-64 of A-Z a-z 0-9 . _ -")
+    if name.startswith(SAFETY_PREFIX) or name in (".", ".."):
+        raise InvalidConfig("SNAP", f"{name!r} is reserved")
+    return name
+
+
+class SnapshotManager:
+    def __init__(self, connection: LibvirtConnection, images_dir: Path,
+                 state_root: Path = LIBVIRT_STATE):
+        self.connection = connection
+        self.images_dir = Path(images_dir)
+        self.state_root = Path(state_root)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def folder(self, vm: str) -> Path:
+        return self.images_dir / f"{vm}.snapshots"
+
+    def _domain(self, vm: str):
+        def read(conn):
+            dom = self.connection.lookup(conn, vm)
+            return (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), bool(dom.isActive()),
+                    [s.getXMLDesc(0) for s in dom.listAllSnapshots(0)])
+
+        xml, active, snapshots = self.connection.execute(read, idempotent=True)
+        return read_domain(xml), active, snapshots
+
+    def list(self, vm: str) -> list[Snapshot]:
+        """Every snapshot libvirt knows for ``vm`` (virsh's too), oldest first."""
+        _, _, snapshots = self._domain(vm)
+        out = []
+        for xml in snapshots:
+            root = ET.fromstring(xml)
+            name = root.findtext("name") or ""
+            if name.startswith(SAFETY_PREFIX):
+                continue
+            stamp = int(root.findtext("creationTime") or 0)
+            saved = self._saved(vm, name)
+            out.append(saved or Snapshot(name, time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                            time.gmtime(stamp)),
+                                         root.findtext("description") or ""))
+        return sorted(out, key=lambda snap: snap.created)
+
+    def _saved(self, vm: str, name: str) -> Snapshot | None:
+        path = self.folder(vm) / name / "snapshot.json"
+        try:
+            return Snapshot(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    # --- taking -----------------------------------------------------------------------------
+
+    def create(self, vm: str, name: str, description: str = "") -> Snapshot:
+        check_snapshot_name(name)
+        if len(description) > 1000 or any(ord(ch) < 32 and ch not in "\n\t"
+                                          for ch in description):
+            raise InvalidConfig("--description", "at most 1000 characters of text")
+        domain, active, snapshots = self._domain(vm)
+        if active:
+            raise LifecycleError(f"{vm} is running: shut it down first (a running UEFI VM's"
+                                 " variables and TPM state cannot be captured together with"
+                                 " its disks)")
+        if any(ET.fromstring(x).findtext("name") == name for x in snapshots):
+            raise InvalidConfig("SNAP", f"{vm} already has a snapshot named {name!r}")
+        self._check_disks(domain)
+        return self._take(vm, domain, name, description)
+
+    def _check_disks(self, domain) -> None:
+        for disk in domain.disks:
+            if disk.device != "disk":
+                continue
+            if disk.type != "file" or disk.format != "qcow2":
+                raise InvalidConfig("NAME", f"{disk.source} is a {disk.format or disk.type}"
+                                    " disk: only qcow2 disks can hold snapshots (convert it"
+                                    " with `qemu-img convert -O qcow2`)")
+
+    def _state_files(self, domain) -> list[tuple[str, Path]]:
+        """(kind, path) of the NVRAM file and the TPM state folder the VM has."""
+        files = []
+        # libvirt 9.0 writes <nvram> only into the live XML of a firmware='efi' domain; the
+        # file is its documented default, $LOCALSTATEDIR/lib/libvirt/qemu/nvram/NAME_VARS.fd
+        nvram = Path(domain.os.nvram) if domain.os.nvram else \
+            self.state_root / "qemu" / "nvram" / f"{domain.name}_VARS.fd"
+        if nvram.exists():
+            files.append(("nvram", nvram))
+        tpm = self.state_root / "swtpm" / (domain.uuid or "")
+        if domain.tpm is not None and domain.uuid and tpm.is_dir():
+            files.append(("tpm", tpm))
+        return files
+
+    def _take(self, vm: str, domain, name: str, description: str) -> Snapshot:
+        target = self.folder(vm) / name
+        files = self._state_files(domain)
+        need = sum(_size(path) for _, path in files) + (1 << 20)
+        self.folder(vm).mkdir(mode=0o700, exist_ok=True)
+        free = shutil.disk_usage(self.folder(vm)).free
+        if free < need:
+            raise OperationFailed(f"not enough space in {self.folder(vm)} for the snapshot's"
+                                  f" NVRAM and TPM copies ({need >> 20} MiB needed, {free >> 20}"
+                                  " MiB free); nothing was made")
+        partial = target.with_name(f".{name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            partial.mkdir(mode=0o700)
+            for kind, path in files:
+                _copy(path, partial / kind)
+            xml = ET.Element("domainsnapshot")
+            ET.SubElement(xml, "name").text = name
+            ET.SubElement(xml, "description").text = description
+            # A daemon that dies during this call may have made the snapshot: the undo below
+            # deletes it by name either way (the name was free when this began).
+            self.connection.execute(lambda c: self.connection.lookup(c, vm).snapshotCreateXML(
+                ET.tostring(xml, encoding="unicode"), 0))
+            snap = Snapshot(name, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            description, METHOD, [kind for kind, _ in files],
+                            sum(_size(partial / kind) for kind, _ in files), True)
+            (partial / "snapshot.json").write_text(json.dumps(snap.to_dict(), indent=2))
+            os.replace(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            self._delete_disk_snapshot(vm, name)
+            raise
+        log.info("snapshot %s of %s taken (%s)", name, vm, ", ".join(snap.files) or "disks")
+        return snap
+
+    # --- reverting --------------------------------------------------------------------------
+
+    def revert(self, vm: str, name: str) -> Snapshot:
+        """Disks, NVRAM and TPM state back to ``name`` (the VM shut off); all or nothing."""
+        check_snapshot_name(name)
+        domain, active, _ = self._domain(vm)
+        if active:
+            raise LifecycleError(f"{vm} is running: a snapshot is restored only while it is"
+                                 " shut off (stop it, or give --force)")
+        snap = next((s for s in self.list(vm) if s.name == name), None)
+        if snap is None:
+            raise InvalidConfig("SNAP", f"{vm} has no snapshot {name!r}")
+        safety = f"{SAFETY_PREFIX}{uuid_module.uuid4().hex[:8]}"
+        self._take(vm, domain, safety, "taken before a revert; deleted after it")
+        try:
+            try:
+                self._restore(vm, domain, name, snap)
+            except BaseException as error:
+                log.error("revert of %s to %s failed (%s); putting it back", vm, name, error)
+                self._restore(vm, domain, safety, self._saved(vm, safety))
+                raise OperationFailed(f"reverting {vm} to {name!r} failed ({error}); its"
+                                      " disks, NVRAM and TPM state are as they were before"
+                                      ) from error
+        finally:
+            self.delete(vm, safety, _safety=True)
+        log.info("%s reverted to %s", vm, name)
+        return snap
+
+    def _restore(self, vm: str, domain, name: str, snap: Snapshot | None) -> None:
+        def revert(conn):
+            dom = self.connection.lookup(conn, vm)
+            dom.revertToSnapshot(dom.snapshotLookupByName(name, 0), 0)
+
+        self.connection.execute(revert)
+        saved = self.folder(vm) / name
+        for kind, path in self._state_files(domain):
+            if snap is not None and kind in snap.files:
+                _restore_copy(saved / kind, path)
+
+    # --- deleting ---------------------------------------------------------------------------
+
+    def delete(self, vm: str, name: str, _safety: bool = False) -> None:
+        if not _safety:
+            check_snapshot_name(name)
+            if not any(s.name == name for s in self.list(vm)):
+                raise InvalidConfig("SNAP", f"{vm} has no snapshot {name!r}")
+        self._delete_disk_snapshot(vm, name)
+        shutil.rmtree(self.folder(vm) / name, ignore_errors=True)
+        try:
+            self.folder(vm).rmdir()  # gone with its last snapshot
+        except OSError:
+            pass
+
+    def _delete_disk_snapshot(self, vm: str, name: str) -> None:
+        def delete(conn):
+            dom = self.connection.lookup(conn, vm)
+            try:
+                dom.snapshotLookupByName(name, 0).delete(0)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                    raise
+
+        try:
+            self.connection.execute_when_back(delete)  # an undo: it must finish
+        except VMManagerError as error:
+            log.warning("could not delete the disk snapshot %s of %s: %s", name, vm, error)
+            raise
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def _copy(source: Path, target: Path) -> None:
+    """A byte copy keeping modes and owners (QEMU's user must still open the restored
+    files)."""
+    if source.is_dir():
+        shutil.copytree(source, target, symlinks=False, copy_function=_copy_file)
+        _copy_owner(source, target)
+    else:
+        _copy_file(source, target)
+
+
+def _copy_file(source, target) -> None:
+    shutil.copy2(source, target)
+    _copy_owner(Path(source), Path(target))
+
+
+def _copy_owner(source: Path, target: Path) -> None:
+    info = source.stat()
+    try:
+        os.chown(target, info.st_uid, info.st_gid)
+    except PermissionError:
+        pass  # not root: the files stay this user's
+
+
+def _restore_copy(saved: Path, target: Path) -> None:
+    """Put ``saved`` in place of ``target`` (a file or a folder): the new one is complete
+    beside it before the old one goes."""
+    fresh = target.with_name(f".{target.name}.restore")
+    shutil.rmtree(fresh, ignore_errors=True) if fresh.is_dir() else fresh.unlink(missing_ok=True)
+    _copy(saved, fresh)
+    if target.is_dir():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(fresh, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(fresh, target)

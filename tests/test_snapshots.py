@@ -1,0 +1,248 @@
+"""Snapshots of a VM's whole state (issue 15, first part): disks, NVRAM and TPM together.
+
+Logic on libvirt's test driver (its snapshots are real libvirt snapshots; the NVRAM file and
+the TPM state folder are real files in a temporary folder); the whole thing on the real
+daemon with the Windows 11 template (OVMF Secure Boot + swtpm, TCG)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from vm_manager.cli import main
+from vm_manager.core.connection import LibvirtConnection
+from vm_manager.core.errors import InvalidConfig, LifecycleError, OperationFailed
+from vm_manager.core.snapshots import SnapshotManager
+
+
+def digest(path: Path) -> str:
+    if path.is_dir():
+        return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes()
+                                       for p in sorted(path.rglob("*")) if p.is_file())).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def vm(make_host, tmp_path, monkeypatch):
+    """A shut-off UEFI + TPM VM on the test driver, its qcow2 disk, NVRAM and TPM state."""
+    images = tmp_path / "images"
+    images.mkdir()
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
+    disk = images / "win.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    nvram = tmp_path / "nvram" / "win_VARS.fd"
+    nvram.parent.mkdir()
+    nvram.write_bytes(b"VARS" + os.urandom(4096))
+    vm_uuid = str(uuid.uuid4())
+    state = tmp_path / "root" / "var" / "lib" / "libvirt"  # the host's, under a fake root
+    monkeypatch.setenv("NEURONOS_HOST_ROOT", str(tmp_path / "root"))
+    tpm = state / "swtpm" / vm_uuid / "tpm2"
+    tpm.mkdir(parents=True)
+    (tpm / "tpm2-00.permall").write_bytes(os.urandom(2048))
+    xml = (f"<domain type='test'><name>win</name><uuid>{vm_uuid}</uuid><memory unit='MiB'>"
+           f"512</memory><os><type>hvm</type><loader readonly='yes' type='pflash'>"
+           f"/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader><nvram>{nvram}</nvram></os><devices>"
+           f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source"
+           f" file='{disk}'/><target dev='vda' bus='virtio'/></disk><tpm model='tpm-crb'>"
+           "<backend type='emulator' version='2.0'/></tpm></devices></domain>")
+    uri = make_host()
+    with LibvirtConnection(uri) as conn:
+        conn.execute(lambda c: c.defineXML(xml))
+        manager = SnapshotManager(conn, images, state)
+        yield manager, conn, nvram, tpm.parent, images
+
+
+def test_a_snapshot_holds_disks_nvram_and_tpm(vm):
+    manager, conn, nvram, tpm, images = vm
+    snap = manager.create("win", "clean", "before the drivers")
+    assert snap.complete and snap.files == ["nvram", "tpm"]
+    saved = images / "win.snapshots" / "clean"
+    assert digest(saved / "nvram") == digest(nvram) and digest(saved / "tpm") == digest(tpm)
+    assert oct((images / "win.snapshots").stat().st_mode & 0o777) == "0o700"
+    listed = manager.list("win")
+    assert [(s.name, s.description, s.complete) for s in listed] == [
+        ("clean", "before the drivers", True)]
+    with pytest.raises(InvalidConfig, match="already has a snapshot named 'clean'"):
+        manager.create("win", "clean")
+
+
+def test_revert_brings_all_three_back(vm):
+    manager, conn, nvram, tpm, _ = vm
+    before_nvram, before_tpm = digest(nvram), digest(tpm)
+    manager.create("win", "clean")
+    nvram.write_bytes(b"VARS" + os.urandom(4096))  # a boot rewrote them
+    (tpm / "tpm2" / "tpm2-00.permall").write_bytes(os.urandom(2048))
+    (tpm / "tpm2" / ".lock").write_bytes(b"")
+    manager.revert("win", "clean")
+    assert digest(nvram) == before_nvram and digest(tpm) == before_tpm
+    assert [s.name for s in manager.list("win")] == ["clean"]  # the safety one is gone
+    snaps = conn.execute(lambda c: [s.getName() for s in
+                                    c.lookupByName("win").listAllSnapshots(0)])
+    assert snaps == ["clean"]
+
+
+def test_a_revert_that_fails_half_way_changes_nothing(vm):
+    """The TPM copy in the snapshot is broken (a file replaced by a dangling link): the
+    disks and the NVRAM, already restored when that fails, are put back too."""
+    manager, conn, nvram, tpm, images = vm
+    manager.create("win", "clean")
+    nvram.write_bytes(b"NEWVARS" + os.urandom(4096))
+    current_nvram, current_tpm = digest(nvram), digest(tpm)
+    saved = images / "win.snapshots" / "clean" / "tpm" / "tpm2" / "tpm2-00.permall"
+    saved.unlink()
+    saved.symlink_to(images / "gone")
+    with pytest.raises(OperationFailed, match="are as they were before"):
+        manager.revert("win", "clean")
+    assert digest(nvram) == current_nvram and digest(tpm) == current_tpm
+    assert [s.name for s in manager.list("win")] == ["clean"]
+    assert sorted(p.name for p in (images / "win.snapshots").iterdir()) == ["clean"]
+
+
+def test_delete_takes_one_snapshot_and_no_other(vm):
+    manager, conn, nvram, tpm, images = vm
+    manager.create("win", "one")
+    nvram.write_bytes(b"VARS2" + os.urandom(64))
+    manager.create("win", "two")
+    two = digest(images / "win.snapshots" / "two" / "nvram")
+    manager.delete("win", "one")
+    assert [s.name for s in manager.list("win")] == ["two"]
+    assert digest(images / "win.snapshots" / "two" / "nvram") == two
+    manager.delete("win", "two")
+    assert not (images / "win.snapshots").exists()
+    with pytest.raises(InvalidConfig, match="no snapshot 'two'"):
+        manager.delete("win", "two")
+
+
+def test_running_vms_raw_disks_and_bad_names_are_refused(vm, make_host, tmp_path):
+    manager, conn, _, _, _ = vm
+    for name in ("", "a" * 65, "a b", "../x", "ünï", "neuronos-pre-revert-1"):
+        with pytest.raises(InvalidConfig):
+            manager.create("win", name)
+    conn.execute(lambda c: c.lookupByName("win").create())
+    with pytest.raises(LifecycleError, match="shut it down first"):
+        manager.create("win", "live")
+    conn.execute(lambda c: c.lookupByName("win").destroy())
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(b"\0" * 1024)
+    conn.execute(lambda c: c.defineXML(
+        "<domain type='test'><name>rawvm</name><memory unit='MiB'>64</memory><os><type>hvm"
+        f"</type></os><devices><disk type='file' device='disk'><driver name='qemu'"
+        f" type='raw'/><source file='{raw}'/><target dev='vda'/></disk></devices></domain>"))
+    with pytest.raises(InvalidConfig, match="only qcow2 disks can hold snapshots"):
+        manager.create("rawvm", "s")
+
+
+def test_the_cli_and_the_vm_delete_know_snapshots(vm):
+    manager, conn, _, _, images = vm
+
+    def run(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        return main(list(argv), connection=conn, out=out, err=err), out.getvalue(), \
+            err.getvalue()
+
+    code, out, _ = run("snapshot", "create", "win", "s1", "--description", "first")
+    assert code == 0 and "snapshot s1 taken (disks, nvram, tpm)" in out
+    conn.execute(lambda c: c.lookupByName("win").snapshotCreateXML(
+        "<domainsnapshot><name>by-virsh</name></domainsnapshot>", 0))  # made outside
+    code, out, _ = run("snapshot", "list", "win", "--json")
+    listed = {s["name"]: s for s in json.loads(out)}
+    assert listed["s1"]["complete"] and not listed["by-virsh"]["complete"]
+    assert "disks only" in listed["by-virsh"]["method"]
+    code, out, _ = run("info", "win", "--json")
+    assert json.loads(out)["snapshots"] == 2
+    assert run("snapshot", "create", "win", "bad name")[0] == 2
+    assert run("snapshot", "create", "nope", "s")[0] == 3
+    assert run("snapshot", "revert", "win", "missing")[0] == 2
+    code, _, err = run("delete", "win", "--yes")
+    assert code == 2 and "has snapshots (" in err and "--delete-disks" in err
+    assert "s1" in err and "by-virsh" in err
+    assert conn.execute(lambda c: c.lookupByName("win").name()) == "win"  # still there
+    code, out, err = run("delete", "win", "--yes", "--delete-disks")
+    assert code == 0, err
+    assert str(images / "win.snapshots") in out and not (images / "win.snapshots").exists()
+
+
+@pytest.mark.daemon
+def test_on_the_real_daemon_a_revert_restores_disk_nvram_and_tpm(system_daemon, tmp_path):
+    """Windows 11 template (OVMF Secure Boot, swtpm), TCG: snapshot after a first boot, a
+    pattern written into the disk and the VM booted again, revert: the disk, the vars file
+    and the TPM state are byte-identical to the snapshot's; the snapshot outlives a
+    libvirtd restart."""
+    from conftest import lifecycle_on
+    from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd
+    from vm_manager.core.domain_xml import read_domain
+    from vm_manager.core.store import VMStore
+    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.core.vm_creator import VMCreator
+    from vm_manager.core.vm_lifecycle import ShutdownMethod
+
+    folder = Path(f"/var/lib/libvirt/images/neuron-snap-{uuid.uuid4().hex[:6]}")
+    folder.mkdir(mode=0o711)
+    name = f"neuron-snap-{uuid.uuid4().hex[:6]}"
+    conn = LibvirtConnection(system_daemon)
+    try:
+        creator = VMCreator(conn, store=VMStore(tmp_path / "config"), images_dir=folder)
+        creator.create(VMConfig(name=name, vm_type="windows11", network="none",
+                                domain_type="qemu", memory_mb=4096, vcpus=2, disk_size_gb=64),
+                       force=True)
+        disk = folder / f"{name}.qcow2"
+
+        def boot_once():
+            with lifecycle_on(conn.uri) as lifecycle:
+                lifecycle.start(name, timeout=120)
+                lifecycle.stop(name, method=ShutdownMethod.FORCE)
+
+        boot_once()  # OVMF makes its vars file, swtpm its state
+        domain = read_domain(conn.execute(lambda c: c.lookupByName(name).XMLDesc(2)))
+        nvram = Path(f"/var/lib/libvirt/qemu/nvram/{name}_VARS.fd")  # libvirt's default
+        tpm = Path("/var/lib/libvirt/swtpm") / domain.uuid
+        assert nvram.exists() and tpm.is_dir()
+        manager = SnapshotManager(conn, folder)
+        manager.create(name, "clean")
+        at_snapshot = (digest(nvram), digest(tpm))
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 1M", str(disk)],
+                       check=True, capture_output=True)
+        boot_once()
+        changed = (digest(nvram), digest(tpm)) != at_snapshot
+        print(f"the second boot changed NVRAM/TPM by itself: {changed}")
+        with open(nvram, "r+b") as handle:  # and surely changed, as a Windows boot would
+            handle.seek(-16, os.SEEK_END)
+            handle.write(os.urandom(16))
+        state = next(p for p in tpm.rglob("*") if p.is_file())
+        state.write_bytes(state.read_bytes() + b"changed")
+        assert (digest(nvram), digest(tpm)) != at_snapshot
+        manager.revert(name, "clean")
+        pattern = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0xab 0 1M",
+                                  str(disk)], capture_output=True, text=True)
+        assert "Pattern verification failed" in pattern.stdout + pattern.stderr
+        assert (digest(nvram), digest(tpm)) == at_snapshot
+        boot_once()  # QEMU and swtpm still open what was put back
+        if may_restart_daemon() is None:
+            kill_libvirtd()
+            start_libvirtd()
+            conn.close()
+            conn = LibvirtConnection(system_daemon)
+            assert [s.name for s in SnapshotManager(conn, folder).list(name)] == ["clean"]
+    finally:
+        def cleanup(c):
+            dom = c.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                              | libvirt.VIR_DOMAIN_UNDEFINE_TPM
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        try:
+            conn.execute(cleanup)
+        finally:
+            conn.close()
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
