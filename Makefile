@@ -29,6 +29,7 @@ bench: $(PY)
 	$(PY) bench/event_latency.py
 	$(PY) bench/create_time.py
 	$(PY) bench/setup_media.py
+	$(PY) bench/snapshots.py
 	$(PY) bench/gui_scale.py
 
 ## screenshots: render the GUI's windows to docs/screenshots (offscreen)

@@ -17,7 +17,7 @@ from test_e2e import BOOT_TIMEOUT
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.domain_xml import read_domain
 from vm_manager.core.guest_setup import SetupTracker
-from support.domains import domain_xml
+from support.domains import domain_xml, remove_domain as remove
 from support.tiny_guest import STAGE_FILE
 
 pytestmark = pytest.mark.daemon
@@ -50,18 +50,6 @@ class Stages:
 def conn(system_daemon):
     with LibvirtConnection(system_daemon) as connection:
         yield connection
-
-
-def remove(conn: LibvirtConnection, name: str) -> None:
-    def cleanup(c):
-        try:
-            dom = c.lookupByName(name)
-        except libvirt.libvirtError:
-            return
-        if dom.isActive():
-            dom.destroy()
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_TPM)
-    conn.execute(cleanup)
 
 
 def test_a_real_guest_agent_moves_the_setup_to_ready(conn, tiny_guest, tmp_path):

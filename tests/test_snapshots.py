@@ -14,13 +14,13 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from vm_manager.cli import main
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.errors import InvalidConfig, LifecycleError, OperationFailed
 from vm_manager.core.snapshots import SnapshotManager
+from support.domains import remove_domain
 
 
 def digest(path: Path) -> str:
@@ -232,15 +232,8 @@ def test_on_the_real_daemon_a_revert_restores_disk_nvram_and_tpm(system_daemon, 
             conn = LibvirtConnection(system_daemon)
             assert [s.name for s in SnapshotManager(conn, folder).list(name)] == ["clean"]
     finally:
-        def cleanup(c):
-            dom = c.lookupByName(name)
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                              | libvirt.VIR_DOMAIN_UNDEFINE_TPM
-                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
         try:
-            conn.execute(cleanup)
+            remove_domain(conn, name)
         finally:
             conn.close()
             import shutil

@@ -82,3 +82,21 @@ def no_os_domain_xml(name: str, domain_type: str = "qemu") -> str:
     devices = ET.SubElement(domain, "devices")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
+
+
+def remove_domain(conn, name: str) -> None:
+    """Destroy (if running) and undefine ``name`` with its NVRAM, TPM state and snapshot
+    metadata, through a ``LibvirtConnection``; a name libvirt does not know is no error."""
+    import libvirt
+
+    def cleanup(c):
+        try:
+            dom = c.lookupByName(name)
+        except libvirt.libvirtError:
+            return
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_TPM
+                          | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+    conn.execute(cleanup)
