@@ -239,3 +239,50 @@ def test_on_the_real_daemon_a_revert_restores_disk_nvram_and_tpm(system_daemon, 
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_snapshots_panel_takes_reverts_and_deletes(vm, qtbot):
+    """The desktop app's panel runs the same actions on workers: take (name, description),
+    revert after a confirmation that says what will be lost, delete."""
+    pytest.importorskip("PySide6", reason="the gui extra is not installed")
+    from vm_manager.actions import Context
+    from vm_manager.core import guard
+    from vm_manager.core.store import VMStore
+    from vm_manager.gui.app import MainWindow
+
+    manager, conn, nvram, _, images = vm
+    ctx = Context(connection=conn, store=VMStore(images.parent / "config"))
+    win = MainWindow(context=ctx)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.model.row_for("win") is not None, timeout=5000)
+    win.select("win")
+    assert win.actions_by_key["snapshots"].isEnabled()
+    win.actions_by_key["snapshots"].trigger()
+    qtbot.waitUntil(lambda: getattr(win, "snapshots_panel", None) is not None, timeout=5000)
+    panel = win.snapshots_panel
+    assert panel.tree.topLevelItemCount() == 0 and not panel.revert_button.isEnabled()
+    panel.name.setText("s1")
+    panel.description.setText("before the driver")
+    panel.take_button.click()
+    qtbot.waitUntil(lambda: panel.tree.topLevelItemCount() == 1, timeout=5000)
+    item = panel.tree.topLevelItem(0)
+    assert (item.text(0), item.text(2), item.text(3)) == ("s1", "disks, nvram, tpm",
+                                                          "before the driver")
+    with guard.allowed():
+        before = nvram.read_bytes()
+        nvram.write_bytes(b"changed")
+    asked = []
+    panel.confirm = lambda title, text: asked.append(text) or True
+    panel.tree.setCurrentItem(item)
+    panel.revert_button.click()
+    qtbot.waitUntil(lambda: panel.status.text() == "reverted to s1", timeout=5000)
+    assert "disks, UEFI variables and TPM state" in asked[0] and "will be lost" in asked[0]
+    with guard.allowed():
+        assert nvram.read_bytes() == before
+    panel.tree.setCurrentItem(panel.tree.topLevelItem(0))
+    panel.delete_button.click()
+    qtbot.waitUntil(lambda: panel.tree.topLevelItemCount() == 0, timeout=5000)
+    assert panel.status.text() == "deleted s1"
+    panel.close()
+    win.close()

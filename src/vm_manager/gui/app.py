@@ -48,6 +48,7 @@ ACTIONS = {
     "refresh": ("Refresh", None, QKeySequence.Refresh),
     "settings": ("Settings…", None, "Ctrl+,"),
     "usb": ("USB…", None, "Ctrl+U"),
+    "snapshots": ("Snapshots…", None, "Ctrl+Shift+S"),
     "create": ("New VM…", None, QKeySequence.New),
     "readiness": ("Host check…", None, "Ctrl+H"),
 }
@@ -227,8 +228,8 @@ class MainWindow(Commands, QMainWindow):
                 action.setEnabled(True)
             elif key == "create":
                 action.setEnabled(connected)
-            elif key == "console":  # it waits for the VM to start, and follows reboots
-                action.setEnabled(bool(row and connected))
+            elif key in ("console", "snapshots"):  # the viewer waits for the VM to start;
+                action.setEnabled(bool(row and connected))  # the panel lists for any state
             elif key in ("display", "usb"):
                 action.setEnabled(bool(row and connected and row.state == VMState.RUNNING))
             elif key == "settings":

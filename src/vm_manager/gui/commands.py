@@ -116,6 +116,23 @@ class Commands:
         self._prepare("Looking at the USB devices",
                       lambda: (usb.list_usb(self.ctx), usb.attached(self.ctx, name)), show)
 
+    def on_snapshots(self) -> None:
+        from ..actions import snapshots
+        from .snapshots import SnapshotsPanel
+
+        name = self.selected_name()
+        if not name:
+            return
+
+        def show(listing) -> None:
+            self.statusBar().clearMessage()
+            self.snapshots_panel = SnapshotsPanel(self.ctx, name, listing, tasks=self.tasks,
+                                                  parent=self)
+            self.snapshots_panel.show()
+
+        self._prepare(f"Reading the snapshots of {name}",
+                      lambda: snapshots.list_snapshots(self.ctx, name), show)
+
     def on_readiness(self) -> None:
         from ..actions import host
 
