@@ -677,3 +677,37 @@ def test_configure_waits_for_the_setup_to_be_ready(world, isos):
     assert run(world, *create_args(isos, password))[0] == 0
     code, _, err = run(world, "configure", "w11", "--memory", "6G")
     assert code == 1 and "setup of 'w11' is at stage created" in err
+
+
+# --- shared folders: what is never shared ------------------------------------------------------
+
+@pytest.mark.parametrize("path, words", [
+    ("/", "the whole computer"), ("/etc", "inside /etc"), ("/etc/ssh", "inside /etc"),
+    ("/proc", "inside /proc"), ("/var/lib/libvirt/qemu", "inside /var/lib/libvirt"),
+    ("IMAGES", "inside"), ("PARENT", "holds the images folder"), ("MISSING", "not a folder"),
+    ("LINK", "inside /etc"),
+])
+def test_shares_the_system_needs_are_refused_with_exit_2(world, tmp_path, path, words):
+    conn, store, images, _ = world
+    images.mkdir(exist_ok=True)
+    link = tmp_path / "innocent"
+    link.symlink_to("/etc")
+    path = {"IMAGES": str(images), "PARENT": str(images.parent), "MISSING": str(tmp_path / "x"),
+            "LINK": str(link)}.get(path, path)
+    code, _, err = run(world, "create", "s", "--template", "linux", "--network", "none",
+                       "--share", f"{path}=data")
+    assert code == 2 and err.startswith("neuron-vm: --share") and words in err, err
+    assert "s" not in conn.execute(lambda c: [d.name() for d in c.listAllDomains()])
+
+
+def test_a_share_is_planned_with_its_tag(world, tmp_path):
+    folder = tmp_path / "My Photos"
+    folder.mkdir()
+    code, out, err = run(world, "create", "s", "--template", "linux", "--network", "none",
+                         "--share", str(folder), "--print-xml")
+    assert code == 0, err
+    assert f"<source dir='{folder}'/>" in out and "<target dir='My-Photos'/>" in out
+    assert "<source type='memfd'/>" in out
+    code, _, err = run(world, "create", "s", "--template", "linux", "--network", "none",
+                       "--share", f"{folder}=bad tag")
+    assert code == 2 and "is not a mount tag" in err

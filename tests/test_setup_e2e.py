@@ -280,3 +280,41 @@ print(image.width(), image.height(), len(set(pixels)), lit, len(pixels))
             except ProcessLookupError:
                 pass
         remove(conn, name)
+
+
+def test_a_shared_folder_reaches_a_real_guest_over_virtiofs(conn, tiny_guest, tmp_path):
+    """`create --share HOST_DIR=TAG`: libvirt runs virtiofsd, the tiny guest mounts the tag,
+    prints a file the test wrote on the host, and writes one back that the host reads."""
+    from vm_manager.core.store import VMStore
+    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.core.vm_creator import VMCreator
+    from support.tiny_guest import SHARE_MARKER, wait_for_console
+
+    folder = Path(f"/var/lib/neuronos-share-{uuid.uuid4().hex[:6]}")
+    shared = folder / "My Files"
+    shared.mkdir(parents=True)
+    (shared / "hello.txt").write_text("hello from the host\n")
+    images = Path(f"/var/lib/libvirt/images/neuron-share-{uuid.uuid4().hex[:6]}")
+    images.mkdir(mode=0o711)
+    serial = images / "serial.log"
+    name = f"neuron-share-{uuid.uuid4().hex[:6]}"
+    try:
+        creator = VMCreator(conn, store=VMStore(tmp_path / "config"), images_dir=images)
+        result = creator.create(VMConfig(
+            name=name, vm_type="linux", kernel_path=str(tiny_guest.kernel),
+            initrd_path=str(tiny_guest.initrd), disk_size_gb=0,
+            kernel_cmdline="console=ttyS0 quiet panic=-1 neuronos.share=docs",
+            serial_log_path=str(serial), network="none", domain_type="qemu", memory_mb=512,
+            shares=[{"path": str(shared), "tag": "docs"}]), force=True)
+        assert "<driver type='virtiofs'/>" in result.xml and "memfd" in result.xml
+        with lifecycle_on(conn.uri) as lifecycle:
+            lifecycle.start(name, timeout=BOOT_TIMEOUT)
+        wait_for_console(serial, f"{SHARE_MARKER}-WRITTEN docs", timeout=BOOT_TIMEOUT)
+        assert f"{SHARE_MARKER} docs: hello from the host" in serial.read_text(errors="replace")
+        assert (shared / "from-guest.txt").read_text() == "written by the guest\n"
+    finally:
+        remove(conn, name)
+        import shutil
+
+        shutil.rmtree(images, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)

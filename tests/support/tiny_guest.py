@@ -9,6 +9,8 @@ graceful (ACPI) shutdown really completes, ~5 s after start under TCG.
 For the guest-setup tests it also loads the virtio modules, and then:
 - a cloud-init seed: the first virtio disk holding ``meta-data`` (ISO 9660) is mounted
   read-only and its instance-id printed as ``SEED_MARKER <id>``;
+- shared folders: each ``neuronos.share=TAG`` on the kernel command line is mounted over
+  virtiofs; the guest prints ``SHARE_MARKER TAG: <hello.txt>`` and writes ``from-guest.txt``;
 - the QEMU guest agent: Debian's ``qemu-ga`` (with the libraries it links, found by
   ``ldd`` on this host, the same Debian release) runs on the ``org.qemu.guest_agent.0``
   port when the domain has one; the file ``STAGE_FILE`` says "done", as the Windows
@@ -42,11 +44,13 @@ STAGE_FILE = "/run/neuronos-stage"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"  # a metapackage: resolved to the real image
 BUSYBOX_PACKAGE = "busybox-static"
 AGENT_PACKAGE = "qemu-guest-agent"
-FORMAT = "6"  # bump when the initramfs layout changes, to rebuild cached copies
+FORMAT = "7"  # bump when the initramfs layout changes, to rebuild cached copies
 # loaded in this order (each after what it depends on: the modules' own "depends=")
 MODULES = ("input/evdev", "acpi/button", "virtio/virtio_ring", "virtio/virtio",
            "virtio/virtio_pci_modern_dev", "virtio/virtio_pci_legacy_dev", "virtio/virtio_pci",
-           "char/virtio_console", "block/virtio_blk", "cdrom/cdrom", "../fs/isofs/isofs")
+           "char/virtio_console", "block/virtio_blk", "cdrom/cdrom", "../fs/isofs/isofs",
+           "../fs/fuse/fuse", "../fs/fuse/virtiofs")
+SHARE_MARKER = "NEURONOS-SHARE"  # NEURONOS-SHARE <tag>: <hello.txt>, then ...-WRITTEN <tag>
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -71,6 +75,18 @@ for disk in /dev/vd?; do
     fi
     umount /mnt/seed
   fi
+done
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+    neuronos.share=*)
+      tag=${{word#neuronos.share=}}
+      mkdir -p /mnt/$tag
+      if mount -t virtiofs "$tag" /mnt/$tag; then
+        echo "{SHARE_MARKER} $tag: $(cat /mnt/$tag/hello.txt)"
+        echo "written by the guest" > /mnt/$tag/from-guest.txt && sync
+        echo "{SHARE_MARKER}-WRITTEN $tag"
+      fi;;
+  esac
 done
 echo done > {STAGE_FILE}
 for port in /sys/class/virtio-ports/*; do

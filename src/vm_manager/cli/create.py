@@ -25,7 +25,8 @@ FLAG_FOR_FIELD = {
     "initrd_path": "--initrd", "kernel_cmdline": "--cmdline",
     "serial_log_path": "--serial-log", "looking_glass.enabled": "--looking-glass",
     "looking_glass.width": "--resolution", "looking_glass.height": "--resolution",
-    "gpu.rom_file": "--gpu-rom", "unattended": "--unattended", "unattended.user": "--user",
+    "gpu.rom_file": "--gpu-rom", "unattended": "--unattended", "shares.path": "--share",
+    "shares.tag": "--share", "shares": "--share", "unattended.user": "--user",
     "unattended.locale": "--locale", "unattended.keyboard": "--keyboard",
     "unattended.timezone": "--timezone", "unattended.edition": "--edition",
     "unattended.lg_host_installer": "--lg-host-installer",
@@ -57,6 +58,9 @@ def register(commands, common, subcommand) -> None:
                         help="virtio-win drivers ISO (Windows; enables virtio disk and NIC)")
     _gpu_options(create)
     create.add_argument("--usb", action="append", metavar="VID:PID", help="pass a USB device")
+    create.add_argument("--share", action="append", metavar="HOST_DIR[=TAG]",
+                        help="share a host folder over virtiofs (the guest mounts it by TAG,"
+                        " default: the folder's name); repeat for more")
     create.add_argument("--usb-later", action="store_true",
                         help="a --usb device is not plugged in yet (the VM gets it when it is)")
     create.add_argument("--looking-glass", action="store_true",
@@ -177,6 +181,8 @@ def request_from_args(args: argparse.Namespace):
         "initrd_path": args.initrd, "kernel_cmdline": args.cmdline,
         "serial_log_path": args.serial_log, "unattended": unattended_from_args(args),
         "cloud_image_path": args.cloud_image,
+        "shares": [dict(zip(("path", "tag"), item.rsplit("=", 1))) if "=" in item
+                   else {"path": item} for item in args.share or ()],
     }
     if args.looking_glass:
         data["display_mode"] = "looking-glass"

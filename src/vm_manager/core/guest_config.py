@@ -101,3 +101,25 @@ class UnattendedConfig:
                                 " like B7")
         self.bypass_hardware_checks = parse_bool(self.bypass_hardware_checks,
                                                  "unattended.bypass_hardware_checks")
+
+
+SHARE_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,35}")
+
+
+@dataclass
+class ShareConfig:
+    """A host folder the guest mounts over virtiofs by its tag."""
+
+    path: str
+    tag: str | None = None  # default: the folder's name
+
+    def __post_init__(self) -> None:
+        self.path = parse_path(self.path, "shares.path")
+        if self.path is None:
+            raise InvalidConfig("shares.path", "give the host folder to share")
+        if self.tag is None:
+            self.tag = re.sub(r"[^A-Za-z0-9._-]", "-", self.path.rstrip("/").rsplit("/", 1)[-1]
+                              or "share")[:36].lstrip("._-") or "share"
+        if not isinstance(self.tag, str) or not SHARE_TAG.fullmatch(self.tag):
+            raise InvalidConfig("shares.tag", f"{self.tag!r} is not a mount tag: 1-36 of"
+                                " A-Z a-z 0-9 . _ -, starting with a letter or digit")

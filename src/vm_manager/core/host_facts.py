@@ -63,6 +63,7 @@ class PathFact:
     pseudo: bool = False  # it lies in /proc, /sys or /dev (not a file the user keeps)
     parent_writable: bool = False  # a missing file could be made there (a serial log)
     in_use: str | None = None  # a block device the host uses: mounted, or held (LVM, RAID)
+    real: str | None = None  # the path with every symlink resolved
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,8 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
         fmt = _image_format(Path(config.disk_path), qemu_img) if kind.kind == "file" and \
             not kind.pseudo else ("raw" if kind.kind == "block" else None)
         facts[config.disk_path] = replace(kind, format=fmt)
+    for share in config.shares:
+        facts[share.path] = _kind(Path(share.path))
     new_disk = folder / f"{config.name}.qcow2"  # the name is validated: no "/" or ".."
     facts[str(new_disk)] = _kind(new_disk)
     if config.unattended is not None:
@@ -245,12 +248,13 @@ def _kind(path: Path) -> PathFact:
     except OSError:
         parent = os.path.dirname(real)
         return PathFact("missing", pseudo=pseudo, parent_writable=os.path.isdir(parent)
-                        and os.access(parent, os.W_OK | os.X_OK))
+                        and os.access(parent, os.W_OK | os.X_OK), real=real)
     if stat.S_ISREG(info.st_mode):
-        return PathFact("file", pseudo=pseudo)
+        return PathFact("file", pseudo=pseudo, real=real)
     if stat.S_ISBLK(info.st_mode):
-        return PathFact("block", pseudo=pseudo, in_use=_block_in_use(real))
-    return PathFact("dir" if stat.S_ISDIR(info.st_mode) else "other", pseudo=pseudo)
+        return PathFact("block", pseudo=pseudo, in_use=_block_in_use(real), real=real)
+    return PathFact("dir" if stat.S_ISDIR(info.st_mode) else "other", pseudo=pseudo,
+                    real=real)
 
 
 def _block_in_use(real: str) -> str | None:

@@ -10,7 +10,7 @@ use, a missing ISO, a GPU whose IOMMU group is not viable, more memory than the 
 from __future__ import annotations
 
 import uuid as uuid_module
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..passthrough.ivshmem import shm_name, shm_size_mb
 from ..templates.names import template_name
 from .errors import InvalidConfig
 from .host_facts import INPUT_FILES, HostFacts
-from .setup_plan import SetupPlan, plan_setup
+from .setup_plan import SetupPlan, ShareSpec, plan_setup, plan_shares  # noqa: F401
 from .vm_config import DomainType, PCIAddress, VMConfig, VMType
 from .log import get_logger
 
@@ -138,6 +138,7 @@ class TemplateContext:
     looking_glass: LookingGlassSpec | None
     setup: SetupSpec | None = None
     seed: DiskSpec | None = None  # a cloud-init seed, a read-only virtio disk
+    shares: tuple[ShareSpec, ...] = ()  # virtiofs folders (memory backing: shared memfd)
 
     def as_mapping(self) -> dict[str, Any]:
         """The template variables (nested values stay typed objects)."""
@@ -193,6 +194,8 @@ class CreationPlan:
         if ctx.gpu:
             lines.append(f"GPU passthrough: {', '.join(str(f) for f in ctx.gpu.functions)}")
         lines.extend(f"USB: {usb.vendor_id}:{usb.product_id}" for usb in ctx.usb)
+        lines.extend(f"shared folder: {share.source} as {share.tag!r} (virtiofs)"
+                     for share in ctx.shares)
         if ctx.looking_glass:
             lines.append(f"Looking Glass: /dev/shm/{ctx.looking_glass.shm_name}"
                          f" ({ctx.looking_glass.size_mb} MiB)")
@@ -251,11 +254,13 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
         warnings.append("no UEFI firmware (OVMF) is installed on this host: the VM will not"
                         " start until it is (sudo apt install ovmf; Arch: edk2-ovmf)")
     gpu = _plan_gpu(config, facts, warnings)
+    shares = plan_shares(config, facts, warnings)
     disk = _plan_disk(config, facts)
     setup = None if existing else plan_setup(config, facts, warnings)
     chosen = template or template_name(config.vm_type.value, gpu is not None)
     vm_uuid = vm_uuid or str(uuid_module.uuid4())
-    context = _context(config, chosen, domain_type, vm_uuid, disk, facts, gpu, setup)
+    context = replace(_context(config, chosen, domain_type, vm_uuid, disk, facts, gpu, setup),
+                      shares=shares)
     return CreationPlan(config, chosen, domain_type, vm_uuid, disk, facts.images_dir, context,
                         warnings, setup)
 

@@ -1,7 +1,8 @@
-"""The unattended-setup part of a creation plan, decided from the host facts alone (no I/O):
-is the installer a Windows disc holding that edition, does the virtio-win ISO carry the
-setup drivers for that Windows version, does the Looking Glass host installer match the
-client. ``InvalidConfig`` names the field for anything that cannot work.
+"""The guest-facing parts of a creation plan, decided from the host facts alone (no I/O):
+the unattended setup (is the installer a Windows disc holding that edition, does the
+virtio-win ISO carry the setup drivers for that Windows version, does the Looking Glass
+host installer match the client) and the shared folders (virtiofs: an existing folder,
+never the system's, libvirt's or the images folder). ``InvalidConfig`` names the field.
 """
 
 from __future__ import annotations
@@ -14,6 +15,17 @@ from .host_facts import HostFacts, setup_medium_path
 from .vm_config import VMConfig
 
 LG_DOWNLOADS = "https://looking-glass.io/downloads"
+
+
+@dataclass(frozen=True)
+class ShareSpec:
+    source: str  # the host folder, symlinks resolved
+    tag: str
+
+
+# Host folders never shared (nor anything inside them): the system's, and libvirt's own.
+NEVER_SHARED = ("/etc", "/boot", "/dev", "/proc", "/sys", "/run", "/var/lib/libvirt",
+                "/var/run/libvirt")
 
 
 @dataclass(frozen=True)
@@ -105,3 +117,28 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
                         " (--bypass-hardware-checks): only for hosts without swtpm")
     return SetupPlan(str(medium), setup.edition, setup.lg_host_installer is not None,
                      tuple(notes))
+
+
+def plan_shares(config: VMConfig, facts: HostFacts, warnings: list[str]
+                 ) -> tuple[ShareSpec, ...]:
+    """Every shared folder must be an existing folder, never the system's or libvirt's own,
+    nor the images folder; a whole home folder is allowed with a warning."""
+    specs = []
+    images = str(facts.images_dir).rstrip("/")
+    for share in config.shares:
+        fact = facts.path(share.path)
+        real = (fact.real or share.path).rstrip("/") or "/"
+        if fact.kind != "dir":
+            raise InvalidConfig("shares.path", f"{share.path} is not a folder that exists")
+        inside = [root for root in (*NEVER_SHARED, images)
+                  if real == root or real.startswith(root + "/")]
+        if real == "/" or inside or (images.startswith(real + "/")):
+            why = "the whole computer" if real == "/" else \
+                f"inside {inside[0]}" if inside else f"it holds the images folder {images}"
+            raise InvalidConfig("shares.path", f"{share.path} ({real}) cannot be shared:"
+                                f" {why}; share a folder of your own")
+        if real in ("/root", "/home") or (real.startswith("/home/") and real.count("/") == 2):
+            warnings.append(f"{real} is a whole home folder: the VM can read and change"
+                            " everything in it")
+        specs.append(ShareSpec(real, share.tag))
+    return tuple(specs)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import InvalidConfig
 from .guest_config import (  # noqa: F401 (re-exported)
+    ShareConfig,
     UnattendedConfig,
     check_account_name,
     check_linux_user,
@@ -209,6 +210,7 @@ class VMConfig:
     network: str = "default"  # libvirt network name, or "none"
     gpu_passthrough: GPUPassthroughConfig | None = None
     usb_devices: list[USBDeviceConfig] = field(default_factory=list)
+    shares: list[ShareConfig] = field(default_factory=list)  # virtiofs folders
     looking_glass: LookingGlassConfig = field(default_factory=LookingGlassConfig)
     unattended: UnattendedConfig | None = None  # set the guest up without questions
 
@@ -268,6 +270,13 @@ class VMConfig:
             )
         elif not isinstance(self.looking_glass, LookingGlassConfig):
             raise InvalidConfig("looking_glass", "expected Looking Glass settings")
+        if not isinstance(self.shares, list):
+            raise InvalidConfig("shares", "expected a list of shared folders")
+        self.shares = [_from_mapping(ShareConfig, item, "shares") if isinstance(item, dict)
+                       else item for item in self.shares]
+        tags = [share.tag for share in self.shares]
+        if len(set(tags)) != len(tags):
+            raise InvalidConfig("shares.tag", "two shared folders have the same tag")
         if isinstance(self.unattended, dict):
             self.unattended = _from_mapping(UnattendedConfig, self.unattended, "unattended")
         elif self.unattended is not None and not isinstance(self.unattended, UnattendedConfig):
