@@ -69,8 +69,6 @@ def cmd_setup_restart(ctx: CommandContext) -> int:
     from ..core.errors import InvalidConfig
 
     args = ctx.args
-    for name, value in (("user", None), ("product_key", None), ("ssh_key", None)):
-        setattr(args, name, value)  # what read_secrets also looks at
     options = dict(wipe_disk=args.wipe_disk, force=args.force, start=args.start)
     secrets = read_secrets(ctx) if args.password_file else None
     try:
@@ -156,7 +154,8 @@ def unattended_from_args(args: argparse.Namespace) -> dict | None:
 
 
 def read_secrets(ctx: CommandContext):
-    """The password from --password-file, or asked twice on the terminal; the product key."""
+    """The password from --password-file, or asked twice on the terminal; the product key
+    (``create``'s options; ``setup-restart`` has only --password-file)."""
     import getpass
     import os
     import re
@@ -166,7 +165,8 @@ def read_secrets(ctx: CommandContext):
     from ..core.errors import InvalidConfig
 
     args = ctx.args
-    key = args.product_key
+    key = getattr(args, "product_key", None)
+    user = getattr(args, "user", None) or "user"
     if key is not None and not re.fullmatch(r"[A-Z0-9]{5}(-[A-Z0-9]{5}){4}", key.upper()):
         raise InvalidConfig("--product-key", "expected XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
     if not args.password_file and getattr(args, "ssh_key", None):
@@ -183,7 +183,7 @@ def read_secrets(ctx: CommandContext):
             ctx.warn(f"{args.password_file} can be read by every user: chmod 600 it")
         check_password(password, field="--password-file")
     elif stdin_is_terminal():
-        password = getpass.getpass(f"Password for the account {args.user or 'user'}: ")
+        password = getpass.getpass(f"Password for the account {user}: ")
         check_password(password, getpass.getpass("The same again: "))
     else:
         raise InvalidConfig("--password-file", "not on a terminal: give the account's"

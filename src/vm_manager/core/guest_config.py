@@ -26,6 +26,7 @@ KEYBOARD = re.compile(r"[a-z]{2,3}(-[A-Z][a-z]{3})?-[A-Z]{2}|[0-9a-fA-F]{4}:[0-9
 WINDOWS_TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9 .+()-]{0,63}")
 
 
+LG_RELEASE = r"B\d+(?:\.\d+)*(?:-rc\d+)?(?:-\d+-g[0-9a-f]+)?"  # B7, B7-rc1, B7-188-gabc
 LINUX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 RESERVED_LINUX_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "nobody", "admin"})
 
@@ -95,7 +96,7 @@ class UnattendedConfig:
         self.lg_host_installer = parse_path(self.lg_host_installer,
                                             "unattended.lg_host_installer")
         if self.lg_host_release is not None and not re.fullmatch(
-                r"B\d+(\.\d+)*(-rc\d+)?(-\d+-g[0-9a-f]+)?", str(self.lg_host_release)):
+                LG_RELEASE, str(self.lg_host_release)):
             raise InvalidConfig("unattended.lg_host_release",
                                 f"{self.lg_host_release!r} is not a Looking Glass release"
                                 " like B7")

@@ -172,12 +172,13 @@ def _guest_media(config: VMConfig, paths: dict[str, PathFact]) -> GuestMediaFact
 def _client_release() -> str | None:
     """This host's Looking Glass client release, read as the desktop user (it tells root
     nothing); None when it is not installed or cannot be read."""
+    from ..passthrough.host_check import desktop_user
     from ..passthrough.lg_client import client_release, find_client
 
     client = find_client()
     if client is None:
         return None
-    user = os.environ.get("SUDO_USER") if os.geteuid() == 0 else None
+    user = desktop_user() if os.geteuid() == 0 else None
     return client_release(client, user=user if user and user != "root" else None)
 
 

@@ -99,7 +99,9 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
             raise InvalidConfig("unattended.lg_host_installer", "cannot tell which Looking"
                                 f" Glass release {Path(setup.lg_host_installer).name} is (its"
                                 " name carries none): give --lg-host-release, e.g. B7")
-        if client is not None and host.split("-")[0] != client.split("-")[0]:
+        from ..passthrough.lg_client import release_number
+
+        if client is not None and release_number(host) != release_number(client):
             raise InvalidConfig("unattended.lg_host_installer", f"the Looking Glass host"
                                 f" installer is {host} but this host's client is {client}: they"
                                 f" must be the same release (get the {client} host from"

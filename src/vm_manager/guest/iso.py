@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
@@ -189,8 +188,3 @@ class _ShortNames:
     def file(self, path: str) -> str:
         parent = self._dirs[str(PurePosixPath(path).parent)]
         return f"{parent.rstrip('/')}/F{self._next()}.;1"
-
-
-def copy_stream(source: BinaryIO, target: Path) -> None:
-    with open(target, "wb") as out:
-        shutil.copyfileobj(source, out, CHUNK)

@@ -57,7 +57,7 @@ def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
                                 lg_host_setup_bytes(setup.lg_host_installer)))
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".setup-") as scratch:
         with IsoReader(virtio_iso, "virtio_iso_path") as iso:
-            for number, (source, path) in enumerate(setup_driver_files(virtio_iso, vm_type)):
+            for number, (source, path) in enumerate(setup_driver_files(iso, vm_type)):
                 local = Path(scratch) / f"{number:05d}"
                 iso.copy_to(source, local)
                 files.append(MediumFile(path, local))

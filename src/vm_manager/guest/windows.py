@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ..core.errors import InvalidConfig
+from ..core.guest_config import LG_RELEASE
 from .iso import IsoReader
 
 WIM_MAGIC = b"MSWIM\0\0\0"
@@ -34,7 +35,7 @@ SETUP_DRIVERS = ("viostor", "vioscsi", "NetKVM")  # storage and network, for win
 WINDOWS_FOLDER = {"windows11": "w11", "windows10": "w10"}
 GUEST_TOOLS = "virtio-win-guest-tools.exe"
 LG_HOST_SETUP = "looking-glass-host-setup.exe"
-_RELEASE = re.compile(r"(?<![A-Za-z0-9])(B\d+(?:\.\d+)*(?:-rc\d+)?(?:-\d+-g[0-9a-f]+)?)(?![0-9])")
+_RELEASE = re.compile(rf"(?<![A-Za-z0-9])({LG_RELEASE})(?![0-9])")
 
 
 @dataclass(frozen=True)
@@ -97,18 +98,22 @@ def inspect_installer(path: Path | str) -> InstallerInfo:
 
 def inspect_virtio(path: Path | str, vm_type: str) -> VirtioInfo:
     """The setup drivers for that Windows version on a virtio-win ISO."""
-    folder = WINDOWS_FOLDER[vm_type]
     with IsoReader(path, "virtio_iso_path") as iso:
-        drivers = {}
-        for name in SETUP_DRIVERS:
-            found = iso.find_dir(f"/{name}/{folder}/amd64")
-            drivers[name] = tuple(iso.files(found)) if found else ()
-        return VirtioInfo(iso.label, drivers, iso.find(f"/{GUEST_TOOLS}") is not None)
+        return virtio_in(iso, vm_type)
 
 
-def setup_driver_files(path: Path | str, vm_type: str) -> list[tuple[str, str]]:
+def virtio_in(iso: IsoReader, vm_type: str) -> VirtioInfo:
+    folder = WINDOWS_FOLDER[vm_type]
+    drivers = {}
+    for name in SETUP_DRIVERS:
+        found = iso.find_dir(f"/{name}/{folder}/amd64")
+        drivers[name] = tuple(iso.files(found)) if found else ()
+    return VirtioInfo(iso.label, drivers, iso.find(f"/{GUEST_TOOLS}") is not None)
+
+
+def setup_driver_files(iso: IsoReader, vm_type: str) -> list[tuple[str, str]]:
     """(path on the virtio ISO, path on the setup medium) for every setup driver file."""
-    info = inspect_virtio(path, vm_type)
+    info = virtio_in(iso, vm_type)
     out = []
     for name in SETUP_DRIVERS:
         for source in info.drivers[name]:
