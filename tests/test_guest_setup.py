@@ -651,8 +651,17 @@ def test_events_and_create_start_follow_the_setup(world, isos):
     from vm_manager.actions import setup
     from vm_manager.actions.context import Context
 
+    from conftest import EventRecorder
+    from vm_manager.core.events import EVENT_METADATA
+
     ctx = Context(connection=conn, store=store)
+    recorder = EventRecorder()
+    token = conn.subscribe(recorder)
     ctx.setup_tracker().reset("w11", "test: again")  # back to created
+    # its metadata-change event must be out before the watcher listens, or it is the
+    # watcher's first event (seen once in a full run)
+    recorder.wait_for(lambda e: getattr(e, "event", None) == EVENT_METADATA)
+    conn.unsubscribe(token)
     events, said, done = io.StringIO(), io.StringIO(), []
     watcher = threading.Thread(target=lambda: done.append(main(
         ["events", "w11", "--count", "2"], connection=conn, out=events, err=said)))

@@ -431,6 +431,55 @@ def test_settings_dialog_usb_devices(qtbot, make_host, tmp_path):
         conn.close()
 
 
+
+def test_settings_dialog_shared_folders(qtbot, make_host, tmp_path, monkeypatch):
+    """The Shared folders section: the saved ones listed, one added (its tag made unique),
+    one removed; OK rewrites the definition (virtiofs + memfd) and the settings; a folder
+    the checks refuse is told in the dialog and nothing changes."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QPushButton
+
+    from vm_manager.gui.dialogs import SettingsDialog
+
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("USER", "root")
+    first, second = tmp_path / "photos", tmp_path / "work" / "photos"
+    second.mkdir(parents=True)
+    first.mkdir()
+    conn, ctx, saved, devices = settings_world(make_host, tmp_path, VMConfig(
+        name="f", vm_type="linux", disk_size_gb=1, network="none", domain_type="qemu",
+        shares=[{"path": str(first), "tag": "old"}]), tmp_path / "no-gpus")
+    dialog = SettingsDialog(ctx, saved, devices)
+    qtbot.addWidget(dialog)
+    assert [dialog.shares.item(i).text() for i in range(dialog.shares.count())] == [
+        f"old  {first}"]
+    dialog.add_share(str(first))
+    dialog.add_share(str(second))  # the same folder name: photos, then photos-2
+    rows = [dialog.shares.item(i).data(Qt.UserRole)["tag"] for i in range(3)]
+    assert rows == ["old", "photos", "photos-2"]
+    dialog.shares.item(0).setSelected(True)
+    remove = next(b for b in dialog.findChildren(QPushButton) if b.text() == "Remove")
+    remove.click()
+    dialog.apply()
+    qtbot.waitUntil(lambda: dialog.result is not None or "Saving" not in dialog.error.text(),
+                    timeout=5000)
+    assert dialog.result is not None, dialog.error.text()
+    with guard.allowed():
+        assert [(s.path, s.tag) for s in ctx.store.load("f").shares] == [
+            (str(first), "photos"), (str(second), "photos-2")]
+        xml = conn.execute(lambda c: c.lookupByName("f").XMLDesc(0))
+        assert xml.count("<driver type='virtiofs'/>") == 2 and "memfd" in xml
+        assert "<target dir='old'/>" not in xml
+    refused = SettingsDialog(ctx, ctx.store.load("f"), devices)
+    qtbot.addWidget(refused)
+    refused.add_share("/etc")
+    refused.apply()
+    qtbot.waitUntil(lambda: "Saving" not in refused.error.text(), timeout=5000)
+    assert "inside /etc" in refused.error.text() and refused.result is None
+    with guard.allowed():
+        assert len(ctx.store.load("f").shares) == 2
+        conn.close()
+
 # --- first-run sizes, plurals (issue 11) -------------------------------------------------------
 
 def test_first_run_shows_every_column_and_several_rows(window, qtbot):

@@ -132,13 +132,22 @@ class SettingsChange:
     gpu: str | None = KEEP  # a PCI address, None to remove the GPU, or KEEP
     usb: tuple[tuple[str, str], ...] | None = None  # (vendor, product) ids: the whole list
     looking_glass: bool | None = None
+    shares: tuple[dict, ...] | None = None  # {"path", "tag", "readonly"}: the whole list
     force: bool = False
+
+    @property
+    def only_shares(self) -> bool:
+        """Nothing but the shared folders changes: a running VM may take it for its next
+        start (its definition changes; what runs now cannot)."""
+        return (self.shares is not None and self.memory is None and self.vcpus is None
+                and self.gpu == KEEP and self.usb is None and self.looking_glass is None)
 
 
 @dataclass
 class ReconfigureOutcome:
     result: CreationResult
     config: VMConfig = field(repr=False)
+    restart_needed: bool = False  # the VM runs: the change shows after it is shut down
 
 
 def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
@@ -159,6 +168,8 @@ def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
             pass  # the same card: its ROM, compatibility flags and opt-in stay
         else:
             data["gpu_passthrough"] = {"pci_address": change.gpu}
+    if change.shares is not None:
+        data["shares"] = [dict(share) for share in change.shares]
     if change.usb is not None:
         kept = {(u.vendor_id, u.product_id): u.__dict__ for u in config.usb_devices}
         data["usb_devices"] = [dict(kept.get((v, p), {"vendor_id": v, "product_id": p}))
@@ -177,7 +188,8 @@ def reconfigure(ctx: Context, name: str, change: SettingsChange) -> ReconfigureO
     """Rewrite a stopped VM's definition with ``change`` (same UUID, same disk) and save its
     settings; if saving fails the old definition is put back. Raises ``VMNotFound``,
     ``InvalidConfig`` (a bad value, or a VM NeuronOS did not make), ``LifecycleError``
-    (running)."""
+    (running; except for a change of shared folders only, which a running VM takes at its
+    next start: ``restart_needed``)."""
     from ..core.errors import InvalidConfig
 
     ctx.lifecycle.require(name)
@@ -186,4 +198,5 @@ def reconfigure(ctx: Context, name: str, change: SettingsChange) -> ReconfigureO
         raise InvalidConfig("NAME", f"{name} was not made by NeuronOS; change it with"
                             " virt-manager or `virsh edit`")
     new = apply_change(config, change)
-    return ReconfigureOutcome(ctx.creator().reconfigure(new, force=change.force), new)
+    result = ctx.creator().reconfigure(new, force=change.force, running=change.only_shares)
+    return ReconfigureOutcome(result, new, restart_needed=result.running)

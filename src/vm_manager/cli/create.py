@@ -26,7 +26,8 @@ FLAG_FOR_FIELD = {
     "serial_log_path": "--serial-log", "looking_glass.enabled": "--looking-glass",
     "looking_glass.width": "--resolution", "looking_glass.height": "--resolution",
     "gpu.rom_file": "--gpu-rom", "unattended": "--unattended", "shares.path": "--share",
-    "shares.tag": "--share", "shares": "--share", "unattended.user": "--user",
+    "shares.tag": "--share", "shares": "--share", "shares.readonly": "--read-only-share",
+    "unattended.user": "--user",
     "unattended.locale": "--locale", "unattended.keyboard": "--keyboard",
     "unattended.timezone": "--timezone", "unattended.edition": "--edition",
     "unattended.lg_host_installer": "--lg-host-installer",
@@ -61,6 +62,8 @@ def register(commands, common, subcommand) -> None:
     create.add_argument("--share", action="append", metavar="HOST_DIR[=TAG]",
                         help="share a host folder over virtiofs (the guest mounts it by TAG,"
                         " default: the folder's name); repeat for more")
+    create.add_argument("--read-only-share", action="append", metavar="HOST_DIR[=TAG]",
+                        help="the same, read-only in the guest (needs libvirt 11.0+)")
     create.add_argument("--usb-later", action="store_true",
                         help="a --usb device is not plugged in yet (the VM gets it when it is)")
     create.add_argument("--looking-glass", action="store_true",
@@ -146,6 +149,13 @@ def flags_in_errors():
         raise
 
 
+def _share(item: str, readonly: bool) -> dict:
+    """``HOST_DIR[=TAG]`` (a folder name may hold "=": the tag is after the last one)."""
+    path, sep, tag = item.rpartition("=")
+    return {"path": path, "tag": tag, "readonly": readonly} if sep else \
+        {"path": item, "readonly": readonly}
+
+
 def usb_ids(items) -> list[tuple[str, str]]:
     from ..core.errors import InvalidConfig
 
@@ -181,8 +191,8 @@ def request_from_args(args: argparse.Namespace):
         "initrd_path": args.initrd, "kernel_cmdline": args.cmdline,
         "serial_log_path": args.serial_log, "unattended": unattended_from_args(args),
         "cloud_image_path": args.cloud_image,
-        "shares": [dict(zip(("path", "tag"), item.rsplit("=", 1))) if "=" in item
-                   else {"path": item} for item in args.share or ()],
+        "shares": [_share(item, False) for item in args.share or ()]
+        + [_share(item, True) for item in args.read_only_share or ()],
     }
     if args.looking_glass:
         data["display_mode"] = "looking-glass"

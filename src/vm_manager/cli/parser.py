@@ -98,6 +98,7 @@ GROUPS = {
     "create": ("create", "configure", "delete"),
     "guest": ("setup-status", "setup-restart", "console"),
     "snapshot": ("snapshot",),
+    "shares": ("share",),
     "devices": ("gpu", "usb"),
     "host": ("doctor", "shm-permissions", "templates"),
 }

@@ -113,8 +113,10 @@ class ShareConfig:
 
     path: str
     tag: str | None = None  # default: the folder's name
+    readonly: bool = False  # libvirt 11.0+ only (planning refuses it on older ones)
 
     def __post_init__(self) -> None:
+        self.readonly = parse_bool(self.readonly, "shares.readonly")
         self.path = parse_path(self.path, "shares.path")
         if self.path is None:
             raise InvalidConfig("shares.path", "give the host folder to share")

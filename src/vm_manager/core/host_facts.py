@@ -64,6 +64,7 @@ class PathFact:
     parent_writable: bool = False  # a missing file could be made there (a serial log)
     in_use: str | None = None  # a block device the host uses: mounted, or held (LVM, RAID)
     real: str | None = None  # the path with every symlink resolved
+    unreadable: str | None = None  # a shared folder: why the desktop user cannot read it
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,10 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
             not kind.pseudo else ("raw" if kind.kind == "block" else None)
         facts[config.disk_path] = replace(kind, format=fmt)
     for share in config.shares:
-        facts[share.path] = _kind(Path(share.path))
+        kind = _kind(Path(share.path))
+        if kind.kind == "dir":
+            kind = replace(kind, unreadable=_unreadable_to_desktop_user(Path(kind.real)))
+        facts[share.path] = kind
     new_disk = folder / f"{config.name}.qcow2"  # the name is validated: no "/" or ".."
     facts[str(new_disk)] = _kind(new_disk)
     if config.unattended is not None:
@@ -256,6 +260,41 @@ def _kind(path: Path) -> PathFact:
         return PathFact("block", pseudo=pseudo, in_use=_block_in_use(real), real=real)
     return PathFact("dir" if stat.S_ISDIR(info.st_mode) else "other", pseudo=pseudo,
                     real=real)
+
+
+def _unreadable_to_desktop_user(folder: Path) -> str | None:
+    """Why the desktop user (the one behind sudo) could not open ``folder`` themselves, from
+    the owner and mode bits of it and of every folder above it (ACLs are not read); None
+    when they own it or can read it. A VM must not become a way into someone else's files."""
+    import pwd
+
+    from ..passthrough.host_check import desktop_user
+
+    user = desktop_user()
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None  # no such account here (a container's root): nothing to compare with
+    if entry.pw_uid == 0:
+        return None
+    groups = set(os.getgrouplist(user, entry.pw_gid))
+    for path, need in [*((parent, 1) for parent in reversed(folder.parents)), (folder, 5)]:
+        info = os.stat(path)
+        if info.st_uid == entry.pw_uid:
+            if path == folder:
+                return None  # their own folder
+            bits = info.st_mode >> 6
+        else:
+            bits = info.st_mode >> (3 if info.st_gid in groups else 0)
+        if bits & need != need:
+            try:
+                owner = pwd.getpwuid(info.st_uid).pw_name
+            except KeyError:
+                owner = str(info.st_uid)
+            verb = "read" if path == folder else "get through"
+            return (f"{user} cannot {verb} {path} (owner {owner},"
+                    f" mode {stat.S_IMODE(info.st_mode):04o})")
+    return None
 
 
 def _block_in_use(real: str) -> str | None:

@@ -194,8 +194,8 @@ class CreationPlan:
         if ctx.gpu:
             lines.append(f"GPU passthrough: {', '.join(str(f) for f in ctx.gpu.functions)}")
         lines.extend(f"USB: {usb.vendor_id}:{usb.product_id}" for usb in ctx.usb)
-        lines.extend(f"shared folder: {share.source} as {share.tag!r} (virtiofs)"
-                     for share in ctx.shares)
+        lines.extend(f"shared folder: {share.source} as {share.tag!r} (virtiofs"
+                     f"{', read-only' if share.readonly else ''})" for share in ctx.shares)
         if ctx.looking_glass:
             lines.append(f"Looking Glass: /dev/shm/{ctx.looking_glass.shm_name}"
                          f" ({ctx.looking_glass.size_mb} MiB)")

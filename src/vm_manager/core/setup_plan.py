@@ -21,6 +21,10 @@ LG_DOWNLOADS = "https://looking-glass.io/downloads"
 class ShareSpec:
     source: str  # the host folder, symlinks resolved
     tag: str
+    readonly: bool = False
+
+
+READ_ONLY_SHARES = 11_000_000  # libvirt 11.0: <readonly/> on a virtiofs filesystem
 
 
 # Host folders never shared (nor anything inside them): the system's, and libvirt's own.
@@ -132,6 +136,13 @@ def plan_shares(config: VMConfig, facts: HostFacts, warnings: list[str]
         real = (fact.real or share.path).rstrip("/") or "/"
         if fact.kind != "dir":
             raise InvalidConfig("shares.path", f"{share.path} is not a folder that exists")
+        if fact.unreadable:
+            raise InvalidConfig("shares.path", f"{share.path} cannot be shared:"
+                                f" {fact.unreadable}; share a folder you can open yourself")
+        if share.readonly and (facts.libvirt_version or 0) < READ_ONLY_SHARES:
+            raise InvalidConfig("shares.readonly", "read-only shared folders need libvirt 11.0"
+                                f" or newer; this host has {_version(facts.libvirt_version)}:"
+                                " share it writable, or make the files read-only on the host")
         inside = [root for root in (*NEVER_SHARED, images)
                   if real == root or real.startswith(root + "/")]
         if real == "/" or inside or (images.startswith(real + "/")):
@@ -142,5 +153,11 @@ def plan_shares(config: VMConfig, facts: HostFacts, warnings: list[str]
         if real in ("/root", "/home") or (real.startswith("/home/") and real.count("/") == 2):
             warnings.append(f"{real} is a whole home folder: the VM can read and change"
                             " everything in it")
-        specs.append(ShareSpec(real, share.tag))
+        specs.append(ShareSpec(real, share.tag, share.readonly))
     return tuple(specs)
+
+
+def _version(number: int | None) -> str:
+    if not number:
+        return "a libvirt of unknown version"
+    return f"libvirt {number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"

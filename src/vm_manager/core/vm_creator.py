@@ -49,6 +49,7 @@ class CreationResult:
     disk_created: bool
     settings_path: str
     xml: str
+    running: bool = False  # reconfigured while it runs: the change shows at its next start
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "xml"}
@@ -209,10 +210,12 @@ class VMCreator:
         info = medium.stat()
         claimed["medium"] = (info.st_dev, info.st_ino)
 
-    def reconfigure(self, config: VMConfig, *, force: bool = False) -> CreationResult:
+    def reconfigure(self, config: VMConfig, *, force: bool = False,
+                    running: bool = False) -> CreationResult:
         """Rewrite a stopped VM's definition from ``config`` (memory, vCPUs, GPU, USB,
         Looking Glass...), keeping its UUID and disk, then save the settings. If saving
-        fails, the old definition is put back."""
+        fails, the old definition is put back. ``running``: a running VM is allowed too (its
+        next start uses the new definition; ``CreationResult.running`` says so)."""
         from ..templates.validator import validate_xml
         from .errors import LifecycleError
 
@@ -224,7 +227,7 @@ class VMCreator:
                     bool(dom.isActive()))
 
         old_xml, vm_uuid, active = self.connection.execute(read)
-        if active:
+        if active and not running:
             raise LifecycleError(f"{name!r} is running: stop it before changing its settings")
         from .domain_xml import read_domain
 
@@ -254,7 +257,7 @@ class VMCreator:
                     step="define") from error
             raise
         return CreationResult(name, vm_uuid, plan.template, config.disk_path, False,
-                              str(settings_path), xml)
+                              str(settings_path), xml, running=active)
 
     def _create_disk(self, disk: DiskPlan, claimed: dict) -> None:
         path = Path(disk.path)

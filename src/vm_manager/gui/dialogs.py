@@ -15,11 +15,14 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QPushButton,
     QSpinBox,
     QStyledItemDelegate,
     QTreeWidget,
@@ -163,7 +166,8 @@ class WrappingDelegate(QStyledItemDelegate):
 
 
 class SettingsDialog(QDialog):
-    """Memory, vCPUs, GPU, USB and Looking Glass of a stopped VM. OK checks the change at
+    """Memory, vCPUs, GPU, USB, Looking Glass and shared folders of a stopped VM. OK checks
+    the change at
     once (the CLI's messages), then rewrites the domain with the ``reconfigure`` action on a
     worker: what the dialog does not show (a GPU's ROM and options) is kept."""
 
@@ -206,27 +210,76 @@ class SettingsDialog(QDialog):
         self.error = QLabel()
         self.error.setStyleSheet("color: #b71c1c")
         self.error.setWordWrap(True)
+        self.shares = QListWidget()
+        self.shares.setAccessibleName("Shared folders")
+        for share in config.shares:
+            self.add_share(share.path, share.tag, share.readonly)
+        add, remove = QPushButton("Add folder…"), QPushButton("Remove")
+        add.clicked.connect(self._pick_folder)
+        remove.clicked.connect(lambda: [self.shares.takeItem(self.shares.row(item))
+                                        for item in self.shares.selectedItems()])
+        buttons = QHBoxLayout()
+        buttons.addWidget(add)
+        buttons.addWidget(remove)
+        buttons.addStretch()
+        shares = QVBoxLayout()
+        shares.addWidget(self.shares)
+        shares.addLayout(buttons)
+        hint = QLabel("The guest mounts each folder by its tag (Linux: mount -t virtiofs TAG"
+                      " /mnt/TAG; Windows: a drive, with WinFsp and the VirtIO-FS service).")
+        hint.setWordWrap(True)
         form.addRow("Memory", self.memory)
         form.addRow("vCPUs", self.vcpus)
         form.addRow("GPU", self.gpu)
         form.addRow(self.looking_glass)
         form.addRow("USB devices", self.usb)
+        form.addRow("Shared folders", shares)
+        form.addRow(hint)
         form.addRow(self.error)
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         self.buttons.accepted.connect(self.apply)
         self.buttons.rejected.connect(self.reject)
         form.addRow(self.buttons)
         fit_list(self.usb, rows=4)
+        fit_list(self.shares, rows=3)
         self.adjustSize()
+
+    def add_share(self, path: str, tag: str | None = None, readonly: bool = False) -> None:
+        """A row for ``path``; its tag is the folder's name, made unique in the list. The
+        folder itself is checked when OK is pressed (on the worker, by the action)."""
+        from ..core.errors import InvalidConfig
+        from ..core.guest_config import ShareConfig
+
+        try:
+            share = ShareConfig(path, tag, readonly)
+        except InvalidConfig as error:
+            self.error.setText(str(error))
+            return
+        taken = {self.shares.item(i).data(Qt.UserRole)["tag"]
+                 for i in range(self.shares.count())}
+        tag, number = share.tag, 1
+        while tag in taken:
+            number += 1
+            tag = f"{share.tag[:32]}-{number}"
+        item = QListWidgetItem(f"{tag}  {share.path}{'  (read-only)' if readonly else ''}")
+        item.setData(Qt.UserRole, {"path": share.path, "tag": tag, "readonly": readonly})
+        self.shares.addItem(item)
+
+    def _pick_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Share a folder with the VM")
+        if folder:
+            self.add_share(folder)
 
     def change(self):
         from ..actions.create import SettingsChange
 
         usb = tuple(self.usb.item(i).data(Qt.UserRole) for i in range(self.usb.count())
                     if self.usb.item(i).checkState() == Qt.Checked)
+        shares = tuple(self.shares.item(i).data(Qt.UserRole)
+                       for i in range(self.shares.count()))
         return SettingsChange(memory=self.memory.text().strip(), vcpus=self.vcpus.value(),
                               gpu=self.gpu.currentData(), usb=usb,
-                              looking_glass=self.looking_glass.isChecked())
+                              looking_glass=self.looking_glass.isChecked(), shares=shares)
 
     def apply(self) -> None:
         from ..actions import create

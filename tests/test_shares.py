@@ -1,0 +1,183 @@
+"""Shared folders after creation: `share list|add|remove` on the test driver (the definition
+and the saved settings change together), a running VM told to restart, read-only shares
+refused below libvirt 11.0, and folders the desktop user cannot open refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from vm_manager.cli import main
+from vm_manager.core.connection import LibvirtConnection
+from vm_manager.core.domain_xml import read_domain
+from vm_manager.core.host_facts import HostFacts, PathFact
+from vm_manager.core.planning import plan_creation
+from vm_manager.core.store import VMStore
+from vm_manager.core.vm_config import HostResources, VMConfig
+from vm_manager.templates.loader import TemplateLoader
+
+
+@pytest.fixture
+def world(make_host, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("USER", "root")
+    with LibvirtConnection(make_host()) as conn:
+        yield conn, VMStore(tmp_path / "config")
+
+
+def run(world, *argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), connection=world[0], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def xml_of(world, name: str, live: bool = False) -> str:
+    flags = 0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE
+    return world[0].execute(lambda c: c.lookupByName(name).XMLDesc(flags))
+
+
+@pytest.fixture
+def vm(world):
+    code, _, err = run(world, "create", "lin", "--template", "linux", "--network", "none")
+    assert code == 0, err
+    return "lin"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    path = tmp_path / "Project Files"
+    path.mkdir()
+    return path
+
+
+def test_add_list_and_remove_change_the_definition_and_the_settings(world, vm, folder):
+    assert run(world, "share", "list", vm)[1] == "lin shares no folders\n"
+    code, out, err = run(world, "share", "add", vm, str(folder))
+    assert code == 0, err
+    assert out == f"{folder} (Project-Files) now shared with lin\n"
+    domain = read_domain(xml_of(world, vm))
+    assert [(f.driver, f.source, f.target, f.readonly) for f in domain.filesystems] == [
+        ("virtiofs", str(folder), "Project-Files", False)]
+    assert "<source type='memfd'/>" in xml_of(world, vm)  # virtiofs needs shared memory
+    assert [(s.path, s.tag) for s in world[1].load(vm).shares] == [(str(folder),
+                                                                    "Project-Files")]
+    code, out, _ = run(world, "share", "add", vm, str(folder), "--tag", "again")
+    assert code == 0  # one folder under two tags is allowed: the guest mounts either
+    code, out, _ = run(world, "--json", "share", "list", vm)
+    listed = json.loads(out)
+    assert [(item["tag"], item["source"], item["driver"]) for item in listed] == [
+        ("Project-Files", str(folder), "virtiofs"), ("again", str(folder), "virtiofs")]
+
+    code, out, err = run(world, "share", "remove", vm, "again")
+    assert code == 0 and out == f"{folder} (again) no longer shared with lin\n", err
+    code, out, err = run(world, "share", "remove", vm, str(folder))  # by its host path
+    assert code == 0, err
+    assert read_domain(xml_of(world, vm)).filesystems == ()
+    assert "memfd" not in xml_of(world, vm)  # no share left: ordinary memory again
+    assert world[1].load(vm).shares == []
+
+
+def test_a_running_vm_is_told_to_restart_and_keeps_what_it_runs_with(world, vm, folder):
+    assert run(world, "start", vm)[0] == 0
+    code, out, err = run(world, "share", "add", vm, str(folder), "--tag", "work")
+    assert code == 0, err
+    assert "shut lin down and start it again to see the change" in out
+    assert [f.target for f in read_domain(xml_of(world, vm)).filesystems] == ["work"]
+    assert read_domain(xml_of(world, vm, live=True)).filesystems == ()
+    code, out, _ = run(world, "--json", "share", "remove", vm, "work")
+    assert code == 0 and json.loads(out)["restart_needed"] is True
+    # other settings of a running VM still wait for it to stop
+    code, _, err = run(world, "configure", vm, "--memory", "3G")
+    assert code == 1 and "is running" in err
+
+
+@pytest.mark.parametrize("argv, flag, words", [
+    (("--tag", "bad tag"), "--tag", "is not a mount tag"),
+    (("--read-only",), "--read-only", "need libvirt 11.0 or newer; this host has libvirt 9.0"),
+])
+def test_bad_shares_are_refused_with_exit_2_and_change_nothing(world, vm, folder, argv, flag,
+                                                               words):
+    before = xml_of(world, vm)
+    code, _, err = run(world, "share", "add", vm, str(folder), *argv)
+    assert code == 2 and err.startswith(f"neuron-vm: {flag}") and words in err, err
+    assert xml_of(world, vm) == before and world[1].load(vm).shares == []
+
+
+def test_duplicate_tags_unknown_shares_and_vms(world, vm, folder, tmp_path):
+    assert run(world, "share", "add", vm, str(folder), "--tag", "data")[0] == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    code, _, err = run(world, "share", "add", vm, str(other), "--tag", "data")
+    assert code == 2 and "already shares a folder as 'data'" in err
+    code, _, err = run(world, "share", "remove", vm, "nope")
+    assert code == 2 and "shares no folder 'nope' (its shares: data)" in err
+    assert run(world, "share", "list", "ghost")[0] == 3
+    assert run(world, "share", "add", "ghost", str(folder))[0] == 3
+    code, _, err = run(world, "share", "add", vm, "/etc")
+    assert code == 2 and err.startswith("neuron-vm: HOST_DIR (shares.path)") and \
+        "inside /etc" in err
+
+
+def test_create_refuses_a_read_only_share_on_libvirt_9(world, folder):
+    code, _, err = run(world, "create", "ro", "--template", "linux", "--network", "none",
+                       "--read-only-share", f"{folder}=docs")
+    assert code == 2 and err.startswith("neuron-vm: --read-only-share") and "11.0" in err
+    assert "ro" not in world[0].execute(lambda c: [d.name() for d in c.listAllDomains()])
+
+
+def test_a_read_only_share_is_planned_on_libvirt_11():
+    folder = "/home/anna/Photos"
+    config = VMConfig(name="ro", vm_type="linux", network="none",
+                      shares=[{"path": folder, "readonly": True}])
+    facts = HostFacts(uri="test:///nowhere", kvm_usable=True, hyperv_features=None,
+                      resources=HostResources(memory_mb=32768, cpus=16),
+                      libvirt_version=11_000_000, images_dir=Path("/srv/images"),
+                      paths={folder: PathFact("dir", real=folder)})
+    plan = plan_creation(config, facts)
+    assert "shared folder: /home/anna/Photos as 'Photos' (virtiofs, read-only)" in \
+        plan.describe()
+    xml = TemplateLoader().render(plan.template, plan.context.as_mapping())
+    [share] = read_domain(xml).filesystems
+    assert (share.source, share.target, share.readonly) == (folder, "Photos", True)
+
+
+# --- the desktop user must be able to open the folder themselves ------------------------------
+
+@pytest.fixture
+def public_root():
+    """A folder everyone can get through (pytest's own temporary folders are 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="neuronos-share-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root)
+
+
+def test_a_folder_the_desktop_user_cannot_read_is_refused(world, vm, public_root,
+                                                          monkeypatch):
+    nobody = pwd.getpwnam("nobody")
+    monkeypatch.setenv("SUDO_USER", "nobody")  # root acting for the desktop user
+    private, theirs, public = (public_root / name for name in ("private", "theirs", "public"))
+    for path, mode in ((private, 0o700), (theirs, 0o700), (public, 0o755)):
+        path.mkdir()
+        path.chmod(mode)
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    code, _, err = run(world, "share", "add", vm, str(private))
+    assert code == 2 and f"nobody cannot read {private} (owner root, mode 0700)" in err, err
+    inner = private / "inner"
+    inner.mkdir(mode=0o777)
+    code, _, err = run(world, "share", "add", vm, str(inner))
+    assert code == 2 and f"nobody cannot get through {private}" in err, err
+    for path in (theirs, public):
+        code, _, err = run(world, "share", "add", vm, str(path))
+        assert code == 0, err
+    assert [s.tag for s in world[1].load(vm).shares] == ["theirs", "public"]
