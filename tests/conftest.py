@@ -24,6 +24,8 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # the window's QSettings too
     monkeypatch.delenv("NEURONOS_LIBVIRT_URI", raising=False)
     monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
+    # the desktop user is the one running the tests (shared folders must be theirs to read)
+    monkeypatch.delenv("SUDO_USER", raising=False)
     return tmp_path / "config"
 
 

@@ -210,7 +210,8 @@ def test_the_medium_read_back_with_xorriso(isos, tmp_path):
     assert xorriso_read(target, "/neuronos/looking-glass-host-setup.exe", out / "lg")[:2] == \
         b"MZ"
     settings = json.loads(xorriso_read(target, "/neuronos/setup.json", out / "j"))
-    assert settings == {"vm": "w11", "windows": "windows11", "looking_glass_host": True}
+    assert settings == {"vm": "w11", "windows": "windows11", "virtio_folder": "w11",
+                        "looking_glass_host": True, "winfsp": False, "shares": []}
     assert {key: sha256(path) for key, path in isos.items()} == before
     assert not list(tmp_path.glob(".setup-*"))  # the scratch folder is gone
 
@@ -687,6 +688,73 @@ def test_configure_waits_for_the_setup_to_be_ready(world, isos):
     code, _, err = run(world, "configure", "w11", "--memory", "6G")
     assert code == 1 and "setup of 'w11' is at stage created" in err
 
+
+
+# --- shared folders in an unattended Windows -----------------------------------------------
+
+MSI_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")  # Windows Installer files are OLE compound files
+
+
+def test_windows_with_shares_gets_winfsp_and_the_virtiofs_service(world, isos, tmp_path):
+    """--winfsp-installer: the .msi goes onto the medium byte for byte, setup.json names
+    the shares, and the first-logon script installs WinFsp before the guest tools (they
+    register the VirtIO-FS service only where WinFsp is) and sets the service to start."""
+    conn, store, images, password = world
+    docs, music = tmp_path / "docs", tmp_path / "music"
+    docs.mkdir()
+    music.mkdir()
+    msi = tmp_path / "winfsp-2.0.23075.msi"
+    msi.write_bytes(MSI_MAGIC + bytes(range(256)) * 40)
+    code, out, err = run(world, *create_args(isos, password, "--share", f"{docs}=docs",
+                                             "--share", str(music),
+                                             "--winfsp-installer", str(msi)))
+    assert code == 0, err
+    assert "setup installs WinFsp, the viofs driver and the VirtIO-FS service: Windows shows" \
+        " the shared folder 'docs' as a drive" in out
+    assert "'music' need a service instance each" in out + err
+    medium = images / "w11-setup.iso"
+    assert "/neuronos/winfsp.msi" in xorriso_files(medium, joliet=True)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    assert xorriso_read(medium, "/neuronos/winfsp.msi", out_dir / "w.msi") == msi.read_bytes()
+    setup = json.loads(xorriso_read(medium, "/neuronos/setup.json", out_dir / "s.json"))
+    assert (setup["shares"], setup["winfsp"], setup["virtio_folder"]) == (
+        ["docs", "music"], True, "w11")
+    script = xorriso_read(medium, "/neuronos/firstlogon.ps1", out_dir / "f.ps1").decode()
+    assert script.index("winfsp.msi") < script.index("virtio-win-guest-tools.exe") \
+        < script.index("Set-Service -Name 'VirtioFsSvc' -StartupType Automatic")
+    assert "viofs\\$($setup.virtio_folder)\\amd64" in script
+    xml = conn.execute(lambda c: c.lookupByName("w11").XMLDesc(0))
+    assert xml.count("<driver type='virtiofs'/>") == 2
+
+
+def test_windows_shares_without_winfsp_say_where_to_get_it(world, isos, tmp_path):
+    _, _, images, password = world
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    code, out, err = run(world, *create_args(isos, password, "--share", str(docs)))
+    assert code == 0, err
+    assert "Windows shows shared folders only with WinFsp: get its installer (.msi) from" \
+        " https://winfsp.dev/rel/ and pass --winfsp-installer" in out
+    assert "/neuronos/winfsp.msi" not in xorriso_files(images / "w11-setup.iso")
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"MZ\x90\x00 not an msi", "is not a Windows Installer (.msi) file"),
+    (None, "does not exist or is not a file"),
+])
+def test_a_bad_winfsp_installer_exits_2_and_leaves_nothing(world, isos, tmp_path, content,
+                                                           words):
+    conn, store, images, password = world
+    msi = tmp_path / "winfsp.msi"
+    if content is not None:
+        msi.write_bytes(content)
+    code, _, err = run(world, *create_args(isos, password, "--winfsp-installer", str(msi)))
+    assert code == 2 and err.startswith("neuron-vm: --winfsp-installer") and words in err, err
+    assert store.load("w11") is None and not (images / "w11-setup.iso").exists()
+    code, _, err = run(world, "create", "l", "--template", "linux", "--unattended",
+                       "--cloud-image", str(msi), "--winfsp-installer", str(msi))
+    assert code == 2 and "--winfsp-installer" in err and "goes with a Windows" in err, err
 
 # --- shared folders: what is never shared ------------------------------------------------------
 

@@ -280,9 +280,15 @@ def test_wizard_sets_windows_up_unattended(wizard, qtbot, tmp_path):
     page.network.setText("none")
     assert page.isComplete(), page.error.text()
     wiz.next()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    wiz.devices_page.share.setText(str(docs))
     wiz.next()
     setup = wiz.setup_page
     assert wiz.currentPage() is setup and setup.unattended.isChecked()
+    msi = tmp_path / "winfsp-2.0.msi"
+    msi.write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + b"\0" * 512)
+    setup.winfsp.setText(str(msi))
     assert setup.edition.text() == "Windows 11 Pro" and not setup.cloud_image.isEnabled()
     assert not setup.isComplete() and "password is empty" in setup.error.text()
     setup.user.setText("anna")
@@ -298,10 +304,13 @@ def test_wizard_sets_windows_up_unattended(wizard, qtbot, tmp_path):
     summary = wiz.summary_page
     qtbot.waitUntil(lambda: summary.plan is not None, timeout=10000)
     assert "unattended setup: Windows 11 Pro" in summary.plan_text.text()
+    assert f"shared folder: {docs} as 'docs'" in summary.plan_text.text()
+    assert "setup installs WinFsp" in summary.plan_text.text()
     assert summary.validatePage()
     assert (images / "wiz11-setup.iso").exists()
     saved = wiz.ctx.store.path_for("wiz11").read_text()
     assert '"user": "anna"' in saved and "S3cret" not in saved
+    assert '"winfsp_installer"' in saved and '"tag": "docs"' in saved
 
 
 def test_readiness_page_shows_checks_with_fixes(qtbot):
@@ -432,7 +441,7 @@ def test_settings_dialog_usb_devices(qtbot, make_host, tmp_path):
 
 
 
-def test_settings_dialog_shared_folders(qtbot, make_host, tmp_path, monkeypatch):
+def test_settings_dialog_shared_folders(qtbot, make_host, tmp_path):
     """The Shared folders section: the saved ones listed, one added (its tag made unique),
     one removed; OK rewrites the definition (virtiofs + memfd) and the settings; a folder
     the checks refuse is told in the dialog and nothing changes."""
@@ -441,8 +450,6 @@ def test_settings_dialog_shared_folders(qtbot, make_host, tmp_path, monkeypatch)
 
     from vm_manager.gui.dialogs import SettingsDialog
 
-    monkeypatch.delenv("SUDO_USER", raising=False)
-    monkeypatch.setenv("USER", "root")
     first, second = tmp_path / "photos", tmp_path / "work" / "photos"
     second.mkdir(parents=True)
     first.mkdir()

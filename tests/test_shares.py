@@ -29,8 +29,6 @@ from vm_manager.templates.loader import TemplateLoader
 def world(make_host, tmp_path, monkeypatch):
     monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
     monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.delenv("SUDO_USER", raising=False)
-    monkeypatch.setenv("USER", "root")
     with LibvirtConnection(make_host()) as conn:
         yield conn, VMStore(tmp_path / "config")
 

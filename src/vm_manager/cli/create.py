@@ -32,6 +32,7 @@ FLAG_FOR_FIELD = {
     "unattended.timezone": "--timezone", "unattended.edition": "--edition",
     "unattended.lg_host_installer": "--lg-host-installer",
     "unattended.lg_host_release": "--lg-host-release", "password": "--password-file",
+    "unattended.winfsp_installer": "--winfsp-installer",
     "unattended.ssh_key_path": "--ssh-key", "cloud_image_path": "--cloud-image",
     "unattended.bypass_hardware_checks": "--bypass-hardware-checks",
 }

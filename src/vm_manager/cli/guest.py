@@ -9,7 +9,7 @@ from .output import EXIT_FAILED, EXIT_OK, CommandContext, stdin_is_terminal
 
 SETUP_FLAGS = ("user", "password_file", "locale", "keyboard", "timezone", "edition",
                "product_key", "lg_host_installer", "lg_host_release", "bypass_hardware_checks",
-               "ssh_key")
+               "ssh_key", "winfsp_installer")
 WINDOWS_ONLY = ("locale", "keyboard", "timezone", "product_key")
 
 
@@ -121,6 +121,9 @@ def setup_options(parser) -> None:
     setup.add_argument("--bypass-hardware-checks", action="store_true",
                        help="skip Windows 11's TPM/Secure Boot/RAM checks (hosts without"
                        " swtpm only)")
+    setup.add_argument("--winfsp-installer", metavar="MSI",
+                       help="WinFsp's installer (winfsp-*.msi from https://winfsp.dev/rel/):"
+                       " Windows shows shared folders through it")
     setup.add_argument("--cloud-image", metavar="IMG",
                        help="Linux: a cloud image (qcow2/raw) the disk is an overlay on;"
                        " cloud-init sets it up")
@@ -149,6 +152,7 @@ def unattended_from_args(args: argparse.Namespace) -> dict | None:
             "keyboard": args.keyboard, "timezone": args.timezone, "edition": args.edition,
             "lg_host_installer": args.lg_host_installer,
             "lg_host_release": args.lg_host_release,
+            "winfsp_installer": args.winfsp_installer,
             "bypass_hardware_checks": args.bypass_hardware_checks}
     return {key: value for key, value in data.items() if value is not None}
 

@@ -74,6 +74,7 @@ class UnattendedConfig:
     edition: str | None = None  # None: the template's ("Windows 11 Pro")
     lg_host_installer: str | None = None
     lg_host_release: str | None = None  # None: read from the installer's name
+    winfsp_installer: str | None = None  # WinFsp's .msi: Windows needs it for shared folders
     bypass_hardware_checks: bool = False  # LabConfig: only for hosts without swtpm
     ssh_key_path: str | None = None  # Linux: the public key(s) to log in with
 
@@ -95,6 +96,8 @@ class UnattendedConfig:
                                 " 'Windows 11 Pro'")
         self.lg_host_installer = parse_path(self.lg_host_installer,
                                             "unattended.lg_host_installer")
+        self.winfsp_installer = parse_path(self.winfsp_installer,
+                                           "unattended.winfsp_installer")
         if self.lg_host_release is not None and not re.fullmatch(
                 LG_RELEASE, str(self.lg_host_release)):
             raise InvalidConfig("unattended.lg_host_release",

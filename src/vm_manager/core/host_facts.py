@@ -76,6 +76,7 @@ class GuestMediaFacts:
     lg_host_release: str | None = None  # of the Looking Glass host installer given
     lg_client_release: str | None = None  # of this host's client (None: none, or unknown)
     ssh_keys: tuple[str, ...] = ()  # Linux: the public keys the account logs in with
+    winfsp_is_msi: bool | None = None  # the WinFsp installer given is a Windows Installer file
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,12 @@ def _guest_media(config: VMConfig, paths: dict[str, PathFact]) -> GuestMediaFact
         host_release = lg_host_release(setup.lg_host_installer, setup.lg_host_release)
     if config.looking_glass.enabled:
         client_release = _client_release()
-    return GuestMediaFacts(installer, virtio, host_release, client_release)
+    winfsp = None
+    if usable(setup.winfsp_installer):
+        with open(setup.winfsp_installer, "rb") as file:  # an OLE compound file, as MSIs are
+            winfsp = file.read(8) == bytes.fromhex("d0cf11e0a1b11ae1")
+    return GuestMediaFacts(installer, virtio, host_release, client_release,
+                           winfsp_is_msi=winfsp)
 
 
 def _client_release() -> str | None:
@@ -236,9 +242,10 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
     if config.unattended is not None:
         medium = setup_medium_path(folder, config.name)
         facts[str(medium)] = _kind(medium)
-        if config.unattended.lg_host_installer:
-            facts[config.unattended.lg_host_installer] = _kind(
-                Path(config.unattended.lg_host_installer))
+        for installer in (config.unattended.lg_host_installer,
+                          config.unattended.winfsp_installer):
+            if installer:
+                facts[installer] = _kind(Path(installer))
     return facts
 
 

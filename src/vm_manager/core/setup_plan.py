@@ -15,6 +15,7 @@ from .host_facts import HostFacts, setup_medium_path
 from .vm_config import VMConfig
 
 LG_DOWNLOADS = "https://looking-glass.io/downloads"
+WINFSP_DOWNLOADS = "https://winfsp.dev/rel/"
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,45 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
         notes.append("setup does not install the Looking Glass host: get the"
                      f" {release or 'same release as your client'} host from {LG_DOWNLOADS}"
                      " and pass --lg-host-installer, or install it in the guest yourself")
+    _windows_shares(config, facts, notes, warnings)
     if setup.bypass_hardware_checks:
         warnings.append("Windows 11's TPM, Secure Boot and RAM checks are bypassed"
                         " (--bypass-hardware-checks): only for hosts without swtpm")
     return SetupPlan(str(medium), setup.edition, setup.lg_host_installer is not None,
                      tuple(notes))
+
+
+def _windows_shares(config: VMConfig, facts: HostFacts, notes: list[str],
+                    warnings: list[str]) -> None:
+    """Windows sees virtiofs through WinFsp (the user's to give, like the Looking Glass
+    host), the viofs driver and the VirtIO-FS service (both on the virtio-win ISO)."""
+    setup, media = config.unattended, facts.guest_media
+    tags = [share.tag for share in config.shares]
+    given = setup.winfsp_installer
+    if given is not None:
+        if facts.path(given).kind != "file":
+            raise InvalidConfig("unattended.winfsp_installer", f"{given} does not exist or is"
+                                " not a file")
+        if media is not None and media.winfsp_is_msi is False:
+            raise InvalidConfig("unattended.winfsp_installer", f"{Path(given).name} is not a"
+                                " Windows Installer (.msi) file: give WinFsp's winfsp-*.msi"
+                                f" from {WINFSP_DOWNLOADS}")
+    if not tags:
+        if given is not None:
+            notes.append("WinFsp is installed, though the VM shares no folder yet (`neuron-vm"
+                         " share add` later)")
+        return
+    if given is not None:
+        notes.append("setup installs WinFsp, the viofs driver and the VirtIO-FS service:"
+                     f" Windows shows the shared folder {tags[0]!r} as a drive")
+    else:
+        notes.append("Windows shows shared folders only with WinFsp: get its installer"
+                     f" (.msi) from {WINFSP_DOWNLOADS} and pass --winfsp-installer, or"
+                     " install it in the guest yourself, then start the VirtIO-FS Service")
+    if len(tags) > 1:
+        warnings.append("Windows shows one shared folder through the VirtIO-FS service"
+                        f" ({tags[0]!r}); {', '.join(map(repr, tags[1:]))} need a service"
+                        " instance each (virtio-win's virtiofs guide)")
 
 
 def plan_shares(config: VMConfig, facts: HostFacts, warnings: list[str]

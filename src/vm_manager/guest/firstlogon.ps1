@@ -1,7 +1,10 @@
 # NeuronOS first logon (runs once, elevated, from the setup medium; no drive letter is
-# assumed anywhere): the virtio-win guest tools (drivers, QEMU guest agent, SPICE agent),
-# then the Looking Glass host with its IVSHMEM driver when the medium carries it, then the
-# stage "done". The host learns each stage through the guest agent.
+# assumed anywhere): WinFsp when the medium carries it (before the guest tools, which
+# register the VirtIO-FS service only where WinFsp is installed), the virtio-win guest tools
+# (drivers, QEMU guest agent, SPICE agent), the VirtIO-FS service set to start by itself
+# when the VM has shared folders, then the Looking Glass host with its IVSHMEM driver when
+# the medium carries it, then the stage "done". The host learns each stage through the
+# guest agent.
 $ErrorActionPreference = 'Continue'
 $state = Join-Path $env:ProgramData 'NeuronOS'
 New-Item -ItemType Directory -Force -Path $state | Out-Null
@@ -18,6 +21,13 @@ function Find-OnAnyDrive([string] $relative) {
     return $null
 }
 $medium = Split-Path -Parent (Split-Path -Parent $MyInvocation.MyCommand.Path)
+$setup = Get-Content -Raw -LiteralPath (Join-Path $medium 'neuronos\setup.json') | ConvertFrom-Json
+
+$winfsp = Join-Path $medium 'neuronos\winfsp.msi'
+if (Test-Path -LiteralPath $winfsp) {
+    Step 'winfsp' 'installing WinFsp (shared folders)'
+    Start-Process -FilePath 'msiexec.exe' -ArgumentList '/i', "`"$winfsp`"", '/qn', '/norestart' -Wait
+}
 
 $tools = Find-OnAnyDrive 'virtio-win-guest-tools.exe'
 if ($tools) {
@@ -25,6 +35,31 @@ if ($tools) {
     Start-Process -FilePath $tools -ArgumentList '/install', '/quiet', '/norestart' -Wait
 } else {
     Step 'guest-tools' 'the virtio-win disc was not found: no guest tools'
+}
+
+if ($setup.shares.Count -gt 0) {
+    $viofs = "viofs\$($setup.virtio_folder)\amd64"
+    $inf = Find-OnAnyDrive "$viofs\viofs.inf"
+    if ($inf) {  # the guest tools install it too; pnputil makes sure
+        & pnputil.exe /add-driver $inf /install | Out-Null
+    }
+    if (-not (Get-Service -Name 'VirtioFsSvc' -ErrorAction SilentlyContinue)) {
+        $exe = Find-OnAnyDrive "$viofs\virtiofs.exe"
+        if ($exe) {  # guest tools that did not register it: the service by hand
+            $folder = Join-Path $env:ProgramFiles 'Virtio-Win\VioFS'
+            New-Item -ItemType Directory -Force -Path $folder | Out-Null
+            Copy-Item -LiteralPath $exe -Destination $folder -Force
+            & sc.exe create VirtioFsSvc binPath= "`"$folder\virtiofs.exe`"" start= auto `
+                depend= 'WinFsp.Launcher/VirtioFsDrv' DisplayName= 'VirtIO-FS Service' | Out-Null
+        }
+    }
+    if (Get-Service -Name 'VirtioFsSvc' -ErrorAction SilentlyContinue) {
+        Set-Service -Name 'VirtioFsSvc' -StartupType Automatic
+        Start-Service -Name 'VirtioFsSvc' -ErrorAction SilentlyContinue
+        Step 'shares' "VirtIO-FS service set to start by itself ($($setup.shares[0]))"
+    } else {
+        Step 'shares' 'no VirtIO-FS service: install WinFsp, then the guest tools again'
+    }
 }
 
 $lg = Join-Path $medium 'neuronos\looking-glass-host-setup.exe'

@@ -2,8 +2,10 @@
 CD-ROM holding ``Autounattend.xml`` at its root (Windows Setup looks there on every drive),
 the virtio storage and network drivers for that Windows version in ``$WinPEDriver$`` (setup
 loads them by itself), and ``neuronos\\firstlogon.ps1`` that the answer file runs at first
-logon from whichever drive the medium got. The original ISOs are read, never modified. The
-medium holds the account's password: it is created 0600 and removed when setup ends.
+logon from whichever drive the medium got, with the installers it runs (Looking Glass host,
+WinFsp for shared folders) and ``neuronos\\setup.json`` saying what the VM has. The
+original ISOs are read, never modified. The medium holds the account's password: it is
+created 0600 and removed when setup ends.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 
 from ..core.guest_config import UnattendedConfig
 from .iso import IsoReader, MediumFile, write_iso
-from .windows import computer_name, lg_host_setup_bytes, setup_driver_files
+from .windows import (WINDOWS_FOLDER, computer_name, lg_host_setup_bytes,
+                      setup_driver_files)
 
 LABEL = "NEURONOS_SETUP"
 ANSWER_FILE = "/Autounattend.xml"
@@ -40,8 +43,8 @@ def answer_file(loader, vm_name: str, setup: UnattendedConfig, secrets) -> str:
 
 
 def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
-                         setup: UnattendedConfig, secrets,
-                         virtio_iso: Path | str) -> list[str]:
+                         setup: UnattendedConfig, secrets, virtio_iso: Path | str,
+                         shares: tuple[str, ...] = ()) -> list[str]:
     """Write the medium to ``target`` (which must not exist; 0600). Returns its file list.
     The drivers are streamed out of the virtio-win ISO through a private temporary folder
     next to ``target``, never read whole."""
@@ -49,9 +52,13 @@ def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
         MediumFile(ANSWER_FILE, answer_file(loader, vm_name, setup, secrets).encode("utf-8")),
         MediumFile("/neuronos/firstlogon.ps1", FIRST_LOGON_SCRIPT.read_bytes()),
         MediumFile("/neuronos/setup.json", json.dumps({
-            "vm": vm_name, "windows": vm_type,
-            "looking_glass_host": setup.lg_host_installer is not None}, indent=2).encode()),
+            "vm": vm_name, "windows": vm_type, "virtio_folder": WINDOWS_FOLDER[vm_type],
+            "looking_glass_host": setup.lg_host_installer is not None,
+            "winfsp": setup.winfsp_installer is not None, "shares": list(shares)},
+            indent=2).encode()),
     ]
+    if setup.winfsp_installer is not None:
+        files.append(MediumFile("/neuronos/winfsp.msi", Path(setup.winfsp_installer)))
     if setup.lg_host_installer is not None:
         files.append(MediumFile("/neuronos/looking-glass-host-setup.exe",
                                 lg_host_setup_bytes(setup.lg_host_installer)))
@@ -77,4 +84,5 @@ def build_medium(target: Path, config, *, vm_uuid: str, loader, secrets,
                           password=secrets.password if secrets else None, attempt=attempt)
     return build_windows_medium(target, loader=loader, vm_name=config.name,
                                 vm_type=config.vm_type.value, setup=config.unattended,
-                                secrets=secrets, virtio_iso=config.virtio_iso_path)
+                                secrets=secrets, virtio_iso=config.virtio_iso_path,
+                                shares=tuple(share.tag for share in config.shares))

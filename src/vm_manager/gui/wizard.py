@@ -68,6 +68,8 @@ class CreateWizard(QWizard):
         usb = [d.usb.item(i).data(Qt.UserRole) for i in range(d.usb.count())
                if d.usb.item(i).checkState() == Qt.Checked]
         data["usb_devices"] = [{"vendor_id": v, "product_id": p} for v, p in usb]
+        if d.share.text().strip():
+            data["shares"] = [{"path": d.share.text().strip()}]
         if gpu and d.looking_glass.isChecked():
             width, height = d.resolution.currentText().split("x")
             data["looking_glass"] = {"enabled": True, "width": int(width), "height": int(height)}
@@ -170,12 +172,15 @@ class _DevicesPage(_CheckedPage):
         self.resolution.addItems(RESOLUTIONS)
         self.resolution.setCurrentText("2560x1440")
         self.shm_label = QLabel()
+        self.share = QLineEdit()
+        self.share.setPlaceholderText("a host folder the VM mounts (virtiofs; more in Settings)")
         form.addRow("GPU", self.gpu)
         form.addRow(self.gpu_reason)
         form.addRow("USB devices", self.usb)
         form.addRow(self.looking_glass)
         form.addRow("Resolution", self.resolution)
         form.addRow("Shared memory", self.shm_label)
+        form.addRow("Shared folder", _with_browse(self.share, None))
         self.gpu.currentIndexChanged.connect(self._update)
         self.looking_glass.toggled.connect(self._update)
         self.resolution.currentTextChanged.connect(self._update)
@@ -238,6 +243,7 @@ class _SetupPage(_CheckedPage):
         self.timezone = QLineEdit("UTC")
         self.edition = QLineEdit()
         self.lg_installer = QLineEdit()
+        self.winfsp = QLineEdit()
         self.cloud_image = QLineEdit()
         self.ssh_key = QLineEdit()
         self.note = QLabel()
@@ -245,7 +251,8 @@ class _SetupPage(_CheckedPage):
         self.error = QLabel()
         self.error.setStyleSheet("color: #b71c1c")
         self.error.setWordWrap(True)
-        self.rows = {"windows": (self.locale, self.timezone, self.edition, self.lg_installer),
+        self.rows = {"windows": (self.locale, self.timezone, self.edition, self.lg_installer,
+                                 self.winfsp),
                      "linux": (self.cloud_image, self.ssh_key)}
         form.addRow(self.unattended)
         for label, widget in (
@@ -253,13 +260,15 @@ class _SetupPage(_CheckedPage):
                 ("Language", self.locale), ("Time zone (Windows name)", self.timezone),
                 ("Edition", self.edition),
                 ("Looking Glass host installer", _with_browse(self.lg_installer, "(*.exe *.zip)")),
+                ("WinFsp installer (shared folders)", _with_browse(self.winfsp, "(*.msi)")),
                 ("Cloud image (Linux)", _with_browse(self.cloud_image, "Images (*)")),
                 ("SSH public key (Linux)", _with_browse(self.ssh_key, "Keys (*.pub)"))):
             form.addRow(label, widget)
         form.addRow(self.note)
         form.addRow(self.error)
         for widget in (self.user, self.password, self.again, self.locale, self.timezone,
-                       self.edition, self.lg_installer, self.cloud_image, self.ssh_key):
+                       self.edition, self.lg_installer, self.winfsp, self.cloud_image,
+                       self.ssh_key):
             widget.textChanged.connect(self._changed)
         self.unattended.toggled.connect(self._changed)
 
@@ -290,7 +299,8 @@ class _SetupPage(_CheckedPage):
             setup.update(locale=self.locale.text().strip() or None,
                          timezone=self.timezone.text().strip() or None,
                          edition=self.edition.text().strip() or None,
-                         lg_host_installer=self.lg_installer.text().strip() or None)
+                         lg_host_installer=self.lg_installer.text().strip() or None,
+                         winfsp_installer=self.winfsp.text().strip() or None)
         else:
             setup["ssh_key_path"] = self.ssh_key.text().strip() or None
         data = {"unattended": {k: v for k, v in setup.items() if v is not None}}
@@ -397,8 +407,9 @@ class _SummaryPage(QWizardPage):
         return True
 
 
-def _with_browse(field: QLineEdit, filter_text: str) -> QWidget:
-    """A path field with a Browse… button (a file picker)."""
+def _with_browse(field: QLineEdit, filter_text: str | None) -> QWidget:
+    """A path field with a Browse… button (a file picker; a folder picker without a
+    filter)."""
     from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QToolButton
 
     box = QWidget()
@@ -408,7 +419,11 @@ def _with_browse(field: QLineEdit, filter_text: str) -> QWidget:
     button.setText("Browse…")
 
     def pick() -> None:
-        path, _ = QFileDialog.getOpenFileName(box, "Choose a file", field.text(), filter_text)
+        if filter_text is None:
+            path = QFileDialog.getExistingDirectory(box, "Choose a folder", field.text())
+        else:
+            path, _ = QFileDialog.getOpenFileName(box, "Choose a file", field.text(),
+                                                  filter_text)
         if path:
             field.setText(path)
 
