@@ -30,6 +30,7 @@ bench: $(PY)
 	$(PY) bench/create_time.py
 	$(PY) bench/setup_media.py
 	$(PY) bench/snapshots.py
+	$(PY) bench/shares.py
 	$(PY) bench/gui_scale.py
 
 ## screenshots: render the GUI's windows to docs/screenshots (offscreen)

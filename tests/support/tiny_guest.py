@@ -11,6 +11,11 @@ For the guest-setup tests it also loads the virtio modules, and then:
   read-only and its instance-id printed as ``SEED_MARKER <id>``;
 - shared folders: each ``neuronos.share=TAG`` on the kernel command line is mounted over
   virtiofs; the guest prints ``SHARE_MARKER TAG: <hello.txt>`` and writes ``from-guest.txt``;
+  ``neuronos.9p=TAG`` mounts a virtio-9p share (the ``generic`` flavour only: Debian's cloud
+  kernel has no 9p) and ``neuronos.read=FILE`` reads FILE from each mounted share
+  (``neuronos.rounds=N`` times, page cache dropped before each), printing ``READ_MARKER TAG
+  BLOCKS START END`` (``dd bs=1M``'s records read, ``/proc/uptime`` around it), for
+  bench/shares.py;
 - the QEMU guest agent: Debian's ``qemu-ga`` (with the libraries it links, found by
   ``ldd`` on this host, the same Debian release) runs on the ``org.qemu.guest_agent.0``
   port when the domain has one; the file ``STAGE_FILE`` says "done", as the Windows
@@ -41,16 +46,21 @@ log = logging.getLogger(__name__)
 READY_MARKER = "NEURONOS-TINY-GUEST-READY"
 SEED_MARKER = "NEURONOS-SEED instance-id:"
 STAGE_FILE = "/run/neuronos-stage"
-KERNEL_PACKAGE = "linux-image-cloud-amd64"  # a metapackage: resolved to the real image
 BUSYBOX_PACKAGE = "busybox-static"
 AGENT_PACKAGE = "qemu-guest-agent"
-FORMAT = "7"  # bump when the initramfs layout changes, to rebuild cached copies
+FORMAT = "10"  # bump when the initramfs layout changes, to rebuild cached copies
 # loaded in this order (each after what it depends on: the modules' own "depends=")
 MODULES = ("input/evdev", "acpi/button", "virtio/virtio_ring", "virtio/virtio",
            "virtio/virtio_pci_modern_dev", "virtio/virtio_pci_legacy_dev", "virtio/virtio_pci",
            "char/virtio_console", "block/virtio_blk", "cdrom/cdrom", "../fs/isofs/isofs",
            "../fs/fuse/fuse", "../fs/fuse/virtiofs")
 SHARE_MARKER = "NEURONOS-SHARE"  # NEURONOS-SHARE <tag>: <hello.txt>, then ...-WRITTEN <tag>
+READ_MARKER = "NEURONOS-READ"
+# the generic kernel (linux-image-amd64) has virtio-9p too: the bench's comparison
+FLAVOURS = {"cloud": ("linux-image-cloud-amd64", ()),
+            "generic": ("linux-image-amd64", ("../fs/netfs/netfs", "../fs/fscache/fscache",
+                                              "../net/9p/9pnet", "../net/9p/9pnet_virtio",
+                                              "../fs/9p/9p"))}
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -58,7 +68,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /run /mnt/seed
-for module in {" ".join(m.rsplit("/", 1)[-1] for m in MODULES)}; do
+for module in {" ".join(m.rsplit("/", 1)[-1] for m in MODULES)} $(cat /lib/modules/extra); do
   insmod /lib/modules/$module.ko
 done
 mkdir -p /etc/acpi/PWRF
@@ -76,18 +86,42 @@ for disk in /dev/vd?; do
     umount /mnt/seed
   fi
 done
+read_from=
+rounds=1
 for word in $(cat /proc/cmdline); do
   case "$word" in
+    neuronos.read=*) read_from=${{word#neuronos.read=}};;
+    neuronos.rounds=*) rounds=${{word#neuronos.rounds=}};;
+  esac
+done
+mounted=
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+    neuronos.9p=*)
+      tag=${{word#neuronos.9p=}}
+      mkdir -p /mnt/$tag
+      mount -t 9p -o trans=virtio,version=9p2000.L "$tag" /mnt/$tag && mounted="$mounted $tag";;
     neuronos.share=*)
       tag=${{word#neuronos.share=}}
       mkdir -p /mnt/$tag
       if mount -t virtiofs "$tag" /mnt/$tag; then
+        mounted="$mounted $tag"
+        [ -n "$read_from" ] && continue
         echo "{SHARE_MARKER} $tag: $(cat /mnt/$tag/hello.txt)"
         echo "written by the guest" > /mnt/$tag/from-guest.txt && sync
         echo "{SHARE_MARKER}-WRITTEN $tag"
       fi;;
   esac
 done
+for round in $(seq $rounds); do for tag in $mounted; do
+  [ -n "$read_from" ] || break 2
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  read start rest < /proc/uptime
+  said=$(dd if=/mnt/$tag/$read_from of=/dev/null bs=1M 2>&1)
+  read end rest < /proc/uptime
+  blocks=$(echo "$said" | sed -n 's/ records in.*//p')
+  echo "{READ_MARKER} $tag ${{blocks:-failed}} $start $end $(echo "$said" | head -1)"
+done; done
 echo done > {STAGE_FILE}
 for port in /sys/class/virtio-ports/*; do
   [ "$(cat $port/name 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
@@ -125,13 +159,14 @@ def _run(argv: list[str], cwd: Path | None = None) -> str:
     return result.stdout
 
 
-def _resolve_kernel_package() -> str:
-    out = _run(["apt-cache", "depends", KERNEL_PACKAGE])
+def _resolve_kernel_package(metapackage: str) -> str:
+    """The real image behind ``metapackage`` (linux-image-cloud-amd64 -> ...-6.1.0-NN-...)."""
+    out = _run(["apt-cache", "depends", metapackage])
     for line in out.splitlines():
         line = line.strip()
         if line.startswith("Depends:") and "linux-image-" in line:
             return line.split(":", 1)[1].strip()
-    raise RuntimeError(f"cannot resolve {KERNEL_PACKAGE} (run apt-get update first?)")
+    raise RuntimeError(f"cannot resolve {metapackage} (run apt-get update first?)")
 
 
 def _download(packages: list[str], into: Path) -> None:
@@ -168,7 +203,8 @@ def _cpio_newc(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
     return out.getvalue()
 
 
-def _initramfs(busybox: bytes, modules: dict[str, bytes], files: dict[str, bytes]) -> bytes:
+def _initramfs(busybox: bytes, modules: dict[str, bytes], files: dict[str, bytes],
+               extra: tuple[str, ...] = ()) -> bytes:
     """``modules``: name -> .ko; ``files``: absolute path -> content (qemu-ga and the
     libraries it links, at the paths its loader looks in)."""
     directory, regular, executable = 0o040755, 0o100644, 0o100755
@@ -183,6 +219,7 @@ def _initramfs(busybox: bytes, modules: dict[str, bytes], files: dict[str, bytes
         ("bin/busybox", executable, busybox, (0, 0)),
         ("bin/sh", 0o120777, b"busybox", (0, 0)),
         ("init", executable, INIT_SCRIPT.encode(), (0, 0)),
+        ("lib/modules/extra", regular, " ".join(extra).encode(), (0, 0)),
         ("etc/acpi/PWRF/00000080", executable, POWER_BUTTON_SCRIPT.encode(), (0, 0)),
     ]
     entries += [(f"lib/modules/{name}.ko", regular, data, (0, 0))
@@ -207,9 +244,13 @@ def _agent_files(root: Path) -> dict[str, bytes]:
     return files
 
 
-def build(cache_dir: Path | None = None) -> TinyGuest:
-    """Build (or reuse) the kernel and initramfs in ``cache_dir``."""
+def build(cache_dir: Path | None = None, flavour: str = "cloud") -> TinyGuest:
+    """Build (or reuse) the kernel and initramfs in ``cache_dir`` (default: the cache's
+    ``tiny-guest`` folder, ``tiny-guest-generic`` for the generic kernel with 9p)."""
+    package, extra = FLAVOURS[flavour]
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if flavour != "cloud" and not cache_dir.name.endswith(flavour):
+        cache_dir = cache_dir.with_name(f"{cache_dir.name}-{flavour}")
     kernel, initrd, stamp = cache_dir / "vmlinuz", cache_dir / "initrd.gz", cache_dir / "STAMP"
     if kernel.exists() and initrd.exists() and stamp.exists():
         fmt, _, version = stamp.read_text().strip().partition(" ")
@@ -219,7 +260,7 @@ def build(cache_dir: Path | None = None) -> TinyGuest:
     with tempfile.TemporaryDirectory(prefix="tiny-guest-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)  # apt's _apt user downloads into it
-        kernel_package = _resolve_kernel_package()
+        kernel_package = _resolve_kernel_package(package)
         log.info("downloading %s, %s and %s", kernel_package, BUSYBOX_PACKAGE, AGENT_PACKAGE)
         _download([kernel_package, BUSYBOX_PACKAGE, AGENT_PACKAGE], work)
         root = work / "root"
@@ -231,7 +272,8 @@ def build(cache_dir: Path | None = None) -> TinyGuest:
         image = _initramfs(
             busybox=(root / "bin" / "busybox").read_bytes(),
             modules={path.rsplit("/", 1)[-1]: (modules / f"{path}.ko").read_bytes()
-                     for path in MODULES},
+                     for path in (*MODULES, *extra)},
+            extra=tuple(path.rsplit("/", 1)[-1] for path in extra),
             files=_agent_files(root),
         )
         for target, write in ((kernel, None), (initrd, image)):
@@ -270,9 +312,11 @@ def wait_for_console(path: Path, marker: str, count: int = 1, timeout: float = 6
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the tiny test guest (kernel + initrd).")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--flavour", choices=sorted(FLAVOURS), default="cloud",
+                        help="generic: Debian's full kernel, with virtio-9p (bench/shares.py)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    guest = build(args.cache_dir)
+    guest = build(args.cache_dir, args.flavour)
     print(f"kernel {guest.kernel}\ninitrd {guest.initrd}\nversion {guest.kernel_version}")
     return 0
 
