@@ -283,8 +283,11 @@ print(image.width(), image.height(), len(set(pixels)), lit, len(pixels))
 
 
 def test_a_shared_folder_reaches_a_real_guest_over_virtiofs(conn, tiny_guest, tmp_path):
-    """`create --share HOST_DIR=TAG`: libvirt runs virtiofsd, the tiny guest mounts the tag,
-    prints a file the test wrote on the host, and writes one back that the host reads."""
+    """`create --share HOST_DIR=TAG`, then `share add` of a second folder: libvirt runs
+    virtiofsd for each, the tiny guest mounts both tags, prints a file the test wrote in
+    each on the host, and writes one back that the host reads."""
+    from vm_manager.actions import shares
+    from vm_manager.actions.context import Context
     from vm_manager.core.store import VMStore
     from vm_manager.core.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
@@ -292,8 +295,10 @@ def test_a_shared_folder_reaches_a_real_guest_over_virtiofs(conn, tiny_guest, tm
 
     folder = Path(f"/var/lib/neuronos-share-{uuid.uuid4().hex[:6]}")
     shared = folder / "My Files"
-    shared.mkdir(parents=True)
-    (shared / "hello.txt").write_text("hello from the host\n")
+    later = folder / "later"
+    for path in (shared, later):
+        path.mkdir(parents=True)
+        (path / "hello.txt").write_text(f"hello from {path.name}\n")
     images = Path(f"/var/lib/libvirt/images/neuron-share-{uuid.uuid4().hex[:6]}")
     images.mkdir(mode=0o711)
     serial = images / "serial.log"
@@ -303,15 +308,26 @@ def test_a_shared_folder_reaches_a_real_guest_over_virtiofs(conn, tiny_guest, tm
         result = creator.create(VMConfig(
             name=name, vm_type="linux", kernel_path=str(tiny_guest.kernel),
             initrd_path=str(tiny_guest.initrd), disk_size_gb=0,
-            kernel_cmdline="console=ttyS0 quiet panic=-1 neuronos.share=docs",
+            kernel_cmdline="console=ttyS0 quiet panic=-1 neuronos.share=docs"
+                           " neuronos.share=more",
             serial_log_path=str(serial), network="none", domain_type="qemu", memory_mb=512,
             shares=[{"path": str(shared), "tag": "docs"}]), force=True)
         assert "<driver type='virtiofs'/>" in result.xml and "memfd" in result.xml
+        ctx = Context(connection=conn, store=VMStore(tmp_path / "config"), images_dir=images)
+        try:
+            added = shares.add(ctx, name, str(later), "more")
+        finally:
+            ctx.close()
+        assert not added.restart_needed and [s.tag for s in added.shares] == ["docs", "more"]
         with lifecycle_on(conn.uri) as lifecycle:
             lifecycle.start(name, timeout=BOOT_TIMEOUT)
-        wait_for_console(serial, f"{SHARE_MARKER}-WRITTEN docs", timeout=BOOT_TIMEOUT)
-        assert f"{SHARE_MARKER} docs: hello from the host" in serial.read_text(errors="replace")
-        assert (shared / "from-guest.txt").read_text() == "written by the guest\n"
+        for tag in ("docs", "more"):
+            wait_for_console(serial, f"{SHARE_MARKER}-WRITTEN {tag}", timeout=BOOT_TIMEOUT)
+        text = serial.read_text(errors="replace")
+        assert f"{SHARE_MARKER} docs: hello from My Files" in text
+        assert f"{SHARE_MARKER} more: hello from later" in text
+        for path in (shared, later):
+            assert (path / "from-guest.txt").read_text() == "written by the guest\n"
     finally:
         remove(conn, name)
         import shutil
