@@ -8,9 +8,13 @@ VM. So here, on any libvirt:
 - A snapshot is taken of a SHUT-OFF VM only: libvirt's offline internal snapshot of every
   disk (qcow2 only; a raw disk is refused with the reason) plus copies of the NVRAM file and
   the TPM state folder, in ``<images>/<vm>.snapshots/<snap>/`` with ``snapshot.json`` (name,
-  time, description, files, method). A running VM is refused: its NVRAM and TPM cannot be
-  captured at the same instant as its disks, and a snapshot that restores mismatched TPM
-  state can make Windows ask for its BitLocker recovery key.
+  time, description, files, method). A running VM is refused, by choice (issue 15 allows
+  it): libvirt 9.0 makes only external disk-only snapshots of a running UEFI VM and can
+  neither revert nor delete them, so restoring one means re-pointing disks at overlays and
+  merging chains by hand, and a TPM state that does not match its disk can make Windows ask
+  for its BitLocker recovery key. A shut-off snapshot captures the three together and takes
+  well under a second (bench/snapshots.py). A GPU VM is no different: no memory state is
+  ever saved.
 - Revert (VM shut off) restores the disks (libvirt), then the NVRAM, then the TPM state. It
   first takes a safety snapshot of the current state the same way; if any step fails,
   everything is reverted to that, so a failed revert changes nothing. The safety snapshot
@@ -122,9 +126,10 @@ class SnapshotManager:
             raise InvalidConfig("--description", "at most 1000 characters of text")
         domain, active, snapshots = self._domain(vm)
         if active:
-            raise LifecycleError(f"{vm} is running: shut it down first (a running UEFI VM's"
-                                 " variables and TPM state cannot be captured together with"
-                                 " its disks)")
+            raise LifecycleError(f"{vm} is running: shut it down first (snapshots hold the"
+                                 " disks, UEFI variables and TPM state together, taken while"
+                                 " the VM is off; this libvirt cannot revert snapshots of a"
+                                 " running UEFI VM)")
         if any(ET.fromstring(x).findtext("name") == name for x in snapshots):
             raise InvalidConfig("SNAP", f"{vm} already has a snapshot named {name!r}")
         self._check_disks(domain)
