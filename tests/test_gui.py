@@ -608,3 +608,32 @@ def test_the_list_shows_each_vms_setup_stage_live(qtbot, make_host, tmp_path, mo
     win.close()
     with guard.allowed():
         conn.close()
+
+
+# --- icons (issue 16) --------------------------------------------------------------------------
+
+def test_every_action_has_an_icon_with_or_without_a_theme(window):
+    """The theme's icon where it has one, the bundled SVG where it does not: never a null
+    icon, and the toolbar shows icon and text."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QIcon
+
+    from vm_manager.gui import icons
+
+    assert window.toolbar.toolButtonStyle() == Qt.ToolButtonTextUnderIcon
+    for key, action in window.actions_by_key.items():
+        assert not action.icon().isNull(), key
+        assert not action.icon().pixmap(24, 24).isNull(), key
+    assert not window.windowIcon().isNull()
+    paths, name = QIcon.themeSearchPaths(), QIcon.themeName()
+    try:
+        QIcon.setThemeSearchPaths([])  # a desktop without any icon theme
+        QIcon.setThemeName("")
+        icons._cache.clear()
+        for key in icons.THEME_NAMES:
+            assert (icons.FOLDER / f"{key}.svg").is_file(), key
+            assert not icons.icon(key).pixmap(24, 24).isNull(), key
+    finally:
+        QIcon.setThemeSearchPaths(paths)
+        QIcon.setThemeName(name)
+        icons._cache.clear()

@@ -14,9 +14,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QApplication, QMainWindow, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QVBoxLayout, QWidget
 
 # libvirt's default event loop iterates GLib's default main context on its own thread; a
 # GLib-based Qt event dispatcher would compete for that same context and delay libvirt's
@@ -31,6 +31,7 @@ from ..core.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, VMRow, VMTable, VMTableModel  # noqa: E402
 from .widgets import fit_to_screen, notify_desktop  # noqa: E402
 from .commands import Commands  # noqa: E402
+from .icons import icon  # noqa: E402
 
 log = get_logger(__name__)
 
@@ -75,6 +76,15 @@ class MainWindow(Commands, QMainWindow):
         self._reload_timer.setSingleShot(True)
         self._reload_timer.setInterval(200)
         self._reload_timer.timeout.connect(self.load)
+        # The one periodic read (core.usage says why): one bulk statistics call a second,
+        # only while the window is visible, never two at once.
+        self.monitor = None
+        self._sampling = False
+        self.usage_timer = QTimer(self)
+        self.usage_timer.setInterval(1000)
+        self.usage_timer.timeout.connect(self.sample_usage)
+        self.host_usage = QLabel()
+        self.host_usage.setAccessibleName("Host usage")
 
         self.setWindowTitle("NeuronOS VM Manager")
         self.banner = Banner()
@@ -90,9 +100,11 @@ class MainWindow(Commands, QMainWindow):
 
         self.toolbar = toolbar = self.addToolBar("VM")
         toolbar.setObjectName("vm-toolbar")
+        toolbar.setToolButtonStyle(Qt.ToolButtonTextUnderIcon)
+        self.setWindowIcon(icon("vm"))
         self.actions_by_key: dict[str, QAction] = {}
         for key, (label, _, shortcut) in ACTIONS.items():
-            action = QAction(label, self)
+            action = QAction(icon(key), label, self)
             action.setShortcut(QKeySequence(shortcut))
             action.triggered.connect(getattr(self, f"on_{key}"))
             toolbar.addAction(action)
@@ -107,6 +119,7 @@ class MainWindow(Commands, QMainWindow):
         self.bridge.setup_changed.connect(self.model.update_setup)
         self._restore_geometry()
         self.update_actions()
+        self.statusBar().addPermanentWidget(self.host_usage)
         self.statusBar().showMessage(f"Connecting to {self.uri}…")
         self.load()
 
@@ -165,6 +178,8 @@ class MainWindow(Commands, QMainWindow):
         self.model.reset_rows(rows)
         if first_listing and rows:
             self.table.resizeColumnsToContents()
+            cpu = self.model.USAGE[0]
+            self.table.setColumnWidth(cpu, max(self.table.columnWidth(cpu), 96))  # its graph
             self._fit_first_run()
         self.banner.hide()
         self.statusBar().showMessage(f"{plural(len(rows), 'VM')} on {self.uri}")
@@ -176,6 +191,57 @@ class MainWindow(Commands, QMainWindow):
         self.banner.show_message(f"libvirt is not reachable: {message}")
         self.statusBar().showMessage("Not connected")
         self.update_actions()
+
+    # --- live usage ---------------------------------------------------------------------------
+
+    def sample_usage(self) -> None:
+        """Ask for one usage sample on a worker (skipped while one is out, or offline)."""
+        if self._sampling or self.lifecycle is None or not self.banner.isHidden():
+            return
+        self._sampling = True
+        vcpus = {row.name: row.vcpus for row in self.model.rows}
+
+        def work():
+            from ..actions import usage
+
+            if self.monitor is None:
+                self.monitor = usage.Monitor(self.ctx)
+            return self.monitor.sample(vcpus)
+
+        self.tasks.run(work, self._on_usage, self._on_usage_failed)
+
+    def _on_usage(self, view) -> None:
+        self._sampling = False
+        self.model.update_usage(view)
+        parts = []
+        if view.host_cpu_percent is not None:
+            parts.append(f"host CPU {view.host_cpu_percent:.0f} %")
+        if view.host_memory_kib:
+            parts.append(f"memory {view.host_memory_used_kib / 1048576:.1f} of"
+                         f" {view.host_memory_kib / 1048576:.1f} GiB")
+        self.host_usage.setText(" · ".join(parts))
+
+    def _on_usage_failed(self, error: BaseException) -> None:
+        self._sampling = False
+        log.debug("usage sample failed: %s", error)  # the banner tells a lost daemon
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt name
+        super().showEvent(event)
+        self.usage_timer.start()
+
+    def hideEvent(self, event) -> None:  # noqa: N802 - Qt name
+        self.usage_timer.stop()
+        super().hideEvent(event)
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        from PySide6.QtCore import QEvent
+
+        if event.type() == QEvent.WindowStateChange:
+            if self.isMinimized():
+                self.usage_timer.stop()
+            elif self.isVisible():
+                self.usage_timer.start()
+        super().changeEvent(event)
 
     # --- live updates -------------------------------------------------------------------------
 
@@ -278,6 +344,7 @@ class MainWindow(Commands, QMainWindow):
         fit_to_screen(self, width, height)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        self.usage_timer.stop()
         QSettings("NeuronOS", "VM Manager").setValue("geometry", self.saveGeometry())
         self.pool.submit(self.ctx.close)  # displays closed, connection released, off the UI
         self.pool.shutdown(wait=False)

@@ -8,8 +8,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPointF, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPainter, QPalette, QPen, QPixmap, QPolygonF
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidgetItem,
     QPushButton,
+    QStyledItemDelegate,
     QTableView,
     QWidget,
 )
@@ -110,13 +111,22 @@ class EventBridge(QObject):
     setup_changed = Signal(str, str)  # name, the stage its unattended setup reached
 
 
+HISTORY_ROLE = Qt.UserRole + 1  # the CPU column: the last minute of CPU %, oldest first
+
+
+def _size(kib: int) -> str:
+    return f"{kib / 1048576:.1f} GiB" if kib >= 1048576 else f"{kib // 1024} MiB"
+
+
 class VMTableModel(QAbstractTableModel):
-    COLUMNS = ("Name", "System", "State", "vCPUs", "Memory", "GPU", "Looking Glass", "Setup")
+    COLUMNS = ("Name", "System", "State", "CPU", "Memory", "vCPUs", "GPU", "Setup")
+    USAGE = (COLUMNS.index("CPU"), COLUMNS.index("Memory"))  # live while the VM runs
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.rows: list[VMRow] = []
         self._index: dict[str, int] = {}
+        self.usage = None  # core.usage.UsageView: running VMs only
 
     # --- Qt model API ---------------------------------------------------------------------
 
@@ -136,16 +146,20 @@ class VMTableModel(QAbstractTableModel):
             return None
         row = self.rows[index.row()]
         column = index.column()
+        if column in self.USAGE:
+            used = self._usage(row, column, role)
+            if used is not None or column == self.USAGE[0] or role != Qt.DisplayRole:
+                return used
         if role == Qt.DisplayRole:
             return (
                 row.name,
                 OS_LABELS.get(row.vm_type, row.vm_type or "Other"),
                 row.state.label,
+                "",
+                _size(row.memory_mb * 1024),
                 str(row.vcpus),
-                f"{row.memory_mb / 1024:.1f} GiB" if row.memory_mb >= 1024 else
-                f"{row.memory_mb} MiB",
-                f"GPU {row.gpu}" if row.gpu else "",
-                "LG" if row.looking_glass else "",
+                (f"{row.gpu}{' + Looking Glass' if row.looking_glass else ''}" if row.gpu
+                 else ""),
                 row.setup,
             )[column]
         if role == Qt.DecorationRole and column == 1:
@@ -159,7 +173,35 @@ class VMTableModel(QAbstractTableModel):
             return row
         return None
 
+    def _usage(self, row: VMRow, column: int, role):
+        """CPU % (and its graph) and memory in use; nothing at all for a stopped VM."""
+        point = self.usage.latest(row.name) if self.usage else None
+        if point is None:
+            return None
+        if role == HISTORY_ROLE and column == self.USAGE[0]:
+            return [p.cpu_percent for p in self.usage.points[row.name]]
+        if role == Qt.DisplayRole:
+            if column == self.USAGE[0]:
+                if point.cpu_percent is None:  # the first sample; or no figure at all
+                    return "…" if len(self.usage.points[row.name]) < 2 else None
+                return f"{point.cpu_percent:.0f} %"
+            if not point.memory_used_kib:
+                return None
+            return f"{_size(point.memory_used_kib)} of {_size(row.memory_mb * 1024)}"
+        if role == Qt.ToolTipRole:
+            return ("CPU use of the VM's vCPUs (100 % = all of them busy), the last minute"
+                    if column == self.USAGE[0] else "memory in use (the guest's own figure"
+                    " where its balloon driver reports one, else what QEMU holds)")
+        return None
+
     # --- updates ----------------------------------------------------------------------------
+
+    def update_usage(self, view) -> None:
+        """A new usage sample: repaint the two usage columns (one signal for all rows)."""
+        self.usage = view
+        if self.rows:
+            self.dataChanged.emit(self.index(0, self.USAGE[0]),
+                                  self.index(len(self.rows) - 1, self.USAGE[1]))
 
     def reset_rows(self, rows: list[VMRow]) -> None:
         self.beginResetModel()
@@ -251,6 +293,29 @@ def check_item(text: str, data, checked: bool) -> QListWidgetItem:
     return item
 
 
+class SparklineDelegate(QStyledItemDelegate):
+    """The CPU column: the last minute as a small line behind the figure."""
+
+    def paint(self, painter: QPainter, option, index) -> None:
+        values = index.data(HISTORY_ROLE)
+        if values:
+            rect = option.rect.adjusted(2, 3, -2, -3)
+            known = [(i, v) for i, v in enumerate(values) if v is not None]
+            if len(known) > 1:
+                step = rect.width() / 59
+                left = rect.right() - step * (len(values) - 1)
+                line = QPolygonF([QPointF(left + i * step,
+                                          rect.bottom() - rect.height() * v / 100.0)
+                                  for i, v in known])
+                painter.save()
+                painter.setRenderHint(QPainter.Antialiasing)
+                color = option.palette.color(QPalette.Highlight)
+                painter.setPen(QPen(color, 1.5))
+                painter.drawPolyline(line)
+                painter.restore()
+        super().paint(painter, option, index)
+
+
 class VMTable(QTableView):
     """The VM list: whole rows, one at a time, actions in the context menu."""
 
@@ -269,6 +334,8 @@ class VMTable(QTableView):
         header.setResizeContentsPrecision(50)
         header.setStretchLastSection(True)
         self.setContextMenuPolicy(Qt.ActionsContextMenu)
+        self.setItemDelegateForColumn(model.USAGE[0], SparklineDelegate(self))
+        self.setAccessibleName("Virtual machines")
 
     def natural_width(self) -> int:
         """Every column at the width its header and its rows need, with the frame and room
