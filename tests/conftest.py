@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import queue
 
 import pytest
@@ -26,6 +27,10 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
     # the desktop user is the one running the tests (shared folders must be theirs to read)
     monkeypatch.delenv("SUDO_USER", raising=False)
+    if "PySide6.QtCore" in sys.modules:  # QSettings caches its file per process: a first
+        from PySide6.QtCore import QSettings  # run must not see another test's window
+
+        QSettings("NeuronOS", "VM Manager").clear()
     return tmp_path / "config"
 
 

@@ -637,3 +637,80 @@ def test_every_action_has_an_icon_with_or_without_a_theme(window):
         QIcon.setThemeSearchPaths(paths)
         QIcon.setThemeName(name)
         icons._cache.clear()
+
+
+# --- the details pane and the empty state (issue 16) -------------------------------------------
+
+PCI_IDS = ("10de  NVIDIA Corporation\n\t1e87  TU104 [GeForce RTX 2080 Rev. A]\n"
+           "\t10f8  TU104 HD Audio Controller\n")
+
+
+def test_details_pane_for_a_windows11_gpu_looking_glass_vm(qtbot, make_host, tmp_path):
+    """A Windows 11 VM with a (fake sysfs) GPU and Looking Glass on the test driver: the pane
+    shows its system, UEFI + Secure Boot + TPM, the disk with its format, every function of
+    the card by its pci.ids name with the ids second, Looking Glass's shared memory, and no
+    snapshots or shared folders; selecting it loads on a worker."""
+    from support.fakes import add_pci_devices, nvidia_turing_gpu
+    from vm_manager.actions import details
+
+    root = add_pci_devices(tmp_path / "host", nvidia_turing_gpu(bus=1, group=14))
+    ids = root / "usr" / "share" / "misc" / "pci.ids"
+    ids.parent.mkdir(parents=True, exist_ok=True)
+    ids.write_text(PCI_IDS)
+    with guard.allowed():
+        conn = LibvirtConnection(make_host()).open()
+        ctx = Context(connection=conn, store=VMStore(tmp_path / "config"),
+                      images_dir=tmp_path / "images", host_root=root)
+        ctx.creator().create(VMConfig(
+            name="gamer", vm_type="windows11", disk_size_gb=64, network="none",
+            gpu_passthrough={"pci_address": "0000:01:00.0"},
+            looking_glass={"enabled": True, "width": 1920, "height": 1080}))
+        found = details.details(ctx, "gamer")
+    titles = [section.title for section in found.sections]
+    assert titles == ["System", "Firmware", "Disks", "Network", "GPU", "Looking Glass",
+                      "Snapshots", "Shared folders"]
+    rows = {s.title: dict(s.rows) for s in found.sections}
+    assert rows["System"]["System"] == "Windows 11" and rows["System"]["State"] == "shut off"
+    assert rows["Firmware"]["Firmware"] == "UEFI" and rows["Firmware"]["Secure Boot"] == "on"
+    assert rows["Firmware"]["TPM"].startswith("tpm-crb 2.0")
+    [(target, disk)] = found.section("Disks").rows
+    assert target == "sda" and str(tmp_path / "images" / "gamer.qcow2") in disk and \
+        "qcow2" in disk
+    gpu = dict(found.section("GPU").rows)
+    assert gpu["0000:01:00.0"].startswith("NVIDIA Corporation TU104 [GeForce RTX 2080 Rev. A]")
+    assert "[10de:1e87]" in gpu["0000:01:00.0"] and "Audio" in gpu["0000:01:00.1"]
+    assert len(gpu) == 4  # every function of the card
+    assert rows["Looking Glass"]["Resolution"] == "1920x1080"
+    assert rows["Looking Glass"]["Shared memory"].startswith("looking-glass-gamer")
+    assert found.section("Snapshots").rows == (("Snapshots", "none"),)
+
+    win = MainWindow(context=ctx)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.model.rowCount() == 1, timeout=5000)
+    win.select("gamer")
+    qtbot.waitUntil(lambda: win.details.shown == "gamer", timeout=5000)
+    text = win.details.toPlainText()
+    assert "NVIDIA Corporation TU104" in text and "Secure Boot" in text and "UEFI" in text
+    win.close()
+    with guard.allowed():
+        conn.close()
+
+
+def test_no_vms_shows_the_create_button(qtbot, make_host, tmp_path, monkeypatch):
+    with guard.allowed():
+        conn = LibvirtConnection(make_host())
+    win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
+    qtbot.addWidget(win)
+    asked = []
+    monkeypatch.setattr(win, "on_create", lambda: asked.append(True))
+    win.show()
+    qtbot.waitUntil(lambda: win.list_stack.currentWidget() is win.empty, timeout=5000)
+    assert win.empty.button.text() == "Create your first VM"
+    assert win.empty.button.accessibleName() == "Create your first VM"
+    win.empty.button.click()
+    assert asked == [True]
+    assert "Create a VM" in win.details.toPlainText()
+    win.close()
+    with guard.allowed():
+        conn.close()

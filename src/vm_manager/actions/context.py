@@ -97,6 +97,11 @@ class Context:
             return self._lifecycle
 
     @property
+    def has_looking_glass(self) -> bool:
+        """Whether a display was opened in this process (makes nothing)."""
+        return self._looking_glass is not None
+
+    @property
     def has_lifecycle(self) -> bool:
         return self._lifecycle is not None
 

@@ -16,7 +16,8 @@ from typing import Callable
 
 from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QApplication, QLabel, QMainWindow, QSplitter, QStackedWidget,
+                               QVBoxLayout, QWidget)
 
 # libvirt's default event loop iterates GLib's default main context on its own thread; a
 # GLib-based Qt event dispatcher would compete for that same context and delay libvirt's
@@ -31,6 +32,8 @@ from ..core.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, VMRow, VMTable, VMTableModel  # noqa: E402
 from .widgets import fit_to_screen, notify_desktop  # noqa: E402
 from .commands import Commands  # noqa: E402
+from .details import DetailsPane, EmptyState  # noqa: E402
+from .live import LiveParts  # noqa: E402
 from .icons import icon  # noqa: E402
 
 log = get_logger(__name__)
@@ -54,9 +57,10 @@ ACTIONS = {
     "readiness": ("Host check…", None, "Ctrl+H"),
 }
 ALWAYS_ENABLED = {"refresh", "readiness"}
+DETAILS_WIDTH = 340  # the details pane beside the list, where the screen has room
 
 
-class MainWindow(Commands, QMainWindow):
+class MainWindow(Commands, LiveParts, QMainWindow):
     def __init__(self, uri: str | None = None, connection=None, store=None,
                  context: Context | None = None):
         super().__init__()
@@ -90,12 +94,29 @@ class MainWindow(Commands, QMainWindow):
         self.banner = Banner()
         self.banner.retry.connect(self.load)
         self.table = VMTable(self.model)
-        self.table.selectionModel().selectionChanged.connect(lambda *_: self.update_actions())
+        self.table.selectionModel().selectionChanged.connect(lambda *_: self._selected())
+        self.empty = EmptyState("No virtual machines yet", "A VM runs Windows, Linux or macOS"
+                                " programs in a window of their own, with a real GPU if you"
+                                " give it one.", "Create your first VM")
+        self.empty.clicked.connect(lambda: self.on_create())
+        self.list_stack = QStackedWidget()
+        self.list_stack.addWidget(self.table)
+        self.list_stack.addWidget(self.empty)
+        self.details = DetailsPane()
+        self.splitter = QSplitter(Qt.Horizontal)
+        self.splitter.addWidget(self.list_stack)
+        self.splitter.addWidget(self.details)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        self._details_timer = QTimer(self)  # one read when the selection settles
+        self._details_timer.setSingleShot(True)
+        self._details_timer.setInterval(100)
+        self._details_timer.timeout.connect(self._load_details)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.banner)
-        layout.addWidget(self.table)
+        layout.addWidget(self.splitter)
         self.setCentralWidget(central)
 
         self.toolbar = toolbar = self.addToolBar("VM")
@@ -116,7 +137,7 @@ class MainWindow(Commands, QMainWindow):
         self.bridge.inventory_failed.connect(self._on_inventory_failed)
         self.bridge.state_changed.connect(self._on_state_changed)
         self.bridge.connection_changed.connect(self._on_connection_changed)
-        self.bridge.setup_changed.connect(self.model.update_setup)
+        self.bridge.setup_changed.connect(self._on_setup_changed)
         self._restore_geometry()
         self.update_actions()
         self.statusBar().addPermanentWidget(self.host_usage)
@@ -176,6 +197,9 @@ class MainWindow(Commands, QMainWindow):
         selected = self.selected_name()
         first_listing = self.model.rowCount() == 0
         self.model.reset_rows(rows)
+        self.list_stack.setCurrentWidget(self.table if rows else self.empty)
+        if not rows:
+            self.details.show_hint("Create a VM to see its details here.")
         if first_listing and rows:
             self.table.resizeColumnsToContents()
             cpu = self.model.USAGE[0]
@@ -191,57 +215,6 @@ class MainWindow(Commands, QMainWindow):
         self.banner.show_message(f"libvirt is not reachable: {message}")
         self.statusBar().showMessage("Not connected")
         self.update_actions()
-
-    # --- live usage ---------------------------------------------------------------------------
-
-    def sample_usage(self) -> None:
-        """Ask for one usage sample on a worker (skipped while one is out, or offline)."""
-        if self._sampling or self.lifecycle is None or not self.banner.isHidden():
-            return
-        self._sampling = True
-        vcpus = {row.name: row.vcpus for row in self.model.rows}
-
-        def work():
-            from ..actions import usage
-
-            if self.monitor is None:
-                self.monitor = usage.Monitor(self.ctx)
-            return self.monitor.sample(vcpus)
-
-        self.tasks.run(work, self._on_usage, self._on_usage_failed)
-
-    def _on_usage(self, view) -> None:
-        self._sampling = False
-        self.model.update_usage(view)
-        parts = []
-        if view.host_cpu_percent is not None:
-            parts.append(f"host CPU {view.host_cpu_percent:.0f} %")
-        if view.host_memory_kib:
-            parts.append(f"memory {view.host_memory_used_kib / 1048576:.1f} of"
-                         f" {view.host_memory_kib / 1048576:.1f} GiB")
-        self.host_usage.setText(" · ".join(parts))
-
-    def _on_usage_failed(self, error: BaseException) -> None:
-        self._sampling = False
-        log.debug("usage sample failed: %s", error)  # the banner tells a lost daemon
-
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt name
-        super().showEvent(event)
-        self.usage_timer.start()
-
-    def hideEvent(self, event) -> None:  # noqa: N802 - Qt name
-        self.usage_timer.stop()
-        super().hideEvent(event)
-
-    def changeEvent(self, event) -> None:  # noqa: N802 - Qt name
-        from PySide6.QtCore import QEvent
-
-        if event.type() == QEvent.WindowStateChange:
-            if self.isMinimized():
-                self.usage_timer.stop()
-            elif self.isVisible():
-                self.usage_timer.start()
-        super().changeEvent(event)
 
     # --- live updates -------------------------------------------------------------------------
 
@@ -266,6 +239,12 @@ class MainWindow(Commands, QMainWindow):
             self._reload_timer.start()  # a VM we did not know: list again, once
         if name == self.selected_name():
             self.update_actions()
+            self._details_timer.start()  # its details follow its events, never a poll
+
+    def _on_setup_changed(self, name: str, stage: str) -> None:
+        self.model.update_setup(name, stage)
+        if name == self.selected_name():
+            self._details_timer.start()
 
     def _on_connection_changed(self, status: str, reason: str) -> None:
         if status == "disconnected":
@@ -335,16 +314,31 @@ class MainWindow(Commands, QMainWindow):
         self._fit_first_run()
 
     def _fit_first_run(self) -> None:
-        """Every column, the whole toolbar and several rows in view (never past the screen)."""
-        if self._remembered:
-            return
-        width = max(self.table.natural_width(), self.toolbar.sizeHint().width()) + 24
-        height = (self.table.height_for_rows(8) + self.toolbar.sizeHint().height()
-                  + self.statusBar().sizeHint().height() + 24)
-        fit_to_screen(self, width, height)
+        """Every column, the whole toolbar and several rows in view (never past the screen);
+        the details pane beside the list where that leaves room, else below it."""
+        from .widgets import screen_room
+
+        table = self.table.natural_width()
+        room = self.width() if self._remembered else screen_room(self)[0]
+        beside = table + DETAILS_WIDTH + 24 <= room  # else below: every column shows
+        self.splitter.setOrientation(Qt.Horizontal if beside else Qt.Vertical)
+        if not self._remembered:
+            width = max(table + (DETAILS_WIDTH if beside else 0),
+                        self.toolbar.sizeHint().width()) + 24
+            height = (self.table.height_for_rows(8) + self.toolbar.sizeHint().height()
+                      + self.statusBar().sizeHint().height() + 24 + (0 if beside else 220))
+            fit_to_screen(self, width, height)
+        self.centralWidget().layout().activate()  # the splitter's own size, now
+        if beside:
+            total = self.splitter.width()
+            self.splitter.setSizes([table, max(total - table, DETAILS_WIDTH)])
+        else:
+            total, rows = self.splitter.height(), self.table.height_for_rows(8) + 8
+            self.splitter.setSizes([rows, max(total - rows, 1)])
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
-        self.usage_timer.stop()
+        for timer in (self.usage_timer, self._details_timer, self._reload_timer):
+            timer.stop()
         QSettings("NeuronOS", "VM Manager").setValue("geometry", self.saveGeometry())
         self.pool.submit(self.ctx.close)  # displays closed, connection released, off the UI
         self.pool.shutdown(wait=False)

@@ -341,8 +341,9 @@ class VMTable(QTableView):
         """Every column at the width its header and its rows need, with the frame and room
         for a vertical scroll bar (the last column stretches beyond this)."""
         header = self.horizontalHeader()
-        columns = sum(max(header.sectionSizeHint(i), self.sizeHintForColumn(i))
-                      for i in range(header.count()))
+        columns = sum(max(header.sectionSizeHint(i), self.sizeHintForColumn(i),
+                          self.columnWidth(i) if i < header.count() - 1 else 0)
+                      for i in range(header.count()))  # the last one stretches
         return columns + 2 * self.frameWidth() + self.verticalScrollBar().sizeHint().width()
 
     def height_for_rows(self, rows: int) -> int:
