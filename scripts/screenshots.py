@@ -60,6 +60,36 @@ SAMPLES = [
 ]
 
 
+def sample_usage():
+    """A made-up last minute of CPU and memory for the running sample VM: the test driver
+    reports no CPU time, and the picture should show what a running VM looks like."""
+    import math
+
+    from vm_manager.core.usage import Point, UsageView
+
+    points = tuple(Point(35 + 25 * math.sin(i / 6) + (i % 7), 9_800_000 + i * 20_000)
+                   for i in range(60))
+    return UsageView({"Gaming-Win11": points, "dev-debian": (Point(0.0, 1_900_000),) * 60},
+                     23.0, 65536 * 1024, 31 * 1048576)
+
+
+def dark_palette():
+    """What a dark desktop theme hands Qt (roughly Adwaita-dark / Breeze Dark)."""
+    from PySide6.QtGui import QColor, QPalette
+
+    palette = QPalette()
+    for role, colour in ((QPalette.Window, "#2b2b2b"), (QPalette.WindowText, "#e8e8e8"),
+                         (QPalette.Base, "#1e1e1e"), (QPalette.AlternateBase, "#2b2b2b"),
+                         (QPalette.Text, "#e8e8e8"), (QPalette.Button, "#353535"),
+                         (QPalette.ButtonText, "#e8e8e8"), (QPalette.Highlight, "#3584e4"),
+                         (QPalette.HighlightedText, "#ffffff"), (QPalette.ToolTipBase, "#353535"),
+                         (QPalette.ToolTipText, "#e8e8e8")):
+        palette.setColor(role, QColor(colour))
+    for role in (QPalette.WindowText, QPalette.Text, QPalette.ButtonText):
+        palette.setColor(QPalette.Disabled, role, QColor("#7a7a7a"))
+    return palette
+
+
 def process(app: QApplication, rounds: int = 20) -> None:
     for _ in range(rounds):
         app.processEvents()
@@ -97,7 +127,19 @@ def main() -> int:
             process(app, 1)
             deadline -= 1
         window.select("Gaming-Win11")
+        window.usage_timer.stop()  # the test driver has no CPU figures: a sample minute,
+        window.model.update_usage(sample_usage())  # for the picture only (README says so)
+        deadline = 200
+        while window.details.shown != "Gaming-Win11" and deadline:
+            process(app, 1)
+            deadline -= 1
         shoot(app, window, args.out / "main-window.png")
+        light, style = app.palette(), app.style().name()
+        app.setStyle("Fusion")
+        app.setPalette(dark_palette())
+        shoot(app, window, args.out / "main-window-dark.png")
+        app.setPalette(light)
+        app.setStyle(style)
 
         images = tmp_path / "images"
         images.mkdir()
@@ -152,7 +194,8 @@ def main() -> int:
         wizard.close()
         window.close()
         conn.close()
-    print(f"wrote main-window, delete-dialog, host-check, wizard-system and wizard-devices PNGs"
+    print(f"wrote main-window (light, dark), delete-dialog, host-check, wizard-system and"
+          " wizard-devices PNGs"
           f" to {args.out} (X display {os.environ['DISPLAY']}, platform xcb)")
     if XVFB is not None:
         XVFB.terminate()

@@ -714,3 +714,34 @@ def test_no_vms_shows_the_create_button(qtbot, make_host, tmp_path, monkeypatch)
     win.close()
     with guard.allowed():
         conn.close()
+
+
+def test_dark_palette_colours(window, qtbot):
+    """On a dark desktop palette the state colours, the banner and refusals turn light (the
+    light ones would be unreadable); back on a light one they are the light set again."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QColor, QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from vm_manager.gui.widgets import (ERROR_COLOR, STATE_COLORS, STATE_COLORS_DARK,
+                                        error_label)
+
+    app = QApplication.instance()
+    light = app.palette()
+    row = window.model.position("beta")
+    index = window.model.index(row, window.model.COLUMNS.index("State"))
+    assert window.model.data(index, Qt.ForegroundRole) == QColor(STATE_COLORS[S.SHUTOFF])
+    dark = QPalette(light)
+    for role, colour in ((QPalette.Window, "#202124"), (QPalette.WindowText, "#e8eaed"),
+                         (QPalette.Base, "#2b2c2f"), (QPalette.Text, "#e8eaed")):
+        dark.setColor(role, QColor(colour))
+    try:
+        app.setPalette(dark)
+        qtbot.waitUntil(lambda: "#4a1c1c" in window.banner.styleSheet(), timeout=2000)
+        assert window.model.data(index, Qt.ForegroundRole) == \
+            QColor(STATE_COLORS_DARK[S.SHUTOFF])
+        assert ERROR_COLOR[True] in error_label("no").styleSheet()
+    finally:
+        app.setPalette(light)
+    qtbot.waitUntil(lambda: "#fdecea" in window.banner.styleSheet(), timeout=2000)
+    assert ERROR_COLOR[False] in error_label("no").styleSheet()

@@ -128,7 +128,7 @@ def test_real_statistics_of_the_running_tiny_guest(qtbot, system_daemon, tiny_gu
 
         qtbot.waitUntil(shown, timeout=10000)
         assert cell(win, running, "CPU").endswith(" %")
-        assert " of " in cell(win, running, "Memory")
+        assert " / " in cell(win, running, "Memory")
         assert cell(win, stopped, "CPU") is None
         win.close()
     finally:

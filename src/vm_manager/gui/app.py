@@ -202,8 +202,10 @@ class MainWindow(Commands, LiveParts, QMainWindow):
             self.details.show_hint("Create a VM to see its details here.")
         if first_listing and rows:
             self.table.resizeColumnsToContents()
-            cpu = self.model.USAGE[0]
-            self.table.setColumnWidth(cpu, max(self.table.columnWidth(cpu), 96))  # its graph
+            metrics = self.table.fontMetrics()  # room for the graph and for "9.9 / 9.9 GiB"
+            for column, sample in zip(self.model.USAGE, ("100 %  ~~~~~~", "99.9 / 99.9 GiB")):
+                self.table.setColumnWidth(column, max(self.table.columnWidth(column),
+                                                      metrics.horizontalAdvance(sample) + 16))
             self._fit_first_run()
         self.banner.hide()
         self.statusBar().showMessage(f"{plural(len(rows), 'VM')} on {self.uri}")
@@ -318,7 +320,7 @@ class MainWindow(Commands, LiveParts, QMainWindow):
         the details pane beside the list where that leaves room, else below it."""
         from .widgets import screen_room
 
-        table = self.table.natural_width()
+        table = self.table.natural_width() + 8  # the splitter's handle and rounding
         room = self.width() if self._remembered else screen_room(self)[0]
         beside = table + DETAILS_WIDTH + 24 <= room  # else below: every column shows
         self.splitter.setOrientation(Qt.Horizontal if beside else Qt.Vertical)

@@ -21,7 +21,7 @@ class DetailsPane(QTextBrowser):
 
     def show_hint(self, text: str) -> None:
         self.shown = None
-        self.setHtml(f"<p style='color: gray'>{html.escape(text)}</p>")
+        self.setHtml(f"<p><i>{html.escape(text)}</i></p>")
 
     def show_details(self, details) -> None:
         self.shown = details.name

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.primitives import plural
-from .widgets import Tasks, check_item, fit_list, screen_room
+from .widgets import Tasks, check_item, error_label, fit_list, screen_room
 from .wizard import CreateWizard
 
 __all__ = ["CreateWizard", "DeleteDialog", "ReadinessDialog", "SettingsDialog", "USBPanel"]
@@ -207,9 +207,7 @@ class SettingsDialog(QDialog):
                                         key in chosen))
         for key in sorted(chosen - listed):  # configured but not plugged in now: keep them
             self.usb.addItem(check_item(f"{key[0]}:{key[1]}  (not plugged in)", key, True))
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #b71c1c")
-        self.error.setWordWrap(True)
+        self.error = error_label()
         self.shares = QListWidget()
         self.shares.setAccessibleName("Shared folders")
         for share in config.shares:

@@ -18,12 +18,37 @@ THEME_NAMES = {
     "usb": "drive-removable-media", "snapshots": "camera-photo", "create": "list-add",
     "readiness": "security-high", "vm": "computer",
 }
-_cache: dict[str, QIcon] = {}
+STROKE = "#5f6368"  # the bundled icons' line colour on a light palette
+STROKE_DARK = "#c4c7c5"  # ... and on a dark one
+_cache: dict[tuple[str, bool], QIcon] = {}
 
 
 def icon(key: str) -> QIcon:
-    """The icon for ``key`` (an action key, or ``vm``): the theme's, else the bundled one."""
-    if key not in _cache:
-        fallback = QIcon(str(FOLDER / f"{key}.svg"))
-        _cache[key] = QIcon.fromTheme(THEME_NAMES[key], fallback)
-    return _cache[key]
+    """The icon for ``key`` (an action key, or ``vm``): the theme's, else the bundled one,
+    drawn in a line colour that reads on the palette now (light or dark)."""
+    from .widgets import dark_palette
+
+    dark = dark_palette()
+    if (key, dark) not in _cache:
+        _cache[key, dark] = QIcon.fromTheme(THEME_NAMES[key], _bundled(key, dark))
+    return _cache[key, dark]
+
+
+def _bundled(key: str, dark: bool) -> QIcon:
+    from PySide6.QtCore import QByteArray, Qt
+    from PySide6.QtGui import QPainter, QPixmap
+    from PySide6.QtSvg import QSvgRenderer
+
+    svg = (FOLDER / f"{key}.svg").read_bytes()
+    if dark:
+        svg = svg.replace(STROKE.encode(), STROKE_DARK.encode())
+    renderer = QSvgRenderer(QByteArray(svg))
+    result = QIcon()
+    for size in (16, 24, 32, 48, 64):
+        pixmap = QPixmap(size, size)
+        pixmap.fill(Qt.transparent)
+        painter = QPainter(pixmap)
+        renderer.render(painter)
+        painter.end()
+        result.addPixmap(pixmap)
+    return result

@@ -56,6 +56,13 @@ class LiveParts:
     def changeEvent(self, event) -> None:  # noqa: N802 - Qt name
         from PySide6.QtCore import QEvent
 
+        if event.type() in (QEvent.ApplicationPaletteChange, QEvent.PaletteChange):  # dark/light
+            from .icons import icon
+
+            self.banner.recolour()
+            self.table.viewport().update()  # the state colours come from the palette
+            for key, action in self.actions_by_key.items():
+                action.setIcon(icon(key))  # bundled icons are drawn for the palette
         if event.type() == QEvent.WindowStateChange:
             if self.isMinimized():
                 self.usage_timer.stop()

@@ -50,6 +50,28 @@ STATE_COLORS = {
     VMState.RUNNING: "#2e7d32", VMState.PAUSED: "#f9a825", VMState.SHUTOFF: "#616161",
     VMState.CRASHED: "#c62828", VMState.ERROR: "#c62828",
 }
+# the same meaning on a dark palette (the desktop's dark mode): lighter, still readable
+STATE_COLORS_DARK = {
+    VMState.RUNNING: "#81c784", VMState.PAUSED: "#ffd54f", VMState.SHUTOFF: "#bdbdbd",
+    VMState.CRASHED: "#ef9a9a", VMState.ERROR: "#ef9a9a",
+}
+ERROR_COLOR = {False: "#b71c1c", True: "#ef9a9a"}
+
+
+def dark_palette(palette: QPalette | None = None) -> bool:
+    """Whether the desktop's palette (the app's, unless given) is a dark one."""
+    from PySide6.QtWidgets import QApplication
+
+    palette = palette or QApplication.palette()
+    return palette.color(QPalette.Window).lightness() < 128
+
+
+def error_label(text: str = "") -> QLabel:
+    """A wrapping label for a refusal, red on a light palette, light red on a dark one."""
+    label = QLabel(text)
+    label.setStyleSheet(f"color: {ERROR_COLOR[dark_palette()]}")
+    label.setWordWrap(True)
+    return label
 
 
 @dataclass
@@ -165,7 +187,7 @@ class VMTableModel(QAbstractTableModel):
         if role == Qt.DecorationRole and column == 1:
             return os_icon(row.vm_type)
         if role == Qt.ForegroundRole and column == 2:
-            color = STATE_COLORS.get(row.state)
+            color = (STATE_COLORS_DARK if dark_palette() else STATE_COLORS).get(row.state)
             return QColor(color) if color else None
         if role == Qt.ToolTipRole and column == 2 and row.reason:
             return row.reason
@@ -187,7 +209,8 @@ class VMTableModel(QAbstractTableModel):
                 return f"{point.cpu_percent:.0f} %"
             if not point.memory_used_kib:
                 return None
-            return f"{_size(point.memory_used_kib)} of {_size(row.memory_mb * 1024)}"
+            used, total = point.memory_used_kib / 1048576, row.memory_mb / 1024
+            return f"{used:.1f} / {total:.1f} GiB"
         if role == Qt.ToolTipRole:
             return ("CPU use of the VM's vCPUs (100 % = all of them busy), the last minute"
                     if column == self.USAGE[0] else "memory in use (the guest's own figure"
@@ -297,6 +320,7 @@ class SparklineDelegate(QStyledItemDelegate):
     """The CPU column: the last minute as a small line behind the figure."""
 
     def paint(self, painter: QPainter, option, index) -> None:
+        super().paint(painter, option, index)  # the background and the figure, then the line
         values = index.data(HISTORY_ROLE)
         if values:
             rect = option.rect.adjusted(2, 3, -2, -3)
@@ -309,11 +333,14 @@ class SparklineDelegate(QStyledItemDelegate):
                                   for i, v in known])
                 painter.save()
                 painter.setRenderHint(QPainter.Antialiasing)
-                color = option.palette.color(QPalette.Highlight)
+                from PySide6.QtWidgets import QStyle
+
+                selected = bool(option.state & QStyle.State_Selected)
+                color = option.palette.color(QPalette.HighlightedText if selected
+                                             else QPalette.Highlight)
                 painter.setPen(QPen(color, 1.5))
                 painter.drawPolyline(line)
                 painter.restore()
-        super().paint(painter, option, index)
 
 
 class VMTable(QTableView):
@@ -342,8 +369,7 @@ class VMTable(QTableView):
         for a vertical scroll bar (the last column stretches beyond this)."""
         header = self.horizontalHeader()
         columns = sum(max(header.sectionSizeHint(i), self.sizeHintForColumn(i),
-                          self.columnWidth(i) if i < header.count() - 1 else 0)
-                      for i in range(header.count()))  # the last one stretches
+                          self.columnWidth(i)) for i in range(header.count()))
         return columns + 2 * self.frameWidth() + self.verticalScrollBar().sizeHint().width()
 
     def height_for_rows(self, rows: int) -> int:
@@ -369,7 +395,7 @@ class Banner(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("banner")
-        self.setStyleSheet("#banner { background: #fdecea; } QLabel { color: #b71c1c; }")
+        self.recolour()
         self.setAutoFillBackground(True)
         layout = QHBoxLayout(self)
         self.label = QLabel()
@@ -379,6 +405,12 @@ class Banner(QWidget):
         layout.addWidget(self.label, 1)
         layout.addWidget(self.button)
         self.hide()
+
+    def recolour(self) -> None:
+        """Colours for the palette now (the window calls it when the desktop's changes: a
+        widget with a style sheet is not told itself)."""
+        background, text = ("#4a1c1c", "#ffcdd2") if dark_palette() else ("#fdecea", "#b71c1c")
+        self.setStyleSheet(f"#banner {{ background: {background}; }} QLabel {{ color: {text}; }}")
 
     def show_message(self, text: str) -> None:
         self.label.setText(text)

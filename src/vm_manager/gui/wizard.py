@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from .widgets import Tasks, check_item, fit_to_screen
+from .widgets import Tasks, check_item, error_label, fit_to_screen
 
 TEMPLATES = (("windows11", "Windows 11"), ("windows10", "Windows 10"), ("linux", "Linux"),
              ("macos", "macOS"))
@@ -137,9 +137,7 @@ class _SystemPage(_CheckedPage):
         self.virtio_iso = QLineEdit()
         self.opencore = QLineEdit()
         self.network = QLineEdit("default")
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #b71c1c")
-        self.error.setWordWrap(True)
+        self.error = error_label()
         for label, widget in (("System", self.template), ("Name", self.name),
                               ("Memory", self.memory), ("vCPUs", self.vcpus),
                               ("New disk size", self.disk_size),
@@ -248,9 +246,7 @@ class _SetupPage(_CheckedPage):
         self.ssh_key = QLineEdit()
         self.note = QLabel()
         self.note.setWordWrap(True)
-        self.error = QLabel()
-        self.error.setStyleSheet("color: #b71c1c")
-        self.error.setWordWrap(True)
+        self.error = error_label()
         self.rows = {"windows": (self.locale, self.timezone, self.edition, self.lg_installer,
                                  self.winfsp),
                      "linux": (self.cloud_image, self.ssh_key)}
