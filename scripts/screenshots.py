@@ -164,8 +164,11 @@ def main() -> int:
 
         from vm_manager.gui.dialogs import ReadinessDialog
 
+        from vm_manager.actions import guide
+
         checks = host.doctor(Context("test:///default"))
-        readiness = ReadinessDialog(checks)
+        readiness = ReadinessDialog(checks, fixes=guide.fixes(Context("test:///default"), checks,
+                                                              ("Gaming-Win11",)))
         readiness.show()
         shoot(app, readiness, args.out / "host-check.png")
         readiness.close()

@@ -688,6 +688,12 @@ def test_details_pane_for_a_windows11_gpu_looking_glass_vm(qtbot, make_host, tmp
     qtbot.addWidget(win)
     win.show()
     qtbot.waitUntil(lambda: win.model.rowCount() == 1, timeout=5000)
+    from PySide6.QtCore import Qt
+
+    gpu_cell = win.model.index(0, win.model.COLUMNS.index("GPU"))
+    assert win.model.data(gpu_cell) == \
+        "NVIDIA Corporation TU104 [GeForce RTX 2080 Rev. A] + Looking Glass"  # name first
+    assert win.model.data(gpu_cell, Qt.ToolTipRole).endswith("at 0000:01:00.0")
     win.select("gamer")
     qtbot.waitUntil(lambda: win.details.shown == "gamer", timeout=5000)
     text = win.details.toPlainText()

@@ -39,6 +39,21 @@ def devices(ctx: Context) -> HostDevices:
     return HostDevices(list_gpus(ctx.host_root), list_usb(ctx.host_root))
 
 
+def gpu_names(ctx: Context, addresses) -> dict[str, str]:
+    """The pci.ids names of the GPUs at ``addresses`` (those not on this host are left out)."""
+    from ..passthrough.pci import read_devices
+
+    wanted = set(addresses)
+    if not wanted:
+        return {}
+    try:
+        found = read_devices(ctx.host_root)
+    except OSError:
+        return {}
+    return {str(address): device.name for address, device in found.items()
+            if str(address) in wanted}
+
+
 def looking_glass_size_mb(width: int, height: int, hdr: bool = False) -> int:
     """MiB of shared memory a Looking Glass VM gets for that resolution (pure)."""
     from ..passthrough.ivshmem import shm_size_mb

@@ -165,6 +165,11 @@ class MainWindow(Commands, LiveParts, QMainWindow):
                     change.name, change.new))
                 self.lifecycle = lifecycle
             inventory = vms.list_vms(self.ctx)
+            from ..actions import host
+
+            names = host.gpu_names(self.ctx, {config.gpu_passthrough.pci_address for config in
+                                              inventory.settings.values()
+                                              if config and config.gpu_passthrough})
             rows = []
             for vm in inventory.vms:
                 config = inventory.settings.get(vm.name)
@@ -173,6 +178,7 @@ class MainWindow(Commands, LiveParts, QMainWindow):
                     name=vm.name, state=vms.shown_state(self.ctx, vm.name, vm.state),
                     vcpus=vm.vcpus, memory_mb=vm.memory_mb, vm_type=vm.vm_type,
                     gpu=gpu.pci_address if gpu else None,
+                    gpu_name=names.get(gpu.pci_address) if gpu else None,
                     looking_glass=bool(config and config.looking_glass.enabled),
                     setup=setup.stage(self.ctx, vm.name) if config and config.unattended
                     else "",

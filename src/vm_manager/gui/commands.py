@@ -136,14 +136,22 @@ class Commands:
     def on_readiness(self) -> None:
         from ..actions import host
 
-        self._prepare("Checking this computer", lambda: host.doctor(self.ctx),
-                      self._show_readiness)
+        lg_vms = tuple(row.name for row in self.model.rows if row.looking_glass)
 
-    def _show_readiness(self, checks) -> None:
+        def read():
+            from ..actions import guide
+
+            checks = host.doctor(self.ctx)
+            return checks, guide.fixes(self.ctx, checks, lg_vms)
+
+        self._prepare("Checking this computer", read, self._show_readiness)
+
+    def _show_readiness(self, found) -> None:
         from .dialogs import ReadinessDialog
 
+        checks, fixes = found
         self.statusBar().showMessage("Host check done")
-        self.readiness = ReadinessDialog(checks, self)
+        self.readiness = ReadinessDialog(checks, self, fixes=fixes, tasks=self.tasks)
         self.readiness.show()
 
     def on_display(self) -> None:

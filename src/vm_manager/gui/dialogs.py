@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.primitives import plural
-from .widgets import Tasks, check_item, error_label, fit_list, screen_room
+from .widgets import Tasks, check_item, error_label, fit_list, gpu_label, screen_room, usb_label
 from .wizard import CreateWizard
 
 __all__ = ["CreateWizard", "DeleteDialog", "ReadinessDialog", "SettingsDialog", "USBPanel"]
@@ -93,11 +93,12 @@ class DeleteDialog(QDialog):
 
 
 class ReadinessDialog(QDialog):
-    """``neuron-vm doctor`` as a page: each check with its status and its one-line fix."""
+    """``neuron-vm doctor`` as a page: each check with its status and its one-line fix, and
+    below it the guide (``fixes``: buttons for what the app can fix, words for the rest)."""
 
     COLORS = {"ok": "#2e7d32", "warn": "#f9a825", "fail": "#c62828"}
 
-    def __init__(self, checks, parent=None):
+    def __init__(self, checks, parent=None, fixes=None, tasks: Tasks | None = None):
         super().__init__(parent)
         self.setWindowTitle("Is this computer ready?")
         layout = QVBoxLayout(self)
@@ -119,6 +120,12 @@ class ReadinessDialog(QDialog):
             item.setForeground(0, QColor(self.COLORS.get(check.status, "#000000")))
             self.tree.addTopLevelItem(item)
         layout.addWidget(self.tree)
+        self.guide = None
+        if fixes is not None:
+            from .guide import GuidePanel
+
+            self.guide = GuidePanel(fixes, tasks or Tasks(parent=self))
+            layout.addWidget(self.guide)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
@@ -187,7 +194,7 @@ class SettingsDialog(QDialog):
         self.gpu.addItem("No GPU", None)
         current = config.gpu_passthrough.pci_address if config.gpu_passthrough else None
         for gpu in devices.gpus:
-            self.gpu.addItem(f"{gpu.address} {gpu.device.name}", gpu.address)
+            self.gpu.addItem(gpu_label(gpu), gpu.address)
             usable = gpu.viable and (not gpu.device.boot_vga or gpu.address == current)
             self.gpu.model().item(self.gpu.count() - 1).setEnabled(usable)
         if current:
@@ -203,7 +210,7 @@ class SettingsDialog(QDialog):
             if device.is_hub or key in listed:
                 continue
             listed.add(key)
-            self.usb.addItem(check_item(f"{key[0]}:{key[1]}  {device.name}", key,
+            self.usb.addItem(check_item(usb_label(device), key,
                                         key in chosen))
         for key in sorted(chosen - listed):  # configured but not plugged in now: keep them
             self.usb.addItem(check_item(f"{key[0]}:{key[1]}  (not plugged in)", key, True))
@@ -325,7 +332,7 @@ class USBPanel(QDialog):
             if device.is_hub:
                 continue
             key = (device.vendor_id, device.product_id)
-            self.list.addItem(check_item(f"{device.sysfs_name}  {device.name}", device,
+            self.list.addItem(check_item(usb_label(device, port=True), device,
                                          key in attached))
         self.list.itemChanged.connect(self._toggled)
         fit_list(self.list, rows=4)

@@ -82,6 +82,7 @@ class VMRow:
     memory_mb: int
     vm_type: str | None = None
     gpu: str | None = None  # PCI address when a GPU is passed through
+    gpu_name: str | None = None  # its pci.ids name, where this host has the card
     looking_glass: bool = False
     reason: str = ""
     setup: str = ""  # the stage of an unattended setup ("" for none)
@@ -180,8 +181,8 @@ class VMTableModel(QAbstractTableModel):
                 "",
                 _size(row.memory_mb * 1024),
                 str(row.vcpus),
-                (f"{row.gpu}{' + Looking Glass' if row.looking_glass else ''}" if row.gpu
-                 else ""),
+                (f"{row.gpu_name or row.gpu}{' + Looking Glass' if row.looking_glass else ''}"
+                 if row.gpu else ""),
                 row.setup,
             )[column]
         if role == Qt.DecorationRole and column == 1:
@@ -191,6 +192,8 @@ class VMTableModel(QAbstractTableModel):
             return QColor(color) if color else None
         if role == Qt.ToolTipRole and column == 2 and row.reason:
             return row.reason
+        if role == Qt.ToolTipRole and column == self.COLUMNS.index("GPU") and row.gpu:
+            return f"{row.gpu_name or 'GPU'} at {row.gpu}"
         if role == Qt.UserRole:
             return row
         return None
@@ -305,6 +308,17 @@ def fit_list(widget, rows: int = 3, max_rows: int = 10) -> None:
     shown = min(max(len(texts), rows), max_rows)
     widget.setMinimumSize(min(width, screen_room(widget)[0] - 40),
                           shown * (metrics.height() + 8) + 2 * widget.frameWidth())
+
+
+def gpu_label(gpu) -> str:
+    """A GPU by the name people know (pci.ids), its address and ids second."""
+    return f"{gpu.device.name}  ({gpu.address}, {gpu.device.ids})"
+
+
+def usb_label(device, port: bool = False) -> str:
+    """A USB device by its name (usb.ids or its own), the ids (and port) second."""
+    where = f"{device.sysfs_name}, " if port else ""
+    return f"{device.name}  ({where}{device.vendor_id}:{device.product_id})"
 
 
 def check_item(text: str, data, checked: bool) -> QListWidgetItem:

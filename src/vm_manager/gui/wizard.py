@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from .widgets import Tasks, check_item, error_label, fit_to_screen
+from .widgets import Tasks, check_item, error_label, fit_to_screen, gpu_label, usb_label
 
 TEMPLATES = (("windows11", "Windows 11"), ("windows10", "Windows 10"), ("linux", "Linux"),
              ("macos", "macOS"))
@@ -188,7 +188,7 @@ class _DevicesPage(_CheckedPage):
         self.gpu.addItem("No GPU (a SPICE window)", None)
         reasons = []
         for gpu in self.wizard_.devices.gpus:
-            label = f"{gpu.address} {gpu.device.name}"
+            label = gpu_label(gpu)
             self.gpu.addItem(label, gpu.address)
             item = self.gpu.model().item(self.gpu.count() - 1)
             blocked = not gpu.viable or gpu.device.boot_vga
@@ -202,7 +202,7 @@ class _DevicesPage(_CheckedPage):
         for device in self.wizard_.devices.usb:
             if device.is_hub:
                 continue
-            self.usb.addItem(check_item(f"{device.sysfs_name}  {device.name}",
+            self.usb.addItem(check_item(usb_label(device, port=True),
                                          (device.vendor_id, device.product_id), False))
         self._update()
 

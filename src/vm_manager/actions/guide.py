@@ -1,0 +1,137 @@
+"""Guided host setup: for each readiness check that fails, what fixes it.
+
+What the app can fix it fixes with elevated rights through polkit (``pkexec``), one command
+per button, never without the user pressing it: the desktop user into the ``libvirt`` and
+``kvm`` groups, the shared-memory rule of a Looking Glass VM, a GPU bound to vfio-pci at boot
+(``gpu prepare ADDR --apply``; the result shows after the reboot). What needs the firmware
+setup (VT-x/AMD-V, the IOMMU) is explained in words. ``plan_fixes`` is pure (the exact
+command lines are tested); ``fixes`` reads what it needs; ``run_fix`` runs one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .context import Context
+
+if TYPE_CHECKING:
+    from ..passthrough.gpu_attach import GPUInfo
+    from ..passthrough.host_check import Check
+
+PKEXEC = "pkexec"
+USERMOD = "/usr/sbin/usermod"
+FIRMWARE_SETUP = ("restart the computer and open its firmware setup (the key shown at power-on,"
+                  " often Del, F2 or F10)")
+NOT_ALLOWED = {126: "not authorised (the password dialog was closed or refused)",
+               127: "not authorised (polkit could not ask for a password here)"}
+
+
+@dataclass(frozen=True)
+class Fix:
+    check: str  # the check (or "GPU passthrough") it is about
+    label: str  # the button's text, or the heading of an explanation
+    says: str  # what it does and what comes after (log in again, reboot), in words
+    argv: tuple[str, ...] | None = None  # the elevated command; None: explained only
+
+
+@dataclass(frozen=True)
+class FixResult:
+    fix: Fix
+    ok: bool
+    output: str
+
+
+def plan_fixes(checks: list[Check], *, user: str, program: str, lg_vms: tuple[str, ...] = (),
+               gpus: tuple[GPUInfo, ...] = (), prepared: str | None = None) -> list[Fix]:
+    """The fixes for ``checks`` (pure). ``program``: the absolute path of ``neuron-vm``;
+    ``lg_vms``: the Looking Glass VMs; ``gpus``: the host's GPUs; ``prepared``: the GPU a
+    ``gpu prepare --apply`` was written for (its undo record), if any."""
+    fixes: list[Fix] = []
+    failing = {check.name: check for check in checks if check.status != "ok"}
+    if "CPU virtualization" in failing:
+        fixes.append(Fix("CPU virtualization", "Turn on CPU virtualization",
+                         f"{FIRMWARE_SETUP}, turn on Intel VT-x (also called Virtualization"
+                         " Technology) or AMD-V / SVM, save and start again."))
+    if "IOMMU" in failing:
+        fixes.append(Fix("IOMMU", "Turn on the IOMMU",
+                         f"{FIRMWARE_SETUP}, turn on VT-d (Intel) or IOMMU / AMD-Vi (AMD), save"
+                         " and start again. The kernel option it may need (intel_iommu=on) is"
+                         " written when you prepare a GPU below."))
+    if "user groups" in failing and user != "root":
+        fixes.append(Fix("user groups", f"Add {user} to the libvirt and kvm groups",
+                         "lets you manage VMs without a password; log out and back in"
+                         " afterwards", (PKEXEC, USERMOD, "-aG", "libvirt,kvm", user)))
+    if "Looking Glass shared memory" in failing:
+        fixes.extend(Fix("Looking Glass shared memory", f"Let {user} open {vm}'s shared memory",
+                         f"writes the systemd-tmpfiles rule for /dev/shm/looking-glass-{vm}"
+                         f" (0660, {user}, kvm) and applies it now",
+                         (PKEXEC, program, "shm-permissions", vm, "--user", user, "--apply"))
+                     for vm in lg_vms)
+    for gpu in gpus:
+        address, device = str(gpu.address), gpu.device
+        if prepared == address:
+            done = device.driver == "vfio-pci"
+            fixes.append(Fix("GPU passthrough", f"{device.name} ({address})",
+                             "ready: vfio-pci holds it since this boot" if done else
+                             "prepared: restart the computer to finish (vfio-pci takes it at"
+                             " boot)"))
+        elif gpu.viable and not device.boot_vga and device.driver != "vfio-pci" and \
+                prepared is None:
+            fixes.append(Fix("GPU passthrough", f"Prepare {device.name} ({address}) for VMs",
+                             "binds it to vfio-pci from the next boot on (kernel options, the"
+                             " initramfs; every file backed up, `gpu unprepare` undoes it);"
+                             " restart the computer afterwards",
+                             (PKEXEC, program, "gpu", "prepare", address, "--apply")))
+    return fixes
+
+
+def neuron_vm_program() -> str:
+    """``neuron-vm`` as an absolute path (pkexec runs nothing by a relative name): the one
+    beside this Python (a virtual environment), else the one on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "neuron-vm")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("neuron-vm") or beside
+
+
+def fixes(ctx: Context, checks: list[Check], lg_vms: tuple[str, ...] = ()) -> list[Fix]:
+    """The guide for this host (reads its GPUs and the isolation record)."""
+    import json
+
+    from ..passthrough.gpu_attach import list_gpus
+    from ..passthrough.host_check import desktop_user
+    from ..passthrough.isolation import STATE_FILE
+    from ..passthrough.pci import host_root
+
+    try:
+        record = json.loads((host_root(ctx.host_root) / STATE_FILE).read_text())
+        prepared = record.get("gpu")
+    except (OSError, ValueError):
+        prepared = None
+    return plan_fixes(checks, user=desktop_user(), program=neuron_vm_program(),
+                      lg_vms=tuple(lg_vms), gpus=tuple(list_gpus(ctx.host_root)),
+                      prepared=prepared)
+
+
+def run_fix(fix: Fix) -> FixResult:
+    """Run one fix's command (pkexec asks for the password itself). Blocks: a worker's."""
+    from ..core import guard
+
+    if fix.argv is None:
+        return FixResult(fix, False, "nothing to run: " + fix.says)
+    if shutil.which(fix.argv[0]) is None:
+        return FixResult(fix, False, f"{fix.argv[0]} is not installed (Debian: apt install"
+                         " pkexec; Arch: pacman -S polkit)")
+    guard.check(fix.argv[0])
+    result = subprocess.run(list(fix.argv), capture_output=True, text=True, check=False)
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode in NOT_ALLOWED:
+        return FixResult(fix, False, NOT_ALLOWED[result.returncode])
+    if result.returncode != 0:
+        return FixResult(fix, False, f"failed ({result.returncode}): {output}")
+    return FixResult(fix, True, output)
