@@ -751,3 +751,59 @@ def test_dark_palette_colours(window, qtbot):
         app.setPalette(light)
     qtbot.waitUntil(lambda: "#fdecea" in window.banner.styleSheet(), timeout=2000)
     assert ERROR_COLOR[False] in error_label("no").styleSheet()
+
+
+def test_empty_states_for_gpus_and_usb(qtbot, make_host, tmp_path):
+    """No GPU that can be passed through, and no USB device: the wizard and the USB panel
+    say why in words instead of showing an empty box."""
+    from vm_manager.actions import host
+    from vm_manager.gui.dialogs import CreateWizard, USBPanel
+    from vm_manager.gui.texts import NO_USB
+    from support.fakes import FakePCIDevice, add_pci_devices
+
+    only_boot = add_pci_devices(tmp_path / "one-gpu", [
+        FakePCIDevice("0000:00:02.0", 0x8086, 0x3E92, 0x030000, "i915", 0, True)])
+    with guard.allowed():
+        conn = LibvirtConnection(make_host()).open()
+        ctx = Context(connection=conn, store=VMStore(tmp_path / "config"), host_root=only_boot)
+        devices = host.devices(ctx)
+    wiz = CreateWizard(ctx, devices)
+    qtbot.addWidget(wiz)
+    wiz.show()
+    wiz.system_page.name.setText("e")
+    wiz.system_page.network.setText("none")
+    wiz.next()
+    page = wiz.devices_page
+    assert "Your only GPU shows this computer's own desktop" in page.gpu_reason.text()
+    assert page.usb.count() == 1 and page.usb.item(0).text() == NO_USB
+    assert "usb_devices" not in wiz.config_data() or wiz.config_data()["usb_devices"] == []
+    none = tmp_path / "no-gpu"
+    none.mkdir()
+    with guard.allowed():
+        ctx_none = Context(connection=conn, host_root=none)
+        bare = host.devices(ctx_none)
+    wiz2 = CreateWizard(ctx_none, bare)
+    qtbot.addWidget(wiz2)
+    wiz2.show()
+    wiz2.system_page.name.setText("f")
+    wiz2.next()
+    assert "No GPU was found" in wiz2.devices_page.gpu_reason.text()
+    panel = USBPanel(ctx, "e", [], set())
+    qtbot.addWidget(panel)
+    assert panel.list.count() == 1 and panel.list.item(0).text() == NO_USB
+    wiz.close()
+    wiz2.close()
+    with guard.allowed():
+        conn.close()
+
+
+def test_keyboard_and_accessible_names(window):
+    """Every action has a shortcut and works from the list's context menu; the window's own
+    widgets carry accessible names for screen readers."""
+    for key, action in window.actions_by_key.items():
+        assert not action.shortcut().isEmpty(), key
+    assert set(window.table.actions()) == {a for k, a in window.actions_by_key.items()
+                                           if k != "refresh"}
+    for widget in (window.table, window.details, window.banner, window.host_usage,
+                   window.toolbar, window.empty.button):
+        assert widget.accessibleName(), widget

@@ -121,6 +121,7 @@ class MainWindow(Commands, LiveParts, QMainWindow):
 
         self.toolbar = toolbar = self.addToolBar("VM")
         toolbar.setObjectName("vm-toolbar")
+        toolbar.setAccessibleName("VM actions")
         toolbar.setToolButtonStyle(Qt.ToolButtonTextUnderIcon)
         self.setWindowIcon(icon("vm"))
         self.actions_by_key: dict[str, QAction] = {}

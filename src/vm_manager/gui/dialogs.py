@@ -31,7 +31,8 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.primitives import plural
-from .widgets import Tasks, check_item, error_label, fit_list, gpu_label, screen_room, usb_label
+from .texts import NO_USB, empty_row, gpu_label, usb_label
+from .widgets import Tasks, check_item, error_label, fit_list, screen_room
 from .wizard import CreateWizard
 
 __all__ = ["CreateWizard", "DeleteDialog", "ReadinessDialog", "SettingsDialog", "USBPanel"]
@@ -214,6 +215,8 @@ class SettingsDialog(QDialog):
                                         key in chosen))
         for key in sorted(chosen - listed):  # configured but not plugged in now: keep them
             self.usb.addItem(check_item(f"{key[0]}:{key[1]}  (not plugged in)", key, True))
+        if not self.usb.count():
+            self.usb.addItem(empty_row(NO_USB))
         self.error = error_label()
         self.shares = QListWidget()
         self.shares.setAccessibleName("Shared folders")
@@ -334,6 +337,8 @@ class USBPanel(QDialog):
             key = (device.vendor_id, device.product_id)
             self.list.addItem(check_item(usb_label(device, port=True), device,
                                          key in attached))
+        if not self.list.count():
+            self.list.addItem(empty_row(NO_USB))
         self.list.itemChanged.connect(self._toggled)
         fit_list(self.list, rows=4)
         self.status = QLabel()

@@ -310,17 +310,6 @@ def fit_list(widget, rows: int = 3, max_rows: int = 10) -> None:
                           shown * (metrics.height() + 8) + 2 * widget.frameWidth())
 
 
-def gpu_label(gpu) -> str:
-    """A GPU by the name people know (pci.ids), its address and ids second."""
-    return f"{gpu.device.name}  ({gpu.address}, {gpu.device.ids})"
-
-
-def usb_label(device, port: bool = False) -> str:
-    """A USB device by its name (usb.ids or its own), the ids (and port) second."""
-    where = f"{device.sysfs_name}, " if port else ""
-    return f"{device.name}  ({where}{device.vendor_id}:{device.product_id})"
-
-
 def check_item(text: str, data, checked: bool) -> QListWidgetItem:
     """A list row with a tick box, carrying ``data``."""
     item = QListWidgetItem(text)
@@ -409,6 +398,7 @@ class Banner(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("banner")
+        self.setAccessibleName("Connection problem")
         self.recolour()
         self.setAutoFillBackground(True)
         layout = QHBoxLayout(self)

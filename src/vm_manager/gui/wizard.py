@@ -18,7 +18,8 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from .widgets import Tasks, check_item, error_label, fit_to_screen, gpu_label, usb_label
+from .texts import NO_USB, empty_row, gpu_label, no_gpu_reason, usb_label
+from .widgets import Tasks, check_item, error_label, fit_to_screen
 
 TEMPLATES = (("windows11", "Windows 11"), ("windows10", "Windows 10"), ("linux", "Linux"),
              ("macos", "macOS"))
@@ -197,13 +198,16 @@ class _DevicesPage(_CheckedPage):
                 why = "; ".join(f"blocked by {b.address}: {b.reason}" for b in gpu.blockers) \
                     or "the boot GPU (the host's display)"
                 reasons.append(f"{gpu.address}: {why}")
-        self.gpu_reason.setText("\n".join(reasons))
+        why_none = no_gpu_reason(self.wizard_.devices.gpus)
+        self.gpu_reason.setText("\n".join(filter(None, [why_none, *reasons])))
         self.usb.clear()
         for device in self.wizard_.devices.usb:
             if device.is_hub:
                 continue
             self.usb.addItem(check_item(usb_label(device, port=True),
                                          (device.vendor_id, device.product_id), False))
+        if not self.usb.count():
+            self.usb.addItem(empty_row(NO_USB))
         self._update()
 
     def _update(self, *_args) -> None:

@@ -1,0 +1,43 @@
+"""What the app calls devices and says when there are none: GPUs and USB devices by the
+names people know (pci.ids / usb.ids), ids second, and the lists' empty states."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QListWidgetItem
+
+
+def gpu_label(gpu) -> str:
+    """A GPU by the name people know (pci.ids), its address and ids second."""
+    return f"{gpu.device.name}  ({gpu.address}, {gpu.device.ids})"
+
+
+def usb_label(device, port: bool = False) -> str:
+    """A USB device by its name (usb.ids or its own), the ids (and port) second."""
+    where = f"{device.sysfs_name}, " if port else ""
+    return f"{device.name}  ({where}{device.vendor_id}:{device.product_id})"
+
+
+NO_USB = "No USB devices are plugged in (hubs are not listed): plug one in and open this again"
+
+
+def empty_row(text: str) -> QListWidgetItem:
+    """A list's empty state: one greyed row that says why it is empty."""
+    item = QListWidgetItem(text)
+    item.setFlags(Qt.NoItemFlags)
+    return item
+
+
+def no_gpu_reason(gpus) -> str:
+    """Why no GPU can be picked, in words (the wizard's empty state), or "" when one can."""
+    if any(gpu.viable and not gpu.device.boot_vga for gpu in gpus):
+        return ""
+    if not gpus:
+        return "No GPU was found on this computer: the VM shows its screen in a SPICE window."
+    if not all(gpu.iommu_on for gpu in gpus):
+        return ("The IOMMU is off, so no GPU can be passed through: turn on VT-d (Intel) or"
+                " AMD-Vi (AMD) in the firmware setup (Host check… explains).")
+    if all(gpu.device.boot_vga for gpu in gpus):
+        return ("Your only GPU shows this computer's own desktop: passing one through needs a"
+                " second GPU (or the single-GPU mode of `neuron-vm create --allow-boot-gpu`).")
+    return "No GPU can be passed through now; the reasons are listed below."
