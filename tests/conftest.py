@@ -47,6 +47,29 @@ def make_host(tmp_path):
 
 
 @pytest.fixture
+def window(qtbot, three_vm_uri, tmp_path):
+    """The desktop app's main window on the three-VM host (alpha has saved settings), shown
+    and listed; closed after."""
+    from vm_manager.core import guard
+    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.core.store import VMStore
+    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.gui.app import MainWindow
+
+    conn = LibvirtConnection(three_vm_uri)
+    store = VMStore(tmp_path / "config")
+    store.save(VMConfig(name="alpha", vm_type="windows10"))
+    win = MainWindow(connection=conn, store=store)  # opens nothing on this thread
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.model.rowCount() == 3, timeout=5000)
+    yield win
+    win.close()
+    with guard.allowed():
+        conn.close()
+
+
+@pytest.fixture
 def three_vm_uri(make_host) -> str:
     return make_host(
         [

@@ -36,21 +36,6 @@ def test_the_ui_thread_check_catches_a_blocking_call():
     guard.violations.clear()  # seen on purpose here
 
 
-@pytest.fixture
-def window(qtbot, three_vm_uri, tmp_path):
-    conn = LibvirtConnection(three_vm_uri)
-    store = VMStore(tmp_path / "config")
-    store.save(VMConfig(name="alpha", vm_type="windows10"))
-    win = MainWindow(connection=conn, store=store)  # opens nothing on this thread
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitUntil(lambda: win.model.rowCount() == 3, timeout=5000)
-    yield win
-    win.close()
-    with guard.allowed():
-        conn.close()
-
-
 def state_of(win, name):
     return win.model.row_for(name).state
 
@@ -625,6 +610,10 @@ def test_every_action_has_an_icon_with_or_without_a_theme(window):
         assert not action.icon().isNull(), key
         assert not action.icon().pixmap(24, 24).isNull(), key
     assert not window.windowIcon().isNull()
+    from vm_manager.gui.widgets import os_icon
+
+    for kind in ("windows11", "windows10", "linux", "macos", None):  # the systems too
+        assert not os_icon(kind).pixmap(14, 14).isNull(), kind
     paths, name = QIcon.themeSearchPaths(), QIcon.themeName()
     try:
         QIcon.setThemeSearchPaths([])  # a desktop without any icon theme

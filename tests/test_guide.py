@@ -12,14 +12,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from support.fakes import FakePCIDevice, add_pci_devices, nvidia_turing_gpu  # noqa: E402
+from support.fakes import arch_like_host  # noqa: E402
 from vm_manager.actions import Context  # noqa: E402
 from vm_manager.actions.guide import PKEXEC, USERMOD, fixes, plan_fixes  # noqa: E402
 from vm_manager.passthrough.gpu_attach import list_gpus  # noqa: E402
 from vm_manager.passthrough.host_check import Check  # noqa: E402
 
 BIN = Path(__file__).parent / "bin"
-GRUB = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet splash"\nGRUB_CMDLINE_LINUX=""\n'
 PROGRAM = "/opt/neuronos/bin/neuron-vm"
 FAILING = [Check("CPU virtualization", "fail", "neither vmx nor svm", "enable it"),
            Check("IOMMU", "fail", "no IOMMU groups", "enable VT-d"),
@@ -30,16 +29,7 @@ FAILING = [Check("CPU virtualization", "fail", "neither vmx nor svm", "enable it
 
 @pytest.fixture
 def host(tmp_path):
-    root = add_pci_devices(tmp_path / "root", [
-        FakePCIDevice("0000:00:02.0", 0x8086, 0x3E92, 0x030000, "i915", 0, True),
-        *nvidia_turing_gpu()])
-    (root / "proc").mkdir()
-    (root / "proc" / "cpuinfo").write_text("vendor_id : GenuineIntel\nflags : vmx\n")
-    (root / "proc" / "cmdline").write_text("root=/dev/nvme0n1p2 rw quiet\n")
-    (root / "etc" / "default").mkdir(parents=True)
-    (root / "etc" / "default" / "grub").write_text(GRUB)
-    (root / "etc" / "mkinitcpio.conf").write_text("MODULES=()\nHOOKS=(base udev)\n")
-    return root
+    return arch_like_host(tmp_path / "root")
 
 
 def test_the_fixes_and_their_exact_command_lines(host):

@@ -8,9 +8,9 @@ import pytest
 
 from vm_manager.cli import main
 from vm_manager.passthrough.isolation import IsolationError, apply, plan_isolation, unprepare
-from support.fakes import FakePCIDevice, add_pci_devices, nvidia_turing_gpu
+from support.fakes import (FakePCIDevice, add_pci_devices, arch_like_host,
+                           nvidia_turing_gpu)
 
-GRUB = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet splash"\nGRUB_CMDLINE_LINUX=""\n'
 
 
 def snapshot(root):
@@ -21,16 +21,7 @@ def snapshot(root):
 
 @pytest.fixture
 def arch_host(tmp_path):
-    root = add_pci_devices(tmp_path / "root", [
-        FakePCIDevice("0000:00:02.0", 0x8086, 0x3E92, 0x030000, "i915", 0, True),
-        *nvidia_turing_gpu()])
-    (root / "proc").mkdir()
-    (root / "proc" / "cpuinfo").write_text("vendor_id : GenuineIntel\nflags : vmx\n")
-    (root / "proc" / "cmdline").write_text("root=/dev/nvme0n1p2 rw quiet\n")
-    (root / "etc" / "default").mkdir(parents=True)
-    (root / "etc" / "default" / "grub").write_text(GRUB)
-    (root / "etc" / "mkinitcpio.conf").write_text("MODULES=()\nHOOKS=(base udev)\n")
-    return root
+    return arch_like_host(tmp_path / "root")
 
 
 def test_plan_contents(arch_host):

@@ -54,19 +54,6 @@ def test_cpu_percent_comes_from_consecutive_samples():
     assert len(history.view().points["a"]) == HISTORY
 
 
-@pytest.fixture
-def window(qtbot, three_vm_uri, tmp_path):
-    conn = LibvirtConnection(three_vm_uri)
-    win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitUntil(lambda: win.model.rowCount() == 3, timeout=5000)
-    yield win
-    win.close()
-    with guard.allowed():
-        conn.close()
-
-
 def cell(win, name: str, column: str, role=None):
     from PySide6.QtCore import Qt
 

@@ -322,3 +322,21 @@ class FakeSpiceServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+GRUB = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet splash"\nGRUB_CMDLINE_LINUX=""\n'
+
+
+def arch_like_host(root: Path) -> Path:
+    """A host root for `gpu prepare`: an Intel boot GPU and a Turing card, an Intel CPU with
+    VT-x, GRUB and mkinitcpio, as on an Arch install."""
+    root = add_pci_devices(root, [
+        FakePCIDevice("0000:00:02.0", 0x8086, 0x3E92, 0x030000, "i915", 0, True),
+        *nvidia_turing_gpu()])
+    (root / "proc").mkdir()
+    (root / "proc" / "cpuinfo").write_text("vendor_id : GenuineIntel\nflags : vmx\n")
+    (root / "proc" / "cmdline").write_text("root=/dev/nvme0n1p2 rw quiet\n")
+    (root / "etc" / "default").mkdir(parents=True)
+    (root / "etc" / "default" / "grub").write_text(GRUB)
+    (root / "etc" / "mkinitcpio.conf").write_text("MODULES=()\nHOOKS=(base udev)\n")
+    return root

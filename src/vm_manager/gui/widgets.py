@@ -31,9 +31,19 @@ OS_COLORS = {"windows11": "#0078d4", "windows10": "#00a4ef", "linux": "#f4b400",
 _icons: dict = {}
 
 
+# the system's logo where the desktop's icon theme has one (Papirus, Breeze and others ship
+# these distributor logos); else a badge in the system's colour, drawn (needs no theme)
+OS_THEME_NAMES = {"windows11": "distributor-logo-windows", "windows10": "distributor-logo-windows",
+                  "linux": "distributor-logo-linux", "macos": "distributor-logo-apple"}
+
+
 def os_icon(vm_type: str | None) -> QIcon:
-    """A small badge in the system's colour (drawn, so it needs no icon theme)."""
+    """The system's icon: the theme's logo, or a small badge in the system's colour."""
     if vm_type not in _icons:
+        themed = QIcon.fromTheme(OS_THEME_NAMES.get(vm_type, ""))
+        if not themed.isNull():
+            _icons[vm_type] = themed
+            return themed
         pixmap = QPixmap(14, 14)
         pixmap.fill(QColor(0, 0, 0, 0))
         painter = QPainter(pixmap)
