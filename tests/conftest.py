@@ -126,15 +126,43 @@ def _daemon_problem() -> str | None:
     return None
 
 
+def _neuronos_pools() -> set[str]:
+    import libvirt
+
+    conn = libvirt.open(SYSTEM_URI)
+    try:
+        return {pool.name() for pool in conn.listAllStoragePools(0)
+                if pool.name().startswith("neuronos-images")}
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="session")
-def system_daemon() -> str:
-    """qemu:///system on a running libvirtd: skips outside CI, fails in CI if missing."""
+def system_daemon():
+    """qemu:///system on a running libvirtd: skips outside CI, fails in CI if missing.
+    The storage pools NeuronOS defined for the tests' images folders during the session are
+    undefined at its end (their folders are the tests' own, already removed)."""
     problem = _daemon_problem()
     if problem:
         if IN_CI:
             pytest.fail(f"CI=true but {problem}; .ci/run must start virtlogd and libvirtd")
         pytest.skip(f"{problem} (start it with: virtlogd -d; libvirtd -d)")
-    return SYSTEM_URI
+    before = _neuronos_pools()
+    yield SYSTEM_URI
+    import libvirt
+
+    try:
+        conn = libvirt.open(SYSTEM_URI)
+    except libvirt.libvirtError:
+        return  # a test left the daemon down: nothing to tidy through it
+    try:
+        for pool in conn.listAllStoragePools(0):
+            if pool.name().startswith("neuronos-images") and pool.name() not in before:
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager

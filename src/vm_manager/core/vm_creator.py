@@ -1,8 +1,9 @@
 """Create a VM from a ``VMConfig``: a transaction that leaves nothing behind on failure.
 
 Steps: check (host facts read once, then a pure plan, ``planning.plan_creation``: nothing
-is touched) -> disk (``qemu-img create``, never over an existing file) -> render (Jinja2 template, autoescaped) -> validate (libvirt's RNG schema and our
-rules) -> define (``VIR_DOMAIN_DEFINE_VALIDATE``) -> save settings. A failure undoes every
+is touched) -> disk (a qcow2 volume of the images folder's storage pool, made by libvirt
+on the VM's host: ``core.storage``; never over an existing file) -> render (Jinja2
+template, autoescaped) -> validate (libvirt's RNG schema and our rules) -> define (``VIR_DOMAIN_DEFINE_VALIDATE``) -> save settings. A failure undoes every
 step before it (domain undefined, disk removed) and raises ``VMCreationError`` naming the
 step. Template values come from the validated config, never from raw strings.
 
@@ -159,7 +160,8 @@ class VMCreator:
             # too. Undoing a step that did not happen is harmless.
             enter("disk")
             if plan.disk is not None and plan.disk.create:
-                undo.append(("remove disk", lambda: _remove_claimed(plan.disk.path, claimed)))
+                undo.append(("remove disk", lambda: self._remove_disk(plan.disk.path,
+                                                                      claimed)))
                 self._create_disk(plan.disk, claimed)
             if plan.setup is not None:
                 enter("setup medium")
@@ -260,6 +262,13 @@ class VMCreator:
                               str(settings_path), xml, running=active)
 
     def _create_disk(self, disk: DiskPlan, claimed: dict) -> None:
+        from . import storage
+
+        if storage.uses_pools(self.connection.uri):  # made by libvirt, where the VM runs
+            storage.create_volume(self.connection, disk.path, disk.size_gb, disk.backing,
+                                  disk.backing_format,
+                                  claim=lambda: claimed.__setitem__("volume", disk.path))
+            return
         path = Path(disk.path)
         private_folder(path.parent, 0o711)  # as libvirt's own images folder: QEMU may pass
         # O_EXCL claims the name first, so an existing file is never overwritten (qemu-img
@@ -288,6 +297,28 @@ class VMCreator:
         except BaseException:
             _unlink(str(path))
             raise
+
+    def _remove_disk(self, path: str, claimed: dict) -> None:
+        """The disk this creation made, and nothing else: its volume, or its very file."""
+        from . import storage
+
+        if claimed.get("volume"):
+            storage.delete_volume(self.connection, claimed["volume"])
+            return
+        _remove_claimed(path, claimed)
+
+    def _has_volume(self, path: str) -> bool:
+        def look(conn: libvirt.virConnect) -> bool:
+            try:
+                conn.storageVolLookupByPath(path)
+                return True
+            except libvirt.libvirtError:
+                return False
+
+        try:
+            return self._with_daemon(look, wait=1.0)
+        except VMManagerError:
+            return True  # cannot tell: say it may be there
 
     def _define(self, xml: str) -> None:
         self.connection.execute(
@@ -339,6 +370,8 @@ class VMCreator:
                 left.append(f"the domain {name} (uuid {vm_uuid})")
         if claimed.get("inode") and _same_file(disk.path, claimed["inode"]):
             left.append(f"the disk {disk.path}")
+        if claimed.get("volume") and self._has_volume(claimed["volume"]):
+            left.append(f"the disk {claimed['volume']} (a volume of its storage pool)")
         medium = plan.setup.medium if plan.setup else None
         if claimed.get("medium") and medium and _same_file(medium, claimed["medium"]):
             left.append(f"the setup medium {medium}")

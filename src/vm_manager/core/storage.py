@@ -1,0 +1,134 @@
+"""Disks as libvirt storage volumes, so a disk is made (and removed) on the computer the VM
+runs on, local or remote alike: libvirt's storage driver runs ``qemu-img`` there, not us.
+
+The images folder is a ``dir`` pool: the pool whose target is that folder is found (started
+if it is not running), or NeuronOS defines one (``neuronos-images``, another name if that
+one is taken), builds it (makes the folder), starts it and marks it to start with libvirtd.
+A new disk is a sparse qcow2 volume (mode 0600, lazy refcounts), an overlay names its
+backing image; removing a disk that lies in a pool goes through the pool (``vol.delete``).
+
+libvirt's test driver keeps its pools in memory and makes no files, so on ``test:///`` URIs
+the creator keeps making the file itself (``uses_pools``): the logic tests check what is on
+disk, the real daemon's tests check the pool.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import libvirt
+
+from .connection import LibvirtConnection
+from .errors import VMCreationError
+from .log import get_logger
+
+log = get_logger(__name__)
+POOL_NAME = "neuronos-images"
+
+
+def uses_pools(uri: str) -> bool:
+    """Whether disks on ``uri`` are made through storage pools (every driver but test)."""
+    return not uri.startswith("test:")
+
+
+def _target(pool: libvirt.virStoragePool) -> str | None:
+    path = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
+    return os.path.normpath(path) if path else None
+
+
+def find_pool(conn: libvirt.virConnect, folder: Path | str) -> libvirt.virStoragePool | None:
+    """The pool whose target is ``folder`` (compared as normalised paths), or None."""
+    wanted = os.path.normpath(str(folder))
+    for pool in conn.listAllStoragePools(0):
+        try:
+            if _target(pool) == wanted:
+                return pool
+        except libvirt.libvirtError:  # a pool undefined while we looked
+            continue
+    return None
+
+
+def images_pool(conn: libvirt.virConnect, folder: Path | str) -> libvirt.virStoragePool:
+    """The running pool of ``folder``: found (and started if needed), or defined, built,
+    started and set to autostart. Inside an ``execute`` callback."""
+    pool = find_pool(conn, folder)
+    if pool is None:
+        taken = set(conn.listStoragePools()) | set(conn.listDefinedStoragePools())
+        name = POOL_NAME
+        number = 1
+        while name in taken:
+            number += 1
+            name = f"{POOL_NAME}-{number}"
+        xml = (f"<pool type='dir'><name>{escape(name)}</name><target>"
+               f"<path>{escape(os.path.normpath(str(folder)))}</path>"
+               "<permissions><mode>0711</mode></permissions></target></pool>")
+        pool = conn.storagePoolDefineXML(xml, 0)
+        log.info("defined storage pool %s for %s", name, folder)
+        try:
+            pool.build(0)  # makes the folder (0711) where it is missing
+        except libvirt.libvirtError as error:
+            pool.undefine()
+            raise VMCreationError(f"libvirt could not make the images folder {folder}:"
+                                  f" {error.get_error_message()}", step="disk") from None
+        pool.setAutostart(1)
+    if not pool.isActive():
+        pool.create(0)
+    return pool
+
+
+def volume_xml(name: str, size_gb: int, backing: str | None = None,
+               backing_format: str | None = None) -> str:
+    """A sparse qcow2 volume (0600, lazy refcounts), an overlay on ``backing`` if given."""
+    backing_xml = ""
+    if backing:
+        backing_xml = (f"<backingStore><path>{escape(os.path.abspath(backing))}</path>"
+                       f"<format type='{escape(backing_format or 'raw')}'/></backingStore>")
+    return (f"<volume><name>{escape(name)}</name><capacity unit='G'>{int(size_gb)}</capacity>"
+            "<allocation>0</allocation><target><format type='qcow2'/><compat>1.1</compat>"
+            "<features><lazy_refcounts/></features>"
+            "<permissions><mode>0600</mode></permissions></target>"
+            f"{backing_xml}</volume>")
+
+
+def create_volume(connection: LibvirtConnection, path: str, size_gb: int,
+                  backing: str | None = None, backing_format: str | None = None,
+                  claim=None) -> str:
+    """Make the disk ``path`` as a volume of its folder's pool; returns the volume's path.
+    An existing file of that name is never overwritten: the pool is refreshed first, so it
+    shows as a volume and the name is refused. ``claim()`` is called once the name is known
+    to be free, just before libvirt makes it: a daemon that dies mid-call may have made it."""
+    folder, name = os.path.dirname(path), os.path.basename(path)
+
+    def make(conn: libvirt.virConnect) -> str:
+        pool = images_pool(conn, folder)
+        pool.refresh(0)
+        if name in pool.listVolumes():
+            raise VMCreationError(f"{path} already exists; NeuronOS never overwrites a disk"
+                                  " (pick another name)", step="disk")
+        if claim is not None:
+            claim()
+        volume = pool.createXML(volume_xml(name, size_gb, backing, backing_format), 0)
+        log.info("made volume %s in pool %s", volume.path(), pool.name())
+        return volume.path()
+
+    return connection.execute(make)
+
+
+def delete_volume(connection: LibvirtConnection, path: str) -> bool:
+    """Remove ``path`` through its pool; False when no pool holds it (the caller decides)."""
+
+    def remove(conn: libvirt.virConnect) -> bool:
+        try:
+            volume = conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError:
+            if not conn.isAlive():
+                raise
+            return False
+        volume.delete(0)
+        log.info("deleted volume %s through its pool", path)
+        return True
+
+    return connection.execute(remove)

@@ -1,0 +1,128 @@
+"""Disks through libvirt storage pools (issue 17): the images folder's pool found or
+defined, volumes made and removed through it. Pool logic on the test driver (its pools live
+in memory); the real thing on the real daemon, with no qemu-img for NeuronOS to call."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from conftest import lifecycle_on
+from support.domains import remove_domain
+from vm_manager.core import storage
+from vm_manager.core.connection import LibvirtConnection
+from vm_manager.core.errors import VMCreationError
+from vm_manager.core.store import VMStore
+from vm_manager.core.vm_config import VMConfig
+from vm_manager.core.vm_creator import VMCreator
+from vm_manager.core.vm_destroyer import VMDestroyer
+
+
+@pytest.fixture
+def test_conn(make_host):
+    with LibvirtConnection(make_host()) as connection:
+        yield connection
+
+
+def test_the_images_folder_pool_is_found_or_defined(test_conn):
+    def run(fn):
+        return test_conn.execute(fn)
+
+    # a pool someone defined for the folder is found (by its path), not duplicated
+    run(lambda c: c.storagePoolDefineXML("<pool type='dir'><name>default</name><target>"
+                                         "<path>/var/lib/libvirt/images</path></target></pool>"))
+    found = run(lambda c: storage.images_pool(c, "/var/lib/libvirt/images/"))
+    assert found.name() == "default" and found.isActive()
+    made = run(lambda c: storage.images_pool(c, "/srv/vm images"))
+    assert made.name() == "neuronos-images" and made.isActive() and made.autostart()
+    assert storage._target(made) == "/srv/vm images"
+    # the same folder again: the same pool; another folder: another name
+    assert run(lambda c: storage.images_pool(c, "/srv/vm images").name()) == "neuronos-images"
+    assert run(lambda c: storage.images_pool(c, "/srv/other").name()) == "neuronos-images-2"
+    # an inactive pool of the folder is started, not redefined
+    run(lambda c: c.storagePoolLookupByName("neuronos-images-2").destroy())
+    again = run(lambda c: storage.images_pool(c, "/srv/other"))
+    assert again.name() == "neuronos-images-2" and again.isActive()
+    assert sorted(run(lambda c: c.listStoragePools())) == [
+        "default", "neuronos-images", "neuronos-images-2"]
+
+
+def test_volumes_are_made_once_and_removed_through_the_pool(test_conn):
+    path = "/srv/images/<vm> & co.qcow2"
+    claims = []
+    made = storage.create_volume(test_conn, path, 8, claim=lambda: claims.append(path))
+    assert made == path and claims == [path]
+    volume = test_conn.execute(lambda c: c.storageVolLookupByPath(path))
+    assert volume.info()[1] == 8 << 30  # capacity, sparse
+    xml = volume.XMLDesc(0)
+    assert "<format type='qcow2'/>" in xml and "<mode>0600</mode>" in xml
+    with pytest.raises(VMCreationError, match="never overwrites"):
+        storage.create_volume(test_conn, path, 8, claim=lambda: claims.append("again"))
+    assert claims == [path]  # refused before anything was claimed
+    assert storage.delete_volume(test_conn, path) is True
+    assert storage.delete_volume(test_conn, path) is False  # no pool holds it now
+
+
+def test_volume_xml_is_escaped_and_names_its_backing():
+    xml = storage.volume_xml("a'b<c>.qcow2", 20, backing="/srv/base & co.qcow2",
+                             backing_format="qcow2")
+    assert "<name>a'b&lt;c&gt;.qcow2</name>" in xml
+    assert "<backingStore><path>/srv/base &amp; co.qcow2</path><format type='qcow2'/>" in xml
+    assert "<lazy_refcounts/>" in xml and "<capacity unit='G'>20</capacity>" in xml
+
+
+@pytest.mark.daemon
+def test_create_and_delete_on_the_real_daemon_go_through_the_pool(system_daemon, tmp_path,
+                                                                  monkeypatch):
+    """With no qemu-img for NeuronOS to run (off the PATH, and a path that does not exist):
+    the disk is a volume libvirt made in the folder's pool (defined by NeuronOS, started,
+    autostart), a real sparse qcow2 file, 0600. Delete without --delete-disks keeps it;
+    with it the volume goes through the pool."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    images = Path(f"/var/lib/libvirt/images/neuron-pool-{uuid.uuid4().hex[:6]}")
+    names = [f"neuron-pool-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    conn = LibvirtConnection(system_daemon)
+    store = VMStore(tmp_path / "config")
+    try:
+        creator = VMCreator(conn, store=store, images_dir=images, qemu_img="/nonexistent")
+        for name in names:
+            creator.create(VMConfig(name=name, vm_type="linux", disk_size_gb=1, network="none",
+                                    domain_type="qemu"), force=True)
+        pool = conn.execute(lambda c: storage.find_pool(c, images))
+        assert pool is not None and pool.isActive() and pool.autostart()
+        assert pool.name().startswith("neuronos-images")
+        disks = [images / f"{name}.qcow2" for name in names]
+        pool.refresh(0)
+        assert sorted(pool.listVolumes()) == sorted(d.name for d in disks)
+        for disk in disks:
+            assert disk.read_bytes()[:4] == b"QFI\xfb"  # made by libvirt's qemu-img
+            assert disk.stat().st_mode & 0o777 == 0o600
+            assert disk.stat().st_blocks * 512 < 16 << 20  # sparse
+        assert conn.execute(lambda c: c.storageVolLookupByPath(str(disks[0])).info()[1]) \
+            == 1 << 30
+        with lifecycle_on(system_daemon) as lifecycle:
+            destroyer = VMDestroyer(conn, store=store, lifecycle=lifecycle, images_dir=images)
+            kept = destroyer.destroy(names[0], delete_disks=False)
+            gone = destroyer.destroy(names[1], delete_disks=True)
+        assert any(path == str(disks[0]) for path, _ in kept.kept) and disks[0].exists()
+        assert str(disks[1]) in gone.removed and not disks[1].exists()
+        pool.refresh(0)
+        assert pool.listVolumes() == [disks[0].name]
+    finally:
+        for name in names:
+            remove_domain(conn, name)
+        pool = conn.execute(lambda c: storage.find_pool(c, images))
+        if pool is not None:
+            try:
+                pool.destroy()
+            except libvirt.libvirtError:
+                pass
+            pool.undefine()
+        conn.close()
+        shutil.rmtree(images, ignore_errors=True)
+        assert not os.path.exists(images)
