@@ -199,3 +199,98 @@ def test_cli_gpu_list_and_plan(host, monkeypatch):
     out, err = io.StringIO(), io.StringIO()
     assert main(["gpu", "plan", "01:00.0"], out=out, err=err) == 1
     assert "not viable" in out.getvalue() + err.getvalue()
+
+
+# --- the same verdicts from libvirt's node devices (issue 17: remote hosts) ------------------
+
+TOPOLOGY = [
+    intel_igpu(group=0, boot=True), root_port(group=1),
+    *nvidia_turing_gpu(bus=1, group=14),
+    Dev("0000:02:00.0", 0x1002, 0x73BF, VGA, None, 7), Dev("0000:02:00.1", 0x1002, 0xAB28,
+                                                            AUDIO, None, 7),
+    Dev("0000:03:00.0", 0x1022, 0x43B7, SATA, None, 7),  # unbound: stays with the host
+]
+
+
+def verdicts(gpus):
+    return [(str(g.address), g.viable, [b.address for b in g.blockers],
+             [str(f.address) for f in g.functions], g.device.iommu_group) for g in gpus]
+
+
+def test_node_devices_give_the_sysfs_verdicts(host, tmp_path):
+    """One topology, read two ways: this machine's sysfs tree, and libvirt's node devices
+    (test driver; what a remote host reports). The verdicts, functions and groups agree; what
+    libvirt does not tell (boot VGA) is unknown there, not guessed."""
+    from vm_manager.actions import Context
+    from vm_manager.actions.gpu import list_gpus as listed
+    from support.fakes import FakeHost, write_node_file
+
+    uri = write_node_file(tmp_path / "node.xml", FakeHost(pci_devices=TOPOLOGY))
+    sysfs = listed(Context(uri, host_root=host(TOPOLOGY)), source="sysfs")
+    with LibvirtConnection(uri) as conn:
+        remote = listed(Context(connection=conn), source="libvirt")
+    assert verdicts(remote) == verdicts(sysfs)
+    assert [g.device.boot_vga for g in remote] == [None, None, None]
+    assert [g.device.boot_vga for g in sysfs][0] is True
+
+
+NODEDEV = """<device>
+  <name>pci_0000_01_00_0</name>
+  <path>/sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0</path>
+  <parent>pci_0000_00_01_0</parent>
+  <driver><name>nvidia</name></driver>
+  <capability type='pci'>
+    <class>0x030000</class>
+    <domain>0</domain><bus>1</bus><slot>0</slot><function>0</function>
+    <product id='0x1e87'>TU104 [GeForce RTX 2080 Rev. A]</product>
+    <vendor id='0x10de'>NVIDIA Corporation</vendor>
+    <iommuGroup number='14'>
+      <address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>
+      <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/>
+    </iommuGroup>
+  </capability>
+</device>"""
+SATA_NODEDEV = """<device><name>pci_0000_03_00_0</name><driver><name>ahci</name></driver>
+  <capability type='pci'><class>0x010601</class><domain>0</domain><bus>3</bus><slot>0</slot>
+  <function>0</function><product id='0x43b7'/><vendor id='0x1022'>AMD</vendor>
+  <iommuGroup number='14'/></capability></device>"""
+
+
+def test_node_device_xml_as_real_libvirt_writes_it():
+    """`virsh nodedev-dumpxml` shape (with the driver, which the test driver drops): names
+    from the remote pci.ids, the group from its listed members, and a group member on a host
+    driver blocks, as in sysfs."""
+    from vm_manager.passthrough.gpu_attach import gpus_in
+    from vm_manager.passthrough.nodedev import snapshot_from_xml
+
+    snapshot = snapshot_from_xml([NODEDEV, SATA_NODEDEV, "<device><name>computer</name>"
+                                  "<capability type='system'/></device>"])
+    [gpu] = gpus_in(snapshot)
+    assert gpu.device.name == "NVIDIA Corporation TU104 [GeForce RTX 2080 Rev. A]"
+    assert gpu.device.driver == "nvidia" and gpu.device.iommu_group == 14
+    assert [str(a) for a in snapshot.groups[14]] == ["0000:01:00.0", "0000:03:00.0"]
+    assert not gpu.viable and gpu.blockers[0].address == "0000:03:00.0"
+    assert "host driver ahci" in gpu.blockers[0].reason
+
+
+def test_remote_uris_are_told_apart():
+    from vm_manager.core.primitives import is_remote
+
+    for uri in ("qemu+ssh://root@host/system", "qemu+ssh://root@127.0.0.1:2222/system?keyfile=k",
+                "qemu://host.lan/system", "qemu+tls://h/system", "qemu+libssh2://u@h/system"):
+        assert is_remote(uri), uri
+    for uri in ("qemu:///system", "qemu:///session", "qemu+unix:///system", "test:///default",
+                "test:///tmp/node.xml"):
+        assert not is_remote(uri), uri
+
+
+def test_cli_gpu_list_from_libvirt(tmp_path):
+    from support.fakes import FakeHost, write_node_file
+
+    uri = write_node_file(tmp_path / "node.xml", FakeHost(pci_devices=TOPOLOGY))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--json", "-c", uri, "gpu", "list", "--source", "libvirt"], out=out,
+                err=err) == 0, err.getvalue()
+    listed = {item["address"]: item for item in json.loads(out.getvalue())}
+    assert listed["0000:01:00.0"]["viable"] and listed["0000:01:00.0"]["boot_vga"] is None
+    assert listed["0000:02:00.0"]["functions"] == ["0000:02:00.0", "0000:02:00.1"]

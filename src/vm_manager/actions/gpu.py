@@ -14,9 +14,21 @@ if TYPE_CHECKING:
     from ..passthrough.isolation import IsolationPlan
 
 
-def list_gpus(ctx: Context) -> list[GPUInfo]:
+def list_gpus(ctx: Context, source: str | None = None) -> list[GPUInfo]:
+    """Every GPU with its verdict. ``source``: ``sysfs`` (this machine's /sys, under the
+    host root) or ``libvirt`` (the node-device API: what a remote host reports); default
+    sysfs for a local URI, libvirt for a remote one. Only ``libvirt`` needs libvirt-python."""
+    from ..passthrough.gpu_attach import gpus_in
     from ..passthrough.gpu_attach import list_gpus as read
 
+    if source is None:
+        from ..core.primitives import is_remote
+
+        source = "libvirt" if is_remote(ctx.uri) else "sysfs"
+    if source == "libvirt":
+        from ..passthrough.nodedev import read_pci_nodedev
+
+        return gpus_in(read_pci_nodedev(ctx.connection))
     return read(ctx.host_root)
 
 

@@ -12,8 +12,11 @@ def register(commands, common, subcommand) -> None:
         " unprepare, detach and reattach change anything.",
     )
     actions = gpu.add_subparsers(dest="gpu_action", metavar="ACTION", required=True)
-    subcommand(actions, "list", "every GPU, its functions, IOMMU group and verdict",
-               cmd_gpu_list)
+    listing = subcommand(actions, "list", "every GPU, its functions, IOMMU group and verdict",
+                         cmd_gpu_list)
+    listing.add_argument("--source", choices=("sysfs", "libvirt"),
+                         help="where to read: this machine's /sys, or libvirt's node devices"
+                         " (default: sysfs for a local URI, libvirt for a remote one)")
     plan = subcommand(actions, "plan", "what passing this GPU to a VM takes", cmd_gpu_plan)
     plan.add_argument("address", metavar="ADDR")
     plan.add_argument("--allow-boot-gpu", action="store_true",
@@ -46,7 +49,7 @@ def register(commands, common, subcommand) -> None:
 def cmd_gpu_list(ctx: CommandContext) -> int:
     from ..actions import gpu
 
-    gpus = gpu.list_gpus(ctx.actions)
+    gpus = gpu.list_gpus(ctx.actions, ctx.args.source)
     if ctx.json:
         ctx.print_json([info.to_dict() for info in gpus])
         return EXIT_OK

@@ -25,6 +25,20 @@ def resolve_uri(uri: str | None = None, environ: dict | None = None) -> str:
     return DEFAULT_URI
 
 
+REMOTE_TRANSPORTS = ("ssh", "libssh", "libssh2", "tcp", "tls", "ext")
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` reaches libvirt on another computer (``qemu+ssh://host/system``,
+    ``qemu://host/system``): its /sys, /dev/shm and files are not this machine's."""
+    scheme, _, rest = uri.partition("://")
+    transport = scheme.partition("+")[2]
+    if transport in REMOTE_TRANSPORTS:
+        return True
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    return bool(host) and transport != "unix"
+
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 

@@ -117,18 +117,32 @@ def create_volume(connection: LibvirtConnection, path: str, size_gb: int,
     return connection.execute(make)
 
 
-def delete_volume(connection: LibvirtConnection, path: str) -> bool:
-    """Remove ``path`` through its pool; False when no pool holds it (the caller decides)."""
-
-    def remove(conn: libvirt.virConnect) -> bool:
+def lookup_volume(conn: libvirt.virConnect, path: str) -> libvirt.virStorageVol | None:
+    """The volume at ``path``, its folder's pool refreshed first if libvirt does not know it
+    (a daemon restarted mid-creation has not listed the file yet); None when there is none."""
+    for attempt in (0, 1):
         try:
-            volume = conn.storageVolLookupByPath(path)
+            return conn.storageVolLookupByPath(path)
         except libvirt.libvirtError:
             if not conn.isAlive():
                 raise
-            return False
-        volume.delete(0)
-        log.info("deleted volume %s through its pool", path)
-        return True
+        pool = find_pool(conn, os.path.dirname(path)) if attempt == 0 else None
+        if pool is None or not pool.isActive():
+            return None
+        pool.refresh(0)
+    return None
 
-    return connection.execute(remove)
+
+def remove_volume(conn: libvirt.virConnect, path: str) -> bool:
+    """Remove ``path`` through its pool (inside an ``execute`` callback); False when no pool
+    holds it (the caller decides)."""
+    volume = lookup_volume(conn, path)
+    if volume is None:
+        return False
+    volume.delete(0)
+    log.info("deleted volume %s through its pool", path)
+    return True
+
+
+def delete_volume(connection: LibvirtConnection, path: str) -> bool:
+    return connection.execute(lambda conn: remove_volume(conn, path))

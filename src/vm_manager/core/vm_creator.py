@@ -302,21 +302,17 @@ class VMCreator:
         """The disk this creation made, and nothing else: its volume, or its very file."""
         from . import storage
 
-        if claimed.get("volume"):
-            storage.delete_volume(self.connection, claimed["volume"])
+        if claimed.get("volume"):  # waits for a daemon that went away mid-creation
+            self._with_daemon(lambda conn: storage.remove_volume(conn, claimed["volume"]))
             return
         _remove_claimed(path, claimed)
 
     def _has_volume(self, path: str) -> bool:
-        def look(conn: libvirt.virConnect) -> bool:
-            try:
-                conn.storageVolLookupByPath(path)
-                return True
-            except libvirt.libvirtError:
-                return False
+        from . import storage
 
         try:
-            return self._with_daemon(look, wait=1.0)
+            return self._with_daemon(lambda c: storage.lookup_volume(c, path) is not None,
+                                     wait=1.0)
         except VMManagerError:
             return True  # cannot tell: say it may be there
 

@@ -61,7 +61,7 @@ class GPUInfo:
             "class": dev.class_name,
             "driver": dev.driver,
             "iommu_group": dev.iommu_group,
-            "boot_vga": bool(dev.boot_vga),
+            "boot_vga": dev.boot_vga if dev.boot_vga is None else bool(dev.boot_vga),
             "functions": [str(f.address) for f in self.functions],
             "group_devices": [str(d.address) for d in self.group_devices],
             "viable": self.viable,
