@@ -96,6 +96,16 @@ class Context:
                 self._lifecycle = VMLifecycleManager(connection)
             return self._lifecycle
 
+    def require_local(self, what: str, why: str) -> None:
+        """Refuse ``what`` on a remote URI with one line saying ``why`` (``LocalOnly``)."""
+        from ..core.primitives import is_remote
+
+        if is_remote(self.uri):
+            from ..core.errors import LocalOnly
+
+            raise LocalOnly(f"{what} works only on this computer's own libvirt, not on"
+                            f" {self.uri}: {why}")
+
     @property
     def has_looking_glass(self) -> bool:
         """Whether a display was opened in this process (makes nothing)."""

@@ -84,6 +84,9 @@ def open_display(ctx: Context, request: DisplayRequest,
     from ..core.errors import LifecycleError
     from ..core.primitives import VMState
 
+    ctx.require_local("the Looking Glass display", "the VM's shared memory is on the other"
+                      " machine; run `neuron-vm display` there, or see the VM's own screen"
+                      f" here with `neuron-vm --connect {ctx.uri} console {request.name}`")
     ctx.lifecycle.require(request.name)
     config = replace(config_for(ctx, request.name), fullscreen=request.fullscreen)
     if ctx.lifecycle.get_state(request.name) != VMState.RUNNING:

@@ -14,13 +14,9 @@ if TYPE_CHECKING:
     from ..passthrough.isolation import IsolationPlan
 
 
-def list_gpus(ctx: Context, source: str | None = None) -> list[GPUInfo]:
-    """Every GPU with its verdict. ``source``: ``sysfs`` (this machine's /sys, under the
-    host root) or ``libvirt`` (the node-device API: what a remote host reports); default
-    sysfs for a local URI, libvirt for a remote one. Only ``libvirt`` needs libvirt-python."""
-    from ..passthrough.gpu_attach import gpus_in
-    from ..passthrough.gpu_attach import list_gpus as read
-
+def snapshot(ctx: Context, source: str | None = None):
+    """The host's PCI devices and IOMMU groups: from this machine's /sys for a local URI,
+    from libvirt's node devices for a remote one (or as ``source`` says)."""
     if source is None:
         from ..core.primitives import is_remote
 
@@ -28,14 +24,25 @@ def list_gpus(ctx: Context, source: str | None = None) -> list[GPUInfo]:
     if source == "libvirt":
         from ..passthrough.nodedev import read_pci_nodedev
 
-        return gpus_in(read_pci_nodedev(ctx.connection))
-    return read(ctx.host_root)
+        return read_pci_nodedev(ctx.connection)
+    from ..passthrough.pci import read_pci
+
+    return read_pci(ctx.host_root)
+
+
+def list_gpus(ctx: Context, source: str | None = None) -> list[GPUInfo]:
+    """Every GPU with its verdict. ``source``: ``sysfs`` (this machine's /sys, under the
+    host root) or ``libvirt`` (the node-device API: what a remote host reports); default
+    sysfs for a local URI, libvirt for a remote one. Only ``libvirt`` needs libvirt-python."""
+    from ..passthrough.gpu_attach import gpus_in
+
+    return gpus_in(snapshot(ctx, source))
 
 
 def plan(ctx: Context, address: str, allow_boot_gpu: bool = False) -> PassthroughPlan:
-    from ..passthrough.gpu_attach import plan_passthrough
+    from ..passthrough.gpu_attach import plan_passthrough_in
 
-    return plan_passthrough(address, ctx.host_root, allow_boot_gpu=allow_boot_gpu)
+    return plan_passthrough_in(snapshot(ctx), address, allow_boot_gpu=allow_boot_gpu)
 
 
 @dataclass
@@ -50,6 +57,8 @@ def prepare(ctx: Context, address: str, apply: bool = False) -> PrepareOutcome:
     the files and rebuild the initramfs (a reboot is needed afterwards)."""
     from ..passthrough import isolation
 
+    ctx.require_local("gpu prepare", "it reads and writes the boot configuration (kernel"
+                      " options, initramfs) of the computer it runs on; run it on that host")
     planned = isolation.plan_isolation(address, ctx.host_root)
     if not apply:
         return PrepareOutcome(planned, False)
@@ -60,6 +69,8 @@ def unprepare(ctx: Context) -> list[str]:
     """Undo ``prepare``: every file back byte for byte."""
     from ..passthrough import isolation
 
+    ctx.require_local("gpu unprepare", "it restores the boot configuration of the computer it"
+                      " runs on; run it on that host")
     return isolation.unprepare(ctx.host_root)
 
 

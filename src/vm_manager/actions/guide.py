@@ -100,8 +100,14 @@ def neuron_vm_program() -> str:
 
 
 def fixes(ctx: Context, checks: list[Check], lg_vms: tuple[str, ...] = ()) -> list[Fix]:
-    """The guide for this host (reads its GPUs and the isolation record)."""
+    """The guide for this host (reads its GPUs and the isolation record). A remote host's
+    fixes are run on that host, not from here: none are offered."""
     import json
+
+    from ..core.primitives import is_remote
+
+    if is_remote(ctx.uri):
+        return []
 
     from ..passthrough.gpu_attach import list_gpus
     from ..passthrough.host_check import desktop_user

@@ -18,7 +18,14 @@ if TYPE_CHECKING:
 
 
 def doctor(ctx: Context) -> list[Check]:
-    """Every readiness check, each ok / warn / fail with a one-line fix. Reads only."""
+    """Every readiness check, each ok / warn / fail (remote: also unknown) with a one-line
+    fix. Reads only. A remote URI is judged from what libvirt reports there."""
+    from ..core.primitives import is_remote
+
+    if is_remote(ctx.uri):
+        from ..passthrough.remote_checks import run_remote_checks
+
+        return run_remote_checks(ctx.uri)
     from ..passthrough.host_check import run_checks
 
     return run_checks(ctx.host_root, uri=ctx.uri)
@@ -77,6 +84,8 @@ def shm_permissions(ctx: Context, vm: str, user: str | None = None,
     from ..passthrough.ivshmem import write_tmpfiles_rule
     from ..passthrough.pci import host_root
 
+    ctx.require_local("shm-permissions", "the rule goes into the other machine's"
+                      " /etc/tmpfiles.d; run it there")
     connection = ctx.connection  # a rule for a VM that does not exist is an error (exit 3)
     connection.execute(lambda conn: connection.lookup(conn, vm).name())
     root = host_root(ctx.host_root)

@@ -88,6 +88,13 @@ class OperationFailed(VMManagerError):
         super().__init__(message)
 
 
+class LocalOnly(VMManagerError):
+    """What works only on this computer's own libvirt, asked of a remote one (the message
+    names why: the shared memory, the boot files are on the other machine)."""
+
+    exit_code = 2
+
+
 class LookingGlassError(VMManagerError):
     """The Looking Glass display cannot be shown (the message says why and what to do)."""
 

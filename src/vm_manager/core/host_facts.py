@@ -21,6 +21,7 @@ import libvirt
 
 from . import guard
 from .connection import LibvirtConnection
+from .primitives import is_remote
 from .vm_config import HostResources, VMConfig
 from .log import get_logger
 
@@ -128,6 +129,7 @@ def gather_host_facts(
     folder = images or images_dir(connection.uri)
     root = resolve_root(host_root)
     wants_pci = pci if pci is not None else bool(config and config.gpu_passthrough)
+    remote = is_remote(connection.uri)  # its /sys is not ours: PCI from libvirt's node devices
     paths = _path_facts(config, folder, qemu_img) if config is not None else {}
     return HostFacts(
         uri=connection.uri,
@@ -137,13 +139,20 @@ def gather_host_facts(
         libvirt_version=version,
         images_dir=folder,
         domain_names=frozenset(names),
-        pci=read_pci(root) if wants_pci else None,
+        pci=(_remote_pci(connection) if remote else read_pci(root)) if wants_pci else None,
         uefi_firmware=uefi_descriptors(root),
         networks=networks,
-        usb_present=_usb_present(root) if config is not None and config.usb_devices else None,
+        usb_present=(_usb_present(root) if config is not None and config.usb_devices
+                     and not remote else None),  # remote: not known here
         paths=paths,
         guest_media=_guest_media(config, paths) if config and config.unattended else None,
     )
+
+
+def _remote_pci(connection: LibvirtConnection):
+    from ..passthrough.nodedev import read_pci_nodedev
+
+    return read_pci_nodedev(connection)
 
 
 def _guest_media(config: VMConfig, paths: dict[str, PathFact]) -> GuestMediaFacts:
