@@ -69,3 +69,26 @@ def test_doctor_against_a_host_that_does_not_answer():
     assert code == 1
     assert "[fail] libvirtd:" in out and "virsh -c" in out
     assert "console viewer" in out  # this computer's own programs are still checked
+
+
+def test_two_hosts_with_a_vm_of_the_same_name_keep_their_own_settings(tmp_path):
+    """Settings are kept per host: this computer's (every local URI) in the config folder,
+    each remote host's in its own folder (the URI's query, e.g. keyfile=, does not make
+    another host); a VM called "win" on two hosts never shares its settings."""
+    from vm_manager.actions import Context
+    from vm_manager.core.primitives import host_key
+    from vm_manager.core.vm_config import VMConfig
+
+    here = Context("qemu:///system").store
+    there = Context("qemu+ssh://anna@192.0.2.7/system?keyfile=/home/anna/.ssh/id").store
+    other = Context("qemu+ssh://anna@192.0.2.8/system").store
+    assert Context("qemu:///session").store.config_dir == here.config_dir
+    assert Context("qemu+ssh://anna@192.0.2.7/system").store.config_dir == there.config_dir
+    assert len({here.config_dir, there.config_dir, other.config_dir}) == 3
+    assert there.config_dir.parent.name == "hosts"
+    assert there.config_dir.name.startswith("192.0.2.7-")
+    for store, memory in ((here, 4096), (there, 8192), (other, 16384)):
+        store.save(VMConfig(name="win", vm_type="windows11", memory_mb=memory))
+    assert [s.load("win").memory_mb for s in (here, there, other)] == [4096, 8192, 16384]
+    assert host_key("qemu+ssh://a@h:2222/system") != host_key("qemu+ssh://a@h:2223/system")
+    assert host_key("qemu+ssh://a@h/system") != host_key("qemu+ssh://a@h/session")

@@ -83,7 +83,7 @@ class Context:
         if self._store is None:
             from ..core.store import VMStore
 
-            self._store = VMStore()
+            self._store = VMStore.for_uri(self.uri)  # a remote host's in its own folder
         return self._store
 
     @property

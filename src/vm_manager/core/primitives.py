@@ -39,6 +39,17 @@ def is_remote(uri: str) -> bool:
     return bool(host) and transport != "unix"
 
 
+def host_key(uri: str) -> str:
+    """A folder name for the host behind ``uri``: readable, and unique per host and path
+    (its query, e.g. ``keyfile=``, is not part of who the host is)."""
+    import hashlib
+
+    identity = uri.split("?", 1)[0].rstrip("/")
+    host = identity.partition("://")[2].split("/", 1)[0].rpartition("@")[2] or "local"
+    readable = re.sub(r"[^A-Za-z0-9._-]", "-", host)[:40].strip(".-") or "host"
+    return f"{readable}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
+
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 

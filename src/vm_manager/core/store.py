@@ -100,6 +100,16 @@ class StoreScan(NamedTuple):
 class VMStore:
     """Reads and writes saved VM settings. Safe to share between threads."""
 
+    @classmethod
+    def for_uri(cls, uri: str, config_dir: Path | str | None = None) -> VMStore:
+        """The settings of the VMs behind ``uri``: this computer's (every local URI) in the
+        config folder itself, a remote host's in ``hosts/<host>-<hash>/``, so two hosts with
+        a VM of the same name never share its settings."""
+        from .primitives import host_key, is_remote
+
+        base = os.fspath(config_dir) if config_dir is not None else _default_config_dir()
+        return cls(os.path.join(base, "hosts", host_key(uri)) if is_remote(uri) else base)
+
     def __init__(self, config_dir: Path | str | None = None):
         self._config_dir = os.fspath(config_dir) if config_dir is not None else \
             _default_config_dir()

@@ -70,7 +70,8 @@ class VMCreator:
         qemu_img: str = "qemu-img",
     ):
         self._connection = connection
-        self.store = store or VMStore()
+        self.store = store or (VMStore.for_uri(connection.uri) if connection is not None
+                               else VMStore())  # a remote host's settings in its own folder
         self._loader = loader
         self._images_dir = Path(images_dir) if images_dir else None
         self.host_root = host_root

@@ -139,7 +139,8 @@ class VMDestroyer:
         qemu_img: str = "qemu-img",
     ):
         self._connection = connection
-        self.store = store or VMStore()
+        self.store = store or (VMStore.for_uri(connection.uri) if connection is not None
+                               else VMStore())  # a remote host's settings in its own folder
         self._lifecycle = lifecycle
         self._images_dir = Path(images_dir) if images_dir else None
         self.shm_dir = Path(shm_dir)
