@@ -5,6 +5,8 @@ remote host (its GPUs) comes from libvirt, never from this machine's /sys."""
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +94,110 @@ def test_two_hosts_with_a_vm_of_the_same_name_keep_their_own_settings(tmp_path):
     assert [s.load("win").memory_mb for s in (here, there, other)] == [4096, 8192, 16384]
     assert host_key("qemu+ssh://a@h:2222/system") != host_key("qemu+ssh://a@h:2223/system")
     assert host_key("qemu+ssh://a@h/system") != host_key("qemu+ssh://a@h/session")
+
+
+# --- a real remote host: an sshd on 127.0.0.1, qemu+ssh:// to this machine's libvirtd ------
+
+@pytest.fixture
+def ssh_uri(system_daemon, tmp_path_factory):
+    """An sshd the test starts (key only, an unprivileged port, this folder's host key),
+    torn down after; the qemu+ssh:// URI that reaches this machine's libvirtd through it."""
+    import shutil
+    import socket
+    import subprocess
+
+    from conftest import IN_CI
+
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd) or os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI=true but no sshd to run as root (.ci/run installs openssh-server)")
+        pytest.skip("needs openssh-server and root (apt-get install openssh-server)")
+    folder = tmp_path_factory.mktemp("sshd")
+    for key in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(folder / key)], check=True)
+    (folder / "authorized_keys").write_text((folder / "client.pub").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        f"StrictModes no\nPidFile {folder / 'sshd.pid'}\n")
+    os.makedirs("/run/sshd", exist_ok=True)  # its privilege separation folder
+    server = subprocess.Popen([sshd, "-D", "-e", "-f", str(folder / "sshd_config")],
+                              stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in server.stderr:  # blocks until sshd says it listens, or exits
+        said.append(line)
+        if "Server listening" in line:
+            break
+    else:
+        pytest.fail(f"sshd did not start: {''.join(said)}")
+    yield f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client'}&no_verify=1"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.mark.daemon
+def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypatch):
+    """Through qemu+ssh:// alone, with no qemu-img on this side's PATH (only ssh): create
+    (the disk is a volume libvirt made in the pool), start, force-stop, delete with and
+    without --delete-disks; its settings are kept in the host's own folder; display refuses."""
+    import shutil
+    import uuid as uuid_module
+
+    from vm_manager.actions import Context, delete, display
+    from vm_manager.core import storage
+    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.core.errors import LocalOnly, OperationFailed
+    from vm_manager.core.primitives import VMState
+    from vm_manager.core.vm_lifecycle import ShutdownMethod
+    from vm_manager.core.vm_config import VMConfig
+    from support.domains import remove_domain
+
+    only_ssh = tmp_path / "bin"
+    only_ssh.mkdir()
+    (only_ssh / "ssh").symlink_to(shutil.which("ssh"))
+    monkeypatch.setenv("PATH", str(only_ssh))
+    images = Path(f"/var/lib/libvirt/images/neuron-ssh-{uuid_module.uuid4().hex[:6]}")
+    names = [f"neuron-ssh-{uuid_module.uuid4().hex[:6]}" for _ in range(2)]
+    ctx = Context(ssh_uri, images_dir=images)
+    local = LibvirtConnection("qemu:///system")
+    try:
+        for name in names:
+            ctx.creator().create(VMConfig(
+                name=name, vm_type="linux", kernel_path=str(tiny_guest.kernel),
+                initrd_path=str(tiny_guest.initrd), disk_size_gb=1, network="none",
+                domain_type="qemu", memory_mb=512), force=True)
+        disks = [str(images / f"{name}.qcow2") for name in names]
+        for disk in disks:  # made by libvirt as a volume of the pool, seen from here too
+            volume = local.execute(lambda c, d=disk: c.storageVolLookupByPath(d))
+            assert volume.info()[1] == 1 << 30
+        saved = ctx.store.path_for(names[0])
+        assert saved.exists() and saved.parent.parent.parent.name == "hosts"
+        assert ctx.lifecycle.start(names[0], timeout=120).state == VMState.RUNNING
+        with pytest.raises(LocalOnly, match="shared memory is on the other machine"):
+            display.open_display(ctx, display.DisplayRequest(names[0]))
+        stopped = ctx.lifecycle.stop(names[0], method=ShutdownMethod.FORCE)
+        assert stopped.state == VMState.SHUTOFF
+        kept = delete.delete(ctx, delete.DeleteRequest(names[0]))
+        assert any(path == disks[0] for path, _ in kept.kept)
+        gone = delete.delete(ctx, delete.DeleteRequest(names[1], delete_disks=True))
+        assert disks[1] in gone.removed
+        with pytest.raises(OperationFailed, match="no storage vol"):
+            local.execute(lambda c: c.storageVolLookupByPath(disks[1]))
+        assert os.path.exists(disks[0]) and not os.path.exists(disks[1])
+    finally:
+        ctx.close()
+        for name in names:
+            remove_domain(local, name)
+        pool = local.execute(lambda c: storage.find_pool(c, images))
+        if pool is not None:
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+        local.close()
+        shutil.rmtree(images, ignore_errors=True)
