@@ -27,6 +27,9 @@ def run(*argv) -> tuple[int, str, str]:
     (["gpu", "prepare", "0000:01:00.0", "--apply"], "boot configuration"),
     (["gpu", "prepare", "0000:01:00.0"], "boot configuration"),
     (["gpu", "unprepare"], "boot configuration"),
+    (["snapshot", "create", "win", "s1"], "UEFI variables and TPM state"),
+    (["snapshot", "revert", "win", "s1"], "UEFI variables and TPM state"),
+    (["snapshot", "delete", "win", "s1"], "UEFI variables and TPM state"),
 ])
 def test_local_only_commands_refuse_a_remote_uri(argv, words):
     code, out, err = run("-c", REMOTE, *argv)
@@ -144,8 +147,10 @@ def ssh_uri(system_daemon, tmp_path_factory):
 @pytest.mark.daemon
 def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypatch):
     """Through qemu+ssh:// alone, with no qemu-img on this side's PATH (only ssh): create
-    (the disk is a volume libvirt made in the pool), start, force-stop, delete with and
-    without --delete-disks; its settings are kept in the host's own folder; display refuses."""
+    (the kernel and initrd are found as volumes of a pool there, the disk is a volume
+    libvirt makes in the images pool), start, force-stop, delete with and without
+    --delete-disks; its settings are kept in the host's own folder; display refuses; a
+    kernel outside every pool is "missing" there (exit 2), never looked up here."""
     import shutil
     import uuid as uuid_module
 
@@ -166,6 +171,15 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
     names = [f"neuron-ssh-{uuid_module.uuid4().hex[:6]}" for _ in range(2)]
     ctx = Context(ssh_uri, images_dir=images)
     local = LibvirtConnection("qemu:///system")
+    from vm_manager.core.errors import InvalidConfig
+
+    with pytest.raises(InvalidConfig, match="kernel_path"):  # in no pool over there (yet)
+        ctx.creator().plan(VMConfig(name=names[0], vm_type="linux", network="none",
+                                    kernel_path=str(tiny_guest.kernel), domain_type="qemu"))
+    boot = local.execute(lambda c: c.storagePoolDefineXML(
+        f"<pool type='dir'><name>neuron-ssh-boot-{names[0][-6:]}</name><target><path>"
+        f"{tiny_guest.kernel.parent}</path></target></pool>"))
+    boot.create(0)
     try:
         for name in names:
             ctx.creator().create(VMConfig(
@@ -194,6 +208,8 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
         ctx.close()
         for name in names:
             remove_domain(local, name)
+        boot.destroy()
+        boot.undefine()
         pool = local.execute(lambda c: storage.find_pool(c, images))
         if pool is not None:
             if pool.isActive():
@@ -201,3 +217,34 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
             pool.undefine()
         local.close()
         shutil.rmtree(images, ignore_errors=True)
+
+
+USB_NODEDEVS = [
+    """<device><name>usb_usb1</name><path>/sys/devices/pci0000:00/0000:00:14.0/usb1</path>
+    <capability type='usb_device'><bus>1</bus><device>1</device>
+    <product id='0x0002'>2.0 root hub</product><vendor id='0x1d6b'>Linux Foundation</vendor>
+    </capability></device>""",
+    """<device><name>usb_1_4_2</name><path>/sys/devices/pci0000:00/0000:00:14.0/usb1/1-4/1-4.2
+    </path><devnode type='dev'>/dev/bus/usb/001/007</devnode><parent>usb_1_4</parent>
+    <driver><name>usb</name></driver><capability type='usb_device'><bus>1</bus>
+    <device>7</device><product id='0xc52b'>Unifying Receiver</product>
+    <vendor id='0x046d'>Logitech, Inc.</vendor></capability></device>""",
+    """<device><name>usb_3_1</name><path>/sys/devices/pci0000:00/0000:00:14.0/usb3/3-1</path>
+    <capability type='usb_device'><bus>3</bus><device>2</device>
+    <product id='0x0407'>Yubikey 4/5 OTP+U2F+CCID</product><vendor id='0x1050'>Yubico.com
+    </vendor></capability></device>""",
+]
+
+
+def test_usb_devices_of_a_remote_host_from_node_devices():
+    """`virsh nodedev-dumpxml` of USB devices -> the sysfs reader's shape: bus and port from
+    the device's path there, no root hubs, names from that host's usb.ids."""
+    from vm_manager.passthrough.nodedev import usb_from_xml
+    from vm_manager.passthrough.usb_attach import find_usb
+
+    devices = usb_from_xml([xml.replace("\n    </path>", "</path>") for xml in USB_NODEDEVS])
+    assert [(d.sysfs_name, d.vendor_id, d.product_id, d.devnum) for d in devices] == [
+        ("1-4.2", "046d", "c52b", 7), ("3-1", "1050", "0407", 2)]
+    assert devices[0].name == "Logitech, Inc. Unifying Receiver"
+    assert find_usb("1050:0407", devices=devices).sysfs_name == "3-1"
+    assert find_usb("1-4.2", devices=devices).product_id == "c52b"

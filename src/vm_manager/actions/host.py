@@ -40,10 +40,10 @@ class HostDevices:
 
 
 def devices(ctx: Context) -> HostDevices:
-    from ..passthrough.gpu_attach import list_gpus
-    from ..passthrough.usb_attach import list_usb
+    """The host's GPUs and USB devices (a remote host's from libvirt's node devices)."""
+    from . import gpu, usb
 
-    return HostDevices(list_gpus(ctx.host_root), list_usb(ctx.host_root))
+    return HostDevices(gpu.list_gpus(ctx), usb.list_usb(ctx))
 
 
 def gpu_names(ctx: Context, addresses) -> dict[str, str]:

@@ -24,11 +24,16 @@ def list_snapshots(ctx: Context, name: str) -> list[Snapshot]:
     return manager(ctx).list(name)
 
 
+WHY_LOCAL = ("a snapshot holds copies of the VM's UEFI variables and TPM state, files on the"
+             " other machine; take, revert and delete it there")
+
+
 def create(ctx: Context, name: str, snap: str | None = None,
            description: str = "") -> Snapshot:
     """Take a snapshot of a shut-off VM (``snap`` default: the time, e.g. 20261201-2130)."""
     import time
 
+    ctx.require_local("snapshot create", WHY_LOCAL)
     ctx.lifecycle.require(name)
     return manager(ctx).create(name, snap or time.strftime("%Y%m%d-%H%M%S"), description)
 
@@ -37,6 +42,7 @@ def revert(ctx: Context, name: str, snap: str, force: bool = False) -> Snapshot:
     """Back to ``snap``; a running VM is refused, or powered off first with ``force``."""
     from ..core.vm_lifecycle import ShutdownMethod
 
+    ctx.require_local("snapshot revert", WHY_LOCAL)
     lifecycle = ctx.lifecycle
     lifecycle.require(name)
     snapshots = manager(ctx)
@@ -46,5 +52,6 @@ def revert(ctx: Context, name: str, snap: str, force: bool = False) -> Snapshot:
 
 
 def delete(ctx: Context, name: str, snap: str) -> None:
+    ctx.require_local("snapshot delete", WHY_LOCAL)
     ctx.lifecycle.require(name)
     manager(ctx).delete(name, snap)

@@ -32,7 +32,14 @@ class UsbOutcome:
 
 
 def list_usb(ctx: Context) -> list[USBDevice]:
-    """The host's USB devices (no root hubs, no interfaces), named from usb.ids."""
+    """The host's USB devices (no root hubs, no interfaces), named from usb.ids: this
+    machine's sysfs for a local URI, libvirt's node devices for a remote one."""
+    from ..core.primitives import is_remote
+
+    if is_remote(ctx.uri):
+        from ..passthrough.nodedev import read_usb_nodedev
+
+        return read_usb_nodedev(ctx.connection)
     from ..passthrough.usb_attach import list_usb as read
 
     return read(ctx.host_root)
@@ -43,7 +50,7 @@ def find(ctx: Context, spec: str) -> tuple[USBDevice, bool]:
     port: that very device, told apart from an identical one."""
     from ..passthrough.usb_attach import find_usb
 
-    return find_usb(spec, ctx.host_root), "-" in spec
+    return find_usb(spec, devices=list_usb(ctx)), "-" in spec
 
 
 def attached(ctx: Context, vm: str) -> set[tuple[str, str]]:

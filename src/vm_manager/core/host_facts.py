@@ -126,11 +126,14 @@ def gather_host_facts(
         values = ET.fromstring(any_caps).findall("features/hyperv/enum[@name='features']/value")
         hyperv = frozenset(value.text for value in values if value.text)
     driver = connection.uri.split(":", 1)[0]
+    remote = is_remote(connection.uri)  # its /sys and files are not ours: ask its libvirt
     folder = images or images_dir(connection.uri)
     root = resolve_root(host_root)
     wants_pci = pci if pci is not None else bool(config and config.gpu_passthrough)
-    remote = is_remote(connection.uri)  # its /sys is not ours: PCI from libvirt's node devices
-    paths = _path_facts(config, folder, qemu_img) if config is not None else {}
+    paths = {}
+    if config is not None:
+        paths = _remote_path_facts(connection, config, folder) if remote else \
+            _path_facts(config, folder, qemu_img)
     return HostFacts(
         uri=connection.uri,
         kvm_usable=None if driver == "test" else kvm_caps is not None,
@@ -255,6 +258,48 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
                           config.unattended.winfsp_installer):
             if installer:
                 facts[installer] = _kind(Path(installer))
+    return facts
+
+
+def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
+                       folder: Path) -> dict[str, PathFact]:
+    """A remote host's files as its libvirt knows them: a path is a file when it is a
+    volume of one of its storage pools (format from the volume), else missing; nothing is
+    looked up on this machine. Shared folders and unattended setup media are refused there
+    (their checks need that machine's files)."""
+    from .errors import InvalidConfig
+
+    if config.shares:
+        raise InvalidConfig("shares", "shared folders of a remote host are checked on that"
+                            " host (owner, rights, system folders): not from here yet; add"
+                            " them with virt-manager on it")
+    if config.unattended is not None:
+        raise InvalidConfig("unattended", "an unattended setup builds its medium on this"
+                            " computer; on a remote host it is not supported yet")
+    paths = [getattr(config, name) for name in INPUT_FILES]
+    if config.gpu_passthrough is not None:
+        paths.append(config.gpu_passthrough.rom_file)
+    paths.append(str(folder / f"{config.name}.qcow2"))
+
+    def look(conn: libvirt.virConnect) -> dict[str, PathFact]:
+        facts = {}
+        for path in filter(None, paths):
+            try:
+                volume = conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError:
+                if not conn.isAlive():
+                    raise
+                facts[path] = PathFact("missing", real=path)
+                continue
+            fmt = ET.fromstring(volume.XMLDesc(0)).find("target/format")
+            facts[path] = PathFact("file", format=fmt.get("type") if fmt is not None else None,
+                                   real=path)
+        return facts
+
+    facts = connection.execute(look, idempotent=True)
+    if config.serial_log_path is not None:  # its folder is the other machine's: libvirt says
+        facts[config.serial_log_path] = PathFact("missing", parent_writable=True,
+                                                 real=config.serial_log_path)
     return facts
 
 

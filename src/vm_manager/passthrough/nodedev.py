@@ -79,6 +79,40 @@ def snapshot_from_xml(documents: list[str]) -> PCISnapshot:
     return PCISnapshot(devices, {number: sorted(members) for number, members in groups.items()})
 
 
+def usb_from_xml(documents: list[str]):
+    """USB devices' node-device XML -> ``USBDevice``s as the sysfs reader makes them (the
+    port from the device's sysfs path on that host; root hubs left out; names from that
+    host's usb.ids as libvirt read them there)."""
+    from .usb_attach import _DEVICE_NAME, USBDevice
+
+    devices = []
+    for xml in documents:
+        root = ET.fromstring(xml)
+        cap = root.find("capability[@type='usb_device']")
+        if cap is None:
+            continue
+        match = _DEVICE_NAME.fullmatch((root.findtext("path") or "").rsplit("/", 1)[-1])
+        if match is None:
+            continue  # a root hub (usbN), or no path
+        vendor, product = cap.find("vendor"), cap.find("product")
+        if vendor is None or product is None:
+            continue
+        devices.append(USBDevice(
+            bus=_int(cap.findtext("bus")), port=match.group(2),
+            devnum=_int(cap.findtext("device")),
+            vendor_id=f"{_int(vendor.get('id')):04x}", product_id=f"{_int(product.get('id')):04x}",
+            vendor_name=vendor.text or None, product_name=product.text or None))
+    return sorted(devices, key=lambda d: (d.bus, [int(p) for p in d.port.split(".")]))
+
+
+def read_usb_nodedev(connection: LibvirtConnection):
+    def read(conn: libvirt.virConnect) -> list[str]:
+        found = conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_USB_DEV)
+        return [device.XMLDesc(0) for device in found]
+
+    return usb_from_xml(connection.execute(read, idempotent=True))
+
+
 def read_pci_nodedev(connection: LibvirtConnection) -> PCISnapshot:
     """The host's PCI functions through libvirt (one listing, one XML each)."""
 

@@ -124,9 +124,11 @@ def _usb_ids(root, wanted: set[int]):
     return None
 
 
-def find_usb(spec: str, root: Path | str | None = None) -> USBDevice:
-    """``VID:PID`` (must be unique) or ``BUS-PORT`` (e.g. ``1-1.4``) -> the device."""
-    devices = list_usb(root)
+def find_usb(spec: str, root: Path | str | None = None,
+             devices: list[USBDevice] | None = None) -> USBDevice:
+    """``VID:PID`` (must be unique) or ``BUS-PORT`` (e.g. ``1-1.4``) -> the device, among
+    ``devices`` (default: this machine's, from sysfs)."""
+    devices = list_usb(root) if devices is None else devices
     if _DEVICE_NAME.fullmatch(spec):
         for device in devices:
             if device.sysfs_name == spec:
