@@ -796,3 +796,43 @@ def test_keyboard_and_accessible_names(window):
     for widget in (window.table, window.details, window.banner, window.host_usage,
                    window.toolbar, window.empty.button):
         assert widget.accessibleName(), widget
+
+
+# --- more than one host (issue 17) -------------------------------------------------------------
+
+def test_connections_are_remembered_switched_and_survive_a_dead_host(qtbot, make_host,
+                                                                     tmp_path):
+    """Add a second host: its VMs are listed and the URI is remembered; a host that does not
+    answer shows the banner and the others stay usable; a new window offers them all."""
+    from support.fakes import FakeDomain
+
+    first = make_host([FakeDomain("alpha", S.RUNNING)])
+    second = make_host([FakeDomain("build-box", S.SHUTOFF), FakeDomain("ci", S.RUNNING)])
+    with guard.allowed():
+        conn = LibvirtConnection(first)
+    win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.model.rowCount() == 1, timeout=5000)
+    labels = [win.connections.itemText(i) for i in range(win.connections.count())]
+    assert labels == [f"this computer ({first})", "Add connection…"]
+    win.add_connection(second)
+    qtbot.waitUntil(lambda: {r.name for r in win.model.rows} == {"build-box", "ci"},
+                    timeout=5000)
+    assert win.uri == second and second in win.windowTitle()
+    win.add_connection("bogus:///nowhere")
+    qtbot.waitUntil(lambda: not win.banner.isHidden(), timeout=5000)
+    assert win.model.rowCount() == 0 and "bogus:///nowhere" in win.banner.label.text()
+    win.switch_connection(first)
+    qtbot.waitUntil(lambda: [r.name for r in win.model.rows] == ["alpha"] and
+                    win.banner.isHidden(), timeout=5000)
+    remembered = win.remembered_connections()
+    assert remembered[0] == first and {second, "bogus:///nowhere"} <= set(remembered)
+    win.close()
+    again = MainWindow(uri=second, store=VMStore(tmp_path / "config"))
+    qtbot.addWidget(again)
+    offered = [again.connections.itemData(i) for i in range(again.connections.count())]
+    assert offered[0] == second and first in offered and offered[-1] is None  # "Add…"
+    again.close()
+    with guard.allowed():
+        conn.close()

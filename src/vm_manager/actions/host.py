@@ -48,13 +48,13 @@ def devices(ctx: Context) -> HostDevices:
 
 def gpu_names(ctx: Context, addresses) -> dict[str, str]:
     """The pci.ids names of the GPUs at ``addresses`` (those not on this host are left out)."""
-    from ..passthrough.pci import read_devices
+    from .gpu import snapshot
 
     wanted = set(addresses)
     if not wanted:
         return {}
     try:
-        found = read_devices(ctx.host_root)
+        found = snapshot(ctx).devices  # a remote host's from its node devices
     except OSError:
         return {}
     return {str(address): device.name for address, device in found.items()

@@ -32,6 +32,7 @@ from ..core.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, VMRow, VMTable, VMTableModel  # noqa: E402
 from .widgets import fit_to_screen, notify_desktop  # noqa: E402
 from .commands import Commands  # noqa: E402
+from .connections import Connections  # noqa: E402
 from .details import DetailsPane, EmptyState  # noqa: E402
 from .live import LiveParts  # noqa: E402
 from .icons import icon  # noqa: E402
@@ -60,7 +61,7 @@ ALWAYS_ENABLED = {"refresh", "readiness"}
 DETAILS_WIDTH = 340  # the details pane beside the list, where the screen has room
 
 
-class MainWindow(Commands, LiveParts, QMainWindow):
+class MainWindow(Commands, LiveParts, Connections, QMainWindow):
     def __init__(self, uri: str | None = None, connection=None, store=None,
                  context: Context | None = None):
         super().__init__()
@@ -134,6 +135,7 @@ class MainWindow(Commands, LiveParts, QMainWindow):
                 self.table.addAction(action)
             self.actions_by_key[key] = action
 
+        self._build_connections()
         self.bridge.inventory_ready.connect(self._on_inventory)
         self.bridge.inventory_failed.connect(self._on_inventory_failed)
         self.bridge.state_changed.connect(self._on_state_changed)
@@ -155,20 +157,27 @@ class MainWindow(Commands, LiveParts, QMainWindow):
         from ..actions import setup, vms
         from ..core.errors import VMManagerError
 
+        ctx = self.ctx  # the host this listing is for (the user may switch meanwhile)
+
+        def current() -> bool:
+            return ctx is self.ctx
+
         try:
             if self.lifecycle is None:
-                lifecycle = self.ctx.lifecycle
+                lifecycle = ctx.lifecycle
                 lifecycle.subscribe(lambda change: self.bridge.state_changed.emit(
-                    change.name, change.new.value, change.reason))
-                self.ctx.connection.subscribe(lambda event: self.bridge.connection_changed.emit(
-                    event.status, event.reason) if hasattr(event, "status") else None)
-                setup.follow_all(self.ctx, lambda change: self.bridge.setup_changed.emit(
-                    change.name, change.new))
-                self.lifecycle = lifecycle
-            inventory = vms.list_vms(self.ctx)
+                    change.name, change.new.value, change.reason) if current() else None)
+                ctx.connection.subscribe(lambda event: self.bridge.connection_changed.emit(
+                    event.status, event.reason) if hasattr(event, "status") and current()
+                    else None)
+                setup.follow_all(ctx, lambda change: self.bridge.setup_changed.emit(
+                    change.name, change.new) if current() else None)
+                if current():
+                    self.lifecycle = lifecycle
+            inventory = vms.list_vms(ctx)
             from ..actions import host
 
-            names = host.gpu_names(self.ctx, {config.gpu_passthrough.pci_address for config in
+            names = host.gpu_names(ctx, {config.gpu_passthrough.pci_address for config in
                                               inventory.settings.values()
                                               if config and config.gpu_passthrough})
             rows = []
@@ -176,17 +185,18 @@ class MainWindow(Commands, LiveParts, QMainWindow):
                 config = inventory.settings.get(vm.name)
                 gpu = config.gpu_passthrough if config else None
                 rows.append(VMRow(
-                    name=vm.name, state=vms.shown_state(self.ctx, vm.name, vm.state),
+                    name=vm.name, state=vms.shown_state(ctx, vm.name, vm.state),
                     vcpus=vm.vcpus, memory_mb=vm.memory_mb, vm_type=vm.vm_type,
                     gpu=gpu.pci_address if gpu else None,
                     gpu_name=names.get(gpu.pci_address) if gpu else None,
                     looking_glass=bool(config and config.looking_glass.enabled),
-                    setup=setup.stage(self.ctx, vm.name) if config and config.unattended
+                    setup=setup.stage(ctx, vm.name) if config and config.unattended
                     else "",
                 ))
-            self.bridge.inventory_ready.emit(rows)
+            self.bridge.inventory_ready.emit((ctx, rows))
         except VMManagerError as error:
-            self.bridge.inventory_failed.emit(str(error))
+            if current():
+                self.bridge.inventory_failed.emit(str(error))
         except Exception as error:  # noqa: BLE001 - shown in the banner, never a dead window
             log.exception("loading the VM list failed")
             self.bridge.inventory_failed.emit(f"{type(error).__name__}: {error}")
@@ -200,7 +210,10 @@ class MainWindow(Commands, LiveParts, QMainWindow):
     def store(self):
         return self.ctx.store
 
-    def _on_inventory(self, rows: list[VMRow]) -> None:
+    def _on_inventory(self, listing) -> None:
+        ctx, rows = listing
+        if ctx is not self.ctx:
+            return  # a listing of the host shown before a switch
         selected = self.selected_name()
         first_listing = self.model.rowCount() == 0
         self.model.reset_rows(rows)
@@ -346,6 +359,10 @@ class MainWindow(Commands, LiveParts, QMainWindow):
             self.splitter.setSizes([rows, max(total - rows, 1)])
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        if getattr(self, "_closed", False):  # closed twice (a test, a session manager)
+            super().closeEvent(event)
+            return
+        self._closed = True
         for timer in (self.usage_timer, self._details_timer, self._reload_timer):
             timer.stop()
         QSettings("NeuronOS", "VM Manager").setValue("geometry", self.saveGeometry())
