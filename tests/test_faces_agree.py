@@ -240,6 +240,11 @@ def test_the_display_follows_the_vm_in_both_faces(qtbot, lg_world, monkeypatch):
     win.on_display()
     qtbot.waitUntil(lambda: bool(managers) and managers[0].get_state(name) == LGState.RUNNING,
                     timeout=15000)
+    import re
+
+    # the details pane follows the client's state changes (events, no polling)
+    qtbot.waitUntil(lambda: re.search(r"Client\s+running", win.details.toPlainText()),
+                    timeout=10000)
     stop_vm()  # stopped outside the window: the client goes with the VM
     qtbot.waitUntil(lambda: managers[0].get_state(name) == LGState.STOPPED, timeout=15000)
     win.close()

@@ -141,6 +141,7 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         self.bridge.state_changed.connect(self._on_state_changed)
         self.bridge.connection_changed.connect(self._on_connection_changed)
         self.bridge.setup_changed.connect(self._on_setup_changed)
+        self.bridge.display_changed.connect(self._on_display_changed)
         self._restore_geometry()
         self.update_actions()
         self.statusBar().addPermanentWidget(self.host_usage)
@@ -266,6 +267,10 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
     def _on_setup_changed(self, name: str, stage: str) -> None:
         self.model.update_setup(name, stage)
         if name == self.selected_name():
+            self._details_timer.start()
+
+    def _on_display_changed(self, name: str) -> None:
+        if name == self.selected_name():  # the Looking Glass client's state and its log
             self._details_timer.start()
 
     def _on_connection_changed(self, status: str, reason: str) -> None:

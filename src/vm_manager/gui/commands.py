@@ -162,7 +162,8 @@ class Commands:
         name = self.selected_name()
         if name:
             def show() -> SimpleNamespace:
-                display.open_display(self.ctx, display.DisplayRequest(name))
+                display.open_display(self.ctx, display.DisplayRequest(name),  # the details
+                                     on_change=lambda _: self.bridge.display_changed.emit(name))
                 return SimpleNamespace(message="waiting for the guest's Looking Glass host")
 
             self._run(name, "Opening the display of", show)

@@ -109,6 +109,9 @@ class Tasks(QObject):
         super().__init__(parent)
         self.pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="neuron-gui")
         self._finished.connect(self._deliver)
+        from .gc_guard import collect_garbage_on_the_ui_thread
+
+        collect_garbage_on_the_ui_thread()
 
     def run(self, work: Callable[[], Any], done: Callable[[Any], None] | None = None,
             failed: Callable[[BaseException], None] | None = None) -> None:
@@ -121,7 +124,12 @@ class Tasks(QObject):
             if done is not None:
                 self._finished.emit(done, value)
 
-        self.pool.submit(job)
+        try:
+            self.pool.submit(job)
+        except RuntimeError:  # the window closed: a late event's work has no one to show it
+            from ..core.log import get_logger
+
+            get_logger(__name__).debug("dropped a task: the window is closed")
 
     @staticmethod
     def _deliver(callback: Callable[[Any], None], value: Any) -> None:
@@ -142,6 +150,7 @@ class EventBridge(QObject):
     inventory_ready = Signal(object)  # list[VMRow]
     inventory_failed = Signal(str)
     setup_changed = Signal(str, str)  # name, the stage its unattended setup reached
+    display_changed = Signal(str)  # name: its Looking Glass window changed state
 
 
 HISTORY_ROLE = Qt.UserRole + 1  # the CPU column: the last minute of CPU %, oldest first
