@@ -248,3 +248,14 @@ def test_usb_devices_of_a_remote_host_from_node_devices():
     assert devices[0].name == "Logitech, Inc. Unifying Receiver"
     assert find_usb("1050:0407", devices=devices).sysfs_name == "3-1"
     assert find_usb("1-4.2", devices=devices).product_id == "c52b"
+
+
+def test_a_remote_hosts_uefi_firmware_comes_from_its_domain_capabilities():
+    from vm_manager.core.host_facts import _remote_firmware
+
+    domcaps = ("<domainCapabilities><os><loader supported='yes'><value>/usr/share/OVMF/"
+               "OVMF_CODE_4M.ms.fd</value><value>/usr/share/OVMF/OVMF_CODE_4M.fd</value>"
+               "</loader></os></domainCapabilities>")
+    assert _remote_firmware(domcaps) == ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd",
+                                         "/usr/share/OVMF/OVMF_CODE_4M.fd")
+    assert _remote_firmware(None) == ()

@@ -143,13 +143,20 @@ def gather_host_facts(
         images_dir=folder,
         domain_names=frozenset(names),
         pci=(_remote_pci(connection) if remote else read_pci(root)) if wants_pci else None,
-        uefi_firmware=uefi_descriptors(root),
+        uefi_firmware=_remote_firmware(any_caps) if remote else uefi_descriptors(root),
         networks=networks,
         usb_present=(_usb_present(root) if config is not None and config.usb_devices
                      and not remote else None),  # remote: not known here
         paths=paths,
         guest_media=_guest_media(config, paths) if config and config.unattended else None,
     )
+
+
+def _remote_firmware(domcaps: str | None) -> tuple[str, ...]:
+    """A remote host's UEFI firmware images, as its domain capabilities list them."""
+    if not domcaps:
+        return ()
+    return tuple(v.text for v in ET.fromstring(domcaps).findall("os/loader/value") if v.text)
 
 
 def _remote_pci(connection: LibvirtConnection):
