@@ -131,12 +131,27 @@ def _daemon_problem() -> str | None:
 
 
 def _neuronos_pools() -> set[str]:
+    """NeuronOS's pools now, after undefining those an earlier run that died left behind
+    (their folder is gone, or is a pytest temporary folder: only tests make those)."""
+    import re
+
     import libvirt
 
     conn = libvirt.open(SYSTEM_URI)
     try:
-        return {pool.name() for pool in conn.listAllStoragePools(0)
-                if pool.name().startswith("neuronos-images")}
+        names = set()
+        for pool in conn.listAllStoragePools(0):
+            if not pool.name().startswith("neuronos-images"):
+                continue
+            target = re.search(r"<path>([^<]*)</path>", pool.XMLDesc(0))
+            folder = target.group(1) if target else ""
+            if "/pytest-of-" in folder or not os.path.isdir(folder):
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
+                continue
+            names.add(pool.name())
+        return names
     finally:
         conn.close()
 
