@@ -126,3 +126,62 @@ def test_create_and_delete_on_the_real_daemon_go_through_the_pool(system_daemon,
         conn.close()
         shutil.rmtree(images, ignore_errors=True)
         assert not os.path.exists(images)
+
+
+@pytest.mark.daemon
+def test_setup_restart_wipes_a_volume_through_its_pool(system_daemon, tmp_path, monkeypatch):
+    """`setup-restart --wipe-disk` of a cloud-image VM on the real daemon: the disk volume is
+    made anew by libvirt in its pool (same name and size, on the same cloud image), with no
+    qemu-img for NeuronOS to run."""
+    import io
+    import json
+    import subprocess
+
+    from vm_manager.cli import main
+
+    images = Path(f"/var/lib/libvirt/images/neuron-wipe-{uuid.uuid4().hex[:6]}")
+    name = f"neuron-wipe-{uuid.uuid4().hex[:6]}"
+    base = tmp_path / "debian-12-genericcloud-amd64.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "256M"], check=True)
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0example dev@laptop\n")
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
+    conn = LibvirtConnection(system_daemon)
+
+    def run(*argv) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        return main(list(argv), connection=conn, out=out, err=err), out.getvalue(), \
+            err.getvalue()
+
+    disk = images / f"{name}.qcow2"
+    try:
+        code, _, err = run("create", name, "--template", "linux", "--cloud-image", str(base),
+                           "--network", "none", "--domain-type", "qemu", "--unattended",
+                           "--user", "dev", "--ssh-key", str(key))
+        assert code == 0, err
+        with open(disk, "ab") as file:  # a half-done setup wrote into it
+            file.write(b"\x01" * (8 << 20))
+        grown = disk.stat().st_size
+        path = os.environ["PATH"]
+        monkeypatch.setenv("PATH", str(tmp_path / "no-qemu-img"))
+        code, out, err = run("setup-restart", name, "--wipe-disk")
+        monkeypatch.setenv("PATH", path)
+        assert code == 0, err
+        assert f"made the disk {disk} empty again" in out
+        assert disk.stat().st_size < grown
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json",
+                                          str(disk)], capture_output=True, text=True,
+                                         check=True).stdout)
+        assert info["format"] == "qcow2" and info["backing-filename"] == str(base)
+        pool = conn.execute(lambda c: storage.find_pool(c, images))
+        pool.refresh(0)
+        assert disk.name in pool.listVolumes()
+    finally:
+        remove_domain(conn, name)
+        pool = conn.execute(lambda c: storage.find_pool(c, images))
+        if pool is not None:
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+        conn.close()
+        shutil.rmtree(images, ignore_errors=True)
