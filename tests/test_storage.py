@@ -185,3 +185,44 @@ def test_setup_restart_wipes_a_volume_through_its_pool(system_daemon, tmp_path, 
             pool.undefine()
         conn.close()
         shutil.rmtree(images, ignore_errors=True)
+
+
+@pytest.mark.daemon
+def test_a_disk_another_vm_builds_on_is_kept_without_qemu_img(system_daemon, tmp_path,
+                                                               monkeypatch):
+    """The backing chains come from libvirt's volumes: with no qemu-img on the PATH, deleting
+    a VM whose disk is the base of another VM's overlay keeps that disk, naming the VM."""
+    images = Path(f"/var/lib/libvirt/images/neuron-chain-{uuid.uuid4().hex[:6]}")
+    base_vm, child_vm = (f"neuron-chain-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    conn = LibvirtConnection(system_daemon)
+    store = VMStore(tmp_path / "config")
+    try:
+        creator = VMCreator(conn, store=store, images_dir=images, qemu_img="/nonexistent")
+        creator.create(VMConfig(name=base_vm, vm_type="linux", disk_size_gb=1, network="none",
+                                domain_type="qemu"), force=True)
+        base_disk = str(images / f"{base_vm}.qcow2")
+        child_disk = str(images / f"{child_vm}.qcow2")
+        storage.create_volume(conn, child_disk, 1, backing=base_disk, backing_format="qcow2")
+        conn.execute(lambda c: c.defineXML(
+            f"<domain type='qemu'><name>{child_vm}</name><memory unit='MiB'>256</memory>"
+            "<os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>"
+            f"<driver name='qemu' type='qcow2'/><source file='{child_disk}'/>"
+            "<target dev='vda' bus='virtio'/></disk></devices></domain>"))
+        monkeypatch.setenv("PATH", str(tmp_path / "no-qemu-img"))
+        with lifecycle_on(system_daemon) as lifecycle:
+            destroyer = VMDestroyer(conn, store=store, lifecycle=lifecycle, images_dir=images,
+                                    qemu_img="/nonexistent")
+            result = destroyer.destroy(base_vm, delete_disks=True)
+        kept = dict(result.kept)
+        assert base_disk in kept and child_vm in kept[base_disk], result
+        assert os.path.exists(base_disk)
+    finally:
+        for name in (base_vm, child_vm):
+            remove_domain(conn, name)
+        pool = conn.execute(lambda c: storage.find_pool(c, images))
+        if pool is not None:
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+        conn.close()
+        shutil.rmtree(images, ignore_errors=True)

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,6 +264,11 @@ class VMDestroyer:
         return used
 
     def _backing_chain(self, path: str) -> list[str]:
+        """The images below ``path``: from libvirt's volume descriptions when a pool holds it
+        (local and remote alike), else from the image itself (qemu-img, this machine)."""
+        chain = self._volume_chain(path)
+        if chain is not None:
+            return chain
         if not os.path.isfile(path):
             return []
         guard.check("qemu-img")
@@ -283,6 +289,29 @@ class VMDestroyer:
             if backing:
                 chain.append(backing)
         return chain
+
+    def _volume_chain(self, path: str) -> list[str] | None:
+        """The backing chain through libvirt's volumes (None: no pool holds ``path``)."""
+        from . import storage
+
+        if not storage.uses_pools(self.connection.uri):
+            return None
+
+        def walk(conn: libvirt.virConnect) -> list[str] | None:
+            chain: list[str] = []
+            current = path
+            for _ in range(16):  # deeper chains than this are not NeuronOS's
+                volume = storage.lookup_volume(conn, current)
+                if volume is None:
+                    return None if current == path else chain
+                below = ET.fromstring(volume.XMLDesc(0)).findtext("backingStore/path")
+                if not below:
+                    return chain
+                chain.append(below)
+                current = below
+            return chain
+
+        return self.connection.execute(walk, idempotent=True)
 
     # --- destroy ----------------------------------------------------------------------------
 
