@@ -155,13 +155,12 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
     import uuid as uuid_module
 
     from vm_manager.actions import Context, delete, display
-    from vm_manager.core import storage
     from vm_manager.core.connection import LibvirtConnection
     from vm_manager.core.errors import LocalOnly, OperationFailed
     from vm_manager.core.primitives import VMState
     from vm_manager.core.vm_lifecycle import ShutdownMethod
     from vm_manager.core.vm_config import VMConfig
-    from support.domains import remove_domain
+    from support.domains import remove_domain, remove_pool
 
     only_ssh = tmp_path / "bin"
     only_ssh.mkdir()
@@ -210,11 +209,7 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
             remove_domain(local, name)
         boot.destroy()
         boot.undefine()
-        pool = local.execute(lambda c: storage.find_pool(c, images))
-        if pool is not None:
-            if pool.isActive():
-                pool.destroy()
-            pool.undefine()
+        remove_pool(local, images)
         local.close()
         shutil.rmtree(images, ignore_errors=True)
 

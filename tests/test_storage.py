@@ -9,11 +9,10 @@ import shutil
 import uuid
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from conftest import lifecycle_on
-from support.domains import remove_domain
+from support.domains import remove_domain, remove_pool
 from vm_manager.core import storage
 from vm_manager.core.connection import LibvirtConnection
 from vm_manager.core.errors import VMCreationError
@@ -116,13 +115,7 @@ def test_create_and_delete_on_the_real_daemon_go_through_the_pool(system_daemon,
     finally:
         for name in names:
             remove_domain(conn, name)
-        pool = conn.execute(lambda c: storage.find_pool(c, images))
-        if pool is not None:
-            try:
-                pool.destroy()
-            except libvirt.libvirtError:
-                pass
-            pool.undefine()
+        remove_pool(conn, images)
         conn.close()
         shutil.rmtree(images, ignore_errors=True)
         assert not os.path.exists(images)
@@ -178,11 +171,7 @@ def test_setup_restart_wipes_a_volume_through_its_pool(system_daemon, tmp_path, 
         assert disk.name in pool.listVolumes()
     finally:
         remove_domain(conn, name)
-        pool = conn.execute(lambda c: storage.find_pool(c, images))
-        if pool is not None:
-            if pool.isActive():
-                pool.destroy()
-            pool.undefine()
+        remove_pool(conn, images)
         conn.close()
         shutil.rmtree(images, ignore_errors=True)
 
@@ -219,10 +208,6 @@ def test_a_disk_another_vm_builds_on_is_kept_without_qemu_img(system_daemon, tmp
     finally:
         for name in (base_vm, child_vm):
             remove_domain(conn, name)
-        pool = conn.execute(lambda c: storage.find_pool(c, images))
-        if pool is not None:
-            if pool.isActive():
-                pool.destroy()
-            pool.undefine()
+        remove_pool(conn, images)
         conn.close()
         shutil.rmtree(images, ignore_errors=True)

@@ -100,3 +100,15 @@ def remove_domain(conn, name: str) -> None:
                           | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
 
     conn.execute(cleanup)
+
+
+def remove_pool(conn, folder) -> None:
+    """Stop and undefine the storage pool of ``folder`` (its files stay), through a
+    ``LibvirtConnection``; none there is no error."""
+    from vm_manager.core import storage
+
+    pool = conn.execute(lambda c: storage.find_pool(c, folder))
+    if pool is not None:
+        if pool.isActive():
+            pool.destroy()
+        pool.undefine()
