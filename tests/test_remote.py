@@ -254,3 +254,30 @@ def test_a_remote_hosts_uefi_firmware_comes_from_its_domain_capabilities():
     assert _remote_firmware(domcaps) == ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd",
                                          "/usr/share/OVMF/OVMF_CODE_4M.fd")
     assert _remote_firmware(None) == ()
+
+
+def test_planning_refuses_what_needs_the_remote_hosts_own_files():
+    """Pure planning on a remote host's facts: shared folders and an unattended setup are
+    refused with the field named (the facts hold no local file checks for them)."""
+    from vm_manager.core.errors import InvalidConfig
+    from vm_manager.core.host_facts import HostFacts, PathFact
+    from vm_manager.core.planning import plan_creation
+    from vm_manager.core.vm_config import HostResources, VMConfig
+
+    facts = HostFacts(uri=REMOTE, kvm_usable=True, hyperv_features=None,
+                      resources=HostResources(memory_mb=32768, cpus=16),
+                      libvirt_version=11_000_000, images_dir=Path("/var/lib/libvirt/images"),
+                      paths={"/srv/base.qcow2": PathFact("file", format="qcow2"),
+                             "/home/anna/key.pub": PathFact("file")}, remote=True)
+    shared = VMConfig(name="s", vm_type="linux", network="none",
+                      shares=[{"path": "/home/anna/Photos"}])
+    with pytest.raises(InvalidConfig) as refused:
+        plan_creation(shared, facts)
+    assert refused.value.field == "shares" and "remote host" in str(refused.value)
+    unattended = VMConfig(name="u", vm_type="linux", network="none",
+                          cloud_image_path="/srv/base.qcow2",
+                          unattended={"user": "dev", "ssh_key_path": "/home/anna/key.pub"})
+    with pytest.raises(InvalidConfig) as refused:
+        plan_creation(unattended, facts)
+    assert refused.value.field == "unattended"
+    assert plan_creation(VMConfig(name="p", vm_type="linux", network="none"), facts)

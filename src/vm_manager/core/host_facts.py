@@ -98,6 +98,7 @@ class HostFacts:
     networks: frozenset[str] | None = None  # libvirt's network names (None: not read)
     usb_present: frozenset[tuple[str, str]] | None = None  # (vendor, product) plugged in now
     guest_media: GuestMediaFacts | None = None  # read for an unattended setup
+    remote: bool = False  # another computer's libvirt: its files are known only as volumes
 
     def path(self, path: str | Path) -> PathFact:
         return self.paths.get(str(path), PathFact("missing"))
@@ -148,7 +149,9 @@ def gather_host_facts(
         usb_present=(_usb_present(root) if config is not None and config.usb_devices
                      and not remote else None),  # remote: not known here
         paths=paths,
-        guest_media=_guest_media(config, paths) if config and config.unattended else None,
+        guest_media=(_guest_media(config, paths) if config and config.unattended
+                     and not remote else None),
+        remote=remote,
     )
 
 
@@ -272,17 +275,7 @@ def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
                        folder: Path) -> dict[str, PathFact]:
     """A remote host's files as its libvirt knows them: a path is a file when it is a
     volume of one of its storage pools (format from the volume), else missing; nothing is
-    looked up on this machine. Shared folders and unattended setup media are refused there
-    (their checks need that machine's files)."""
-    from .errors import InvalidConfig
-
-    if config.shares:
-        raise InvalidConfig("shares", "shared folders of a remote host are checked on that"
-                            " host (owner, rights, system folders): not from here yet; add"
-                            " them with virt-manager on it")
-    if config.unattended is not None:
-        raise InvalidConfig("unattended", "an unattended setup builds its medium on this"
-                            " computer; on a remote host it is not supported yet")
+    looked up on this machine (planning refuses what needs that machine's files)."""
     paths = [getattr(config, name) for name in INPUT_FILES]
     if config.gpu_passthrough is not None:
         paths.append(config.gpu_passthrough.rom_file)

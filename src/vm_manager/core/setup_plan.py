@@ -57,6 +57,9 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
     setup = config.unattended
     if setup is None:
         return None
+    if facts.remote:
+        raise InvalidConfig("unattended", "an unattended setup builds its medium on this"
+                            " computer; on a remote host it is not supported yet")
     medium = setup_medium_path(facts.images_dir, config.name)
     if facts.path(medium).kind != "missing":
         raise InvalidConfig("name", f"{medium} already exists; NeuronOS never overwrites it"
@@ -164,6 +167,10 @@ def plan_shares(config: VMConfig, facts: HostFacts, warnings: list[str]
                  ) -> tuple[ShareSpec, ...]:
     """Every shared folder must be an existing folder, never the system's or libvirt's own,
     nor the images folder; a whole home folder is allowed with a warning."""
+    if config.shares and facts.remote:
+        raise InvalidConfig("shares", "shared folders of a remote host are checked on that"
+                            " host (owner, rights, system folders): not from here yet; add"
+                            " them with virt-manager on it")
     specs = []
     images = str(facts.images_dir).rstrip("/")
     for share in config.shares:
