@@ -116,6 +116,38 @@ def test_delete_matrix(world, tmp_path):
     assert names(conn) == {"neighbour", "overlay"}
 
 
+@pytest.mark.parametrize("why", ["no qemu-img", "unreadable image"])
+def test_an_unknown_backing_chain_keeps_the_disks(world, why):
+    """Another VM's disk whose backing chain cannot be read (qemu-img missing, or the image
+    it reads is damaged) might build on this VM's disk: `--delete-disks` keeps the disk and
+    says why, instead of taking the chain for empty."""
+    from vm_manager.core.vm_destroyer import VMDestroyer
+
+    conn, images, shm, store, destroyer = world
+    own = qcow2(images / "own.qcow2")
+    define(conn, "victim", [disk_xml(own)])
+    other = images / "other.qcow2"
+    if why == "no qemu-img":
+        qcow2(other, backing=own)
+        destroyer = VMDestroyer(conn, store=store, images_dir=images, shm_dir=shm,
+                                qemu_img="/nonexistent/qemu-img")
+        expected = "/nonexistent/qemu-img is not installed (package qemu-utils)"
+    else:
+        other.write_bytes(b"QFI\xfb" + b"\xff" * 508)  # a qcow2 header that makes no sense
+        expected = "qemu-img: Could not open"
+    define(conn, "other", [disk_xml(other)])
+
+    plan = destroyer.plan("victim", delete_disks=True)
+    [decision] = plan.disks
+    assert not decision.delete
+    assert decision.reason.startswith(f"the backing chain of VM 'other'\'s disk {other} could"
+                                      f" not be read ({expected}")
+    assert decision.reason.endswith(", so it may build on this disk")
+    result = destroyer.destroy("victim", delete_disks=True)
+    assert own.exists() and (str(own), decision.reason) in result.kept
+    assert names(conn) == {"other"}
+
+
 def test_running_vm_needs_force(world):
     conn, images, _, _, destroyer = world
     own = qcow2(images / "run.qcow2")

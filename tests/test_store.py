@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from vm_manager.core.errors import InvalidConfig, StoreError
+from vm_manager.core.errors import InvalidConfig, StaleSettings, StoreError
 from vm_manager.core.store import VMStore, default_config_dir
 from vm_manager.core.vm_config import GPUPassthroughConfig, VMConfig
 
@@ -104,3 +104,86 @@ def test_unwritable_folder_is_a_store_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(StoreError, match="cannot write"):
         VMStore(blocker).save(VMConfig(name="vm"))
+
+
+# --- settings are keyed by the VM's UUID, not only its name -------------------------------
+
+A = "6f1c0a52-3b0e-4c57-9d7e-0b2f5a9c1d01"
+B = "0d9e4f61-7a2b-4c3d-8e5f-1a2b3c4d5e6f"
+
+
+def test_settings_remember_the_uuid_of_their_domain(store):
+    store.save(VMConfig(name="win", memory_mb="4G"), uuid=A.upper())
+    assert json.loads((store.vms_dir / "win.json").read_text())["uuid"] == A
+    assert store.owner("win") == A
+    store.save(VMConfig(name="win", memory_mb="8G"))  # a save that does not know it keeps it
+    assert store.owner("win") == A
+    assert store.load("win", A).memory_mb == 8192
+    assert store.belongs("win", A) and not store.belongs("win", B)
+    assert not store.belongs("other", A)
+
+
+def test_settings_of_another_vm_of_the_name_are_never_applied(store):
+    store.save(VMConfig(name="win", memory_mb="4G"), uuid=A)
+    with pytest.raises(StaleSettings) as caught:
+        store.load("win", B)
+    message = str(caught.value)
+    assert f"written for another VM named win (uuid {A}; this one is {B})" in message
+    aside = store.vms_dir / f"win.json.other-{A}"
+    assert str(aside) in message and aside.exists()  # the old VM's settings are kept aside
+    assert store.load("win", B) is None and store.names() == []
+    assert isinstance(caught.value, StoreError)  # shown like any unreadable file
+
+
+def test_a_scan_checks_each_file_against_its_domain(store):
+    store.save(VMConfig(name="old", vm_type="windows11"), uuid=A)
+    store.save(VMConfig(name="new", vm_type="linux"), uuid=B)
+    store.save(VMConfig(name="before-uuids", vm_type="linux"))
+    scan = store.load_all(None, {"old": B, "new": B, "before-uuids": A})
+    assert sorted(scan.configs) == ["before-uuids", "new"]  # no uuid yet: taken as it is
+    assert [type(problem) for problem in scan.problems] == [StaleSettings]
+
+
+def test_delete_with_a_uuid_leaves_another_vms_settings(store):
+    store.save(VMConfig(name="win"), uuid=A)
+    assert store.delete("win", B) is False
+    assert store.names() == ["win"]
+    assert store.delete("win", A) is True
+    store.save(VMConfig(name="win"))  # from before UUIDs: may be anyone's, so it goes
+    assert store.delete("win", B) is True
+
+
+def test_a_vm_remade_outside_neuronos_does_not_inherit_the_old_settings(make_host, tmp_path):
+    """A VM made by NeuronOS, deleted with virsh, and another domain defined under its name:
+    the list, `info`, the settings dialog's read and `delete` never take the old VM's
+    settings for the new one's."""
+    from vm_manager.actions import Context
+    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.core.inventory import list_vms, vm_details
+    from vm_manager.core.vm_creator import VMCreator
+    from vm_manager.core.vm_destroyer import VMDestroyer
+
+    store = VMStore(tmp_path / "config")
+    with LibvirtConnection(make_host()) as conn:
+        made = VMCreator(conn, store=store, images_dir=tmp_path / "images").create(
+            VMConfig(name="win", vm_type="linux", network="none", disk_size_gb=2))
+        assert store.owner("win") == made.uuid
+        assert list_vms(conn, store).vms[0].vm_type == "linux"
+        conn.execute(lambda c: c.lookupByName("win").undefine())  # as `virsh undefine` would
+        conn.execute(lambda c: c.defineXML(
+            "<domain type='test'><name>win</name><memory unit='MiB'>512</memory>"
+            "<os><type>hvm</type></os></domain>"))
+        ctx = Context(conn.uri, connection=conn, store=store, events=False)
+        details = vm_details(conn, "win", store)
+        assert details["settings"] is None
+        assert "written for another VM named win" in details["settings_problem"]
+        inventory = list_vms(conn, store)
+        assert inventory.vms[0].vm_type != "linux"
+        assert inventory.problems == []  # moved aside by the first read, reported there
+        assert ctx.settings("win") is None
+        assert (store.vms_dir / f"win.json.other-{made.uuid}").exists()
+        store.save(VMConfig(name="win", vm_type="linux"), uuid=made.uuid)  # back again
+        plan = VMDestroyer(conn, store=store, images_dir=tmp_path / "images",
+                           shm_dir=tmp_path).plan("win")
+        assert plan.settings_file is None  # the other VM's settings are not this one's
+        ctx.close()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..core.connection import LibvirtConnection
     from ..core.looking_glass import LGClientConfig, LookingGlassManager
     from ..core.store import VMStore
+    from ..core.vm_config import VMConfig
     from ..core.vm_creator import VMCreator
     from ..core.vm_destroyer import VMDestroyer
     from ..core.vm_lifecycle import VMLifecycleManager
@@ -85,6 +86,22 @@ class Context:
 
             self._store = VMStore.for_uri(self.uri)  # a remote host's in its own folder
         return self._store
+
+    def settings(self, name: str) -> VMConfig | None:
+        """The saved settings of the VM ``name`` (None: NeuronOS did not make it), checked
+        against its domain's UUID: settings written for another VM of that name are moved
+        aside, logged and not used. Raises ``VMNotFound``."""
+        from ..core.errors import StaleSettings
+        from ..core.log import get_logger
+
+        connection = self.connection
+        uuid = connection.execute(lambda conn: connection.lookup(conn, name).UUIDString(),
+                                  idempotent=True)
+        try:
+            return self.store.load(name, uuid)
+        except StaleSettings as error:
+            get_logger(__name__).warning("%s", error)
+            return None
 
     @property
     def lifecycle(self) -> VMLifecycleManager:

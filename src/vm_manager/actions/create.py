@@ -192,8 +192,7 @@ def reconfigure(ctx: Context, name: str, change: SettingsChange) -> ReconfigureO
     next start: ``restart_needed``)."""
     from ..core.errors import InvalidConfig
 
-    ctx.lifecycle.require(name)
-    config = ctx.store.load(name)
+    config = ctx.settings(name)
     if config is None:
         raise InvalidConfig("NAME", f"{name} was not made by NeuronOS; change it with"
                             " virt-manager or `virsh edit`")

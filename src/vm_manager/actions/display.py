@@ -124,10 +124,16 @@ def display_config(vm_name: str, store=None, connection=None,
     from ..core.looking_glass import LGClientConfig
 
     shared = shm_path(vm_name, Path(shm_dir) if shm_dir else SHM_DIR)
+    domain = None
+    if connection is not None:
+        from ..core.domain_xml import read_domain
+
+        domain = read_domain(connection.execute(
+            lambda conn: connection.lookup(conn, vm_name).XMLDesc(0), idempotent=True))
     settings = None
     if store is not None:
-        try:
-            settings = store.load(vm_name)
+        try:  # checked against the domain's UUID: never another VM's of this name
+            settings = store.load(vm_name, domain.uuid if domain else None)
         except StoreError as error:
             log.warning("%s", error)
     if settings is not None and settings.looking_glass.enabled:
@@ -138,10 +144,6 @@ def display_config(vm_name: str, store=None, connection=None,
                                         " the module (modprobe kvmfr static_size_mb=N)")
             return LGClientConfig(vm_name, shm_path=device)
         return LGClientConfig(vm_name, shm_path=shared)
-    if connection is not None:
-        from ..core.domain_xml import read_domain
-
-        xml = connection.execute(lambda conn: connection.lookup(conn, vm_name).XMLDesc(0))
-        if read_domain(xml).shmem(shm_name(vm_name)) is not None:
-            return LGClientConfig(vm_name, shm_path=shared)
+    if domain is not None and domain.shmem(shm_name(vm_name)) is not None:
+        return LGClientConfig(vm_name, shm_path=shared)
     return None

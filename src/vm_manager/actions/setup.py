@@ -88,8 +88,7 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
     from ..core.vm_lifecycle import ShutdownMethod
 
     lifecycle = ctx.lifecycle
-    lifecycle.require(name)
-    config = ctx.store.load(name)
+    config = ctx.settings(name)
     if config is None or config.unattended is None:
         raise InvalidConfig("NAME", f"{name} was not created with --unattended")
     tracker = ctx.setup_tracker()

@@ -99,8 +99,7 @@ def remove(ctx: Context, vm: str, which: str) -> ShareOutcome:
 def _saved(ctx: Context, vm: str) -> list:
     from ..core.errors import InvalidConfig
 
-    ctx.lifecycle.require(vm)
-    config = ctx.store.load(vm)
+    config = ctx.settings(vm)
     if config is None:
         raise InvalidConfig("NAME", f"{vm} was not made by NeuronOS; share folders with"
                             " virt-manager (Add Hardware > Filesystem)")

@@ -83,7 +83,7 @@ def _remember(ctx: Context, vm: str, device: USBDevice, exact: bool, add: bool,
     from ..core.vm_config import USBDeviceConfig
 
     try:
-        config = ctx.store.load(vm)
+        config = ctx.settings(vm)
     except StoreError as error:
         return UsbOutcome(vm, device, add, live, False, str(error))
     if config is None:

@@ -76,6 +76,11 @@ class StoreError(VMManagerError):
     """A saved VM settings file could not be read or written."""
 
 
+class StaleSettings(StoreError):
+    """The saved settings of a name were written for another VM (another UUID): a VM of
+    that name was deleted outside NeuronOS and another made under the name."""
+
+
 class OperationFailed(VMManagerError):
     """libvirt refused a request for a reason other than a lost connection.
 

@@ -81,7 +81,7 @@ def list_vms(connection: LibvirtConnection, store: VMStore | None = None) -> Inv
         saved = set(store.names())
         wanted = [vm.name for vm in vms if vm.name in saved]
         if wanted:
-            scan = store.load_all(wanted)
+            scan = store.load_all(wanted, {vm.name: vm.uuid for vm in vms})
             problems.extend(str(problem) for problem in scan.problems)
             settings = scan.configs
             vms = [
@@ -134,7 +134,7 @@ def vm_details(
     details["settings"] = None
     if store is not None:
         try:
-            config = store.load(name)
+            config = store.load(name, summary.uuid)
         except StoreError as error:
             details["settings_problem"] = str(error)
             config = None

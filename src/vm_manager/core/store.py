@@ -5,6 +5,14 @@ The config dir is ``$NEURONOS_CONFIG_DIR`` if set, else ``$XDG_CONFIG_HOME/neuro
 fsync of the folder), so a crash leaves the old file or the new one, never half of one.
 A file that cannot be read back is renamed aside (``<name>.json.corrupt``) and reported
 with both paths; it never stops a listing.
+
+Settings are keyed by host (``for_uri``) and VM UUID: the file is named after the VM (one
+directory listing finds them all) and holds the UUID of the domain it was written for. A
+file written for another domain of that name (the VM was deleted with virsh and a new one
+made under its name, or a same-named VM of another local URI) is never applied to this
+one: it is moved aside (``<name>.json.other-<uuid>``) and reported (``StaleSettings``).
+Files from before UUIDs were kept are taken as they are, and get the UUID at their next
+save that knows it.
 """
 
 from __future__ import annotations
@@ -12,11 +20,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import InvalidConfig, StoreError
+from .errors import InvalidConfig, StaleSettings, StoreError
 from .primitives import validate_name
 from .log import get_logger
 
@@ -97,6 +106,14 @@ class StoreScan(NamedTuple):
     problems: list[StoreError]
 
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+
+def _uuid_of(data) -> str | None:
+    value = data.get("uuid") if isinstance(data, dict) else None
+    return value.lower() if isinstance(value, str) and _UUID.fullmatch(value) else None
+
+
 class VMStore:
     """Reads and writes saved VM settings. Safe to share between threads."""
 
@@ -141,13 +158,17 @@ class VMStore:
             raise StoreError(f"cannot read {self.vms_dir}: {error.strerror}") from None
         return sorted(entry[:-5] for entry in entries if entry.endswith(".json"))
 
-    def save(self, config: VMConfig) -> Path:
+    def save(self, config: VMConfig, uuid: str | None = None) -> Path:
+        """Write ``config`` for the domain ``uuid``; without one, the UUID the file already
+        holds (if any) is kept."""
         import tempfile
 
         path = self.path_for(config.name)
-        payload = json.dumps(
-            {"format": FORMAT_VERSION, "config": config.to_dict()}, indent=2, sort_keys=True
-        )
+        envelope = {"format": FORMAT_VERSION, "config": config.to_dict()}
+        owner = uuid.lower() if uuid else self.owner(config.name)
+        if owner:
+            envelope["uuid"] = owner
+        payload = json.dumps(envelope, indent=2, sort_keys=True)
         try:
             private_folder(self.vms_dir)
             fd, tmp_name = tempfile.mkstemp(
@@ -171,8 +192,26 @@ class VMStore:
         log.debug("saved %s", path)
         return path
 
-    def load(self, name: str) -> VMConfig | None:
-        """The saved config, or None if there is none.
+    def owner(self, name: str) -> str | None:
+        """The UUID of the domain the saved settings of ``name`` were written for; None when
+        there are none, they are unreadable, or they are from before UUIDs were kept."""
+        try:
+            return _uuid_of(json.loads(read_small_file(self.path_for(name),
+                                                       MAX_SETTINGS_BYTES)))
+        except (OSError, ValueError, RecursionError):
+            return None
+
+    def belongs(self, name: str, uuid: str | None) -> bool:
+        """Whether saved settings of ``name`` exist and may be this domain's (``uuid``)."""
+        if not self.path_for(name).exists():
+            return False
+        owner = self.owner(name)
+        return owner is None or not uuid or owner == uuid.lower()
+
+    def load(self, name: str, uuid: str | None = None) -> VMConfig | None:
+        """The saved config, or None if there is none. With ``uuid`` (the domain's), saved
+        settings written for another domain raise ``StaleSettings`` after being moved
+        aside: they never configure the wrong VM.
 
         Raises ``StoreError`` (after moving the file aside) if the file is unreadable.
         """
@@ -199,6 +238,13 @@ class VMStore:
             # JSONDecodeError and UnicodeDecodeError are ValueErrors; RecursionError is JSON
             # nested thousands deep
             return self._unreadable(path, shorten(str(error) or type(error).__name__))
+        owner = _uuid_of(data)
+        if uuid and owner and owner != uuid.lower():
+            aside = self._set_aside(path, f"other-{owner}")
+            where = f"moved to {aside}" if aside else "could not move it aside"
+            raise StaleSettings(
+                f"saved settings {path} were written for another VM named {name} (uuid"
+                f" {owner}; this one is {uuid.lower()}), so they are not used; {where}")
         return config
 
     def _unreadable(self, path: Path, problem: str):
@@ -206,13 +252,15 @@ class VMStore:
         where = f"moved to {aside}" if aside else "could not move it aside"
         raise StoreError(f"saved settings {path} are unreadable ({problem}); {where}")
 
-    def load_all(self, names: list[str] | None = None) -> StoreScan:
-        """Load every saved config (or just ``names``); bad files become ``problems``."""
+    def load_all(self, names: list[str] | None = None,
+                 uuids: dict[str, str] | None = None) -> StoreScan:
+        """Load every saved config (or just ``names``, each checked against its domain's
+        UUID in ``uuids``); bad and stale files become ``problems``."""
         scan = StoreScan(configs={}, problems=[])
         wanted = self.names() if names is None else names
         for name in wanted:
             try:
-                config = self.load(name)
+                config = self.load(name, (uuids or {}).get(name))
             except StoreError as error:
                 log.warning("%s", error)
                 scan.problems.append(error)
@@ -223,8 +271,12 @@ class VMStore:
                 scan.configs[name] = config
         return scan
 
-    def delete(self, name: str) -> bool:
+    def delete(self, name: str, uuid: str | None = None) -> bool:
+        """Remove the saved settings of ``name``; with ``uuid``, only if they are that
+        domain's (settings written for another VM of the name are left alone)."""
         path = self.path_for(name)
+        if uuid and not self.belongs(name, uuid):
+            return False
         try:
             path.unlink()
         except FileNotFoundError:
@@ -235,10 +287,10 @@ class VMStore:
         return True
 
     @staticmethod
-    def _set_aside(path: Path) -> Path | None:
-        aside = path.with_name(path.name + ".corrupt")
+    def _set_aside(path: Path, why: str = "corrupt") -> Path | None:
+        aside = path.with_name(f"{path.name}.{why}")
         if aside.exists():
-            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
             os.replace(path, aside)
         except OSError as error:

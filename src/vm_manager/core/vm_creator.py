@@ -181,7 +181,7 @@ class VMCreator:
             if plan.disk is not None:
                 saved["disk_path"] = plan.disk.path
                 saved["disk_size_gb"] = None if not plan.disk.create else plan.disk.size_gb
-            settings_path = self.store.save(VMConfig.from_dict(saved))
+            settings_path = self.store.save(VMConfig.from_dict(saved), uuid=plan.uuid)
         except BaseException as error:
             left = self._rollback(config.name, undo, plan, claimed)
             failure = _creation_error(config.name, step, error, left)
@@ -243,7 +243,7 @@ class VMCreator:
         validate_xml(xml)
         try:
             self._define(xml)  # the daemon may die here, with or without having saved it
-            settings_path = self.store.save(config)
+            settings_path = self.store.save(config, uuid=vm_uuid)
         except BaseException as error:
             try:  # same UUID: libvirt replaces it back (and waits for a daemon that left)
                 self._with_daemon(lambda c: c.defineXML(old_xml))

@@ -128,6 +128,10 @@ class DestroyResult:
                 "failed": [{"path": p, "error": e} for p, e in self.failed]}
 
 
+class _ChainUnknown(Exception):
+    """The backing chain of an image could not be read (the reason is the message)."""
+
+
 class VMDestroyer:
     def __init__(
         self,
@@ -187,8 +191,9 @@ class VMDestroyer:
                                                                             idempotent=True)
         state = VMState.from_libvirt(state_code)
         managed = (self._images_dir or images_dir(self.connection.uri)).resolve()
-        used_by = self._paths_used_by(others)
-        domain_disks = [disk for disk in read_domain(xml).disks if disk.source]  # not empty
+        used_by, unread = self._paths_used_by(others)
+        domain = read_domain(xml)
+        domain_disks = [disk for disk in domain.disks if disk.source]  # not empty
         tpm_flags = lib_version >= TPM_FLAGS_SINCE
 
         from ..passthrough.ivshmem import shm_path
@@ -211,9 +216,10 @@ class VMDestroyer:
                 firmware = "kept (delete them with --delete-disks)"
             plans.append(DestroyPlan(
                 name=name, state=state, delete_disks=delete_disks,
-                disks=[self._decide(disk, delete_disks, managed, used_by, name)
+                disks=[self._decide(disk, delete_disks, managed, used_by, name, unread)
                        for disk in domain_disks],
-                settings_file=str(settings) if settings and settings.exists() else None,
+                settings_file=str(settings) if settings and self.store.belongs(
+                    name, domain.uuid) else None,  # never another VM's of this name
                 shm_file=str(shm) if shm and shm.exists() else None,
                 undefine_flags=flags, firmware_state=firmware, snapshots=snaps,
                 snapshot_folder=str(folder) if "/" not in name and folder.is_dir() else None,
@@ -221,7 +227,7 @@ class VMDestroyer:
         return plans
 
     def _decide(self, disk: Disk, delete_disks: bool, managed: Path,
-                used_by: dict[str, str], name: str) -> DiskDecision:
+                used_by: dict[str, str], name: str, unread: list[str]) -> DiskDecision:
         path, device = disk.source, disk.device
 
         def keep(reason: str) -> DiskDecision:
@@ -247,11 +253,15 @@ class VMDestroyer:
             return keep(f"outside the managed images folder {managed}")
         if not delete_disks:
             return keep("disks are kept unless you ask to delete them (--delete-disks)")
+        if unread:  # another VM's disk may build on this one: nothing says it does not
+            return keep(f"{unread[0]}, so it may build on this disk")
         return DiskDecision(path, device, True, "owned by this VM")
 
-    def _paths_used_by(self, others: dict[str, str]) -> dict[str, str]:
-        """Real path -> name of another domain that uses it (a disk or a backing file)."""
+    def _paths_used_by(self, others: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        """Real path -> name of another domain that uses it (a disk or a backing file), and
+        what could not be read: the other VMs' disks whose backing chain is unknown."""
         used: dict[str, str] = {}
+        unread: list[str] = []
         for other_name, xml in others.items():
             for disk in read_domain(xml).disks:
                 if disk.type != "file" or not disk.source:
@@ -259,18 +269,29 @@ class VMDestroyer:
                 # libvirt reports the chain only for running domains; qemu-img reads it
                 # from the images themselves (an inactive domain's overlay has one too)
                 reported = [image.path for image in disk.backing_chain if image.path]
-                for path in [disk.source, *reported, *self._backing_chain(disk.source)]:
+                try:
+                    below = self._backing_chain(disk.source)
+                except _ChainUnknown as error:
+                    unread.append(f"the backing chain of VM {other_name!r}'s disk"
+                                  f" {disk.source} could not be read ({error})")
+                    below = []
+                for path in [disk.source, *reported, *below]:
                     used.setdefault(os.path.realpath(path), other_name)
-        return used
+        return used, unread
 
     def _backing_chain(self, path: str) -> list[str]:
         """The images below ``path``: from libvirt's volume descriptions when a pool holds it
-        (local and remote alike), else from the image itself (qemu-img, this machine)."""
+        (local and remote alike), else from the image itself (qemu-img, this machine).
+        Raises ``_ChainUnknown`` when neither can tell."""
+        from .primitives import is_remote
+
         chain = self._volume_chain(path)
         if chain is not None:
             return chain
-        if not os.path.isfile(path):
-            return []
+        if is_remote(self.connection.uri):
+            raise _ChainUnknown("no storage pool on that host holds it")
+        if not os.path.lexists(path):
+            return []  # a missing file builds on nothing
         guard.check("qemu-img")
         try:
             out = subprocess.run(
@@ -278,9 +299,16 @@ class VMDestroyer:
                 capture_output=True, text=True, check=True, timeout=30,
             ).stdout
             images = json.loads(out)
+        except FileNotFoundError:
+            raise _ChainUnknown(f"{self.qemu_img} is not installed (package qemu-utils)"
+                                ) from None
+        except subprocess.CalledProcessError as error:
+            lines = (error.stderr or "").strip().splitlines()
+            text = lines[-1] if lines else str(error)
+            raise _ChainUnknown(text if text.startswith("qemu-img") else f"qemu-img: {text}"
+                                ) from None
         except (OSError, subprocess.SubprocessError, ValueError) as error:
-            log.warning("cannot read the backing chain of %s: %s", path, error)
-            return []
+            raise _ChainUnknown(str(error) or type(error).__name__) from None
         if isinstance(images, dict):
             images = [images]
         chain = []

@@ -96,7 +96,7 @@ class Commands:
                 self.load()
 
         self._prepare(f"Reading the settings of {name}",
-                      lambda: (self.store.load(name), host.devices(self.ctx)), show)
+                      lambda: (self.ctx.settings(name), host.devices(self.ctx)), show)
 
     def on_usb(self) -> None:
         from ..actions import usb
