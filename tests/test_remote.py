@@ -99,6 +99,76 @@ def test_two_hosts_with_a_vm_of_the_same_name_keep_their_own_settings(tmp_path):
     assert host_key("qemu+ssh://a@h/system") != host_key("qemu+ssh://a@h/session")
 
 
+@pytest.mark.parametrize("uri, name", [
+    ("qemu+ssh://anna@workstation:2222/system?keyfile=/k", "workstation"),
+    ("qemu://192.0.2.7/system", "192.0.2.7"),
+    ("qemu+ssh://[2001:db8::7]:22/system", "[2001:db8::7]"),
+    ("qemu:///system", "this computer"),
+    ("qemu+unix:///system", "this computer"),
+    ("test:///default", "this computer"),
+])
+def test_host_names_as_people_say_them(uri, name):
+    from vm_manager.core.primitives import host_name
+
+    assert host_name(uri) == name
+
+
+def test_a_remote_hosts_files_are_its_pools_volumes(make_host, tmp_path):
+    """What `create` names on a remote host is looked up among that host's storage volumes
+    (kind and format from libvirt), never on this machine: a file that exists here but in
+    no pool there is missing, with the fix in the message; the plan takes an existing
+    qcow2 volume as the disk with its format."""
+    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.core.errors import InvalidConfig
+    from vm_manager.core.host_facts import _remote_path_facts
+    from vm_manager.core.planning import plan_creation
+    from vm_manager.core.vm_config import VMConfig
+
+    here = tmp_path / "vmlinuz-here"
+    here.write_bytes(b"a kernel on this machine, not on the remote host")
+    with LibvirtConnection(make_host()) as conn:  # the test driver's pools stand in for its
+        pool = conn.execute(lambda c: c.storagePoolDefineXML(
+            "<pool type='dir'><name>boot</name><target><path>/srv/boot</path></target>"
+            "</pool>"))
+        pool.create(0)
+        for name, fmt in (("vmlinuz", "raw"), ("initrd.img", "raw"), ("data.qcow2", "qcow2")):
+            pool.createXML(f"<volume><name>{name}</name><capacity unit='MiB'>1</capacity>"
+                           f"<target><format type='{fmt}'/></target></volume>", 0)
+        config = VMConfig(name="lin", vm_type="linux", network="none", domain_type="qemu",
+                          kernel_path="/srv/boot/vmlinuz", initrd_path="/srv/boot/initrd.img",
+                          disk_path="/srv/boot/data.qcow2", serial_log_path="/var/log/x.log")
+        facts = _remote_path_facts(conn, config, Path("/var/lib/libvirt/images"))
+        assert facts["/srv/boot/vmlinuz"].kind == "file"
+        assert facts["/srv/boot/data.qcow2"].kind == "file"
+        assert facts["/srv/boot/data.qcow2"].format == "qcow2"
+        assert facts["/var/lib/libvirt/images/lin.qcow2"].kind == "missing"  # free there
+        assert facts["/var/log/x.log"].parent_writable  # libvirt makes it there
+
+        from vm_manager.core.host_facts import HostFacts
+        from vm_manager.core.vm_config import HostResources
+
+        def plan(config):
+            paths = _remote_path_facts(conn, config, Path("/var/lib/libvirt/images"))
+            return plan_creation(config, HostFacts(
+                uri=REMOTE, kvm_usable=None, hyperv_features=None,
+                resources=HostResources(memory_mb=16384, cpus=8), libvirt_version=9_000_000,
+                images_dir=Path("/var/lib/libvirt/images"), domain_names=frozenset(),
+                pci=None, uefi_firmware=(), networks=None, paths=paths, remote=True))
+
+        made = plan(config)
+        assert (made.disk.path, made.disk.format, made.disk.create) == (
+            "/srv/boot/data.qcow2", "qcow2", False)
+        elsewhere = VMConfig(name="lin", vm_type="linux", network="none", domain_type="qemu",
+                             kernel_path=str(here), disk_size_gb=2)
+        with pytest.raises(InvalidConfig) as caught:
+            plan(elsewhere)
+        message = str(caught.value)
+        assert caught.value.field == "kernel_path"
+        assert " is in no storage pool of " in message and "does not exist" not in message
+        assert message.endswith(" pool-refresh POOL`); give a regular file")
+        assert here.read_bytes().startswith(b"a kernel")  # there, and still not taken
+
+
 # --- a real remote host: an sshd on 127.0.0.1, qemu+ssh:// to this machine's libvirtd ------
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import libvirt
 
 from . import guard
 from .connection import LibvirtConnection
-from .primitives import is_remote
+from .primitives import host_name, is_remote
 from .vm_config import HostResources, VMConfig
 from .log import get_logger
 
@@ -66,6 +66,7 @@ class PathFact:
     in_use: str | None = None  # a block device the host uses: mounted, or held (LVM, RAID)
     real: str | None = None  # the path with every symlink resolved
     unreadable: str | None = None  # a shared folder: why the desktop user cannot read it
+    why_missing: str | None = None  # said instead of "does not exist" (a remote host's file)
 
 
 @dataclass(frozen=True)
@@ -279,21 +280,26 @@ def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
     paths = [getattr(config, name) for name in INPUT_FILES]
     if config.gpu_passthrough is not None:
         paths.append(config.gpu_passthrough.rom_file)
-    paths.append(str(folder / f"{config.name}.qcow2"))
+    paths += [config.disk_path, str(folder / f"{config.name}.qcow2")]
+    why = (f"is in no storage pool of {host_name(connection.uri)} (libvirt"
+           " knows a remote host's files only as volumes: put it in a pool's folder there"
+           f" and run `virsh -c {connection.uri} pool-refresh POOL`)")
+    kinds = {0: "file", 1: "block", 2: "dir"}  # VIR_STORAGE_VOL_FILE, _BLOCK, _DIR
 
     def look(conn: libvirt.virConnect) -> dict[str, PathFact]:
         facts = {}
         for path in filter(None, paths):
             try:
                 volume = conn.storageVolLookupByPath(path)
+                kind = kinds.get(volume.info()[0], "other")
+                fmt = ET.fromstring(volume.XMLDesc(0)).find("target/format")
             except libvirt.libvirtError:
                 if not conn.isAlive():
                     raise
-                facts[path] = PathFact("missing", real=path)
+                facts[path] = PathFact("missing", real=path, why_missing=why)
                 continue
-            fmt = ET.fromstring(volume.XMLDesc(0)).find("target/format")
-            facts[path] = PathFact("file", format=fmt.get("type") if fmt is not None else None,
-                                   real=path)
+            facts[path] = PathFact(kind, format=fmt.get("type") if fmt is not None else None,
+                                   real=path)  # a block volume's users are not known here
         return facts
 
     facts = connection.execute(look, idempotent=True)

@@ -269,8 +269,9 @@ def _regular_file(field_name: str, path: str, fact) -> None:
     """Only a regular file of the user's: never a folder, a device, a FIFO, or /proc."""
     if fact.kind == "file" and not fact.pseudo:
         return
-    why = {"missing": "does not exist", "dir": "is a folder", "block": "is a block device",
-           "other": "is a device, FIFO or socket"}.get(fact.kind, "is not a regular file")
+    why = {"missing": fact.why_missing or "does not exist", "dir": "is a folder",
+           "block": "is a block device", "other": "is a device, FIFO or socket"}.get(
+        fact.kind, "is not a regular file")
     if fact.pseudo and fact.kind == "file":
         why = "lies in /proc, /sys or /dev"
     raise InvalidConfig(field_name, f"{path} {why}; give a regular file")

@@ -39,6 +39,15 @@ def is_remote(uri: str) -> bool:
     return bool(host) and transport != "unix"
 
 
+def host_name(uri: str) -> str:
+    """The computer a URI names, as people call it: ``workstation`` for
+    ``qemu+ssh://anna@workstation:2222/system``; ``this computer`` for a local URI."""
+    host = uri.split("?", 1)[0].partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+    if host.startswith("["):  # an IPv6 address: [::1]:2222
+        return host.partition("]")[0] + "]" if is_remote(uri) else "this computer"
+    return host.partition(":")[0] if is_remote(uri) and host else "this computer"
+
+
 def host_key(uri: str) -> str:
     """A folder name for the host behind ``uri``: readable, and unique per host and path
     (its query, e.g. ``keyfile=``, is not part of who the host is)."""
