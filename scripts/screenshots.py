@@ -128,7 +128,7 @@ def main() -> int:
             deadline -= 1
         window.select("Gaming-Win11")
         window.usage_timer.stop()  # the test driver has no CPU figures: a sample minute,
-        window.model.update_usage(sample_usage())  # for the picture only (README says so)
+        window.model.update_usage(window.uri, sample_usage())  # for the picture only (README says so)
         deadline = 200
         while window.details.shown != "Gaming-Win11" and deadline:
             process(app, 1)

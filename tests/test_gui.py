@@ -48,7 +48,9 @@ def test_list_shows_every_vm_with_saved_details(window):
     rows = {row.name: row for row in window.model.rows}
     assert set(rows) == {"alpha", "beta", "gamma"}
     assert rows["alpha"].vm_type == "windows10" and rows["gamma"].state == S.PAUSED
-    assert window.model.data(window.model.index(0, 1)) == "Windows 10"
+    assert window.model.data(window.model.index(0, window.model.COLUMNS.index("System"))) \
+        == "Windows 10"
+    assert window.table.isColumnHidden(window.model.HOST)  # one host: no Host column
     assert window.banner.isHidden()
 
 
@@ -800,14 +802,17 @@ def test_keyboard_and_accessible_names(window):
 
 # --- more than one host (issue 17) -------------------------------------------------------------
 
-def test_connections_are_remembered_switched_and_survive_a_dead_host(qtbot, make_host,
-                                                                     tmp_path):
-    """Add a second host: its VMs are listed and the URI is remembered; a host that does not
-    answer shows the banner and the others stay usable; a new window offers them all."""
+def test_every_hosts_vms_in_one_list_and_a_dead_host_leaves_the_others_usable(
+        qtbot, make_host, tmp_path):
+    """Add a second host: its VMs join the list with a Host column, even one of the same name
+    as this host's; selecting a VM makes its host the current one, and the actions work on
+    that host; a host that does not answer is named in the banner while the others' VMs stay
+    listed and usable; a new window lists every remembered host again."""
+    from PySide6.QtCore import Qt
     from support.fakes import FakeDomain
 
     first = make_host([FakeDomain("alpha", S.RUNNING)])
-    second = make_host([FakeDomain("build-box", S.SHUTOFF), FakeDomain("ci", S.RUNNING)])
+    second = make_host([FakeDomain("build-box", S.SHUTOFF), FakeDomain("alpha", S.SHUTOFF)])
     with guard.allowed():
         conn = LibvirtConnection(first)
     win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
@@ -816,16 +821,41 @@ def test_connections_are_remembered_switched_and_survive_a_dead_host(qtbot, make
     qtbot.waitUntil(lambda: win.model.rowCount() == 1, timeout=5000)
     labels = [win.connections.itemText(i) for i in range(win.connections.count())]
     assert labels == [f"this computer ({first})", "Add connection…"]
+    assert win.table.isColumnHidden(win.model.HOST)
     win.add_connection(second)
-    qtbot.waitUntil(lambda: {r.name for r in win.model.rows} == {"build-box", "ci"},
-                    timeout=5000)
+    qtbot.waitUntil(lambda: win.model.rowCount() == 3, timeout=5000)
+    assert sorted(row.key for row in win.model.rows) == [
+        (first, "alpha"), (second, "alpha"), (second, "build-box")]
+    assert not win.table.isColumnHidden(win.model.HOST)
+    host_cell = win.model.index(win.model.position("build-box"), win.model.HOST)
+    assert win.model.data(host_cell) == second and \
+        win.model.data(host_cell, Qt.ToolTipRole) == second
     assert win.uri == second and second in win.windowTitle()
+    assert win.selected_name() in ("alpha", "build-box")  # the new host's first VM
+
+    win.select("alpha", first)  # this host's alpha: the current host follows the selection
+    assert win.uri == first and win.connections.currentData() == first
+    win.select("alpha", second)
+    assert win.uri == second
+    assert win.actions_by_key["start"].isEnabled()  # shut off there, running here
+    win.on_start()  # acts on the second host's alpha, never on the first's
+    qtbot.waitUntil(lambda: win.model.row_for("alpha", second).state == S.RUNNING,
+                    timeout=5000)
+    assert win.model.row_for("alpha", first).state == S.RUNNING  # was running already
+
     win.add_connection("bogus:///nowhere")
     qtbot.waitUntil(lambda: not win.banner.isHidden(), timeout=5000)
-    assert win.model.rowCount() == 0 and "bogus:///nowhere" in win.banner.label.text()
+    assert "bogus:///nowhere" in win.banner.label.text()
+    assert win.model.rowCount() == 3  # the others' VMs stay listed
+    assert not win.actions_by_key["create"].isEnabled()  # the current host does not answer
+    win.select("build-box", second)
+    assert win.uri == second and win.actions_by_key["start"].isEnabled()
+    win.on_start()
+    qtbot.waitUntil(lambda: win.model.row_for("build-box", second).state == S.RUNNING,
+                    timeout=5000)
+    assert win.actions_by_key["create"].isEnabled()
     win.switch_connection(first)
-    qtbot.waitUntil(lambda: [r.name for r in win.model.rows] == ["alpha"] and
-                    win.banner.isHidden(), timeout=5000)
+    assert win.uri == first and win.table.selected_row().key == (first, "alpha")
     remembered = win.remembered_connections()
     assert remembered[0] == first and {second, "bogus:///nowhere"} <= set(remembered)
     win.close()
@@ -833,6 +863,8 @@ def test_connections_are_remembered_switched_and_survive_a_dead_host(qtbot, make
     qtbot.addWidget(again)
     offered = [again.connections.itemData(i) for i in range(again.connections.count())]
     assert offered[0] == second and first in offered and offered[-1] is None  # "Add…"
+    qtbot.waitUntil(lambda: {row.host for row in again.model.rows} == {first, second}
+                    and not again.banner.isHidden(), timeout=5000)
     again.close()
     with guard.allowed():
         conn.close()

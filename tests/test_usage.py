@@ -23,7 +23,7 @@ from vm_manager.core.store import VMStore  # noqa: E402
 from vm_manager.core.usage import (HISTORY, DomainSample, HostSample,  # noqa: E402
                                    UsageHistory, UsageSample)
 from vm_manager.gui.app import MainWindow  # noqa: E402
-from vm_manager.gui.widgets import HISTORY_ROLE  # noqa: E402
+from vm_manager.gui.vm_list import HISTORY_ROLE  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ui_thread_never_blocks")
 GIB = 1 << 20  # KiB
@@ -63,13 +63,14 @@ def cell(win, name: str, column: str, role=None):
 
 def test_usage_columns_only_for_running_vms_and_only_while_visible(window, qtbot):
     assert window.usage_timer.isActive()
-    qtbot.waitUntil(lambda: window.model.usage is not None
-                    and len(window.model.usage.points.get("alpha", ())) >= 2, timeout=5000)
+    qtbot.waitUntil(lambda: window.uri in window.model.usage
+                    and len(window.model.usage[window.uri].points.get("alpha", ())) >= 2,
+                    timeout=5000)
     # the test driver reports no CPU time: nothing is made up for running alpha
     assert cell(window, "alpha", "CPU") is None
     assert cell(window, "alpha", "CPU", HISTORY_ROLE) == [None] * len(
-        window.model.usage.points["alpha"])
-    assert "beta" not in window.model.usage.points  # shut off
+        window.model.usage[window.uri].points["alpha"])
+    assert "beta" not in window.model.usage[window.uri].points  # shut off
     assert cell(window, "beta", "CPU") is None and cell(window, "beta", "CPU", HISTORY_ROLE) \
         is None
     assert cell(window, "beta", "Memory") == "1.0 GiB"  # its size, no usage
@@ -109,7 +110,7 @@ def test_real_statistics_of_the_running_tiny_guest(qtbot, system_daemon, tiny_gu
         win.show()
 
         def shown() -> bool:
-            usage = win.model.usage
+            usage = win.model.usage.get(win.uri)
             latest = usage.latest(running) if usage else None
             return latest is not None and latest.cpu_percent is not None
 

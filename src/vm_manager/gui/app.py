@@ -4,6 +4,8 @@ The GUI calls the same actions as the CLI (``vm_manager.actions``) and never lib
 itself: everything that talks to libvirt, reads sysfs or runs a program runs on a worker
 (``Tasks``) while the window shows a busy state. State changes (libvirt's event thread)
 reach the Qt thread through ``EventBridge`` signals: the list follows them, never polls.
+The list holds the VMs of every host the window manages (``connections``), one
+``Context`` per host; the actions work on the selected VM's host.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -27,10 +30,10 @@ os.environ.setdefault("QT_NO_GLIB", "1")
 
 from ..actions import Context  # noqa: E402
 from ..actions.power import allowed_operations  # noqa: E402
-from ..core.primitives import VMState, plural  # noqa: E402
+from ..core.primitives import VMState, host_name  # noqa: E402
 from ..core.log import get_logger  # noqa: E402
-from .widgets import Banner, EventBridge, Tasks, VMRow, VMTable, VMTableModel  # noqa: E402
-from .widgets import fit_to_screen, notify_desktop  # noqa: E402
+from .widgets import Banner, EventBridge, Tasks, fit_to_screen, notify_desktop  # noqa: E402
+from .vm_list import VMRow, VMTable, VMTableModel  # noqa: E402
 from .commands import Commands  # noqa: E402
 from .connections import Connections  # noqa: E402
 from .details import DetailsPane, EmptyState  # noqa: E402
@@ -66,25 +69,31 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
                  context: Context | None = None):
         super().__init__()
         self.ctx = context or Context(uri, connection=connection, store=store)
-        self.uri = self.ctx.uri
-        self.lifecycle = None  # set by the first listing (on a worker)
+        self.uri = self.ctx.uri  # the current host: the selected VM's, where New VM makes one
+        self.contexts: dict[str, Context] = {self.uri: self.ctx}  # every host, this one first
+        self.live: set[str] = set()  # hosts listed and connected
+        self.problems: dict[str, str] = {}  # host -> why it is not reachable (the banner)
+        self._following: dict = {}  # host -> its lifecycle manager, once its events followed
+        self._follow_lock = threading.Lock()
+        self._select_first_of: str | None = None  # a host chosen before its VMs were listed
         self.bridge = EventBridge()
         self.model = VMTableModel(self)
         # four workers: a graceful stop may wait a minute; the list must not wait behind it
         self.tasks = Tasks(ThreadPoolExecutor(max_workers=4, thread_name_prefix="neuron-gui"),
                            parent=self)
         self.pool = self.tasks.pool
-        self.busy: set[str] = set()
+        self.busy: set[tuple[str, str]] = set()  # (host, name) of VMs waiting on an action
         self.last_error: str | None = None
         self.notifications: list[tuple[str, str]] = []  # (title, text), also for tests
         self._reload_timer = QTimer(self)
         self._reload_timer.setSingleShot(True)
         self._reload_timer.setInterval(200)
-        self._reload_timer.timeout.connect(self.load)
+        self._reload_timer.timeout.connect(self._reload)
+        self._reload_hosts: set[str] = set()
         # The one periodic read (core.usage says why): one bulk statistics call a second,
         # only while the window is visible, never two at once.
-        self.monitor = None
-        self._sampling = False
+        self.monitors: dict = {}  # host -> actions.usage.Monitor
+        self._sampling: set[str] = set()  # hosts with a sample out
         self.usage_timer = QTimer(self)
         self.usage_timer.setInterval(1000)
         self.usage_timer.timeout.connect(self.sample_usage)
@@ -151,30 +160,32 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
     # --- loading ----------------------------------------------------------------------------
 
     def load(self) -> None:
-        """(Re)connect if needed and list every VM, off the GUI thread."""
-        self.pool.submit(self._load_worker)
+        """(Re)connect where needed and list every host's VMs, each off the GUI thread."""
+        for ctx in list(self.contexts.values()):
+            self.pool.submit(self._load_worker, ctx)
 
-    def _load_worker(self) -> None:
+    def _load_worker(self, ctx: Context) -> None:
         from ..actions import setup, vms
         from ..core.errors import VMManagerError
 
-        ctx = self.ctx  # the host this listing is for (the user may switch meanwhile)
+        uri = ctx.uri
 
-        def current() -> bool:
-            return ctx is self.ctx
+        def current() -> bool:  # still a host of this window (not one it let go)
+            return self.contexts.get(uri) is ctx
 
         try:
-            if self.lifecycle is None:
-                lifecycle = ctx.lifecycle
-                lifecycle.subscribe(lambda change: self.bridge.state_changed.emit(
-                    change.name, change.new.value, change.reason) if current() else None)
-                ctx.connection.subscribe(lambda event: self.bridge.connection_changed.emit(
-                    event.status, event.reason) if hasattr(event, "status") and current()
-                    else None)
-                setup.follow_all(ctx, lambda change: self.bridge.setup_changed.emit(
-                    change.name, change.new) if current() else None)
-                if current():
-                    self.lifecycle = lifecycle
+            with self._follow_lock:
+                if uri not in self._following:
+                    lifecycle = ctx.lifecycle  # opens the connection: a worker's call
+                    lifecycle.subscribe(lambda change: self.bridge.state_changed.emit(
+                        uri, change.name, change.new.value, change.reason) if current()
+                        else None)
+                    ctx.connection.subscribe(lambda event: self.bridge.connection_changed.emit(
+                        uri, event.status, event.reason) if hasattr(event, "status")
+                        and current() else None)
+                    setup.follow_all(ctx, lambda change: self.bridge.setup_changed.emit(
+                        uri, change.name, change.new) if current() else None)
+                    self._following[uri] = lifecycle
             inventory = vms.list_vms(ctx)
             from ..actions import host
 
@@ -192,15 +203,14 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
                     gpu_name=names.get(gpu.pci_address) if gpu else None,
                     looking_glass=bool(config and config.looking_glass.enabled),
                     setup=setup.stage(ctx, vm.name) if config and config.unattended
-                    else "",
+                    else "", host=uri,
                 ))
             self.bridge.inventory_ready.emit((ctx, rows))
         except VMManagerError as error:
-            if current():
-                self.bridge.inventory_failed.emit(str(error))
+            self.bridge.inventory_failed.emit((ctx, str(error)))
         except Exception as error:  # noqa: BLE001 - shown in the banner, never a dead window
-            log.exception("loading the VM list failed")
-            self.bridge.inventory_failed.emit(f"{type(error).__name__}: {error}")
+            log.exception("loading the VM list of %s failed", uri)
+            self.bridge.inventory_failed.emit((ctx, f"{type(error).__name__}: {error}"))
 
     @property
     def connection(self):
@@ -213,13 +223,16 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
 
     def _on_inventory(self, listing) -> None:
         ctx, rows = listing
-        if ctx is not self.ctx:
-            return  # a listing of the host shown before a switch
-        selected = self.selected_name()
+        if self.contexts.get(ctx.uri) is not ctx:
+            return  # a listing of a host the window let go meanwhile
+        selected = self.table.selected_row()
         first_listing = self.model.rowCount() == 0
-        self.model.reset_rows(rows)
-        self.list_stack.setCurrentWidget(self.table if rows else self.empty)
-        if not rows:
+        self.model.reset_host(ctx.uri, rows)
+        self.live.add(ctx.uri)
+        self.problems.pop(ctx.uri, None)
+        self._show_problems()
+        self.list_stack.setCurrentWidget(self.table if self.model.rows else self.empty)
+        if not self.model.rows:
             self.details.show_hint("Create a VM to see its details here.")
         if first_listing and rows:
             self.table.resizeColumnsToContents()
@@ -228,15 +241,13 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
                 self.table.setColumnWidth(column, max(self.table.columnWidth(column),
                                                       metrics.horizontalAdvance(sample) + 16))
             self._fit_first_run()
-        self.banner.hide()
-        self.statusBar().showMessage(f"{plural(len(rows), 'VM')} on {self.uri}")
+        self.statusBar().showMessage(self._summary())
+        if self._select_first_of == ctx.uri and rows:
+            self._select_first_of = None
+            if self.uri == ctx.uri and (selected is None or selected.host != ctx.uri):
+                selected = self.model.row_for(min(row.name for row in rows), ctx.uri)
         if selected:
-            self.select(selected)
-        self.update_actions()
-
-    def _on_inventory_failed(self, message: str) -> None:
-        self.banner.show_message(f"libvirt is not reachable: {message}")
-        self.statusBar().showMessage("Not connected")
+            self.select(selected.name, selected.host)
         self.update_actions()
 
     # --- live updates -------------------------------------------------------------------------
@@ -247,88 +258,94 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         self.statusBar().showMessage(f"{title}: {text}")
         notify_desktop(self, title, text)
 
-    def _on_state_changed(self, name: str, value: str, reason: str) -> None:
+    def _on_state_changed(self, uri: str, name: str, value: str, reason: str) -> None:
         state = VMState(value)
-        unexpected = name not in self.busy and (
+        unexpected = (uri, name) not in self.busy and (
             state == VMState.CRASHED or "crashed" in reason
             or (state == VMState.SHUTOFF and "destroyed" in reason))
         if unexpected:  # the user did not ask for it here: tell them
             what = "crashed" if state == VMState.CRASHED or "crashed" in reason else \
                 "was powered off by force"
-            self.notify(f"{name} {what}", reason)
+            where = f" on {host_name(uri)}" if len(self.contexts) > 1 else ""
+            self.notify(f"{name}{where} {what}", reason)
         if state == VMState.UNDEFINED:
-            self.model.remove(name)
-        elif not self.model.update_state(name, state, reason):
-            self._reload_timer.start()  # a VM we did not know: list again, once
-        if name == self.selected_name():
+            self.model.remove(uri, name)
+        elif not self.model.update_state(uri, name, state, reason):
+            self._reload_hosts.add(uri)  # a VM we did not know: list that host again, once
+            self._reload_timer.start()
+        if self._is_selected(uri, name):
             self.update_actions()
             self._details_timer.start()  # its details follow its events, never a poll
 
-    def _on_setup_changed(self, name: str, stage: str) -> None:
-        self.model.update_setup(name, stage)
-        if name == self.selected_name():
+    def _reload(self) -> None:
+        hosts, self._reload_hosts = self._reload_hosts, set()
+        for uri in hosts:
+            if uri in self.contexts:
+                self.pool.submit(self._load_worker, self.contexts[uri])
+
+    def _is_selected(self, uri: str, name: str) -> bool:
+        row = self.table.selected_row()
+        return row is not None and row.key == (uri, name)
+
+    def _on_setup_changed(self, uri: str, name: str, stage: str) -> None:
+        self.model.update_setup(uri, name, stage)
+        if self._is_selected(uri, name):
             self._details_timer.start()
 
-    def _on_display_changed(self, name: str) -> None:
-        if name == self.selected_name():  # the Looking Glass client's state and its log
+    def _on_display_changed(self, uri: str, name: str) -> None:
+        if self._is_selected(uri, name):  # the Looking Glass client's state and its log
             self._details_timer.start()
-
-    def _on_connection_changed(self, status: str, reason: str) -> None:
-        if status == "disconnected":
-            self.banner.show_message(
-                f"Lost the connection to libvirt at {self.uri} ({reason}); reconnecting…")
-            self.update_actions()
-        else:
-            self.load()
 
     # --- actions ------------------------------------------------------------------------------
 
     def selected_name(self) -> str | None:
         return self.table.selected_name()
 
-    def select(self, name: str) -> None:
-        self.table.select(name)
+    def select(self, name: str, host: str | None = None) -> None:
+        self.table.select(name, host)
 
     def update_actions(self) -> None:
-        name = self.selected_name()
-        row = self.model.row_for(name) if name else None
-        connected = self.lifecycle is not None and self.banner.isHidden()
-        allowed = set(allowed_operations(row.state)) if row and connected else set()
+        row = self.table.selected_row()
+        here = self.uri in self.live and self.uri not in self.problems
+        connected = row is not None and row.host in self.live and row.host not in self.problems
+        allowed = set(allowed_operations(row.state)) if connected else set()
+        busy = row is not None and row.key in self.busy
         for key, (_, operation, _) in ACTIONS.items():
             action = self.actions_by_key[key]
             if key in ALWAYS_ENABLED:
                 action.setEnabled(True)
             elif key == "create":
-                action.setEnabled(connected)
+                action.setEnabled(here)
             elif key in ("console", "snapshots"):  # the viewer waits for the VM to start;
-                action.setEnabled(bool(row and connected))  # the panel lists for any state
+                action.setEnabled(connected)  # the panel lists for any state
             elif key in ("display", "usb"):
-                action.setEnabled(bool(row and connected and row.state == VMState.RUNNING))
+                action.setEnabled(connected and row.state == VMState.RUNNING)
             elif key == "settings":
-                action.setEnabled(bool(row and connected and row.state == VMState.SHUTOFF
-                                       and name not in self.busy))
-            elif name in self.busy and key != "force_stop":
+                action.setEnabled(connected and row.state == VMState.SHUTOFF and not busy)
+            elif busy and key != "force_stop":
                 action.setEnabled(False)
             else:
                 action.setEnabled(operation in allowed)
 
     def _run(self, name: str, label: str, call: Callable[[], object]) -> None:
-        """An action on ``name`` on a worker; the VM shows busy until it answers."""
-        self.busy.add(name)
+        """An action on ``name`` of the current host on a worker; the VM shows busy until
+        it answers."""
+        key = (self.uri, name)
+        self.busy.add(key)
         self.update_actions()
         self.statusBar().showMessage(f"{label} {name}…")
 
         def done(result) -> None:
-            self._finished(name, f"{name}: {getattr(result, 'message', 'done')}")
+            self._finished(key, f"{name}: {getattr(result, 'message', 'done')}")
 
         def failed(error: BaseException) -> None:
             self.last_error = str(error)
-            self._finished(name, f"{name}: {error}")
+            self._finished(key, f"{name}: {error}")
 
         self.tasks.run(call, done, failed)
 
-    def _finished(self, name: str, message: str) -> None:
-        self.busy.discard(name)
+    def _finished(self, key: tuple[str, str], message: str) -> None:
+        self.busy.discard(key)
         self.statusBar().showMessage(message)
         self.update_actions()
 
@@ -371,7 +388,8 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         for timer in (self.usage_timer, self._details_timer, self._reload_timer):
             timer.stop()
         QSettings("NeuronOS", "VM Manager").setValue("geometry", self.saveGeometry())
-        self.pool.submit(self.ctx.close)  # displays closed, connection released, off the UI
+        for ctx in self.contexts.values():  # displays closed, connections released, off the UI
+            self.pool.submit(ctx.close)
         self.pool.shutdown(wait=False)
         super().closeEvent(event)
 

@@ -1,6 +1,8 @@
 """The main window's commands: each toolbar action runs the same action as the CLI, on a
 worker (``MainWindow._run`` / ``_prepare``), and dialogs get their data before they open.
-A mixin of ``MainWindow``; it holds no state of its own.
+Each takes the current host's context (the selected VM's) when it is pressed, so a worker
+never acts on a host selected after the press. A mixin of ``MainWindow``; it holds no state
+of its own.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from typing import Callable
 
 from PySide6.QtWidgets import QMessageBox
 
+from ..core.primitives import host_name
+
 
 class Commands:
     def confirm(self, title: str, text: str) -> bool:
@@ -18,17 +22,17 @@ class Commands:
     def _power(self, label: str, operation: str, **options) -> None:
         from ..actions import power
 
-        name = self.selected_name()
+        name, ctx = self.selected_name(), self.ctx
         if name:
-            self._run(name, label, lambda: getattr(power, operation)(self.ctx, name, **options))
+            self._run(name, label, lambda: getattr(power, operation)(ctx, name, **options))
 
     def on_start(self) -> None:
         from ..actions import power
 
-        name = self.selected_name()
+        name, ctx = self.selected_name(), self.ctx
         if name:
             self._run(name, "Starting",
-                      lambda: power.start(self.ctx, power.StartRequest(name)).result)
+                      lambda: power.start(ctx, power.StartRequest(name)).result)
 
     def on_stop(self) -> None:
         self._power("Stopping", "stop")
@@ -66,21 +70,23 @@ class Commands:
         from ..actions import host
         from .wizard import CreateWizard
 
+        ctx = self.ctx
+
         def show(devices) -> None:
             self.statusBar().clearMessage()
-            wizard = CreateWizard(self.ctx, devices, tasks=self.tasks, parent=self)
+            wizard = CreateWizard(ctx, devices, tasks=self.tasks, parent=self)
             if wizard.exec() and wizard.result is not None:
                 self.statusBar().showMessage(f"created {wizard.result.name}")
                 self.load()
 
-        self._prepare("Looking at this computer's GPUs and USB devices",
-                      lambda: host.devices(self.ctx), show)
+        self._prepare(f"Looking at the GPUs and USB devices of {host_name(ctx.uri)}",
+                      lambda: host.devices(ctx), show)
 
     def on_settings(self) -> None:
         from ..actions import host
         from .dialogs import SettingsDialog
 
-        name = self.selected_name()
+        name, ctx = self.selected_name(), self.ctx
         if not name:
             return
 
@@ -91,60 +97,62 @@ class Commands:
                 QMessageBox.information(self, "Settings", f"{name} was not made by NeuronOS;"
                                         " change it with virt-manager or `virsh edit`.")
                 return
-            dialog = SettingsDialog(self.ctx, config, devices, tasks=self.tasks, parent=self)
+            dialog = SettingsDialog(ctx, config, devices, tasks=self.tasks, parent=self)
             if dialog.exec():
                 self.load()
 
         self._prepare(f"Reading the settings of {name}",
-                      lambda: (self.ctx.settings(name), host.devices(self.ctx)), show)
+                      lambda: (ctx.settings(name), host.devices(ctx)), show)
 
     def on_usb(self) -> None:
         from ..actions import usb
         from .dialogs import USBPanel
 
-        name = self.selected_name()
+        name, ctx = self.selected_name(), self.ctx
         if not name:
             return
 
         def show(found) -> None:
             devices, attached = found
             self.statusBar().clearMessage()
-            self.usb_panel = USBPanel(self.ctx, name, devices, attached, tasks=self.tasks,
+            self.usb_panel = USBPanel(ctx, name, devices, attached, tasks=self.tasks,
                                       parent=self)
             self.usb_panel.show()
 
         self._prepare("Looking at the USB devices",
-                      lambda: (usb.list_usb(self.ctx), usb.attached(self.ctx, name)), show)
+                      lambda: (usb.list_usb(ctx), usb.attached(ctx, name)), show)
 
     def on_snapshots(self) -> None:
         from ..actions import snapshots
         from .snapshots import SnapshotsPanel
 
-        name = self.selected_name()
+        name, ctx = self.selected_name(), self.ctx
         if not name:
             return
 
         def show(listing) -> None:
             self.statusBar().clearMessage()
-            self.snapshots_panel = SnapshotsPanel(self.ctx, name, listing, tasks=self.tasks,
+            self.snapshots_panel = SnapshotsPanel(ctx, name, listing, tasks=self.tasks,
                                                   parent=self)
             self.snapshots_panel.show()
 
         self._prepare(f"Reading the snapshots of {name}",
-                      lambda: snapshots.list_snapshots(self.ctx, name), show)
+                      lambda: snapshots.list_snapshots(ctx, name), show)
 
     def on_readiness(self) -> None:
         from ..actions import host
 
-        lg_vms = tuple(row.name for row in self.model.rows if row.looking_glass)
+        ctx = self.ctx
+        lg_vms = tuple(row.name for row in self.model.rows if row.looking_glass
+                       and row.host == ctx.uri)
 
         def read():
             from ..actions import guide
 
-            checks = host.doctor(self.ctx)
-            return checks, guide.fixes(self.ctx, checks, lg_vms)
+            checks = host.doctor(ctx)
+            return checks, guide.fixes(ctx, checks, lg_vms)
 
-        self._prepare("Checking this computer", read, self._show_readiness)
+        self._prepare(f"Checking {host_name(ctx.uri)}", read, self._show_readiness)
 
     def _show_readiness(self, found) -> None:
         from .dialogs import ReadinessDialog
@@ -159,11 +167,12 @@ class Commands:
         closes when the VM stops and opens again when it runs)."""
         from ..actions import display
 
-        name = self.selected_name()
+        name, ctx = self.selected_name(), self.ctx
         if name:
             def show() -> SimpleNamespace:
-                display.open_display(self.ctx, display.DisplayRequest(name),  # the details
-                                     on_change=lambda _: self.bridge.display_changed.emit(name))
+                display.open_display(ctx, display.DisplayRequest(name),  # the details follow
+                                     on_change=lambda _: self.bridge.display_changed.emit(
+                                         ctx.uri, name))
                 return SimpleNamespace(message="waiting for the guest's Looking Glass host")
 
             self._run(name, "Opening the display of", show)
@@ -172,7 +181,7 @@ class Commands:
         from ..actions import delete
         from .dialogs import DeleteDialog
 
-        name = self.selected_name()
+        name, ctx = self.selected_name(), self.ctx
         if not name:
             return
 
@@ -181,9 +190,9 @@ class Commands:
             dialog = DeleteDialog(preview, name, self)
             if dialog.exec():
                 request = delete.DeleteRequest(name, delete_disks=dialog.delete_disks)
-                self._run(name, "Deleting", lambda: delete.delete(self.ctx, request))
+                self._run(name, "Deleting", lambda: delete.delete(ctx, request))
 
-        self._prepare(f"Planning the deletion of {name}", lambda: delete.preview(self.ctx, name),
+        self._prepare(f"Planning the deletion of {name}", lambda: delete.preview(ctx, name),
                       show)
 
     def on_console(self) -> None:
@@ -191,7 +200,7 @@ class Commands:
         while Windows installs and before Looking Glass works."""
         from ..actions import console
 
-        name = self.selected_name()
+        name, ctx = self.selected_name(), self.ctx
         if name:
             self._run(name, "Opening the console of",
-                      lambda: console.open_console(self.ctx, name))
+                      lambda: console.open_console(ctx, name))

@@ -1,11 +1,16 @@
 """The hosts the window manages: a list of libvirt URIs (this computer first), remembered
-between runs, one shown at a time; switching lists that host's VMs, and a host that does not
-answer shows the banner while the others stay one click away. A mixin of ``app.MainWindow``.
+between runs, all listed together (the Host column shows once there are two). The host box
+in the toolbar names the current host: the selected VM's, and where New VM and the host
+check work; choosing a host there selects its first VM. A host that does not answer shows
+in the banner while the others' VMs stay usable. A mixin of ``app.MainWindow``.
 """
 
 from __future__ import annotations
 
 from PySide6.QtCore import QSettings
+
+from ..core.primitives import plural
+from .vm_list import host_text
 from PySide6.QtWidgets import QComboBox, QInputDialog, QLineEdit
 
 ADD = "Add connection…"
@@ -24,27 +29,37 @@ def host_label(uri: str) -> str:
 
 class Connections:
     def _build_connections(self) -> None:
+        from ..actions import Context
+
+        for uri in self.remembered_connections()[1:]:
+            self.contexts.setdefault(uri, Context(uri))  # opened by its first listing
         self.connections = QComboBox()
         self.connections.setAccessibleName("Host")
-        self.connections.setToolTip("The host whose VMs are shown (Add connection… for"
-                                    " another, e.g. qemu+ssh://user@host/system)")
+        self.connections.setToolTip("The current host: the selected VM's, and where New VM"
+                                    " makes one (Add connection… for another, e.g."
+                                    " qemu+ssh://user@host/system)")
         self._fill_connections()
         self.connections.activated.connect(self._connection_chosen)
         self.toolbar.insertWidget(self.toolbar.actions()[0], self.connections)
+        self._show_host_column()
 
     def remembered_connections(self) -> list[str]:
         saved = QSettings("NeuronOS", "VM Manager").value(KEY) or []
         uris = [saved] if isinstance(saved, str) else list(saved)
-        return [self.uri, *[uri for uri in uris if uri != self.uri]]
+        first = next(iter(self.contexts))  # the window's own host stays first
+        return [first, *[uri for uri in uris if uri != first]]
 
     def _fill_connections(self) -> None:
         self.connections.blockSignals(True)
         self.connections.clear()
-        for uri in self.remembered_connections():
+        for uri in self.contexts:
             self.connections.addItem(host_label(uri), uri)
         self.connections.addItem(ADD, None)
-        self.connections.setCurrentIndex(0)
+        self.connections.setCurrentIndex(list(self.contexts).index(self.uri))
         self.connections.blockSignals(False)
+
+    def _show_host_column(self) -> None:
+        self.table.setColumnHidden(self.model.HOST, len(self.contexts) < 2)
 
     def _connection_chosen(self, index: int) -> None:
         uri = self.connections.itemData(index)
@@ -57,34 +72,89 @@ class Connections:
             else:
                 self._fill_connections()
             return
-        if uri != self.uri:
-            self.switch_connection(uri)
+        self.switch_connection(uri)
 
     def add_connection(self, uri: str) -> None:
-        """Remember ``uri`` and show its VMs."""
-        uris = self.remembered_connections()
-        if uri not in uris:
-            uris.append(uri)
-        QSettings("NeuronOS", "VM Manager").setValue(KEY, uris)
+        """Remember ``uri``, list its VMs beside the others' and make it the current host."""
+        from ..actions import Context
+
+        if uri not in self.contexts:
+            self.contexts[uri] = Context(uri)
+            QSettings("NeuronOS", "VM Manager").setValue(KEY, list(self.contexts))
+            self._show_host_column()
+            self.statusBar().showMessage(f"Connecting to {uri}…")
+            self.pool.submit(self._load_worker, self.contexts[uri])
         self.switch_connection(uri)
 
     def switch_connection(self, uri: str) -> None:
-        """Show ``uri``'s VMs: a new context; the old one is closed off the UI thread (its
-        late events are ignored: every callback checks which context it came from)."""
-        from ..actions import Context
+        """Make ``uri`` the current host (added first if new) and select its first VM."""
+        if uri not in self.contexts:
+            self.add_connection(uri)
+            return
+        self.use_host(uri)
+        row = self.table.selected_row()
+        if row is None or row.host != uri:
+            first = next((r for r in self.model.rows if r.host == uri), None)
+            if first is not None:
+                self.select(first.name, uri)
+            else:  # not listed yet: its first VM is selected when its listing comes
+                self.table.clearSelection()
+                self._select_first_of = uri
 
-        old = self.ctx
-        self.ctx = Context(uri)
-        self.uri = self.ctx.uri
-        self.lifecycle = None
-        self.monitor = None
-        self.busy.clear()
-        self.model.reset_rows([])
-        self.model.update_usage(None)
-        self.details.show_hint(f"Connecting to {host_label(self.uri)}…")
-        self.setWindowTitle(f"NeuronOS VM Manager — {host_label(self.uri)}")
+    def use_host(self, uri: str) -> None:
+        """The current host is now ``uri``: the box, the title and the host's usage say so
+        (the list is not read again: it holds every host's VMs)."""
+        if uri == self.uri:
+            return
+        self.ctx = self.contexts[uri]
+        self.uri = uri
         self._fill_connections()
-        self.statusBar().showMessage(f"Connecting to {self.uri}…")
+        self.setWindowTitle(f"NeuronOS VM Manager — {host_label(uri)}")
+        self.show_host_usage()
         self.update_actions()
-        self.pool.submit(old.close)
-        self.load()
+
+    # --- hosts that answer, and those that do not ----------------------------------------
+
+    @property
+    def lifecycle(self):
+        """The current host's lifecycle manager, once its VMs are listed (else None)."""
+        return self._following.get(self.uri) if self.uri in self.live else None
+
+    def _summary(self) -> str:
+        count = plural(len(self.model.rows), "VM")
+        if len(self.contexts) == 1:
+            return f"{count} on {self.uri}"
+        return f"{count} on {plural(len(self.live), 'host')}"
+
+    def _on_inventory_failed(self, failure) -> None:
+        ctx, message = failure
+        if self.contexts.get(ctx.uri) is not ctx:
+            return
+        self.live.discard(ctx.uri)
+        self.model.reset_host(ctx.uri, [])  # its VMs cannot be reached: not offered
+        self.problems[ctx.uri] = (f"libvirt is not reachable: {message}" if len(self.contexts)
+                                  == 1 else f"{host_text(ctx.uri)} is not reachable: {message}")
+        self._show_problems()
+        if not self.model.rows:
+            self.list_stack.setCurrentWidget(self.empty)
+        self.statusBar().showMessage("Not connected" if not self.live else self._summary())
+        self.update_actions()
+
+    def _show_problems(self) -> None:
+        """The banner lists every host that does not answer; the others stay usable."""
+        if self.problems:
+            self.banner.show_message("\n".join(self.problems.values()))
+        else:
+            self.banner.hide()
+
+    def _on_connection_changed(self, uri: str, status: str, reason: str) -> None:
+        if uri not in self.contexts:
+            return
+        if status == "disconnected":
+            self.live.discard(uri)
+            self.problems[uri] = f"Lost the connection to libvirt at {uri} ({reason});" \
+                " reconnecting…"
+            self._show_problems()
+            self.update_actions()
+        else:
+            self.pool.submit(self._load_worker, self.contexts[uri])

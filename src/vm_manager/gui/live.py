@@ -15,35 +15,52 @@ class LiveParts:
     # --- live usage ---------------------------------------------------------------------------
 
     def sample_usage(self) -> None:
-        """Ask for one usage sample on a worker (skipped while one is out, or offline)."""
-        if self._sampling or self.lifecycle is None or not self.banner.isHidden():
+        """Ask each connected host for one usage sample on a worker (skipped for a host
+        with a sample still out)."""
+        for uri, ctx in list(self.contexts.items()):
+            if uri in self._sampling or uri not in self.live or uri in self.problems:
+                continue
+            self._sampling.add(uri)
+            vcpus = {row.name: row.vcpus for row in self.model.rows if row.host == uri}
+            self.tasks.run(lambda ctx=ctx, vcpus=vcpus: (ctx, self._sample(ctx, vcpus)),
+                           self._on_usage,
+                           lambda error, uri=uri: self._on_usage_failed(uri, error))
+
+    def _sample(self, ctx, vcpus: dict[str, int]):
+        from ..actions import usage
+
+        monitor = self.monitors.get(ctx.uri)
+        if monitor is None:
+            monitor = self.monitors[ctx.uri] = usage.Monitor(ctx)
+        return monitor.sample(vcpus)
+
+    def _on_usage(self, sampled) -> None:
+        ctx, view = sampled
+        self._sampling.discard(ctx.uri)
+        if self.contexts.get(ctx.uri) is not ctx:
             return
-        self._sampling = True
-        vcpus = {row.name: row.vcpus for row in self.model.rows}
+        self.model.update_usage(ctx.uri, view)
+        if ctx.uri == self.uri:
+            self.show_host_usage()
 
-        def work():
-            from ..actions import usage
+    def show_host_usage(self) -> None:
+        """The current host's CPU and memory in the status bar."""
+        from ..core.primitives import host_name
 
-            if self.monitor is None:
-                self.monitor = usage.Monitor(self.ctx)
-            return self.monitor.sample(vcpus)
-
-        self.tasks.run(work, self._on_usage, self._on_usage_failed)
-
-    def _on_usage(self, view) -> None:
-        self._sampling = False
-        self.model.update_usage(view)
+        view = self.model.usage.get(self.uri)
         parts = []
-        if view.host_cpu_percent is not None:
+        if view is not None and view.host_cpu_percent is not None:
             parts.append(f"host CPU {view.host_cpu_percent:.0f} %")
-        if view.host_memory_kib:
+        if view is not None and view.host_memory_kib:
             parts.append(f"memory {view.host_memory_used_kib / 1048576:.1f} of"
                          f" {view.host_memory_kib / 1048576:.1f} GiB")
+        if parts and len(self.contexts) > 1:
+            parts.insert(0, host_name(self.uri))
         self.host_usage.setText(" · ".join(parts))
 
-    def _on_usage_failed(self, error: BaseException) -> None:
-        self._sampling = False
-        log.debug("usage sample failed: %s", error)  # the banner tells a lost daemon
+    def _on_usage_failed(self, uri: str, error: BaseException) -> None:
+        self._sampling.discard(uri)
+        log.debug("usage sample of %s failed: %s", uri, error)  # the banner tells a lost host
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt name
         super().showEvent(event)
@@ -73,24 +90,30 @@ class LiveParts:
     # --- the details pane ---------------------------------------------------------------------
 
     def _selected(self) -> None:
+        row = self.table.selected_row()
+        if row is not None and row.host != self.uri:
+            self.use_host(row.host)  # the actions work on the selected VM's host
         self.update_actions()
         self._details_timer.start()
 
     def _load_details(self) -> None:
         from ..actions import details
 
-        name = self.selected_name()
-        if name is None:
+        row = self.table.selected_row()
+        if row is None:
             if self.model.rows:
                 self.details.show_hint("Select a VM to see its details.")
             return
+        ctx, key = self.contexts.get(row.host), row.key
+        if ctx is None:
+            return
 
         def shown(found) -> None:
-            if found.name == self.selected_name():  # not a stale answer
+            if self._is_selected(*key):  # not a stale answer
                 self.details.show_details(found)
 
         def failed(error: BaseException) -> None:
-            if name == self.selected_name():
-                self.details.show_hint(f"{name}: {error}")
+            if self._is_selected(*key):
+                self.details.show_hint(f"{key[1]}: {error}")
 
-        self.tasks.run(lambda: details.details(self.ctx, name), shown, failed)
+        self.tasks.run(lambda: details.details(ctx, key[1]), shown, failed)

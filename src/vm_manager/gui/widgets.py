@@ -1,26 +1,16 @@
-"""Reusable pieces of the desktop app: the VM table model, the daemon-down banner, the
-bridge that carries library callbacks (libvirt's event thread) into the Qt thread, and
-``Tasks``, which runs actions off the Qt thread and hands their results back to it."""
+"""Reusable pieces of the desktop app: the systems' icons and the state colours, the
+daemon-down banner, the bridge that carries library callbacks (libvirt's event thread) into
+the Qt thread, and ``Tasks``, which runs actions off the Qt thread and hands their results
+back to it. The VM list itself is ``vm_list``."""
 
 from __future__ import annotations
 
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPointF, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QPainter, QPalette, QPen, QPixmap, QPolygonF
-from PySide6.QtWidgets import (
-    QAbstractItemView,
-    QHBoxLayout,
-    QHeaderView,
-    QLabel,
-    QListWidgetItem,
-    QPushButton,
-    QStyledItemDelegate,
-    QTableView,
-    QWidget,
-)
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPainter, QPalette, QPixmap
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidgetItem, QPushButton, QWidget
 
 from ..core.primitives import VMState
 
@@ -84,20 +74,6 @@ def error_label(text: str = "") -> QLabel:
     return label
 
 
-@dataclass
-class VMRow:
-    name: str
-    state: VMState
-    vcpus: int
-    memory_mb: int
-    vm_type: str | None = None
-    gpu: str | None = None  # PCI address when a GPU is passed through
-    gpu_name: str | None = None  # its pci.ids name, where this host has the card
-    looking_glass: bool = False
-    reason: str = ""
-    setup: str = ""  # the stage of an unattended setup ("" for none)
-
-
 class Tasks(QObject):
     """Runs work (an action: libvirt, sysfs, programs) on a thread pool and calls ``done``
     with its result, or ``failed`` with its exception, on the Qt thread. The Qt thread
@@ -145,150 +121,13 @@ def _log_failure(error: BaseException) -> None:
 class EventBridge(QObject):
     """Signals emitted from any thread, delivered in the GUI thread (queued)."""
 
-    state_changed = Signal(str, str, str)  # name, new state value, reason
-    connection_changed = Signal(str, str)  # "disconnected"/"reconnected", reason
-    inventory_ready = Signal(object)  # list[VMRow]
-    inventory_failed = Signal(str)
-    setup_changed = Signal(str, str)  # name, the stage its unattended setup reached
-    display_changed = Signal(str)  # name: its Looking Glass window changed state
-
-
-HISTORY_ROLE = Qt.UserRole + 1  # the CPU column: the last minute of CPU %, oldest first
-
-
-def _size(kib: int) -> str:
-    return f"{kib / 1048576:.1f} GiB" if kib >= 1048576 else f"{kib // 1024} MiB"
-
-
-class VMTableModel(QAbstractTableModel):
-    COLUMNS = ("Name", "System", "State", "CPU", "Memory", "vCPUs", "GPU", "Setup")
-    USAGE = (COLUMNS.index("CPU"), COLUMNS.index("Memory"))  # live while the VM runs
-
-    def __init__(self, parent: QObject | None = None):
-        super().__init__(parent)
-        self.rows: list[VMRow] = []
-        self._index: dict[str, int] = {}
-        self.usage = None  # core.usage.UsageView: running VMs only
-
-    # --- Qt model API ---------------------------------------------------------------------
-
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802 - Qt name
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.DisplayRole):  # noqa: N802
-        if role == Qt.DisplayRole and orientation == Qt.Horizontal:
-            return self.COLUMNS[section]
-        return None
-
-    def data(self, index: QModelIndex, role=Qt.DisplayRole):
-        if not index.isValid():
-            return None
-        row = self.rows[index.row()]
-        column = index.column()
-        if column in self.USAGE:
-            used = self._usage(row, column, role)
-            if used is not None or column == self.USAGE[0] or role != Qt.DisplayRole:
-                return used
-        if role == Qt.DisplayRole:
-            return (
-                row.name,
-                OS_LABELS.get(row.vm_type, row.vm_type or "Other"),
-                row.state.label,
-                "",
-                _size(row.memory_mb * 1024),
-                str(row.vcpus),
-                (f"{row.gpu_name or row.gpu}{' + Looking Glass' if row.looking_glass else ''}"
-                 if row.gpu else ""),
-                row.setup,
-            )[column]
-        if role == Qt.DecorationRole and column == 1:
-            return os_icon(row.vm_type)
-        if role == Qt.ForegroundRole and column == 2:
-            color = (STATE_COLORS_DARK if dark_palette() else STATE_COLORS).get(row.state)
-            return QColor(color) if color else None
-        if role == Qt.ToolTipRole and column == 2 and row.reason:
-            return row.reason
-        if role == Qt.ToolTipRole and column == self.COLUMNS.index("GPU") and row.gpu:
-            return f"{row.gpu_name or 'GPU'} at {row.gpu}"
-        if role == Qt.UserRole:
-            return row
-        return None
-
-    def _usage(self, row: VMRow, column: int, role):
-        """CPU % (and its graph) and memory in use; nothing at all for a stopped VM."""
-        point = self.usage.latest(row.name) if self.usage else None
-        if point is None:
-            return None
-        if role == HISTORY_ROLE and column == self.USAGE[0]:
-            return [p.cpu_percent for p in self.usage.points[row.name]]
-        if role == Qt.DisplayRole:
-            if column == self.USAGE[0]:
-                if point.cpu_percent is None:  # the first sample; or no figure at all
-                    return "…" if len(self.usage.points[row.name]) < 2 else None
-                return f"{point.cpu_percent:.0f} %"
-            if not point.memory_used_kib:
-                return None
-            used, total = point.memory_used_kib / 1048576, row.memory_mb / 1024
-            return f"{used:.1f} / {total:.1f} GiB"
-        if role == Qt.ToolTipRole:
-            return ("CPU use of the VM's vCPUs (100 % = all of them busy), the last minute"
-                    if column == self.USAGE[0] else "memory in use (the guest's own figure"
-                    " where its balloon driver reports one, else what QEMU holds)")
-        return None
-
-    # --- updates ----------------------------------------------------------------------------
-
-    def update_usage(self, view) -> None:
-        """A new usage sample: repaint the two usage columns (one signal for all rows)."""
-        self.usage = view
-        if self.rows:
-            self.dataChanged.emit(self.index(0, self.USAGE[0]),
-                                  self.index(len(self.rows) - 1, self.USAGE[1]))
-
-    def reset_rows(self, rows: list[VMRow]) -> None:
-        self.beginResetModel()
-        self.rows = sorted(rows, key=lambda r: r.name)
-        self._index = {row.name: i for i, row in enumerate(self.rows)}
-        self.endResetModel()
-
-    def update_state(self, name: str, state: VMState, reason: str) -> bool:
-        """Change one row in place (one dataChanged, no reset); False if unknown."""
-        position = self._index.get(name)
-        if position is None:
-            return False
-        row = self.rows[position]
-        row.state, row.reason = state, reason
-        self.dataChanged.emit(self.index(position, 0), self.index(position, len(self.COLUMNS) - 1))
-        return True
-
-    def update_setup(self, name: str, stage: str) -> bool:
-        """An unattended setup reached ``stage`` (from the tracker's events)."""
-        position = self._index.get(name)
-        if position is None:
-            return False
-        self.rows[position].setup = stage
-        column = self.COLUMNS.index("Setup")
-        self.dataChanged.emit(self.index(position, column), self.index(position, column))
-        return True
-
-    def remove(self, name: str) -> None:
-        position = self._index.get(name)
-        if position is None:
-            return
-        self.beginRemoveRows(QModelIndex(), position, position)
-        del self.rows[position]
-        self.endRemoveRows()
-        self._index = {row.name: i for i, row in enumerate(self.rows)}
-
-    def position(self, name: str) -> int | None:
-        return self._index.get(name)
-
-    def row_for(self, name: str) -> VMRow | None:
-        position = self._index.get(name)
-        return self.rows[position] if position is not None else None
+    # every signal names the host (its libvirt URI) first: the window lists several
+    state_changed = Signal(str, str, str, str)  # host, name, new state value, reason
+    connection_changed = Signal(str, str, str)  # host, "disconnected"/"reconnected", reason
+    inventory_ready = Signal(object)  # (Context, list[VMRow])
+    inventory_failed = Signal(object)  # (Context, message)
+    setup_changed = Signal(str, str, str)  # host, name, the stage its setup reached
+    display_changed = Signal(str, str)  # host, name: its Looking Glass window changed state
 
 
 def notify_desktop(window: QWidget, title: str, text: str) -> None:
@@ -336,77 +175,6 @@ def check_item(text: str, data, checked: bool) -> QListWidgetItem:
     item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
     item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
     return item
-
-
-class SparklineDelegate(QStyledItemDelegate):
-    """The CPU column: the last minute as a small line behind the figure."""
-
-    def paint(self, painter: QPainter, option, index) -> None:
-        super().paint(painter, option, index)  # the background and the figure, then the line
-        values = index.data(HISTORY_ROLE)
-        if values:
-            rect = option.rect.adjusted(2, 3, -2, -3)
-            known = [(i, v) for i, v in enumerate(values) if v is not None]
-            if len(known) > 1:
-                step = rect.width() / 59
-                left = rect.right() - step * (len(values) - 1)
-                line = QPolygonF([QPointF(left + i * step,
-                                          rect.bottom() - rect.height() * v / 100.0)
-                                  for i, v in known])
-                painter.save()
-                painter.setRenderHint(QPainter.Antialiasing)
-                from PySide6.QtWidgets import QStyle
-
-                selected = bool(option.state & QStyle.State_Selected)
-                color = option.palette.color(QPalette.HighlightedText if selected
-                                             else QPalette.Highlight)
-                painter.setPen(QPen(color, 1.5))
-                painter.drawPolyline(line)
-                painter.restore()
-
-
-class VMTable(QTableView):
-    """The VM list: whole rows, one at a time, actions in the context menu."""
-
-    def __init__(self, model: VMTableModel, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setModel(model)
-        self.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.verticalHeader().hide()
-        # Fixed row heights and columns sized once per listing, from the first rows: a
-        # ResizeToContents header re-measures every row on every state change (~300 ms
-        # with 500 VMs), which is exactly what must stay instant.
-        self.verticalHeader().setSectionResizeMode(QHeaderView.Fixed)
-        header = self.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.Interactive)
-        header.setResizeContentsPrecision(50)
-        header.setStretchLastSection(True)
-        self.setContextMenuPolicy(Qt.ActionsContextMenu)
-        self.setItemDelegateForColumn(model.USAGE[0], SparklineDelegate(self))
-        self.setAccessibleName("Virtual machines")
-
-    def natural_width(self) -> int:
-        """Every column at the width its header and its rows need, with the frame and room
-        for a vertical scroll bar (the last column stretches beyond this)."""
-        header = self.horizontalHeader()
-        columns = sum(max(header.sectionSizeHint(i), self.sizeHintForColumn(i),
-                          self.columnWidth(i)) for i in range(header.count()))
-        return columns + 2 * self.frameWidth() + self.verticalScrollBar().sizeHint().width()
-
-    def height_for_rows(self, rows: int) -> int:
-        header = self.horizontalHeader()
-        return (header.sizeHint().height() + rows * self.verticalHeader().defaultSectionSize()
-                + 2 * self.frameWidth())
-
-    def selected_name(self) -> str | None:
-        rows = self.selectionModel().selectedRows()
-        return self.model().rows[rows[0].row()].name if rows else None
-
-    def select(self, name: str) -> None:
-        row = self.model().position(name)
-        if row is not None:
-            self.selectRow(row)
 
 
 class Banner(QWidget):
