@@ -689,6 +689,30 @@ def test_configure_waits_for_the_setup_to_be_ready(world, isos):
     assert code == 1 and "setup of 'w11' is at stage created" in err
 
 
+def test_configure_after_the_setup_keeps_its_record(world, isos):
+    """Once the setup is ready, a change of settings keeps its record (stage and steps): the
+    list still says "ready" and setup-restart still says it finished."""
+    import libvirt
+
+    from vm_manager.core.domain_xml import SETUP_NS, read_domain
+
+    conn, _, _, password = world
+    assert run(world, *create_args(isos, password))[0] == 0
+    conn.execute(lambda c: c.lookupByName("w11").setMetadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<setup kind='windows' stage='ready'"
+        " looking-glass='no'><step stage='ready' at='2026-12-02T03:00:00Z'>done</step>"
+        "</setup>", "neuronos-setup", SETUP_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+    code, _, err = run(world, "configure", "w11", "--memory", "6G")
+    assert code == 0, err
+    domain = read_domain(conn.execute(lambda c: c.lookupByName("w11").XMLDesc(
+        libvirt.VIR_DOMAIN_XML_INACTIVE)))
+    assert domain.memory_mib == 6144
+    assert domain.setup.stage == "ready" and domain.setup.steps == (
+        ("ready", "2026-12-02T03:00:00Z", "done"),)
+    code, _, err = run(world, "setup-restart", "w11")
+    assert code == 2 and "finished" in err
+
+
 
 # --- shared folders in an unattended Windows -----------------------------------------------
 

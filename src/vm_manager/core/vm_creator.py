@@ -239,7 +239,7 @@ class VMCreator:
             raise LifecycleError(f"the unattended setup of {name!r} is at stage {setup.stage}:"
                                  " change its settings once it is ready")
         plan = self.plan(config, force=force, existing=True, vm_uuid=vm_uuid)
-        xml = self.render(plan)
+        xml = _keep_setup_record(old_xml, self.render(plan))  # a finished setup stays so
         validate_xml(xml)
         try:
             self._define(xml)  # the daemon may die here, with or without having saved it
@@ -422,3 +422,20 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _keep_setup_record(old_xml: str, new_xml: str) -> str:
+    """``new_xml`` with the unattended setup's record of ``old_xml`` (its stage and steps) in
+    its metadata: a VM whose setup finished is still "ready" after its settings change."""
+    import xml.etree.ElementTree as ET
+
+    from .domain_xml import SETUP_NS
+
+    record = ET.fromstring(old_xml).find(f"metadata/{{{SETUP_NS}}}setup")
+    if record is None or ET.fromstring(new_xml).find(f"metadata/{{{SETUP_NS}}}setup") \
+            is not None:
+        return new_xml
+    record.tail = None
+    head, _, tail = new_xml.partition("</metadata>")  # the template always has one
+    return f"{head}  {ET.tostring(record, encoding='unicode')}\n  </metadata>{tail}"
+
