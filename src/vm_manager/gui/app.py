@@ -241,6 +241,8 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
                 self.table.setColumnWidth(column, max(self.table.columnWidth(column),
                                                       metrics.horizontalAdvance(sample) + 16))
             self._fit_first_run()
+        if rows and len(self.contexts) > 1:
+            self._show_host_column()  # room for this host's name too
         self.statusBar().showMessage(self._summary())
         if self._select_first_of == ctx.uri and rows:
             self._select_first_of = None

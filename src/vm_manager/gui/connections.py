@@ -59,7 +59,11 @@ class Connections:
         self.connections.blockSignals(False)
 
     def _show_host_column(self) -> None:
-        self.table.setColumnHidden(self.model.HOST, len(self.contexts) < 2)
+        """The Host column, once there are two hosts, as wide as its names."""
+        hidden = len(self.contexts) < 2
+        self.table.setColumnHidden(self.model.HOST, hidden)
+        if not hidden:
+            self.table.resizeColumnToContents(self.model.HOST)
 
     def _connection_chosen(self, index: int) -> None:
         uri = self.connections.itemData(index)
