@@ -148,6 +148,25 @@ def test_an_unknown_backing_chain_keeps_the_disks(world, why):
     assert names(conn) == {"other"}
 
 
+def test_the_opencore_image_the_user_gave_is_kept(world):
+    """A macOS VM boots through the user's OpenCore image: `--delete-disks` removes the VM's
+    own disk but keeps that image (it boots every macOS VM made with it), even in the
+    images folder and with no other VM using it."""
+    conn, images, shm, store, destroyer = world
+    own = qcow2(images / "mac.qcow2")
+    opencore = qcow2(images / "OpenCore.qcow2")
+    dom = define(conn, "mac", [disk_xml(own), disk_xml(opencore, target="sdz")])
+    store.save(VMConfig(name="mac", vm_type="macos", opencore_path=str(opencore),
+                        disk_path=str(own)), uuid=dom.UUIDString())
+    plan = destroyer.plan("mac", delete_disks=True)
+    decisions = {d.path: d for d in plan.disks}
+    assert decisions[str(own)].delete
+    assert not decisions[str(opencore)].delete
+    assert decisions[str(opencore)].reason.startswith("the OpenCore image you gave")
+    destroyer.destroy("mac", delete_disks=True)
+    assert opencore.exists() and not own.exists()
+
+
 def test_running_vm_needs_force(world):
     conn, images, _, _, destroyer = world
     own = qcow2(images / "run.qcow2")

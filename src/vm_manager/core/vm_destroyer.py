@@ -15,21 +15,19 @@ KEEP_TPM 64, the TPM ones from libvirt 8.9.0; the test driver takes only 1 | 2.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
 
-from . import guard
 from .connection import LibvirtConnection, _is_connection_error, get_connection
 from .domain_xml import Disk, read_domain
 from .host_facts import images_dir, setup_medium_path
-from .errors import ConnectionFailed, InvalidConfig, LifecycleError, OperationFailed, VMNotFound
+from .backing import paths_used_by
+from .errors import (ConnectionFailed, InvalidConfig, LifecycleError, OperationFailed,
+                     StoreError, VMNotFound)
 from .primitives import VMState
 from .store import VMStore
 from .log import get_logger
@@ -128,10 +126,6 @@ class DestroyResult:
                 "failed": [{"path": p, "error": e} for p, e in self.failed]}
 
 
-class _ChainUnknown(Exception):
-    """The backing chain of an image could not be read (the reason is the message)."""
-
-
 class VMDestroyer:
     def __init__(
         self,
@@ -191,9 +185,10 @@ class VMDestroyer:
                                                                             idempotent=True)
         state = VMState.from_libvirt(state_code)
         managed = (self._images_dir or images_dir(self.connection.uri)).resolve()
-        used_by, unread = self._paths_used_by(others)
+        used_by, unread = paths_used_by(self.connection, others, self.qemu_img)
         domain = read_domain(xml)
         domain_disks = [disk for disk in domain.disks if disk.source]  # not empty
+        given = self._given_images(name, domain.uuid)
         tpm_flags = lib_version >= TPM_FLAGS_SINCE
 
         from ..passthrough.ivshmem import shm_path
@@ -216,8 +211,8 @@ class VMDestroyer:
                 firmware = "kept (delete them with --delete-disks)"
             plans.append(DestroyPlan(
                 name=name, state=state, delete_disks=delete_disks,
-                disks=[self._decide(disk, delete_disks, managed, used_by, name, unread)
-                       for disk in domain_disks],
+                disks=[self._decide(disk, delete_disks, managed, used_by, name, unread,
+                                    given) for disk in domain_disks],
                 settings_file=str(settings) if settings and self.store.belongs(
                     name, domain.uuid) else None,  # never another VM's of this name
                 shm_file=str(shm) if shm and shm.exists() else None,
@@ -226,8 +221,21 @@ class VMDestroyer:
             ))
         return plans
 
+    def _given_images(self, name: str, uuid: str | None) -> dict[str, str]:
+        """Real path -> why it stays: the boot images the user gave at creation (an OpenCore
+        image boots every macOS VM made with it), from the VM's saved settings."""
+        try:
+            config = self.store.load(name, uuid)
+        except (StoreError, InvalidConfig):
+            return {}
+        if config is None or not config.opencore_path:
+            return {}
+        return {os.path.realpath(config.opencore_path): "the OpenCore image you gave; it is"
+                " yours (other macOS VMs can boot from it)"}
+
     def _decide(self, disk: Disk, delete_disks: bool, managed: Path,
-                used_by: dict[str, str], name: str, unread: list[str]) -> DiskDecision:
+                used_by: dict[str, str], name: str, unread: list[str],
+                given: dict[str, str]) -> DiskDecision:
         path, device = disk.source, disk.device
 
         def keep(reason: str) -> DiskDecision:
@@ -240,6 +248,8 @@ class VMDestroyer:
                                 " (it holds the account's password)")
         if device == "cdrom":
             return keep("a CD-ROM image is never deleted")
+        if path and os.path.realpath(path) in given:
+            return keep(given[os.path.realpath(path)])
         if disk.readonly:
             return keep("read-only")
         if disk.shareable:
@@ -256,90 +266,6 @@ class VMDestroyer:
         if unread:  # another VM's disk may build on this one: nothing says it does not
             return keep(f"{unread[0]}, so it may build on this disk")
         return DiskDecision(path, device, True, "owned by this VM")
-
-    def _paths_used_by(self, others: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-        """Real path -> name of another domain that uses it (a disk or a backing file), and
-        what could not be read: the other VMs' disks whose backing chain is unknown."""
-        used: dict[str, str] = {}
-        unread: list[str] = []
-        for other_name, xml in others.items():
-            for disk in read_domain(xml).disks:
-                if disk.type != "file" or not disk.source:
-                    continue
-                # libvirt reports the chain only for running domains; qemu-img reads it
-                # from the images themselves (an inactive domain's overlay has one too)
-                reported = [image.path for image in disk.backing_chain if image.path]
-                try:
-                    below = self._backing_chain(disk.source)
-                except _ChainUnknown as error:
-                    unread.append(f"the backing chain of VM {other_name!r}'s disk"
-                                  f" {disk.source} could not be read ({error})")
-                    below = []
-                for path in [disk.source, *reported, *below]:
-                    used.setdefault(os.path.realpath(path), other_name)
-        return used, unread
-
-    def _backing_chain(self, path: str) -> list[str]:
-        """The images below ``path``: from libvirt's volume descriptions when a pool holds it
-        (local and remote alike), else from the image itself (qemu-img, this machine).
-        Raises ``_ChainUnknown`` when neither can tell."""
-        from .primitives import is_remote
-
-        chain = self._volume_chain(path)
-        if chain is not None:
-            return chain
-        if is_remote(self.connection.uri):
-            raise _ChainUnknown("no storage pool on that host holds it")
-        if not os.path.lexists(path):
-            return []  # a missing file builds on nothing
-        guard.check("qemu-img")
-        try:
-            out = subprocess.run(
-                [self.qemu_img, "info", "-U", "--backing-chain", "--output=json", path],
-                capture_output=True, text=True, check=True, timeout=30,
-            ).stdout
-            images = json.loads(out)
-        except FileNotFoundError:
-            raise _ChainUnknown(f"{self.qemu_img} is not installed (package qemu-utils)"
-                                ) from None
-        except subprocess.CalledProcessError as error:
-            lines = (error.stderr or "").strip().splitlines()
-            text = lines[-1] if lines else str(error)
-            raise _ChainUnknown(text if text.startswith("qemu-img") else f"qemu-img: {text}"
-                                ) from None
-        except (OSError, subprocess.SubprocessError, ValueError) as error:
-            raise _ChainUnknown(str(error) or type(error).__name__) from None
-        if isinstance(images, dict):
-            images = [images]
-        chain = []
-        for image in images:
-            backing = image.get("full-backing-filename") or image.get("backing-filename")
-            if backing:
-                chain.append(backing)
-        return chain
-
-    def _volume_chain(self, path: str) -> list[str] | None:
-        """The backing chain through libvirt's volumes (None: no pool holds ``path``)."""
-        from . import storage
-
-        if not storage.uses_pools(self.connection.uri):
-            return None
-
-        def walk(conn: libvirt.virConnect) -> list[str] | None:
-            chain: list[str] = []
-            current = path
-            for _ in range(16):  # deeper chains than this are not NeuronOS's
-                volume = storage.lookup_volume(conn, current)
-                if volume is None:
-                    return None if current == path else chain
-                below = ET.fromstring(volume.XMLDesc(0)).findtext("backingStore/path")
-                if not below:
-                    return chain
-                chain.append(below)
-                current = below
-            return chain
-
-        return self.connection.execute(walk, idempotent=True)
 
     # --- destroy ----------------------------------------------------------------------------
 

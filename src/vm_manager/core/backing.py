@@ -1,0 +1,109 @@
+"""What other VMs' disks build on, for the destroyer's "another VM uses this disk" rule: a
+disk, and every image below it in its backing chain. The chain comes from libvirt's volume
+descriptions when a pool holds the image (local and remote alike), else from the image
+itself (``qemu-img``, this machine only). A chain that cannot be read is said so
+(``ChainUnknown``), never taken for an empty one: the destroyer then keeps the disks it
+would have deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+
+import libvirt
+
+from . import guard, storage
+from .connection import LibvirtConnection
+from .domain_xml import read_domain
+from .primitives import is_remote
+
+
+class ChainUnknown(Exception):
+    """The backing chain of an image could not be read (the reason is the message)."""
+
+
+def paths_used_by(connection: LibvirtConnection, others: dict[str, str],
+                  qemu_img: str = "qemu-img") -> tuple[dict[str, str], list[str]]:
+    """Real path -> name of another domain that uses it (a disk or a backing file), and
+    what could not be read: the other VMs' disks whose backing chain is unknown."""
+    used: dict[str, str] = {}
+    unread: list[str] = []
+    for other_name, xml in others.items():
+        for disk in read_domain(xml).disks:
+            if disk.type != "file" or not disk.source:
+                continue
+            # libvirt reports the chain only for running domains; qemu-img reads it
+            # from the images themselves (an inactive domain's overlay has one too)
+            reported = [image.path for image in disk.backing_chain if image.path]
+            try:
+                below = backing_chain(connection, disk.source, qemu_img)
+            except ChainUnknown as error:
+                unread.append(f"the backing chain of VM {other_name!r}'s disk"
+                              f" {disk.source} could not be read ({error})")
+                below = []
+            for path in [disk.source, *reported, *below]:
+                used.setdefault(os.path.realpath(path), other_name)
+    return used, unread
+
+
+def backing_chain(connection: LibvirtConnection, path: str,
+                  qemu_img: str = "qemu-img") -> list[str]:
+    """The images below ``path``: from libvirt's volume descriptions when a pool holds it
+    (local and remote alike), else from the image itself (qemu-img, this machine).
+    Raises ``ChainUnknown`` when neither can tell."""
+    chain = _volume_chain(connection, path)
+    if chain is not None:
+        return chain
+    if is_remote(connection.uri):
+        raise ChainUnknown("no storage pool on that host holds it")
+    if not os.path.lexists(path):
+        return []  # a missing file builds on nothing
+    guard.check("qemu-img")
+    try:
+        out = subprocess.run(
+            [qemu_img, "info", "-U", "--backing-chain", "--output=json", path],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout
+        images = json.loads(out)
+    except FileNotFoundError:
+        raise ChainUnknown(f"{qemu_img} is not installed (package qemu-utils)") from None
+    except subprocess.CalledProcessError as error:
+        lines = (error.stderr or "").strip().splitlines()
+        text = lines[-1] if lines else str(error)
+        text = text if text.startswith("qemu-img") else f"qemu-img: {text}"
+        raise ChainUnknown(text) from None
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        raise ChainUnknown(str(error) or type(error).__name__) from None
+    if isinstance(images, dict):
+        images = [images]
+    chain = []
+    for image in images:
+        backing = image.get("full-backing-filename") or image.get("backing-filename")
+        if backing:
+            chain.append(backing)
+    return chain
+
+
+def _volume_chain(connection: LibvirtConnection, path: str) -> list[str] | None:
+    """The backing chain through libvirt's volumes (None: no pool holds ``path``)."""
+    if not storage.uses_pools(connection.uri):
+        return None
+
+    def walk(conn: libvirt.virConnect) -> list[str] | None:
+        chain: list[str] = []
+        current = path
+        for _ in range(16):  # deeper chains than this are not NeuronOS's
+            volume = storage.lookup_volume(conn, current)
+            if volume is None:
+                return None if current == path else chain
+            below = ET.fromstring(volume.XMLDesc(0)).findtext("backingStore/path")
+            if not below:
+                return chain
+            chain.append(below)
+            current = below
+        return chain
+
+    return connection.execute(walk, idempotent=True)
