@@ -61,7 +61,7 @@ def test_sysfs_shape_is_the_kernels(host):
                                                                              "nvidia", 14)
     assert gpu.reset_methods == ("flr", "bus") and gpu.boot_vga is False
     audio = [d for d in devices.values() if d.pci_class == AUDIO][0]
-    assert audio.boot_vga is None  # only VGA-class devices have boot_vga
+    assert audio.boot_vga is False  # the kernel has boot_vga for VGA-class functions only
     assert {g: [str(a) for a in m] for g, m in iommu_groups(root).items()}[14] == [
         "0000:01:00.0", "0000:01:00.1", "0000:01:00.2", "0000:01:00.3"]
 

@@ -130,10 +130,11 @@ def _link_name(path: Path) -> str | None:
 def read_device(folder: Path) -> PCIDevice:
     address = PCIAddress.parse(folder.name)
     group = _link_name(folder / "iommu_group")
+    pci_class = _read_hex(folder, "class")
     try:
         boot_vga: bool | None = (folder / "boot_vga").read_text().strip() == "1"
-    except OSError:
-        boot_vga = None
+    except OSError:  # the kernel has the file for VGA-class functions only: others are not
+        boot_vga = None if (pci_class or 0) >> 8 == 0x0300 else False
     try:
         resets = tuple((folder / "reset_method").read_text().split())
     except OSError:
@@ -144,7 +145,7 @@ def read_device(folder: Path) -> PCIDevice:
         device_id=_read_hex(folder, "device"),
         subsystem_vendor=_read_hex(folder, "subsystem_vendor"),
         subsystem_device=_read_hex(folder, "subsystem_device"),
-        pci_class=_read_hex(folder, "class"),
+        pci_class=pci_class,
         driver=_link_name(folder / "driver"),
         iommu_group=int(group) if group and group.isdigit() else None,
         boot_vga=boot_vga,
