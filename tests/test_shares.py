@@ -179,3 +179,73 @@ def test_a_folder_the_desktop_user_cannot_read_is_refused(world, vm, public_root
         code, _, err = run(world, "share", "add", vm, str(path))
         assert code == 0, err
     assert [s.tag for s in world[1].load(vm).shares] == ["theirs", "public"]
+
+
+# --- ACLs: judged as the kernel judges them --------------------------------------------------
+
+def set_acl(path: Path, *entries: tuple[int, int, int]) -> None:
+    """Write a POSIX access ACL the way setfacl does (the xattr the kernel reads)."""
+    import struct
+
+    from vm_manager.core import access
+
+    any_id = 0xFFFFFFFF
+    blob = struct.pack("<I", access.XATTR_VERSION) + b"".join(
+        struct.pack("<HHI", tag, perm, any_id if ident is None else ident)
+        for tag, perm, ident in entries)
+    os.setxattr(path, "system.posix_acl_access", blob)
+
+
+def test_a_folder_shared_with_the_user_by_an_acl(world, vm, public_root, monkeypatch):
+    """A root-owned 0700 folder that an ACL opens to the desktop user is theirs to share; an
+    ACL that shuts them out of a 0755 folder (or a mask that takes their entry's rights
+    away) is refused, saying the ACL does not let them. The kernel agrees in each case."""
+    import subprocess
+
+    from vm_manager.core.access import GROUP, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ
+
+    nobody = pwd.getpwnam("nobody")
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    opened, masked, shut, by_group = (public_root / n for n in ("opened", "masked", "shut",
+                                                                "by-group"))
+    for path, mode in ((opened, 0o700), (masked, 0o700), (shut, 0o755), (by_group, 0o700)):
+        path.mkdir()
+        path.chmod(mode)
+    set_acl(opened, (USER_OBJ, 7, None), (USER, 5, nobody.pw_uid), (GROUP_OBJ, 0, None),
+            (MASK, 5, None), (OTHER, 0, None))
+    set_acl(masked, (USER_OBJ, 7, None), (USER, 5, nobody.pw_uid), (GROUP_OBJ, 0, None),
+            (MASK, 0, None), (OTHER, 0, None))
+    set_acl(shut, (USER_OBJ, 7, None), (USER, 0, nobody.pw_uid), (GROUP_OBJ, 5, None),
+            (MASK, 5, None), (OTHER, 5, None))
+    set_acl(by_group, (USER_OBJ, 7, None), (GROUP_OBJ, 0, None), (GROUP, 5, nobody.pw_gid),
+            (MASK, 5, None), (OTHER, 0, None))
+    for path, allowed in ((opened, True), (masked, False), (shut, False), (by_group, True)):
+        kernel = subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c", f"ls '{path}'"],
+                                capture_output=True).returncode == 0
+        assert kernel is allowed, path  # the rule below is the kernel's
+        code, _, err = run(world, "share", "add", vm, str(path))
+        if allowed:
+            assert code == 0, err
+        else:
+            assert code == 2 and f"nobody cannot read {path}" in err and \
+                "its ACL does not let them" in err, err
+    assert [s.tag for s in world[1].load(vm).shares] == ["opened", "by-group"]
+
+
+@pytest.mark.parametrize("acl, uid, groups, allowed", [
+    # a matched group entry that does not grant: denied, "other" is not asked
+    ([(1, 7, 0), (4, 0, 0), (8, 0, 50), (16, 7, 0), (32, 5, 0)], 1000, {50}, False),
+    # a second matched group grants
+    ([(1, 7, 0), (4, 0, 0), (8, 5, 50), (16, 7, 0), (32, 0, 0)], 1000, {0, 50}, True),
+    # no mask: a named user's entry stands as it is
+    ([(1, 7, 0), (2, 5, 1000), (4, 0, 0), (32, 0, 0)], 1000, set(), True),
+    # the owner's entry is never masked
+    ([(1, 5, 0), (16, 0, 0), (32, 0, 0)], 0, set(), True),
+    # nobody matched: "other"
+    ([(1, 7, 0), (4, 0, 0), (16, 7, 0), (32, 5, 0)], 1000, {7}, True),
+])
+def test_acl_rules_follow_the_kernel(acl, uid, groups, allowed):
+    from vm_manager.core.access import READ, EXECUTE, allows
+
+    info = os.stat_result((0o40700, 0, 0, 2, 0, 0, 0, 0, 0, 0))  # root:root 0700 folder
+    assert allows(info, uid, groups, READ | EXECUTE, acl) is allowed

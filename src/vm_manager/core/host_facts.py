@@ -330,38 +330,12 @@ def _kind(path: Path) -> PathFact:
 
 
 def _unreadable_to_desktop_user(folder: Path) -> str | None:
-    """Why the desktop user (the one behind sudo) could not open ``folder`` themselves, from
-    the owner and mode bits of it and of every folder above it (ACLs are not read); None
-    when they own it or can read it. A VM must not become a way into someone else's files."""
-    import pwd
-
+    """Why the desktop user (the one behind sudo) could not open ``folder`` themselves (mode
+    bits and ACLs, as the kernel judges them: ``core.access``); None when they can."""
     from ..passthrough.host_check import desktop_user
+    from .access import unreadable_to
 
-    user = desktop_user()
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return None  # no such account here (a container's root): nothing to compare with
-    if entry.pw_uid == 0:
-        return None
-    groups = set(os.getgrouplist(user, entry.pw_gid))
-    for path, need in [*((parent, 1) for parent in reversed(folder.parents)), (folder, 5)]:
-        info = os.stat(path)
-        if info.st_uid == entry.pw_uid:
-            if path == folder:
-                return None  # their own folder
-            bits = info.st_mode >> 6
-        else:
-            bits = info.st_mode >> (3 if info.st_gid in groups else 0)
-        if bits & need != need:
-            try:
-                owner = pwd.getpwuid(info.st_uid).pw_name
-            except KeyError:
-                owner = str(info.st_uid)
-            verb = "read" if path == folder else "get through"
-            return (f"{user} cannot {verb} {path} (owner {owner},"
-                    f" mode {stat.S_IMODE(info.st_mode):04o})")
-    return None
+    return unreadable_to(folder, desktop_user())
 
 
 def _block_in_use(real: str) -> str | None:
