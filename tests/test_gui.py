@@ -862,9 +862,17 @@ def test_every_hosts_vms_in_one_list_and_a_dead_host_leaves_the_others_usable(
     again = MainWindow(uri=second, store=VMStore(tmp_path / "config"))
     qtbot.addWidget(again)
     offered = [again.connections.itemData(i) for i in range(again.connections.count())]
-    assert offered[0] == second and first in offered and offered[-1] is None  # "Add…"
+    assert offered[0] == second and first in offered and None in offered  # "Add…"
     qtbot.waitUntil(lambda: {row.host for row in again.model.rows} == {first, second}
                     and not again.banner.isHidden(), timeout=5000)
+    again.forget_connection("bogus:///nowhere")  # a typo is not kept for ever
+    assert again.banner.isHidden() and "bogus:///nowhere" not in again.remembered_connections()
+    again.forget_connection(second)  # the window's own host stays
+    again.forget_connection(first)
+    assert [row.host for row in again.model.rows] == [second, second]
+    assert again.table.isColumnHidden(again.model.HOST)
+    offered = [again.connections.itemData(i) for i in range(again.connections.count())]
+    assert offered == [second, None]  # nothing left to forget
     again.close()
     with guard.allowed():
         conn.close()

@@ -14,6 +14,7 @@ from .vm_list import host_text
 from PySide6.QtWidgets import QComboBox, QInputDialog, QLineEdit
 
 ADD = "Add connection…"
+FORGET = "Forget a connection…"
 KEY = "connections"
 
 
@@ -55,6 +56,8 @@ class Connections:
         for uri in self.contexts:
             self.connections.addItem(host_label(uri), uri)
         self.connections.addItem(ADD, None)
+        if len(self.contexts) > 1:
+            self.connections.addItem(FORGET, FORGET)
         self.connections.setCurrentIndex(list(self.contexts).index(self.uri))
         self.connections.blockSignals(False)
 
@@ -67,6 +70,15 @@ class Connections:
 
     def _connection_chosen(self, index: int) -> None:
         uri = self.connections.itemData(index)
+        if uri == FORGET:
+            others = list(self.contexts)[1:]  # the window's own host stays
+            label, ok = QInputDialog.getItem(self, "Forget a connection", "Stop listing the"
+                                             " VMs of:", [host_label(u) for u in others],
+                                             0, False)
+            self._fill_connections()
+            if ok:
+                self.forget_connection(others[[host_label(u) for u in others].index(label)])
+            return
         if uri is None:
             text, ok = QInputDialog.getText(self, "Add connection", "libvirt URI (e.g."
                                             " qemu+ssh://user@host/system):",
@@ -89,6 +101,27 @@ class Connections:
             self.statusBar().showMessage(f"Connecting to {uri}…")
             self.pool.submit(self._load_worker, self.contexts[uri])
         self.switch_connection(uri)
+
+    def forget_connection(self, uri: str) -> None:
+        """Stop listing ``uri``'s VMs and forget it (not the window's own host): its rows,
+        its banner line and its usage go, its connection is closed off the UI thread."""
+        if uri not in self.contexts or uri == next(iter(self.contexts)):
+            return
+        ctx = self.contexts.pop(uri)  # its late events and answers are dropped from now on
+        QSettings("NeuronOS", "VM Manager").setValue(KEY, list(self.contexts))
+        for gone in (self.problems, self.monitors, self._following):
+            gone.pop(uri, None)
+        self.live.discard(uri)
+        self.model.reset_host(uri, [])
+        self.model.update_usage(uri, None)
+        if self.uri == uri:
+            self.use_host(next(iter(self.contexts)))
+        self._fill_connections()
+        self._show_host_column()
+        self._show_problems()
+        self.list_stack.setCurrentWidget(self.table if self.model.rows else self.empty)
+        self.statusBar().showMessage(self._summary())
+        self.pool.submit(ctx.close)
 
     def switch_connection(self, uri: str) -> None:
         """Make ``uri`` the current host (added first if new) and select its first VM."""
