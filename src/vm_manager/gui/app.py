@@ -30,7 +30,7 @@ os.environ.setdefault("QT_NO_GLIB", "1")
 
 from ..actions import Context  # noqa: E402
 from ..actions.power import allowed_operations  # noqa: E402
-from ..core.primitives import VMState, host_name  # noqa: E402
+from ..core.primitives import VMState, host_name, is_remote  # noqa: E402
 from ..core.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, fit_to_screen, notify_desktop  # noqa: E402
 from .vm_list import VMRow, VMTable, VMTableModel  # noqa: E402
@@ -320,7 +320,14 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
                 action.setEnabled(here)
             elif key in ("console", "snapshots"):  # the viewer waits for the VM to start;
                 action.setEnabled(connected)  # the panel lists for any state
-            elif key in ("display", "usb"):
+            elif key == "display":  # Looking Glass reads shared memory on this computer
+                here_only = row is not None and is_remote(row.host)
+                action.setEnabled(connected and row.state == VMState.RUNNING
+                                  and not here_only)
+                action.setToolTip("Looking Glass shows only VMs on this computer; use"
+                                  " Console for a VM on another host" if here_only else
+                                  action.text())
+            elif key == "usb":
                 action.setEnabled(connected and row.state == VMState.RUNNING)
             elif key == "settings":
                 action.setEnabled(connected and row.state == VMState.SHUTOFF and not busy)
