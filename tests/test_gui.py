@@ -662,6 +662,7 @@ def test_details_pane_for_a_windows11_gpu_looking_glass_vm(qtbot, make_host, tmp
                       "Snapshots", "Shared folders"]
     rows = {s.title: dict(s.rows) for s in found.sections}
     assert rows["System"]["System"] == "Windows 11" and rows["System"]["State"] == "shut off"
+    assert rows["System"]["Host"] == "this computer"
     assert rows["Firmware"]["Firmware"] == "UEFI" and rows["Firmware"]["Secure Boot"] == "on"
     assert rows["Firmware"]["TPM"].startswith("tpm-crb 2.0")
     [(target, disk)] = found.section("Disks").rows

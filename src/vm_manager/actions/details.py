@@ -37,7 +37,7 @@ def details(ctx: Context, name: str) -> VMDetails:
 
     info = vms.vm_details(ctx, name)
     settings = info.get("settings") or {}
-    sections = [_system(info), _firmware(info), _disks(ctx, name, info), _network(info),
+    sections = [_system(ctx, info), _firmware(info), _disks(ctx, name, info), _network(info),
                 _gpu(ctx, info), _usb(ctx, info), _looking_glass(ctx, name, info, settings),
                 _setup(ctx, name, info), _snapshots(ctx, name), _shares(info)]
     return VMDetails(name, tuple(section for section in sections if section is not None))
@@ -53,7 +53,8 @@ def _size(number: float | None) -> str:
     return "?"
 
 
-def _system(info: dict[str, Any]) -> Section:
+def _system(ctx: Context, info: dict[str, Any]) -> Section:
+    from ..core.primitives import host_name
     from ..core.vm_config import VMType
 
     kind = info.get("vm_type")
@@ -70,6 +71,7 @@ def _system(info: dict[str, Any]) -> Section:
              f" ({'KVM' if info.get('domain_type') == 'kvm' else info.get('domain_type')})")]
     if info.get("neuronos_template"):
         rows.append(("Template", info["neuronos_template"]))
+    rows.append(("Host", host_name(ctx.uri)))  # where it runs: this computer or another
     return Section("System", tuple(rows))
 
 
