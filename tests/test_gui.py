@@ -898,3 +898,36 @@ def test_show_display_is_offered_only_for_vms_on_this_computer(window):
     window.select("alpha")
     assert display.isEnabled()
     window.contexts.pop(remote)
+
+
+def test_a_host_that_hangs_never_holds_up_the_others(qtbot, make_host, tmp_path):
+    """A remembered host whose connection hangs (its ssh never answers) is the window's own
+    first host: this computer's VMs are listed all the same, Retry does not queue more
+    listings of the hanging host, and once it gives up the banner names it."""
+    from PySide6.QtCore import QSettings
+    from support.fakes import FakeDomain
+
+    release = tmp_path / "release"
+    ssh = tmp_path / "hanging-ssh"
+    ssh.write_text(f"#!/bin/sh\nwhile [ ! -e '{release}' ]; do sleep 0.05; done\nexit 1\n")
+    ssh.chmod(0o755)
+    hanging = f"qemu+ssh://anna@192.0.2.9/system?no_tty=1&command={ssh}"
+    local = make_host([FakeDomain("alpha", S.RUNNING)])
+    QSettings("NeuronOS", "VM Manager").setValue("connections", [hanging, local])
+    win = MainWindow(uri=hanging, store=VMStore(tmp_path / "config"))
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        qtbot.waitUntil(lambda: [row.key for row in win.model.rows] == [(local, "alpha")],
+                        timeout=10000)
+        for _ in range(6):
+            win.on_refresh()  # Retry, again and again
+        # one listing of the hanging host out, one more asked for after it: no pile-up
+        assert hanging in win._loading and win._load_again >= {hanging}
+        assert win.banner.isHidden()
+    finally:
+        release.touch()
+    qtbot.waitUntil(lambda: hanging in win.problems and not win._loading, timeout=20000)
+    assert "192.0.2.9 is not reachable" in win.banner.label.text()
+    assert [row.key for row in win.model.rows] == [(local, "alpha")]
+    win.close()

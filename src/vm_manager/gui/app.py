@@ -74,7 +74,9 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         self.live: set[str] = set()  # hosts listed and connected
         self.problems: dict[str, str] = {}  # host -> why it is not reachable (the banner)
         self._following: dict = {}  # host -> its lifecycle manager, once its events followed
-        self._follow_lock = threading.Lock()
+        self._loads = threading.Lock()  # guards the two sets below (workers finish loads)
+        self._loading: set[str] = set()  # hosts with a listing out: one at a time each
+        self._load_again: set[str] = set()  # asked again meanwhile: list once more after
         self._select_first_of: str | None = None  # a host chosen before its VMs were listed
         self.bridge = EventBridge()
         self.model = VMTableModel(self)
@@ -162,9 +164,31 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
     def load(self) -> None:
         """(Re)connect where needed and list every host's VMs, each off the GUI thread."""
         for ctx in list(self.contexts.values()):
-            self.pool.submit(self._load_worker, ctx)
+            self.load_host(ctx)
+
+    def load_host(self, ctx: Context) -> None:
+        """List one host's VMs on a worker. A host with a listing out is not asked twice (a
+        host that does not answer never ties up more than one worker): it is listed once
+        more when that one ends."""
+        with self._loads:
+            if ctx.uri in self._loading:
+                self._load_again.add(ctx.uri)
+                return
+            self._loading.add(ctx.uri)
+        self.pool.submit(self._load_worker, ctx)
 
     def _load_worker(self, ctx: Context) -> None:
+        try:
+            self._list_host(ctx)
+        finally:
+            with self._loads:
+                self._loading.discard(ctx.uri)
+                again = ctx.uri in self._load_again
+                self._load_again.discard(ctx.uri)
+            if again and self.contexts.get(ctx.uri) is ctx:
+                self.load_host(ctx)
+
+    def _list_host(self, ctx: Context) -> None:
         from ..actions import setup, vms
         from ..core.errors import VMManagerError
 
@@ -174,18 +198,17 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
             return self.contexts.get(uri) is ctx
 
         try:
-            with self._follow_lock:
-                if uri not in self._following:
-                    lifecycle = ctx.lifecycle  # opens the connection: a worker's call
-                    lifecycle.subscribe(lambda change: self.bridge.state_changed.emit(
-                        uri, change.name, change.new.value, change.reason) if current()
-                        else None)
-                    ctx.connection.subscribe(lambda event: self.bridge.connection_changed.emit(
-                        uri, event.status, event.reason) if hasattr(event, "status")
-                        and current() else None)
-                    setup.follow_all(ctx, lambda change: self.bridge.setup_changed.emit(
-                        uri, change.name, change.new) if current() else None)
-                    self._following[uri] = lifecycle
+            if uri not in self._following:  # one listing of a host at a time: no race
+                lifecycle = ctx.lifecycle  # opens the connection: a worker's call
+                lifecycle.subscribe(lambda change: self.bridge.state_changed.emit(
+                    uri, change.name, change.new.value, change.reason) if current()
+                    else None)
+                ctx.connection.subscribe(lambda event: self.bridge.connection_changed.emit(
+                    uri, event.status, event.reason) if hasattr(event, "status")
+                    and current() else None)
+                setup.follow_all(ctx, lambda change: self.bridge.setup_changed.emit(
+                    uri, change.name, change.new) if current() else None)
+                self._following[uri] = lifecycle
             inventory = vms.list_vms(ctx)
             from ..actions import host
 
@@ -283,7 +306,7 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         hosts, self._reload_hosts = self._reload_hosts, set()
         for uri in hosts:
             if uri in self.contexts:
-                self.pool.submit(self._load_worker, self.contexts[uri])
+                self.load_host(self.contexts[uri])
 
     def _is_selected(self, uri: str, name: str) -> bool:
         row = self.table.selected_row()

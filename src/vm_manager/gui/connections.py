@@ -99,7 +99,7 @@ class Connections:
             QSettings("NeuronOS", "VM Manager").setValue(KEY, list(self.contexts))
             self._show_host_column()
             self.statusBar().showMessage(f"Connecting to {uri}…")
-            self.pool.submit(self._load_worker, self.contexts[uri])
+            self.load_host(self.contexts[uri])
         self.switch_connection(uri)
 
     def forget_connection(self, uri: str) -> None:
@@ -194,4 +194,4 @@ class Connections:
             self._show_problems()
             self.update_actions()
         else:
-            self.pool.submit(self._load_worker, self.contexts[uri])
+            self.load_host(self.contexts[uri])
