@@ -273,6 +273,65 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
         with pytest.raises(OperationFailed, match="no storage vol"):
             local.execute(lambda c: c.storageVolLookupByPath(disks[1]))
         assert os.path.exists(disks[0]) and not os.path.exists(disks[1])
+
+        # a cloud-init VM: its seed is built here and sent into that host's pool, its disk
+        # is an overlay volume on a cloud image there; "ready" deletes the seed through
+        # the pool, --delete-disks the overlay (never the cloud image)
+        from vm_manager.guest.iso import IsoReader
+
+        base = f"{images}/cloud-base.qcow2"
+        pool = local.execute(
+            lambda c: c.storageVolLookupByPath(disks[0]).storagePoolLookupByVolume())
+        pool.createXML("<volume><name>cloud-base.qcow2</name><capacity unit='M'>64"
+                       "</capacity><target><format type='qcow2'/></target></volume>", 0)
+        key = tmp_path / "id_ed25519.pub"
+        key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0example anna@laptop\n")
+        cloudy = names[1] + "-c"
+        names.append(cloudy)
+        made = ctx.creator().create(VMConfig(
+            name=cloudy, vm_type="linux", network="none", domain_type="qemu",
+            cloud_image_path=base, disk_size_gb=1, memory_mb=512,
+            unattended={"user": "dev", "ssh_key_path": str(key)}), force=True)
+        seed = f"{images}/{cloudy}-setup.iso"
+        volume = local.execute(lambda c: c.storageVolLookupByPath(seed))  # libvirt knows it
+        assert volume.info()[1] == os.path.getsize(seed) > 0
+        with IsoReader(Path(seed)) as iso, iso.open(iso.find("/user-data")) as data:
+            user_data = data.read().decode()  # the same machine: read what was sent
+        assert "anna@laptop" in user_data and "dev" in user_data
+        assert os.stat(seed).st_mode & 0o777 == 0o600  # it names the account
+
+        def instance() -> str:
+            with IsoReader(Path(seed)) as iso, iso.open(iso.find("/meta-data")) as data:
+                return data.read().decode()
+
+        first = instance()
+        from vm_manager.actions import setup
+
+        setup.restart(ctx, cloudy)  # a new seed (a new instance), sent again over the old
+        assert instance() != first and os.stat(seed).st_mode & 0o777 == 0o600
+        overlay = local.execute(lambda c: c.storageVolLookupByPath(made.disk_path))
+        assert f"<path>{base}</path>" in overlay.XMLDesc(0)  # backing: the cloud image
+        ctx.setup_tracker().finish(cloudy, "test: the guest said it is ready")
+        with pytest.raises(OperationFailed, match="no storage vol"):
+            local.execute(lambda c: c.storageVolLookupByPath(seed))
+        assert not os.path.exists(seed)
+        gone = delete.delete(ctx, delete.DeleteRequest(cloudy, delete_disks=True))
+        assert made.disk_path in gone.removed and os.path.exists(base)
+
+        # a creation that fails after the seed was sent takes it back out of the pool
+        from vm_manager.core.errors import VMCreationError
+
+        creator = ctx.creator()
+        monkeypatch.setattr(creator, "_define", lambda xml: (_ for _ in ()).throw(
+            OperationFailed("libvirt said no (injected)", 1)))
+        with pytest.raises(VMCreationError, match="everything done before it was undone"):
+            creator.create(VMConfig(
+                name=cloudy, vm_type="linux", network="none", domain_type="qemu",
+                cloud_image_path=base, disk_size_gb=1, memory_mb=512,
+                unattended={"user": "dev", "ssh_key_path": str(key)}), force=True)
+        for path in (seed, made.disk_path):
+            with pytest.raises(OperationFailed, match="no storage vol"):
+                local.execute(lambda c, p=path: c.storageVolLookupByPath(p))
     finally:
         ctx.close()
         for name in names:
@@ -327,8 +386,11 @@ def test_a_remote_hosts_uefi_firmware_comes_from_its_domain_capabilities():
 
 
 def test_planning_refuses_what_needs_the_remote_hosts_own_files():
-    """Pure planning on a remote host's facts: shared folders and an unattended setup are
-    refused with the field named (the facts hold no local file checks for them)."""
+    """Pure planning on a remote host's facts: shared folders and an unattended Windows
+    setup are refused with the field named (the facts hold no local file checks for them);
+    a Linux VM's cloud-init setup is planned (its seed is sent to that host)."""
+    import dataclasses
+
     from vm_manager.core.errors import InvalidConfig
     from vm_manager.core.host_facts import HostFacts, PathFact
     from vm_manager.core.planning import plan_creation
@@ -344,10 +406,19 @@ def test_planning_refuses_what_needs_the_remote_hosts_own_files():
     with pytest.raises(InvalidConfig) as refused:
         plan_creation(shared, facts)
     assert refused.value.field == "shares" and "remote host" in str(refused.value)
-    unattended = VMConfig(name="u", vm_type="linux", network="none",
-                          cloud_image_path="/srv/base.qcow2",
-                          unattended={"user": "dev", "ssh_key_path": "/home/anna/key.pub"})
+    windows = VMConfig(name="w", vm_type="windows11", network="none", iso_path="/srv/w.iso",
+                       virtio_iso_path="/srv/virtio.iso", unattended={"user": "anna"})
     with pytest.raises(InvalidConfig) as refused:
-        plan_creation(unattended, facts)
-    assert refused.value.field == "unattended"
+        plan_creation(windows, dataclasses.replace(facts, paths={
+            **facts.paths, "/srv/w.iso": PathFact("file", format="raw"),
+            "/srv/virtio.iso": PathFact("file", format="raw")}))
+    assert refused.value.field == "unattended" and "Windows" in str(refused.value)
+    # a cloud-init seed is built here and sent into that host's pool: planned
+    unattended = VMConfig(name="u", vm_type="linux", network="none",
+                          cloud_image_path="/srv/base.qcow2", disk_size_gb=8,
+                          unattended={"user": "dev", "ssh_key_path": "/home/anna/key.pub"})
+    plan = plan_creation(unattended, facts)
+    assert plan.setup.kind == "cloud-init"
+    assert plan.setup.medium == "/var/lib/libvirt/images/u-setup.iso"
+    assert plan.disk.backing == "/srv/base.qcow2" and plan.disk.backing_format == "qcow2"
     assert plan_creation(VMConfig(name="p", vm_type="linux", network="none"), facts)

@@ -288,10 +288,17 @@ class SetupTracker:
             for disk in attached:
                 self._detach(name, disk, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         if setup.medium and Path(setup.medium).name == f"{name}-setup.iso":
-            try:
-                os.unlink(setup.medium)
-            except FileNotFoundError:
-                pass
+            from .primitives import is_remote
+
+            if is_remote(self.connection.uri):  # a volume of that host's pool
+                from .storage import delete_volume
+
+                delete_volume(self.connection, setup.medium)
+            else:
+                try:
+                    os.unlink(setup.medium)
+                except FileNotFoundError:
+                    pass
         self._advance(name, setup, "ready", f"{note}; installer and setup media detached,"
                       " the setup medium deleted")
 
@@ -353,3 +360,16 @@ class SetupTracker:
         log.info("setup of %s: %s -> %s (%s)", name, setup.stage, stage, note)
         self._subscribers.notify(SetupChange(name, setup.stage, stage, note, time.time()))
         return new
+
+
+def keep_setup_record(old_xml: str, new_xml: str) -> str:
+    """``new_xml`` with the unattended setup's record of ``old_xml`` (its stage and steps) in
+    its metadata: a VM whose setup finished is still "ready" after its settings change."""
+    record = ET.fromstring(old_xml).find(f"metadata/{{{SETUP_NS}}}setup")
+    if record is None or ET.fromstring(new_xml).find(f"metadata/{{{SETUP_NS}}}setup") \
+            is not None:
+        return new_xml
+    record.tail = None
+    head, _, tail = new_xml.partition("</metadata>")  # the template always has one
+    return f"{head}  {ET.tostring(record, encoding='unicode')}\n  </metadata>{tail}"
+

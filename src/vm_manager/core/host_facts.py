@@ -150,8 +150,8 @@ def gather_host_facts(
         usb_present=(_usb_present(root) if config is not None and config.usb_devices
                      and not remote else None),  # remote: not known here
         paths=paths,
-        guest_media=(_guest_media(config, paths) if config and config.unattended
-                     and not remote else None),
+        guest_media=(_guest_media(config, paths) if config and config.unattended and (
+            not remote or config.vm_type.value == "linux") else None),  # keys: this user's
         remote=remote,
     )
 
@@ -281,6 +281,8 @@ def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
     if config.gpu_passthrough is not None:
         paths.append(config.gpu_passthrough.rom_file)
     paths += [config.disk_path, str(folder / f"{config.name}.qcow2")]
+    if config.unattended is not None:  # its medium goes into that host's pool
+        paths.append(str(setup_medium_path(folder, config.name)))
     why = (f"is in no storage pool of {host_name(connection.uri)} (libvirt"
            " knows a remote host's files only as volumes: put it in a pool's folder there"
            f" and run `virsh -c {connection.uri} pool-refresh POOL`)")

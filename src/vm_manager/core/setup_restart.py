@@ -15,10 +15,11 @@ import os
 import subprocess
 from pathlib import Path
 
-from . import guard
+from . import guard, storage
 from .errors import InvalidConfig, LifecycleError, VMCreationError
 from .guest_setup import SetupTracker
 from .host_facts import setup_medium_path
+from .primitives import is_remote
 from .vm_config import VMConfig
 from .log import get_logger
 
@@ -43,8 +44,18 @@ def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, 
         done.append(_wipe_disk(config, images_dir, qemu_img, tracker.connection))
     medium = Path(setup.medium) if setup.medium else setup_medium_path(images_dir, name)
     attempt = 2 + sum(1 for stage, _, _ in setup.steps if stage == "created")  # 1: create
-    if setup.kind == "cloud-init" or not medium.exists():
-        _build_medium(config, medium, live["domain"].uuid, loader, secrets, attempt)
+    connection = tracker.connection
+    remote = is_remote(connection.uri)  # the medium is a volume of that host's pool
+    exists = connection.execute(lambda conn: storage.lookup_volume(conn, str(medium))
+                                is not None) if remote else medium.exists()
+    if setup.kind == "cloud-init" or not exists:
+        def build(target: Path) -> None:
+            _build_medium(config, target, live["domain"].uuid, loader, secrets, attempt)
+
+        if remote:
+            storage.upload_file(connection, str(medium), build, replace=True)
+        else:
+            build(medium)
         done.append(f"made the setup medium {medium} again")
     else:
         done.append(f"kept the setup medium {medium}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Callable
 from xml.sax.saxutils import escape
 
 import libvirt
@@ -146,3 +147,55 @@ def remove_volume(conn: libvirt.virConnect, path: str) -> bool:
 
 def delete_volume(connection: LibvirtConnection, path: str) -> bool:
     return connection.execute(lambda conn: remove_volume(conn, path))
+
+
+def upload_file(connection: LibvirtConnection, path: str, build: Callable[[Path], object], *,
+                replace: bool = False, claim=None) -> str:
+    """The file ``build(target)`` makes here (a setup medium), as the raw volume ``path`` of
+    its folder's pool on the computer the VM runs on (0600), streamed there by libvirt; the
+    copy here lives in a private temporary folder only until it is sent. An existing volume
+    of that name is refused, or with ``replace`` deleted first (a medium made again).
+    ``claim()`` is called just before libvirt makes the volume."""
+    import tempfile
+
+    folder, name = os.path.dirname(path), os.path.basename(path)
+    with tempfile.TemporaryDirectory(prefix="neuronos-upload-") as scratch:
+        local = Path(scratch) / name
+        build(local)
+        size = local.stat().st_size
+
+        def send(conn: libvirt.virConnect) -> str:
+            pool = images_pool(conn, folder)
+            pool.refresh(0)
+            if name in pool.listVolumes():
+                if not replace:
+                    raise VMCreationError(f"{path} already exists; NeuronOS never overwrites"
+                                          " it (remove it, or pick another name)",
+                                          step="setup medium")
+                pool.storageVolLookupByName(name).delete(0)
+            if claim is not None:
+                claim()
+            volume = pool.createXML(
+                f"<volume><name>{escape(name)}</name><capacity unit='B'>{size}</capacity>"
+                "<target><format type='raw'/><permissions><mode>0600</mode></permissions>"
+                "</target></volume>", 0)
+            stream = conn.newStream(0)
+            try:
+                volume.upload(stream, 0, size, 0)
+                with open(local, "rb") as source:
+                    while chunk := source.read(1 << 20):
+                        view = memoryview(chunk)
+                        while view:  # a blocking stream may take part of a chunk
+                            view = view[stream.send(bytes(view)):]
+                stream.finish()
+            except BaseException:
+                try:
+                    stream.abort()
+                except libvirt.libvirtError:
+                    pass
+                raise
+            log.info("sent %s (%d bytes) to volume %s", name, size, volume.path())
+            return volume.path()
+
+        return connection.execute(send)
+

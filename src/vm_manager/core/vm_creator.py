@@ -31,8 +31,10 @@ from .errors import (
     VMCreationError,
     VMManagerError,
 )
+from .guest_setup import keep_setup_record
 from .host_facts import HostFacts, gather_host_facts
 from .planning import CreationPlan, DiskPlan, plan_creation
+from .primitives import is_remote
 from .store import VMStore, private_folder
 from .vm_config import VMConfig
 from .log import get_logger
@@ -166,7 +168,7 @@ class VMCreator:
                 self._create_disk(plan.disk, claimed)
             if plan.setup is not None:
                 enter("setup medium")
-                undo.append(("remove setup medium", lambda: _remove_claimed(
+                undo.append(("remove setup medium", lambda: self._remove_disk(
                     plan.setup.medium, claimed, "medium")))
                 self._setup_medium(plan, secrets, claimed)
             enter("render")
@@ -203,6 +205,13 @@ class VMCreator:
 
         guard.check("build the setup medium")
         medium = Path(plan.setup.medium)
+        if is_remote(self.connection.uri):  # built here, sent into that host's pool
+            from . import storage
+
+            storage.upload_file(self.connection, str(medium), lambda target: build_medium(
+                target, plan.config, vm_uuid=plan.uuid, loader=self.loader, secrets=secrets),
+                claim=lambda: claimed.__setitem__("medium-volume", str(medium)))
+            return
         private_folder(medium.parent, 0o711)
         try:
             build_medium(medium, plan.config, vm_uuid=plan.uuid, loader=self.loader,
@@ -239,7 +248,7 @@ class VMCreator:
             raise LifecycleError(f"the unattended setup of {name!r} is at stage {setup.stage}:"
                                  " change its settings once it is ready")
         plan = self.plan(config, force=force, existing=True, vm_uuid=vm_uuid)
-        xml = _keep_setup_record(old_xml, self.render(plan))  # a finished setup stays so
+        xml = keep_setup_record(old_xml, self.render(plan))  # a finished setup stays so
         validate_xml(xml)
         try:
             self._define(xml)  # the daemon may die here, with or without having saved it
@@ -299,14 +308,16 @@ class VMCreator:
             _unlink(str(path))
             raise
 
-    def _remove_disk(self, path: str, claimed: dict) -> None:
-        """The disk this creation made, and nothing else: its volume, or its very file."""
+    def _remove_disk(self, path: str, claimed: dict, key: str = "inode") -> None:
+        """The disk (or setup medium) this creation made, and nothing else: its volume, or
+        its very file."""
         from . import storage
 
-        if claimed.get("volume"):  # waits for a daemon that went away mid-creation
-            self._with_daemon(lambda conn: storage.remove_volume(conn, claimed["volume"]))
+        volume = claimed.get("volume" if key == "inode" else f"{key}-volume")
+        if volume:  # waits for a daemon that went away mid-creation
+            self._with_daemon(lambda conn: storage.remove_volume(conn, volume))
             return
-        _remove_claimed(path, claimed)
+        _remove_claimed(path, claimed, key)
 
     def _has_volume(self, path: str) -> bool:
         from . import storage
@@ -372,6 +383,8 @@ class VMCreator:
         medium = plan.setup.medium if plan.setup else None
         if claimed.get("medium") and medium and _same_file(medium, claimed["medium"]):
             left.append(f"the setup medium {medium}")
+        if claimed.get("medium-volume") and self._has_volume(claimed["medium-volume"]):
+            left.append(f"the setup medium {medium} (a volume of its storage pool)")
         return left
 
 
@@ -422,20 +435,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _keep_setup_record(old_xml: str, new_xml: str) -> str:
-    """``new_xml`` with the unattended setup's record of ``old_xml`` (its stage and steps) in
-    its metadata: a VM whose setup finished is still "ready" after its settings change."""
-    import xml.etree.ElementTree as ET
-
-    from .domain_xml import SETUP_NS
-
-    record = ET.fromstring(old_xml).find(f"metadata/{{{SETUP_NS}}}setup")
-    if record is None or ET.fromstring(new_xml).find(f"metadata/{{{SETUP_NS}}}setup") \
-            is not None:
-        return new_xml
-    record.tail = None
-    head, _, tail = new_xml.partition("</metadata>")  # the template always has one
-    return f"{head}  {ET.tostring(record, encoding='unicode')}\n  </metadata>{tail}"
-
