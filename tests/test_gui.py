@@ -931,3 +931,19 @@ def test_a_host_that_hangs_never_holds_up_the_others(qtbot, make_host, tmp_path)
     assert "192.0.2.9 is not reachable" in win.banner.label.text()
     assert [row.key for row in win.model.rows] == [(local, "alpha")]
     win.close()
+
+
+@pytest.mark.parametrize("typed, uri", [
+    ("workstation", "qemu+ssh://workstation/system"),
+    ("  anna@workstation  ", "qemu+ssh://anna@workstation/system"),
+    ("anna@192.0.2.7:2222", "qemu+ssh://anna@192.0.2.7:2222/system"),
+    ("[2001:db8::7]", "qemu+ssh://[2001:db8::7]/system"),
+    ("qemu+ssh://anna@workstation/system?keyfile=/k", "qemu+ssh://anna@workstation/system?keyfile=/k"),
+    ("qemu:///session", "qemu:///session"),
+    ("", None), ("two words", None), ("anna@", None), ("://nothing", None),
+])
+def test_add_connection_takes_a_computers_name_or_a_uri(typed, uri):
+    """People type the computer's name; it means that computer's system libvirt over ssh."""
+    from vm_manager.gui.connections import connection_uri
+
+    assert connection_uri(typed) == uri

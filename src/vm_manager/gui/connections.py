@@ -28,6 +28,21 @@ def host_label(uri: str) -> str:
     return f"{host} ({uri.split('?', 1)[0]})"
 
 
+def connection_uri(text: str) -> str | None:
+    """What was typed into Add connection…, as a libvirt URI: a URI as it is, a computer's
+    name (``workstation``, ``anna@workstation``, ``anna@workstation:2222``) as its system
+    libvirt over ssh; None for anything else."""
+    import re
+
+    text = text.strip()
+    if "://" in text:
+        return text if re.fullmatch(r"[a-z][a-z0-9+]*://\S*", text) else None
+    if re.fullmatch(r"(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d+)?",
+                    text):
+        return f"qemu+ssh://{text}/system"
+    return None
+
+
 class Connections:
     def _build_connections(self) -> None:
         from ..actions import Context
@@ -80,13 +95,18 @@ class Connections:
                 self.forget_connection(others[[host_label(u) for u in others].index(label)])
             return
         if uri is None:
-            text, ok = QInputDialog.getText(self, "Add connection", "libvirt URI (e.g."
-                                            " qemu+ssh://user@host/system):",
-                                            QLineEdit.Normal, "qemu+ssh://")
-            if ok and text.strip():
-                self.add_connection(text.strip())
+            text, ok = QInputDialog.getText(self, "Add connection", "The computer (e.g."
+                                            " anna@workstation) or a libvirt URI (e.g."
+                                            " qemu+ssh://anna@workstation/system):",
+                                            QLineEdit.Normal, "")
+            uri = connection_uri(text) if ok else None
+            if uri:
+                self.add_connection(uri)
             else:
                 self._fill_connections()
+                if ok and text.strip():
+                    self.statusBar().showMessage(f"{text.strip()!r} is neither a computer's"
+                                                 " name nor a libvirt URI")
             return
         self.switch_connection(uri)
 
