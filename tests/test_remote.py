@@ -343,6 +343,82 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
         shutil.rmtree(images, ignore_errors=True)
 
 
+@pytest.mark.daemon
+def test_an_unattended_windows_vm_on_a_remote_host(ssh_uri, tmp_path, monkeypatch):
+    """`neuron-vm -c qemu+ssh://… create --unattended` for Windows 11, with only ssh on this
+    side's PATH: the installer and virtio-win ISOs are volumes of a pool there, read through
+    libvirt (their editions and drivers, never copied whole); the setup medium is built
+    here and sent into that host's images pool (0600); an edition the installer does not
+    have is refused naming those it has; --delete-disks removes the medium and the disk
+    through the pool and never the ISOs."""
+    import shutil
+    import uuid as uuid_module
+
+    from support.domains import remove_domain, remove_pool
+    from support.media import virtio_win_iso, windows_iso
+    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.guest.iso import IsoReader
+
+    tag = uuid_module.uuid4().hex[:6]
+    media, images = (Path(f"/var/lib/libvirt/images/neuron-ssh-{kind}-{tag}")
+                     for kind in ("media", "images"))
+    media.mkdir(mode=0o711)
+    installer = windows_iso(media / "Win11_24H2_English_x64.iso")
+    virtio = virtio_win_iso(media / "virtio-win.iso")
+    shutil.rmtree(media / "virtio-win.iso.tree", ignore_errors=True)
+    password = tmp_path / "password"
+    password.write_text("correct horse\n")
+    only_ssh = tmp_path / "bin"
+    only_ssh.mkdir()
+    (only_ssh / "ssh").symlink_to(shutil.which("ssh"))
+    monkeypatch.setenv("PATH", str(only_ssh))
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    name = f"neuron-ssh-w11-{tag}"
+    local = LibvirtConnection("qemu:///system")
+    from vm_manager.core import storage
+
+    local.execute(lambda c: storage.images_pool(c, media))  # the ISOs are volumes there
+
+    def create(*extra):
+        return run("-c", ssh_uri, "create", name, "--template", "windows11", "--iso",
+                   str(installer), "--virtio-iso", str(virtio), "--network", "none",
+                   "--domain-type", "qemu", "--force", "--unattended", "--user", "anna",
+                   "--password-file", str(password), *extra)
+
+    import pycdlib
+
+    def never_here(self, *args, **kwargs):
+        raise AssertionError(f"an ISO of the remote host was opened here: {args}")
+
+    try:
+        with monkeypatch.context() as patch:  # only libvirt's download stream reads them
+            patch.setattr(pycdlib.PyCdlib, "open", never_here)
+            code, _, err = create("--edition", "Windows 11 Education")
+            assert code == 2 and "Windows 11 Home, Windows 11 Pro" in err, err  # read there
+            code, out, err = create()
+            assert code == 0, err
+        medium = images / f"{name}-setup.iso"
+        volume = local.execute(lambda c: c.storageVolLookupByPath(str(medium)))
+        assert volume.info()[1] == medium.stat().st_size
+        assert medium.stat().st_mode & 0o777 == 0o600  # it holds the account's password
+        with IsoReader(medium) as iso:
+            files = set(iso.files())
+            with iso.open(iso.find("/autounattend.xml")) as answer:
+                assert b"anna" in answer.read()
+        assert any(f.lower().startswith("/$winpedriver$/viostor/") for f in files), files
+        code, out, err = run("-c", ssh_uri, "delete", name, "--delete-disks", "--yes")
+        assert code == 0, err
+        assert not medium.exists() and not (images / f"{name}.qcow2").exists()
+        assert installer.exists() and virtio.exists()
+    finally:
+        remove_domain(local, name)
+        for folder in (media, images):
+            remove_pool(local, folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        local.close()
+
+
 USB_NODEDEVS = [
     """<device><name>usb_usb1</name><path>/sys/devices/pci0000:00/0000:00:14.0/usb1</path>
     <capability type='usb_device'><bus>1</bus><device>1</device>
@@ -386,9 +462,9 @@ def test_a_remote_hosts_uefi_firmware_comes_from_its_domain_capabilities():
 
 
 def test_planning_refuses_what_needs_the_remote_hosts_own_files():
-    """Pure planning on a remote host's facts: shared folders and an unattended Windows
-    setup are refused with the field named (the facts hold no local file checks for them);
-    a Linux VM's cloud-init setup is planned (its seed is sent to that host)."""
+    """Pure planning on a remote host's facts: shared folders are refused with the field
+    named (the facts hold no local file checks for them); an unattended setup is planned
+    (its medium is built here and sent to that host)."""
     import dataclasses
 
     from vm_manager.core.errors import InvalidConfig
@@ -406,14 +482,15 @@ def test_planning_refuses_what_needs_the_remote_hosts_own_files():
     with pytest.raises(InvalidConfig) as refused:
         plan_creation(shared, facts)
     assert refused.value.field == "shares" and "remote host" in str(refused.value)
+    # a setup medium is built here (the ISOs read through libvirt) and sent into that
+    # host's pool: planned, for Windows and for a cloud-init seed alike
     windows = VMConfig(name="w", vm_type="windows11", network="none", iso_path="/srv/w.iso",
                        virtio_iso_path="/srv/virtio.iso", unattended={"user": "anna"})
-    with pytest.raises(InvalidConfig) as refused:
-        plan_creation(windows, dataclasses.replace(facts, paths={
-            **facts.paths, "/srv/w.iso": PathFact("file", format="raw"),
-            "/srv/virtio.iso": PathFact("file", format="raw")}))
-    assert refused.value.field == "unattended" and "Windows" in str(refused.value)
-    # a cloud-init seed is built here and sent into that host's pool: planned
+    plan = plan_creation(windows, dataclasses.replace(facts, paths={
+        **facts.paths, "/srv/w.iso": PathFact("file", format="raw"),
+        "/srv/virtio.iso": PathFact("file", format="raw")}))
+    assert plan.setup.kind == "windows"
+    assert plan.setup.medium == "/var/lib/libvirt/images/w-setup.iso"
     unattended = VMConfig(name="u", vm_type="linux", network="none",
                           cloud_image_path="/srv/base.qcow2", disk_size_gb=8,
                           unattended={"user": "dev", "ssh_key_path": "/home/anna/key.pub"})

@@ -211,3 +211,54 @@ def test_a_disk_another_vm_builds_on_is_kept_without_qemu_img(system_daemon, tmp
         remove_pool(conn, images)
         conn.close()
         shutil.rmtree(images, ignore_errors=True)
+
+
+@pytest.mark.daemon
+def test_a_volume_reads_like_a_local_file(system_daemon, tmp_path):
+    """VolumeFile (what an ISO reader gets for a remote host's installer): every read, seek
+    and tell agrees with the same file read here, across block edges; an ISO read through it
+    shows the same editions; and upload_file puts a file made here into the pool byte for
+    byte (0600)."""
+    import io
+    import random
+
+    from support.media import windows_iso
+    from vm_manager.guest.windows import inspect_installer
+
+    folder = Path(f"/var/lib/libvirt/images/neuron-volfile-{uuid.uuid4().hex[:6]}")
+    folder.mkdir(mode=0o711)
+    data = random.Random(7).randbytes(3 * storage.VolumeFile.BLOCK + 1234)
+    (folder / "blob.raw").write_bytes(data)
+    iso = windows_iso(folder / "Win11.iso", editions=("Windows 11 Home", "Windows 11 Pro"))
+    conn = LibvirtConnection(system_daemon)
+    try:
+        conn.execute(lambda c: storage.images_pool(c, folder))  # lists both as volumes
+        with storage.VolumeFile(conn, str(folder / "blob.raw")) as remote, \
+                open(folder / "blob.raw", "rb") as local:
+            picks = random.Random(8)
+            for _ in range(40):
+                offset = picks.randrange(len(data) + 10)
+                size = picks.choice([1, 17, 4096, storage.VolumeFile.BLOCK + 3, 10**7])
+                remote.seek(offset)
+                local.seek(offset)
+                assert remote.read(size) == local.read(size) and remote.tell() == local.tell()
+            assert remote.seek(-5, io.SEEK_END) == len(data) - 5 and remote.read() == data[-5:]
+        opener = storage.volume_opener(conn)
+        assert inspect_installer(str(iso), opener) == inspect_installer(iso)
+        assert inspect_installer(str(iso), opener).editions == ("Windows 11 Home",
+                                                                "Windows 11 Pro")
+        with pytest.raises(FileNotFoundError):
+            storage.VolumeFile(conn, str(folder / "not-there.iso"))
+
+        sent = storage.upload_file(conn, str(folder / "sent.iso"),
+                                   lambda target: target.write_bytes(data))
+        assert Path(sent).read_bytes() == data and os.stat(sent).st_mode & 0o777 == 0o600
+        with pytest.raises(VMCreationError, match="already exists"):
+            storage.upload_file(conn, sent, lambda target: target.write_bytes(b"other"))
+        storage.upload_file(conn, sent, lambda target: target.write_bytes(b"other"),
+                            replace=True)
+        assert Path(sent).read_bytes() == b"other"
+    finally:
+        remove_pool(conn, folder)
+        conn.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -150,8 +150,8 @@ def gather_host_facts(
         usb_present=(_usb_present(root) if config is not None and config.usb_devices
                      and not remote else None),  # remote: not known here
         paths=paths,
-        guest_media=(_guest_media(config, paths) if config and config.unattended and (
-            not remote or config.vm_type.value == "linux") else None),  # keys: this user's
+        guest_media=(_guest_media(config, paths, _remote_opener(connection) if remote
+                                  else None) if config and config.unattended else None),
         remote=remote,
     )
 
@@ -169,9 +169,18 @@ def _remote_pci(connection: LibvirtConnection):
     return read_pci_nodedev(connection)
 
 
-def _guest_media(config: VMConfig, paths: dict[str, PathFact]) -> GuestMediaFacts:
+def _remote_opener(connection: LibvirtConnection):
+    from .storage import volume_opener
+
+    return volume_opener(connection)
+
+
+def _guest_media(config: VMConfig, paths: dict[str, PathFact],
+                 opener=None) -> GuestMediaFacts:
     """Read the installer, the virtio-win ISO and the Looking Glass host installer (an ISO
-    that is not one raises ``InvalidConfig`` on its field)."""
+    that is not one raises ``InvalidConfig`` on its field). ``opener``: the ISOs are a
+    remote host's volumes, read through libvirt; the installers, SSH keys and the Looking
+    Glass client are this computer's (the medium is built here)."""
     from ..guest.windows import inspect_installer, inspect_virtio, lg_host_release
 
     def usable(path: str | None) -> bool:
@@ -183,8 +192,9 @@ def _guest_media(config: VMConfig, paths: dict[str, PathFact]) -> GuestMediaFact
 
         keys = read_ssh_keys(setup.ssh_key_path) if setup.ssh_key_path else []
         return GuestMediaFacts(ssh_keys=tuple(keys))
-    installer = inspect_installer(config.iso_path) if usable(config.iso_path) else None
-    virtio = (inspect_virtio(config.virtio_iso_path, config.vm_type.value)
+    installer = inspect_installer(config.iso_path, opener) if usable(config.iso_path) \
+        else None
+    virtio = (inspect_virtio(config.virtio_iso_path, config.vm_type.value, opener)
               if usable(config.virtio_iso_path) else None)
     host_release = client_release = None
     if setup.lg_host_installer:
@@ -275,14 +285,20 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
 def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
                        folder: Path) -> dict[str, PathFact]:
     """A remote host's files as its libvirt knows them: a path is a file when it is a
-    volume of one of its storage pools (format from the volume), else missing; nothing is
-    looked up on this machine (planning refuses what needs that machine's files)."""
+    volume of one of its storage pools (kind and format from the volume), else missing;
+    only what goes onto a setup medium built here (the Looking Glass and WinFsp
+    installers) is this computer's (planning refuses what needs that machine's files)."""
     paths = [getattr(config, name) for name in INPUT_FILES]
     if config.gpu_passthrough is not None:
         paths.append(config.gpu_passthrough.rom_file)
     paths += [config.disk_path, str(folder / f"{config.name}.qcow2")]
+    local = {}
     if config.unattended is not None:  # its medium goes into that host's pool
         paths.append(str(setup_medium_path(folder, config.name)))
+        for installer in (config.unattended.lg_host_installer,
+                          config.unattended.winfsp_installer):
+            if installer:  # this computer's files: they go onto the medium built here
+                local[installer] = _kind(Path(installer))
     why = (f"is in no storage pool of {host_name(connection.uri)} (libvirt"
            " knows a remote host's files only as volumes: put it in a pool's folder there"
            f" and run `virsh -c {connection.uri} pool-refresh POOL`)")
@@ -304,7 +320,7 @@ def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
                                    real=path)  # a block volume's users are not known here
         return facts
 
-    facts = connection.execute(look, idempotent=True)
+    facts = {**connection.execute(look, idempotent=True), **local}
     if config.serial_log_path is not None:  # its folder is the other machine's: libvirt says
         facts[config.serial_log_path] = PathFact("missing", parent_writable=True,
                                                  real=config.serial_log_path)

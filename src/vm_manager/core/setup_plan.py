@@ -57,10 +57,6 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
     setup = config.unattended
     if setup is None:
         return None
-    if facts.remote and config.vm_type.value != "linux":  # a cloud-init seed is sent there
-        raise InvalidConfig("unattended", "an unattended Windows setup reads the installer,"
-                            " the virtio-win ISO and the Looking Glass installer on this"
-                            " computer; on a remote host it is not supported yet")
     medium = setup_medium_path(facts.images_dir, config.name)
     if facts.path(medium).kind != "missing":
         raise InvalidConfig("name", f"{medium} already exists; NeuronOS never overwrites it"

@@ -50,7 +50,8 @@ def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, 
                                 is not None) if remote else medium.exists()
     if setup.kind == "cloud-init" or not exists:
         def build(target: Path) -> None:
-            _build_medium(config, target, live["domain"].uuid, loader, secrets, attempt)
+            _build_medium(config, target, live["domain"].uuid, loader, secrets, attempt,
+                          storage.volume_opener(connection) if remote else None)
 
         if remote:
             storage.upload_file(connection, str(medium), build, replace=True)
@@ -127,7 +128,7 @@ def _wipe_volume(connection, config: VMConfig, disk: str) -> bool:
 
 
 def _build_medium(config: VMConfig, medium: Path, vm_uuid: str, loader, secrets,
-                  attempt: int) -> None:
+                  attempt: int, opener=None) -> None:
     from ..guest.media import build_medium
 
     setup = config.unattended
@@ -137,4 +138,4 @@ def _build_medium(config: VMConfig, medium: Path, vm_uuid: str, loader, secrets,
     medium.unlink(missing_ok=True)  # ours: the name is the VM's setup medium
     guard.check("build the setup medium")
     build_medium(medium, config, vm_uuid=vm_uuid, loader=loader, secrets=secrets,
-                 attempt=attempt)
+                 attempt=attempt, opener=opener)

@@ -209,7 +209,8 @@ class VMCreator:
             from . import storage
 
             storage.upload_file(self.connection, str(medium), lambda target: build_medium(
-                target, plan.config, vm_uuid=plan.uuid, loader=self.loader, secrets=secrets),
+                target, plan.config, vm_uuid=plan.uuid, loader=self.loader, secrets=secrets,
+                opener=storage.volume_opener(self.connection)),  # its ISOs are there
                 claim=lambda: claimed.__setitem__("medium-volume", str(medium)))
             return
         private_folder(medium.parent, 0o711)

@@ -23,15 +23,24 @@ CHUNK = 1 << 20
 class IsoReader:
     """One ISO opened for reading; use as a context manager."""
 
-    def __init__(self, path: Path | str, field: str = "iso_path"):
+    def __init__(self, path: Path | str, field: str = "iso_path", opener=None):
+        """``opener(path)``: a seekable binary file of ``path`` where it is not a local file
+        (a remote host's volume); the reader closes it."""
         import pycdlib
         from pycdlib.pycdlibexception import PyCdlibException
 
         self.path = Path(path)
         self._iso = pycdlib.PyCdlib()
+        self._file = None
         try:
-            self._iso.open(str(self.path))
+            if opener is None:
+                self._iso.open(str(self.path))
+            else:
+                self._file = opener(str(self.path))
+                self._iso.open_fp(self._file)
         except (PyCdlibException, OSError, ValueError) as error:
+            if self._file is not None:
+                self._file.close()
             raise InvalidConfig(field, f"{self.path} cannot be read as an ISO image"
                                 f" ({error})") from None
         if self._iso.has_udf():
@@ -48,6 +57,8 @@ class IsoReader:
 
     def __exit__(self, *exc) -> None:
         self._iso.close()
+        if self._file is not None:
+            self._file.close()
 
     @property
     def label(self) -> str:

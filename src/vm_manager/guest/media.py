@@ -44,10 +44,10 @@ def answer_file(loader, vm_name: str, setup: UnattendedConfig, secrets) -> str:
 
 def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
                          setup: UnattendedConfig, secrets, virtio_iso: Path | str,
-                         shares: tuple[str, ...] = ()) -> list[str]:
+                         shares: tuple[str, ...] = (), opener=None) -> list[str]:
     """Write the medium to ``target`` (which must not exist; 0600). Returns its file list.
     The drivers are streamed out of the virtio-win ISO through a private temporary folder
-    next to ``target``, never read whole."""
+    next to ``target``, never read whole (``opener``: the ISO is another host's volume)."""
     files = [
         MediumFile(ANSWER_FILE, answer_file(loader, vm_name, setup, secrets).encode("utf-8")),
         MediumFile("/neuronos/firstlogon.ps1", FIRST_LOGON_SCRIPT.read_bytes()),
@@ -63,7 +63,7 @@ def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
         files.append(MediumFile("/neuronos/looking-glass-host-setup.exe",
                                 lg_host_setup_bytes(setup.lg_host_installer)))
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".setup-") as scratch:
-        with IsoReader(virtio_iso, "virtio_iso_path") as iso:
+        with IsoReader(virtio_iso, "virtio_iso_path", opener) as iso:
             for number, (source, path) in enumerate(setup_driver_files(iso, vm_type)):
                 local = Path(scratch) / f"{number:05d}"
                 iso.copy_to(source, local)
@@ -73,10 +73,11 @@ def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
 
 
 def build_medium(target: Path, config, *, vm_uuid: str, loader, secrets,
-                 attempt: int = 1) -> list[str]:
+                 attempt: int = 1, opener=None) -> list[str]:
     """The setup medium of ``config`` (a ``VMConfig`` with ``unattended``): the Windows
     medium, or a Linux VM's cloud-init seed (``attempt`` > 1: a new instance-id). 0600;
-    ``target`` must not exist (``FileExistsError``)."""
+    ``target`` must not exist (``FileExistsError``). ``opener``: the VM's ISOs are another
+    host's volumes (see ``IsoReader``)."""
     if config.vm_type.value == "linux":
         from .cloud_init import build_seed
 
@@ -85,4 +86,5 @@ def build_medium(target: Path, config, *, vm_uuid: str, loader, secrets,
     return build_windows_medium(target, loader=loader, vm_name=config.name,
                                 vm_type=config.vm_type.value, setup=config.unattended,
                                 secrets=secrets, virtio_iso=config.virtio_iso_path,
-                                shares=tuple(share.tag for share in config.shares))
+                                shares=tuple(share.tag for share in config.shares),
+                                opener=opener)

@@ -84,10 +84,10 @@ def wim_editions(stream: BinaryIO) -> tuple[str, ...]:
     return tuple(names)
 
 
-def inspect_installer(path: Path | str) -> InstallerInfo:
+def inspect_installer(path: Path | str, opener=None) -> InstallerInfo:
     """Label, install image and editions of an installer ISO (``InvalidConfig`` on --iso
-    when it is not an ISO at all)."""
-    with IsoReader(path, "iso_path") as iso:
+    when it is not an ISO at all); ``opener``: see ``IsoReader``."""
+    with IsoReader(path, "iso_path", opener) as iso:
         image = iso.find("/sources/install.wim") or iso.find("/sources/install.esd")
         editions: tuple[str, ...] = ()
         if image is not None:
@@ -96,9 +96,9 @@ def inspect_installer(path: Path | str) -> InstallerInfo:
         return InstallerInfo(iso.label, image, editions)
 
 
-def inspect_virtio(path: Path | str, vm_type: str) -> VirtioInfo:
+def inspect_virtio(path: Path | str, vm_type: str, opener=None) -> VirtioInfo:
     """The setup drivers for that Windows version on a virtio-win ISO."""
-    with IsoReader(path, "virtio_iso_path") as iso:
+    with IsoReader(path, "virtio_iso_path", opener) as iso:
         return virtio_in(iso, vm_type)
 
 
