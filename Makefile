@@ -32,6 +32,7 @@ bench: $(PY)
 	$(PY) bench/snapshots.py
 	$(PY) bench/shares.py
 	$(PY) bench/gui_scale.py
+	$(PY) bench/remote_media.py
 
 ## screenshots: render the GUI's windows to docs/screenshots (offscreen)
 screenshots: $(PY)

@@ -60,7 +60,8 @@ def wim_bytes(editions: list[str], payload: int = 1024) -> bytes:
 
 
 def windows_iso(target: Path, editions=("Windows 11 Home", "Windows 11 Pro"),
-                label: str = "CCCOMA_X64FRE_EN-US_DV9", image: str = "install.wim") -> Path:
+                label: str = "CCCOMA_X64FRE_EN-US_DV9", image: str = "install.wim",
+                payload: int = 1024) -> Path:
     import pycdlib
 
     iso = pycdlib.PyCdlib()
@@ -68,7 +69,7 @@ def windows_iso(target: Path, editions=("Windows 11 Home", "Windows 11 Pro"),
     readme = b"This disc contains a \"UDF\" file system and requires an operating system\r\n"
     iso.add_fp(io.BytesIO(readme), len(readme), "/README.TXT;1")
     iso.add_directory(udf_path="/sources")
-    data = wim_bytes(list(editions))
+    data = wim_bytes(list(editions), payload)
     iso.add_fp(io.BytesIO(data), len(data), udf_path=f"/sources/{image}")
     boot = b"MZ boot manager"
     iso.add_fp(io.BytesIO(boot), len(boot), udf_path="/bootmgr")

@@ -225,6 +225,7 @@ class VolumeFile(io.RawIOBase):
         self._size = connection.execute(size, idempotent=True)
         self._position = 0
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self.fetched = 0  # bytes downloaded so far (bench/remote_media.py reports it)
 
     def readable(self) -> bool:
         return True
@@ -272,6 +273,7 @@ class VolumeFile(io.RawIOBase):
             return b"".join(chunks)
 
         data = self._connection.execute(fetch, idempotent=True)
+        self.fetched += len(data)
         self._blocks[index] = data
         if len(self._blocks) > self.KEEP:
             self._blocks.popitem(last=False)
