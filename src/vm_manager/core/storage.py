@@ -97,6 +97,25 @@ def volume_xml(name: str, size_gb: int, backing: str | None = None,
             f"{backing_xml}</volume>")
 
 
+def _free_name(conn: libvirt.virConnect, path: str, step: str, claim=None,
+               replace: bool = False) -> libvirt.virStoragePool:
+    """The running pool of ``path``'s folder, with ``path``'s name free in it: the pool is
+    refreshed first, so a file of that name shows as a volume and is refused (or, with
+    ``replace``, deleted); then ``claim()``, just before the caller has libvirt make it (a
+    daemon that dies mid-call may have made it)."""
+    pool = images_pool(conn, os.path.dirname(path))
+    pool.refresh(0)
+    name = os.path.basename(path)
+    if name in pool.listVolumes():
+        if not replace:
+            raise VMCreationError(f"{path} already exists; NeuronOS never overwrites it"
+                                  " (pick another name)", step=step)
+        pool.storageVolLookupByName(name).delete(0)
+    if claim is not None:
+        claim()
+    return pool
+
+
 def create_volume(connection: LibvirtConnection, path: str, size_gb: int,
                   backing: str | None = None, backing_format: str | None = None,
                   claim=None) -> str:
@@ -104,16 +123,10 @@ def create_volume(connection: LibvirtConnection, path: str, size_gb: int,
     An existing file of that name is never overwritten: the pool is refreshed first, so it
     shows as a volume and the name is refused. ``claim()`` is called once the name is known
     to be free, just before libvirt makes it: a daemon that dies mid-call may have made it."""
-    folder, name = os.path.dirname(path), os.path.basename(path)
+    name = os.path.basename(path)
 
     def make(conn: libvirt.virConnect) -> str:
-        pool = images_pool(conn, folder)
-        pool.refresh(0)
-        if name in pool.listVolumes():
-            raise VMCreationError(f"{path} already exists; NeuronOS never overwrites a disk"
-                                  " (pick another name)", step="disk")
-        if claim is not None:
-            claim()
+        pool = _free_name(conn, path, "disk", claim)
         volume = pool.createXML(volume_xml(name, size_gb, backing, backing_format), 0)
         log.info("made volume %s in pool %s", volume.path(), pool.name())
         return volume.path()
@@ -161,23 +174,14 @@ def upload_file(connection: LibvirtConnection, path: str, build: Callable[[Path]
     ``claim()`` is called just before libvirt makes the volume."""
     import tempfile
 
-    folder, name = os.path.dirname(path), os.path.basename(path)
+    name = os.path.basename(path)
     with tempfile.TemporaryDirectory(prefix="neuronos-upload-") as scratch:
         local = Path(scratch) / name
         build(local)
         size = local.stat().st_size
 
         def send(conn: libvirt.virConnect) -> str:
-            pool = images_pool(conn, folder)
-            pool.refresh(0)
-            if name in pool.listVolumes():
-                if not replace:
-                    raise VMCreationError(f"{path} already exists; NeuronOS never overwrites"
-                                          " it (remove it, or pick another name)",
-                                          step="setup medium")
-                pool.storageVolLookupByName(name).delete(0)
-            if claim is not None:
-                claim()
+            pool = _free_name(conn, path, "setup medium", claim, replace)
             volume = pool.createXML(
                 f"<volume><name>{escape(name)}</name><capacity unit='B'>{size}</capacity>"
                 "<target><format type='raw'/><permissions><mode>0600</mode></permissions>"
