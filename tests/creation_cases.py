@@ -24,7 +24,10 @@ def fixed_facts(creator, config: VMConfig) -> HostFacts:
 
 
 def media(folder: Path) -> dict[str, str]:
-    """Installer, driver and OpenCore images (empty files) the configs point at."""
+    """Installer, driver and OpenCore images the configs point at: empty files, but the
+    OpenCore image is a real (small) qcow2, since a disk image's format is read from it."""
+    import subprocess
+
     folder.mkdir(parents=True, exist_ok=True)
     names = {"iso": "Win11 installer & more.iso", "virtio": "virtio-win.iso",
              "opencore": "OpenCore.qcow2", "kernel": "vmlinuz", "initrd": "initrd.gz",
@@ -34,6 +37,8 @@ def media(folder: Path) -> dict[str, str]:
         path = folder / name
         path.write_bytes(b"")
         paths[key] = str(path)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", paths["opencore"], "64M"],
+                   check=True)
     return paths
 
 

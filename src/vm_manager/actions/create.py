@@ -185,8 +185,9 @@ def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
 
 
 def reconfigure(ctx: Context, name: str, change: SettingsChange) -> ReconfigureOutcome:
-    """Rewrite a stopped VM's definition with ``change`` (same UUID, same disk) and save its
-    settings; if saving fails the old definition is put back. Raises ``VMNotFound``,
+    """Change a stopped VM's definition by ``change`` and nothing else (same UUID; its disks,
+    their formats, CD-ROMs, NICs and anything added by hand stay: ``VMCreator.reconfigure``)
+    and save its settings; if saving fails the old definition is put back. Raises ``VMNotFound``,
     ``InvalidConfig`` (a bad value, or a VM NeuronOS did not make), ``LifecycleError``
     (running; except for a change of shared folders only, which a running VM takes at its
     next start: ``restart_needed``)."""
@@ -197,5 +198,6 @@ def reconfigure(ctx: Context, name: str, change: SettingsChange) -> ReconfigureO
         raise InvalidConfig("NAME", f"{name} was not made by NeuronOS; change it with"
                             " virt-manager or `virsh edit`")
     new = apply_change(config, change)
-    result = ctx.creator().reconfigure(new, force=change.force, running=change.only_shares)
+    result = ctx.creator().reconfigure(new, force=change.force, running=change.only_shares,
+                                       previous=config)
     return ReconfigureOutcome(result, new, restart_needed=result.running)

@@ -119,6 +119,8 @@ def _disks(ctx: Context, name: str, info: dict[str, Any]) -> Section:
         capacity, used = known.get(disk.get("target"), (None, None))
         size = f", {_size(capacity)}, {_size(used)} used" if capacity else ""
         rows.append((disk.get("target") or "disk", f"{where} ({disk.get('format') or '?'}{size})"))
+    rows.extend(("Problem", f"{problem['problem']}. Fix: {problem['fix']}")
+                for problem in info.get("disk_problems") or [])
     return Section("Disks", tuple(rows) or (("Disks", "none"),))
 
 

@@ -28,7 +28,36 @@ def doctor(ctx: Context) -> list[Check]:
         return run_remote_checks(ctx.uri)
     from ..passthrough.host_check import run_checks
 
-    return run_checks(ctx.host_root, uri=ctx.uri)
+    checks = run_checks(ctx.host_root, uri=ctx.uri)
+    disks = _disk_formats(ctx)
+    return checks + [disks] if disks is not None else checks
+
+
+def _disk_formats(ctx: Context) -> Check | None:
+    """Every VM's disks defined with another format than their file has (a qcow2 file
+    defined as raw is corrupted by its guest); None when libvirt cannot be asked (the
+    libvirtd check says why)."""
+    from ..core.errors import VMManagerError
+    from ..passthrough.host_check import FAIL, OK, Check
+
+    try:
+        from ..core.connection import LibvirtConnection
+        from ..core.inventory import format_mismatches
+    except ImportError:  # no libvirt-python here
+        return None
+    connection = LibvirtConnection(ctx.uri, auto_reconnect=False)
+    try:
+        connection.open()
+        found = format_mismatches(connection, ctx.store)
+    except VMManagerError:
+        return None
+    finally:
+        connection.close()
+    if not found:
+        return Check("disk formats", OK, "every VM's disks are defined with their files'"
+                     " formats")
+    return Check("disk formats", FAIL, "; ".join(item.describe() for item in found),
+                 "; ".join(item.fix() for item in found))
 
 
 @dataclass

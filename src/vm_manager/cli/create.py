@@ -273,9 +273,13 @@ def cmd_configure(ctx: CommandContext) -> int:
 
     config = outcome.config
     gpu = config.gpu_passthrough.pci_address if config.gpu_passthrough else "none"
-    return ctx.report(outcome.result, f"{args.name}: {config.memory_mb} MiB,"
-                      f" {plural(config.vcpus, 'vCPU')}, GPU {gpu},"
-                      f" {plural(len(config.usb_devices), 'USB device')}; saved")
+    summary = (f"{config.memory_mb} MiB, {plural(config.vcpus, 'vCPU')}, GPU {gpu},"
+               f" {plural(len(config.usb_devices), 'USB device')}")
+    changes = outcome.result.changes
+    if not changes:
+        return ctx.report(outcome.result, f"{args.name}: nothing to change ({summary})")
+    lines = [f"{args.name}: {summary}; saved"] + [f"  changed: {item}" for item in changes]
+    return ctx.report(outcome.result, "\n".join(lines))
 
 
 def cmd_delete(ctx: CommandContext) -> int:

@@ -70,9 +70,12 @@ def cmd_info(ctx: CommandContext) -> int:
         ("Machine", " ".join(filter(None, [osinfo["arch"], osinfo["machine"],
                                            osinfo["firmware"]])) or "-"),
     ]
+    for problem in details.get("disk_problems") or []:
+        ctx.warn(f"{problem['problem']}; fix: {problem['fix']}")
     for disk in details["disks"]:
         lines.append((f"Disk {disk['target'] or '?'}",
-                      f"{disk['source'] or '(empty)'} [{disk['device']}]"))
+                      f"{disk['source'] or '(empty)'} [{disk['device']},"
+                      f" {disk['format'] or 'no format named'}]"))
     for iface in details["interfaces"]:
         lines.append(("Network", f"{iface['type']} {iface['source'] or ''} {iface['model'] or ''}"))
     for graphics in details["graphics"]:

@@ -1,5 +1,6 @@
-"""What other VMs' disks build on, for the destroyer's "another VM uses this disk" rule: a
-disk, and every image below it in its backing chain. The chain comes from libvirt's volume
+"""Disk images as the tools that know them say: an image's format and backing file
+(``image_info``, qemu-img), and what other VMs' disks build on, for the destroyer's "another
+VM uses this disk" rule: a disk, and every image below it in its backing chain. The chain comes from libvirt's volume
 descriptions when a pool holds the image (local and remote alike), else from the image
 itself (``qemu-img``, this machine only). A chain that cannot be read is said so
 (``ChainUnknown``), never taken for an empty one: the destroyer then keeps the disks it
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 
 import libvirt
 
@@ -21,8 +23,53 @@ from .domain_xml import read_domain
 from .primitives import is_remote
 
 
-class ChainUnknown(Exception):
+class ImageUnreadable(Exception):
+    """qemu-img could not read an image (the reason is the message, in qemu-img's words)."""
+
+
+class ChainUnknown(ImageUnreadable):
     """The backing chain of an image could not be read (the reason is the message)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image as qemu-img reads it from its own header: ``raw`` only when no format's
+    header is there (qemu-img's own verdict), never a default for a failure."""
+
+    format: str
+    backing: str | None = None  # the file below it (full path), if any
+    backing_format: str | None = None  # as the image records it (None: not recorded)
+
+
+def image_info(path: str, qemu_img: str = "qemu-img") -> ImageInfo:
+    """What ``path`` is, from ``qemu-img info`` (this machine). Raises ``ImageUnreadable``
+    when qemu-img is missing or fails: the caller refuses, it never guesses."""
+    info = _qemu_img_info(path, qemu_img, chain=False)
+    fmt = info.get("format") if isinstance(info, dict) else None
+    if not fmt:
+        raise ImageUnreadable("qemu-img named no format")
+    return ImageInfo(fmt, info.get("full-backing-filename") or info.get("backing-filename"),
+                     info.get("backing-filename-format"))
+
+
+def _qemu_img_info(path: str, qemu_img: str, chain: bool):
+    guard.check("qemu-img")
+    try:
+        out = subprocess.run(
+            [qemu_img, "info", "-U", *(["--backing-chain"] if chain else []),
+             "--output=json", path],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout
+        return json.loads(out)
+    except FileNotFoundError:
+        raise ImageUnreadable(f"{qemu_img} is not installed (package qemu-utils)") from None
+    except subprocess.CalledProcessError as error:
+        lines = (error.stderr or "").strip().splitlines()
+        text = lines[-1] if lines else str(error)
+        raise ImageUnreadable(text if text.startswith("qemu-img") else f"qemu-img: {text}"
+                              ) from None
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        raise ImageUnreadable(str(error) or type(error).__name__) from None
 
 
 def paths_used_by(connection: LibvirtConnection, others: dict[str, str],
@@ -61,22 +108,10 @@ def backing_chain(connection: LibvirtConnection, path: str,
         raise ChainUnknown("no storage pool on that host holds it")
     if not os.path.lexists(path):
         return []  # a missing file builds on nothing
-    guard.check("qemu-img")
     try:
-        out = subprocess.run(
-            [qemu_img, "info", "-U", "--backing-chain", "--output=json", path],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout
-        images = json.loads(out)
-    except FileNotFoundError:
-        raise ChainUnknown(f"{qemu_img} is not installed (package qemu-utils)") from None
-    except subprocess.CalledProcessError as error:
-        lines = (error.stderr or "").strip().splitlines()
-        text = lines[-1] if lines else str(error)
-        text = text if text.startswith("qemu-img") else f"qemu-img: {text}"
-        raise ChainUnknown(text) from None
-    except (OSError, subprocess.SubprocessError, ValueError) as error:
-        raise ChainUnknown(str(error) or type(error).__name__) from None
+        images = _qemu_img_info(path, qemu_img, chain=True)
+    except ImageUnreadable as error:
+        raise ChainUnknown(str(error)) from None
     if isinstance(images, dict):
         images = [images]
     chain = []

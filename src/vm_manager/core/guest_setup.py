@@ -319,7 +319,7 @@ class SetupTracker:
                              None)
             fragment = loader.render_fragment("cdroms", [spec])
         else:
-            fragment = loader.render_fragment("seed_disk", DiskSpec(
+            fragment = loader.render_fragment("seed_disk", DiskSpec(  # the seed: an ISO we wrote
                 disk.source, "raw", disk.bus or "virtio", disk.target, None))
 
         def apply(conn):
@@ -361,15 +361,4 @@ class SetupTracker:
         self._subscribers.notify(SetupChange(name, setup.stage, stage, note, time.time()))
         return new
 
-
-def keep_setup_record(old_xml: str, new_xml: str) -> str:
-    """``new_xml`` with the unattended setup's record of ``old_xml`` (its stage and steps) in
-    its metadata: a VM whose setup finished is still "ready" after its settings change."""
-    record = ET.fromstring(old_xml).find(f"metadata/{{{SETUP_NS}}}setup")
-    if record is None or ET.fromstring(new_xml).find(f"metadata/{{{SETUP_NS}}}setup") \
-            is not None:
-        return new_xml
-    record.tail = None
-    head, _, tail = new_xml.partition("</metadata>")  # the template always has one
-    return f"{head}  {ET.tostring(record, encoding='unicode')}\n  </metadata>{tail}"
 

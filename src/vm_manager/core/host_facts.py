@@ -8,10 +8,8 @@ decides with no I/O at all, so it is tested with hand-made facts and no host.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
-from . import guard
 from .connection import LibvirtConnection
 from .primitives import host_name, is_remote
 from .vm_config import HostResources, VMConfig
@@ -27,6 +24,7 @@ from .log import get_logger
 
 if TYPE_CHECKING:
     from ..guest.windows import InstallerInfo, VirtioInfo
+    from .domain_xml import DomainInfo
     from ..passthrough.pci import PCISnapshot
 
 log = get_logger(__name__)
@@ -57,10 +55,13 @@ def setup_medium_path(folder: Path, name: str) -> Path:
 class PathFact:
     """What is at a path: ``file``, ``block``, ``dir``, ``other`` (a character device, a
     FIFO, a socket) or ``missing``, with the symlinks resolved; for a disk image also its
-    format (``qemu-img info``)."""
+    format and backing file (``qemu-img info``, or a remote host's volume), or why the format
+    could not be read (``format_problem``: planning refuses, it never guesses)."""
 
     kind: str
     format: str | None = None
+    format_problem: str | None = None  # a disk image whose format could not be read: why
+    backing: str | None = None  # a disk image's backing file (qemu-img)
     pseudo: bool = False  # it lies in /proc, /sys or /dev (not a file the user keeps)
     parent_writable: bool = False  # a missing file could be made there (a serial log)
     in_use: str | None = None  # a block device the host uses: mounted, or held (LVM, RAID)
@@ -100,6 +101,7 @@ class HostFacts:
     usb_present: frozenset[tuple[str, str]] | None = None  # (vendor, product) plugged in now
     guest_media: GuestMediaFacts | None = None  # read for an unattended setup
     remote: bool = False  # another computer's libvirt: its files are known only as volumes
+    definition: DomainInfo | None = None  # a VM being changed: the definition libvirt holds
 
     def path(self, path: str | Path) -> PathFact:
         return self.paths.get(str(path), PathFact("missing"))
@@ -113,9 +115,11 @@ def gather_host_facts(
     host_root: Path | str | None = None,
     qemu_img: str = "qemu-img",
     pci: bool | None = None,
+    previous: VMConfig | None = None,
 ) -> HostFacts:
     """Read everything planning ``config`` needs. ``pci``: read PCI devices and IOMMU
-    groups (default: when the config passes a GPU)."""
+    groups (default: when the config passes a GPU). ``previous``: a VM's settings before a
+    change; the files they name are read too (the plan of what it was)."""
     from ..passthrough.host_check import uefi_descriptors
     from ..passthrough.pci import host_root as resolve_root
     from ..passthrough.pci import read_pci
@@ -131,11 +135,13 @@ def gather_host_facts(
     remote = is_remote(connection.uri)  # its /sys and files are not ours: ask its libvirt
     folder = images or images_dir(connection.uri)
     root = resolve_root(host_root)
-    wants_pci = pci if pci is not None else bool(config and config.gpu_passthrough)
+    wants_pci = pci if pci is not None else bool(
+        (config and config.gpu_passthrough) or (previous and previous.gpu_passthrough))
     paths = {}
-    if config is not None:
-        paths = _remote_path_facts(connection, config, folder) if remote else \
-            _path_facts(config, folder, qemu_img)
+    for each in (previous, config):  # the config's own facts win
+        if each is not None:
+            paths.update(_remote_path_facts(connection, each, folder) if remote else
+                         _path_facts(each, folder, qemu_img))
     return HostFacts(
         uri=connection.uri,
         kvm_usable=None if driver == "test" else kvm_caps is not None,
@@ -252,26 +258,26 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
     paths = [getattr(config, name) for name in INPUT_FILES]
     if config.gpu_passthrough is not None:
         paths.append(config.gpu_passthrough.rom_file)
-    facts = {path: _kind(Path(path)) for path in paths if path}
+    new_disk = folder / f"{config.name}.qcow2"  # the name is validated: no "/" or ".."
+    facts = {str(new_disk): _kind(new_disk)}  # first: a disk given at that path is read below
+    facts.update({path: _kind(Path(path)) for path in paths if path})
     if config.serial_log_path is not None:
         facts[config.serial_log_path] = _kind(Path(config.serial_log_path))
-    if config.cloud_image_path is not None:
-        kind = facts[config.cloud_image_path]
-        if kind.kind == "file" and not kind.pseudo:
-            facts[config.cloud_image_path] = replace(kind, format=_image_format(
-                Path(config.cloud_image_path), qemu_img))
+    images = [config.cloud_image_path, config.opencore_path]  # disk images: their format too
     if config.disk_path is not None:
-        kind = _kind(Path(config.disk_path))
-        fmt = _image_format(Path(config.disk_path), qemu_img) if kind.kind == "file" and \
-            not kind.pseudo else ("raw" if kind.kind == "block" else None)
-        facts[config.disk_path] = replace(kind, format=fmt)
+        facts[config.disk_path] = _kind(Path(config.disk_path))
+        images.append(config.disk_path)
+    for path in filter(None, images):
+        kind = facts[path]
+        if kind.kind == "block" and path == config.disk_path:
+            facts[path] = replace(kind, format="raw")  # a whole device: the VM's raw disk
+        elif kind.kind == "file" and not kind.pseudo:
+            facts[path] = _with_format(kind, path, qemu_img)
     for share in config.shares:
         kind = _kind(Path(share.path))
         if kind.kind == "dir":
             kind = replace(kind, unreadable=_unreadable_to_desktop_user(Path(kind.real)))
         facts[share.path] = kind
-    new_disk = folder / f"{config.name}.qcow2"  # the name is validated: no "/" or ".."
-    facts[str(new_disk)] = _kind(new_disk)
     if config.unattended is not None:
         medium = setup_medium_path(folder, config.name)
         facts[str(medium)] = _kind(medium)
@@ -280,6 +286,17 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
             if installer:
                 facts[installer] = _kind(Path(installer))
     return facts
+
+
+def _with_format(fact: PathFact, path: str, qemu_img: str) -> PathFact:
+    """The image's format and backing file as qemu-img reads them, or why it could not."""
+    from .backing import ImageUnreadable, image_info
+
+    try:
+        info = image_info(path, qemu_img)
+    except ImageUnreadable as error:
+        return replace(fact, format_problem=str(error))
+    return replace(fact, format=info.format, backing=info.backing)
 
 
 def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
@@ -310,14 +327,17 @@ def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
             try:
                 volume = conn.storageVolLookupByPath(path)
                 kind = kinds.get(volume.info()[0], "other")
-                fmt = ET.fromstring(volume.XMLDesc(0)).find("target/format")
+                described = ET.fromstring(volume.XMLDesc(0))
             except libvirt.libvirtError:
                 if not conn.isAlive():
                     raise
                 facts[path] = PathFact("missing", real=path, why_missing=why)
                 continue
-            facts[path] = PathFact(kind, format=fmt.get("type") if fmt is not None else None,
-                                   real=path)  # a block volume's users are not known here
+            fmt = described.find("target/format")
+            fmt = fmt.get("type") if fmt is not None else None
+            facts[path] = PathFact(  # a block volume's users are not known here
+                kind, format=fmt, real=path, backing=described.findtext("backingStore/path"),
+                format_problem=None if fmt else "its storage pool names no format")
         return facts
 
     facts = {**connection.execute(look, idempotent=True), **local}
@@ -375,15 +395,3 @@ def _block_in_use(real: str) -> str | None:
     if holders:
         return f"it is held by {', '.join(holders)}"
     return None
-
-
-def _image_format(path: Path, qemu_img: str) -> str:
-    guard.check("qemu-img")
-    try:
-        out = subprocess.run(
-            [qemu_img, "info", "-U", "--output=json", str(path)],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout
-        return json.loads(out).get("format", "raw")
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return "qcow2" if path.suffix == ".qcow2" else "raw"

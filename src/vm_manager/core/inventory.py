@@ -132,6 +132,7 @@ def vm_details(
     details.update({key: value for key, value in domain.to_dict().items()
                     if key not in details})
     details["settings"] = None
+    config = None
     if store is not None:
         try:
             config = store.load(name, summary.uuid)
@@ -141,4 +142,42 @@ def vm_details(
         if config is not None:
             details["settings"] = config.to_dict()
             details["vm_type"] = config.vm_type.value
+    details["disk_problems"] = [item.to_dict() for item in _format_mismatches(
+        connection, name, domain, config)]
     return details
+
+
+def _format_mismatches(connection: LibvirtConnection, name: str, domain, config):
+    """Disks defined as raw whose file is another format (this machine's files only)."""
+    from .disks import cloud_image_names, find_mismatches, read_images
+    from .primitives import is_remote
+
+    if is_remote(connection.uri):
+        return []  # its files are the other machine's
+    return find_mismatches(name, domain, read_images(domain), config,
+                           cloud_image_names(config))
+
+
+def format_mismatches(connection: LibvirtConnection, store: VMStore | None = None) -> list:
+    """Every VM's disks defined as raw whose file is another format (``doctor``)."""
+    from .domain_xml import read_domain
+
+    def read(conn: libvirt.virConnect):
+        found = []
+        for dom in conn.listAllDomains(0):
+            try:
+                found.append((dom.name(), dom.UUIDString(),
+                              dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+            except libvirt.libvirtError as error:
+                if not _domain_gone(error):
+                    raise
+        return found
+
+    mismatches = []
+    for name, vm_uuid, xml in connection.execute(read, idempotent=True):
+        try:
+            config = store.load(name, vm_uuid) if store is not None else None
+        except StoreError:
+            config = None
+        mismatches += _format_mismatches(connection, name, read_domain(xml), config)
+    return mismatches

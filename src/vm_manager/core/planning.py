@@ -17,6 +17,7 @@ from typing import Any
 from ..passthrough.gpu_attach import plan_passthrough_in
 from ..passthrough.ivshmem import shm_name, shm_size_mb
 from ..templates.names import template_name
+from .disks import DiskPlan, image_format, plan_disk, regular_file
 from .errors import InvalidConfig
 from .host_facts import INPUT_FILES, HostFacts
 from .setup_plan import SetupPlan, ShareSpec, plan_setup, plan_shares  # noqa: F401
@@ -132,7 +133,7 @@ class TemplateContext:
     kernel: KernelSpec | None
     serial_log: str | None
     opencore_path: str | None
-    opencore_format: str
+    opencore_format: str | None  # the OpenCore image's own format (qemu-img), with its path
     usb: tuple[USBSpec, ...]
     gpu: GPUSpec | None
     looking_glass: LookingGlassSpec | None
@@ -143,17 +144,6 @@ class TemplateContext:
     def as_mapping(self) -> dict[str, Any]:
         """The template variables (nested values stay typed objects)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass(frozen=True)
-class DiskPlan:
-    path: str
-    format: str
-    create: bool  # True: made by this creation (removed on failure); False: the user's
-    size_gb: int | None = None
-    device: bool = False  # a whole block device (--disk-device), not an image file
-    backing: str | None = None  # a new overlay on this image (a cloud image), never written
-    backing_format: str | None = None
 
 
 @dataclass
@@ -209,9 +199,14 @@ class CreationPlan:
 
 def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = None,
                   force: bool = False, existing: bool = False, vm_uuid: str | None = None,
-                  usb_later: bool = False) -> CreationPlan:
+                  usb_later: bool = False, previous: VMConfig | None = None,
+                  lenient: bool = False) -> CreationPlan:
     """Check everything and compute the plan. ``existing``: a new definition for a VM that
-    exists (reconfigure): its name is taken by itself and its disk is reused, never made.
+    exists (reconfigure): its name is taken by itself, its disk is reused, never made, and
+    the disk's format is the one its definition (``facts.definition``) names; the files of
+    ``previous`` (its settings before the change) that did not change are not checked
+    again. ``lenient``: the plan of what a VM's saved settings made, to compare a change
+    with; nothing the host must provide is checked (a GPU or file gone since stays in it).
     Raises ``InvalidConfig`` before anything is touched."""
     name = config.name
     if not existing and name in facts.domain_names:
@@ -221,7 +216,7 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
                             " with an existing one (--disk)")
     if existing and config.disk_path is None and config.disk_size_gb:
         raise InvalidConfig("disk_path", f"the saved settings of {name!r} name no disk")
-    if facts.resources is not None:
+    if facts.resources is not None and not lenient:
         config.check_host_limits(facts.resources, force=force)
     warnings: list[str] = []
     domain_type = config.domain_type.value
@@ -229,11 +224,16 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
         domain_type = DomainType.QEMU.value
         warnings.append("KVM is not usable on this host: using software emulation (slow)")
         log.warning("KVM is not usable here; %s will use software emulation", name)
+
+    def changed(field_name: str) -> bool:  # checked again: new, or changed by this change
+        return not lenient and (previous is None or getattr(config, field_name)
+                                != getattr(previous, field_name))
+
     for field_name in INPUT_FILES:
         path = getattr(config, field_name)
-        if path is not None:
-            _regular_file(field_name, path, facts.path(path))
-    if config.serial_log_path is not None:
+        if path is not None and changed(field_name):
+            regular_file(field_name, path, facts.path(path))
+    if config.serial_log_path is not None and changed("serial_log_path"):
         _serial_log(config.serial_log_path, facts.path(config.serial_log_path))
     absent = [f"{u.vendor_id}:{u.product_id}" for u in config.usb_devices
               if facts.usb_present is not None
@@ -244,7 +244,7 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     if absent:
         warnings.append(f"USB {', '.join(absent)} is not plugged in now: the VM starts"
                         " without it and gets it when it is")
-    if (config.network != "none" and facts.networks is not None
+    if (config.network != "none" and facts.networks is not None and changed("network")
             and config.network not in facts.networks):
         known = ", ".join(sorted(facts.networks)) or "none at all"
         raise InvalidConfig("network", f"there is no libvirt network {config.network!r} on"
@@ -253,28 +253,20 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     if uefi and not facts.uefi_firmware and facts.uri.startswith("qemu"):
         warnings.append("no UEFI firmware (OVMF) is installed on this host: the VM will not"
                         " start until it is (sudo apt install ovmf; Arch: edk2-ovmf)")
-    gpu = _plan_gpu(config, facts, warnings)
-    shares = plan_shares(config, facts, warnings)
-    disk = _plan_disk(config, facts)
+    gpu = _plan_gpu(config, facts, warnings) if changed("gpu_passthrough") else \
+        _gpu_as_made(config, facts)
+    shares = plan_shares(config, facts, warnings) if changed("shares") else \
+        _shares_as_made(config, facts)
+    disk = plan_disk(config, facts, existing=existing, lenient=lenient)
+    opencore_format = config.opencore_path and image_format(  # never from its name
+        "opencore_path", config.opencore_path, facts, existing)
     setup = None if existing else plan_setup(config, facts, warnings)
     chosen = template or template_name(config.vm_type.value, gpu is not None)
     vm_uuid = vm_uuid or str(uuid_module.uuid4())
     context = replace(_context(config, chosen, domain_type, vm_uuid, disk, facts, gpu, setup),
-                      shares=shares)
+                      shares=shares, opencore_format=opencore_format or None)
     return CreationPlan(config, chosen, domain_type, vm_uuid, disk, facts.images_dir, context,
                         warnings, setup)
-
-
-def _regular_file(field_name: str, path: str, fact) -> None:
-    """Only a regular file of the user's: never a folder, a device, a FIFO, or /proc."""
-    if fact.kind == "file" and not fact.pseudo:
-        return
-    why = {"missing": fact.why_missing or "does not exist", "dir": "is a folder",
-           "block": "is a block device", "other": "is a device, FIFO or socket"}.get(
-        fact.kind, "is not a regular file")
-    if fact.pseudo and fact.kind == "file":
-        why = "lies in /proc, /sys or /dev"
-    raise InvalidConfig(field_name, f"{path} {why}; give a regular file")
 
 
 def _serial_log(path: str, fact) -> None:
@@ -310,32 +302,37 @@ def _plan_gpu(config: VMConfig, facts: HostFacts, warnings: list[str]) -> GPUSpe
     return GPUSpec(functions, gpu.rom_file, gpu.nvidia_compat)
 
 
-def _plan_disk(config: VMConfig, facts: HostFacts) -> DiskPlan | None:
-    if config.disk_path is not None:
-        fact = facts.path(config.disk_path)
-        if config.disk_device:
-            if fact.kind != "block":
-                raise InvalidConfig("disk_device", f"{config.disk_path} is not a block device")
-            if fact.in_use:
-                raise InvalidConfig("disk_device", f"{config.disk_path} is in use by this host"
-                                    f" ({fact.in_use}); NeuronOS never gives it to a VM")
-            return DiskPlan(config.disk_path, "raw", create=False, device=True)
-        if fact.kind == "block":
-            raise InvalidConfig("disk_path", f"{config.disk_path} is a block device: pass it"
-                                " with --disk-device if the VM is to own the whole device")
-        _regular_file("disk_path", config.disk_path, fact)
-        return DiskPlan(config.disk_path, fact.format or "raw", create=False)
-    if not config.disk_size_gb:
+def _gpu_as_made(config: VMConfig, facts: HostFacts) -> GPUSpec | None:
+    """The GPU of saved settings as its definition was made: every function of its card
+    (from the host, else from the definition's hostdevs on that slot), nothing checked."""
+    gpu = config.gpu_passthrough
+    if gpu is None:
         return None
-    path = facts.images_dir / f"{config.name}.qcow2"  # the name is validated
-    if facts.path(path).kind != "missing":
-        raise InvalidConfig(
-            "name", f"{path} already exists; NeuronOS never overwrites a disk (pick another"
-            " name, or pass it as an existing disk)"
-        )
-    image = config.cloud_image_path
-    return DiskPlan(str(path), "qcow2", create=True, size_gb=config.disk_size_gb,
-                    backing=image, backing_format=facts.path(image).format if image else None)
+    functions: tuple[PCIAddress, ...] = ()
+    if facts.pci is not None:
+        try:
+            functions = tuple(f.address for f in
+                              plan_passthrough_in(facts.pci, gpu.pci_address).gpu.functions)
+        except InvalidConfig:
+            functions = ()  # the card is gone from the host
+    if not functions and facts.definition is not None:
+        slot = gpu.pci_address.slot_address
+        functions = tuple(address for address in (
+            _parse_address(hostdev.address) for hostdev in facts.definition.pci_hostdevs)
+            if address is not None and address.slot_address == slot)
+    return GPUSpec(functions or (gpu.pci_address,), gpu.rom_file, gpu.nvidia_compat)
+
+
+def _parse_address(text: str | None) -> PCIAddress | None:
+    try:
+        return PCIAddress.parse(text) if text else None
+    except InvalidConfig:
+        return None
+
+
+def _shares_as_made(config: VMConfig, facts: HostFacts) -> tuple[ShareSpec, ...]:
+    return tuple(ShareSpec((facts.path(share.path).real or share.path).rstrip("/") or "/",
+                           share.tag, share.readonly) for share in config.shares)
 
 
 def _hyperv(config: VMConfig, available: frozenset[str] | None) -> tuple[HypervFeature, ...]:
@@ -409,11 +406,11 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
         kernel=kernel,
         serial_log=config.serial_log_path,
         opencore_path=opencore,
-        opencore_format="qcow2" if opencore and opencore.endswith(".qcow2") else "raw",
+        opencore_format=None,  # plan_creation reads it from the image
         usb=tuple(USBSpec(usb.vendor_id, usb.product_id) for usb in config.usb_devices),
         gpu=gpu,
         looking_glass=looking_glass,
         setup=SetupSpec(setup.kind, setup.medium, looking_glass is not None) if setup else None,
-        seed=DiskSpec(setup.medium, "raw", "virtio", "vdb", None)
+        seed=DiskSpec(setup.medium, "raw", "virtio", "vdb", None)  # an ISO NeuronOS writes
         if setup and setup.kind == "cloud-init" else None,
     )

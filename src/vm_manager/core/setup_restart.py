@@ -10,7 +10,6 @@ instance-id, so cloud-init runs again.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -78,12 +77,15 @@ def _wipe_disk(config: VMConfig, images_dir: Path, qemu_img: str, connection=Non
         return f"made the disk {disk} empty again"
     backing = []
     if config.cloud_image_path:
-        guard.check("qemu-img")
-        info = json.loads(subprocess.run(
-            [qemu_img, "info", "-U", "--output=json", config.cloud_image_path],
-            capture_output=True, text=True, check=True, timeout=30).stdout)
-        backing = ["-b", os.path.abspath(config.cloud_image_path), "-F",
-                   info.get("format", "raw")]
+        from .backing import ImageUnreadable, image_info
+
+        try:  # the image's own format, as qemu-img reads it: never guessed
+            fmt = image_info(config.cloud_image_path, qemu_img).format
+        except ImageUnreadable as error:
+            raise VMCreationError(f"cannot tell the format of the cloud image"
+                                  f" {config.cloud_image_path} ({error}): the disk {disk} was"
+                                  " not wiped") from None
+        backing = ["-b", os.path.abspath(config.cloud_image_path), "-F", fmt]
     fresh = disk.with_name(f".{disk.name}.fresh")
     guard.check("qemu-img")
     try:
@@ -119,6 +121,9 @@ def _wipe_volume(connection, config: VMConfig, disk: str) -> bool:
         backing = base.findtext("path") if base is not None else None
         backing_format = base.find("format").get("type") if base is not None and \
             base.find("format") is not None else None
+        if backing and not backing_format:  # checked before anything is lost
+            raise VMCreationError(f"{disk} builds on {backing}, whose format its pool does not"
+                                  " name; it is never guessed: the disk was not wiped")
         volume.delete(0)  # what it held is what --wipe-disk asked to lose
         pool.createXML(storage.volume_xml(os.path.basename(disk), config.disk_size_gb,
                                           backing, backing_format), 0)

@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
@@ -85,11 +85,15 @@ def images_pool(conn: libvirt.virConnect, folder: Path | str) -> libvirt.virStor
 
 def volume_xml(name: str, size_gb: int, backing: str | None = None,
                backing_format: str | None = None) -> str:
-    """A sparse qcow2 volume (0600, lazy refcounts), an overlay on ``backing`` if given."""
+    """A sparse qcow2 volume (0600, lazy refcounts), an overlay on ``backing`` if given,
+    whose format must be known (read from the image: an overlay that calls a qcow2 base raw
+    shows the guest the base's header)."""
     backing_xml = ""
     if backing:
+        if not backing_format:
+            raise ValueError(f"the format of {backing} is not known; it is never guessed")
         backing_xml = (f"<backingStore><path>{escape(os.path.abspath(backing))}</path>"
-                       f"<format type='{escape(backing_format or 'raw')}'/></backingStore>")
+                       f"<format type={quoteattr(backing_format)}/></backingStore>")
     return (f"<volume><name>{escape(name)}</name><capacity unit='G'>{int(size_gb)}</capacity>"
             "<allocation>0</allocation><target><format type='qcow2'/><compat>1.1</compat>"
             "<features><lazy_refcounts/></features>"

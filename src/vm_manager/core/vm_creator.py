@@ -25,13 +25,11 @@ import libvirt
 from . import guard
 from .connection import LibvirtConnection, get_connection
 from .errors import (
-    ConnectionFailed,
     InvalidConfig,
     OperationFailed,
     VMCreationError,
     VMManagerError,
 )
-from .guest_setup import keep_setup_record
 from .host_facts import HostFacts, gather_host_facts
 from .planning import CreationPlan, DiskPlan, plan_creation
 from .primitives import is_remote
@@ -53,6 +51,7 @@ class CreationResult:
     settings_path: str
     xml: str
     running: bool = False  # reconfigured while it runs: the change shows at its next start
+    changes: tuple[str, ...] = ()  # reconfigure: what changed in the definition, in words
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "xml"}
@@ -95,21 +94,26 @@ class VMCreator:
 
     # --- planning (no side effects) ---------------------------------------------------------
 
-    def gather(self, config: VMConfig | None = None, *, pci: bool | None = None) -> HostFacts:
-        """Read the host facts planning ``config`` needs (the only I/O of a plan)."""
+    def gather(self, config: VMConfig | None = None, *, pci: bool | None = None,
+               previous: VMConfig | None = None) -> HostFacts:
+        """Read the host facts planning ``config`` needs (the only I/O of a plan);
+        ``previous``: a VM's settings before a change, whose files are read too."""
         return gather_host_facts(self.connection, config, images=self._images_dir,
-                                 host_root=self.host_root, qemu_img=self.qemu_img, pci=pci)
+                                 host_root=self.host_root, qemu_img=self.qemu_img, pci=pci,
+                                 previous=previous)
 
     def plan(self, config: VMConfig, *, force: bool = False, template: str | None = None,
              facts: HostFacts | None = None, existing: bool = False,
-             vm_uuid: str | None = None, usb_later: bool = False) -> CreationPlan:
+             vm_uuid: str | None = None, usb_later: bool = False,
+             previous: VMConfig | None = None, lenient: bool = False) -> CreationPlan:
         """Check everything and compute the plan (``planning.plan_creation`` on facts read
         once, or the ``facts`` given). Raises ``InvalidConfig`` (bad input, a missing file,
         a name in use) before anything is touched. ``existing``: plan a new definition for
         a VM that exists (``reconfigure``): its disk is reused, never made."""
         facts = facts or self.gather(config)
         plan = plan_creation(config, facts, template=template, force=force, existing=existing,
-                             vm_uuid=vm_uuid, usb_later=usb_later)
+                             vm_uuid=vm_uuid, usb_later=usb_later, previous=previous,
+                             lenient=lenient)
         self.loader.find(plan.template)  # a missing template is an input error, found now
         return plan
 
@@ -223,54 +227,19 @@ class VMCreator:
         info = medium.stat()
         claimed["medium"] = (info.st_dev, info.st_ino)
 
-    def reconfigure(self, config: VMConfig, *, force: bool = False,
-                    running: bool = False) -> CreationResult:
-        """Rewrite a stopped VM's definition from ``config`` (memory, vCPUs, GPU, USB,
-        Looking Glass...), keeping its UUID and disk, then save the settings. If saving
-        fails, the old definition is put back. ``running``: a running VM is allowed too (its
-        next start uses the new definition; ``CreationResult.running`` says so)."""
-        from ..templates.validator import validate_xml
-        from .errors import LifecycleError
+    def reconfigure(self, config: VMConfig, *, force: bool = False, running: bool = False,
+                    previous: VMConfig | None = None) -> CreationResult:
+        """Change a stopped VM's definition to ``config`` by what differs from ``previous``
+        (default: its saved settings) and nothing else, then save the settings
+        (``core.reconfigure``: disks and their formats, CD-ROMs, NICs, the setup record and
+        anything added by hand stay). ``running``: a running VM is allowed too (its next
+        start uses the new definition; ``CreationResult.running`` says so)."""
+        from .reconfigure import reconfigure
 
-        name = config.name
-
-        def read(conn: libvirt.virConnect):
-            dom = self.connection.lookup(conn, name)
-            return (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.UUIDString(),
-                    bool(dom.isActive()))
-
-        old_xml, vm_uuid, active = self.connection.execute(read)
-        if active and not running:
-            raise LifecycleError(f"{name!r} is running: stop it before changing its settings")
-        from .domain_xml import read_domain
-
-        setup = read_domain(old_xml).setup  # its media would be dropped half-way
-        if setup is not None and setup.stage != "ready":
-            raise LifecycleError(f"the unattended setup of {name!r} is at stage {setup.stage}:"
-                                 " change its settings once it is ready")
-        plan = self.plan(config, force=force, existing=True, vm_uuid=vm_uuid)
-        xml = keep_setup_record(old_xml, self.render(plan))  # a finished setup stays so
-        validate_xml(xml)
-        try:
-            self._define(xml)  # the daemon may die here, with or without having saved it
-            settings_path = self.store.save(config, uuid=vm_uuid)
-        except BaseException as error:
-            try:  # same UUID: libvirt replaces it back (and waits for a daemon that left)
-                self._with_daemon(lambda c: c.defineXML(old_xml))
-            except Exception as restore_error:
-                raise VMCreationError(
-                    f"changing {name!r} failed ({error}) and its old definition could not be"
-                    f" put back ({restore_error}); `neuron-vm info {name}` shows what is"
-                    " defined now", step="define") from error
-            if isinstance(error, ConnectionFailed):  # it is back: say what that meant
-                raise VMCreationError(
-                    f"changing {name!r} failed: libvirt went away during the change"
-                    f" ({error.reason}); it is back"
-                    " and the old definition is in place: nothing was changed, try again",
-                    step="define") from error
-            raise
-        return CreationResult(name, vm_uuid, plan.template, config.disk_path, False,
-                              str(settings_path), xml, running=active)
+        done = reconfigure(self, config, force=force, running=running, previous=previous)
+        return CreationResult(config.name, done.uuid, done.template, config.disk_path, False,
+                              done.settings_path, done.xml, running=done.running,
+                              changes=done.changes)
 
     def _create_disk(self, disk: DiskPlan, claimed: dict) -> None:
         from . import storage
@@ -293,8 +262,9 @@ class VMCreator:
         os.close(fd)
         guard.check("qemu-img")
         try:
-            backing = ["-b", os.path.abspath(disk.backing), "-F", disk.backing_format or "raw"] \
-                if disk.backing else []  # an overlay: the image below is never written
+            backing = ["-b", os.path.abspath(disk.backing), "-F", disk.backing_format] \
+                if disk.backing else []  # an overlay: the image below is never written; its
+            # format is the one planning read from it (an unknown one was refused there)
             subprocess.run(
                 [self.qemu_img, "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
                  *backing, str(path), f"{disk.size_gb}G"],
