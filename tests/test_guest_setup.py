@@ -681,12 +681,28 @@ def test_events_and_create_start_follow_the_setup(world, isos):
     assert setup.stage(Context(connection=conn, store=store), "w11") == "installing"
 
 
-def test_configure_waits_for_the_setup_to_be_ready(world, isos):
-    """A new definition mid-setup would drop the setup medium: refused, saying why."""
-    _, _, _, password = world
+def test_configure_mid_setup_keeps_the_media_and_the_stage(world, isos):
+    """A change of settings while a setup waits (stopped) changes the memory only: the
+    installer, the virtio ISO, the setup medium and the stage stay."""
+    import libvirt
+
+    from vm_manager.core.domain_xml import read_domain
+
+    conn, _, _, password = world
     assert run(world, *create_args(isos, password))[0] == 0
+
+    def domain():
+        return read_domain(conn.execute(lambda c: c.lookupByName("w11").XMLDesc(
+            libvirt.VIR_DOMAIN_XML_INACTIVE)))
+
+    before = domain()
     code, _, err = run(world, "configure", "w11", "--memory", "6G")
-    assert code == 1 and "setup of 'w11' is at stage created" in err
+    assert code == 0, err
+    after = domain()
+    assert after.memory_mib == 6144 and after.disks == before.disks
+    assert [d.source for d in after.disks if d.device == "cdrom"] == [
+        d.source for d in before.disks if d.device == "cdrom"] and len(after.disks) == 4
+    assert after.setup == before.setup and after.setup.stage == "created"
 
 
 def test_configure_after_the_setup_keeps_its_record(world, isos):

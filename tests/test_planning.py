@@ -164,3 +164,81 @@ def test_reconfigure_plan_keeps_the_given_uuid_and_its_own_name():
                         "/srv/images/taken.qcow2": PathFact("file", "qcow2")})
     plan = plan_creation(config, mine, existing=True, vm_uuid="u-1")
     assert plan.uuid == "u-1" and not plan.disk.create and plan.disk.format == "qcow2"
+
+
+# --- disk formats are read, never guessed ------------------------------------------------------
+
+@pytest.mark.parametrize("field, config, fact", [
+    ("disk_path", {"disk_path": "/srv/mine.qcow2"}, "/srv/mine.qcow2"),
+    ("cloud_image_path", {"vm_type": "linux", "cloud_image_path": "/srv/debian.qcow2",
+                          "iso_path": None}, "/srv/debian.qcow2"),
+    ("opencore_path", {"vm_type": "macos", "opencore_path": "/srv/OpenCore.qcow2",
+                       "iso_path": None}, "/srv/OpenCore.qcow2"),
+])
+def test_an_image_whose_format_cannot_be_read_is_refused_never_taken_for_raw(field, config,
+                                                                            fact):
+    why = "qemu-img: Could not open: Unsupported qcow2 version 9"
+    unread = facts(paths={ISO: PathFact("file"), fact: PathFact("file", format_problem=why)})
+    kind = config.pop("vm_type", "windows11")
+    with pytest.raises(InvalidConfig, match="cannot tell the format") as caught:
+        plan_creation(VMConfig(name="v", vm_type=kind, network="none",
+                               **{"iso_path": ISO, **config}), unread)
+    assert caught.value.field == field and why in str(caught.value)
+
+
+def test_the_formats_read_from_the_images_are_the_ones_planned():
+    mine = facts(paths={"/srv/OpenCore.img": PathFact("file", "qcow2"),
+                        "/srv/base.img": PathFact("file", "qcow2")})
+    mac = plan_creation(VMConfig(name="m", vm_type="macos", network="none",
+                                 opencore_path="/srv/OpenCore.img"), mine)
+    assert mac.context.opencore_format == "qcow2"  # its name says nothing
+    lin = plan_creation(VMConfig(name="l", vm_type="linux", network="none",
+                                 cloud_image_path="/srv/base.img"), mine)
+    assert (lin.disk.backing, lin.disk.backing_format) == ("/srv/base.img", "qcow2")
+
+
+def test_a_vm_being_changed_keeps_the_format_its_definition_names():
+    from vm_manager.core.domain_xml import read_domain
+
+    disk = "/srv/images/taken.qcow2"
+    definition = read_domain(f"""<domain type='kvm'><name>taken</name><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/><target dev='vda' bus='virtio'/></disk></devices></domain>""")
+    # what qemu-img would say does not matter, nor could it be read
+    unread = facts(paths={ISO: PathFact("file"), disk: PathFact("file", format_problem="x")},
+                   definition=definition)
+    old = windows(name="taken", disk_path=disk)
+    new = windows(name="taken", disk_path=disk, memory_mb="6G")
+    plan = plan_creation(new, unread, existing=True, previous=old, vm_uuid="u-1")
+    assert plan.disk.format == "qcow2" and not plan.disk.create
+
+
+def test_a_change_checks_only_what_it_changes():
+    """The installer ISO deleted after setup, a GPU whose group is no longer viable, more
+    vCPUs than the host has given earlier with --force: a change of memory still plans."""
+    old = windows(iso_path="/media/gone.iso", vcpus=32,
+                  gpu_passthrough={"pci_address": "02:00.0"}, disk_path="/srv/d.qcow2")
+    new = windows(iso_path="/media/gone.iso", vcpus=32, memory_mb="6G",
+                  gpu_passthrough={"pci_address": "02:00.0"}, disk_path="/srv/d.qcow2")
+    host = facts(paths={"/srv/d.qcow2": PathFact("file", "qcow2")})
+    plan = plan_creation(new, host, existing=True, previous=old, vm_uuid="u-1")
+    assert plan.config.memory_mb == 6144 and plan.context.gpu is not None
+    with pytest.raises(InvalidConfig) as caught:  # the same config, as a new VM, is refused
+        plan_creation(new, host, force=True)
+    assert caught.value.field == "iso_path"
+
+
+def test_a_lenient_plan_of_saved_settings_keeps_a_gpu_gone_from_the_host():
+    """What a VM's saved settings made, to compare a change with: a card no longer on the
+    host is taken from the definition's hostdevs on its slot."""
+    from vm_manager.core.domain_xml import read_domain
+
+    hostdevs = "".join(
+        f"<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000'"
+        f" bus='0x07' slot='0x00' function='0x{n}'/></source></hostdev>" for n in range(2))
+    definition = read_domain(f"<domain type='kvm'><name>win</name><devices>{hostdevs}"
+                             "</devices></domain>")
+    config = windows(gpu_passthrough={"pci_address": "07:00.0"}, disk_path="/srv/w.qcow2")
+    host = facts(definition=definition, paths={"/srv/w.qcow2": PathFact("file", "qcow2")})
+    plan = plan_creation(config, host, existing=True, lenient=True)
+    assert [str(f) for f in plan.context.gpu.functions] == ["0000:07:00.0", "0000:07:00.1"]

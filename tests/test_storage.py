@@ -71,7 +71,9 @@ def test_volume_xml_is_escaped_and_names_its_backing():
     xml = storage.volume_xml("a'b<c>.qcow2", 20, backing="/srv/base & co.qcow2",
                              backing_format="qcow2")
     assert "<name>a'b&lt;c&gt;.qcow2</name>" in xml
-    assert "<backingStore><path>/srv/base &amp; co.qcow2</path><format type='qcow2'/>" in xml
+    assert '<backingStore><path>/srv/base &amp; co.qcow2</path><format type="qcow2"/>' in xml
+    with pytest.raises(ValueError, match="never guessed"):  # an overlay on an unknown format
+        storage.volume_xml("o.qcow2", 20, backing="/srv/base.img")
     assert "<lazy_refcounts/>" in xml and "<capacity unit='G'>20</capacity>" in xml
 
 

@@ -41,18 +41,11 @@ def _disk_formats(ctx: Context) -> Check | None:
     from ..passthrough.host_check import FAIL, OK, Check
 
     try:
-        from ..core.connection import LibvirtConnection
         from ..core.inventory import format_mismatches
-    except ImportError:  # no libvirt-python here
+
+        found = format_mismatches(ctx.connection, ctx.store)
+    except (ImportError, VMManagerError):  # no libvirt-python here, or no libvirtd
         return None
-    connection = LibvirtConnection(ctx.uri, auto_reconnect=False)
-    try:
-        connection.open()
-        found = format_mismatches(connection, ctx.store)
-    except VMManagerError:
-        return None
-    finally:
-        connection.close()
     if not found:
         return Check("disk formats", OK, "every VM's disks are defined with their files'"
                      " formats")

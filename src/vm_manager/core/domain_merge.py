@@ -141,9 +141,10 @@ def _merge(cur, old, new, path: str, changes: list[str], missing: list[str]) -> 
         elif before is not None and not _elements(before) and not _elements(after):
             _rewrite_leaf(mine, before, after)
             changes.append(name)
-        elif (before is not None and _unique_tags(before) and _unique_tags(after)
-              and (mine.text or "").strip() == (before.text or "").strip()
-              == (after.text or "").strip()):
+        elif before is not None and (tag == "devices" or (
+                _unique_tags(before) and _unique_tags(after)
+                and (mine.text or "").strip() == (before.text or "").strip()
+                == (after.text or "").strip())):
             _merge(mine, before, after, here, changes, missing)
         else:  # repeated tags inside, or NeuronOS renders what was made by hand: take it
             _replace(cur, mine, copy.deepcopy(after))
@@ -214,7 +215,7 @@ def _merge_devices(cur, old, new, changes: list[str], missing: list[str]) -> Non
             pending.remove(key)
         else:
             added.append(element)
-    claimed: set[int] = set()
+    claimed: list = []  # the elements themselves: an lxml proxy's id() is reused once freed
     for element in kept:  # what stays is matched first, so a removal never takes it
         _claim(cur, element, claimed)
     for element in dropped:
@@ -234,14 +235,14 @@ def _merge_devices(cur, old, new, changes: list[str], missing: list[str]) -> Non
             fresh.tail = _inner_indent(cur)
         else:
             _append(cur, fresh)
-        claimed.add(id(fresh))
+        claimed.append(fresh)
         changes.append(f"added {_describe(element)}")
 
 
-def _claim(cur, rendered, claimed: set[int]):
+def _claim(cur, rendered, claimed: list):
     for child in _elements(cur):
-        if id(child) not in claimed and _holds(child, rendered):
-            claimed.add(id(child))
+        if not any(child is other for other in claimed) and _holds(child, rendered):
+            claimed.append(child)
             return child
     return None
 
@@ -277,13 +278,13 @@ def _holds(mine, rendered) -> bool:
             return False
     elif text and (mine.text or "").strip() != text:
         return False
-    used: set[int] = set()
+    used: list = []
     for want in _elements(rendered):
-        match = next((child for child in _elements(mine)
-                      if id(child) not in used and _holds(child, want)), None)
+        match = next((child for child in _elements(mine) if not any(
+            child is other for other in used) and _holds(child, want)), None)
         if match is None:
             return False
-        used.add(id(match))
+        used.append(match)
     return True
 
 

@@ -216,18 +216,20 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
                             " with an existing one (--disk)")
     if existing and config.disk_path is None and config.disk_size_gb:
         raise InvalidConfig("disk_path", f"the saved settings of {name!r} name no disk")
-    if facts.resources is not None and not lenient:
-        config.check_host_limits(facts.resources, force=force)
+
+    def changed(field_name: str) -> bool:  # checked again: new, or changed by this change
+        return not lenient and (previous is None or getattr(config, field_name)
+                                != getattr(previous, field_name))
+
+    if facts.resources is not None:
+        config.check_host_limits(facts.resources, force=force, which=tuple(
+            name for name in ("memory_mb", "vcpus") if changed(name)))
     warnings: list[str] = []
     domain_type = config.domain_type.value
     if config.domain_type is DomainType.KVM and facts.kvm_usable is False:
         domain_type = DomainType.QEMU.value
         warnings.append("KVM is not usable on this host: using software emulation (slow)")
         log.warning("KVM is not usable here; %s will use software emulation", name)
-
-    def changed(field_name: str) -> bool:  # checked again: new, or changed by this change
-        return not lenient and (previous is None or getattr(config, field_name)
-                                != getattr(previous, field_name))
 
     for field_name in INPUT_FILES:
         path = getattr(config, field_name)
@@ -316,11 +318,12 @@ def _gpu_as_made(config: VMConfig, facts: HostFacts) -> GPUSpec | None:
         except InvalidConfig:
             functions = ()  # the card is gone from the host
     if not functions and facts.definition is not None:
-        slot = gpu.pci_address.slot_address
+        slot = gpu.address.slot_address
         functions = tuple(address for address in (
             _parse_address(hostdev.address) for hostdev in facts.definition.pci_hostdevs)
             if address is not None and address.slot_address == slot)
-    return GPUSpec(functions or (gpu.pci_address,), gpu.rom_file, gpu.nvidia_compat)
+    return GPUSpec(functions or (gpu.address,), gpu.rom_file,
+                   gpu.nvidia_compat)
 
 
 def _parse_address(text: str | None) -> PCIAddress | None:

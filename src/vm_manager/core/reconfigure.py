@@ -57,11 +57,7 @@ def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
     old_xml, vm_uuid, active = creator.connection.execute(read)
     if active and not running:
         raise LifecycleError(f"{name!r} is running: stop it before changing its settings")
-    definition = read_domain(old_xml)
-    setup = definition.setup
-    if setup is not None and setup.stage != "ready":
-        raise LifecycleError(f"the unattended setup of {name!r} is at stage {setup.stage}:"
-                             " change its settings once it is ready")
+    definition = read_domain(old_xml)  # an unattended setup's media and record stay in it
     if previous is None:
         previous = creator.store.load(name, vm_uuid)
     if previous is None:

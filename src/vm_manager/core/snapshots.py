@@ -136,9 +136,19 @@ class SnapshotManager:
         return self._take(vm, domain, name, description)
 
     def _check_disks(self, domain) -> None:
+        from .disks import read_images
+        from .primitives import is_remote
+
+        images = {} if is_remote(self.connection.uri) else read_images(domain)
         for disk in domain.disks:
             if disk.device != "disk":
                 continue
+            found = images.get(disk.source or "")
+            if found is not None and found.format == "qcow2":  # the definition is wrong
+                raise InvalidConfig("NAME", f"{disk.source} is a qcow2 file that the"
+                                    f" definition of {domain.name} calls raw: `neuron-vm"
+                                    f" configure {domain.name}` puts it back (see `neuron-vm"
+                                    f" info {domain.name}`), then take the snapshot")
             if disk.type != "file" or disk.format != "qcow2":
                 raise InvalidConfig("NAME", f"{disk.source} is a {disk.format or disk.type}"
                                     " disk: only qcow2 disks can hold snapshots (convert it"

@@ -373,17 +373,19 @@ class VMConfig:
             raise InvalidConfig("unattended.lg_host_installer", "the Looking Glass host goes"
                                 " with --looking-glass")
 
-    def check_host_limits(self, host: HostResources, force: bool = False) -> None:
-        """Refuse more memory or vCPUs than the host has, unless ``force``."""
+    def check_host_limits(self, host: HostResources, force: bool = False,
+                          which: tuple[str, ...] = ("memory_mb", "vcpus")) -> None:
+        """Refuse more memory or vCPUs than the host has, unless ``force``; ``which``: the
+        fields to check (a change checks only what it changes)."""
         if force:
             return
-        if self.memory_mb > host.memory_mb:
+        if "memory_mb" in which and self.memory_mb > host.memory_mb:
             raise InvalidConfig(
                 "memory_mb",
                 f"{self.memory_mb} MiB is more than the host has ({host.memory_mb} MiB);"
                 " lower it or force it",
             )
-        if self.vcpus > host.cpus:
+        if "vcpus" in which and self.vcpus > host.cpus:
             raise InvalidConfig(
                 "vcpus",
                 f"{self.vcpus} is more than the host's {host.cpus} CPUs; lower it or force it",
