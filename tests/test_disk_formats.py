@@ -116,3 +116,21 @@ def test_without_qemu_img_an_existing_disk_is_refused_never_raw(world, tmp_path,
     code, _, err = run(world, "create", "n", "--template", "linux", "--disk", mine,
                        "--network", "none")
     assert code == 2 and "qemu-img is not installed (package qemu-utils)" in err
+
+
+def test_configure_says_what_a_change_brings_and_refuses_what_cannot_be(world, tmp_path,
+                                                                         monkeypatch):
+    from support.fakes import FakeUSBDevice, add_usb_devices
+
+    root = add_usb_devices(tmp_path / "host", [FakeUSBDevice(1, "2", "046d", "c077", devnum=3,
+                                                             product_name="M105 Mouse")])
+    monkeypatch.setenv("NEURONOS_HOST_ROOT", str(root))
+    assert run(world, "create", "u", "--template", "linux", "--disk-size", "1G",
+               "--network", "none")[0] == 0
+    code, out, err = run(world, "configure", "u", "--usb", "1234:5678")
+    assert code == 0 and "changed: added hostdev" in out
+    assert "warning: USB 1234:5678 is not plugged in now" in err
+    code, _, err = run(world, "configure", "u", "--memory", "3G")  # said once, not again
+    assert code == 0 and err == ""
+    code, _, err = run(world, "configure", "u", "--looking-glass")
+    assert code == 2 and err.startswith("neuron-vm: --looking-glass") and "--gpu" in err

@@ -280,10 +280,12 @@ COMMANDS = {
     "usb detach (stopped)": (_cli("usb", "attach", "@VM@", "046d:c077"),
                              _cli("usb", "detach", "@VM@", "046d:c077"), {"hostdev:usb"}),
     "setup-restart": (None, _cli("setup-restart", "@VM@"), {"metadata"}),
+    # a snapshot holds disks, UEFI variables and TPM state: a revert leaves the settings
     "snapshot revert": (lambda w, mp, name, qtbot: [
         _cli("snapshot", "create", "@VM@", "s1")(w, mp, name, qtbot),
-        _cli("configure", "@VM@", "--memory", "2G")(w, mp, name, qtbot)],
-        _cli("snapshot", "revert", "@VM@", "s1"), {"memory", "currentMemory"}),
+        _cli("configure", "@VM@", "--memory", "2G")(w, mp, name, qtbot),
+        _cli("share", "add", "@VM@", "@FOLDER@")(w, mp, name, qtbot)],
+        _cli("snapshot", "revert", "@VM@", "s1"), set()),
     "desktop Settings, OK unchanged": (None, lambda w, mp, name, qtbot: _gui(
         w, name, lambda dialog: None, qtbot), set()),
     "desktop Settings, a folder added": (None, lambda w, mp, name, qtbot: _gui(
@@ -316,8 +318,8 @@ def test_every_command_that_rewrites_a_definition_keeps_the_rest(world, monkeypa
     changed = differences(before, after)
     assert changed <= allowed, f"{row}: {changed - allowed} changed too"
     assert changed or not allowed, f"{row}: nothing changed"
-    if not allowed:
-        assert after == before
+    if not allowed and row != "snapshot revert":  # nothing defined: the very same XML
+        assert after == before  # (a revert defines the same devices; libvirt may order them)
     assert devices(after, "disk") == devices(before, "disk"), f"{row}: the disks changed"
     assert [d.get("type") for d in etree.fromstring(after.encode()).iterfind(
         "devices/disk[@device='disk']/driver")][0] == "qcow2"

@@ -249,3 +249,12 @@ def test_acl_rules_follow_the_kernel(acl, uid, groups, allowed):
 
     info = os.stat_result((0o40700, 0, 0, 2, 0, 0, 0, 0, 0, 0))  # root:root 0700 folder
     assert allows(info, uid, groups, READ | EXECUTE, acl) is allowed
+
+
+def test_a_whole_home_folder_is_shared_with_a_warning(world, vm):
+    code, out, err = run(world, "share", "add", vm, "/root", "--tag", "home")
+    assert code == 0 and "now shared with lin" in out
+    assert err == "neuron-vm: warning: /root is a whole home folder: the VM can read and" \
+        " change everything in it\n"
+    code, _, err = run(world, "share", "remove", vm, "home")
+    assert code == 0 and err == ""  # the warning is the change's, not every later one's

@@ -152,6 +152,7 @@ class ReconfigureOutcome:
 
 def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
     """The saved settings with ``change`` merged in (pure; raises ``InvalidConfig``)."""
+    from ..core.errors import InvalidConfig
     from ..core.vm_config import PCIAddress, VMConfig
 
     data = config.to_dict()
@@ -177,6 +178,10 @@ def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
     lg = dict(data["looking_glass"])
     if change.looking_glass is not None:
         lg["enabled"] = change.looking_glass
+    removes_gpu = config.gpu_passthrough is not None and change.gpu is None  # LG goes too
+    if change.looking_glass and not data["gpu_passthrough"] and not removes_gpu:
+        raise InvalidConfig("looking_glass.enabled", "Looking Glass shows a passed-through GPU's"
+                            " screen: give the VM a GPU too (--gpu ADDR)")
     lg["enabled"] = bool(lg["enabled"] and data["gpu_passthrough"])
     data["looking_glass"] = lg
     if not lg["enabled"] and data.get("display_mode") == "looking-glass":

@@ -36,6 +36,7 @@ class ShareOutcome:
     added: bool  # False: removed
     restart_needed: bool  # the VM runs: it sees the change after a shut down and start
     shares: tuple[Share, ...]  # the VM's shared folders now (in its definition)
+    warnings: tuple[str, ...] = ()  # e.g. a whole home folder shared
 
     def describe(self) -> str:
         verb = "now shared with" if self.added else "no longer shared with"
@@ -46,7 +47,8 @@ class ShareOutcome:
     def to_dict(self) -> dict:
         return {"vm": self.vm, "share": self.share.to_dict(), "added": self.added,
                 "restart_needed": self.restart_needed,
-                "shares": [share.to_dict() for share in self.shares]}
+                "shares": [share.to_dict() for share in self.shares],
+                "warnings": list(self.warnings)}
 
 
 def list_shares(ctx: Context, vm: str) -> tuple[Share, ...]:
@@ -72,7 +74,8 @@ def add(ctx: Context, vm: str, path: str, tag: str | None = None, readonly: bool
                             " give another tag")
     outcome = _change(ctx, vm, [*current, share])
     added = next(item for item in _shares_of(outcome) if item.tag == share.tag)
-    return ShareOutcome(vm, added, True, outcome.restart_needed, _shares_of(outcome))
+    return ShareOutcome(vm, added, True, outcome.restart_needed, _shares_of(outcome),
+                        outcome.result.warnings)
 
 
 def remove(ctx: Context, vm: str, which: str) -> ShareOutcome:
@@ -93,7 +96,8 @@ def remove(ctx: Context, vm: str, which: str) -> ShareOutcome:
     outcome = _change(ctx, vm, [item for item in current if item not in gone])
     share = before.get(gone[0].tag) or Share(gone[0].path, gone[0].tag, gone[0].readonly,
                                             "virtiofs")
-    return ShareOutcome(vm, share, False, outcome.restart_needed, _shares_of(outcome))
+    return ShareOutcome(vm, share, False, outcome.restart_needed, _shares_of(outcome),
+                        outcome.result.warnings)
 
 
 def _saved(ctx: Context, vm: str) -> list:

@@ -276,6 +276,8 @@ def cmd_configure(ctx: CommandContext) -> int:
     summary = (f"{config.memory_mb} MiB, {plural(config.vcpus, 'vCPU')}, GPU {gpu},"
                f" {plural(len(config.usb_devices), 'USB device')}")
     changes = outcome.result.changes
+    for warning in outcome.result.warnings:
+        ctx.warn(warning)
     if not changes:
         return ctx.report(outcome.result, f"{args.name}: nothing to change ({summary})")
     lines = [f"{args.name}: {summary}; saved"] + [f"  changed: {item}" for item in changes]

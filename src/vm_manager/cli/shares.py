@@ -75,6 +75,8 @@ def cmd_remove(ctx: CommandContext) -> int:
 
 
 def _report(ctx: CommandContext, outcome) -> int:
+    for warning in outcome.warnings:
+        ctx.warn(warning)
     if ctx.json:
         ctx.print_json(outcome.to_dict())
     else:

@@ -38,6 +38,7 @@ class Reconfigured:
     xml: str  # the definition now
     running: bool  # the VM runs: it has the change at its next start
     changes: tuple[str, ...]  # what changed in the definition, in words (empty: nothing)
+    warnings: tuple[str, ...] = ()  # what the change brings that the user should know
 
 
 def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
@@ -68,6 +69,7 @@ def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
                      previous=previous)
     made = creator.plan(previous, existing=True, vm_uuid=vm_uuid, facts=facts, lenient=True)
     change = merge_definition(old_xml, creator.render(made), creator.render(plan))
+    warnings = tuple(w for w in plan.warnings if w not in made.warnings)  # the change's own
     xml, changes = change.xml, list(change.changes)
     for repair in disk_repairs(config, facts):
         xml = set_disk_format(xml, repair.path, repair.actual)
@@ -80,7 +82,8 @@ def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
         if config != previous:
             settings_path = creator.store.save(config, uuid=vm_uuid)
         log.info("%s: nothing to change", name)
-        return Reconfigured(vm_uuid, plan.template, str(settings_path), old_xml, active, ())
+        return Reconfigured(vm_uuid, plan.template, str(settings_path), old_xml, active, (),
+                            warnings)
     validate_xml(xml)
     try:
         creator._define(xml)  # the daemon may die here, with or without having saved it
@@ -101,4 +104,5 @@ def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
                 step="define") from error
         raise
     log.info("changed %s: %s", name, "; ".join(changes))
-    return Reconfigured(vm_uuid, plan.template, str(settings_path), xml, active, tuple(changes))
+    return Reconfigured(vm_uuid, plan.template, str(settings_path), xml, active, tuple(changes),
+                        warnings)

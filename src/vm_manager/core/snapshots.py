@@ -234,7 +234,12 @@ class SnapshotManager:
     def _restore(self, vm: str, domain, name: str, snap: Snapshot | None) -> None:
         def revert(conn):
             dom = self.connection.lookup(conn, vm)
+            definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
             dom.revertToSnapshot(dom.snapshotLookupByName(name, 0), 0)
+            # libvirt also puts back the definition the snapshot was taken with; a snapshot
+            # holds the disks, UEFI variables and TPM state, never the settings (memory,
+            # devices, shares stay as they are now, in step with the saved settings)
+            conn.defineXML(definition)
 
         self.connection.execute(revert)
         saved = self.folder(vm) / name

@@ -52,6 +52,7 @@ class CreationResult:
     xml: str
     running: bool = False  # reconfigured while it runs: the change shows at its next start
     changes: tuple[str, ...] = ()  # reconfigure: what changed in the definition, in words
+    warnings: tuple[str, ...] = ()  # reconfigure: what the change brings (a device unplugged)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "xml"}
@@ -239,7 +240,7 @@ class VMCreator:
         done = reconfigure(self, config, force=force, running=running, previous=previous)
         return CreationResult(config.name, done.uuid, done.template, config.disk_path, False,
                               done.settings_path, done.xml, running=done.running,
-                              changes=done.changes)
+                              changes=done.changes, warnings=done.warnings)
 
     def _create_disk(self, disk: DiskPlan, claimed: dict) -> None:
         from . import storage
