@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
 
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.primitives import VMState
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.primitives import VMState
 from vm_manager.core.vm_lifecycle import ShutdownMethod, VMLifecycleManager
 from support.domains import domain_xml
 from support.tiny_guest import READY_MARKER, build, wait_for_console

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
 
-from vm_manager.core.vm_config import VMState
+from vm_manager.base.vm_config import VMState
 from support.fakes import FakeDomain, FakeHost, write_node_file
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # suppor
 from support.domains import remove_pool  # noqa: E402
 from support.media import virtio_win_iso, windows_iso  # noqa: E402
 from vm_manager.core import storage  # noqa: E402
-from vm_manager.core.connection import LibvirtConnection  # noqa: E402
+from vm_manager.base.connection import LibvirtConnection  # noqa: E402
 from vm_manager.guest.iso import IsoReader  # noqa: E402
 from vm_manager.guest.windows import inspect_installer, inspect_virtio, setup_driver_files  # noqa: E402
 

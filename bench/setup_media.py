@@ -39,9 +39,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from vm_manager.actions.create import SetupSecrets
-    from vm_manager.core.connection import LibvirtConnection
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
 
     with tempfile.TemporaryDirectory(prefix="neuronos-bench-") as tmp:

@@ -44,9 +44,9 @@ def main() -> int:
 
     import libvirt
 
-    from vm_manager.core.connection import LibvirtConnection
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
     from vm_manager.core.vm_lifecycle import VMLifecycleManager
 

@@ -40,10 +40,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.base.connection import LibvirtConnection
     from vm_manager.core.snapshots import SnapshotManager
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
     from vm_manager.core.vm_lifecycle import ShutdownMethod, VMLifecycleManager
 

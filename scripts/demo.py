@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # suppor
 
 from vm_manager import cli
 from vm_manager.actions import Context, create, delete, power
-from vm_manager.core.errors import VMManagerError, VMNotFound
-from vm_manager.core.vm_config import VMConfig
+from vm_manager.base.errors import VMManagerError, VMNotFound
+from vm_manager.base.vm_config import VMConfig
 from support.tiny_guest import READY_MARKER, build, wait_for_console
 
 NAME = "neuron-demo"

@@ -43,10 +43,10 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support/: test helpers
 
-from vm_manager.core.connection import LibvirtConnection  # noqa: E402
-from vm_manager.core.primitives import VMState  # noqa: E402
-from vm_manager.core.store import VMStore  # noqa: E402
-from vm_manager.core.vm_config import VMConfig  # noqa: E402
+from vm_manager.base.connection import LibvirtConnection  # noqa: E402
+from vm_manager.base.primitives import VMState  # noqa: E402
+from vm_manager.base.store import VMStore  # noqa: E402
+from vm_manager.base.vm_config import VMConfig  # noqa: E402
 from support.fakes import FakeDomain, FakeHost, write_node_file  # noqa: E402
 
 SAMPLES = [

@@ -24,7 +24,7 @@ if ! command -v "$PYTHON" >/dev/null; then  # a minimal image may come without P
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
 fi
-mapfile -t QT_PACKAGES < <("$PYTHON" src/vm_manager/passthrough/qt_libraries.py debian)
+mapfile -t QT_PACKAGES < <("$PYTHON" src/vm_manager/doctor/qt_libraries.py debian)
 say() { printf '==> %s\n' "$*"; }
 
 PACKAGES=(

@@ -9,7 +9,7 @@ import queue
 
 import pytest
 
-from vm_manager.core.vm_config import VMState
+from vm_manager.base.vm_config import VMState
 from support.fakes import FakeDomain, FakeHost, write_node_file
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -54,10 +54,10 @@ def make_host(tmp_path):
 def window(qtbot, three_vm_uri, tmp_path):
     """The desktop app's main window on the three-VM host (alpha has saved settings), shown
     and listed; closed after."""
-    from vm_manager.core import guard
-    from vm_manager.core.connection import LibvirtConnection
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base import guard
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.gui.app import MainWindow
 
     conn = LibvirtConnection(three_vm_uri)
@@ -119,7 +119,7 @@ def recorder() -> EventRecorder:
 def _daemon_problem() -> str | None:
     import libvirt
 
-    from vm_manager.core.connection import ensure_event_loop
+    from vm_manager.base.connection import ensure_event_loop
 
     ensure_event_loop()
     try:
@@ -187,7 +187,7 @@ def system_daemon():
 @contextlib.contextmanager
 def lifecycle_on(uri: str):
     """A VMLifecycleManager on its own connection to ``uri``, closed afterwards."""
-    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.base.connection import LibvirtConnection
     from vm_manager.core.vm_lifecycle import VMLifecycleManager
 
     conn = LibvirtConnection(uri).open()
@@ -205,7 +205,7 @@ def ui_thread_never_blocks():
     (Qt) thread; what a test itself does there goes in ``guard.allowed()``."""
     import threading
 
-    from vm_manager.core import guard
+    from vm_manager.base import guard
 
     guard.violations.clear()
     guard.forbid_blocking_calls(threading.main_thread(), strict=True)

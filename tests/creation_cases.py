@@ -7,7 +7,7 @@ from pathlib import Path
 from dataclasses import replace
 
 from vm_manager.core.host_facts import HostFacts
-from vm_manager.core.vm_config import (
+from vm_manager.base.vm_config import (
     GPUPassthroughConfig,
     HostResources,
     LookingGlassConfig,

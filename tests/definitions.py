@@ -44,7 +44,7 @@ def devices(xml: str, tag: str) -> list[tuple]:
 
 
 def setup_record(xml: str):
-    from vm_manager.core.domain_xml import SETUP_NS
+    from vm_manager.base.domain_xml import SETUP_NS
 
     record = etree.fromstring(xml.encode()).find(f"metadata/{{{SETUP_NS}}}setup")
     return None if record is None else etree.tostring(record)

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vm_manager.cli import main
-from vm_manager.core.store import VMStore
-from vm_manager.core.vm_config import VMConfig
+from vm_manager.base.store import VMStore
+from vm_manager.base.vm_config import VMConfig
 
 CORRUPT = {
     "not-utf8": lambda path: path.write_bytes(b'{"format": 1, "config": {"name": "\xff\xfe"}}'),
@@ -84,7 +84,7 @@ def test_a_permissive_umask_makes_no_world_writable_folder(make_host, tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="naming root as the client's user needs root")
 def test_the_looking_glass_client_never_runs_as_root(three_vm_uri, tmp_path, monkeypatch):
-    from vm_manager.core.errors import LookingGlassError
+    from vm_manager.base.errors import LookingGlassError
     from vm_manager.core.looking_glass import LGClientConfig, LookingGlassManager
 
     fake = Path(__file__).parent / "bin" / "looking-glass-client"
@@ -286,7 +286,7 @@ def test_a_free_block_device_is_taken_only_when_asked(make_host, tmp_path):
                 None)
     if free is None or not Path(free).is_block_device():
         pytest.skip("no free loop device here")
-    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.base.connection import LibvirtConnection
 
     uri = make_host()
     out, err = io.StringIO(), io.StringIO()
@@ -317,8 +317,8 @@ def test_daemon_killed_during_create_leaves_all_or_nothing(system_daemon, tmp_pa
     from conftest import IN_CI
     from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd
     from vm_manager.actions import Context, create
-    from vm_manager.core.connection import LibvirtConnection
-    from vm_manager.core.errors import VMManagerError
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.errors import VMManagerError
 
     problem = may_restart_daemon()
     if problem:
@@ -429,7 +429,7 @@ def _kill_each_call(uri: str, tmp_path: Path, operation, check,
     import uuid
 
     from vm_manager.actions import Context, create
-    from vm_manager.core.errors import VMManagerError
+    from vm_manager.base.errors import VMManagerError
 
     store, images = VMStore(tmp_path / "config"), tmp_path / "images"
     failures, runs, total = [], [(-1, False)], None
@@ -475,7 +475,7 @@ def _small_vm(name: str):
 
 
 def _remove_test_vm(uri: str, name: str, store: VMStore, images: Path) -> None:
-    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.base.connection import LibvirtConnection
 
     with LibvirtConnection(uri) as conn:
         def undefine(c):
@@ -490,7 +490,7 @@ def _remove_test_vm(uri: str, name: str, store: VMStore, images: Path) -> None:
 def _all_or_nothing(uri: str, tmp_path: Path, verb: str, done: bool):
     """A check for ``_kill_each_call``: domain, disk and settings all exist or none does;
     all of them (``done``) or none after success, the other way after a failure."""
-    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.base.connection import LibvirtConnection
 
     store, images = VMStore(tmp_path / "config"), tmp_path / "images"
 
@@ -564,7 +564,7 @@ def test_daemon_killed_at_each_call_of_a_snapshot_leaves_it_whole_or_absent(syst
     images = tmp_path / "images"
 
     def check(name: str, raised: str | None) -> str | None:
-        from vm_manager.core.connection import LibvirtConnection
+        from vm_manager.base.connection import LibvirtConnection
 
         with LibvirtConnection(system_daemon) as conn:
             libvirt_has = conn.execute(lambda c: c.lookupByName(name).snapshotNum(0)) == 1
@@ -608,8 +608,8 @@ def test_daemon_killed_during_a_change_leaves_old_or_new_never_a_mix(system_daem
     definition and the saved settings agree afterwards, either both old (an error said
     why) or both new."""
     from vm_manager.actions import create
-    from vm_manager.core.connection import LibvirtConnection
-    from vm_manager.core.domain_xml import read_domain
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.domain_xml import read_domain
 
     _daemon_may_restart()
     store = VMStore(tmp_path / "config")
@@ -659,8 +659,8 @@ def test_shm_permissions_for_a_missing_vm_is_exit_3_and_writes_nothing(three_vm_
 @pytest.mark.parametrize("taken_by", ["disk", "domain"])
 def test_the_loser_of_a_name_race_gets_already_exists(make_host, tmp_path, taken_by):
     """Both creators passed the check; the other one got there first."""
-    from vm_manager.core.connection import LibvirtConnection
-    from vm_manager.core.errors import InvalidConfig
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.errors import InvalidConfig
     from vm_manager.core.vm_creator import VMCreator
 
     images = tmp_path / "images"

@@ -1,6 +1,8 @@
 """The shape of the house: no import cycle between any two modules, no module over ~450
-lines, and the layer contracts (pyproject's [tool.importlinter], run by `make test` as
-`lint-imports`) really catch an upward import."""
+lines, every module in exactly one layer, the faces' allow list complete, and the layer
+contracts (pyproject's [tool.importlinter], run by `make test` as `lint-imports`) really
+catch a wrong import (an upward one, a face reaching past the actions, a base module
+reaching up)."""
 
 from __future__ import annotations
 
@@ -56,15 +58,69 @@ def test_no_import_cycle_between_modules():
     assert cycles == []
 
 
-def test_the_layer_contract_catches_an_upward_import(tmp_path):
-    """A copy of the package where passthrough imports the creator (a manager) breaks the
-    layers contract; the real package keeps it."""
+def _contracts() -> list[dict]:
+    import tomllib
+
+    config = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    return tomllib.loads(config.read_text())["tool"]["importlinter"]["contracts"]
+
+
+def _modules() -> list[str]:
+    names = []
+    for path in sorted(SOURCE.rglob("*.py")):
+        parts = ("vm_manager", *path.relative_to(SOURCE).with_suffix("").parts)
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def test_every_module_belongs_to_exactly_one_layer():
+    layers = next(c for c in _contracts() if c["type"] == "layers")["layers"]
+    packages = [[name.strip() for name in layer.replace("|", ":").split(":")]
+                for layer in layers]
+    outside = []
+    for module in _modules():
+        if module == "vm_manager":
+            continue  # the package itself: its __init__ holds only its version
+        found = [n for n, layer in enumerate(packages)
+                 if any(module == p or module.startswith(p + ".") for p in layer)]
+        if len(found) != 1:
+            outside.append((module, found))
+    assert outside == []
+    assert not [line for line in (SOURCE / "__init__.py").read_text().splitlines()
+                if line.startswith(("import ", "from "))]
+
+
+def test_the_faces_allow_list_forbids_every_other_package():
+    """The faces may import the actions and base's value types: every other package of
+    vm_manager is in their forbidden list (a new package must be placed there too)."""
+    faces = next(c for c in _contracts() if c["type"] == "forbidden"
+                 and "vm_manager.cli" in c["source_modules"])
+    packages = {f"vm_manager.{path.name}" for path in SOURCE.iterdir()
+                if (path / "__init__.py").exists()}
+    allowed = {"vm_manager.actions", "vm_manager.base", "vm_manager.cli", "vm_manager.gui"}
+    assert packages - allowed <= set(faces["forbidden_modules"])
+    values = {"errors", "values", "primitives", "vm_config", "guest_config", "log", "guard"}
+    base = {f"vm_manager.base.{path.stem}" for path in (SOURCE / "base").glob("*.py")
+            if path.stem != "__init__"}
+    assert base - {f"vm_manager.base.{v}" for v in values} <= set(faces["forbidden_modules"])
+
+
+@pytest.mark.parametrize("module, line", [
+    ("passthrough/pci.py", "from ..core import vm_creator"),  # upwards, into the managers
+    ("cli/vms.py", "from ..core import snapshots"),  # a face past the actions
+    ("gui/widgets.py", "from ..base import store"),  # a face to settings files
+    ("base/errors.py", "from ..core import planning"),  # base reaching up
+    ("core/usage.py", "from ..gui import widgets"),  # a manager importing a face
+])
+def test_the_contracts_catch_a_wrong_import(tmp_path, module, line):
+    """A copy of the package with one planted wrong import breaks a contract; the real
+    package keeps them all."""
     import shutil
 
     copy = tmp_path / "src"
     shutil.copytree(SOURCE, copy / "vm_manager")
-    pci = copy / "vm_manager" / "passthrough" / "pci.py"
-    pci.write_text(pci.read_text() + "\nfrom ..core import vm_creator  # noqa\n")
+    planted = copy / "vm_manager" / module
+    planted.write_text(planted.read_text() + f"\n{line}  # noqa\n")
     config = Path(__file__).resolve().parents[1] / "pyproject.toml"
     lint = Path(sys.executable).with_name("lint-imports")
     if not lint.exists():

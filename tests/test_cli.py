@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from vm_manager.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, main
-from vm_manager.core.store import VMStore
-from vm_manager.core.vm_config import VMConfig
+from vm_manager.base.store import VMStore
+from vm_manager.base.vm_config import VMConfig
 
 
 def run(argv, connection=None):
@@ -199,7 +199,7 @@ def test_one_shot_commands_start_no_event_loop(three_vm_uri, argv, opens_libvirt
         f"    main(['-c', {three_vm_uri!r}, *{argv!r}], out=io.StringIO())\n"
         "except SystemExit:\n    pass\n"
         "imported = 'libvirt' in sys.modules\n"
-        "from vm_manager.core import events  # (imports libvirt itself)\n"
+        "from vm_manager.base import events  # (imports libvirt itself)\n"
         "print(threading.active_count(), events._loop_thread is None, imported)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vm_manager.core.errors import InvalidConfig
-from vm_manager.core.vm_config import (
+from vm_manager.base.errors import InvalidConfig
+from vm_manager.base.vm_config import (
     DisplayMode,
     GPUPassthroughConfig,
     HostResources,

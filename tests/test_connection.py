@@ -7,15 +7,15 @@ import threading
 import libvirt
 import pytest
 
-from vm_manager.core.connection import (
+from vm_manager.base.connection import (
     ConnectionEvent,
     DomainEvent,
     LibvirtConnection,
     get_connection,
     resolve_uri,
 )
-from vm_manager.core.errors import ConnectionFailed, OperationFailed, VMNotFound
-from vm_manager.core.vm_config import VMState
+from vm_manager.base.errors import ConnectionFailed, OperationFailed, VMNotFound
+from vm_manager.base.vm_config import VMState
 from support.fakes import FakeDomain
 
 

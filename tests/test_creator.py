@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import InvalidConfig, VMCreationError
-from vm_manager.core.store import VMStore
-from vm_manager.core.vm_config import VMConfig
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import InvalidConfig, VMCreationError
+from vm_manager.base.store import VMStore
+from vm_manager.base.vm_config import VMConfig
 from vm_manager.core.vm_creator import VMCreator
 from vm_manager.templates.loader import PACKAGE_DIR, TemplateLoader
 from support.fakes import FakeDomain
@@ -275,7 +275,7 @@ def test_cli_templates(tmp_path):
 
 
 def test_design_notes_test_commands_work():
-    from vm_manager.core.vm_config import VMType
+    from vm_manager.base.vm_config import VMType
 
     config = VMConfig(name="test-vm", vm_type=VMType.LINUX, memory_mb=2048, vcpus=2)
     creator = VMCreator()  # no connection is opened until it is needed
@@ -319,7 +319,7 @@ def test_reconfigure_a_stopped_vm_keeps_uuid_and_disk(env, tmp_path):
     assert created.disk_path in xml and store.load("vm1").vcpus == 4
     assert sorted(p.name for p in images.iterdir()) == ["vm1.qcow2"]
     conn.execute(lambda c: c.lookupByName("vm1").create())
-    from vm_manager.core.errors import LifecycleError
+    from vm_manager.base.errors import LifecycleError
 
     with pytest.raises(LifecycleError, match="stop it"):
         creator.reconfigure(VMConfig.from_dict(data))

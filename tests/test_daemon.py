@@ -11,8 +11,8 @@ import pytest
 from conftest import IN_CI
 from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd
 from vm_manager.cli import main
-from vm_manager.core.connection import ConnectionEvent, DomainEvent, LibvirtConnection
-from vm_manager.core.errors import ConnectionFailed
+from vm_manager.base.connection import ConnectionEvent, DomainEvent, LibvirtConnection
+from vm_manager.base.errors import ConnectionFailed
 
 pytestmark = pytest.mark.daemon
 

@@ -93,8 +93,8 @@ def test_looking_glass_command(client, tmp_path):
 
 def test_operations_on_a_missing_vm_still_raise_not_found():
     from vm_manager.cli import main
-    from vm_manager.core.connection import LibvirtConnection
-    from vm_manager.core.errors import VMNotFound
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.errors import VMNotFound
     from vm_manager.core.vm_lifecycle import VMLifecycleManager
 
     with LibvirtConnection("test:///default") as connection:

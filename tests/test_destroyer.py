@@ -8,10 +8,10 @@ import subprocess
 import pytest
 
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import LifecycleError
-from vm_manager.core.store import VMStore
-from vm_manager.core.vm_config import VMConfig
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import LifecycleError
+from vm_manager.base.store import VMStore
+from vm_manager.base.vm_config import VMConfig
 from vm_manager.core.vm_destroyer import VMDestroyer
 from vm_manager.core.vm_lifecycle import VMLifecycleManager
 

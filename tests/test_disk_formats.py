@@ -13,7 +13,7 @@ import libvirt
 import pytest
 
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
+from vm_manager.base.connection import LibvirtConnection
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from vm_manager.cli import main
-from vm_manager.core.errors import InvalidConfig
-from vm_manager.core.vm_config import LookingGlassConfig
-from vm_manager.passthrough import host_check as hc
+from vm_manager.base.errors import InvalidConfig
+from vm_manager.base.vm_config import LookingGlassConfig
+from vm_manager.doctor import host_check as hc
 from vm_manager.passthrough.ivshmem import (
     access_problem,
     kvmfr_device,

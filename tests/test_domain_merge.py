@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from vm_manager.core.domain_merge import merge_definition, set_disk_format
-from vm_manager.core.domain_xml import DomainXMLError
+from vm_manager.base.domain_merge import merge_definition, set_disk_format
+from vm_manager.base.domain_xml import DomainXMLError
 
 # What libvirt holds: its own units, addresses and aliases, a disk with the user's cache
 # mode, a NIC with its MAC, a device added by hand, a setup record and another tool's

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from vm_manager.core.domain_xml import DomainXMLError, read_domain
+from vm_manager.base.domain_xml import DomainXMLError, read_domain
 
 GOLDEN = Path(__file__).parent / "golden" / "domains"
 UPDATE = os.environ.get("NEURONOS_UPDATE_GOLDEN") == "1"
@@ -150,8 +150,8 @@ def _capture(connection, root: Path, media: Path) -> dict[str, str]:
     from support.domains import domain_xml
     from support.fakes import add_pci_devices, nvidia_turing_gpu
     from support.tiny_guest import build
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
 
     images = Path("/var/lib/libvirt/images")  # QEMU's user must reach what it opens
@@ -220,7 +220,7 @@ def _capture(connection, root: Path, media: Path) -> dict[str, str]:
 
 @pytest.mark.daemon
 def test_real_daemon_dumps_read_like_the_goldens(system_daemon, tmp_path):
-    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.base.connection import LibvirtConnection
 
     media = Path(f"/var/lib/libvirt/images/neuron-golden-media-{uuid.uuid4().hex[:6]}")
     with LibvirtConnection(system_daemon) as connection:

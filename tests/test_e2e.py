@@ -17,9 +17,9 @@ import pytest
 
 from conftest import IN_CI, lifecycle_on
 from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import LifecycleError
-from vm_manager.core.primitives import VMState
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import LifecycleError
+from vm_manager.base.primitives import VMState
 from vm_manager.core.vm_lifecycle import ShutdownMethod
 from support.domains import domain_xml, no_os_domain_xml
 from support.tiny_guest import READY_MARKER
@@ -173,8 +173,8 @@ def unique(case: str) -> str:
 
 def test_every_template_defines_on_the_real_daemon(system, tmp_path):
     from creation_cases import cases, media
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
     from vm_manager.core.vm_destroyer import VMDestroyer
 
@@ -202,8 +202,8 @@ def test_windows11_starts_on_real_qemu(system, tmp_path):
     everything, NVRAM included."""
     from pathlib import Path
 
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
     from vm_manager.core.vm_destroyer import VMDestroyer
 
@@ -235,8 +235,8 @@ USB_MOUSE = "<input type='mouse' bus='usb'/>"  # QEMU plugs it on the xHCI bus, 
 
 
 def test_usb_hot_plug_and_confirmed_detach(system, tmp_path, tiny_guest):
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
     from vm_manager.core.vm_destroyer import VMDestroyer
     from vm_manager.passthrough.usb_attach import attach_device, detach_device
@@ -278,7 +278,7 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
     import tempfile
     from pathlib import Path
 
-    from vm_manager.core.domain_xml import read_domain
+    from vm_manager.base.domain_xml import read_domain
     from vm_manager.core.looking_glass import LGClientConfig, LGState, LookingGlassManager
     from vm_manager.passthrough.ivshmem import access_problem, shm_name, shm_path
     from vm_manager.templates.loader import TemplateLoader

@@ -26,9 +26,9 @@ pytest.importorskip("PySide6", reason="the gui extra is not installed")
 
 from vm_manager.actions import Context  # noqa: E402
 from vm_manager.cli import main  # noqa: E402
-from vm_manager.core import guard  # noqa: E402
-from vm_manager.core.connection import LibvirtConnection  # noqa: E402
-from vm_manager.core.store import VMStore  # noqa: E402
+from vm_manager.base import guard  # noqa: E402
+from vm_manager.base.connection import LibvirtConnection  # noqa: E402
+from vm_manager.base.store import VMStore  # noqa: E402
 from support.fakes import FakeUSBDevice, add_pci_devices, add_usb_devices  # noqa: E402
 from support.fakes import FakeLGHost, FakeSpiceServer, nvidia_turing_gpu  # noqa: E402
 
@@ -105,7 +105,7 @@ def test_a_settings_change_keeps_the_gpu_options_in_both_faces(qtbot, make_host,
 def test_usb_attach_updates_the_saved_settings_in_both_faces(qtbot, system_daemon, tmp_path):
     """On the real daemon (the test driver cannot attach devices), to stopped VMs."""
     from vm_manager.actions import delete, usb
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.gui.dialogs import USBPanel
 
     root = add_usb_devices(tmp_path / "host", [FakeUSBDevice(1, "2", "046d", "c077", devnum=3,
@@ -149,7 +149,7 @@ def test_usb_attach_updates_the_saved_settings_in_both_faces(qtbot, system_daemo
 
 
 def usb_hostdevs(conn, name):
-    from vm_manager.core.domain_xml import read_domain
+    from vm_manager.base.domain_xml import read_domain
 
     xml = conn.execute(lambda c: c.lookupByName(name).XMLDesc(2))  # the inactive definition
     return [(h.vendor_id, h.product_id, h.bus, h.device) for h in read_domain(xml).usb_hostdevs]
@@ -159,7 +159,7 @@ def usb_hostdevs(conn, name):
 def lg_world(make_host, tmp_path):
     """A running test-driver VM with Looking Glass settings, its shared memory file where
     the fake client (run as the desktop user) can open it, and the guest's host app."""
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.vm_config import VMConfig
 
     name = f"lgvm-{uuid.uuid4().hex[:6]}"
     shm = Path("/dev/shm") / f"looking-glass-{name}"

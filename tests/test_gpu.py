@@ -8,8 +8,8 @@ import json
 import pytest
 
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import InvalidConfig, OperationFailed
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import InvalidConfig, OperationFailed
 from vm_manager.passthrough.gpu_attach import detach, list_gpus, plan_passthrough, reattach
 from vm_manager.passthrough.pci import iommu_groups, read_devices
 from support.fakes import FakePCIDevice as Dev
@@ -274,7 +274,7 @@ def test_node_device_xml_as_real_libvirt_writes_it():
 
 
 def test_remote_uris_are_told_apart():
-    from vm_manager.core.primitives import is_remote
+    from vm_manager.base.primitives import is_remote
 
     for uri in ("qemu+ssh://root@host/system", "qemu+ssh://root@127.0.0.1:2222/system?keyfile=k",
                 "qemu://host.lan/system", "qemu+tls://h/system", "qemu+libssh2://u@h/system"):

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import InvalidConfig
-from vm_manager.core.guest_config import UnattendedConfig, check_account_name
-from vm_manager.core.store import VMStore
-from vm_manager.core.vm_config import VMConfig
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import InvalidConfig
+from vm_manager.base.guest_config import UnattendedConfig, check_account_name
+from vm_manager.base.store import VMStore
+from vm_manager.base.vm_config import VMConfig
 from vm_manager.guest.media import FIRST_LOGON, answer_file, build_windows_medium
 from vm_manager.guest.windows import computer_name, inspect_installer, inspect_virtio
 from vm_manager.templates.loader import PACKAGE_DIR, TemplateLoader
@@ -360,7 +360,7 @@ def test_the_looking_glass_host_must_match_the_client(world, isos, tmp_path, mon
 def test_a_failed_creation_removes_the_medium(make_host, tmp_path, isos):
     """A template that renders invalid XML fails at "validate", after the medium was made:
     the medium goes with the disk."""
-    from vm_manager.core.errors import VMCreationError
+    from vm_manager.base.errors import VMCreationError
     from vm_manager.core.vm_creator import VMCreator
 
     user = tmp_path / "templates"
@@ -440,7 +440,7 @@ def test_console_without_virt_viewer_says_how_to_install_it(three_vm_uri, monkey
         assert "sudo pacman -S virt-viewer" in err.getvalue()
         assert err.getvalue().count("\n") == 1
         assert main(["console", "nope"], connection=conn, out=out, err=err) == 3
-    from vm_manager.passthrough.host_check import WARN, check_console_viewer
+    from vm_manager.doctor.host_check import WARN, check_console_viewer
 
     host = tmp_path / "host"  # a host tree without it, then with it
     check = check_console_viewer(host, {"PATH": str(tmp_path)})
@@ -594,7 +594,7 @@ def test_setup_restart_puts_a_stopped_setup_back_at_its_start(world, isos):
     assert code == 3
     import libvirt
 
-    from vm_manager.core.domain_xml import SETUP_NS
+    from vm_manager.base.domain_xml import SETUP_NS
 
     conn.execute(lambda c: c.lookupByName("w11").setMetadata(
         libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<setup kind='windows' stage='ready'/>",
@@ -653,7 +653,7 @@ def test_events_and_create_start_follow_the_setup(world, isos):
     from vm_manager.actions.context import Context
 
     from conftest import EventRecorder
-    from vm_manager.core.events import EVENT_METADATA
+    from vm_manager.base.events import EVENT_METADATA
 
     ctx = Context(connection=conn, store=store)
     recorder = EventRecorder()
@@ -686,7 +686,7 @@ def test_configure_mid_setup_keeps_the_media_and_the_stage(world, isos):
     installer, the virtio ISO, the setup medium and the stage stay."""
     import libvirt
 
-    from vm_manager.core.domain_xml import read_domain
+    from vm_manager.base.domain_xml import read_domain
 
     conn, _, _, password = world
     assert run(world, *create_args(isos, password))[0] == 0
@@ -710,7 +710,7 @@ def test_configure_after_the_setup_keeps_its_record(world, isos):
     list still says "ready" and setup-restart still says it finished."""
     import libvirt
 
-    from vm_manager.core.domain_xml import SETUP_NS, read_domain
+    from vm_manager.base.domain_xml import SETUP_NS, read_domain
 
     conn, _, _, password = world
     assert run(world, *create_args(isos, password))[0] == 0

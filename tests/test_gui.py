@@ -11,11 +11,11 @@ pytest.importorskip("PySide6", reason="the gui extra is not installed")
 from conftest import IN_CI  # noqa: E402
 from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd  # noqa: E402
 from vm_manager.actions import Context  # noqa: E402
-from vm_manager.core import guard  # noqa: E402
-from vm_manager.core.connection import LibvirtConnection  # noqa: E402
-from vm_manager.core.primitives import VMState  # noqa: E402
-from vm_manager.core.store import VMStore  # noqa: E402
-from vm_manager.core.vm_config import VMConfig  # noqa: E402
+from vm_manager.base import guard  # noqa: E402
+from vm_manager.base.connection import LibvirtConnection  # noqa: E402
+from vm_manager.base.primitives import VMState  # noqa: E402
+from vm_manager.base.store import VMStore  # noqa: E402
+from vm_manager.base.vm_config import VMConfig  # noqa: E402
 from vm_manager.gui.app import MainWindow  # noqa: E402
 from vm_manager.gui.dialogs import DeleteDialog  # noqa: E402
 
@@ -302,7 +302,7 @@ def test_wizard_sets_windows_up_unattended(wizard, qtbot, tmp_path):
 
 def test_readiness_page_shows_checks_with_fixes(qtbot):
     from vm_manager.gui.dialogs import ReadinessDialog
-    from vm_manager.passthrough.host_check import Check
+    from vm_manager.doctor.host_check import Check
 
     dialog = ReadinessDialog([Check("IOMMU", "fail", "off", "add intel_iommu=on"),
                               Check("swtpm (TPM 2.0)", "ok", "installed", "ignored")])
@@ -520,7 +520,7 @@ def test_one_vm_is_one_vm(qtbot, make_host, tmp_path):
 def test_the_host_check_is_readable_without_scrolling(qtbot):
     from vm_manager.gui.dialogs import ReadinessDialog
     from vm_manager.gui.widgets import screen_room
-    from vm_manager.passthrough.host_check import Check, run_checks
+    from vm_manager.doctor.host_check import Check, run_checks
 
     with guard.allowed():  # the window runs the checks on a worker
         checks = run_checks(uri="test:///default")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import IN_CI
-from vm_manager.passthrough.host_check import FAIL, OK, check_desktop_libraries
-from vm_manager.passthrough.qt_libraries import (
+from vm_manager.doctor.host_check import FAIL, OK, check_desktop_libraries
+from vm_manager.doctor.qt_libraries import (
     SONAME_PACKAGES,
     install_hint,
     missing_libraries,

@@ -16,7 +16,7 @@ from support.fakes import arch_like_host  # noqa: E402
 from vm_manager.actions import Context  # noqa: E402
 from vm_manager.actions.guide import PKEXEC, USERMOD, fixes, plan_fixes  # noqa: E402
 from vm_manager.passthrough.gpu_attach import list_gpus  # noqa: E402
-from vm_manager.passthrough.host_check import Check  # noqa: E402
+from vm_manager.doctor.host_check import Check  # noqa: E402
 
 BIN = Path(__file__).parent / "bin"
 PROGRAM = "/opt/neuronos/bin/neuron-vm"
@@ -79,7 +79,7 @@ def test_the_host_check_buttons_run_the_fix_through_pkexec(qtbot, host, tmp_path
     monkeypatch.setenv("NEURONOS_HOST_ROOT", str(host))
     monkeypatch.setenv("NEURONOS_FAKE_PKEXEC_LOG", str(log))
     monkeypatch.setenv("NEURONOS_FAKE_PKEXEC", "deny")
-    from vm_manager.core import guard
+    from vm_manager.base import guard
 
     with guard.allowed():
         found = fixes(Context("test:///default", host_root=host), FAILING)

@@ -11,14 +11,14 @@ import pytest
 
 from conftest import lifecycle_on
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import (
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import (
     ConnectionFailed,
     LifecycleError,
     OperationTimedOut,
     VMNotFound,
 )
-from vm_manager.core.primitives import VMState
+from vm_manager.base.primitives import VMState
 from vm_manager.core.state_machine import ALLOWED, VMStateMachine, allowed_operations
 from vm_manager.core.vm_lifecycle import ShutdownMethod, VMLifecycleManager
 from support.fakes import FakeDomain

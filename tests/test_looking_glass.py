@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import OperationTimedOut
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import OperationTimedOut
 from vm_manager.core.looking_glass import (
     LGClientConfig,
     LGState,
     LookingGlassError,
     LookingGlassManager,
 )
-from vm_manager.passthrough.lg_client import build_argv, client_release
-from vm_manager.passthrough.lgmp import read_header, wait_for_host
+from vm_manager.display.lg_client import build_argv, client_release
+from vm_manager.display.lgmp import read_header, wait_for_host
 from support.fakes import FakeDomain, FakeLGHost, FakeSpiceServer
 
 FAKE = Path(__file__).parent / "bin" / "looking-glass-client"
@@ -103,7 +103,7 @@ def test_release_from_help(shared):
 
 
 def test_doctor_reads_the_release_as_the_desktop_user(shared):
-    from vm_manager.passthrough.host_check import OK, WARN, check_looking_glass_client
+    from vm_manager.doctor.host_check import OK, WARN, check_looking_glass_client
 
     fake = str(shared / "looking-glass-client")
     if not AS_ROOT:
@@ -118,7 +118,7 @@ def test_doctor_reads_the_release_as_the_desktop_user(shared):
 
 
 def test_an_unknown_or_mismatched_release_is_said_once():
-    from vm_manager.passthrough.lg_client import release_note
+    from vm_manager.display.lg_client import release_note
 
     note = release_note("B7", None)
     assert "release could not be read" in note and "non-root" in note
@@ -460,7 +460,7 @@ NOISE = ("E context error: Connection refused", "E X11 Error: BadAtom (invalid A
 
 
 def test_judge_exit_reads_what_a_b7_client_does():
-    from vm_manager.passthrough.lg_client import judge_exit
+    from vm_manager.display.lg_client import judge_exit
 
     waiting = b7("I Looking Glass (B7)", *NOISE, "I The host application seems to not be running",
                  "I Waiting for the host application to start...")

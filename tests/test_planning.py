@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from vm_manager.core.errors import InvalidConfig
+from vm_manager.base.errors import InvalidConfig
 from vm_manager.core.host_facts import HostFacts, PathFact
 from vm_manager.core.planning import plan_creation
-from vm_manager.core.vm_config import HostResources, PCIAddress, VMConfig
+from vm_manager.base.vm_config import HostResources, PCIAddress, VMConfig
 from vm_manager.passthrough.pci import PCIDevice, PCISnapshot
 
 IMAGES = Path("/srv/images")
@@ -198,7 +198,7 @@ def test_the_formats_read_from_the_images_are_the_ones_planned():
 
 
 def test_a_vm_being_changed_keeps_the_format_its_definition_names():
-    from vm_manager.core.domain_xml import read_domain
+    from vm_manager.base.domain_xml import read_domain
 
     disk = "/srv/images/taken.qcow2"
     definition = read_domain(f"""<domain type='kvm'><name>taken</name><devices>
@@ -231,7 +231,7 @@ def test_a_change_checks_only_what_it_changes():
 def test_a_lenient_plan_of_saved_settings_keeps_a_gpu_gone_from_the_host():
     """What a VM's saved settings made, to compare a change with: a card no longer on the
     host is taken from the definition's hostdevs on its slot."""
-    from vm_manager.core.domain_xml import read_domain
+    from vm_manager.base.domain_xml import read_domain
 
     hostdevs = "".join(
         f"<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000'"

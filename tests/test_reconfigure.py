@@ -25,7 +25,7 @@ from definitions import devices, differences, setup_record
 from support.domains import remove_domain, remove_pool
 from support.fakes import FakeUSBDevice, add_pci_devices, add_usb_devices, nvidia_turing_gpu
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
+from vm_manager.base.connection import LibvirtConnection
 
 pytestmark = pytest.mark.daemon
 
@@ -231,7 +231,7 @@ def _gui(world, name, act, qtbot):
     change it, press OK and wait for the worker."""
     pytest.importorskip("PySide6", reason="the gui extra is not installed")
     from vm_manager.actions import Context, host
-    from vm_manager.core.store import VMStore
+    from vm_manager.base.store import VMStore
     from vm_manager.gui.dialogs import SettingsDialog
 
     ctx = Context(connection=world.conn, store=VMStore(), images_dir=world.images,
@@ -250,7 +250,7 @@ def _usb_panel(world, name, qtbot):
     from PySide6.QtCore import Qt
 
     from vm_manager.actions import Context, usb
-    from vm_manager.core.store import VMStore
+    from vm_manager.base.store import VMStore
     from vm_manager.gui.dialogs import USBPanel
 
     ctx = Context(connection=world.conn, store=VMStore(), images_dir=world.images,

@@ -48,7 +48,7 @@ def test_doctor_of_a_remote_host_uses_only_what_libvirt_reports():
     """Judged from libvirt's facts (pure): KVM from the domain capabilities, the IOMMU from
     the node devices' groups, firmware and TPM from the domain capabilities; what libvirt
     does not report is "unknown" with the command to run there, never this machine's."""
-    from vm_manager.passthrough.remote_checks import UNKNOWN, _judge
+    from vm_manager.doctor.remote_checks import UNKNOWN, _judge
 
     domcaps = ("<domainCapabilities><os><loader supported='yes'><value>/usr/share/OVMF/"
                "OVMF_CODE_4M.ms.fd</value><enum name='secure'><value>yes</value></enum>"
@@ -81,8 +81,8 @@ def test_two_hosts_with_a_vm_of_the_same_name_keep_their_own_settings(tmp_path):
     each remote host's in its own folder (the URI's query, e.g. keyfile=, does not make
     another host); a VM called "win" on two hosts never shares its settings."""
     from vm_manager.actions import Context
-    from vm_manager.core.primitives import host_key
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.primitives import host_key
+    from vm_manager.base.vm_config import VMConfig
 
     here = Context("qemu:///system").store
     there = Context("qemu+ssh://anna@192.0.2.7/system?keyfile=/home/anna/.ssh/id").store
@@ -108,7 +108,7 @@ def test_two_hosts_with_a_vm_of_the_same_name_keep_their_own_settings(tmp_path):
     ("test:///default", "this computer"),
 ])
 def test_host_names_as_people_say_them(uri, name):
-    from vm_manager.core.primitives import host_name
+    from vm_manager.base.primitives import host_name
 
     assert host_name(uri) == name
 
@@ -118,11 +118,11 @@ def test_a_remote_hosts_files_are_its_pools_volumes(make_host, tmp_path):
     (kind and format from libvirt), never on this machine: a file that exists here but in
     no pool there is missing, with the fix in the message; the plan takes an existing
     qcow2 volume as the disk with its format."""
-    from vm_manager.core.connection import LibvirtConnection
-    from vm_manager.core.errors import InvalidConfig
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.errors import InvalidConfig
     from vm_manager.core.host_facts import _remote_path_facts
     from vm_manager.core.planning import plan_creation
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.vm_config import VMConfig
 
     here = tmp_path / "vmlinuz-here"
     here.write_bytes(b"a kernel on this machine, not on the remote host")
@@ -145,7 +145,7 @@ def test_a_remote_hosts_files_are_its_pools_volumes(make_host, tmp_path):
         assert facts["/var/log/x.log"].parent_writable  # libvirt makes it there
 
         from vm_manager.core.host_facts import HostFacts
-        from vm_manager.core.vm_config import HostResources
+        from vm_manager.base.vm_config import HostResources
 
         def plan(config):
             paths = _remote_path_facts(conn, config, Path("/var/lib/libvirt/images"))
@@ -225,11 +225,11 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
     import uuid as uuid_module
 
     from vm_manager.actions import Context, delete, display
-    from vm_manager.core.connection import LibvirtConnection
-    from vm_manager.core.errors import LocalOnly, OperationFailed
-    from vm_manager.core.primitives import VMState
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.errors import LocalOnly, OperationFailed
+    from vm_manager.base.primitives import VMState
     from vm_manager.core.vm_lifecycle import ShutdownMethod
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.vm_config import VMConfig
     from support.domains import remove_domain, remove_pool
 
     only_ssh = tmp_path / "bin"
@@ -240,7 +240,7 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
     names = [f"neuron-ssh-{uuid_module.uuid4().hex[:6]}" for _ in range(2)]
     ctx = Context(ssh_uri, images_dir=images)
     local = LibvirtConnection("qemu:///system")
-    from vm_manager.core.errors import InvalidConfig
+    from vm_manager.base.errors import InvalidConfig
 
     with pytest.raises(InvalidConfig, match="kernel_path"):  # in no pool over there (yet)
         ctx.creator().plan(VMConfig(name=names[0], vm_type="linux", network="none",
@@ -319,7 +319,7 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
         assert made.disk_path in gone.removed and os.path.exists(base)
 
         # a creation that fails after the seed was sent takes it back out of the pool
-        from vm_manager.core.errors import VMCreationError
+        from vm_manager.base.errors import VMCreationError
 
         creator = ctx.creator()
         monkeypatch.setattr(creator, "_define", lambda xml: (_ for _ in ()).throw(
@@ -356,7 +356,7 @@ def test_an_unattended_windows_vm_on_a_remote_host(ssh_uri, tmp_path, monkeypatc
 
     from support.domains import remove_domain, remove_pool
     from support.media import virtio_win_iso, windows_iso
-    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.base.connection import LibvirtConnection
     from vm_manager.guest.iso import IsoReader
 
     tag = uuid_module.uuid4().hex[:6]
@@ -467,10 +467,10 @@ def test_planning_refuses_what_needs_the_remote_hosts_own_files():
     (its medium is built here and sent to that host)."""
     import dataclasses
 
-    from vm_manager.core.errors import InvalidConfig
+    from vm_manager.base.errors import InvalidConfig
     from vm_manager.core.host_facts import HostFacts, PathFact
     from vm_manager.core.planning import plan_creation
-    from vm_manager.core.vm_config import HostResources, VMConfig
+    from vm_manager.base.vm_config import HostResources, VMConfig
 
     facts = HostFacts(uri=REMOTE, kvm_usable=True, hyperv_features=None,
                       resources=HostResources(memory_mb=32768, cpus=16),

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import lifecycle_on
 from test_e2e import BOOT_TIMEOUT
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.domain_xml import read_domain
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.domain_xml import read_domain
 from vm_manager.core.guest_setup import SetupTracker
 from support.domains import domain_xml, remove_domain as remove
 from support.tiny_guest import STAGE_FILE
@@ -92,8 +92,8 @@ def test_windows_setup_media_are_detached_at_ready(conn, tmp_path):
     libvirt's sendKey). At "ready" the three CD-ROMs leave the config, are ejected live,
     and the medium, which holds the password, is deleted."""
     from vm_manager.actions.create import SetupSecrets
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
     from support.media import virtio_win_iso, windows_iso
 
@@ -152,8 +152,8 @@ def test_a_real_kernel_reads_the_cloud_init_seed(conn, tiny_guest, tmp_path):
     import subprocess
 
     from vm_manager.actions.create import SetupSecrets
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
     from support.tiny_guest import SEED_MARKER, wait_for_console
 
@@ -288,8 +288,8 @@ def test_a_shared_folder_reaches_a_real_guest_over_virtiofs(conn, tiny_guest, tm
     each on the host, and writes one back that the host reads."""
     from vm_manager.actions import shares
     from vm_manager.actions.context import Context
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
     from support.tiny_guest import SHARE_MARKER, wait_for_console
 

@@ -16,12 +16,12 @@ import libvirt
 import pytest
 
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.domain_xml import read_domain
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.domain_xml import read_domain
 from vm_manager.core.host_facts import HostFacts, PathFact
 from vm_manager.core.planning import plan_creation
-from vm_manager.core.store import VMStore
-from vm_manager.core.vm_config import HostResources, VMConfig
+from vm_manager.base.store import VMStore
+from vm_manager.base.vm_config import HostResources, VMConfig
 from vm_manager.templates.loader import TemplateLoader
 
 
@@ -187,7 +187,7 @@ def set_acl(path: Path, *entries: tuple[int, int, int]) -> None:
     """Write a POSIX access ACL the way setfacl does (the xattr the kernel reads)."""
     import struct
 
-    from vm_manager.core import access
+    from vm_manager.base import access
 
     any_id = 0xFFFFFFFF
     blob = struct.pack("<I", access.XATTR_VERSION) + b"".join(
@@ -202,7 +202,7 @@ def test_a_folder_shared_with_the_user_by_an_acl(world, vm, public_root, monkeyp
     away) is refused, saying the ACL does not let them. The kernel agrees in each case."""
     import subprocess
 
-    from vm_manager.core.access import GROUP, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ
+    from vm_manager.base.access import GROUP, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ
 
     nobody = pwd.getpwnam("nobody")
     monkeypatch.setenv("SUDO_USER", "nobody")
@@ -245,7 +245,7 @@ def test_a_folder_shared_with_the_user_by_an_acl(world, vm, public_root, monkeyp
     ([(1, 7, 0), (4, 0, 0), (16, 7, 0), (32, 5, 0)], 1000, {7}, True),
 ])
 def test_acl_rules_follow_the_kernel(acl, uid, groups, allowed):
-    from vm_manager.core.access import READ, EXECUTE, allows
+    from vm_manager.base.access import READ, EXECUTE, allows
 
     info = os.stat_result((0o40700, 0, 0, 2, 0, 0, 0, 0, 0, 0))  # root:root 0700 folder
     assert allows(info, uid, groups, READ | EXECUTE, acl) is allowed

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import InvalidConfig, LifecycleError, OperationFailed
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import InvalidConfig, LifecycleError, OperationFailed
 from vm_manager.core.snapshots import SnapshotManager
 from support.domains import remove_domain
 
@@ -178,9 +178,9 @@ def test_on_the_real_daemon_a_revert_restores_disk_nvram_and_tpm(system_daemon, 
     libvirtd restart."""
     from conftest import lifecycle_on
     from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd
-    from vm_manager.core.domain_xml import read_domain
-    from vm_manager.core.store import VMStore
-    from vm_manager.core.vm_config import VMConfig
+    from vm_manager.base.domain_xml import read_domain
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
     from vm_manager.core.vm_lifecycle import ShutdownMethod
 
@@ -246,8 +246,8 @@ def test_the_snapshots_panel_takes_reverts_and_deletes(vm, qtbot):
     revert after a confirmation that says what will be lost, delete."""
     pytest.importorskip("PySide6", reason="the gui extra is not installed")
     from vm_manager.actions import Context
-    from vm_manager.core import guard
-    from vm_manager.core.store import VMStore
+    from vm_manager.base import guard
+    from vm_manager.base.store import VMStore
     from vm_manager.gui.app import MainWindow
 
     manager, conn, nvram, _, images = vm

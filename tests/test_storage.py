@@ -14,10 +14,10 @@ import pytest
 from conftest import lifecycle_on
 from support.domains import remove_domain, remove_pool
 from vm_manager.core import storage
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import VMCreationError
-from vm_manager.core.store import VMStore
-from vm_manager.core.vm_config import VMConfig
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import VMCreationError
+from vm_manager.base.store import VMStore
+from vm_manager.base.vm_config import VMConfig
 from vm_manager.core.vm_creator import VMCreator
 from vm_manager.core.vm_destroyer import VMDestroyer
 

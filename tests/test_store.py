@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from vm_manager.core.errors import InvalidConfig, StaleSettings, StoreError
-from vm_manager.core.store import VMStore, default_config_dir
-from vm_manager.core.vm_config import GPUPassthroughConfig, VMConfig
+from vm_manager.base.errors import InvalidConfig, StaleSettings, StoreError
+from vm_manager.base.store import VMStore, default_config_dir
+from vm_manager.base.vm_config import GPUPassthroughConfig, VMConfig
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_a_vm_remade_outside_neuronos_does_not_inherit_the_old_settings(make_hos
     the list, `info`, the settings dialog's read and `delete` never take the old VM's
     settings for the new one's."""
     from vm_manager.actions import Context
-    from vm_manager.core.connection import LibvirtConnection
+    from vm_manager.base.connection import LibvirtConnection
     from vm_manager.core.inventory import list_vms, vm_details
     from vm_manager.core.vm_creator import VMCreator
     from vm_manager.core.vm_destroyer import VMDestroyer

@@ -10,7 +10,7 @@ import libvirt
 import pytest
 
 from creation_cases import cases, fixed_facts, media
-from vm_manager.core.connection import LibvirtConnection
+from vm_manager.base.connection import LibvirtConnection
 from vm_manager.core.vm_creator import VMCreator
 from vm_manager.templates.loader import PACKAGE_DIR, TemplateError, TemplateLoader
 from vm_manager.templates.validator import XMLValidationError, validate_xml
@@ -152,7 +152,7 @@ def test_passthrough_takes_every_function_of_the_slot(tmp_path, gpu_host, make_h
 def test_every_template_keeps_spice_on_localhost_the_looking_glass_default():
     """SPICE carries the Looking Glass window's keyboard, mouse and clipboard (DESIGN.md
     4.1): every template's domain has it, on 127.0.0.1, with the port left to libvirt."""
-    from vm_manager.core.domain_xml import read_domain
+    from vm_manager.base.domain_xml import read_domain
 
     goldens = sorted(GOLDEN.glob("*--*.xml"))
     assert len(goldens) >= 8

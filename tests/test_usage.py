@@ -17,9 +17,9 @@ from support.domains import domain_xml, remove_domain  # noqa: E402
 from support.tiny_guest import READY_MARKER, wait_for_console  # noqa: E402
 from vm_manager.actions import Context  # noqa: E402
 from vm_manager.actions.usage import Monitor  # noqa: E402
-from vm_manager.core import guard  # noqa: E402
-from vm_manager.core.connection import LibvirtConnection  # noqa: E402
-from vm_manager.core.store import VMStore  # noqa: E402
+from vm_manager.base import guard  # noqa: E402
+from vm_manager.base.connection import LibvirtConnection  # noqa: E402
+from vm_manager.base.store import VMStore  # noqa: E402
 from vm_manager.core.usage import (HISTORY, DomainSample, HostSample,  # noqa: E402
                                    UsageHistory, UsageSample)
 from vm_manager.gui.app import MainWindow  # noqa: E402

@@ -9,8 +9,8 @@ import libvirt
 import pytest
 
 from vm_manager.cli import main
-from vm_manager.core.connection import LibvirtConnection
-from vm_manager.core.errors import InvalidConfig, OperationFailed
+from vm_manager.base.connection import LibvirtConnection
+from vm_manager.base.errors import InvalidConfig, OperationFailed
 from vm_manager.passthrough.usb_attach import (
     attach_device,
     device_xml_for,

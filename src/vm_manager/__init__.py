@@ -1,7 +1,8 @@
 """NeuronOS VM Manager: libvirt VMs with GPU passthrough and Looking Glass.
 
-The library lives in ``vm_manager.core``, ``vm_manager.passthrough`` and
-``vm_manager.templates``; ``vm_manager.cli`` and ``vm_manager.gui`` are its two faces.
+One folder per layer: the faces ``cli`` and ``gui`` call ``actions``, which use the managers
+in ``core``; those use ``passthrough``, ``templates``, ``guest``, ``doctor`` and ``display``;
+everything stands on ``base`` (pyproject's import contracts keep it so).
 """
 
 __version__ = "0.1.0"

@@ -36,7 +36,7 @@ def domain_xml(
     ET.SubElement(domain, "memory", unit="MiB").text = str(memory_mb)
     ET.SubElement(domain, "vcpu").text = "1"
     if setup_stage:
-        from vm_manager.core.domain_xml import SETUP_NS
+        from vm_manager.base.domain_xml import SETUP_NS
 
         ET.SubElement(ET.SubElement(domain, "metadata"), f"{{{SETUP_NS}}}setup", kind="windows",
                       stage=setup_stage)

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from vm_manager.core.primitives import VMState
+from vm_manager.base.primitives import VMState
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 

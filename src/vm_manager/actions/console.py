@@ -39,8 +39,8 @@ def open_console(ctx: Context, name: str, wait: bool = False) -> ConsoleSession:
     """Open the viewer for ``name`` (it must exist: ``VMNotFound`` otherwise). ``wait``:
     return when the window closes. Raises ``OperationFailed`` when virt-viewer is missing
     or there is no display to open a window on."""
-    from ..core import guard
-    from ..core.errors import OperationFailed
+    from ..base import guard
+    from ..base.errors import OperationFailed
 
     ctx.lifecycle.require(name)
     viewer = find_viewer()

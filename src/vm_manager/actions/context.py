@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ..core.connection import LibvirtConnection
+    from ..base.connection import LibvirtConnection
     from ..core.looking_glass import LGClientConfig, LookingGlassManager
-    from ..core.store import VMStore
-    from ..core.vm_config import VMConfig
+    from ..base.store import VMStore
+    from ..base.vm_config import VMConfig
     from ..core.vm_creator import VMCreator
     from ..core.vm_destroyer import VMDestroyer
     from ..core.vm_lifecycle import VMLifecycleManager
@@ -65,7 +65,7 @@ class Context:
     def uri(self) -> str:
         if self._connection is not None:
             return self._connection.uri
-        from ..core.primitives import resolve_uri
+        from ..base.primitives import resolve_uri
 
         return resolve_uri(self._uri)
 
@@ -73,7 +73,7 @@ class Context:
     def connection(self) -> LibvirtConnection:
         with self._lock:
             if self._connection is None:
-                from ..core.connection import LibvirtConnection
+                from ..base.connection import LibvirtConnection
 
                 self._connection = LibvirtConnection(self._uri, events=self.events)
             connection = self._connection
@@ -82,7 +82,7 @@ class Context:
     @property
     def store(self) -> VMStore:
         if self._store is None:
-            from ..core.store import VMStore
+            from ..base.store import VMStore
 
             self._store = VMStore.for_uri(self.uri)  # a remote host's in its own folder
         return self._store
@@ -91,8 +91,8 @@ class Context:
         """The saved settings of the VM ``name`` (None: NeuronOS did not make it), checked
         against its domain's UUID: settings written for another VM of that name are moved
         aside, logged and not used. Raises ``VMNotFound``."""
-        from ..core.errors import StaleSettings
-        from ..core.log import get_logger
+        from ..base.errors import StaleSettings
+        from ..base.log import get_logger
 
         connection = self.connection
         uuid = connection.execute(lambda conn: connection.lookup(conn, name).UUIDString(),
@@ -115,10 +115,10 @@ class Context:
 
     def require_local(self, what: str, why: str) -> None:
         """Refuse ``what`` on a remote URI with one line saying ``why`` (``LocalOnly``)."""
-        from ..core.primitives import is_remote
+        from ..base.primitives import is_remote
 
         if is_remote(self.uri):
-            from ..core.errors import LocalOnly
+            from ..base.errors import LocalOnly
 
             raise LocalOnly(f"{what} works only on this computer's own libvirt, not on"
                             f" {self.uri}: {why}")

@@ -16,7 +16,7 @@ from .context import Context
 
 if TYPE_CHECKING:
     from ..core.planning import CreationPlan
-    from ..core.vm_config import VMConfig
+    from ..base.vm_config import VMConfig
     from ..core.vm_creator import CreationResult
     from ..core.vm_lifecycle import OperationResult
 
@@ -55,7 +55,7 @@ class CreateOutcome:
 
 def check_password(password: str, again: str | None = None, field: str = "password") -> str:
     """The rules both faces apply to an unattended setup's password."""
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     if again is not None and again != password:
         raise InvalidConfig(field, "the two passwords differ")
@@ -83,7 +83,7 @@ def host_locale(environ: dict | None = None) -> str:
 def parse_template(text: str) -> tuple[str, str | None]:
     """``windows11`` -> (windows11, None: chosen from the config); ``windows11-passthrough``
     -> (windows11, that template). Raises ``InvalidConfig`` for an unknown variant."""
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
     from ..templates.names import VARIANTS, template_name
 
     kind, _, variant = text.partition("-")
@@ -152,8 +152,8 @@ class ReconfigureOutcome:
 
 def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
     """The saved settings with ``change`` merged in (pure; raises ``InvalidConfig``)."""
-    from ..core.errors import InvalidConfig
-    from ..core.vm_config import PCIAddress, VMConfig
+    from ..base.errors import InvalidConfig
+    from ..base.vm_config import PCIAddress, VMConfig
 
     data = config.to_dict()
     if change.memory is not None:
@@ -196,7 +196,7 @@ def reconfigure(ctx: Context, name: str, change: SettingsChange) -> ReconfigureO
     ``InvalidConfig`` (a bad value, or a VM NeuronOS did not make), ``LifecycleError``
     (running; except for a change of shared folders only, which a running VM takes at its
     next start: ``restart_needed``)."""
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     config = ctx.settings(name)
     if config is None:

@@ -54,13 +54,13 @@ def _size(number: float | None) -> str:
 
 
 def _system(ctx: Context, info: dict[str, Any]) -> Section:
-    from ..core.primitives import host_name
-    from ..core.vm_config import VMType
+    from ..base.primitives import host_name
+    from ..base.vm_config import VMType
 
     kind = info.get("vm_type")
     label = VMType(kind).label if kind in {t.value for t in VMType} else (kind or "other")
     os_info = info.get("os") or {}
-    from ..core.primitives import VMState
+    from ..base.primitives import VMState
 
     state = info.get("state")
     shown = VMState(state).label if state in {s.value for s in VMState} else state or "?"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..core.log import get_logger
+from ..base.log import get_logger
 from .context import Context
 
 log = get_logger(__name__)
@@ -67,7 +67,7 @@ class DisplaySession:
 
 def config_for(ctx: Context, name: str) -> LGClientConfig:
     """The client config of a VM with Looking Glass; ``InvalidConfig`` for one without."""
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     config = display_config(name, ctx.store, ctx.connection, ctx.host_root, ctx.shm_dir)
     if config is None:
@@ -81,8 +81,8 @@ def open_display(ctx: Context, request: DisplayRequest,
     """Show a running VM through Looking Glass. ``on_change(LGStateChange)`` hears every
     state of the window from the start. Raises ``VMNotFound``, ``InvalidConfig`` (no Looking
     Glass) or ``LifecycleError`` (not running)."""
-    from ..core.errors import LifecycleError
-    from ..core.primitives import VMState
+    from ..base.errors import LifecycleError
+    from ..base.primitives import VMState
 
     ctx.require_local("the Looking Glass display", "the VM's shared memory is on the other"
                       " machine; run `neuron-vm display` there, or see the VM's own screen"
@@ -120,13 +120,13 @@ def display_config(vm_name: str, store=None, connection=None,
     """The client config for a VM that has Looking Glass (from its saved settings, or its
     domain's ``looking-glass-<vm>`` shmem device); None when it has none."""
     from ..passthrough.ivshmem import SHM_DIR, kvmfr_device, shm_name, shm_path
-    from ..core.errors import LookingGlassError, StoreError
+    from ..base.errors import LookingGlassError, StoreError
     from ..core.looking_glass import LGClientConfig
 
     shared = shm_path(vm_name, Path(shm_dir) if shm_dir else SHM_DIR)
     domain = None
     if connection is not None:
-        from ..core.domain_xml import read_domain
+        from ..base.domain_xml import read_domain
 
         domain = read_domain(connection.execute(
             lambda conn: connection.lookup(conn, vm_name).XMLDesc(0), idempotent=True))

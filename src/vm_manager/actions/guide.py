@@ -21,7 +21,7 @@ from .context import Context
 
 if TYPE_CHECKING:
     from ..passthrough.gpu_attach import GPUInfo
-    from ..passthrough.host_check import Check
+    from ..doctor.host_check import Check
 
 PKEXEC = "pkexec"
 USERMOD = "/usr/sbin/usermod"
@@ -104,13 +104,13 @@ def fixes(ctx: Context, checks: list[Check], lg_vms: tuple[str, ...] = ()) -> li
     fixes are run on that host, not from here: none are offered."""
     import json
 
-    from ..core.primitives import is_remote
+    from ..base.primitives import is_remote
 
     if is_remote(ctx.uri):
         return []
 
     from ..passthrough.gpu_attach import list_gpus
-    from ..passthrough.host_check import desktop_user
+    from ..doctor.host_check import desktop_user
     from ..passthrough.isolation import STATE_FILE
     from ..passthrough.pci import host_root
 
@@ -126,7 +126,7 @@ def fixes(ctx: Context, checks: list[Check], lg_vms: tuple[str, ...] = ()) -> li
 
 def run_fix(fix: Fix) -> FixResult:
     """Run one fix's command (pkexec asks for the password itself). Blocks: a worker's."""
-    from ..core import guard
+    from ..base import guard
 
     if fix.argv is None:
         return FixResult(fix, False, "nothing to run: " + fix.says)

@@ -13,20 +13,20 @@ from .context import Context
 
 if TYPE_CHECKING:
     from ..passthrough.gpu_attach import GPUInfo
-    from ..passthrough.host_check import Check
+    from ..doctor.host_check import Check
     from ..passthrough.usb_attach import USBDevice
 
 
 def doctor(ctx: Context) -> list[Check]:
     """Every readiness check, each ok / warn / fail (remote: also unknown) with a one-line
     fix. Reads only. A remote URI is judged from what libvirt reports there."""
-    from ..core.primitives import is_remote
+    from ..base.primitives import is_remote
 
     if is_remote(ctx.uri):
-        from ..passthrough.remote_checks import run_remote_checks
+        from ..doctor.remote_checks import run_remote_checks
 
         return run_remote_checks(ctx.uri)
-    from ..passthrough.host_check import run_checks
+    from ..doctor.host_check import run_checks
 
     checks = run_checks(ctx.host_root, uri=ctx.uri)
     disks = _disk_formats(ctx)
@@ -37,8 +37,8 @@ def _disk_formats(ctx: Context) -> Check | None:
     """Every VM's disks defined with another format than their file has (a qcow2 file
     defined as raw is corrupted by its guest); None when libvirt cannot be asked (the
     libvirtd check says why)."""
-    from ..core.errors import VMManagerError
-    from ..passthrough.host_check import FAIL, OK, Check
+    from ..base.errors import VMManagerError
+    from ..doctor.host_check import FAIL, OK, Check
 
     try:
         from ..core.inventory import format_mismatches
@@ -102,7 +102,7 @@ def shm_permissions(ctx: Context, vm: str, user: str | None = None,
                     apply: bool = False) -> ShmPermissions:
     """The systemd-tmpfiles rule the Looking Glass docs give (``f /dev/shm/looking-glass-<vm>
     0660 <user> kvm -``); written, and applied at once, only with ``apply``."""
-    from ..passthrough.host_check import desktop_user
+    from ..doctor.host_check import desktop_user
     from ..passthrough.ivshmem import write_tmpfiles_rule
     from ..passthrough.pci import host_root
 
@@ -114,7 +114,7 @@ def shm_permissions(ctx: Context, vm: str, user: str | None = None,
     path, text = write_tmpfiles_rule(vm, user or desktop_user(), root, apply=apply)
     ran = None
     if apply and shutil.which("systemd-tmpfiles") and str(root) == "/":
-        from ..core import guard
+        from ..base import guard
 
         guard.check("systemd-tmpfiles")
         command = ["systemd-tmpfiles", "--create", str(path)]

@@ -38,7 +38,7 @@ class SetupStatus:
 def status(ctx: Context, name: str) -> SetupStatus:
     """Where the setup of ``name`` stands (caught up once if its agent is connected).
     Raises ``VMNotFound``; ``InvalidConfig`` for a VM that was not set up unattended."""
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     ctx.lifecycle.require(name)
     info = ctx.setup_tracker().status(name)
@@ -53,7 +53,7 @@ def status(ctx: Context, name: str) -> SetupStatus:
 def stage(ctx: Context, name: str) -> str:
     """The stage of ``name``'s unattended setup as its metadata says ("" for none); one
     read, no catching up (the list shows this)."""
-    from ..core.errors import VMManagerError
+    from ..base.errors import VMManagerError
 
     try:
         info, _ = ctx.setup_tracker().info(name)
@@ -83,7 +83,7 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
     again (``secrets`` then), the VM's own disk made empty only with ``wipe_disk``; then
     started with ``start``. Raises ``InvalidConfig`` (finished, no setup, a password is
     needed), ``LifecycleError`` (running)."""
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
     from ..core.setup_restart import restart_setup
     from ..core.vm_lifecycle import ShutdownMethod
 

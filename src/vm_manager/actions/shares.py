@@ -64,8 +64,8 @@ def add(ctx: Context, vm: str, path: str, tag: str | None = None, readonly: bool
         ) -> ShareOutcome:
     """Share ``path`` (its tag: the folder's name unless given). Raises ``InvalidConfig``
     (``shares.path``, ``shares.tag``, ``shares.readonly``), ``VMNotFound``."""
-    from ..core.errors import InvalidConfig
-    from ..core.guest_config import ShareConfig
+    from ..base.errors import InvalidConfig
+    from ..base.guest_config import ShareConfig
 
     share = ShareConfig(path, tag, readonly)
     current = _saved(ctx, vm)
@@ -83,7 +83,7 @@ def remove(ctx: Context, vm: str, which: str) -> ShareOutcome:
     (``TAG``: no such share), ``VMNotFound``."""
     import os
 
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     current = _saved(ctx, vm)
     real = os.path.realpath(which) if "/" in which else None
@@ -101,7 +101,7 @@ def remove(ctx: Context, vm: str, which: str) -> ShareOutcome:
 
 
 def _saved(ctx: Context, vm: str) -> list:
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     config = ctx.settings(vm)
     if config is None:
@@ -123,7 +123,7 @@ def _shares_of(outcome: ReconfigureOutcome) -> tuple[Share, ...]:
 
 
 def _read(xml: str) -> tuple[Share, ...]:
-    from ..core.domain_xml import read_domain
+    from ..base.domain_xml import read_domain
 
     return tuple(Share(item.source or "", item.target or "", item.readonly,
                        item.driver or "path")

@@ -22,7 +22,7 @@ def show(ctx: Context, name: str) -> str:
 def validate_file(ctx: Context, path: str) -> ValidationReport:
     """Check a domain XML file against libvirt's schema and NeuronOS's rules; raises
     ``InvalidConfig`` when it cannot be read, ``XMLValidationError`` listing problems."""
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
     from ..templates.validator import validate_xml
 
     try:

@@ -34,7 +34,7 @@ class UsbOutcome:
 def list_usb(ctx: Context) -> list[USBDevice]:
     """The host's USB devices (no root hubs, no interfaces), named from usb.ids: this
     machine's sysfs for a local URI, libvirt's node devices for a remote one."""
-    from ..core.primitives import is_remote
+    from ..base.primitives import is_remote
 
     if is_remote(ctx.uri):
         from ..passthrough.nodedev import read_usb_nodedev
@@ -55,7 +55,7 @@ def find(ctx: Context, spec: str) -> tuple[USBDevice, bool]:
 
 def attached(ctx: Context, vm: str) -> set[tuple[str, str]]:
     """(vendor, product) of the USB devices the VM's definition holds now."""
-    from ..core.domain_xml import read_domain
+    from ..base.domain_xml import read_domain
 
     connection = ctx.connection
     xml = connection.execute(lambda conn: connection.lookup(conn, vm).XMLDesc(0))
@@ -79,8 +79,8 @@ def detach(ctx: Context, vm: str, device: USBDevice, exact: bool = False) -> Usb
 
 def _remember(ctx: Context, vm: str, device: USBDevice, exact: bool, add: bool,
               live: bool) -> UsbOutcome:
-    from ..core.errors import StoreError
-    from ..core.vm_config import USBDeviceConfig
+    from ..base.errors import StoreError
+    from ..base.vm_config import USBDeviceConfig
 
     try:
         config = ctx.settings(vm)

@@ -40,7 +40,7 @@ def watch(ctx: Context, name: str | None, on_change: Callable, on_connection: Ca
     and ``on_connection(ConnectionEvent)`` when the daemon goes away or comes back. Raises
     ``VMNotFound`` for a name libvirt does not know (a typo would watch forever). Returns a
     function that stops watching."""
-    from ..core.events import ConnectionEvent
+    from ..base.events import ConnectionEvent
 
     lifecycle = ctx.lifecycle
     if name:

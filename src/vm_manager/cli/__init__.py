@@ -31,7 +31,7 @@ from .output import (
 from .parser import build_parser
 
 if TYPE_CHECKING:
-    from ..core.connection import LibvirtConnection
+    from ..base.connection import LibvirtConnection
 
 __all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_USAGE", "build_parser", "main",
            "run"]
@@ -42,7 +42,7 @@ _Spinner = Spinner
 
 
 def _setup_logging(verbose: bool) -> None:
-    from ..core import log
+    from ..base import log
 
     level = log.DEBUG if verbose else log.ERROR
     log.set_threshold(level)  # below it, nothing imports `logging` (start-up cost)
@@ -65,7 +65,7 @@ def _one_line(text: str, limit: int = 1000) -> str:
 
 
 def _library_log():
-    from ..core.log import get_logger
+    from ..base.log import get_logger
 
     return get_logger("vm_manager")
 
@@ -88,7 +88,7 @@ def main(
         return int(exit_.code or 0)
     _setup_logging(args.verbose)
     ctx = CommandContext(args, connection, out, err)
-    from ..core.errors import VMManagerError
+    from ..base.errors import VMManagerError
 
     try:
         return args.run(ctx)

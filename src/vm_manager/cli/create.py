@@ -139,7 +139,7 @@ def _gpu_options(parser) -> None:
 @contextlib.contextmanager
 def flags_in_errors():
     """An ``InvalidConfig`` about a config field names the flag the user typed too."""
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     try:
         yield
@@ -158,7 +158,7 @@ def _share(item: str, readonly: bool) -> dict:
 
 
 def usb_ids(items) -> list[tuple[str, str]]:
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     ids = []
     for item in items or ():
@@ -171,8 +171,8 @@ def usb_ids(items) -> list[tuple[str, str]]:
 
 def request_from_args(args: argparse.Namespace):
     from ..actions.create import CreateRequest, parse_template
-    from ..core.errors import InvalidConfig
-    from ..core.vm_config import VMConfig
+    from ..base.errors import InvalidConfig
+    from ..base.vm_config import VMConfig
 
     kind, template = parse_template(args.template)
     looking_glass = {"enabled": bool(args.looking_glass)}
@@ -214,7 +214,7 @@ def request_from_args(args: argparse.Namespace):
 
 def cmd_create(ctx: CommandContext) -> int:
     from ..actions import create
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     args = ctx.args
     with flags_in_errors():
@@ -269,7 +269,7 @@ def cmd_configure(ctx: CommandContext) -> int:
         change = create.SettingsChange(memory=args.memory, vcpus=args.cpus, gpu=gpu, usb=usb,
                                        looking_glass=args.looking_glass, force=args.force)
         outcome = create.reconfigure(ctx.actions, args.name, change)
-    from ..core.primitives import plural
+    from ..base.primitives import plural
 
     config = outcome.config
     gpu = config.gpu_passthrough.pci_address if config.gpu_passthrough else "none"
@@ -286,7 +286,7 @@ def cmd_configure(ctx: CommandContext) -> int:
 
 def cmd_delete(ctx: CommandContext) -> int:
     from ..actions import delete
-    from ..core.errors import InvalidConfig, LifecycleError
+    from ..base.errors import InvalidConfig, LifecycleError
 
     args = ctx.args
     plan = delete.preview(ctx.actions, args.name).plan(args.delete_disks)

@@ -66,7 +66,7 @@ def cmd_setup_status(ctx: CommandContext) -> int:
 
 def cmd_setup_restart(ctx: CommandContext) -> int:
     from ..actions import setup
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     args = ctx.args
     options = dict(wipe_disk=args.wipe_disk, force=args.force, start=args.start)
@@ -134,7 +134,7 @@ def setup_options(parser) -> None:
 def unattended_from_args(args: argparse.Namespace) -> dict | None:
     """The unattended settings the flags give (None without --unattended)."""
     from ..actions.create import host_locale
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     given = [name for name in SETUP_FLAGS if getattr(args, name, None)]
     if not args.unattended:
@@ -166,7 +166,7 @@ def read_secrets(ctx: CommandContext):
     import stat
 
     from ..actions.create import SetupSecrets, check_password
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     args = ctx.args
     key = getattr(args, "product_key", None)

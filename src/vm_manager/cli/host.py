@@ -51,7 +51,7 @@ def cmd_doctor(ctx: CommandContext) -> int:
             ctx.print(f"[{check.status:^4s}] {check.name}: {check.detail}")
             if check.fix and check.status != "ok":
                 ctx.print(f"       fix: {check.fix}")
-        from ..core.primitives import plural
+        from ..base.primitives import plural
 
         warned = sum(check.status == "warn" for check in checks)
         ctx.print(f"{plural(len(checks), 'check')}: {failed} failed, {plural(warned, 'warning')}")

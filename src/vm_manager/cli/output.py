@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..actions import Context
-    from ..core.connection import LibvirtConnection
+    from ..base.connection import LibvirtConnection
 
 PROG = "neuron-vm"
 EXIT_OK = 0

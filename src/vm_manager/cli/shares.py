@@ -33,7 +33,7 @@ def register(commands, common, subcommand) -> None:
 
 @contextlib.contextmanager
 def _flags():
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     try:
         yield

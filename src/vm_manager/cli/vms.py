@@ -48,7 +48,7 @@ def cmd_list(ctx: CommandContext) -> int:
 
 def cmd_info(ctx: CommandContext) -> int:
     from ..actions import vms
-    from ..core.primitives import VMState
+    from ..base.primitives import VMState
 
     details = vms.vm_details(ctx.actions, ctx.args.name)
     if "settings_problem" in details:

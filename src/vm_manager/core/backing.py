@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import libvirt
 
-from . import guard, storage
-from .connection import LibvirtConnection
-from .domain_xml import read_domain
-from .primitives import is_remote
+from ..base import guard
+from . import storage
+from ..base.connection import LibvirtConnection
+from ..base.domain_xml import read_domain
+from ..base.primitives import is_remote
 
 
 class ImageUnreadable(Exception):

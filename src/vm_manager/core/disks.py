@@ -25,10 +25,10 @@ import os
 from dataclasses import dataclass
 
 from .backing import ImageInfo
-from .domain_xml import DomainInfo
-from .errors import InvalidConfig
+from ..base.domain_xml import DomainInfo
+from ..base.errors import InvalidConfig
 from .host_facts import HostFacts
-from .vm_config import VMConfig
+from ..base.vm_config import VMConfig
 
 
 @dataclass(frozen=True)

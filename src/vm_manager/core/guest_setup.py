@@ -35,11 +35,11 @@ from typing import Callable
 
 import libvirt
 
-from .connection import EVENT_AGENT, EVENT_METADATA, DomainEvent, LibvirtConnection
-from .domain_xml import SETUP_NS, SetupInfo, read_domain
-from .errors import VMManagerError
-from .primitives import Subscribers
-from .log import get_logger
+from ..base.connection import EVENT_AGENT, EVENT_METADATA, DomainEvent, LibvirtConnection
+from ..base.domain_xml import SETUP_NS, SetupInfo, read_domain
+from ..base.errors import VMManagerError
+from ..base.primitives import Subscribers
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 
@@ -217,7 +217,7 @@ class SetupTracker:
 
     def _wait_for_looking_glass(self, name: str) -> None:
         from ..passthrough.ivshmem import SHM_DIR, shm_path
-        from ..passthrough.lgmp import wait_for_host
+        from ..display.lgmp import wait_for_host
 
         path = shm_path(name, self.shm_dir or SHM_DIR)
         header = wait_for_host(path, self.host_timeout, self._cancel)
@@ -288,7 +288,7 @@ class SetupTracker:
             for disk in attached:
                 self._detach(name, disk, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         if setup.medium and Path(setup.medium).name == f"{name}-setup.iso":
-            from .primitives import is_remote
+            from ..base.primitives import is_remote
 
             if is_remote(self.connection.uri):  # a volume of that host's pool
                 from .storage import delete_volume

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
-from .connection import LibvirtConnection
-from .primitives import host_name, is_remote
-from .vm_config import HostResources, VMConfig
-from .log import get_logger
+from ..base.connection import LibvirtConnection
+from ..base.primitives import host_name, is_remote
+from ..base.vm_config import HostResources, VMConfig
+from ..base.log import get_logger
 
 if TYPE_CHECKING:
     from ..guest.windows import InstallerInfo, VirtioInfo
-    from .domain_xml import DomainInfo
+    from ..base.domain_xml import DomainInfo
     from ..passthrough.pci import PCISnapshot
 
 log = get_logger(__name__)
@@ -120,7 +120,7 @@ def gather_host_facts(
     """Read everything planning ``config`` needs. ``pci``: read PCI devices and IOMMU
     groups (default: when the config passes a GPU). ``previous``: a VM's settings before a
     change; the files they name are read too (the plan of what it was)."""
-    from ..passthrough.host_check import uefi_descriptors
+    from ..doctor.host_check import uefi_descriptors
     from ..passthrough.pci import host_root as resolve_root
     from ..passthrough.pci import read_pci
 
@@ -218,8 +218,8 @@ def _guest_media(config: VMConfig, paths: dict[str, PathFact],
 def _client_release() -> str | None:
     """This host's Looking Glass client release, read as the desktop user (it tells root
     nothing); None when it is not installed or cannot be read."""
-    from ..passthrough.host_check import desktop_user
-    from ..passthrough.lg_client import client_release, find_client
+    from ..doctor.host_check import desktop_user
+    from ..display.lg_client import client_release, find_client
 
     client = find_client()
     if client is None:
@@ -369,9 +369,9 @@ def _kind(path: Path) -> PathFact:
 
 def _unreadable_to_desktop_user(folder: Path) -> str | None:
     """Why the desktop user (the one behind sudo) could not open ``folder`` themselves (mode
-    bits and ACLs, as the kernel judges them: ``core.access``); None when they can."""
-    from ..passthrough.host_check import desktop_user
-    from .access import unreadable_to
+    bits and ACLs, as the kernel judges them: ``base.access``); None when they can."""
+    from ..doctor.host_check import desktop_user
+    from ..base.access import unreadable_to
 
     return unreadable_to(folder, desktop_user())
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import libvirt
 
-from .connection import LibvirtConnection
-from .errors import StoreError
-from .primitives import VMState
-from .log import get_logger
+from ..base.connection import LibvirtConnection
+from ..base.errors import StoreError
+from ..base.primitives import VMState
+from ..base.log import get_logger
 
 if TYPE_CHECKING:
-    from .store import VMStore
+    from ..base.store import VMStore
 
 log = get_logger(__name__)
 
@@ -126,7 +126,7 @@ def vm_details(
     details["snapshots"] = snapshots
     details["state_reason"] = reason
     details["autostart"] = autostart
-    from .domain_xml import read_domain  # only `info` needs it; `list` stays light
+    from ..base.domain_xml import read_domain  # only `info` needs it; `list` stays light
 
     domain = read_domain(xml)
     details.update({key: value for key, value in domain.to_dict().items()
@@ -150,7 +150,7 @@ def vm_details(
 def _format_mismatches(connection: LibvirtConnection, name: str, domain, config):
     """Disks defined as raw whose file is another format (this machine's files only)."""
     from .disks import cloud_image_names, find_mismatches, read_images
-    from .primitives import is_remote
+    from ..base.primitives import is_remote
 
     if is_remote(connection.uri):
         return []  # its files are the other machine's
@@ -160,7 +160,7 @@ def _format_mismatches(connection: LibvirtConnection, name: str, domain, config)
 
 def format_mismatches(connection: LibvirtConnection, store: VMStore | None = None) -> list:
     """Every VM's disks defined as raw whose file is another format (``doctor``)."""
-    from .domain_xml import read_domain
+    from ..base.domain_xml import read_domain
 
     def read(conn: libvirt.virConnect):
         found = []

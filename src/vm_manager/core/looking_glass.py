@@ -2,8 +2,8 @@
 stop it with the VM (DESIGN.md 2, 4.1, 4.2: facts read in the Looking Glass sources at B5-B7
 and checked with a real B7 client).
 
-Finding the client and building its command line live in ``passthrough.lg_client``; reading
-the guest's LGMP header in ``passthrough.lgmp``. This module supervises:
+Finding the client and building its command line live in ``display.lg_client``; reading
+the guest's LGMP header in ``display.lgmp``. This module supervises:
 
 - The client refuses to run as root; as root, the manager runs it as the desktop user.
 - It starts once the guest's host application is live in the shared memory
@@ -35,15 +35,15 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable
 
-from ..passthrough.lg_client import (
+from ..display.lg_client import (
     LGClientConfig, as_user, build_argv, client_release, default_log_dir, find_client,
     judge_exit, read_log_tail, release_note, user_id, stop_by_pid_file,
 )
-from ..passthrough.lgmp import Heartbeat, HostHeader, wait_for_host
-from .errors import LookingGlassError, OperationTimedOut, VMManagerError
-from .store import private_folder
-from .primitives import Subscribers, VMState, validate_name
-from .log import get_logger
+from ..display.lgmp import Heartbeat, HostHeader, wait_for_host
+from ..base.errors import LookingGlassError, OperationTimedOut, VMManagerError
+from ..base.store import private_folder
+from ..base.primitives import Subscribers, VMState, validate_name
+from ..base.log import get_logger
 
 __all__ = ["LGClientConfig", "LGState", "LGStateChange", "LookingGlassError",
            "LookingGlassManager", "get_looking_glass_manager",
@@ -371,7 +371,7 @@ class LookingGlassManager:
         means, for the user) when the VM has no SPICE graphics at all."""
         if not config.spice or config.spice_port is not None or self.connection is None:
             return config, ""
-        from .domain_xml import read_domain
+        from ..base.domain_xml import read_domain
 
         info = read_domain(self.connection.execute(
             lambda conn: self.connection.lookup(conn, vm_name).XMLDesc(0)))

@@ -18,11 +18,11 @@ from ..passthrough.gpu_attach import plan_passthrough_in
 from ..passthrough.ivshmem import shm_name, shm_size_mb
 from ..templates.names import template_name
 from .disks import DiskPlan, image_format, plan_disk, regular_file
-from .errors import InvalidConfig
+from ..base.errors import InvalidConfig
 from .host_facts import INPUT_FILES, HostFacts
 from .setup_plan import SetupPlan, ShareSpec, plan_setup, plan_shares  # noqa: F401
-from .vm_config import DomainType, PCIAddress, VMConfig, VMType
-from .log import get_logger
+from ..base.vm_config import DomainType, PCIAddress, VMConfig, VMType
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 

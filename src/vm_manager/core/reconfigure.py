@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import libvirt
 
 from .disks import disk_repairs
-from .domain_merge import merge_definition, set_disk_format
-from .domain_xml import read_domain
-from .errors import ConnectionFailed, InvalidConfig, LifecycleError, VMCreationError
-from .log import get_logger
-from .vm_config import VMConfig
+from ..base.domain_merge import merge_definition, set_disk_format
+from ..base.domain_xml import read_domain
+from ..base.errors import ConnectionFailed, InvalidConfig, LifecycleError, VMCreationError
+from ..base.log import get_logger
+from ..base.vm_config import VMConfig
 
 if TYPE_CHECKING:
     from .vm_creator import VMCreator

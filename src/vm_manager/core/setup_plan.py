@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidConfig
+from ..base.errors import InvalidConfig
 from .host_facts import HostFacts, setup_medium_path
-from .vm_config import VMConfig
+from ..base.vm_config import VMConfig
 
 LG_DOWNLOADS = "https://looking-glass.io/downloads"
 WINFSP_DOWNLOADS = "https://winfsp.dev/rel/"
@@ -104,7 +104,7 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
             raise InvalidConfig("unattended.lg_host_installer", "cannot tell which Looking"
                                 f" Glass release {Path(setup.lg_host_installer).name} is (its"
                                 " name carries none): give --lg-host-release, e.g. B7")
-        from ..passthrough.lg_client import release_number
+        from ..display.lg_client import release_number
 
         if client is not None and release_number(host) != release_number(client):
             raise InvalidConfig("unattended.lg_host_installer", f"the Looking Glass host"

@@ -14,13 +14,14 @@ import os
 import subprocess
 from pathlib import Path
 
-from . import guard, storage
-from .errors import InvalidConfig, LifecycleError, VMCreationError
+from ..base import guard
+from . import storage
+from ..base.errors import InvalidConfig, LifecycleError, VMCreationError
 from .guest_setup import SetupTracker
 from .host_facts import setup_medium_path
-from .primitives import is_remote
-from .vm_config import VMConfig
-from .log import get_logger
+from ..base.primitives import is_remote
+from ..base.vm_config import VMConfig
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 

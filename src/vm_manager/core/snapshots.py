@@ -38,10 +38,10 @@ from pathlib import Path
 
 import libvirt
 
-from .connection import LibvirtConnection
-from .domain_xml import read_domain
-from .errors import InvalidConfig, LifecycleError, OperationFailed, VMManagerError
-from .log import get_logger
+from ..base.connection import LibvirtConnection
+from ..base.domain_xml import read_domain
+from ..base.errors import InvalidConfig, LifecycleError, OperationFailed, VMManagerError
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 
@@ -137,7 +137,7 @@ class SnapshotManager:
 
     def _check_disks(self, domain) -> None:
         from .disks import read_images
-        from .primitives import is_remote
+        from ..base.primitives import is_remote
 
         images = {} if is_remote(self.connection.uri) else read_images(domain)
         for disk in domain.disks:

@@ -24,10 +24,10 @@ from typing import Callable
 
 import libvirt
 
-from .connection import ConnectionEvent, DomainEvent, LibvirtConnection
-from .errors import LifecycleError, VMNotFound
-from .primitives import Subscribers, VMState
-from .log import get_logger
+from ..base.connection import ConnectionEvent, DomainEvent, LibvirtConnection
+from ..base.errors import LifecycleError, VMNotFound
+from ..base.primitives import Subscribers, VMState
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 

@@ -25,9 +25,9 @@ from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
-from .connection import LibvirtConnection
-from .errors import VMCreationError
-from .log import get_logger
+from ..base.connection import LibvirtConnection
+from ..base.errors import VMCreationError
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 POOL_NAME = "neuronos-images"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from .connection import LibvirtConnection
+from ..base.connection import LibvirtConnection
 
 HISTORY = 60  # points kept per VM (one a second: the last minute)
 STATS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL

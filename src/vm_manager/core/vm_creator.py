@@ -22,9 +22,9 @@ from typing import Any, Callable
 
 import libvirt
 
-from . import guard
-from .connection import LibvirtConnection, get_connection
-from .errors import (
+from ..base import guard
+from ..base.connection import LibvirtConnection, get_connection
+from ..base.errors import (
     InvalidConfig,
     OperationFailed,
     VMCreationError,
@@ -32,10 +32,10 @@ from .errors import (
 )
 from .host_facts import HostFacts, gather_host_facts
 from .planning import CreationPlan, DiskPlan, plan_creation
-from .primitives import is_remote
-from .store import VMStore, private_folder
-from .vm_config import VMConfig
-from .log import get_logger
+from ..base.primitives import is_remote
+from ..base.store import VMStore, private_folder
+from ..base.vm_config import VMConfig
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 ROLLBACK_WAIT_S = 30.0  # how long an undo waits for a daemon that went away

@@ -22,15 +22,15 @@ from pathlib import Path
 
 import libvirt
 
-from .connection import LibvirtConnection, _is_connection_error, get_connection
-from .domain_xml import Disk, read_domain
+from ..base.connection import LibvirtConnection, _is_connection_error, get_connection
+from ..base.domain_xml import Disk, read_domain
 from .host_facts import images_dir, setup_medium_path
 from .backing import paths_used_by
-from .errors import (ConnectionFailed, InvalidConfig, LifecycleError, OperationFailed,
+from ..base.errors import (ConnectionFailed, InvalidConfig, LifecycleError, OperationFailed,
                      StoreError, VMNotFound)
-from .primitives import VMState
-from .store import VMStore
-from .log import get_logger
+from ..base.primitives import VMState
+from ..base.store import VMStore
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 DAEMON_WAIT_S = 30.0  # how long a deletion under way waits for a daemon that went away

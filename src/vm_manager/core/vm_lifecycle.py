@@ -19,17 +19,17 @@ from typing import Callable
 
 import libvirt
 
-from .connection import LibvirtConnection, get_connection
-from .errors import (
+from ..base.connection import LibvirtConnection, get_connection
+from ..base.errors import (
     LifecycleError,
     OperationFailed,
     OperationTimedOut,
     VMManagerError,
     VMNotFound,
 )
-from .primitives import VMState
+from ..base.primitives import VMState
 from .state_machine import ALLOWED, STOPPED_LIKE, StateChange, Ticket, VMStateMachine
-from .log import get_logger
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 

@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from ..core.guest_config import UnattendedConfig
+from ..base.guest_config import UnattendedConfig
 from .iso import MediumFile, write_iso
 
 LABEL = "cidata"
@@ -70,7 +70,7 @@ def build_seed(target: Path, *, vm_name: str, vm_uuid: str, setup: UnattendedCon
 def read_ssh_keys(path: str | Path) -> list[str]:
     """The public keys of an ``authorized_keys``-style file (comments and blanks left
     out); raises ``InvalidConfig`` when it holds none, or a private key."""
-    from ..core.errors import InvalidConfig
+    from ..base.errors import InvalidConfig
 
     try:
         text = Path(path).read_text(encoding="utf-8", errors="strict")[:65536]

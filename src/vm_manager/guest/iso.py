@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
-from ..core.errors import InvalidConfig
+from ..base.errors import InvalidConfig
 
 CHUNK = 1 << 20
 

@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from ..core.guest_config import UnattendedConfig
+from ..base.guest_config import UnattendedConfig
 from .iso import IsoReader, MediumFile, write_iso
 from .windows import (WINDOWS_FOLDER, computer_name, lg_host_setup_bytes,
                       setup_driver_files)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ..core.errors import InvalidConfig
-from ..core.guest_config import LG_RELEASE
+from ..base.errors import InvalidConfig
+from ..base.guest_config import LG_RELEASE
 from .iso import IsoReader
 
 WIM_MAGIC = b"MSWIM\0\0\0"

@@ -30,8 +30,8 @@ os.environ.setdefault("QT_NO_GLIB", "1")
 
 from ..actions import Context  # noqa: E402
 from ..actions.power import allowed_operations  # noqa: E402
-from ..core.primitives import VMState, host_name, is_remote  # noqa: E402
-from ..core.log import get_logger  # noqa: E402
+from ..base.primitives import VMState, host_name, is_remote  # noqa: E402
+from ..base.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, fit_to_screen, notify_desktop  # noqa: E402
 from .vm_list import VMRow, VMTable, VMTableModel  # noqa: E402
 from .commands import Commands  # noqa: E402
@@ -190,7 +190,7 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
 
     def _list_host(self, ctx: Context) -> None:
         from ..actions import setup, vms
-        from ..core.errors import VMManagerError
+        from ..base.errors import VMManagerError
 
         uri = ctx.uri
 
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0], *qt_args])
     app.setApplicationName("NeuronOS VM Manager")
     app.setDesktopFileName("neuron-vm-gui")
-    from ..core import guard
+    from ..base import guard
 
     guard.forbid_blocking_calls(strict=False)  # a slip onto the UI thread is logged
     window = MainWindow(uri=args.connect)

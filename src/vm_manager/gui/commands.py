@@ -12,7 +12,7 @@ from typing import Callable
 
 from PySide6.QtWidgets import QMessageBox
 
-from ..core.primitives import host_name
+from ..base.primitives import host_name
 
 
 class Commands:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QSettings
 
-from ..core.primitives import plural
+from ..base.primitives import plural
 from .vm_list import host_text
 from PySide6.QtWidgets import QComboBox, QInputDialog, QLineEdit
 
@@ -20,7 +20,7 @@ KEY = "connections"
 
 def host_label(uri: str) -> str:
     """``this computer (qemu:///system)`` or ``anna@workstation (qemu+ssh://…)``."""
-    from ..core.primitives import is_remote
+    from ..base.primitives import is_remote
 
     if not is_remote(uri):
         return f"this computer ({uri})"

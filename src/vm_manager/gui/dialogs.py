@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..core.primitives import plural
+from ..base.primitives import plural
 from .texts import NO_USB, empty_row, gpu_label, usb_label
 from .widgets import Tasks, check_item, error_label, fit_list, screen_room
 from .wizard import CreateWizard
@@ -255,8 +255,8 @@ class SettingsDialog(QDialog):
     def add_share(self, path: str, tag: str | None = None, readonly: bool = False) -> None:
         """A row for ``path``; its tag is the folder's name, made unique in the list. The
         folder itself is checked when OK is pressed (on the worker, by the action)."""
-        from ..core.errors import InvalidConfig
-        from ..core.guest_config import ShareConfig
+        from ..base.errors import InvalidConfig
+        from ..base.guest_config import ShareConfig
 
         try:
             share = ShareConfig(path, tag, readonly)
@@ -291,7 +291,7 @@ class SettingsDialog(QDialog):
 
     def apply(self) -> None:
         from ..actions import create
-        from ..core.errors import VMManagerError
+        from ..base.errors import VMManagerError
 
         change = self.change()
         try:

@@ -6,7 +6,7 @@ A mixin of ``app.MainWindow``: it uses the window's ``tasks``, ``model``, ``deta
 
 from __future__ import annotations
 
-from ..core.log import get_logger
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 
@@ -45,7 +45,7 @@ class LiveParts:
 
     def show_host_usage(self) -> None:
         """The current host's CPU and memory in the status bar."""
-        from ..core.primitives import host_name
+        from ..base.primitives import host_name
 
         view = self.model.usage.get(self.uri)
         parts = []

@@ -12,7 +12,7 @@ from PySide6.QtGui import QColor, QPainter, QPalette, QPen, QPolygonF
 from PySide6.QtWidgets import (QAbstractItemView, QHeaderView, QStyledItemDelegate,
                                QTableView, QWidget)
 
-from ..core.primitives import VMState, host_name, is_remote
+from ..base.primitives import VMState, host_name, is_remote
 from .widgets import OS_LABELS, STATE_COLORS, STATE_COLORS_DARK, dark_palette, os_icon
 
 

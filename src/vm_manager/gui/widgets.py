@@ -12,7 +12,7 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPainter, QPalette, QPixmap
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidgetItem, QPushButton, QWidget
 
-from ..core.primitives import VMState
+from ..base.primitives import VMState
 
 OS_LABELS = {"windows11": "Windows 11", "windows10": "Windows 10", "linux": "Linux",
              "macos": "macOS", None: "Other"}
@@ -103,7 +103,7 @@ class Tasks(QObject):
         try:
             self.pool.submit(job)
         except RuntimeError:  # the window closed: a late event's work has no one to show it
-            from ..core.log import get_logger
+            from ..base.log import get_logger
 
             get_logger(__name__).debug("dropped a task: the window is closed")
 
@@ -113,7 +113,7 @@ class Tasks(QObject):
 
 
 def _log_failure(error: BaseException) -> None:
-    from ..core.log import get_logger
+    from ..base.log import get_logger
 
     get_logger(__name__).error("background task failed: %s", error)
 

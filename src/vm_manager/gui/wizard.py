@@ -89,8 +89,8 @@ class CreateWizard(QWizard):
 
     def build_config(self):
         """The VMConfig, or None with ``error_text`` set to the InvalidConfig message."""
-        from ..core.errors import InvalidConfig
-        from ..core.vm_config import VMConfig
+        from ..base.errors import InvalidConfig
+        from ..base.vm_config import VMConfig
 
         try:
             config = VMConfig.from_dict(self.config_data())

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.errors import InvalidConfig, OperationFailed
-from ..core.vm_config import PCIAddress
+from ..base.errors import InvalidConfig, OperationFailed
+from ..base.vm_config import PCIAddress
 from .pci import VFIO_DRIVERS, PCIDevice, PCISnapshot, read_pci
 
 BRIDGE_DRIVERS = frozenset({"pcieport", "shpchp"})

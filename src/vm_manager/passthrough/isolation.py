@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core import guard
-from ..core.errors import InvalidConfig, VMManagerError
+from ..base import guard
+from ..base.errors import InvalidConfig, VMManagerError
 from .gpu_attach import find_gpu
 from .pci import VFIO_DRIVERS, host_root, read_devices
 

@@ -13,8 +13,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import LookingGlassError
-from ..core.primitives import validate_name
+from ..base.errors import LookingGlassError
+from ..base.primitives import validate_name
 
 SHM_DIR = Path("/dev/shm")
 EXTRA_MIB = 10  # LGMP queues and headers, per the Looking Glass docs

@@ -13,9 +13,9 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from ..core.connection import LibvirtConnection
-from ..core.errors import InvalidConfig
-from ..core.values import PCIAddress
+from ..base.connection import LibvirtConnection
+from ..base.errors import InvalidConfig
+from ..base.values import PCIAddress
 from .pci import PCIDevice, PCISnapshot
 
 

@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core import guard
-from ..core.errors import InvalidConfig
-from ..core.vm_config import PCIAddress
+from ..base import guard
+from ..base.errors import InvalidConfig
+from ..base.vm_config import PCIAddress
 
 PCI_IDS_PATHS = ("usr/share/misc/pci.ids", "usr/share/hwdata/pci.ids", "usr/share/pci.ids")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import libvirt
 
-from ..core.connection import EVENT_DEVICE_REMOVED, DomainEvent, LibvirtConnection
-from ..core import guard
-from ..core.errors import InvalidConfig, OperationTimedOut
-from ..core.vm_config import parse_hex_id
+from ..base.connection import EVENT_DEVICE_REMOVED, DomainEvent, LibvirtConnection
+from ..base import guard
+from ..base.errors import InvalidConfig, OperationTimedOut
+from ..base.vm_config import parse_hex_id
 from .pci import _parse_ids, host_root
 
 USB_IDS_PATHS = ("usr/share/misc/usb.ids", "usr/share/hwdata/usb.ids",

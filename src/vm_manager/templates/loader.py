@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..core.errors import VMCreationError
+from ..base.errors import VMCreationError
 from .names import SUFFIX
 
 PACKAGE_DIR = Path(__file__).resolve().parent

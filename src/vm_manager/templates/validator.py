@@ -16,10 +16,10 @@ from pathlib import Path
 
 from lxml import etree
 
-from ..core.domain_xml import DomainInfo, DomainXMLError, read_domain
-from ..core.errors import VMCreationError
-from ..core.vm_config import MAX_MEMORY_MB, MAX_VCPUS
-from ..core.log import get_logger
+from ..base.domain_xml import DomainInfo, DomainXMLError, read_domain
+from ..base.errors import VMCreationError
+from ..base.vm_config import MAX_MEMORY_MB, MAX_VCPUS
+from ..base.log import get_logger
 
 log = get_logger(__name__)
 

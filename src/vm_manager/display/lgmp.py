@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import LookingGlassError, OperationTimedOut
-from .ivshmem import access_problem
+from ..base.errors import LookingGlassError, OperationTimedOut
+from ..passthrough.ivshmem import access_problem
 
 LGMP_MAGIC = b"LGMP"
 KVMFR_MAGIC = b"KVMFR---"

@@ -13,8 +13,8 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from ..core.connection import LibvirtConnection
-from ..core.errors import ConnectionFailed, OperationFailed
+from ..base.connection import LibvirtConnection
+from ..base.errors import ConnectionFailed, OperationFailed
 from .host_check import FAIL, OK, WARN, Check, check_console_viewer, check_desktop_libraries
 
 UNKNOWN = "unknown"
@@ -32,7 +32,7 @@ def run_remote_checks(uri: str, environ: dict | None = None) -> list[Check]:
                       f" and that libvirtd runs there (virsh -c '{uri}' list)"), *local]
     try:
         facts = connection.execute(_read, idempotent=True)
-        from .nodedev import read_pci_nodedev
+        from ..passthrough.nodedev import read_pci_nodedev
 
         groups = read_pci_nodedev(connection).groups
     except OperationFailed as error:

@@ -1,7 +1,7 @@
 """Small value types the whole library shares, cheap to import.
 
 ``neuron-vm list`` needs these but not the config dataclasses, so they live apart from
-``vm_config`` (which re-exports them: ``from vm_manager.core.vm_config import VMState``).
+``vm_config`` (which re-exports them: ``from vm_manager.base.vm_config import VMState``).
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core import guard
-from ..core.errors import InvalidConfig, LookingGlassError
-from .ivshmem import shm_path, user_credentials
+from ..base import guard
+from ..base.errors import InvalidConfig, LookingGlassError
+from ..passthrough.ivshmem import shm_path, user_credentials
 
 CLIENT_NAME = "looking-glass-client"
 USUAL_PATHS = (

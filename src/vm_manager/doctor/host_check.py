@@ -17,10 +17,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core import guard
-from ..core.errors import LookingGlassError
-from ..core.primitives import plural
-from .pci import host_root, iommu_groups
+from ..base import guard
+from ..base.errors import LookingGlassError
+from ..base.primitives import plural
+from ..passthrough.pci import host_root, iommu_groups
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -186,10 +186,10 @@ def check_console_viewer(root: Path, environ: dict | None = None) -> Check:
 
 def check_libvirt(uri: str) -> tuple[Check, Check]:
     """libvirtd reachable, and the state of the 'default' network (never started here)."""
-    from ..core.errors import ConnectionFailed, OperationFailed
+    from ..base.errors import ConnectionFailed, OperationFailed
 
     try:
-        from ..core.connection import LibvirtConnection
+        from ..base.connection import LibvirtConnection
     except ImportError as error:  # a Python without libvirt-python (sysfs checks still run)
         return (Check("libvirtd", FAIL, f"libvirt-python is not installed here ({error})",
                       "run neuron-vm from the virtual environment setup-host.sh makes, or"
@@ -272,7 +272,7 @@ def check_groups(root: Path, user: str) -> Check:
 
 
 def check_looking_glass_client(environ: dict | None = None) -> Check:
-    from .lg_client import client_release, find_client
+    from ..display.lg_client import client_release, find_client
 
     client = find_client(environ)
     if client is None:
@@ -281,7 +281,7 @@ def check_looking_glass_client(environ: dict | None = None) -> Check:
                      " NEURONOS_LG_CLIENT to its path")
     user = None  # the client tells its release only to a non-root user: ask as the desktop user
     if os.geteuid() == 0:
-        from .ivshmem import user_credentials
+        from ..passthrough.ivshmem import user_credentials
 
         try:
             user = desktop_user(environ)
@@ -321,7 +321,7 @@ def check_desktop_libraries(qt: Path | None = None) -> Check:
 
 
 def check_shared_memory(root: Path) -> Check:
-    from .ivshmem import access_problem, kvmfr_device
+    from ..passthrough.ivshmem import access_problem, kvmfr_device
 
     folder = root / "dev" / "shm"
     files = sorted(folder.glob("looking-glass-*"))
@@ -339,7 +339,7 @@ def check_shared_memory(root: Path) -> Check:
 
 def run_checks(root: Path | str | None = None, uri: str | None = None,
                environ: dict | None = None) -> list[Check]:
-    from ..core.primitives import resolve_uri
+    from ..base.primitives import resolve_uri
 
     guard.check("host checks")
     base = host_root(root)
