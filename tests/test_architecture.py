@@ -133,3 +133,20 @@ def test_the_contracts_catch_a_wrong_import(tmp_path, module, line):
                           capture_output=True, text=True,
                           env={"PYTHONPATH": str(SOURCE.parent), "PATH": "/usr/bin:/bin"})
     assert kept.returncode == 0, kept.stdout
+
+
+def test_the_readme_diagram_names_every_package_and_module():
+    """The architecture diagram in the README is checked against the package: each
+    package's folder and each of its modules is named in it."""
+    import re
+
+    readme = (SOURCE.parents[1] / "README.md").read_text()
+    diagram = readme.split("```mermaid", 1)[1].split("```", 1)[0]
+    missing = []
+    for package in sorted(p for p in SOURCE.iterdir() if (p / "__init__.py").exists()):
+        if f"{package.name}/" not in diagram:
+            missing.append(f"{package.name}/")
+        missing += [f"{package.name}/{module.name}" for module in sorted(package.glob("*.py"))
+                    if module.stem != "__init__"
+                    and not re.search(rf"\b{module.stem}\b", diagram)]
+    assert missing == []

@@ -73,7 +73,8 @@ def test_info_text_and_json(three_vm_uri):
     VMStore().save(VMConfig(name="gamma", vm_type="linux", memory_mb=4096))
     code, out, _ = run(["-c", three_vm_uri, "info", "gamma"])
     assert code == EXIT_OK
-    assert "State:" in out and "paused" in out and "Type:" in out and "linux" in out
+    assert "State:" in out and "paused" in out and "System:" in out and "Linux" in out
+    assert out.startswith("System\n") and "\nFirmware\n" in out  # the details pane's sections
     code, out, _ = run(["-c", three_vm_uri, "info", "gamma", "--json"])
     details = json.loads(out)
     assert details["name"] == "gamma" and details["vcpus"] == 4

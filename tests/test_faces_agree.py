@@ -53,6 +53,29 @@ def cli(argv, conn, **env):
     return out.getvalue()
 
 
+def faces(make_host, tmp_path, root):
+    """Each face in turn with its own folder, environment (host root, images and settings
+    folders), test-driver host and settings store."""
+    for face in ("cli", "gui"):
+        folder = tmp_path / face
+        env = {"NEURONOS_HOST_ROOT": str(root), "NEURONOS_IMAGES_DIR": str(folder / "images"),
+               "NEURONOS_CONFIG_DIR": str(folder / "config")}
+        with guard.allowed():
+            conn = LibvirtConnection(make_host(cpus=16, memory_mb=65536)).open()
+        yield face, folder, env, conn, VMStore(folder / "config")
+
+
+def outcome(conn, store, images) -> tuple[str, dict]:
+    """What a face left of VM ``g``: its XML and saved settings, with the UUID and its own
+    images folder taken out (closes ``conn``)."""
+    with guard.allowed():
+        xml = conn.execute(lambda c: c.lookupByName("g").XMLDesc(0))
+        settings = store.load("g").to_dict()
+        conn.close()
+    return (UUID.sub("", xml).replace(str(images), "@IMAGES@"),
+            {**settings, "disk_path": settings["disk_path"].replace(str(images), "@")})
+
+
 def test_a_settings_change_keeps_the_gpu_options_in_both_faces(qtbot, make_host, tmp_path):
     from vm_manager.actions import host
     from vm_manager.gui.dialogs import SettingsDialog
@@ -61,16 +84,10 @@ def test_a_settings_change_keeps_the_gpu_options_in_both_faces(qtbot, make_host,
     rom = tmp_path / "gpu.rom"
     rom.write_bytes(b"\x55\xaa")
     results = {}
-    for face in ("cli", "gui"):
-        folder = tmp_path / face
-        env = {"NEURONOS_HOST_ROOT": str(root), "NEURONOS_IMAGES_DIR": str(folder / "images"),
-               "NEURONOS_CONFIG_DIR": str(folder / "config")}
-        with guard.allowed():
-            conn = LibvirtConnection(make_host(cpus=16, memory_mb=65536)).open()
+    for face, folder, env, conn, store in faces(make_host, tmp_path, root):
         cli(["create", "g", "--template", "windows10", "--memory", "4G", "--disk-size", "20G",
              "--gpu", "01:00.0", "--gpu-rom", str(rom), "--nvidia-compat", "--allow-boot-gpu",
              "--domain-type", "qemu", "--network", "none"], conn, **env)
-        store = VMStore(folder / "config")
         if face == "cli":
             cli(["configure", "g", "--memory", "6G"], conn, **env)
         else:
@@ -83,13 +100,7 @@ def test_a_settings_change_keeps_the_gpu_options_in_both_faces(qtbot, make_host,
             dialog.memory.setText("6G")  # the only change the user makes
             dialog.apply()
             qtbot.waitUntil(lambda: dialog.result is not None, timeout=10000)
-        with guard.allowed():
-            xml = conn.execute(lambda c: c.lookupByName("g").XMLDesc(0))
-            settings = store.load("g").to_dict()
-            conn.close()
-        images = str(folder / "images")
-        results[face] = (UUID.sub("", xml).replace(images, "@IMAGES@"),
-                         {**settings, "disk_path": settings["disk_path"].replace(images, "@")})
+        results[face] = outcome(conn, store, folder / "images")
     (cli_xml, cli_saved), (gui_xml, gui_saved) = results["cli"], results["gui"]
     assert gui_saved == cli_saved
     assert gui_xml == cli_xml
@@ -284,3 +295,68 @@ def test_display_prints_every_state_in_order_before_it_exits(lg_world, monkeypat
     states = [line.split(": ", 1)[1].split(" ", 1)[0] for line in text.splitlines()]
     assert states == ["waiting-for-host", "error"], text
     assert "cannot open it read-write" in text.splitlines()[-1]
+
+
+def test_create_with_the_defaults_is_the_same_vm_in_both_faces(qtbot, make_host, tmp_path):
+    """A Linux VM with a GPU and Looking Glass, nothing else chosen: the CLI and the wizard
+    save the same settings (the system's defaults from one table: memory, vCPUs, disk size)
+    and define the same XML."""
+    from vm_manager.actions import host
+    from vm_manager.gui.dialogs import CreateWizard
+
+    root = add_pci_devices(tmp_path / "host", nvidia_turing_gpu())
+    results = {}
+    for face, folder, env, conn, store in faces(make_host, tmp_path, root):
+        if face == "cli":
+            cli(["create", "g", "--template", "linux", "--gpu", "01:00.0", "--looking-glass",
+                 "--network", "none"], conn, **env)
+        else:
+            ctx = Context(connection=conn, store=store, images_dir=folder / "images",
+                          host_root=root)
+            with guard.allowed():
+                devices = host.devices(ctx)
+            wiz = CreateWizard(ctx, devices)
+            qtbot.addWidget(wiz)
+            wiz.show()
+            page = wiz.system_page
+            page.template.setCurrentIndex(page.template.findData("linux"))
+            page.name.setText("g")
+            page.network.setText("none")
+            assert page.memory.placeholderText() == "default 2G"  # the table's, shown
+            assert page.isComplete(), page.error.text()
+            wiz.next()
+            choices = wiz.devices_page
+            choices.gpu.setCurrentIndex(choices.gpu.findData("0000:01:00.0"))
+            choices.looking_glass.setChecked(True)
+            choices.resolution.setCurrentText("2560x1440")
+            wiz.next()
+            wiz.next()
+            qtbot.waitUntil(lambda: wiz.summary_page.plan is not None, timeout=10000)
+            assert wiz.summary_page.validatePage()
+        results[face] = outcome(conn, store, folder / "images")
+    (cli_xml, cli_saved), (gui_xml, gui_saved) = results["cli"], results["gui"]
+    assert gui_saved == cli_saved
+    assert (cli_saved["memory_mb"], cli_saved["vcpus"], cli_saved["disk_size_gb"]) == (
+        2048, 2, 32)
+    assert "display_mode" not in cli_saved and cli_saved["looking_glass"]["enabled"]
+    assert gui_xml == cli_xml
+
+
+def test_info_is_the_details_pane_as_text(make_host, tmp_path):
+    """`neuron-vm info` prints the very sections and rows the desktop app's details pane
+    shows (one typed result, `actions.details`)."""
+    from vm_manager.actions import details
+
+    env = {"NEURONOS_IMAGES_DIR": str(tmp_path / "images")}
+    with guard.allowed():
+        conn = LibvirtConnection(make_host()).open()
+    cli(["create", "w", "--template", "windows11", "--network", "none"], conn, **env)
+    text = cli(["info", "w"], conn, **env)
+    with guard.allowed():
+        pane = details.details(Context(connection=conn, store=VMStore()), "w")
+        conn.close()
+    printed = [block.splitlines() for block in text.strip().split("\n\n")]
+    assert [lines[0] for lines in printed] == [section.title for section in pane.sections]
+    for lines, section in zip(printed, pane.sections):
+        assert [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]] \
+            == [(label, value) for label, value in section.rows]

@@ -158,11 +158,12 @@ def _cloud_image(world: World) -> list:
 
 
 def _pool_volume(world: World) -> list:
+    from vm_manager.base import storage_xml
     from vm_manager.core import storage
 
     world.images.mkdir(parents=True, exist_ok=True)
     pool = world.conn.execute(lambda c: storage.images_pool(c, world.images))
-    pool.createXML(storage.volume_xml("given.qcow2", 1), 0)
+    pool.createXML(storage_xml.volume_xml("given.qcow2", 1), 0)
     return ["--disk", world.images / "given.qcow2"]
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import lifecycle_on
 from support.domains import remove_domain, remove_pool
+from vm_manager.base import storage_xml
 from vm_manager.core import storage
 from vm_manager.base.connection import LibvirtConnection
 from vm_manager.base.errors import VMCreationError
@@ -67,14 +68,20 @@ def test_volumes_are_made_once_and_removed_through_the_pool(test_conn):
     assert storage.delete_volume(test_conn, path) is False  # no pool holds it now
 
 
-def test_volume_xml_is_escaped_and_names_its_backing():
-    xml = storage.volume_xml("a'b<c>.qcow2", 20, backing="/srv/base & co.qcow2",
-                             backing_format="qcow2")
+def test_storage_xml_is_escaped_and_reads_back():
+    xml = storage_xml.volume_xml("a'b<c>.qcow2", 20, backing="/srv/base & co.qcow2",
+                                 backing_format="qcow2")
     assert "<name>a'b&lt;c&gt;.qcow2</name>" in xml
-    assert '<backingStore><path>/srv/base &amp; co.qcow2</path><format type="qcow2"/>' in xml
+    assert '<backingStore><path>/srv/base &amp; co.qcow2</path><format type="qcow2" />' in xml
+    assert "<lazy_refcounts />" in xml and '<capacity unit="G">20</capacity>' in xml
+    described = storage_xml.read_volume(xml.replace("<target>", "<target><path>/v</path>"))
+    assert described == storage_xml.VolumeInfo("/v", "qcow2", "/srv/base & co.qcow2", "qcow2")
     with pytest.raises(ValueError, match="never guessed"):  # an overlay on an unknown format
-        storage.volume_xml("o.qcow2", 20, backing="/srv/base.img")
-    assert "<lazy_refcounts/>" in xml and "<capacity unit='G'>20</capacity>" in xml
+        storage_xml.volume_xml("o.qcow2", 20, backing="/srv/base.img")
+    raw = storage_xml.raw_volume_xml("m&m.iso", 4096)
+    assert storage_xml.read_volume(raw).format == "raw" and "m&amp;m.iso" in raw
+    pool = storage_xml.pool_xml("p<1>", "/srv/images & co/")
+    assert storage_xml.pool_folder(pool) == "/srv/images & co" and "p&lt;1&gt;" in pool
 
 
 @pytest.mark.daemon

@@ -184,8 +184,6 @@ def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
                             " screen: give the VM a GPU too (--gpu ADDR)")
     lg["enabled"] = bool(lg["enabled"] and data["gpu_passthrough"])
     data["looking_glass"] = lg
-    if not lg["enabled"] and data.get("display_mode") == "looking-glass":
-        data["display_mode"] = "spice"
     return VMConfig.from_dict(data)
 
 

@@ -1,4 +1,5 @@
-"""One VM described for people: the desktop app's details pane (read on a worker).
+"""One VM described for people: the desktop app's details pane (read on a worker) and
+`neuron-vm info` (the same sections, as text).
 
 Sections of (label, value) rows, from ``vms.vm_details`` (the live domain and the saved
 settings, what ``info`` prints) plus what a person wants beside it: disk sizes, the GPU's
@@ -8,7 +9,7 @@ client's state and the last lines of its log, the setup stage, snapshots and sha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .context import Context
@@ -26,6 +27,7 @@ class Section:
 class VMDetails:
     name: str
     sections: tuple[Section, ...]
+    facts: dict[str, Any] = field(default_factory=dict, repr=False)  # ``vms.vm_details``
 
     def section(self, title: str) -> Section | None:
         return next((s for s in self.sections if s.title == title), None)
@@ -38,9 +40,11 @@ def details(ctx: Context, name: str) -> VMDetails:
     info = vms.vm_details(ctx, name)
     settings = info.get("settings") or {}
     sections = [_system(ctx, info), _firmware(info), _disks(ctx, name, info), _network(info),
-                _gpu(ctx, info), _usb(ctx, info), _looking_glass(ctx, name, info, settings),
-                _setup(ctx, name, info), _snapshots(ctx, name), _shares(info)]
-    return VMDetails(name, tuple(section for section in sections if section is not None))
+                _display(info), _gpu(ctx, info), _usb(ctx, info),
+                _looking_glass(ctx, name, info, settings), _setup(ctx, name, info),
+                _snapshots(ctx, name), _shares(info)]
+    return VMDetails(name, tuple(section for section in sections if section is not None),
+                     info)
 
 
 def _size(number: float | None) -> str:
@@ -72,6 +76,10 @@ def _system(ctx: Context, info: dict[str, Any]) -> Section:
     if info.get("neuronos_template"):
         rows.append(("Template", info["neuronos_template"]))
     rows.append(("Host", host_name(ctx.uri)))  # where it runs: this computer or another
+    rows.append(("UUID", info.get("uuid") or "?"))
+    rows.append(("Starts with the host", "yes" if info.get("autostart") else "no"))
+    if not info.get("settings"):
+        rows.append(("Settings", "not made by NeuronOS (change it with virt-manager)"))
     return Section("System", tuple(rows))
 
 
@@ -118,7 +126,11 @@ def _disks(ctx: Context, name: str, info: dict[str, Any]) -> Section:
             continue
         capacity, used = known.get(disk.get("target"), (None, None))
         size = f", {_size(capacity)}, {_size(used)} used" if capacity else ""
-        rows.append((disk.get("target") or "disk", f"{where} ({disk.get('format') or '?'}{size})"))
+        below = [image.get("path") for image in disk.get("backing_chain") or []
+                 if image.get("path")]
+        on = f", on {' on '.join(below)}" if below else ""  # its backing chain (live)
+        rows.append((disk.get("target") or "disk",
+                     f"{where} ({disk.get('format') or '?'}{size}{on})"))
     rows.extend(("Problem", f"{problem['problem']}. Fix: {problem['fix']}")
                 for problem in info.get("disk_problems") or [])
     return Section("Disks", tuple(rows) or (("Disks", "none"),))
@@ -129,6 +141,21 @@ def _network(info: dict[str, Any]) -> Section:
                   f"{item.get('type')} {item.get('source') or ''} ({item.get('model') or '?'})"
                   .replace("  ", " ")) for item in info.get("interfaces") or [])
     return Section("Network", rows or (("Network", "none"),))
+
+
+def _display(info: dict[str, Any]) -> Section | None:
+    """The VM's own screens (SPICE: the port libvirt chose while it runs) and the guest
+    agent's channel."""
+    rows = []
+    for graphics in info.get("graphics") or []:
+        port = graphics.get("port")
+        where = f"{graphics.get('listen') or 'no address'}, port {port}" if port else \
+            "port chosen when it starts"
+        rows.append((graphics.get("type") or "display", where))
+    for channel in info.get("channels") or []:
+        if channel.get("target_name") == "org.qemu.guest_agent.0":
+            rows.append(("Guest agent", channel.get("state") or "not running"))
+    return Section("Display", tuple(rows)) if rows else None
 
 
 def _gpu(ctx: Context, info: dict[str, Any]) -> Section | None:

@@ -20,7 +20,7 @@ def manager(ctx: Context) -> SnapshotManager:
 
 
 def list_snapshots(ctx: Context, name: str) -> list[Snapshot]:
-    ctx.lifecycle.require(name)
+    """Raises ``VMNotFound``; follows no events (``info`` stays a one-shot read)."""
     return manager(ctx).list(name)
 
 

@@ -205,6 +205,8 @@ class VMConfig:
     initrd_path: str | None = None
     kernel_cmdline: str | None = None
     serial_log_path: str | None = None  # the guest's serial console, appended to this file
+    # the design notes' switch for Looking Glass: given LOOKING_GLASS, it turns
+    # ``looking_glass.enabled`` on; afterwards it only mirrors that (never saved on its own)
     display_mode: DisplayMode = DisplayMode.SPICE
     domain_type: DomainType = DomainType.KVM
     network: str = "default"  # libvirt network name, or "none"
@@ -218,6 +220,8 @@ class VMConfig:
         self._normalize()
         self._apply_defaults()
         self.validate()
+        self.display_mode = DisplayMode.LOOKING_GLASS if self.looking_glass.enabled else \
+            DisplayMode.SPICE
 
     def _normalize(self) -> None:
         self.name = validate_name(self.name)
@@ -394,7 +398,10 @@ class VMConfig:
     # --- (de)serialization: plain JSON types only ----------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        """Plain JSON types; ``display_mode`` is left out (``looking_glass`` says it)."""
+        data = _to_plain(self)
+        data.pop("display_mode", None)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> VMConfig:

@@ -195,8 +195,6 @@ def request_from_args(args: argparse.Namespace):
         "shares": [_share(item, False) for item in args.share or ()]
         + [_share(item, True) for item in args.read_only_share or ()],
     }
-    if args.looking_glass:
-        data["display_mode"] = "looking-glass"
     if args.gpu is not None:  # '' is not "no GPU": it is a bad address
         data["gpu_passthrough"] = {"pci_address": args.gpu, "rom_file": args.gpu_rom,
                                    "nvidia_compat": args.nvidia_compat,

@@ -47,45 +47,24 @@ def cmd_list(ctx: CommandContext) -> int:
 
 
 def cmd_info(ctx: CommandContext) -> int:
-    from ..actions import vms
-    from ..base.primitives import VMState
+    """The desktop app's details pane as text (the same typed sections); ``--json``: every
+    fact read from the domain and the saved settings."""
+    from ..actions import details
 
-    details = vms.vm_details(ctx.actions, ctx.args.name)
-    if "settings_problem" in details:
-        ctx.warn(details["settings_problem"])
-    if ctx.json:
-        ctx.print_json(details)
-        return EXIT_OK
-    osinfo = details["os"]
-    lines = [
-        ("Name", details["name"]),
-        ("UUID", details["uuid"]),
-        ("State", VMState(details["state"]).label),
-        ("Type", details.get("vm_type") or "unknown (not made by NeuronOS)"),
-        ("vCPUs", str(details["vcpus"])),
-        ("Memory", format_memory(details["memory_mb"])),
-        ("Persistent", "yes" if details["persistent"] else "no"),
-        ("Autostart", "yes" if details["autostart"] else "no"),
-        ("Hypervisor", details["domain_type"] or "-"),
-        ("Machine", " ".join(filter(None, [osinfo["arch"], osinfo["machine"],
-                                           osinfo["firmware"]])) or "-"),
-    ]
-    for problem in details.get("disk_problems") or []:
+    shown = details.details(ctx.actions, ctx.args.name)
+    facts = shown.facts
+    if "settings_problem" in facts:
+        ctx.warn(facts["settings_problem"])
+    for problem in facts.get("disk_problems") or []:
         ctx.warn(f"{problem['problem']}; fix: {problem['fix']}")
-    for disk in details["disks"]:
-        lines.append((f"Disk {disk['target'] or '?'}",
-                      f"{disk['source'] or '(empty)'} [{disk['device']},"
-                      f" {disk['format'] or 'no format named'}]"))
-    for iface in details["interfaces"]:
-        lines.append(("Network", f"{iface['type']} {iface['source'] or ''} {iface['model'] or ''}"))
-    for graphics in details["graphics"]:
-        lines.append(("Display", f"{graphics['type']} port {graphics['port'] or 'auto'}"))
-    for hostdev in details["hostdevs"]:
-        where = hostdev.get("address") or f"{hostdev.get('vendor_id')}:{hostdev.get('product_id')}"
-        lines.append(("Passthrough", f"{hostdev['type']} {where}"))
-    for shmem in details["shmem"]:
-        lines.append(("Shared memory", f"{shmem['name']} ({shmem['size']})"))
-    ctx.print_fields(lines)
+    if ctx.json:
+        ctx.print_json(facts)
+        return EXIT_OK
+    for number, section in enumerate(shown.sections):
+        if number:
+            ctx.print("")
+        ctx.print(section.title)
+        ctx.print_fields([(f"  {label}", value) for label, value in section.rows])
     return EXIT_OK
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import libvirt
@@ -20,6 +19,7 @@ import libvirt
 from ..base import guard
 from . import storage
 from ..base.connection import LibvirtConnection
+from ..base.storage_xml import read_volume
 from ..base.domain_xml import read_domain
 from ..base.primitives import is_remote
 
@@ -135,7 +135,7 @@ def _volume_chain(connection: LibvirtConnection, path: str) -> list[str] | None:
             volume = storage.lookup_volume(conn, current)
             if volume is None:
                 return None if current == path else chain
-            below = ET.fromstring(volume.XMLDesc(0)).findtext("backingStore/path")
+            below = read_volume(volume.XMLDesc(0)).backing
             if not below:
                 return chain
             chain.append(below)

@@ -28,7 +28,6 @@ import json
 import os
 import threading
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -307,11 +306,7 @@ class SetupTracker:
         unplugged). The cloud-init seed (a virtio disk): unplugged from both."""
         from .planning import CDROMSpec, DiskSpec
 
-        loader = self._loader
-        if loader is None:
-            from ..templates.loader import TemplateLoader
-
-            loader = self._loader = TemplateLoader()
+        loader = self._macros()
         config = flags == libvirt.VIR_DOMAIN_AFFECT_CONFIG
         eject = disk.device == "cdrom" and not config
         if disk.device == "cdrom":
@@ -331,24 +326,26 @@ class SetupTracker:
 
         self.connection.execute(apply)
 
+    def _macros(self):
+        """The templates' loader: the one producer of the fragments written here."""
+        if self._loader is None:
+            from ..templates.loader import TemplateLoader
+
+            self._loader = TemplateLoader()
+        return self._loader
+
     def _advance(self, name: str, setup: SetupInfo, stage: str, note: str) -> SetupInfo:
         steps = (*setup.steps, (stage, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 note))
-        new = SetupInfo(setup.kind, stage, setup.looking_glass, setup.medium, steps)
-        element = ET.Element("setup", {"kind": new.kind or "", "stage": stage,
-                                       "looking-glass": "yes" if new.looking_glass else "no"})
-        if new.medium:
-            element.set("medium", new.medium)
-        for step_stage, at, text in steps:
-            ET.SubElement(element, "step", {"stage": step_stage, "at": at}).text = text
+        new = SetupInfo(setup.kind or "", stage, setup.looking_glass, setup.medium, steps)
+        record = self._macros().render_fragment("setup_record", new, False)  # the template's
 
         def write(conn):
             dom = self.connection.lookup(conn, name)
             flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (
                 libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
-            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-                            ET.tostring(element, encoding="unicode"), METADATA_KEY, SETUP_NS,
-                            flags)
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, record, METADATA_KEY,
+                            SETUP_NS, flags)
 
         with self._lock:  # known before the metadata event can come back
             before, self._known[name] = self._known.get(name), stage

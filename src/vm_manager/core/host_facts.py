@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import libvirt
 
 from ..base.connection import LibvirtConnection
+from ..base.storage_xml import read_volume
 from ..base.primitives import host_name, is_remote
 from ..base.vm_config import HostResources, VMConfig
 from ..base.log import get_logger
@@ -327,17 +328,16 @@ def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
             try:
                 volume = conn.storageVolLookupByPath(path)
                 kind = kinds.get(volume.info()[0], "other")
-                described = ET.fromstring(volume.XMLDesc(0))
+                described = read_volume(volume.XMLDesc(0))
             except libvirt.libvirtError:
                 if not conn.isAlive():
                     raise
                 facts[path] = PathFact("missing", real=path, why_missing=why)
                 continue
-            fmt = described.find("target/format")
-            fmt = fmt.get("type") if fmt is not None else None
             facts[path] = PathFact(  # a block volume's users are not known here
-                kind, format=fmt, real=path, backing=described.findtext("backingStore/path"),
-                format_problem=None if fmt else "its storage pool names no format")
+                kind, format=described.format, real=path, backing=described.backing,
+                format_problem=None if described.format else "its storage pool names no"
+                " format")
         return facts
 
     facts = {**connection.execute(look, idempotent=True), **local}

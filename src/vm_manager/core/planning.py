@@ -110,6 +110,8 @@ class SetupSpec:
     kind: str  # windows, cloud-init
     medium: str
     looking_glass: bool
+    stage: str = "created"
+    steps: tuple[tuple[str, str, str], ...] = ()  # (stage, ISO time, note)
 
 
 @dataclass(frozen=True)

@@ -106,9 +106,7 @@ def _wipe_disk(config: VMConfig, images_dir: Path, qemu_img: str, connection=Non
 def _wipe_volume(connection, config: VMConfig, disk: str) -> bool:
     """The disk as a new, empty volume of its pool (same name, size and backing); False when
     no pool holds it (or the URI keeps files itself, as the test driver does)."""
-    import xml.etree.ElementTree as ET
-
-    from . import storage
+    from ..base.storage_xml import read_volume, volume_xml
 
     if not storage.uses_pools(connection.uri):
         return False
@@ -118,16 +116,14 @@ def _wipe_volume(connection, config: VMConfig, disk: str) -> bool:
         if volume is None:
             return False
         pool = volume.storagePoolLookupByVolume()
-        base = ET.fromstring(volume.XMLDesc(0)).find("backingStore")
-        backing = base.findtext("path") if base is not None else None
-        backing_format = base.find("format").get("type") if base is not None and \
-            base.find("format") is not None else None
+        described = read_volume(volume.XMLDesc(0))
+        backing, backing_format = described.backing, described.backing_format
         if backing and not backing_format:  # checked before anything is lost
             raise VMCreationError(f"{disk} builds on {backing}, whose format its pool does not"
                                   " name; it is never guessed: the disk was not wiped")
         volume.delete(0)  # what it held is what --wipe-disk asked to lose
-        pool.createXML(storage.volume_xml(os.path.basename(disk), config.disk_size_gb,
-                                          backing, backing_format), 0)
+        pool.createXML(volume_xml(os.path.basename(disk), config.disk_size_gb, backing,
+                                  backing_format), 0)
         return True
 
     return connection.execute(wipe)

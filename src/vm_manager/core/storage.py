@@ -17,15 +17,14 @@ from __future__ import annotations
 import errno
 import io
 import os
-import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
-from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
 from ..base.connection import LibvirtConnection
+from ..base.storage_xml import pool_folder, pool_xml, raw_volume_xml, volume_xml
 from ..base.errors import VMCreationError
 from ..base.log import get_logger
 
@@ -39,8 +38,7 @@ def uses_pools(uri: str) -> bool:
 
 
 def _target(pool: libvirt.virStoragePool) -> str | None:
-    path = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
-    return os.path.normpath(path) if path else None
+    return pool_folder(pool.XMLDesc(0))
 
 
 def find_pool(conn: libvirt.virConnect, folder: Path | str) -> libvirt.virStoragePool | None:
@@ -66,10 +64,7 @@ def images_pool(conn: libvirt.virConnect, folder: Path | str) -> libvirt.virStor
         while name in taken:
             number += 1
             name = f"{POOL_NAME}-{number}"
-        xml = (f"<pool type='dir'><name>{escape(name)}</name><target>"
-               f"<path>{escape(os.path.normpath(str(folder)))}</path>"
-               "<permissions><mode>0711</mode></permissions></target></pool>")
-        pool = conn.storagePoolDefineXML(xml, 0)
+        pool = conn.storagePoolDefineXML(pool_xml(name, str(folder)), 0)
         log.info("defined storage pool %s for %s", name, folder)
         try:
             pool.build(0)  # makes the folder (0711) where it is missing
@@ -81,24 +76,6 @@ def images_pool(conn: libvirt.virConnect, folder: Path | str) -> libvirt.virStor
     if not pool.isActive():
         pool.create(0)
     return pool
-
-
-def volume_xml(name: str, size_gb: int, backing: str | None = None,
-               backing_format: str | None = None) -> str:
-    """A sparse qcow2 volume (0600, lazy refcounts), an overlay on ``backing`` if given,
-    whose format must be known (read from the image: an overlay that calls a qcow2 base raw
-    shows the guest the base's header)."""
-    backing_xml = ""
-    if backing:
-        if not backing_format:
-            raise ValueError(f"the format of {backing} is not known; it is never guessed")
-        backing_xml = (f"<backingStore><path>{escape(os.path.abspath(backing))}</path>"
-                       f"<format type={quoteattr(backing_format)}/></backingStore>")
-    return (f"<volume><name>{escape(name)}</name><capacity unit='G'>{int(size_gb)}</capacity>"
-            "<allocation>0</allocation><target><format type='qcow2'/><compat>1.1</compat>"
-            "<features><lazy_refcounts/></features>"
-            "<permissions><mode>0600</mode></permissions></target>"
-            f"{backing_xml}</volume>")
 
 
 def _free_name(conn: libvirt.virConnect, path: str, step: str, claim=None,
@@ -186,10 +163,7 @@ def upload_file(connection: LibvirtConnection, path: str, build: Callable[[Path]
 
         def send(conn: libvirt.virConnect) -> str:
             pool = _free_name(conn, path, "setup medium", claim, replace)
-            volume = pool.createXML(
-                f"<volume><name>{escape(name)}</name><capacity unit='B'>{size}</capacity>"
-                "<target><format type='raw'/><permissions><mode>0600</mode></permissions>"
-                "</target></volume>", 0)
+            volume = pool.createXML(raw_volume_xml(name, size), 0)
             stream = conn.newStream(0)
             try:
                 volume.upload(stream, 0, size, 0)

@@ -55,7 +55,7 @@ class CreateWizard(QWizard):
         s, d = self.system_page, self.devices_page
         data = {
             "name": s.name.text().strip(), "vm_type": s.template.currentData(),
-            "memory_mb": s.memory.text().strip() or None, "vcpus": s.vcpus.value(),
+            "memory_mb": s.memory.text().strip() or None, "vcpus": s.vcpus.value() or None,
             "disk_size_gb": s.disk_size.text().strip() or None,
             "disk_path": s.disk_path.text().strip() or None,
             "iso_path": s.iso.text().strip() or None,
@@ -127,11 +127,11 @@ class _SystemPage(_CheckedPage):
         for value, label in TEMPLATES:
             self.template.addItem(label, value)
         self.name = QLineEdit()
-        self.memory = QLineEdit("8G")
+        # empty: the system's own defaults (VMConfig's table, as the CLI), shown as hints
+        self.memory = QLineEdit()
         self.vcpus = QSpinBox()
-        self.vcpus.setRange(1, 512)
-        self.vcpus.setValue(4)
-        self.disk_size = QLineEdit("128G")
+        self.vcpus.setRange(0, 512)  # 0: the default, shown by name
+        self.disk_size = QLineEdit()
         self.disk_path = QLineEdit()
         self.disk_path.setPlaceholderText("or an existing disk image (path)")
         self.iso = QLineEdit()
@@ -155,6 +155,17 @@ class _SystemPage(_CheckedPage):
             widget.textChanged.connect(self._changed)
         self.vcpus.valueChanged.connect(self._changed)
         self.template.currentIndexChanged.connect(self._changed)
+        self.template.currentIndexChanged.connect(self._show_defaults)
+        self._show_defaults()
+
+    def _show_defaults(self, *_args) -> None:
+        """The chosen system's defaults as hints: what an empty field gives."""
+        from ..base.vm_config import DEFAULTS, VMType
+
+        default = DEFAULTS[VMType(self.template.currentData())]
+        self.memory.setPlaceholderText(f"default {_gib(default.memory_mb)}")
+        self.vcpus.setSpecialValueText(f"default ({default.vcpus})")
+        self.disk_size.setPlaceholderText(f"default {default.disk_gb}G")
 
 class _DevicesPage(_CheckedPage):
     def __init__(self, wizard: CreateWizard):
@@ -431,3 +442,7 @@ def _with_browse(field: QLineEdit, filter_text: str | None) -> QWidget:
     row.addWidget(field, 1)
     row.addWidget(button)
     return box
+
+
+def _gib(memory_mb: int) -> str:
+    return f"{memory_mb // 1024}G" if memory_mb % 1024 == 0 else f"{memory_mb}M"
