@@ -332,7 +332,8 @@ def test_create_with_the_defaults_is_the_same_vm_in_both_faces(qtbot, make_host,
             wiz.next()
             wiz.next()
             qtbot.waitUntil(lambda: wiz.summary_page.plan is not None, timeout=10000)
-            assert wiz.summary_page.validatePage()
+            wiz.summary_page.validatePage()  # Create: made on a worker
+            qtbot.waitUntil(lambda: wiz.result is not None, timeout=20000)
         results[face] = outcome(conn, store, folder / "images")
     (cli_xml, cli_saved), (gui_xml, gui_saved) = results["cli"], results["gui"]
     assert gui_saved == cli_saved

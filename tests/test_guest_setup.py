@@ -828,3 +828,39 @@ def test_a_share_is_planned_with_its_tag(world, tmp_path):
     code, _, err = run(world, "create", "s", "--template", "linux", "--network", "none",
                        "--share", f"{folder}=bad tag")
     assert code == 2 and "is not a mount tag" in err
+
+
+def test_the_setup_journey_tells_each_stage_and_how_it_ended(world, isos):
+    """The action both faces follow a setup with: made before the VM starts, it sees
+    "installing" and "first-logon" and ends "vm-stopped" when the VM stops mid-setup."""
+    from vm_manager.actions import setup
+    from vm_manager.actions.context import Context
+
+    conn, store, _, password = world
+    assert run(world, *create_args(isos, password))[0] == 0
+    ctx = Context(connection=conn, store=store)
+    seen = []
+    journey = setup.SetupJourney(ctx, "w11", on_stage=lambda change: seen.append(change.new))
+    try:
+        ctx.setup_tracker().boot_prompt_s = 0
+        ctx.lifecycle.start("w11")
+        ends = []
+
+        def until(stage):
+            for _ in range(20):  # each wait returns with one event, or after 10 s
+                if stage in seen:
+                    return
+                ends.append(journey.wait(10))
+                assert ends[-1] is None, ends  # not ended before that stage
+            raise AssertionError(f"{stage} not seen; saw {seen}")
+
+        until("installing")
+        ctx.setup_tracker().agent_connected("w11", stage_text="guest-tools")
+        until("first-logon")
+        conn.execute(lambda c: c.lookupByName("w11").destroy())
+        end = next((e for e in (journey.wait(10) for _ in range(20)) if e), None)
+        assert end == "vm-stopped" and seen == ["installing", "first-logon"]
+        assert journey.session is None  # no display was asked for
+    finally:
+        journey.close()
+        ctx.close()

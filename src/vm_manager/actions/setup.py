@@ -102,3 +102,61 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
     if start:
         lifecycle.start(name)
     return status(ctx, name)
+
+
+class SetupJourney:
+    """From a fresh unattended setup to the desktop, for any face: each stage the setup
+    reaches goes to ``on_stage(SetupChange)``; with ``display``, the Looking Glass display
+    opens when the guest's host application is due (stage "looking-glass", or "ready"),
+    its states going to ``on_display(DisplayChange)``. Made before the VM starts (so no
+    stage is missed); ``wait`` tells how it ended: "ready", or "vm-stopped" (the VM stopped
+    during setup: start it again to go on). Closing it stops following (setup goes on)."""
+
+    def __init__(self, ctx: Context, name: str, *, display: bool = False,
+                 on_stage: Callable | None = None, on_display: Callable | None = None):
+        import queue
+
+        from . import vms
+
+        self.ctx, self.name, self.display = ctx, name, display
+        self.on_stage, self.on_display = on_stage, on_display
+        self.session = None  # the display, once it opened
+        self._items: queue.Queue = queue.Queue()
+        self._stops = [follow(ctx, name, self._items.put)]
+        self._vms = vms
+        self._watching = False
+
+    def wait(self, timeout: float | None = None) -> str | None:
+        """The end ("ready", "vm-stopped"), or None when ``timeout`` passed first."""
+        import queue
+
+        from ..base.primitives import VMState
+        from ..core.guest_setup import SetupChange
+
+        if not self._watching:  # the VM exists by now: its state changes too
+            self._stops.append(self._vms.watch(self.ctx, self.name, self._items.put,
+                                               lambda event: None))
+            self._watching = True
+        try:
+            item = self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, SetupChange):
+            if self.on_stage is not None:
+                self.on_stage(item)
+            if self.display and self.session is None and item.new in ("looking-glass",
+                                                                      "ready"):
+                from . import display
+
+                self.session = display.open_display(self.ctx, display.DisplayRequest(
+                    self.name), on_change=self.on_display)
+            return "ready" if item.new == "ready" else None
+        if item.new in (VMState.SHUTOFF, VMState.CRASHED):
+            return "vm-stopped"
+        return None
+
+    def close(self) -> None:
+        """Stop following (the display, if open, stays: it follows the VM)."""
+        for stop in self._stops:
+            stop()
+        self._stops = []

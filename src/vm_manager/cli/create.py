@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 
-from .guest import SetupFollower, read_secrets, setup_options, unattended_from_args
+from .guest import follow_setup, read_secrets, setup_options, unattended_from_args
 from .output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -238,7 +238,7 @@ def cmd_create(ctx: CommandContext) -> int:
         raise InvalidConfig("--display", "goes with --start")
     following = None
     if request.start and request.config.unattended is not None:
-        following = SetupFollower(ctx, args.name, args.display)  # before the VM starts
+        following = follow_setup(ctx, args.name, args.display)  # before the VM starts
     with Spinner(ctx, f"Creating {args.name}"):
         outcome = create.create(ctx.actions, request, plan=plan, progress=progress)
     if ctx.json:
@@ -247,13 +247,13 @@ def cmd_create(ctx: CommandContext) -> int:
         ctx.print(f"created {outcome.result.name} from {outcome.result.template}"
                   f"{'; started' if outcome.started else ''}")
     if following is not None:
-        return following.run()
+        return following()
     if args.display:
-        from .power import _follow, _print_display
         from ..actions import display
+        from .output import follow_display, print_display
 
-        return _follow(display.open_display(ctx.actions, display.DisplayRequest(args.name),
-                                            on_change=_print_display(ctx)))
+        return follow_display(display.open_display(
+            ctx.actions, display.DisplayRequest(args.name), on_change=print_display(ctx)))
     return EXIT_OK
 
 

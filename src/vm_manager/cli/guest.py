@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from .output import EXIT_FAILED, EXIT_OK, CommandContext, stdin_is_terminal
+from .output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandContext,
+    follow_display,
+    print_display,
+    stdin_is_terminal,
+)
 
 SETUP_FLAGS = ("user", "password_file", "locale", "keyboard", "timezone", "edition",
                "product_key", "lg_host_installer", "lg_host_release", "bypass_hardware_checks",
@@ -195,55 +202,29 @@ def read_secrets(ctx: CommandContext):
     return SetupSecrets(password, key.upper() if key else None)
 
 
-class SetupFollower:
-    """Print each stage of a fresh unattended setup until "ready" (or the VM stops, or
-    Ctrl-C: setup goes on without us); with ``display``, open the Looking Glass window once
-    the host application is expected."""
+def follow_setup(ctx: CommandContext, name: str, display: bool):
+    """The setup journey (``actions.setup.SetupJourney``) of a VM about to start, printed:
+    made before the VM starts, so no stage is missed; ``run`` follows it once it runs."""
+    from ..actions import setup
 
-    def __init__(self, ctx: CommandContext, name: str, display: bool):
-        import queue
+    journey = setup.SetupJourney(
+        ctx.actions, name, display=display, on_display=print_display(ctx),
+        on_stage=lambda change: ctx.print(f"{name}: setup {change.new} ({change.note})"))
 
-        from ..actions import setup, vms
-
-        self.ctx, self.name, self.display = ctx, name, display
-        self.items: queue.Queue = queue.Queue()
-        self._stops = [setup.follow(ctx.actions, name, self.items.put)]
-        self._vms = vms
-
-    def run(self) -> int:
-        import queue
-
-        from ..actions import display
-        from .power import _follow, _print_display
-
-        ctx = self.ctx
-        self._stops.append(self._vms.watch(ctx.actions, self.name, self.items.put,
-                                           lambda event: None))
-        ctx.print(f"following the setup of {self.name} (Ctrl-C stops following; setup goes"
-                  f" on; `neuron-vm setup-status {self.name}` tells where it is)")
-        session = None
+    def run() -> int:
+        ctx.print(f"following the setup of {name} (Ctrl-C stops following; setup goes"
+                  f" on; `neuron-vm setup-status {name}` tells where it is)")
         try:
-            while True:
-                try:
-                    item = self.items.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if hasattr(item, "note"):
-                    ctx.print(f"{self.name}: setup {item.new} ({item.note})")
-                    if self.display and session is None and item.new in ("looking-glass",
-                                                                         "ready"):
-                        session = display.open_display(
-                            ctx.actions, display.DisplayRequest(self.name),
-                            on_change=_print_display(ctx))
-                    if item.new == "ready":
-                        break
-                elif getattr(item.new, "value", "") in ("shutoff", "crashed"):
-                    ctx.print(f"{self.name}: the VM stopped during setup; start it again to"
-                              " go on")
-                    return EXIT_FAILED
+            end = None
+            while end is None:
+                end = journey.wait(0.5)  # a timeout keeps Ctrl-C responsive
         except KeyboardInterrupt:
             return EXIT_OK
         finally:
-            for stop in self._stops:
-                stop()
-        return _follow(session) if session is not None else EXIT_OK
+            journey.close()
+        if end == "vm-stopped":
+            ctx.print(f"{name}: the VM stopped during setup; start it again to go on")
+            return EXIT_FAILED
+        return follow_display(journey.session) if journey.session is not None else EXIT_OK
+
+    return run

@@ -149,3 +149,18 @@ def confirm(question: str) -> bool:
 
 def stdin_is_terminal() -> bool:
     return hasattr(sys.stdin, "isatty") and sys.stdin.isatty()
+
+
+def print_display(ctx: CommandContext):
+    """A Looking Glass display's states as lines (``display``, ``start --display``)."""
+    return lambda change: ctx.print(f"{change.vm_name}: {change.new.value} ({change.reason})")
+
+
+def follow_display(session) -> int:
+    """Stay until the window closes, the VM stops (it closes then), or Ctrl-C."""
+    try:
+        while not session.closed:
+            session.wait(0.5)  # a timeout keeps Ctrl-C responsive
+    except KeyboardInterrupt:
+        session.close()
+    return EXIT_FAILED if session.failed else EXIT_OK

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .output import EXIT_FAILED, EXIT_OK, CommandContext, Spinner
+from .output import EXIT_OK, CommandContext, Spinner, follow_display, print_display
 
 
 def seconds(text: str) -> float:
@@ -77,27 +77,13 @@ def cmd_start(ctx: CommandContext) -> int:
                                  timeout=args.timeout,
                                  display=DisplayRequest(args.name) if args.display else None)
     with Spinner(ctx, f"Starting {args.name}"):
-        outcome = power.start(ctx.actions, request, on_display_change=_print_display(ctx))
+        outcome = power.start(ctx.actions, request, on_display_change=print_display(ctx))
     result = outcome.result
     how = "requested" if args.no_wait else f"{result.state.label} after {result.elapsed_s:.2f} s"
     code = ctx.report(result, f"{args.name}: {result.message}, {how}")
     if outcome.display is not None:
-        return _follow(outcome.display)
+        return follow_display(outcome.display)
     return code
-
-
-def _print_display(ctx: CommandContext):
-    return lambda change: ctx.print(f"{change.vm_name}: {change.new.value} ({change.reason})")
-
-
-def _follow(session) -> int:
-    """Stay until the window closes, the VM stops (it closes then), or Ctrl-C."""
-    try:
-        while not session.closed:
-            session.wait(0.5)  # a timeout keeps Ctrl-C responsive
-    except KeyboardInterrupt:
-        session.close()
-    return EXIT_FAILED if session.failed else EXIT_OK
 
 
 def cmd_display(ctx: CommandContext) -> int:
@@ -109,7 +95,7 @@ def cmd_display(ctx: CommandContext) -> int:
         ctx.print(f"{args.name}: Looking Glass {'closed' if stopped else 'was not open'}")
         return EXIT_OK
     request = display.DisplayRequest(args.name, fullscreen=args.fullscreen, user=args.user)
-    return _follow(display.open_display(ctx.actions, request, on_change=_print_display(ctx)))
+    return follow_display(display.open_display(ctx.actions, request, on_change=print_display(ctx)))
 
 
 def cmd_stop(ctx: CommandContext) -> int:

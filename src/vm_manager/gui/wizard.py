@@ -331,7 +331,6 @@ class _SetupPage(_CheckedPage):
 
 class _Progress(QObject):
     step = Signal(str)
-    finished = Signal()
 
 
 class _SummaryPage(QWizardPage):
@@ -347,6 +346,7 @@ class _SummaryPage(QWizardPage):
         layout.addWidget(self.steps)
         self.plan = None
         self.config = None
+        self.creating = False  # Create was pressed; the worker has not answered yet
 
     def initializePage(self) -> None:  # noqa: N802 - Qt name
         """The plan (the ``create`` action's preview), made on a worker; Create is enabled
@@ -379,43 +379,37 @@ class _SummaryPage(QWizardPage):
         return self.plan is not None
 
     def validatePage(self) -> bool:  # noqa: N802 - Qt name
-        """Create now, on a worker thread, while this page lists each step as it starts
-        (a local event loop keeps the window alive meanwhile). False keeps the wizard open."""
-        import threading
-
-        from PySide6.QtCore import QEventLoop
-
+        """Create pressed: the VM is made on the wizard's task runner while this page lists
+        each step as it starts, and the wizard finishes by itself when it is made (the
+        window never waits; a failure is listed and the page stays). True once made."""
         from ..actions import create
 
-        signals = _Progress()
-        signals.step.connect(lambda step: self.steps.addItem(f"… {step}"))
-        loop = QEventLoop()
-        signals.finished.connect(loop.quit)
-        outcome: dict = {}
-
-        def work() -> None:
-            try:
-                request = create.CreateRequest(self.config, secrets=self.wizard_.secrets())
-                outcome["result"] = create.create(
-                    self.wizard_.ctx, request, plan=self.plan, progress=signals.step.emit).result
-            except Exception as error:  # noqa: BLE001 - shown on the page, never lost
-                outcome["error"] = error
-            finally:
-                signals.finished.emit()
-
-        thread = threading.Thread(target=work, name="create-vm", daemon=True)
-        self.setEnabled(False)
-        thread.start()
-        if thread.is_alive() or not outcome:
-            loop.exec()
-        thread.join()
-        self.setEnabled(True)
-        if "error" in outcome:
-            self.steps.addItem(f"failed: {outcome['error']}")
+        if self.wizard_.result is not None:
+            return True
+        if self.creating:
             return False
-        self.wizard_.result = outcome["result"]
+        self.creating = True
+        self.setEnabled(False)
+        progress = _Progress(self)  # steps cross from the worker by a queued signal
+        progress.step.connect(lambda step: self.steps.addItem(f"… {step}"))
+        request = create.CreateRequest(self.config, secrets=self.wizard_.secrets())
+        plan, ctx = self.plan, self.wizard_.ctx
+        self.wizard_.tasks.run(
+            lambda: create.create(ctx, request, plan=plan, progress=progress.step.emit).result,
+            self._created, self._failed)
+        return False
+
+    def _created(self, result) -> None:
+        self.creating = False
+        self.setEnabled(True)
+        self.wizard_.result = result
         self.steps.addItem("created")
-        return True
+        self.wizard_.accept()
+
+    def _failed(self, error: BaseException) -> None:
+        self.creating = False
+        self.setEnabled(True)
+        self.steps.addItem(f"failed: {error}")
 
 
 def _with_browse(field: QLineEdit, filter_text: str | None) -> QWidget:
