@@ -113,27 +113,33 @@ def normalize(xml: str, media_dir: Path) -> str:
     return UUID.sub("<uuid>@UUID@</uuid>", xml).replace(str(media_dir), "@MEDIA@")
 
 
-@pytest.mark.parametrize("gpu", [False, True], ids=["basic", "passthrough"])
-def test_golden_files_and_test_driver_define(tmp_path, gpu_host, make_host, gpu):
+GOLDEN_CASES = [(False, case) for case in ("windows11", "windows10", "linux", "macos",
+                                            "linux-kernel")] + \
+    [(True, case) for case in ("windows11", "windows10", "linux", "macos")]
+
+
+@pytest.mark.parametrize("gpu, case", GOLDEN_CASES,
+                         ids=[f"{'passthrough' if g else 'basic'}-{c}" for g, c in GOLDEN_CASES])
+def test_golden_files_and_test_driver_define(tmp_path, gpu_host, make_host, gpu, case):
     media_dir = tmp_path / "media"
     paths = media(media_dir)
+    config = cases(paths, gpu)[case]
+    assert set(cases(paths, gpu)) == {c for g, c in GOLDEN_CASES if g == gpu}  # all covered
     with LibvirtConnection(make_host()) as conn:
-        for case, config in cases(paths, gpu).items():
-            plan, xml = render_case(tmp_path, gpu_host, config, conn)
-            assert plan.template.endswith("-passthrough" if gpu else "-basic")
-            golden = GOLDEN / f"{plan.template}--{case}.xml"
-            text = normalize(xml, media_dir)
-            if UPDATE or not golden.exists():
-                if not UPDATE:
-                    pytest.fail(f"{golden.name} is missing: run with NEURONOS_UPDATE_GOLDEN=1")
-                golden.write_text(text)
-            assert text == golden.read_text(), f"{golden.name} differs from the rendered XML"
-            # libvirt itself parses and schema-checks it
-            test_xml = xml.replace("<domain type='qemu'>", "<domain type='test'>")
-            dom = conn.execute(lambda c: c.defineXMLFlags(
-                test_xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE))
-            assert dom.name() == config.name
-            conn.execute(lambda c: c.lookupByName(config.name).undefine())
+        plan, xml = render_case(tmp_path, gpu_host, config, conn)
+        assert plan.template.endswith("-passthrough" if gpu else "-basic")
+        golden = GOLDEN / f"{plan.template}--{case}.xml"
+        text = normalize(xml, media_dir)
+        if UPDATE or not golden.exists():
+            if not UPDATE:
+                pytest.fail(f"{golden.name} is missing: run with NEURONOS_UPDATE_GOLDEN=1")
+            golden.write_text(text)
+        assert text == golden.read_text(), f"{golden.name} differs from the rendered XML"
+        # libvirt itself parses and schema-checks it
+        test_xml = xml.replace("<domain type='qemu'>", "<domain type='test'>")
+        dom = conn.execute(lambda c: c.defineXMLFlags(
+            test_xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE))
+        assert dom.name() == config.name
 
 
 def test_passthrough_takes_every_function_of_the_slot(tmp_path, gpu_host, make_host):

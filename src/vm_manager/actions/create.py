@@ -105,7 +105,7 @@ def preview(ctx: Context, request: CreateRequest) -> CreationPlan:
 def print_xml(ctx: Context, request: CreateRequest) -> str:
     """The domain XML ``create`` would define, validated; changes nothing."""
     return ctx.creator().print_xml(request.config, force=request.force,
-                                   template=request.template)
+                                   template=request.template, usb_later=request.usb_later)
 
 
 def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = None,

@@ -232,6 +232,8 @@ class VMConfig:
             self.memory_mb = parse_size_mb(self.memory_mb, "memory_mb", default_unit="M")
         if self.vcpus is not None:
             self.vcpus = parse_int(self.vcpus, "vcpus")
+        if isinstance(self.disk_size_gb, str) and self.disk_size_gb.strip() in ("0", "0G"):
+            self.disk_size_gb = 0  # as typed on a command line
         if self.disk_size_gb == 0 and not isinstance(self.disk_size_gb, bool):
             self.disk_size_gb = 0  # no disk at all (a direct-kernel-boot Linux guest)
         elif self.disk_size_gb is not None:

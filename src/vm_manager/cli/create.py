@@ -35,6 +35,7 @@ FLAG_FOR_FIELD = {
     "unattended.winfsp_installer": "--winfsp-installer",
     "unattended.ssh_key_path": "--ssh-key", "cloud_image_path": "--cloud-image",
     "unattended.bypass_hardware_checks": "--bypass-hardware-checks",
+    "usb_devices": "--usb", "usb.vendor_id": "--usb", "usb.product_id": "--usb",
 }
 
 

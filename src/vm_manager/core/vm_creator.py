@@ -122,11 +122,12 @@ class VMCreator:
         return self.loader.render(plan.template, plan.context.as_mapping())
 
     def print_xml(self, config: VMConfig, *, force: bool = False,
-                  template: str | None = None) -> str:
+                  template: str | None = None, usb_later: bool = False) -> str:
         """The XML ``create`` would define, validated; changes nothing."""
         from ..templates.validator import validate_xml
 
-        xml = self.render(self.plan(config, force=force, template=template))
+        xml = self.render(self.plan(config, force=force, template=template,
+                                    usb_later=usb_later))
         validate_xml(xml)
         return xml
 
