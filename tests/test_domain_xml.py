@@ -243,3 +243,19 @@ def test_real_daemon_dumps_read_like_the_goldens(system_daemon, tmp_path):
             for graphics in now["graphics"] + expected["graphics"]:
                 graphics["port"] = "@PORT@" if graphics["port"] else None
         assert now == expected, f"libvirt now prints {case} differently from the golden"
+
+
+def test_domain_capabilities_are_read_in_one_place():
+    from vm_manager.base.domcaps import DomainCapabilities, read_domain_capabilities
+
+    xml = """<domainCapabilities><os supported='yes'><loader supported='yes'>
+      <value>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</value><value>/usr/share/OVMF/OVMF_CODE_4M.fd</value>
+      <enum name='secure'><value>yes</value><value>no</value></enum></loader></os>
+      <devices><tpm supported='yes'><enum name='backendModel'><value>passthrough</value>
+      <value>emulator</value></enum></tpm></devices>
+      <features><hyperv supported='yes'><enum name='features'><value>relaxed</value>
+      <value>spinlocks</value></enum></hyperv></features></domainCapabilities>"""
+    assert read_domain_capabilities(xml) == DomainCapabilities(
+        ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd"), True,
+        frozenset({"relaxed", "spinlocks"}), ("passthrough", "emulator"))
+    assert read_domain_capabilities("<domainCapabilities/>") == DomainCapabilities()

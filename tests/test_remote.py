@@ -451,14 +451,15 @@ def test_usb_devices_of_a_remote_host_from_node_devices():
 
 
 def test_a_remote_hosts_uefi_firmware_comes_from_its_domain_capabilities():
-    from vm_manager.core.host_facts import _remote_firmware
+    """Its firmware images are the ones its domain capabilities list (read by the one
+    reader, base.domcaps), never this computer's descriptors."""
+    from vm_manager.base.domcaps import read_domain_capabilities
 
     domcaps = ("<domainCapabilities><os><loader supported='yes'><value>/usr/share/OVMF/"
                "OVMF_CODE_4M.ms.fd</value><value>/usr/share/OVMF/OVMF_CODE_4M.fd</value>"
                "</loader></os></domainCapabilities>")
-    assert _remote_firmware(domcaps) == ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd",
-                                         "/usr/share/OVMF/OVMF_CODE_4M.fd")
-    assert _remote_firmware(None) == ()
+    assert read_domain_capabilities(domcaps).firmware == (
+        "/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd")
 
 
 def test_planning_refuses_what_needs_the_remote_hosts_own_files():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import stat
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import libvirt
 
 from ..base.connection import LibvirtConnection
+from ..base.domcaps import read_domain_capabilities
 from ..base.storage_xml import read_volume
 from ..base.primitives import host_name, is_remote
 from ..base.vm_config import HostResources, VMConfig
@@ -128,10 +128,8 @@ def gather_host_facts(
     kvm_caps, any_caps, version, names, networks = connection.execute(_read_libvirt,
                                                                       idempotent=True)
     memory_mb, cpus = connection.host_info()
-    hyperv = None
-    if any_caps:
-        values = ET.fromstring(any_caps).findall("features/hyperv/enum[@name='features']/value")
-        hyperv = frozenset(value.text for value in values if value.text)
+    caps = read_domain_capabilities(any_caps) if any_caps else None
+    hyperv = caps.hyperv if caps is not None else None
     driver = connection.uri.split(":", 1)[0]
     remote = is_remote(connection.uri)  # its /sys and files are not ours: ask its libvirt
     folder = images or images_dir(connection.uri)
@@ -152,7 +150,7 @@ def gather_host_facts(
         images_dir=folder,
         domain_names=frozenset(names),
         pci=(_remote_pci(connection) if remote else read_pci(root)) if wants_pci else None,
-        uefi_firmware=_remote_firmware(any_caps) if remote else uefi_descriptors(root),
+        uefi_firmware=(caps.firmware if caps else ()) if remote else uefi_descriptors(root),
         networks=networks,
         usb_present=(_usb_present(root) if config is not None and config.usb_devices
                      and not remote else None),  # remote: not known here
@@ -161,13 +159,6 @@ def gather_host_facts(
                                   else None) if config and config.unattended else None),
         remote=remote,
     )
-
-
-def _remote_firmware(domcaps: str | None) -> tuple[str, ...]:
-    """A remote host's UEFI firmware images, as its domain capabilities list them."""
-    if not domcaps:
-        return ()
-    return tuple(v.text for v in ET.fromstring(domcaps).findall("os/loader/value") if v.text)
 
 
 def _remote_pci(connection: LibvirtConnection):

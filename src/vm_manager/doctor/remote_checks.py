@@ -9,11 +9,11 @@ libraries) stay local: they are what you use here to reach the remote VMs.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 
 import libvirt
 
 from ..base.connection import LibvirtConnection
+from ..base.domcaps import read_domain_capabilities
 from ..base.errors import ConnectionFailed, OperationFailed
 from .host_check import FAIL, OK, WARN, Check, check_console_viewer, check_desktop_libraries
 
@@ -98,12 +98,10 @@ def _judge(uri: str, facts: dict, groups: dict) -> list[Check]:
 def _firmware(domcaps: str | None, on: str) -> Check:
     if domcaps is None:
         return Check("UEFI firmware (OVMF)", UNKNOWN, f"no domain capabilities {on}")
-    root = ET.fromstring(domcaps)
-    loaders = [v.text for v in root.findall("os/loader/value") if v.text]
-    secure = "yes" in [v.text for v in root.findall("os/loader/enum[@name='secure']/value")]
-    if loaders:
-        return Check("UEFI firmware (OVMF)", OK, f"{len(loaders)} firmware images {on}"
-                     f"{', Secure Boot available' if secure else ''}")
+    caps = read_domain_capabilities(domcaps)
+    if caps.firmware:
+        return Check("UEFI firmware (OVMF)", OK, f"{len(caps.firmware)} firmware images {on}"
+                     f"{', Secure Boot available' if caps.secure_boot else ''}")
     return Check("UEFI firmware (OVMF)", FAIL, f"no UEFI firmware {on}",
                  "install OVMF there (ovmf on Debian/Ubuntu, edk2-ovmf on Arch)")
 
@@ -111,10 +109,7 @@ def _firmware(domcaps: str | None, on: str) -> Check:
 def _tpm(domcaps: str | None, on: str) -> Check:
     if domcaps is None:
         return Check("swtpm (TPM 2.0)", UNKNOWN, f"no domain capabilities {on}")
-    tpm = ET.fromstring(domcaps).find("devices/tpm")
-    backends = [v.text for v in tpm.findall("enum[@name='backendModel']/value")] \
-        if tpm is not None and tpm.get("supported") == "yes" else []
-    if "emulator" in backends:
+    if "emulator" in read_domain_capabilities(domcaps).tpm_backends:
         return Check("swtpm (TPM 2.0)", OK, f"emulated TPMs available {on}")
     return Check("swtpm (TPM 2.0)", WARN, f"no emulated TPM {on}: Windows 11 VMs need one",
                  "install swtpm there")
