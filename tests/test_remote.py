@@ -120,7 +120,7 @@ def test_a_remote_hosts_files_are_its_pools_volumes(make_host, tmp_path):
     qcow2 volume as the disk with its format."""
     from vm_manager.base.connection import LibvirtConnection
     from vm_manager.base.errors import InvalidConfig
-    from vm_manager.core.host_facts import _remote_path_facts
+    from vm_manager.core.host import _remote_path_facts
     from vm_manager.core.planning import plan_creation
     from vm_manager.base.vm_config import VMConfig
 

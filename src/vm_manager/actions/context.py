@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ..base.connection import LibvirtConnection
+    from ..core.host import Host
     from ..core.looking_glass import LGClientConfig, LookingGlassManager
     from ..base.store import VMStore
     from ..base.vm_config import VMConfig
@@ -102,6 +103,15 @@ class Context:
         except StaleSettings as error:
             get_logger(__name__).warning("%s", error)
             return None
+
+    @property
+    def host(self) -> Host:
+        """The computer the VMs run on (``core.host``): this one (its sysfs under
+        ``host_root``, its files) or another one's libvirt; a local one opens no
+        connection."""
+        from ..core.host import host_for
+
+        return host_for(self.uri, lambda: self.connection, self.host_root)
 
     @property
     def lifecycle(self) -> VMLifecycleManager:

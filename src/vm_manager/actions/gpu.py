@@ -18,9 +18,7 @@ def snapshot(ctx: Context, source: str | None = None):
     """The host's PCI devices and IOMMU groups: from this machine's /sys for a local URI,
     from libvirt's node devices for a remote one (or as ``source`` says)."""
     if source is None:
-        from ..base.primitives import is_remote
-
-        source = "libvirt" if is_remote(ctx.uri) else "sysfs"
+        return ctx.host.pci()
     if source == "libvirt":
         from ..passthrough.nodedev import read_pci_nodedev
 

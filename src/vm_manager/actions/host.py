@@ -20,15 +20,10 @@ if TYPE_CHECKING:
 def doctor(ctx: Context) -> list[Check]:
     """Every readiness check, each ok / warn / fail (remote: also unknown) with a one-line
     fix. Reads only. A remote URI is judged from what libvirt reports there."""
-    from ..base.primitives import is_remote
-
-    if is_remote(ctx.uri):
-        from ..doctor.remote_checks import run_remote_checks
-
-        return run_remote_checks(ctx.uri)
-    from ..doctor.host_check import run_checks
-
-    checks = run_checks(ctx.host_root, uri=ctx.uri)
+    host = ctx.host
+    checks = host.checks()
+    if host.remote:
+        return checks  # its disks are its own files: not read from here
     disks = _disk_formats(ctx)
     return checks + [disks] if disks is not None else checks
 

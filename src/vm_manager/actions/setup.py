@@ -95,7 +95,7 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
     setup_info, live = tracker.info(name)
     if force and live["active"] and (setup_info and setup_info.stage != "ready"):
         lifecycle.stop(name, method=ShutdownMethod.FORCE)
-    from ..core.host_facts import images_dir
+    from ..core.host import images_dir
 
     restart_setup(tracker, config, images_dir=ctx.images_dir or images_dir(ctx.uri),
                   loader=ctx.loader, secrets=secrets, wipe_disk=wipe_disk)

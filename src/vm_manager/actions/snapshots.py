@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def manager(ctx: Context) -> SnapshotManager:
-    from ..core.host_facts import images_dir
+    from ..core.host import images_dir
     from ..core.snapshots import LIBVIRT_STATE, SnapshotManager
     from ..passthrough.pci import host_root
 

@@ -34,15 +34,7 @@ class UsbOutcome:
 def list_usb(ctx: Context) -> list[USBDevice]:
     """The host's USB devices (no root hubs, no interfaces), named from usb.ids: this
     machine's sysfs for a local URI, libvirt's node devices for a remote one."""
-    from ..base.primitives import is_remote
-
-    if is_remote(ctx.uri):
-        from ..passthrough.nodedev import read_usb_nodedev
-
-        return read_usb_nodedev(ctx.connection)
-    from ..passthrough.usb_attach import list_usb as read
-
-    return read(ctx.host_root)
+    return ctx.host.usb()
 
 
 def find(ctx: Context, spec: str) -> tuple[USBDevice, bool]:

@@ -10,7 +10,7 @@ refused, naming the field: a qcow2 image used as raw shows the guest its header.
 A qcow2 file that a definition calls raw is booted as raw: the guest sees the qcow2
 container's header as its disk and its writes corrupt the image (an earlier ``configure``
 rewrote every NeuronOS disk as raw). ``find_mismatches`` compares what a
-definition says with what qemu-img reads from each file (``read_images``, the only I/O here);
+definition says with what qemu-img reads from each file (``Host.image_formats``: the I/O);
 ``disk_repairs`` decides, purely, which of them a ``configure`` may put back by itself.
 
 Only a disk NeuronOS made (its saved settings have a size: it was created as qcow2) whose
@@ -140,23 +140,6 @@ class FormatMismatch:
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "problem": self.describe(), "fix": self.fix()}
-
-
-def read_images(definition: DomainInfo, qemu_img: str = "qemu-img") -> dict[str, ImageInfo]:
-    """What qemu-img reads in each file disk of ``definition`` (this machine's files; left
-    out where it cannot tell). Disks the definition calls raw or names no format of only:
-    those are the ones a wrong format can hurt."""
-    from .backing import ImageUnreadable, image_info
-
-    found: dict[str, ImageInfo] = {}
-    for disk in definition.disks:
-        if (disk.device == "disk" and disk.type == "file" and disk.source
-                and disk.format in (None, "raw") and os.path.isfile(disk.source)):
-            try:
-                found[disk.source] = image_info(disk.source, qemu_img)
-            except ImageUnreadable:
-                continue
-    return found
 
 
 def find_mismatches(name: str, definition: DomainInfo, images: dict[str, ImageInfo],

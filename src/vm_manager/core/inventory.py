@@ -148,14 +148,13 @@ def vm_details(
 
 
 def _format_mismatches(connection: LibvirtConnection, name: str, domain, config):
-    """Disks defined as raw whose file is another format (this machine's files only)."""
-    from .disks import cloud_image_names, find_mismatches, read_images
-    from ..base.primitives import is_remote
+    """Disks defined as raw whose file is another format (this computer's files only: a
+    remote host's are not read from here)."""
+    from .disks import cloud_image_names, find_mismatches
+    from .host import host_for
 
-    if is_remote(connection.uri):
-        return []  # its files are the other machine's
-    return find_mismatches(name, domain, read_images(domain), config,
-                           cloud_image_names(config))
+    images = host_for(connection.uri, connection).image_formats(domain)
+    return find_mismatches(name, domain, images, config, cloud_image_names(config))
 
 
 def format_mismatches(connection: LibvirtConnection, store: VMStore | None = None) -> list:

@@ -19,7 +19,8 @@ from ..passthrough.ivshmem import shm_name, shm_size_mb
 from ..templates.names import template_name
 from .disks import DiskPlan, image_format, plan_disk, regular_file
 from ..base.errors import InvalidConfig
-from .host_facts import INPUT_FILES, HostFacts
+from .host import INPUT_FILES
+from .host_facts import HostFacts
 from .setup_plan import SetupPlan, ShareSpec, plan_setup, plan_shares  # noqa: F401
 from ..base.vm_config import DomainType, PCIAddress, VMConfig, VMType
 from ..base.log import get_logger

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import InvalidConfig
-from .host_facts import HostFacts, setup_medium_path
+from .host import setup_medium_path
+from .host_facts import HostFacts
 from ..base.vm_config import VMConfig
 
 LG_DOWNLOADS = "https://looking-glass.io/downloads"

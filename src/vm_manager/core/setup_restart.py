@@ -18,7 +18,7 @@ from ..base import guard
 from . import storage
 from ..base.errors import InvalidConfig, LifecycleError, VMCreationError
 from .guest_setup import SetupTracker
-from .host_facts import setup_medium_path
+from .host import setup_medium_path
 from ..base.primitives import is_remote
 from ..base.vm_config import VMConfig
 from ..base.log import get_logger

@@ -136,10 +136,9 @@ class SnapshotManager:
         return self._take(vm, domain, name, description)
 
     def _check_disks(self, domain) -> None:
-        from .disks import read_images
-        from ..base.primitives import is_remote
+        from .host import host_for
 
-        images = {} if is_remote(self.connection.uri) else read_images(domain)
+        images = host_for(self.connection.uri, self.connection).image_formats(domain)
         for disk in domain.disks:
             if disk.device != "disk":
                 continue

@@ -24,7 +24,7 @@ import libvirt
 
 from ..base.connection import LibvirtConnection, _is_connection_error, get_connection
 from ..base.domain_xml import Disk, read_domain
-from .host_facts import images_dir, setup_medium_path
+from .host import images_dir, setup_medium_path
 from .backing import paths_used_by
 from ..base.errors import (ConnectionFailed, InvalidConfig, LifecycleError, OperationFailed,
                      StoreError, VMNotFound)
