@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -287,17 +286,9 @@ class SetupTracker:
             for disk in attached:
                 self._detach(name, disk, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         if setup.medium and Path(setup.medium).name == f"{name}-setup.iso":
-            from ..base.primitives import is_remote
+            from .host import host_for  # a file here, or a volume of that host's pool
 
-            if is_remote(self.connection.uri):  # a volume of that host's pool
-                from .storage import delete_volume
-
-                delete_volume(self.connection, setup.medium)
-            else:
-                try:
-                    os.unlink(setup.medium)
-                except FileNotFoundError:
-                    pass
+            host_for(self.connection.uri, self.connection).remove_file(setup.medium)
         self._advance(name, setup, "ready", f"{note}; installer and setup media detached,"
                       " the setup medium deleted")
 

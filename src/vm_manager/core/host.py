@@ -133,6 +133,29 @@ class LocalHost:
 
         return run_checks(self.root, uri=self.uri)
 
+    # --- files NeuronOS makes there (setup media) -----------------------------------------
+
+    def has_file(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def put_file(self, path: str, build, *, replace: bool = False, claim=None) -> None:
+        """The file ``build(target)`` makes, at ``path`` (its folder 0711, as libvirt's
+        images folder); ``build`` never writes over a file (``FileExistsError``), unless
+        ``replace``. ``claim(("file", (dev, inode)))``: that very file is this call's."""
+        from ..base.store import private_folder
+
+        target = Path(path)
+        private_folder(target.parent, 0o711)
+        if replace:
+            target.unlink(missing_ok=True)
+        build(target)
+        if claim is not None:
+            info = target.stat()
+            claim(("file", (info.st_dev, info.st_ino)))
+
+    def remove_file(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)
+
 
 class RemoteHost:
     """Another computer, known only through its libvirt: node devices, storage pools and
@@ -188,6 +211,27 @@ class RemoteHost:
         from ..doctor.remote_checks import run_remote_checks
 
         return run_remote_checks(self.uri)
+
+    # --- files NeuronOS makes there: volumes of its pools --------------------------------
+
+    def has_file(self, path: str) -> bool:
+        from .storage import lookup_volume
+
+        return self.connection.execute(lambda conn: lookup_volume(conn, path) is not None)
+
+    def put_file(self, path: str, build, *, replace: bool = False, claim=None) -> None:
+        """Built here in a private temporary folder, sent into the pool of its folder there
+        (``storage.upload_file``); ``claim(("volume", path))`` just before libvirt makes
+        the volume."""
+        from .storage import upload_file
+
+        upload_file(self.connection, path, build, replace=replace,
+                    claim=(lambda: claim(("volume", path))) if claim is not None else None)
+
+    def remove_file(self, path: str) -> None:
+        from .storage import delete_volume
+
+        delete_volume(self.connection, path)
 
 
 Host = LocalHost | RemoteHost

@@ -18,8 +18,7 @@ from ..base import guard
 from . import storage
 from ..base.errors import InvalidConfig, LifecycleError, VMCreationError
 from .guest_setup import SetupTracker
-from .host import setup_medium_path
-from ..base.primitives import is_remote
+from .host import host_for, setup_medium_path
 from ..base.vm_config import VMConfig
 from ..base.log import get_logger
 
@@ -44,19 +43,13 @@ def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, 
         done.append(_wipe_disk(config, images_dir, qemu_img, tracker.connection))
     medium = Path(setup.medium) if setup.medium else setup_medium_path(images_dir, name)
     attempt = 2 + sum(1 for stage, _, _ in setup.steps if stage == "created")  # 1: create
-    connection = tracker.connection
-    remote = is_remote(connection.uri)  # the medium is a volume of that host's pool
-    exists = connection.execute(lambda conn: storage.lookup_volume(conn, str(medium))
-                                is not None) if remote else medium.exists()
-    if setup.kind == "cloud-init" or not exists:
+    host = host_for(tracker.connection.uri, tracker.connection, qemu_img=qemu_img)
+    if setup.kind == "cloud-init" or not host.has_file(str(medium)):
         def build(target: Path) -> None:
             _build_medium(config, target, live["domain"].uuid, loader, secrets, attempt,
-                          storage.volume_opener(connection) if remote else None)
+                          host.opener())
 
-        if remote:
-            storage.upload_file(connection, str(medium), build, replace=True)
-        else:
-            build(medium)
+        host.put_file(str(medium), build, replace=True)
         done.append(f"made the setup medium {medium} again")
     else:
         done.append(f"kept the setup medium {medium}")

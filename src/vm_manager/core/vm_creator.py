@@ -32,7 +32,6 @@ from ..base.errors import (
 )
 from .host_facts import HostFacts, gather_host_facts
 from .planning import CreationPlan, DiskPlan, plan_creation
-from ..base.primitives import is_remote
 from ..base.store import VMStore, private_folder
 from ..base.vm_config import VMConfig
 from ..base.log import get_logger
@@ -209,25 +208,24 @@ class VMCreator:
         so an undo removes this file and no other."""
         from ..guest.media import build_medium
 
-        guard.check("build the setup medium")
-        medium = Path(plan.setup.medium)
-        if is_remote(self.connection.uri):  # built here, sent into that host's pool
-            from . import storage
+        from .host import host_for
 
-            storage.upload_file(self.connection, str(medium), lambda target: build_medium(
-                target, plan.config, vm_uuid=plan.uuid, loader=self.loader, secrets=secrets,
-                opener=storage.volume_opener(self.connection)),  # its ISOs are there
-                claim=lambda: claimed.__setitem__("medium-volume", str(medium)))
-            return
-        private_folder(medium.parent, 0o711)
+        guard.check("build the setup medium")
+        medium = plan.setup.medium
+        host = host_for(self.connection.uri, self.connection, self.host_root, self.qemu_img)
+        opener = host.opener()  # a remote host's ISOs are read there, the medium built here
+
+        def claim(made) -> None:  # a file (its inode) here, or a volume of that host's pool
+            kind, what = made
+            claimed["medium" if kind == "file" else "medium-volume"] = what
+
         try:
-            build_medium(medium, plan.config, vm_uuid=plan.uuid, loader=self.loader,
-                         secrets=secrets)
+            host.put_file(medium, lambda target: build_medium(
+                target, plan.config, vm_uuid=plan.uuid, loader=self.loader, secrets=secrets,
+                opener=opener), claim=claim)
         except FileExistsError:
             raise InvalidConfig("name", f"{medium} already exists; NeuronOS never overwrites"
                                 " it") from None
-        info = medium.stat()
-        claimed["medium"] = (info.st_dev, info.st_ino)
 
     def reconfigure(self, config: VMConfig, *, force: bool = False, running: bool = False,
                     previous: VMConfig | None = None) -> CreationResult:
