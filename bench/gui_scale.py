@@ -107,17 +107,17 @@ def usage_cost(app, folder: Path, vms: int, seconds: float) -> tuple[float, floa
     conn = LibvirtConnection(uri)
     window = MainWindow(connection=conn, store=VMStore(folder / "usage-config"))
     window.show()
-    while window.model.rowCount() < vms or window.lifecycle is None:
+    while window.model.rowCount() < vms or window.hosts.lifecycle is None:
         app.processEvents()
         time.sleep(0.001)
     samples = []
-    original = window._on_usage
+    original = window.live_view._on_usage
 
     def counted(view) -> None:
         samples.append(view)
         original(view)
 
-    window._on_usage = counted
+    window.live_view._on_usage = counted
 
     def measure(refresh: bool) -> float:
         window.usage_timer.start() if refresh else window.usage_timer.stop()

@@ -140,8 +140,8 @@ def test_usb_attach_updates_the_saved_settings_in_both_faces(qtbot, system_daemo
         from PySide6.QtCore import Qt
 
         panel.list.item(0).setCheckState(Qt.Checked)
-        qtbot.waitUntil(lambda: bool(panel.done or panel.errors), timeout=20000)
-        assert panel.errors == [] and panel.done[0].settings_saved
+        qtbot.waitUntil(lambda: bool(panel.outcomes or panel.errors), timeout=20000)
+        assert panel.errors == [] and panel.outcomes[0].settings_saved
         with guard.allowed():
             saved = {face: [u.__dict__ for u in store.load(name).usb_devices]
                      for face, name in names.items()}
@@ -248,7 +248,7 @@ def test_the_display_follows_the_vm_in_both_faces(qtbot, lg_world, monkeypatch):
     win.show()
     qtbot.waitUntil(lambda: win.model.row_for(name) is not None, timeout=5000)
     win.select(name)
-    win.on_display()
+    win.commands.on_display()
     qtbot.waitUntil(lambda: bool(managers) and managers[0].get_state(name) == LGState.RUNNING,
                     timeout=15000)
     import re

@@ -76,7 +76,7 @@ def test_actions_follow_the_state_table(window, name, on, off):
 
 def test_start_from_the_window_runs_off_the_ui_thread(window, qtbot):
     window.select("beta")
-    window.on_start()
+    window.commands.on_start()
     qtbot.waitUntil(lambda: state_of(window, "beta") == S.RUNNING, timeout=5000)
     qtbot.waitUntil(lambda: "beta" not in window.busy, timeout=5000)
     assert "stop" in enabled(window)
@@ -85,8 +85,8 @@ def test_start_from_the_window_runs_off_the_ui_thread(window, qtbot):
 def test_illegal_outcome_is_reported_not_raised(window, qtbot):
     window.select("beta")
     with guard.allowed():
-        window.lifecycle.states.begin("beta", "start", timeout=30)  # someone else starts it
-    window.on_start()
+        window.hosts.lifecycle.states.begin("beta", "start", timeout=30)  # someone else starts it
+    window.commands.on_start()
     qtbot.waitUntil(lambda: window.last_error is not None, timeout=5000)
     assert "in progress" in window.last_error
 
@@ -141,7 +141,7 @@ def test_daemon_restart_banner_and_recovery(qtbot, system_daemon, tmp_path):
     win = MainWindow(uri=system_daemon, store=VMStore(tmp_path))
     qtbot.addWidget(win)
     win.show()
-    qtbot.waitUntil(lambda: win.lifecycle is not None and win.banner.isHidden()
+    qtbot.waitUntil(lambda: win.hosts.lifecycle is not None and win.banner.isHidden()
                     and win.statusBar().currentMessage().endswith(system_daemon), timeout=10000)
     try:
         kill_libvirtd()
@@ -384,7 +384,7 @@ def test_forced_stop_made_elsewhere_is_notified(window, qtbot):
     title, _ = window.notifications[0]
     assert title == "alpha was powered off by force"
     window.select("gamma")
-    window.on_resume()  # our own request: no notification
+    window.commands.on_resume()  # our own request: no notification
     qtbot.waitUntil(lambda: state_of(window, "gamma") == S.RUNNING, timeout=2000)
     assert len(window.notifications) == 1
 
@@ -706,7 +706,7 @@ def test_no_vms_shows_the_create_button(qtbot, make_host, tmp_path, monkeypatch)
     win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
     qtbot.addWidget(win)
     asked = []
-    monkeypatch.setattr(win, "on_create", lambda: asked.append(True))
+    monkeypatch.setattr(win.commands, "on_create", lambda: asked.append(True))
     win.show()
     qtbot.waitUntil(lambda: win.list_stack.currentWidget() is win.empty, timeout=5000)
     assert win.empty.button.text() == "Create your first VM"
@@ -828,7 +828,7 @@ def test_every_hosts_vms_in_one_list_and_a_dead_host_leaves_the_others_usable(
     labels = [win.connections.itemText(i) for i in range(win.connections.count())]
     assert labels == [f"this computer ({first})", "Add connection…"]
     assert win.table.isColumnHidden(win.model.HOST)
-    win.add_connection(second)
+    win.hosts.add_connection(second)
     qtbot.waitUntil(lambda: win.model.rowCount() == 3, timeout=5000)
     assert sorted(row.key for row in win.model.rows) == [
         (first, "alpha"), (second, "alpha"), (second, "build-box")]
@@ -844,25 +844,25 @@ def test_every_hosts_vms_in_one_list_and_a_dead_host_leaves_the_others_usable(
     win.select("alpha", second)
     assert win.uri == second
     assert win.actions_by_key["start"].isEnabled()  # shut off there, running here
-    win.on_start()  # acts on the second host's alpha, never on the first's
+    win.commands.on_start()  # acts on the second host's alpha, never on the first's
     qtbot.waitUntil(lambda: win.model.row_for("alpha", second).state == S.RUNNING,
                     timeout=5000)
     assert win.model.row_for("alpha", first).state == S.RUNNING  # was running already
 
-    win.add_connection("bogus:///nowhere")
+    win.hosts.add_connection("bogus:///nowhere")
     qtbot.waitUntil(lambda: not win.banner.isHidden(), timeout=5000)
     assert "bogus:///nowhere" in win.banner.label.text()
     assert win.model.rowCount() == 3  # the others' VMs stay listed
     assert not win.actions_by_key["create"].isEnabled()  # the current host does not answer
     win.select("build-box", second)
     assert win.uri == second and win.actions_by_key["start"].isEnabled()
-    win.on_start()
+    win.commands.on_start()
     qtbot.waitUntil(lambda: win.model.row_for("build-box", second).state == S.RUNNING,
                     timeout=5000)
     assert win.actions_by_key["create"].isEnabled()
-    win.switch_connection(first)
+    win.hosts.switch_connection(first)
     assert win.uri == first and win.table.selected_row().key == (first, "alpha")
-    remembered = win.remembered_connections()
+    remembered = win.hosts.remembered_connections()
     assert remembered[0] == first and {second, "bogus:///nowhere"} <= set(remembered)
     win.close()
     again = MainWindow(uri=second, store=VMStore(tmp_path / "config"))
@@ -871,10 +871,10 @@ def test_every_hosts_vms_in_one_list_and_a_dead_host_leaves_the_others_usable(
     assert offered[0] == second and first in offered and None in offered  # "Add…"
     qtbot.waitUntil(lambda: {row.host for row in again.model.rows} == {first, second}
                     and not again.banner.isHidden(), timeout=5000)
-    again.forget_connection("bogus:///nowhere")  # a typo is not kept for ever
-    assert again.banner.isHidden() and "bogus:///nowhere" not in again.remembered_connections()
-    again.forget_connection(second)  # the window's own host stays
-    again.forget_connection(first)
+    again.hosts.forget_connection("bogus:///nowhere")  # a typo is not kept for ever
+    assert again.banner.isHidden() and "bogus:///nowhere" not in again.hosts.remembered_connections()
+    again.hosts.forget_connection(second)  # the window's own host stays
+    again.hosts.forget_connection(first)
     assert [row.host for row in again.model.rows] == [second, second]
     assert again.table.isColumnHidden(again.model.HOST)
     offered = [again.connections.itemData(i) for i in range(again.connections.count())]
@@ -926,7 +926,7 @@ def test_a_host_that_hangs_never_holds_up_the_others(qtbot, make_host, tmp_path)
         qtbot.waitUntil(lambda: [row.key for row in win.model.rows] == [(local, "alpha")],
                         timeout=10000)
         for _ in range(6):
-            win.on_refresh()  # Retry, again and again
+            win.commands.on_refresh()  # Retry, again and again
         # one listing of the hanging host out, one more asked for after it: no pile-up
         assert hanging in win._loading and win._load_again >= {hanging}
         assert win.banner.isHidden()
@@ -952,3 +952,43 @@ def test_add_connection_takes_a_computers_name_or_a_uri(typed, uri):
     from vm_manager.gui.connections import connection_uri
 
     assert connection_uri(typed) == uri
+
+
+@pytest.mark.parametrize("command, dialog", [
+    ("on_settings", "SettingsDialog"), ("on_delete", "DeleteDialog"),
+    ("on_readiness", "ReadinessDialog"), ("on_snapshots", "SnapshotsPanel"),
+    ("on_usb", "USBPanel"), ("on_create", "CreateWizard"),
+])
+def test_each_command_opens_its_dialog_over_the_window(window, qtbot, command, dialog):
+    """The window's commands are a part of it (``window.commands``): each dialog they open
+    has the window as its parent, is what the command says, and a modal one is closed
+    here by pressing Cancel (Escape)."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    window.select("beta")  # shut off, with no saved settings: alpha has them
+    if command == "on_settings":
+        window.select("alpha")
+    qtbot.waitUntil(lambda: window.table.selected_row() is not None, timeout=5000)
+    seen = []
+
+    def close_modal():
+        modal = QApplication.activeModalWidget()
+        if modal is None:
+            QTimer.singleShot(20, close_modal)  # it is being read on a worker still
+            return
+        seen.append(modal)
+        modal.reject()
+
+    def shown():  # a modeless one (its data read on a worker first)
+        return next((w for w in QApplication.topLevelWidgets()
+                     if type(w).__name__ == dialog and w.isVisible()), None)
+
+    if dialog in ("SettingsDialog", "DeleteDialog", "CreateWizard"):  # opened with exec()
+        QTimer.singleShot(20, close_modal)
+    getattr(getattr(window, "commands", window), command)()
+    qtbot.waitUntil(lambda: bool(seen) or shown() is not None, timeout=10000)
+    opened = seen[0] if seen else shown()
+    assert type(opened).__name__ == dialog and opened.parent() is window
+    if not seen:
+        opened.close()  # a modal one was rejected already

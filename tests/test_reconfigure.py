@@ -259,7 +259,7 @@ def _usb_panel(world, name, qtbot):
     panel = USBPanel(ctx, name, usb.list_usb(ctx), usb.attached(ctx, name))
     qtbot.addWidget(panel)
     panel.list.item(0).setCheckState(Qt.Checked)
-    qtbot.waitUntil(lambda: bool(panel.done or panel.errors), timeout=20000)
+    qtbot.waitUntil(lambda: bool(panel.outcomes or panel.errors), timeout=20000)
     assert panel.errors == []
 
 

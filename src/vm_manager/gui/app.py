@@ -32,7 +32,7 @@ from ..actions import Context  # noqa: E402
 from ..actions.power import allowed_operations  # noqa: E402
 from ..base.primitives import VMState, host_name, is_remote  # noqa: E402
 from ..base.log import get_logger  # noqa: E402
-from .widgets import Banner, EventBridge, Tasks, fit_to_screen, notify_desktop  # noqa: E402
+from .widgets import Banner, EventBridge, Tasks, notify_desktop  # noqa: E402
 from .vm_list import VMRow, VMTable, VMTableModel  # noqa: E402
 from .commands import Commands  # noqa: E402
 from .connections import Connections  # noqa: E402
@@ -64,7 +64,10 @@ ALWAYS_ENABLED = {"refresh", "readiness"}
 DETAILS_WIDTH = 340  # the details pane beside the list, where the screen has room
 
 
-class MainWindow(Commands, LiveParts, Connections, QMainWindow):
+class MainWindow(QMainWindow):
+    """The list of every host's VMs with its toolbar, details pane and banner. Its parts
+    are composed: ``commands``, ``live_view`` and ``hosts`` (each holds the window)."""
+
     def __init__(self, uri: str | None = None, connection=None, store=None,
                  context: Context | None = None):
         super().__init__()
@@ -79,6 +82,9 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         self._load_again: set[str] = set()  # asked again meanwhile: list once more after
         self._select_first_of: str | None = None  # a host chosen before its VMs were listed
         self.bridge = EventBridge()
+        self.commands = Commands(self)  # the window's parts, each its own object
+        self.live_view = LiveParts(self)
+        self.hosts = Connections(self)
         self.model = VMTableModel(self)
         # four workers: a graceful stop may wait a minute; the list must not wait behind it
         self.tasks = Tasks(ThreadPoolExecutor(max_workers=4, thread_name_prefix="neuron-gui"),
@@ -98,7 +104,7 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         self._sampling: set[str] = set()  # hosts with a sample out
         self.usage_timer = QTimer(self)
         self.usage_timer.setInterval(1000)
-        self.usage_timer.timeout.connect(self.sample_usage)
+        self.usage_timer.timeout.connect(self.live_view.sample_usage)
         self.host_usage = QLabel()
         self.host_usage.setAccessibleName("Host usage")
 
@@ -106,11 +112,12 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         self.banner = Banner()
         self.banner.retry.connect(self.load)
         self.table = VMTable(self.model)
-        self.table.selectionModel().selectionChanged.connect(lambda *_: self._selected())
+        self.table.selectionModel().selectionChanged.connect(
+            lambda *_: self.live_view.selection_changed())
         self.empty = EmptyState("No virtual machines yet", "A VM runs Windows, Linux or macOS"
                                 " programs in a window of their own, with a real GPU if you"
                                 " give it one.", "Create your first VM")
-        self.empty.clicked.connect(lambda: self.on_create())
+        self.empty.clicked.connect(lambda: self.commands.on_create())
         self.list_stack = QStackedWidget()
         self.list_stack.addWidget(self.table)
         self.list_stack.addWidget(self.empty)
@@ -123,7 +130,7 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         self._details_timer = QTimer(self)  # one read when the selection settles
         self._details_timer.setSingleShot(True)
         self._details_timer.setInterval(100)
-        self._details_timer.timeout.connect(self._load_details)
+        self._details_timer.timeout.connect(self.live_view.load_details)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -140,17 +147,17 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         for key, (label, _, shortcut) in ACTIONS.items():
             action = QAction(icon(key), label, self)
             action.setShortcut(QKeySequence(shortcut))
-            action.triggered.connect(getattr(self, f"on_{key}"))
+            action.triggered.connect(getattr(self.commands, f"on_{key}"))
             toolbar.addAction(action)
             if key != "refresh":
                 self.table.addAction(action)
             self.actions_by_key[key] = action
 
-        self._build_connections()
+        self.hosts.build_connections()
         self.bridge.inventory_ready.connect(self._on_inventory)
-        self.bridge.inventory_failed.connect(self._on_inventory_failed)
+        self.bridge.inventory_failed.connect(self.hosts.on_inventory_failed)
         self.bridge.state_changed.connect(self._on_state_changed)
-        self.bridge.connection_changed.connect(self._on_connection_changed)
+        self.bridge.connection_changed.connect(self.hosts.on_connection_changed)
         self.bridge.setup_changed.connect(self._on_setup_changed)
         self.bridge.display_changed.connect(self._on_display_changed)
         self._restore_geometry()
@@ -253,7 +260,7 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         self.model.reset_host(ctx.uri, rows)
         self.live.add(ctx.uri)
         self.problems.pop(ctx.uri, None)
-        self._show_problems()
+        self.hosts.show_problems()
         self.list_stack.setCurrentWidget(self.table if self.model.rows else self.empty)
         if not self.model.rows:
             self.details.show_hint("Create a VM to see its details here.")
@@ -265,8 +272,8 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
                                                       metrics.horizontalAdvance(sample) + 16))
             self._fit_first_run()
         if rows and len(self.contexts) > 1:
-            self._show_host_column()  # room for this host's name too
-        self.statusBar().showMessage(self._summary())
+            self.hosts.show_host_column()  # room for this host's name too
+        self.statusBar().showMessage(self.hosts.summary())
         if self._select_first_of == ctx.uri and rows:
             self._select_first_of = None
             if self.uri == ctx.uri and (selected is None or selected.host != ctx.uri):
@@ -390,27 +397,22 @@ class MainWindow(Commands, LiveParts, Connections, QMainWindow):
         self._fit_first_run()
 
     def _fit_first_run(self) -> None:
-        """Every column, the whole toolbar and several rows in view (never past the screen);
-        the details pane beside the list where that leaves room, else below it."""
-        from .widgets import screen_room
+        from .widgets import fit_main_window
 
-        table = self.table.natural_width() + 8  # the splitter's handle and rounding
-        room = self.width() if self._remembered else screen_room(self)[0]
-        beside = table + DETAILS_WIDTH + 24 <= room  # else below: every column shows
-        self.splitter.setOrientation(Qt.Horizontal if beside else Qt.Vertical)
-        if not self._remembered:
-            width = max(table + (DETAILS_WIDTH if beside else 0),
-                        self.toolbar.sizeHint().width()) + 24
-            height = (self.table.height_for_rows(8) + self.toolbar.sizeHint().height()
-                      + self.statusBar().sizeHint().height() + 24 + (0 if beside else 220))
-            fit_to_screen(self, width, height)
-        self.centralWidget().layout().activate()  # the splitter's own size, now
-        if beside:
-            total = self.splitter.width()
-            self.splitter.setSizes([table, max(total - table, DETAILS_WIDTH)])
-        else:
-            total, rows = self.splitter.height(), self.table.height_for_rows(8) + 8
-            self.splitter.setSizes([rows, max(total - rows, 1)])
+        fit_main_window(self, self._remembered, DETAILS_WIDTH)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt name
+        super().showEvent(event)
+        self.live_view.shown(event)
+
+    def hideEvent(self, event) -> None:  # noqa: N802 - Qt name
+        self.live_view.hidden(event)
+        super().hideEvent(event)
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        if hasattr(self, "live_view"):  # Qt may tell a change while the window is made
+            self.live_view.changed(event)
+        super().changeEvent(event)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         if getattr(self, "_closed", False):  # closed twice (a test, a session manager)

@@ -1,8 +1,8 @@
 """The main window's commands: each toolbar action runs the same action as the CLI, on a
 worker (``MainWindow._run`` / ``_prepare``), and dialogs get their data before they open.
 Each takes the current host's context (the selected VM's) when it is pressed, so a worker
-never acts on a host selected after the press. A mixin of ``MainWindow``; it holds no state
-of its own.
+never acts on a host selected after the press. A part of ``MainWindow`` (it holds the
+window); it keeps no state of its own.
 """
 
 from __future__ import annotations
@@ -16,29 +16,32 @@ from ..base.primitives import host_name
 
 
 class Commands:
+    def __init__(self, window):
+        self.window = window  # the MainWindow this part belongs to
+
     def confirm(self, title: str, text: str) -> bool:
-        return QMessageBox.question(self, title, text) == QMessageBox.Yes
+        return QMessageBox.question(self.window, title, text) == QMessageBox.Yes
 
     def _power(self, label: str, operation: str, **options) -> None:
         from ..actions import power
 
-        name, ctx = self.selected_name(), self.ctx
+        name, ctx = self.window.selected_name(), self.window.ctx
         if name:
-            self._run(name, label, lambda: getattr(power, operation)(ctx, name, **options))
+            self.window._run(name, label, lambda: getattr(power, operation)(ctx, name, **options))
 
     def on_start(self) -> None:
         from ..actions import power
 
-        name, ctx = self.selected_name(), self.ctx
+        name, ctx = self.window.selected_name(), self.window.ctx
         if name:
-            self._run(name, "Starting",
+            self.window._run(name, "Starting",
                       lambda: power.start(ctx, power.StartRequest(name)).result)
 
     def on_stop(self) -> None:
         self._power("Stopping", "stop")
 
     def on_force_stop(self) -> None:
-        name = self.selected_name()
+        name = self.window.selected_name()
         if name and self.confirm("Force stop", f"Power {name} off now? Unsaved work in the"
                                  " VM is lost."):
             self._power("Powering off", "stop", force=True)
@@ -53,31 +56,33 @@ class Commands:
         self._power("Rebooting", "reboot")
 
     def on_refresh(self) -> None:
-        self.load()
+        self.window.load()
 
     def _prepare(self, label: str, work: Callable[[], object],
                  then: Callable[[object], None]) -> None:
         """Read what a dialog needs on a worker (busy in the status bar), then open it."""
-        self.statusBar().showMessage(f"{label}…")
+        self.window.statusBar().showMessage(f"{label}…")
 
         def failed(error: BaseException) -> None:
-            self.last_error = str(error)
-            self.statusBar().showMessage(str(error))
+            self.window.last_error = str(error)
+            self.window.statusBar().showMessage(str(error))
 
-        self.tasks.run(work, then, failed)
+        self.window.tasks.run(work, then, failed)
 
     def on_create(self) -> None:
         from ..actions import host
         from .wizard import CreateWizard
 
-        ctx = self.ctx
+        ctx = self.window.ctx
 
         def show(devices) -> None:
-            self.statusBar().clearMessage()
-            wizard = CreateWizard(ctx, devices, tasks=self.tasks, parent=self)
-            if wizard.exec() and wizard.result is not None:
-                self.statusBar().showMessage(f"created {wizard.result.name}")
-                self.load()
+            self.window.statusBar().clearMessage()
+            wizard = CreateWizard(ctx, devices, tasks=self.window.tasks, parent=self.window)
+            made = wizard.result if wizard.exec() else None
+            wizard.deleteLater()  # Qt deletes a finished dialog, not Python's collector
+            if made is not None:
+                self.window.statusBar().showMessage(f"created {made.name}")
+                self.window.load()
 
         self._prepare(f"Looking at the GPUs and USB devices of {host_name(ctx.uri)}",
                       lambda: host.devices(ctx), show)
@@ -86,20 +91,23 @@ class Commands:
         from ..actions import host
         from .dialogs import SettingsDialog
 
-        name, ctx = self.selected_name(), self.ctx
+        name, ctx = self.window.selected_name(), self.window.ctx
         if not name:
             return
 
         def show(found) -> None:
             config, devices = found
-            self.statusBar().clearMessage()
+            self.window.statusBar().clearMessage()
             if config is None:
-                QMessageBox.information(self, "Settings", f"{name} was not made by NeuronOS;"
+                QMessageBox.information(self.window, "Settings", f"{name} was not made by NeuronOS;"
                                         " change it with virt-manager or `virsh edit`.")
                 return
-            dialog = SettingsDialog(ctx, config, devices, tasks=self.tasks, parent=self)
-            if dialog.exec():
-                self.load()
+            dialog = SettingsDialog(ctx, config, devices, tasks=self.window.tasks,
+                                    parent=self.window)
+            changed = dialog.exec()
+            dialog.deleteLater()
+            if changed:
+                self.window.load()
 
         self._prepare(f"Reading the settings of {name}",
                       lambda: (ctx.settings(name), host.devices(ctx)), show)
@@ -108,16 +116,16 @@ class Commands:
         from ..actions import usb
         from .dialogs import USBPanel
 
-        name, ctx = self.selected_name(), self.ctx
+        name, ctx = self.window.selected_name(), self.window.ctx
         if not name:
             return
 
         def show(found) -> None:
             devices, attached = found
-            self.statusBar().clearMessage()
-            self.usb_panel = USBPanel(ctx, name, devices, attached, tasks=self.tasks,
-                                      parent=self)
-            self.usb_panel.show()
+            self.window.statusBar().clearMessage()
+            self.window.usb_panel = USBPanel(ctx, name, devices, attached, tasks=self.window.tasks,
+                                      parent=self.window)
+            self.window.usb_panel.show()
 
         self._prepare("Looking at the USB devices",
                       lambda: (usb.list_usb(ctx), usb.attached(ctx, name)), show)
@@ -126,15 +134,16 @@ class Commands:
         from ..actions import snapshots
         from .snapshots import SnapshotsPanel
 
-        name, ctx = self.selected_name(), self.ctx
+        name, ctx = self.window.selected_name(), self.window.ctx
         if not name:
             return
 
         def show(listing) -> None:
-            self.statusBar().clearMessage()
-            self.snapshots_panel = SnapshotsPanel(ctx, name, listing, tasks=self.tasks,
-                                                  parent=self)
-            self.snapshots_panel.show()
+            self.window.statusBar().clearMessage()
+            window = self.window
+            window.snapshots_panel = SnapshotsPanel(ctx, name, listing, tasks=window.tasks,
+                                                  parent=self.window)
+            self.window.snapshots_panel.show()
 
         self._prepare(f"Reading the snapshots of {name}",
                       lambda: snapshots.list_snapshots(ctx, name), show)
@@ -142,8 +151,8 @@ class Commands:
     def on_readiness(self) -> None:
         from ..actions import host
 
-        ctx = self.ctx
-        lg_vms = tuple(row.name for row in self.model.rows if row.looking_glass
+        ctx = self.window.ctx
+        lg_vms = tuple(row.name for row in self.window.model.rows if row.looking_glass
                        and row.host == ctx.uri)
 
         def read():
@@ -158,39 +167,43 @@ class Commands:
         from .dialogs import ReadinessDialog
 
         checks, fixes = found
-        self.statusBar().showMessage("Host check done")
-        self.readiness = ReadinessDialog(checks, self, fixes=fixes, tasks=self.tasks)
-        self.readiness.show()
+        self.window.statusBar().showMessage("Host check done")
+        window = self.window
+        window.readiness = ReadinessDialog(checks, window, fixes=fixes, tasks=window.tasks)
+        window.readiness.show()
 
     def on_display(self) -> None:
         """The same action as ``neuron-vm display``: the window then follows the VM (it
         closes when the VM stops and opens again when it runs)."""
         from ..actions import display
 
-        name, ctx = self.selected_name(), self.ctx
+        name, ctx = self.window.selected_name(), self.window.ctx
         if name:
             def show() -> SimpleNamespace:
                 display.open_display(ctx, display.DisplayRequest(name),  # the details follow
-                                     on_change=lambda _: self.bridge.display_changed.emit(
+                                     on_change=lambda _: self.window.bridge.display_changed.emit(
                                          ctx.uri, name))
                 return SimpleNamespace(message="waiting for the guest's Looking Glass host")
 
-            self._run(name, "Opening the display of", show)
+            self.window._run(name, "Opening the display of", show)
 
     def on_delete(self) -> None:
         from ..actions import delete
         from .dialogs import DeleteDialog
 
-        name, ctx = self.selected_name(), self.ctx
+        name, ctx = self.window.selected_name(), self.window.ctx
         if not name:
             return
 
         def show(preview) -> None:
-            self.statusBar().clearMessage()
-            dialog = DeleteDialog(preview, name, self)
-            if dialog.exec():
-                request = delete.DeleteRequest(name, delete_disks=dialog.delete_disks)
-                self._run(name, "Deleting", lambda: delete.delete(ctx, request))
+            self.window.statusBar().clearMessage()
+            dialog = DeleteDialog(preview, name, self.window)
+            chosen = dialog.exec()
+            delete_disks = dialog.delete_disks
+            dialog.deleteLater()
+            if chosen:
+                request = delete.DeleteRequest(name, delete_disks=delete_disks)
+                self.window._run(name, "Deleting", lambda: delete.delete(ctx, request))
 
         self._prepare(f"Planning the deletion of {name}", lambda: delete.preview(ctx, name),
                       show)
@@ -200,7 +213,7 @@ class Commands:
         while Windows installs and before Looking Glass works."""
         from ..actions import console
 
-        name, ctx = self.selected_name(), self.ctx
+        name, ctx = self.window.selected_name(), self.window.ctx
         if name:
-            self._run(name, "Opening the console of",
+            self.window._run(name, "Opening the console of",
                       lambda: console.open_console(ctx, name))

@@ -2,7 +2,7 @@
 between runs, all listed together (the Host column shows once there are two). The host box
 in the toolbar names the current host: the selected VM's, and where New VM and the host
 check work; choosing a host there selects its first VM. A host that does not answer shows
-in the banner while the others' VMs stay usable. A mixin of ``app.MainWindow``.
+in the banner while the others' VMs stay usable. A part of ``app.MainWindow`` (it holds the window).
 """
 
 from __future__ import annotations
@@ -44,50 +44,53 @@ def connection_uri(text: str) -> str | None:
 
 
 class Connections:
-    def _build_connections(self) -> None:
+    def __init__(self, window):
+        self.window = window  # the MainWindow this part belongs to
+
+    def build_connections(self) -> None:
         from ..actions import Context
 
         for uri in self.remembered_connections()[1:]:
-            self.contexts.setdefault(uri, Context(uri))  # opened by its first listing
-        self.connections = QComboBox()
-        self.connections.setAccessibleName("Host")
-        self.connections.setToolTip("The current host: the selected VM's, and where New VM"
+            self.window.contexts.setdefault(uri, Context(uri))  # opened by its first listing
+        self.window.connections = QComboBox()
+        self.window.connections.setAccessibleName("Host")
+        self.window.connections.setToolTip("The current host: the selected VM's, and where New VM"
                                     " makes one (Add connection… for another, e.g."
                                     " qemu+ssh://user@host/system)")
         self._fill_connections()
-        self.connections.activated.connect(self._connection_chosen)
-        self.toolbar.insertWidget(self.toolbar.actions()[0], self.connections)
-        self._show_host_column()
+        self.window.connections.activated.connect(self._connection_chosen)
+        self.window.toolbar.insertWidget(self.window.toolbar.actions()[0], self.window.connections)
+        self.show_host_column()
 
     def remembered_connections(self) -> list[str]:
         saved = QSettings("NeuronOS", "VM Manager").value(KEY) or []
         uris = [saved] if isinstance(saved, str) else list(saved)
-        first = next(iter(self.contexts))  # the window's own host stays first
+        first = next(iter(self.window.contexts))  # the window's own host stays first
         return [first, *[uri for uri in uris if uri != first]]
 
     def _fill_connections(self) -> None:
-        self.connections.blockSignals(True)
-        self.connections.clear()
-        for uri in self.contexts:
-            self.connections.addItem(host_label(uri), uri)
-        self.connections.addItem(ADD, None)
-        if len(self.contexts) > 1:
-            self.connections.addItem(FORGET, FORGET)
-        self.connections.setCurrentIndex(list(self.contexts).index(self.uri))
-        self.connections.blockSignals(False)
+        self.window.connections.blockSignals(True)
+        self.window.connections.clear()
+        for uri in self.window.contexts:
+            self.window.connections.addItem(host_label(uri), uri)
+        self.window.connections.addItem(ADD, None)
+        if len(self.window.contexts) > 1:
+            self.window.connections.addItem(FORGET, FORGET)
+        self.window.connections.setCurrentIndex(list(self.window.contexts).index(self.window.uri))
+        self.window.connections.blockSignals(False)
 
-    def _show_host_column(self) -> None:
+    def show_host_column(self) -> None:
         """The Host column, once there are two hosts, as wide as its names."""
-        hidden = len(self.contexts) < 2
-        self.table.setColumnHidden(self.model.HOST, hidden)
+        hidden = len(self.window.contexts) < 2
+        self.window.table.setColumnHidden(self.window.model.HOST, hidden)
         if not hidden:
-            self.table.resizeColumnToContents(self.model.HOST)
+            self.window.table.resizeColumnToContents(self.window.model.HOST)
 
     def _connection_chosen(self, index: int) -> None:
-        uri = self.connections.itemData(index)
+        uri = self.window.connections.itemData(index)
         if uri == FORGET:
-            others = list(self.contexts)[1:]  # the window's own host stays
-            label, ok = QInputDialog.getItem(self, "Forget a connection", "Stop listing the"
+            others = list(self.window.contexts)[1:]  # the window's own host stays
+            label, ok = QInputDialog.getItem(self.window, "Forget a connection", "Stop listing the"
                                              " VMs of:", [host_label(u) for u in others],
                                              0, False)
             self._fill_connections()
@@ -95,7 +98,7 @@ class Connections:
                 self.forget_connection(others[[host_label(u) for u in others].index(label)])
             return
         if uri is None:
-            text, ok = QInputDialog.getText(self, "Add connection", "The computer (e.g."
+            text, ok = QInputDialog.getText(self.window, "Add connection", "The computer (e.g."
                                             " anna@workstation) or a libvirt URI (e.g."
                                             " qemu+ssh://anna@workstation/system):",
                                             QLineEdit.Normal, "")
@@ -105,7 +108,7 @@ class Connections:
             else:
                 self._fill_connections()
                 if ok and text.strip():
-                    self.statusBar().showMessage(f"{text.strip()!r} is neither a computer's"
+                    self.window.statusBar().showMessage(f"{text.strip()!r} is neither a computer's"
                                                  " name nor a libvirt URI")
             return
         self.switch_connection(uri)
@@ -114,104 +117,109 @@ class Connections:
         """Remember ``uri``, list its VMs beside the others' and make it the current host."""
         from ..actions import Context
 
-        if uri not in self.contexts:
-            self.contexts[uri] = Context(uri)
-            QSettings("NeuronOS", "VM Manager").setValue(KEY, list(self.contexts))
-            self._show_host_column()
-            self.statusBar().showMessage(f"Connecting to {uri}…")
-            self.load_host(self.contexts[uri])
+        if uri not in self.window.contexts:
+            self.window.contexts[uri] = Context(uri)
+            QSettings("NeuronOS", "VM Manager").setValue(KEY, list(self.window.contexts))
+            self.show_host_column()
+            self.window.statusBar().showMessage(f"Connecting to {uri}…")
+            self.window.load_host(self.window.contexts[uri])
         self.switch_connection(uri)
 
     def forget_connection(self, uri: str) -> None:
         """Stop listing ``uri``'s VMs and forget it (not the window's own host): its rows,
         its banner line and its usage go, its connection is closed off the UI thread."""
-        if uri not in self.contexts or uri == next(iter(self.contexts)):
+        if uri not in self.window.contexts or uri == next(iter(self.window.contexts)):
             return
-        ctx = self.contexts.pop(uri)  # its late events and answers are dropped from now on
-        QSettings("NeuronOS", "VM Manager").setValue(KEY, list(self.contexts))
-        for gone in (self.problems, self.monitors, self._following):
+        ctx = self.window.contexts.pop(uri)  # its late events and answers are dropped from now on
+        QSettings("NeuronOS", "VM Manager").setValue(KEY, list(self.window.contexts))
+        for gone in (self.window.problems, self.window.monitors, self.window._following):
             gone.pop(uri, None)
-        self.live.discard(uri)
-        self.model.reset_host(uri, [])
-        self.model.update_usage(uri, None)
-        if self.uri == uri:
-            self.use_host(next(iter(self.contexts)))
+        self.window.live.discard(uri)
+        self.window.model.reset_host(uri, [])
+        self.window.model.update_usage(uri, None)
+        if self.window.uri == uri:
+            self.use_host(next(iter(self.window.contexts)))
         self._fill_connections()
-        self._show_host_column()
-        self._show_problems()
-        self.list_stack.setCurrentWidget(self.table if self.model.rows else self.empty)
-        self.statusBar().showMessage(self._summary())
-        self.pool.submit(ctx.close)
+        self.show_host_column()
+        self.show_problems()
+        window = self.window
+        window.list_stack.setCurrentWidget(window.table if window.model.rows else window.empty)
+        self.window.statusBar().showMessage(self.summary())
+        self.window.pool.submit(ctx.close)
 
     def switch_connection(self, uri: str) -> None:
         """Make ``uri`` the current host (added first if new) and select its first VM."""
-        if uri not in self.contexts:
+        if uri not in self.window.contexts:
             self.add_connection(uri)
             return
         self.use_host(uri)
-        row = self.table.selected_row()
+        row = self.window.table.selected_row()
         if row is None or row.host != uri:
-            first = next((r for r in self.model.rows if r.host == uri), None)
+            first = next((r for r in self.window.model.rows if r.host == uri), None)
             if first is not None:
-                self.select(first.name, uri)
+                self.window.select(first.name, uri)
             else:  # not listed yet: its first VM is selected when its listing comes
-                self.table.clearSelection()
-                self._select_first_of = uri
+                self.window.table.clearSelection()
+                self.window._select_first_of = uri
 
     def use_host(self, uri: str) -> None:
         """The current host is now ``uri``: the box, the title and the host's usage say so
         (the list is not read again: it holds every host's VMs)."""
-        if uri == self.uri:
+        if uri == self.window.uri:
             return
-        self.ctx = self.contexts[uri]
-        self.uri = uri
+        self.window.ctx = self.window.contexts[uri]
+        self.window.uri = uri
         self._fill_connections()
-        self.setWindowTitle(f"NeuronOS VM Manager — {host_label(uri)}")
-        self.show_host_usage()
-        self.update_actions()
+        self.window.setWindowTitle(f"NeuronOS VM Manager — {host_label(uri)}")
+        self.window.live_view.show_host_usage()
+        self.window.update_actions()
 
     # --- hosts that answer, and those that do not ----------------------------------------
 
     @property
     def lifecycle(self):
         """The current host's lifecycle manager, once its VMs are listed (else None)."""
-        return self._following.get(self.uri) if self.uri in self.live else None
+        window = self.window
+        return window._following.get(window.uri) if window.uri in window.live else None
 
-    def _summary(self) -> str:
-        count = plural(len(self.model.rows), "VM")
-        if len(self.contexts) == 1:
-            return f"{count} on {self.uri}"
-        return f"{count} on {plural(len(self.live), 'host')}"
+    def summary(self) -> str:
+        count = plural(len(self.window.model.rows), "VM")
+        if len(self.window.contexts) == 1:
+            return f"{count} on {self.window.uri}"
+        return f"{count} on {plural(len(self.window.live), 'host')}"
 
-    def _on_inventory_failed(self, failure) -> None:
+    def on_inventory_failed(self, failure) -> None:
         ctx, message = failure
-        if self.contexts.get(ctx.uri) is not ctx:
+        if self.window.contexts.get(ctx.uri) is not ctx:
             return
-        self.live.discard(ctx.uri)
-        self.model.reset_host(ctx.uri, [])  # its VMs cannot be reached: not offered
-        self.problems[ctx.uri] = (f"libvirt is not reachable: {message}" if len(self.contexts)
-                                  == 1 else f"{host_text(ctx.uri)} is not reachable: {message}")
-        self._show_problems()
-        if not self.model.rows:
-            self.list_stack.setCurrentWidget(self.empty)
-        self.statusBar().showMessage("Not connected" if not self.live else self._summary())
-        self.update_actions()
+        self.window.live.discard(ctx.uri)
+        self.window.model.reset_host(ctx.uri, [])  # its VMs cannot be reached: not offered
+        window = self.window
+        window.problems[ctx.uri] = (f"libvirt is not reachable: {message}"
+                                    if len(window.contexts) == 1
+                                    else f"{host_text(ctx.uri)} is not reachable: {message}")
+        self.show_problems()
+        if not self.window.model.rows:
+            self.window.list_stack.setCurrentWidget(self.window.empty)
+        self.window.statusBar().showMessage("Not connected" if not self.window.live
+                                            else self.summary())
+        self.window.update_actions()
 
-    def _show_problems(self) -> None:
+    def show_problems(self) -> None:
         """The banner lists every host that does not answer; the others stay usable."""
-        if self.problems:
-            self.banner.show_message("\n".join(self.problems.values()))
+        if self.window.problems:
+            self.window.banner.show_message("\n".join(self.window.problems.values()))
         else:
-            self.banner.hide()
+            self.window.banner.hide()
 
-    def _on_connection_changed(self, uri: str, status: str, reason: str) -> None:
-        if uri not in self.contexts:
+    def on_connection_changed(self, uri: str, status: str, reason: str) -> None:
+        if uri not in self.window.contexts:
             return
         if status == "disconnected":
-            self.live.discard(uri)
-            self.problems[uri] = f"Lost the connection to libvirt at {uri} ({reason});" \
+            self.window.live.discard(uri)
+            self.window.problems[uri] = f"Lost the connection to libvirt at {uri} ({reason});" \
                 " reconnecting…"
-            self._show_problems()
-            self.update_actions()
+            self.show_problems()
+            self.window.update_actions()
         else:
-            self.load_host(self.contexts[uri])
+            self.window.load_host(self.window.contexts[uri])

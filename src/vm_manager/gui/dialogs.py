@@ -326,7 +326,8 @@ class USBPanel(QDialog):
         self.tasks = tasks or Tasks(parent=self)
         self.vm_name = vm_name
         self.errors: list[str] = []
-        self.done: list = []  # the outcomes, for the status line and tests
+        # the outcomes, for the status line and tests (not `done`: QDialog.done closes it)
+        self.outcomes: list = []
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Ticked devices belong to the VM while it runs."))
         self.list = QListWidget()
@@ -357,7 +358,7 @@ class USBPanel(QDialog):
 
         def finished(outcome) -> None:
             self._quietly(item, enabled=True)
-            self.done.append(outcome)
+            self.outcomes.append(outcome)
             self.status.setText(outcome.describe())
 
         def failed(error: BaseException) -> None:

@@ -206,3 +206,27 @@ class Banner(QWidget):
     def show_message(self, text: str) -> None:
         self.label.setText(text)
         self.show()
+
+
+def fit_main_window(window, remembered: bool, details_width: int) -> None:
+    """The main window's list, toolbar and details pane sized to their content: every
+    column, the whole toolbar and several rows in view (never past the screen); the details
+    pane beside the list where that leaves room, else below it. ``remembered``: the window
+    has the size the user gave it, only its inside is laid out."""
+    table = window.table.natural_width() + 8  # the splitter's handle and rounding
+    room = window.width() if remembered else screen_room(window)[0]
+    beside = table + details_width + 24 <= room  # else below: every column shows
+    window.splitter.setOrientation(Qt.Horizontal if beside else Qt.Vertical)
+    if not remembered:
+        width = max(table + (details_width if beside else 0),
+                    window.toolbar.sizeHint().width()) + 24
+        height = (window.table.height_for_rows(8) + window.toolbar.sizeHint().height()
+                  + window.statusBar().sizeHint().height() + 24 + (0 if beside else 220))
+        fit_to_screen(window, width, height)
+    window.centralWidget().layout().activate()  # the splitter's own size, now
+    if beside:
+        total = window.splitter.width()
+        window.splitter.setSizes([table, max(total - table, details_width)])
+    else:
+        total, rows = window.splitter.height(), window.table.height_for_rows(8) + 8
+        window.splitter.setSizes([rows, max(total - rows, 1)])
