@@ -134,3 +134,24 @@ def test_configure_says_what_a_change_brings_and_refuses_what_cannot_be(world, t
     assert code == 0 and err == ""
     code, _, err = run(world, "configure", "u", "--looking-glass")
     assert code == 2 and err.startswith("neuron-vm: --looking-glass") and "--gpu" in err
+
+
+def test_snapshots_of_a_vm_with_no_disk_or_a_setup_seed_are_refused_in_words(world, tmp_path):
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"")
+    assert run(world, "create", "k", "--template", "linux", "--network", "none",
+               "--disk-size", "0", "--kernel", kernel)[0] == 0
+    code, _, err = run(world, "snapshot", "create", "k", "s1")
+    assert code == 2 and "k has no disks: there is nothing to take a snapshot of" in err
+    assert not (tmp_path / "images" / "k.snapshots").exists()
+    code, out, _ = run(world, "info", "k")  # the kernel it boots is named
+    assert "Kernel:" in out and str(kernel) in out
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0example dev@laptop\n")
+    assert run(world, "create", "c", "--template", "linux", "--network", "none",
+               "--cloud-image", base, "--unattended", "--user", "dev", "--ssh-key", key)[0] == 0
+    code, _, err = run(world, "snapshot", "create", "c", "s1")
+    assert code == 2 and "the unattended setup of c is not finished" in err
+    assert "qemu-img convert" not in err

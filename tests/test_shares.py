@@ -258,3 +258,11 @@ def test_a_whole_home_folder_is_shared_with_a_warning(world, vm):
         " change everything in it\n"
     code, _, err = run(world, "share", "remove", vm, "home")
     assert code == 0 and err == ""  # the warning is the change's, not every later one's
+
+
+def test_removing_by_a_folder_shared_under_two_tags_asks_which(world, vm, folder):
+    assert run(world, "share", "add", vm, str(folder))[0] == 0
+    assert run(world, "share", "add", vm, str(folder), "--tag", "x2")[0] == 0
+    code, _, err = run(world, "share", "remove", vm, str(folder))
+    assert code == 2 and "shared with lin as Project-Files, x2: remove one by its tag" in err
+    assert [s.tag for s in world[1].load(vm).shares] == ["Project-Files", "x2"]  # both stay

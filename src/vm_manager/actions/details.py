@@ -89,10 +89,16 @@ def _firmware(info: dict[str, Any]) -> Section:
     rows = [("Firmware", "UEFI" if uefi else "BIOS" if not os_info.get("kernel") else
              "direct kernel boot")]
     if uefi:
-        rows.append(("Secure Boot", "on" if os_info.get("secure_boot") or
-                     os_info.get("loader_secure") else "off"))
-        if os_info.get("nvram"):
-            rows.append(("UEFI variables", os_info["nvram"]))
+        secure = os_info.get("secure_boot")
+        if secure is None:
+            secure = os_info.get("loader_secure")
+        # libvirt 9.0 names the firmware only while the VM runs: until then it is its choice
+        rows.append(("Secure Boot", {True: "on", False: "off"}.get(
+            secure, "libvirt chooses the firmware when it starts (Secure Boot where it can)")))
+        rows.append(("UEFI variables", os_info.get("nvram") or "made at its first start"))
+    if os_info.get("kernel"):
+        rows += [("Kernel", os_info["kernel"]), ("Initrd", os_info.get("initrd") or "none"),
+                 ("Command line", os_info.get("cmdline") or "")]
     tpm = info.get("tpm")
     rows.append(("TPM", f"{tpm.get('model')} {tpm.get('version') or ''} ({tpm.get('backend')})"
                  .replace("  ", " ") if tpm else "none"))

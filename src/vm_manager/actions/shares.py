@@ -92,6 +92,10 @@ def remove(ctx: Context, vm: str, which: str) -> ShareOutcome:
     if not gone:
         tags = ", ".join(item.tag for item in current) or "none"
         raise InvalidConfig("TAG", f"{vm} shares no folder {which!r} (its shares: {tags})")
+    if len(gone) > 1:  # one folder under several tags: say which one goes
+        tags = ", ".join(item.tag for item in gone)
+        raise InvalidConfig("TAG", f"{which} is shared with {vm} as {tags}: remove one by its"
+                            " tag")
     before = {item.tag: item for item in list_shares(ctx, vm)}
     outcome = _change(ctx, vm, [item for item in current if item not in gone])
     share = before.get(gone[0].tag) or Share(gone[0].path, gone[0].tag, gone[0].readonly,

@@ -389,12 +389,13 @@ class VMConfig:
             raise InvalidConfig(
                 "memory_mb",
                 f"{self.memory_mb} MiB is more than the host has ({host.memory_mb} MiB);"
-                " lower it or force it",
+                " give less, or allow it with --force",
             )
         if "vcpus" in which and self.vcpus > host.cpus:
             raise InvalidConfig(
                 "vcpus",
-                f"{self.vcpus} is more than the host's {host.cpus} CPUs; lower it or force it",
+                f"{self.vcpus} is more than the host's {host.cpus} CPUs; give fewer, or allow"
+                " it with --force",
             )
 
     # --- (de)serialization: plain JSON types only ----------------------------------------

@@ -53,7 +53,7 @@ def cmd_list(ctx: CommandContext) -> int:
     if not items:
         ctx.print(f"{ctx.args.name} has no snapshots")
     for snap in items:
-        what = "disks, " + ", ".join(snap.files) if snap.complete else snap.method
+        what = ", ".join(["disks", *snap.files]) if snap.complete else snap.method
         ctx.print(f"{snap.name:<24} {snap.created}  {what}  {snap.description}".rstrip())
     return EXIT_OK
 

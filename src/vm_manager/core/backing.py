@@ -1,7 +1,7 @@
 """Disk images as the tools that know them say: an image's format and backing file
 (``image_info``, qemu-img), and what other VMs' disks build on, for the destroyer's "another
-VM uses this disk" rule: a disk, and every image below it in its backing chain. The chain comes from libvirt's volume
-descriptions when a pool holds the image (local and remote alike), else from the image
+VM uses this disk" rule: a disk, and every image below it in its backing chain. The chain
+comes from libvirt's volume descriptions when a pool holds the image (local and remote alike), else from the image
 itself (``qemu-img``, this machine only). A chain that cannot be read is said so
 (``ChainUnknown``), never taken for an empty one: the destroyer then keeps the disks it
 would have deleted.

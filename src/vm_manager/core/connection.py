@@ -1,4 +1,5 @@
-"""LibvirtConnection, get_connection, at the design notes' path: the module is ``vm_manager.base.connection``, under both names."""
+"""LibvirtConnection, get_connection, at the design notes' path: the module is
+``vm_manager.base.connection``, under both names (the same module object)."""
 import sys
 
 from ..base import connection

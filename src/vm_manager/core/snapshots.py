@@ -139,9 +139,18 @@ class SnapshotManager:
         from .host import host_for
 
         images = host_for(self.connection.uri, self.connection).image_formats(domain)
+        if not any(disk.device == "disk" for disk in domain.disks):
+            raise InvalidConfig("NAME", f"{domain.name} has no disks: there is nothing to take"
+                                " a snapshot of")
+        seed = domain.setup.medium if domain.setup is not None else None
         for disk in domain.disks:
             if disk.device != "disk":
                 continue
+            if seed and disk.source == seed:  # the cloud-init seed of a setup not finished
+                raise InvalidConfig("NAME", f"the unattended setup of {domain.name} is not"
+                                    " finished (its cloud-init seed is attached): take"
+                                    " snapshots once `neuron-vm setup-status"
+                                    f" {domain.name}` says ready")
             found = images.get(disk.source or "")
             if found is not None and found.format == "qcow2":  # the definition is wrong
                 raise InvalidConfig("NAME", f"{disk.source} is a qcow2 file that the"
