@@ -1,7 +1,11 @@
 """The cloud-init NoCloud seed of a Linux VM made from a cloud image (DESIGN.md 7): an ISO
 labelled ``cidata`` holding ``meta-data`` (instance-id, local-hostname), ``user-data``
-(``#cloud-config``: the account, its SSH key and/or password, the guest agent) and
-``network-config`` (DHCP on the first Ethernet port). It is attached as a read-only virtio
+(``#cloud-config``: the account, its SSH key and/or password, the guest agent), and no
+``network-config``: cloud-init's own fallback (docs "Network configuration": with no network
+config from any source it asks DHCP on the "first" interface) is what brings the NIC up on
+every cloud image. A ``match: name: "e*"`` config was rendered by Debian 12's cloud-init 22.4
+as an interface named after the config's key, which does not exist (no address, no packages,
+no SSH; checked on a real guest, DESIGN.md 7). It is attached as a read-only virtio
 disk, which every cloud image reads; it may hold a password, so it is written 0600 and
 removed when setup ends. The cloud image itself is never written: the VM's disk is a qcow2
 overlay on it.
@@ -51,10 +55,7 @@ def seed_files(vm_name: str, vm_uuid: str, setup: UnattendedConfig, ssh_keys: li
         "runcmd:",
         "  - [systemctl, enable, --now, qemu-guest-agent]",
     ]) + "\n"
-    network = ("version: 2\nethernets:\n  primary:\n    match:\n      name: \"e*\"\n"
-               "    dhcp4: true\n")
-    return [MediumFile("/meta-data", meta.encode()), MediumFile("/user-data", data.encode()),
-            MediumFile("/network-config", network.encode())]
+    return [MediumFile("/meta-data", meta.encode()), MediumFile("/user-data", data.encode())]
 
 
 def build_seed(target: Path, *, vm_name: str, vm_uuid: str, setup: UnattendedConfig,
