@@ -21,7 +21,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from definitions import devices, differences, setup_record
+from support.definitions import devices, differences, setup_record
 from support.domains import remove_domain, remove_pool
 from support.fakes import FakeUSBDevice, add_pci_devices, add_usb_devices, nvidia_turing_gpu
 from vm_manager.cli import main

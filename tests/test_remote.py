@@ -322,7 +322,7 @@ def test_a_vm_on_a_remote_host_over_ssh(ssh_uri, tiny_guest, tmp_path, monkeypat
         from vm_manager.base.errors import VMCreationError
 
         creator = ctx.creator()
-        monkeypatch.setattr(creator, "_define", lambda xml: (_ for _ in ()).throw(
+        monkeypatch.setattr(creator, "define", lambda xml: (_ for _ in ()).throw(
             OperationFailed("libvirt said no (injected)", 1)))
         with pytest.raises(VMCreationError, match="everything done before it was undone"):
             creator.create(VMConfig(

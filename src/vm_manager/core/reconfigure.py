@@ -86,11 +86,12 @@ def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
                             warnings)
     validate_xml(xml)
     try:
-        creator._define(xml)  # the daemon may die here, with or without having saved it
+        creator.define(xml)  # the daemon may die here, with or without having saved it
         settings_path = creator.store.save(config, uuid=vm_uuid)
     except BaseException as error:
         try:  # same UUID: libvirt replaces it back (and waits for a daemon that left)
-            creator._with_daemon(lambda c: c.defineXML(old_xml))
+            creator.connection.execute_when_back(lambda c: c.defineXML(old_xml),
+                                                 creator.rollback_wait_s)
         except Exception as restore_error:
             raise VMCreationError(
                 f"changing {name!r} failed ({error}) and its old definition could not be"

@@ -60,6 +60,8 @@ class CreationResult:
 class VMCreator:
     """Creates VMs on one connection. ``host_root`` points the sysfs readers elsewhere."""
 
+    rollback_wait_s = ROLLBACK_WAIT_S  # how long an undo waits for a daemon that went away
+
     def __init__(
         self,
         connection: LibvirtConnection | None = None,
@@ -182,7 +184,7 @@ class VMCreator:
             validate_xml(xml)
             enter("define")
             undo.append(("undefine", lambda: self._undefine_uuid(plan.uuid)))
-            self._define(xml)
+            self.define(xml)
             enter("save settings")
             saved = config.to_dict()
             if plan.disk is not None:
@@ -299,7 +301,8 @@ class VMCreator:
         except VMManagerError:
             return True  # cannot tell: say it may be there
 
-    def _define(self, xml: str) -> None:
+    def define(self, xml: str) -> None:
+        """Define ``xml`` (libvirt checks it against its schema first)."""
         self.connection.execute(
             lambda c: c.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
         )
