@@ -118,6 +118,10 @@ def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = Non
     result = creator.create(request.config, force=request.force, template=request.template,
                             progress=progress, plan=plan, secrets=request.secrets)
     started = ctx.lifecycle.start(result.name) if request.start else None
+    if started is not None:
+        from . import setup
+
+        setup.after_start(ctx, result.name)  # its setup follows the start
     return CreateOutcome(result, started)
 
 

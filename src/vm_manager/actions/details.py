@@ -143,9 +143,15 @@ def _disks(ctx: Context, name: str, info: dict[str, Any]) -> Section:
 
 
 def _network(info: dict[str, Any]) -> Section:
-    rows = tuple((item.get("mac") or "interface",
-                  f"{item.get('type')} {item.get('source') or ''} ({item.get('model') or '?'})"
-                  .replace("  ", " ")) for item in info.get("interfaces") or [])
+    addresses = info.get("addresses") or {}
+
+    def where(item: dict) -> str:
+        text = f"{item.get('type')} {item.get('source') or ''} ({item.get('model') or '?'})"
+        found = addresses.get((item.get("mac") or "").lower())
+        return text.replace("  ", " ") + (f", address {', '.join(found)}" if found else "")
+
+    rows = tuple((item.get("mac") or "interface", where(item))
+                 for item in info.get("interfaces") or [])
     return Section("Network", rows or (("Network", "none"),))
 
 

@@ -26,6 +26,7 @@ class StartRequest:
 class StartOutcome:
     result: OperationResult
     display: DisplaySession | None = None
+    setup: object | None = None  # actions.setup.SetupStatus of a VM whose setup goes on
 
 
 def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartOutcome:
@@ -35,12 +36,16 @@ def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartO
 
     if request.display is not None:
         display.config_for(ctx, request.name)  # InvalidConfig before booting anything
+    from . import setup
+
     result = ctx.lifecycle.start(request.name, paused=request.paused, wait=request.wait,
                                  timeout=request.timeout)
+    progress = None if request.paused or not request.wait else \
+        setup.after_start(ctx, request.name)
     session = None
     if request.display is not None:
         session = display.open_display(ctx, request.display, on_change=on_display_change)
-    return StartOutcome(result, session)
+    return StartOutcome(result, session, progress)
 
 
 def stop(ctx: Context, name: str, force: bool = False, timeout: float = 60.0

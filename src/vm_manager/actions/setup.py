@@ -20,7 +20,20 @@ NEXT = {
     "looking-glass": "waiting for the Looking Glass host application in the guest: it needs"
                      " a display on the passed-through GPU (a monitor or a dummy plug)",
     "ready": "done: the installer and setup media are detached",
+    "failed": "the last step says why; `neuron-vm setup-restart {name} --force --start` tries"
+              " again (--wipe-disk: from an empty disk)",
 }
+NEXT_CLOUD_INIT = {
+    "installing": "cloud-init is setting the guest up (1-2 minutes with KVM, a few more"
+                  " emulated); watch it with `neuron-vm console {name}`",
+    "ready": "done: log in with `ssh USER@ADDRESS` (the address: `neuron-vm info {name}`);"
+             " the seed is detached and deleted",
+}
+
+
+def next_step(kind: str | None, stage: str | None, name: str) -> str:
+    table = NEXT_CLOUD_INIT if kind == "cloud-init" else {}
+    return table.get(stage or "", NEXT.get(stage or "", "")).format(name=name)
 
 
 @dataclass
@@ -47,7 +60,18 @@ def status(ctx: Context, name: str) -> SetupStatus:
                             " setup to follow")
     steps = [{"stage": stage, "at": at, "note": note} for stage, at, note in info.steps]
     return SetupStatus(name, info.kind, info.stage, steps,
-                       NEXT.get(info.stage or "", "").format(name=name))
+                       next_step(info.kind, info.stage, name))
+
+
+def after_start(ctx: Context, name: str) -> SetupStatus | None:
+    """A VM just started (by any command or face): when its setup goes on, it follows the
+    start (the stage moves to "installing", a Windows installer's boot prompt is answered,
+    which takes ~20 s); returns where it stands then (None: no setup, or it is over)."""
+    info = stage(ctx, name)
+    if info in ("", "ready", "failed"):
+        return None
+    ctx.setup_tracker().on_started(name)
+    return status(ctx, name)
 
 
 def stage(ctx: Context, name: str) -> str:
@@ -93,7 +117,9 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
         raise InvalidConfig("NAME", f"{name} was not created with --unattended")
     tracker = ctx.setup_tracker()
     setup_info, live = tracker.info(name)
-    if force and live["active"] and (setup_info and setup_info.stage != "ready"):
+    restartable = setup_info is not None and (setup_info.stage != "ready" or (
+        wipe_disk and setup_info.kind == "cloud-init"))  # else refused below, VM untouched
+    if force and live["active"] and restartable:
         lifecycle.stop(name, method=ShutdownMethod.FORCE)
     from ..core.host import images_dir
 
@@ -101,6 +127,7 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
                   loader=ctx.loader, secrets=secrets, wipe_disk=wipe_disk)
     if start:
         lifecycle.start(name)
+        after_start(ctx, name)
     return status(ctx, name)
 
 
@@ -137,6 +164,7 @@ class SetupJourney:
             self._stops.append(self._vms.watch(self.ctx, self.name, self._items.put,
                                                lambda event: None))
             self._watching = True
+            self.ctx.setup_tracker().arm(self.name)  # its stage's deadline, from here
         try:
             item = self._items.get(timeout=timeout)
         except queue.Empty:
@@ -150,7 +178,7 @@ class SetupJourney:
 
                 self.session = display.open_display(self.ctx, display.DisplayRequest(
                     self.name), on_change=self.on_display)
-            return "ready" if item.new == "ready" else None
+            return item.new if item.new in ("ready", "failed") else None
         if item.new in (VMState.SHUTOFF, VMState.CRASHED):
             return "vm-stopped"
         return None

@@ -26,8 +26,7 @@ SETUP_NS = "https://neuronos.org/xmlns/setup/1.0"  # a guest setup's progress (i
 # libvirt's size units (docs "formatdomain", memory), in MiB
 UNITS_MIB = {"b": 1 / 1048576, "bytes": 1 / 1048576, "k": 1 / 1024, "kib": 1 / 1024,
              "kb": 1000 / 1048576, "m": 1, "mib": 1, "mb": 1000000 / 1048576, "g": 1024,
-             "gib": 1024, "gb": 1e9 / 1048576, "t": 1048576, "tib": 1048576,
-             "tb": 1e12 / 1048576}
+             "gib": 1024, "gb": 1e9 / 1048576, "t": 1048576, "tib": 1048576, "tb": 1e12 / 1048576}
 
 
 class DomainXMLError(VMManagerError):
@@ -150,6 +149,7 @@ class SetupInfo:
     looking_glass: bool
     medium: str | None  # the setup medium NeuronOS made (removed at "ready")
     steps: tuple[tuple[str, str, str], ...] = ()  # (stage, ISO time, note)
+    timeout_s: int | None = None  # the VM's own deadline for every stage (None: per OS)
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,7 @@ class DomainInfo:
     channels: tuple[Channel, ...] = ()
     filesystems: tuple[Filesystem, ...] = field(default=())
     setup: SetupInfo | None = None
+    serial_log: str | None = None  # <serial type='file'>: the guest's console, in a file
 
     @property
     def spice_port(self) -> int | None:
@@ -192,10 +193,8 @@ class DomainInfo:
     def to_dict(self) -> dict:
         """Plain JSON types (``neuron-vm info --json``)."""
         data = asdict(self)
-        data["hostdevs"] = (
-            [{"type": "pci", **item} for item in data.pop("pci_hostdevs")]
-            + [{"type": "usb", **item} for item in data.pop("usb_hostdevs")]
-        )
+        data["hostdevs"] = ([{"type": "pci", **item} for item in data.pop("pci_hostdevs")]
+                            + [{"type": "usb", **item} for item in data.pop("usb_hostdevs")])
         for item in data["hostdevs"]:
             item.pop("raw_address", None)
         data["shmem"] = [dict(item, size=item["size_text"]) for item in data.pop("shmems")]
@@ -247,6 +246,9 @@ def read_domain(xml: str) -> DomainInfo:
                            if item.get("type") == "usb"),
         shmems=tuple(_shmem(item) for item in devices.findall("shmem")),
         channels=tuple(_channel(item) for item in devices.findall("channel")),
+        serial_log=next((source.get("path") for serial in devices.findall("serial")
+                         if serial.get("type") == "file"
+                         for source in serial.findall("source")), None),
         filesystems=tuple(_filesystem(item) for item in devices.findall("filesystem")),
         setup=_setup(root.find(f"metadata/{{{SETUP_NS}}}setup")),
     )
@@ -258,7 +260,8 @@ def _setup(element: ET.Element | None) -> SetupInfo | None:
     steps = tuple((step.get("stage") or "", step.get("at") or "", step.text or "")
                   for step in element if step.tag.rsplit("}", 1)[-1] == "step")
     return SetupInfo(element.get("kind"), element.get("stage"),
-                     element.get("looking-glass") == "yes", element.get("medium"), steps)
+                     element.get("looking-glass") == "yes", element.get("medium"), steps,
+                     _int(element.get("timeout-s")))
 
 
 def size_mib(element: ET.Element | None, default_unit: str) -> float | None:
@@ -422,22 +425,20 @@ def _shmem(shmem: ET.Element) -> Shmem:
 
 def _channel(channel: ET.Element) -> Channel:
     target = channel.find("target")
-    return Channel(type=channel.get("type"),
-                   target_type=target.get("type") if target is not None else None,
-                   target_name=target.get("name") if target is not None else None,
-                   state=target.get("state") if target is not None else None)
+    if target is None:
+        target = ET.Element("target")
+    return Channel(type=channel.get("type"), target_type=target.get("type"),
+                   target_name=target.get("name"), state=target.get("state"))
 
 
 def _filesystem(filesystem: ET.Element) -> Filesystem:
     driver = filesystem.find("driver")
     return Filesystem(
-        type=filesystem.get("type"),
-        driver=driver.get("type") if driver is not None else None,
+        type=filesystem.get("type"), driver=driver.get("type") if driver is not None else None,
         source=_source(filesystem.find("source"), ("dir", "file", "name", "socket")),
         target=_source(filesystem.find("target"), ("dir",)),
         accessmode=filesystem.get("accessmode"),
-        readonly=filesystem.find("readonly") is not None,
-    )
+        readonly=filesystem.find("readonly") is not None)
 
 
 def _tpm(tpm: ET.Element | None) -> TPM | None:

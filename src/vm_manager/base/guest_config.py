@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidConfig
-from .values import parse_bool, parse_path
+from .values import parse_bool, parse_int, parse_path
 
 # Windows account names (Microsoft's local-account rules): at most 20 characters, none of
 # these, not only dots or spaces, and not a built-in account or group name.
@@ -77,6 +77,7 @@ class UnattendedConfig:
     winfsp_installer: str | None = None  # WinFsp's .msi: Windows needs it for shared folders
     bypass_hardware_checks: bool = False  # LabConfig: only for hosts without swtpm
     ssh_key_path: str | None = None  # Linux: the public key(s) to log in with
+    stage_timeout_s: int | None = None  # every setup stage's deadline (None: per OS)
 
     def __post_init__(self) -> None:
         if not isinstance(self.user, str) or not self.user:  # the OS's rules: VMConfig
@@ -105,6 +106,10 @@ class UnattendedConfig:
                                 " like B7")
         self.bypass_hardware_checks = parse_bool(self.bypass_hardware_checks,
                                                  "unattended.bypass_hardware_checks")
+        if self.stage_timeout_s is not None:
+            self.stage_timeout_s = parse_int(self.stage_timeout_s, "unattended.stage_timeout_s")
+            if not 30 <= self.stage_timeout_s <= 7 * 86400:
+                raise InvalidConfig("unattended.stage_timeout_s", "expected 30 s to 7 days")
 
 
 SHARE_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,35}")

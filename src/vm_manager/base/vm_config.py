@@ -215,6 +215,7 @@ class VMConfig:
     shares: list[ShareConfig] = field(default_factory=list)  # virtiofs folders
     looking_glass: LookingGlassConfig = field(default_factory=LookingGlassConfig)
     unattended: UnattendedConfig | None = None  # set the guest up without questions
+    secure_boot: bool = True  # False: Linux only, for an image that does not boot via shim
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -242,6 +243,7 @@ class VMConfig:
                 raise InvalidConfig("disk_size_gb", f"{self.disk_size_gb!r} is not whole GiB")
             self.disk_size_gb = disk_mb // 1024
         self.disk_device = parse_bool(self.disk_device, "disk_device")
+        self.secure_boot = parse_bool(self.secure_boot, "secure_boot")
         for name in ("disk_path", "iso_path", "virtio_iso_path", "opencore_path", "kernel_path",
                      "initrd_path", "serial_log_path", "cloud_image_path"):
             setattr(self, name, parse_path(getattr(self, name), name))
@@ -317,10 +319,8 @@ class VMConfig:
         if self.disk_device and self.disk_path is None:
             raise InvalidConfig("disk_device", "a block device disk needs its path")
         if self.vm_type is VMType.MACOS and self.opencore_path is None:
-            raise InvalidConfig(
-                "opencore_path",
-                "macOS VMs boot through OpenCore: give the path of your OpenCore image",
-            )
+            raise InvalidConfig("opencore_path", "macOS VMs boot through OpenCore: give the"
+                                " path of your OpenCore image")
         if self.vm_type is not VMType.LINUX:
             for name in ("kernel_path", "initrd_path", "kernel_cmdline"):
                 if getattr(self, name) is not None:
@@ -328,10 +328,11 @@ class VMConfig:
         if self.kernel_path is None and (self.initrd_path or self.kernel_cmdline):
             raise InvalidConfig("kernel_path", "initrd and cmdline need a kernel_path")
         if self.looking_glass.enabled and self.gpu_passthrough is None:
-            raise InvalidConfig(
-                "looking_glass.enabled",
-                "Looking Glass shows a passed-through GPU's screen; choose a GPU first",
-            )
+            raise InvalidConfig("looking_glass.enabled", "Looking Glass shows a passed-through"
+                                " GPU's screen; choose a GPU first")
+        if not self.secure_boot and self.vm_type is not VMType.LINUX:
+            raise InvalidConfig("secure_boot", f"only a Linux VM boots without Secure Boot"
+                                f" ({label} boots with it: Windows 11 needs it)")
         if self.cloud_image_path is not None and self.vm_type is not VMType.LINUX:
             raise InvalidConfig("cloud_image_path", "a cloud image is for a Linux VM")
         if self.unattended is not None:
@@ -340,9 +341,8 @@ class VMConfig:
         for usb in self.usb_devices:
             key = (usb.vendor_id, usb.product_id, usb.bus, usb.port)
             if key in seen:
-                raise InvalidConfig(
-                    "usb_devices", f"{usb.vendor_id}:{usb.product_id} is listed twice"
-                )
+                raise InvalidConfig("usb_devices",
+                                    f"{usb.vendor_id}:{usb.product_id} is listed twice")
             seen.add(key)
 
     def _validate_unattended(self) -> None:

@@ -35,6 +35,7 @@ FLAG_FOR_FIELD = {
     "unattended.winfsp_installer": "--winfsp-installer",
     "unattended.ssh_key_path": "--ssh-key", "cloud_image_path": "--cloud-image",
     "unattended.bypass_hardware_checks": "--bypass-hardware-checks",
+    "secure_boot": "--secure-boot", "unattended.stage_timeout_s": "--stage-timeout",
     "usb_devices": "--usb", "usb.vendor_id": "--usb", "usb.product_id": "--usb",
 }
 
@@ -77,6 +78,9 @@ def register(commands, common, subcommand) -> None:
     create.add_argument("--initrd", metavar="PATH")
     create.add_argument("--cmdline", metavar="TEXT")
     create.add_argument("--serial-log", metavar="PATH", help="write the serial console here")
+    create.add_argument("--secure-boot", choices=["on", "off"],
+                        help="Linux: off for an image that does not boot through shim (e.g."
+                        " Arch's); default on")
     create.add_argument("--domain-type", choices=["kvm", "qemu"],
                         help="kvm (default) or qemu (software emulation)")
     create.add_argument("--network", metavar="NAME|none",
@@ -170,11 +174,35 @@ def usb_ids(items) -> list[tuple[str, str]]:
     return ids
 
 
-def request_from_args(args: argparse.Namespace):
+PATH_FLAGS = ("disk", "iso", "virtio_iso", "opencore", "kernel", "initrd", "serial_log",
+              "cloud_image", "ssh_key", "lg_host_installer", "winfsp_installer")
+
+
+def absolute_paths(args: argparse.Namespace, uri: str | None) -> None:
+    """Paths typed relative to the current folder, made absolute (libvirt and the settings
+    need absolute ones); on another host's connection they stay as typed (refused there)."""
+    import os
+
+    from ..base.primitives import is_remote
+
+    if uri and is_remote(uri):
+        return
+    for name in PATH_FLAGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value and not value.startswith("/"):
+            setattr(args, name, os.path.abspath(os.path.expanduser(value)))
+    for name in ("share", "read_only_share"):
+        items = getattr(args, name, None) or []
+        setattr(args, name, [item if item.startswith("/") else
+                             os.path.abspath(os.path.expanduser(item)) for item in items])
+
+
+def request_from_args(args: argparse.Namespace, uri: str | None = None):
     from ..actions.create import CreateRequest, parse_template
     from ..base.errors import InvalidConfig
     from ..base.vm_config import VMConfig
 
+    absolute_paths(args, uri)
     kind, template = parse_template(args.template)
     looking_glass = {"enabled": bool(args.looking_glass)}
     if args.resolution:
@@ -193,6 +221,7 @@ def request_from_args(args: argparse.Namespace):
         "initrd_path": args.initrd, "kernel_cmdline": args.cmdline,
         "serial_log_path": args.serial_log, "unattended": unattended_from_args(args),
         "cloud_image_path": args.cloud_image,
+        "secure_boot": None if args.secure_boot is None else args.secure_boot == "on",
         "shares": [_share(item, False) for item in args.share or ()]
         + [_share(item, True) for item in args.read_only_share or ()],
     }
@@ -217,7 +246,7 @@ def cmd_create(ctx: CommandContext) -> int:
 
     args = ctx.args
     with flags_in_errors():
-        request = request_from_args(args)
+        request = request_from_args(args, ctx.actions.uri)
         if args.print_xml:
             ctx.out.write(create.print_xml(ctx.actions, request))
             return EXIT_OK
@@ -293,7 +322,7 @@ def cmd_delete(ctx: CommandContext) -> int:
         ctx.print_json(plan.to_dict())
         return EXIT_OK
     if not ctx.json:
-        for line in plan.describe():
+        for line in plan.describe(force=args.force):
             ctx.print(line)
     if args.dry_run:
         return EXIT_OK

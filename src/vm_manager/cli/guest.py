@@ -16,7 +16,7 @@ from .output import (
 
 SETUP_FLAGS = ("user", "password_file", "locale", "keyboard", "timezone", "edition",
                "product_key", "lg_host_installer", "lg_host_release", "bypass_hardware_checks",
-               "ssh_key", "winfsp_installer")
+               "ssh_key", "winfsp_installer", "stage_timeout")
 WINDOWS_ONLY = ("locale", "keyboard", "timezone", "product_key")
 
 
@@ -87,7 +87,10 @@ def cmd_setup_restart(ctx: CommandContext) -> int:
     if ctx.json:
         ctx.print_json(result.to_dict())
         return EXIT_OK
-    ctx.print(f"{result.name}: setup restarted ({result.steps[-1]['note']})")
+    restarted = next(step for step in reversed(result.steps) if step["stage"] == "created")
+    ctx.print(f"{result.name}: {restarted['note']}")
+    if args.start:
+        ctx.print(f"{result.name}: started; setup {result.stage}")
     ctx.print(f"next: {result.next}")
     return EXIT_OK
 
@@ -136,6 +139,9 @@ def setup_options(parser) -> None:
                        " cloud-init sets it up")
     setup.add_argument("--ssh-key", metavar="FILE",
                        help="Linux: the public key(s) the account logs in with")
+    setup.add_argument("--stage-timeout", metavar="TIME",
+                       help="how long any setup stage may take before setup is called failed,"
+                       " e.g. 90m or 2h (default: per OS and domain type, see the README)")
 
 
 def unattended_from_args(args: argparse.Namespace) -> dict | None:
@@ -160,8 +166,22 @@ def unattended_from_args(args: argparse.Namespace) -> dict | None:
             "lg_host_installer": args.lg_host_installer,
             "lg_host_release": args.lg_host_release,
             "winfsp_installer": args.winfsp_installer,
-            "bypass_hardware_checks": args.bypass_hardware_checks}
+            "bypass_hardware_checks": args.bypass_hardware_checks,
+            "stage_timeout_s": duration_s(args.stage_timeout, "--stage-timeout")
+            if args.stage_timeout else None}
     return {key: value for key, value in data.items() if value is not None}
+
+
+def duration_s(text: str, flag: str) -> int:
+    """``90s``, ``45m``, ``2h`` or a number of minutes, in seconds."""
+    import re
+
+    from ..base.errors import InvalidConfig
+
+    match = re.fullmatch(r"\s*(\d{1,6})\s*([smh]?)\s*", text.lower())
+    if not match:
+        raise InvalidConfig(flag, f"{text!r} is not a time like 90s, 45m or 2h")
+    return int(match.group(1)) * {"s": 1, "m": 60, "": 60, "h": 3600}[match.group(2)]
 
 
 def read_secrets(ctx: CommandContext):
@@ -224,6 +244,10 @@ def follow_setup(ctx: CommandContext, name: str, display: bool):
             journey.close()
         if end == "vm-stopped":
             ctx.print(f"{name}: the VM stopped during setup; start it again to go on")
+            return EXIT_FAILED
+        if end == "failed":
+            ctx.print(f"{name}: setup failed (`neuron-vm setup-status {name}` shows every"
+                      " step)")
             return EXIT_FAILED
         return follow_display(journey.session) if journey.session is not None else EXIT_OK
 

@@ -81,6 +81,8 @@ def cmd_start(ctx: CommandContext) -> int:
     result = outcome.result
     how = "requested" if args.no_wait else f"{result.state.label} after {result.elapsed_s:.2f} s"
     code = ctx.report(result, f"{args.name}: {result.message}, {how}")
+    if outcome.setup is not None and not ctx.json:
+        ctx.print(f"{args.name}: setup {outcome.setup.stage}; next: {outcome.setup.next}")
     if outcome.display is not None:
         return follow_display(outcome.display)
     return code

@@ -14,17 +14,20 @@ NeuronOS restart, and every NeuronOS that looks at the VM sees the same):
   writes, read through the agent when it reconnects) and the VM shows through Looking Glass:
   waiting for the host application's heartbeat.
 - ``ready``: the installer, the virtio ISO and the setup medium are detached (config and
-  live), the medium, which holds the password, is deleted.
+  live), the medium, which may hold the password, is deleted.
+- ``failed``: a stage ran past its deadline (``setup_stages``), or cloud-init finished with
+  errors (its own words in the note); the setup medium is detached and deleted all the same.
 
-A cloud-init VM is ready when its agent connects. A stage the tracker missed (nobody was
-listening) is caught up once by ``status``: a running VM whose agent channel says
-"connected" is asked for its stage file then.
+A cloud-init VM is ready when cloud-init finished: its ``result.json``, read through the
+agent, exists and lists no error. The seed restarts the agent once cloud-init is done, so
+the agent's reconnection is the event that says so. A stage the tracker missed (nobody was
+listening) is caught up by ``status``: a running VM still at "created" is "installing", one
+whose agent channel says "connected" is asked for its stage file (cloud-init's result), and
+one past its stage's deadline has failed.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -38,10 +41,11 @@ from ..base.domain_xml import SETUP_NS, SetupInfo, read_domain
 from ..base.errors import VMManagerError
 from ..base.primitives import Subscribers
 from ..base.log import get_logger
+from . import setup_stages
+from .setup_stages import CLOUD_INIT_RESULT, STAGES  # noqa: F401 (the stages' names)
 
 log = get_logger(__name__)
 
-STAGES = ("created", "installing", "first-logon", "looking-glass", "ready")
 WINDOWS_STAGE_FILE = r"C:\ProgramData\NeuronOS\stage"
 BOOT_PROMPT_S = 20.0  # "Press any key to boot from CD or DVD" lasts ~5 s; TCG is slow
 KEY_ENTER = 28  # linux/input-event-codes.h
@@ -78,6 +82,8 @@ class SetupTracker:
         self._token: int | None = None
         self._cancel = threading.Event()
         self._known: dict[str, str | None] = {}  # the stage each VM was last told at
+        self._timers: dict[str, threading.Timer] = {}  # each followed VM's stage deadline
+        self._pressing: set[str] = set()  # VMs whose boot prompt is being answered
 
     # --- subscribing ------------------------------------------------------------------------
 
@@ -91,6 +97,9 @@ class SetupTracker:
         self._cancel.set()
         with self._lock:
             token, self._token = self._token, None
+            timers, self._timers = list(self._timers.values()), {}
+        for timer in timers:
+            timer.cancel()
         if token is not None:
             self.connection.unsubscribe(token)
 
@@ -115,12 +124,20 @@ class SetupTracker:
         return domain.setup, {"active": active, "agent": agent, "domain": domain}
 
     def status(self, name: str) -> SetupInfo | None:
-        """The stage now; a VM whose agent is connected is caught up first (once)."""
+        """The stage now, caught up first: a running VM still at "created" is installing,
+        one whose agent is connected is asked how far it got, one past its stage's
+        deadline has failed."""
         setup, live = self.info(name)
-        if setup is not None and setup.stage not in ("ready", None) and live["active"] \
-                and live["agent"] == "connected":
+        if setup is None or setup.stage in ("ready", "failed", None) or not live["active"]:
+            return setup
+        if setup.stage == "created":
+            with self._lock:
+                self._advance(name, setup, "installing", "the VM runs (it was started while"
+                              " no NeuronOS was watching)")
+        if live["agent"] == "connected":
             self.agent_connected(name)
-            setup, _ = self.info(name)
+        self._check_deadline(name)
+        setup, _ = self.info(name)
         return setup
 
     # --- events -----------------------------------------------------------------------------
@@ -158,32 +175,38 @@ class SetupTracker:
         self._subscribers.notify(SetupChange(name, old, setup.stage, note, time.time()))
 
     def _started(self, name: str) -> None:
+        self.on_started(name)
+
+    def on_started(self, name: str) -> None:
+        """The VM started, whoever started it: a setup at "created" is installing now (a
+        Windows installer's boot prompt is answered, which takes ``boot_prompt_s``); one
+        further on records the start (its deadline counts from there). Returns once done;
+        safe to call again for the same start (the event and the start command both may)."""
         with self._lock:
-            setup, _ = self.info(name)
-            if setup is None or setup.stage != "created":
+            setup, live = self.info(name)
+            if setup is None or not live["active"] or setup.stage in ("ready", "failed"):
                 return
-            self._advance(name, setup, "installing", "the VM started with the installer")
-        if setup.kind == "windows":
-            self._answer_boot_prompt(name)
+            press = setup.kind == "windows" and setup.stage == "created" \
+                and name not in self._pressing
+            if setup.stage == "created":
+                setup = self._advance(name, setup, "installing", "the VM started with the"
+                                      " installer")
+            if press:
+                self._pressing.add(name)
+        try:
+            if press:
+                self._answer_boot_prompt(name)
+        finally:
+            with self._lock:
+                self._pressing.discard(name)
+        self.arm(name)
 
     def _answer_boot_prompt(self, name: str) -> None:
         """Windows discs ask for a key before they boot from CD; answer with Enter for a
         while (the answer file then runs setup without any other key)."""
-        deadline = time.monotonic() + self.boot_prompt_s
+        from .guest_agent import press_key
 
-        def press(conn):
-            dom = self.connection.lookup(conn, name)
-            if dom.isActive():
-                dom.sendKey(libvirt.VIR_KEYCODE_SET_LINUX, 0, [KEY_ENTER], 1, 0)
-            return bool(dom.isActive())
-
-        while time.monotonic() < deadline and not self._cancel.wait(1.0):
-            try:
-                if not self.connection.execute(press):
-                    return
-            except VMManagerError as error:
-                log.debug("could not press Enter in %s: %s", name, error)
-                return
+        press_key(self.connection, name, KEY_ENTER, self.boot_prompt_s, self._cancel)
 
     def agent_connected(self, name: str, stage_text: str | None = None) -> None:
         """The guest agent answered: Windows runs (first logon done, tools installed), or
@@ -194,10 +217,10 @@ class SetupTracker:
 
     def _agent_connected(self, name: str, stage_text: str | None) -> None:
         setup, _ = self.info(name)
-        if setup is None or setup.stage in ("ready", "looking-glass"):
+        if setup is None or setup.stage in ("ready", "looking-glass", "failed"):
             return
         if setup.kind == "cloud-init":
-            self.finish(name, "cloud-init ran and the guest agent answers")
+            self._cloud_init_progress(name, setup)
             return
         text = stage_text if stage_text is not None else self.read_stage_file(name)
         if text != "done":
@@ -213,6 +236,21 @@ class SetupTracker:
             return
         self.finish(name, "the first-logon steps are done")
 
+    def _cloud_init_progress(self, name: str, setup: SetupInfo) -> None:
+        """Ready once cloud-init's result says it finished cleanly; failed, in cloud-init's
+        own words, when it lists errors; else still installing."""
+        errors = setup_stages.cloud_init_result(self.read_guest_file(name, CLOUD_INIT_RESULT))
+        if errors is None:
+            note = "the guest agent answers; cloud-init is still setting the guest up"
+            if setup.stage == "created" or (setup.steps and setup.steps[-1][2] != note):
+                self._advance(name, setup, "installing", note)
+        elif errors:
+            self._fail(name, "cloud-init finished with errors: " + " | ".join(errors)
+                       + " (in the guest: /var/log/cloud-init.log, `cloud-init status"
+                       " --long`)")
+        else:
+            self._finish(name, "cloud-init finished and the guest agent answers")
+
     def _wait_for_looking_glass(self, name: str) -> None:
         from ..passthrough.ivshmem import SHM_DIR, shm_path
         from ..display.lgmp import wait_for_host
@@ -225,35 +263,13 @@ class SetupTracker:
     def read_stage_file(self, name: str) -> str | None:
         """The first-logon script's stage file, read through the guest agent (None when it
         cannot be read yet)."""
-        import libvirt_qemu
+        return self.read_guest_file(name, self.stage_file)
 
-        def agent(conn, command: dict):
-            dom = self.connection.lookup(conn, name)
-            reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(command),
-                                                  self.agent_timeout, 0)
-            return json.loads(reply)["return"]
+    def read_guest_file(self, name: str, path: str) -> str | None:
+        """A small file of the guest, read through its agent (None when it cannot be)."""
+        from .guest_agent import read_file
 
-        try:
-            handle = self.connection.execute(lambda c: agent(c, {
-                "execute": "guest-file-open", "arguments": {"path": self.stage_file,
-                                                            "mode": "r"}}))
-            try:
-                data = self.connection.execute(lambda c: agent(c, {
-                    "execute": "guest-file-read", "arguments": {"handle": handle,
-                                                                "count": 4096}}))
-            finally:
-                self.connection.execute(lambda c: agent(c, {
-                    "execute": "guest-file-close", "arguments": {"handle": handle}}))
-        except (VMManagerError, ValueError, KeyError) as error:
-            log.debug("stage file of %s not readable yet: %s", name, error)
-            return None
-        raw = base64.b64decode(data.get("buf-b64", ""))
-        for encoding in ("utf-8-sig", "utf-16"):
-            try:
-                return raw.decode(encoding).replace("\0", "").strip()
-            except UnicodeDecodeError:
-                continue
-        return None
+        return read_file(self.connection, name, path, self.agent_timeout)
 
     def reset(self, name: str, note: str) -> None:
         """Back to "created" (a restarted setup), its history kept."""
@@ -272,9 +288,33 @@ class SetupTracker:
 
     def _finish(self, name: str, note: str) -> None:
         setup, live = self.info(name)
-        if setup is None or setup.stage == "ready":
+        if setup is None or setup.stage in ("ready", "failed"):
             return
-        detach = self._detach_paths(name) | ({setup.medium} if setup.medium else set())
+        self._remove_media(name, setup, live, self._detach_paths(name))
+        done = "the seed detached and deleted" if setup.kind == "cloud-init" else \
+            "installer and setup media detached, the setup medium deleted"
+        self._advance(name, setup, "ready", f"{note}; {done}")
+
+    def fail(self, name: str, note: str) -> None:
+        """Setup failed (``note`` says why and where to look): the setup medium, which may
+        hold the password, is detached and deleted all the same; the installer stays for
+        a restart."""
+        with self._lock:
+            self._fail(name, note)
+
+    def _fail(self, name: str, note: str) -> None:
+        setup, live = self.info(name)
+        if setup is None or setup.stage in ("ready", "failed"):
+            return
+        self._remove_media(name, setup, live, set())
+        self._advance(name, setup, "failed", f"{note}; the setup medium was detached and"
+                      f" deleted (`neuron-vm setup-restart {name} --force --start` tries"
+                      " again)")
+
+    def _remove_media(self, name: str, setup: SetupInfo, live: dict, paths: set[str]) -> None:
+        """Detach ``paths`` and the setup medium (config, and live when it runs); delete
+        the medium NeuronOS made."""
+        detach = set(paths) | ({setup.medium} if setup.medium else set())
         attached = [d for d in live["domain"].disks if d.source in detach]
         inactive = read_domain(self.connection.execute(
             lambda c: self.connection.lookup(c, name).XMLDesc(
@@ -289,8 +329,55 @@ class SetupTracker:
             from .host import host_for  # a file here, or a volume of that host's pool
 
             host_for(self.connection.uri, self.connection).remove_file(setup.medium)
-        self._advance(name, setup, "ready", f"{note}; installer and setup media detached,"
-                      " the setup medium deleted")
+
+    # --- deadlines --------------------------------------------------------------------------
+
+    def arm(self, name: str) -> None:
+        """Call setup failed when the running VM's stage outlasts its deadline (a timer in
+        this process, renewed at each stage; nothing when the VM is not running)."""
+        with self._lock:
+            if self._token is None and self._cancel.is_set():
+                return
+            setup, live = self.info(name)
+            old = self._timers.pop(name, None)
+            if old is not None:
+                old.cancel()
+            left = self._left(setup, live)
+            if left is None or self._cancel.is_set():
+                return
+            timer = threading.Timer(max(left, 0.0) + 0.5, self._quietly,
+                                    (self._check_deadline, name))
+            timer.daemon = True
+            self._timers[name] = timer
+            timer.start()
+
+    def _left(self, setup: SetupInfo | None, live: dict) -> float | None:
+        """Seconds the running VM's stage has left (None: no deadline)."""
+        if setup is None or not live["active"] or setup.stage not in setup_stages.RUNNING:
+            return None
+        limit = setup_stages.deadline(setup.kind, setup.stage, live["domain"].domain_type,
+                                      setup.timeout_s)
+        since = setup_stages.step_time(setup.steps[-1][1]) if setup.steps else None
+        if limit is None or since is None:
+            return None
+        return since + limit - time.time()
+
+    def _check_deadline(self, name: str) -> None:
+        with self._lock:
+            setup, live = self.info(name)
+            left = self._left(setup, live)
+            if left is None:
+                return
+            if left > 0:
+                if name in self._timers:
+                    self.arm(name)
+                return
+            limit = setup_stages.deadline(setup.kind, setup.stage,
+                                          live["domain"].domain_type, setup.timeout_s)
+            serial = live["domain"].serial_log
+            self._fail(name, f"{setup.stage} for longer than its deadline: "
+                       + setup_stages.late_note(setup.kind, setup.stage, limit, name,
+                                                serial))
 
     def _detach(self, name: str, disk, flags: int) -> None:
         """A CD-ROM: removed from the config, ejected live (a SATA CD-ROM cannot be
@@ -328,7 +415,8 @@ class SetupTracker:
     def _advance(self, name: str, setup: SetupInfo, stage: str, note: str) -> SetupInfo:
         steps = (*setup.steps, (stage, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 note))
-        new = SetupInfo(setup.kind or "", stage, setup.looking_glass, setup.medium, steps)
+        new = SetupInfo(setup.kind or "", stage, setup.looking_glass, setup.medium, steps,
+                        setup.timeout_s)
         record = self._macros().render_fragment("setup_record", new, False)  # the template's
 
         def write(conn):
@@ -347,6 +435,8 @@ class SetupTracker:
                 raise
         log.info("setup of %s: %s -> %s (%s)", name, setup.stage, stage, note)
         self._subscribers.notify(SetupChange(name, setup.stage, stage, note, time.time()))
+        if name in self._timers:
+            self.arm(name)  # followed here: the deadline moves with the stage (or ends)
         return new
 
 

@@ -118,11 +118,13 @@ def vm_details(
             snapshots = dom.snapshotNum(0)
         except libvirt.libvirtError:
             snapshots = 0
-        return summary, xml, autostart, (state, reason), snapshots
+        addresses = _addresses(dom) if state == libvirt.VIR_DOMAIN_RUNNING else {}
+        return summary, xml, autostart, (state, reason), snapshots, addresses
 
-    summary, xml, autostart, (_state, reason), snapshots = connection.execute(
+    summary, xml, autostart, (_state, reason), snapshots, addresses = connection.execute(
         read, idempotent=True)
     details: dict[str, Any] = summary.to_dict()
+    details["addresses"] = addresses
     details["snapshots"] = snapshots
     details["state_reason"] = reason
     details["autostart"] = autostart
@@ -145,6 +147,28 @@ def vm_details(
     details["disk_problems"] = [item.to_dict() for item in _format_mismatches(
         connection, name, domain, config)]
     return details
+
+
+def _addresses(dom) -> dict[str, list[str]]:
+    """The running guest's IPv4 addresses by MAC: from libvirt's DHCP leases (its own
+    networks), else from the guest agent (any network)."""
+    found: dict[str, list[str]] = {}
+    for source in (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+                   libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT):
+        try:
+            interfaces = dom.interfaceAddresses(source, 0) or {}
+        except libvirt.libvirtError:  # no such network, no agent, a driver without it
+            continue
+        for interface in interfaces.values():
+            mac = (interface.get("hwaddr") or "").lower()
+            for address in interface.get("addrs") or []:
+                text = address.get("addr") or ""
+                if mac and address.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4 \
+                        and not text.startswith("127."):
+                    found.setdefault(mac, []).append(text)
+        if found:
+            break
+    return found
 
 
 def _format_mismatches(connection: LibvirtConnection, name: str, domain, config):

@@ -113,6 +113,7 @@ class SetupSpec:
     looking_glass: bool
     stage: str = "created"
     steps: tuple[tuple[str, str, str], ...] = ()  # (stage, ISO time, note)
+    timeout_s: int | None = None  # create --stage-timeout: every stage's deadline
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class TemplateContext:
     setup: SetupSpec | None = None
     seed: DiskSpec | None = None  # a cloud-init seed, a read-only virtio disk
     shares: tuple[ShareSpec, ...] = ()  # virtiofs folders (memory backing: shared memfd)
+    secure_boot: bool = True  # False: UEFI without Secure Boot (Linux images without shim)
 
     def as_mapping(self) -> dict[str, Any]:
         """The template variables (nested values stay typed objects)."""
@@ -416,7 +418,11 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
         usb=tuple(USBSpec(usb.vendor_id, usb.product_id) for usb in config.usb_devices),
         gpu=gpu,
         looking_glass=looking_glass,
-        setup=SetupSpec(setup.kind, setup.medium, looking_glass is not None) if setup else None,
+        setup=SetupSpec(setup.kind, setup.medium, looking_glass is not None and (
+            setup.kind != "windows" or setup.looking_glass_host),  # no host: no stage
+            timeout_s=config.unattended.stage_timeout_s if config.unattended else None)
+        if setup else None,
         seed=DiskSpec(setup.medium, "raw", "virtio", "vdb", None)  # an ISO NeuronOS writes
         if setup and setup.kind == "cloud-init" else None,
+        secure_boot=config.secure_boot,
     )

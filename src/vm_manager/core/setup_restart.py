@@ -28,21 +28,27 @@ log = get_logger(__name__)
 def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, loader,
                   secrets=None, wipe_disk: bool = False, qemu_img: str = "qemu-img") -> str:
     """Put ``config``'s VM back at stage "created" (it must be shut off). Returns what was
-    done, in words. ``InvalidConfig`` for a setup that finished or a missing password."""
+    done, in words. ``InvalidConfig`` for a setup that finished (a cloud image VM's may
+    start again from an empty overlay, ``wipe_disk``) or a missing password."""
     name = config.name
     setup, live = tracker.info(name)
     if setup is None:
         raise InvalidConfig("NAME", f"{name} was not created with --unattended")
-    if setup.stage == "ready":
+    if setup.stage == "ready" and not (wipe_disk and setup.kind == "cloud-init"):
         raise InvalidConfig("NAME", f"the setup of {name} finished; there is nothing to"
-                            " restart")
+                            " restart" + (" (--wipe-disk sets a cloud image VM up again from"
+                                          " an empty overlay)" if setup.kind == "cloud-init"
+                                          else ": its installer is detached; to install"
+                                          " again, delete the VM and create it anew"))
     if live["active"]:
         raise LifecycleError(f"{name} is running: stop it first (or give --force)")
     done = []
     if wipe_disk:
         done.append(_wipe_disk(config, images_dir, qemu_img, tracker.connection))
     medium = Path(setup.medium) if setup.medium else setup_medium_path(images_dir, name)
-    attempt = 2 + sum(1 for stage, _, _ in setup.steps if stage == "created")  # 1: create
+    # 1: create (since its "created" step is recorded, the first one is create's own)
+    created = [step for step in setup.steps if step[0] == "created"]
+    attempt = 2 + len(created) - (1 if setup.steps and setup.steps[0][0] == "created" else 0)
     host = host_for(tracker.connection.uri, tracker.connection, qemu_img=qemu_img)
     if setup.kind == "cloud-init" or not host.has_file(str(medium)):
         def build(target: Path) -> None:
@@ -53,8 +59,32 @@ def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, 
         done.append(f"made the setup medium {medium} again")
     else:
         done.append(f"kept the setup medium {medium}")
+    if not any(disk.source == str(medium) for disk in live["domain"].disks):
+        _attach_medium(tracker, name, setup.kind, str(medium), live["domain"], loader)
+        done.append("attached it again")
     tracker.reset(name, "setup restarted: " + "; ".join(done))
     return "; ".join(done)
+
+
+def _attach_medium(tracker: SetupTracker, name: str, kind: str | None, medium: str, domain,
+                   loader) -> None:
+    """Put a setup medium that a failed setup detached back into the definition: the seed
+    as a read-only virtio disk, the Windows medium as a SATA CD-ROM."""
+    import libvirt
+
+    from .planning import CDROMSpec, DiskSpec
+
+    taken = {disk.target for disk in domain.disks}
+    if kind == "cloud-init":
+        target = next(f"vd{c}" for c in "bcdefghijklmnop" if f"vd{c}" not in taken)
+        fragment = loader.render_fragment("seed_disk", DiskSpec(medium, "raw", "virtio",
+                                                                target, None))
+    else:
+        target = next(f"sd{c}" for c in "abcdefghijklmnop" if f"sd{c}" not in taken)
+        fragment = loader.render_fragment("cdroms", [CDROMSpec(medium, "sata", target, None)])
+    guard.check("attach the setup medium")
+    tracker.connection.execute(lambda conn: tracker.connection.lookup(conn, name)
+                               .attachDeviceFlags(fragment, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
 
 
 def _wipe_disk(config: VMConfig, images_dir: Path, qemu_img: str, connection=None) -> str:

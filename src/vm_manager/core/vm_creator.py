@@ -179,7 +179,7 @@ class VMCreator:
                     plan.setup.medium, claimed, "medium")))
                 self._setup_medium(plan, secrets, claimed)
             enter("render")
-            xml = self.render(plan)
+            xml = self.render(_with_created_step(plan))
             enter("validate")
             validate_xml(xml)
             enter("define")
@@ -409,3 +409,17 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _with_created_step(plan: CreationPlan) -> CreationPlan:
+    """An unattended setup's history starts with its "created" step (when, and what)."""
+    import time
+    from dataclasses import replace
+
+    setup = plan.context.setup
+    if setup is None or setup.steps:
+        return plan
+    what = "the VM and its setup medium exist" if setup.kind == "windows" else \
+        "the VM, its overlay disk and its cloud-init seed exist"
+    step = ("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), what)
+    return replace(plan, context=replace(plan.context, setup=replace(setup, steps=(step,))))

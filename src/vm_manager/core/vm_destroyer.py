@@ -80,10 +80,14 @@ class DestroyPlan:
                     " which takes them too")
         return None
 
-    def describe(self) -> list[str]:
+    def describe(self, force: bool = True) -> list[str]:
+        """The plan in words; ``force``: whether a running VM will be stopped first (else
+        the deletion is refused, and this says so)."""
         lines = [f"delete VM {self.name!r} ({self.state.label})"]
         if self.state.is_active:
-            lines.append("  stop it first (graceful, forced after the timeout)")
+            lines.append("  stop it first (graceful, forced after the timeout)" if force else
+                         f"  refused: it is {self.state.label}; --force stops it first"
+                         " (graceful, forced after the timeout)")
         lines.append("  remove its libvirt definition (snapshot and checkpoint metadata too)")
         lines.append(f"  UEFI variables and TPM state: {self.firmware_state}")
         for disk in self.disks:
@@ -245,7 +249,7 @@ class VMDestroyer:
                 setup_medium_path(managed, name) and str(Path(os.path.realpath(path))) \
                 not in used_by:
             return DiskDecision(path, device, True, "the setup medium NeuronOS made for it"
-                                " (it holds the account's password)")
+                                " (it holds the account's password when one was given)")
         if device == "cdrom":
             return keep("a CD-ROM image is never deleted")
         if path and os.path.realpath(path) in given:

@@ -7,7 +7,9 @@ every cloud image. A ``match: name: "e*"`` config was rendered by Debian 12's cl
 as an interface named after the config's key, which does not exist (no address, no packages,
 no SSH; checked on a real guest, DESIGN.md 7). It is attached as a read-only virtio
 disk, which every cloud image reads; it may hold a password, so it is written 0600 and
-removed when setup ends. The cloud image itself is never written: the VM's disk is a qcow2
+removed when setup ends. Setup ends when cloud-init's ``result.json`` exists: the seed's last
+command waits for it (``cloud-init status --wait``) in a transient unit, then restarts the
+guest agent, whose reconnection is libvirt's event for it. The cloud image itself is never written: the VM's disk is a qcow2
 overlay on it.
 
 Values are written as JSON strings, which YAML reads verbatim: no user value can add a key.
@@ -26,6 +28,9 @@ LABEL = "cidata"
 LINUX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 SSH_KEY = re.compile(r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-(ssh-ed25519|ecdsa-sha2-"
                      r"nistp256)@openssh\.com) [A-Za-z0-9+/=]+( [^\r\n]*)?")
+
+
+DONE_SIGNAL = "cloud-init status --wait >/dev/null 2>&1; systemctl restart qemu-guest-agent"
 
 
 def instance_id(vm_uuid: str) -> str:
@@ -54,6 +59,10 @@ def seed_files(vm_name: str, vm_uuid: str, setup: UnattendedConfig, ssh_keys: li
         "packages: [qemu-guest-agent]",
         "runcmd:",
         "  - [systemctl, enable, --now, qemu-guest-agent]",
+        # the agent's reconnection is the event that says cloud-init finished (its
+        # result.json is then there to read); a transient unit outlives this stage
+        "  - [systemd-run, --no-block, --collect, --unit=neuronos-setup-done, sh, -c,"
+        f" {q(DONE_SIGNAL)}]",
     ]) + "\n"
     return [MediumFile("/meta-data", meta.encode()), MediumFile("/user-data", data.encode())]
 
