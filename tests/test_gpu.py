@@ -137,6 +137,20 @@ def test_single_gpu_host(host):
     assert plan_passthrough("01:00.0", root, allow_boot_gpu=True).ready
 
 
+def test_a_compute_card_is_no_display_gpu(host):
+    """As `gpu list --json` showed on a real NVIDIA H200 (a VM without an IOMMU): class
+    0x0302, driver nvidia, no IOMMU group, no boot_vga file. It drives no display, so it is
+    not "the host's only display"; it has none for Looking Glass either."""
+    from support.fakes import FakePCIDevice
+
+    root = host([FakePCIDevice("0000:00:06.0", 0x10DE, 0x2335, 0x030200, "nvidia", None)])
+    (gpu,) = list_gpus(root)
+    assert gpu.device.subclass == 0x02 and not gpu.viable
+    assert not any("only GPU" in w for w in gpu.warnings), gpu.warnings
+    assert any("3D controller: it has no display outputs" in w for w in gpu.warnings)
+    assert [b.reason for b in gpu.blockers] == ["the IOMMU is off: no IOMMU groups exist"]
+
+
 def test_iommu_off_means_nothing_is_viable(host):
     devices = [Dev(d.address, d.vendor, d.device, d.pci_class, d.driver, None, d.boot_vga)
                for d in [intel_igpu(), *nvidia_turing_gpu()]]

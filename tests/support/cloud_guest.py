@@ -54,14 +54,11 @@ ROOT_START_MIB = ESP_START_MIB + ESP_MIB + 1
 
 
 def default_cache_dir() -> Path:
-    override = os.environ.get("NEURONOS_CACHE_DIR")
-    if override:
-        return Path(override) / "cloud-guest"
-    if os.geteuid() == 0:
-        return Path("/var/cache/neuronos/cloud-guest")
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("neuronos", appauthor=False)) / "cloud-guest"
+    try:
+        from support.tiny_guest import cache_root
+    except ImportError:  # run as a script, from tests/support
+        from tiny_guest import cache_root
+    return cache_root() / "cloud-guest"
 
 
 def missing_tools() -> list[str]:

@@ -139,17 +139,21 @@ class TinyGuest:
     kernel_version: str
 
 
-def default_cache_dir() -> Path:
-    """``$NEURONOS_CACHE_DIR/tiny-guest``; else ``/var/cache/neuronos`` for root (QEMU of
-    the system daemon must be able to read it), or the user's XDG cache folder."""
+def cache_root() -> Path:
+    """``$NEURONOS_CACHE_DIR``; else ``/var/cache/neuronos`` for root (QEMU of the system
+    daemon must be able to read it), or the user's XDG cache folder."""
     override = os.environ.get("NEURONOS_CACHE_DIR")
     if override:
-        return Path(override) / "tiny-guest"
+        return Path(override)
     if os.geteuid() == 0:
-        return Path("/var/cache/neuronos/tiny-guest")
+        return Path("/var/cache/neuronos")
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("neuronos", appauthor=False)) / "tiny-guest"
+    return Path(platformdirs.user_cache_dir("neuronos", appauthor=False))
+
+
+def default_cache_dir() -> Path:
+    return cache_root() / "tiny-guest"
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> str:

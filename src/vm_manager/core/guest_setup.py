@@ -1,11 +1,11 @@
-"""Following an unattended setup to the end from libvirt's events, never by polling libvirt
-(DESIGN.md 7).
+"""Following an unattended setup to the end from libvirt's events, never polling (DESIGN.md 7).
 
 The stages, kept in the domain's own metadata (``SETUP_NS``; so they survive a libvirtd or a
 NeuronOS restart, and every NeuronOS that looks at the VM sees the same):
 
 - ``created``: the VM and its setup medium exist.
-- ``installing``: the VM started with the installer (the lifecycle "started" event). The
+- ``installing``: the VM started with the installer (the lifecycle "started" event; each
+  start's step names libvirt's id for that run, so a start nobody saw is noticed). The
   Windows disc's boot loader waits a few seconds for a key before it boots from the CD; the
   tracker answers it by sending Enter for ``BOOT_PROMPT_S`` seconds.
 - ``first-logon``: the QEMU guest agent answered (the agent-lifecycle "connected" event):
@@ -115,13 +115,14 @@ class SetupTracker:
         """The setup's metadata and the VM's live facts (active, agent channel state)."""
         def read(conn):
             dom = self.connection.lookup(conn, name)
-            return dom.XMLDesc(0), bool(dom.isActive())
+            return dom.XMLDesc(0), bool(dom.isActive()), dom.ID()
 
-        xml, active = self.connection.execute(read, idempotent=True)
+        xml, active, run = self.connection.execute(read, idempotent=True)
         domain = read_domain(xml)
         agent = next((c.state for c in domain.channels
                       if c.target_name == "org.qemu.guest_agent.0"), None)
-        return domain.setup, {"active": active, "agent": agent, "domain": domain}
+        return domain.setup, {"active": active, "agent": agent, "domain": domain,
+                              "run": f" (run {run})" if active else None}  # libvirt's id
 
     def status(self, name: str) -> SetupInfo | None:
         """The stage now, caught up first: a running VM still at "created" is installing,
@@ -130,10 +131,11 @@ class SetupTracker:
         setup, live = self.info(name)
         if setup is None or setup.stage in ("ready", "failed", None) or not live["active"]:
             return setup
-        if setup.stage == "created":
+        if setup.stage == "created" or not _seen(setup, live["run"]):
             with self._lock:
-                self._advance(name, setup, "installing", "the VM runs (it was started while"
-                              " no NeuronOS was watching)")
+                self._advance(name, setup, "installing" if setup.stage == "created" else
+                              setup.stage, "the VM was started while no NeuronOS was"
+                              " watching; setup goes on" + live["run"])
         if live["agent"] == "connected":
             self.agent_connected(name)
         self._check_deadline(name)
@@ -190,7 +192,10 @@ class SetupTracker:
                 and name not in self._pressing
             if setup.stage == "created":
                 setup = self._advance(name, setup, "installing", "the VM started with the"
-                                      " installer")
+                                      " installer" + live["run"])
+            elif not _seen(setup, live["run"]):  # its stage's deadline counts from here
+                setup = self._advance(name, setup, setup.stage, "the VM started again;"
+                                      " setup goes on" + live["run"])
             if press:
                 self._pressing.add(name)
         try:
@@ -440,3 +445,6 @@ class SetupTracker:
         return new
 
 
+def _seen(setup: SetupInfo, run: str | None) -> bool:
+    """Whether a step records this run of the VM (each start gets a new libvirt id)."""
+    return run is None or any(note.endswith(run) for _, _, note in setup.steps)

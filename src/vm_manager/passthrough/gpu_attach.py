@@ -139,8 +139,11 @@ def gpus_in(snapshot: PCISnapshot) -> list[GPUInfo]:
         if gpu.boot_vga:
             info.warnings.append("this is the boot GPU, showing the host's display: passing it"
                                  " needs the single-GPU opt-in")
+        if gpu.subclass == 0x02:  # a compute card (H100/H200, A100) or a laptop's render GPU
+            info.warnings.append("a 3D controller: it has no display outputs, so the guest"
+                                 " has no screen on it for Looking Glass to show")
         result.append(info)
-    if len(result) == 1:
+    if len(result) == 1 and result[0].device.subclass != 0x02:  # a VGA card: the host's
         result[0].warnings.append("this is the only GPU: the host would have no display while"
                                   " the VM runs")
     return sorted(result, key=lambda info: info.device.address)
