@@ -236,6 +236,10 @@ def test_wizard_creates_a_valid_vm(wizard, qtbot):
     devices.gpu.setCurrentIndex(0)  # no GPU after all
     wiz.next()
     assert wiz.currentPage() is wiz.setup_page and not wiz.setup_page.unattended.isChecked()
+    secure = wiz.setup_page.secure_boot  # Linux only: an image without shim boots without
+    assert secure.isEnabled() and secure.isChecked()
+    secure.setChecked(False)
+    assert wiz.build_config().secure_boot is False
     wiz.next()
     summary = wiz.summary_page
     qtbot.waitUntil(lambda: summary.plan is not None, timeout=5000)  # planned on a worker
@@ -248,6 +252,8 @@ def test_wizard_creates_a_valid_vm(wizard, qtbot):
     assert wiz.result.name == "wiz" and (images / "wiz.qcow2").exists()
     with guard.allowed():
         assert conn.execute(lambda c: c.lookupByName("wiz").name()) == "wiz"
+        xml = conn.execute(lambda c: c.lookupByName("wiz").XMLDesc(0))
+    assert "<feature enabled='no' name='secure-boot'/>" in xml
 
 
 def test_wizard_sets_windows_up_unattended(wizard, qtbot, tmp_path):

@@ -259,12 +259,15 @@ class _SetupPage(_CheckedPage):
         self.winfsp = QLineEdit()
         self.cloud_image = QLineEdit()
         self.ssh_key = QLineEdit()
+        self.secure_boot = QCheckBox("Secure Boot (the image must boot through shim; Arch's"
+                                     " does not)")
+        self.secure_boot.setChecked(True)
         self.note = QLabel()
         self.note.setWordWrap(True)
         self.error = error_label()
         self.rows = {"windows": (self.locale, self.timezone, self.edition, self.lg_installer,
                                  self.winfsp),
-                     "linux": (self.cloud_image, self.ssh_key)}
+                     "linux": (self.cloud_image, self.ssh_key, self.secure_boot)}
         form.addRow(self.unattended)
         for label, widget in (
                 ("Account", self.user), ("Password", self.password), ("Again", self.again),
@@ -273,7 +276,8 @@ class _SetupPage(_CheckedPage):
                 ("Looking Glass host installer", _with_browse(self.lg_installer, "(*.exe *.zip)")),
                 ("WinFsp installer (shared folders)", _with_browse(self.winfsp, "(*.msi)")),
                 ("Cloud image (Linux)", _with_browse(self.cloud_image, "Images (*)")),
-                ("SSH public key (Linux)", _with_browse(self.ssh_key, "Keys (*.pub)"))):
+                ("SSH public key (Linux)", _with_browse(self.ssh_key, "Keys (*.pub)")),
+                ("Firmware (Linux)", self.secure_boot)):
             form.addRow(label, widget)
         form.addRow(self.note)
         form.addRow(self.error)
@@ -282,6 +286,7 @@ class _SetupPage(_CheckedPage):
                        self.ssh_key):
             widget.textChanged.connect(self._changed)
         self.unattended.toggled.connect(self._changed)
+        self.secure_boot.toggled.connect(self._changed)
 
     def initializePage(self) -> None:  # noqa: N802 - Qt name
         kind = self.wizard_.system_page.template.currentData()
@@ -302,9 +307,11 @@ class _SetupPage(_CheckedPage):
         self._changed()
 
     def config_data(self, vm_type: str) -> dict:
-        if not self.unattended.isChecked():
-            return {}
         windows = vm_type in ("windows11", "windows10")
+        firmware = {} if vm_type != "linux" or self.secure_boot.isChecked() else \
+            {"secure_boot": False}
+        if not self.unattended.isChecked():
+            return firmware
         setup = {"user": self.user.text().strip() or None}
         if windows:
             setup.update(locale=self.locale.text().strip() or None,
@@ -314,7 +321,7 @@ class _SetupPage(_CheckedPage):
                          winfsp_installer=self.winfsp.text().strip() or None)
         else:
             setup["ssh_key_path"] = self.ssh_key.text().strip() or None
-        data = {"unattended": {k: v for k, v in setup.items() if v is not None}}
+        data = {"unattended": {k: v for k, v in setup.items() if v is not None}, **firmware}
         if not windows:
             data["cloud_image_path"] = self.cloud_image.text().strip() or None
         return data
