@@ -66,7 +66,9 @@ def test_setup_follows_every_way_of_starting(world, isos, cloud, how, kind):
     if how.startswith("a start outside"):
         assert "no NeuronOS was watching" in note
     else:
-        assert note.startswith("the VM started with the installer (run ")
+        assert note.startswith("the VM started" if kind == "windows" else "the VM started from"
+                               " its cloud image")
+        assert "(libvirt id " in note
     if how != "a start outside NeuronOS, then setup-status":
         assert "setup installing" in out and "next: start it" not in out, out
     words = "Windows is installing" if kind == "windows" else "cloud-init is setting"
@@ -223,6 +225,6 @@ def test_delete_dry_run_of_a_running_vm_says_what_the_real_run_does(world, cloud
     code, out, _ = run(world, "delete", "lin", "--dry-run")
     assert code == 0 and "refused: it is running; --force stops it first" in out, out
     code, real_out, err = run(world, "delete", "lin", "--yes")
-    assert code == 1 and "stop it first, or delete with force" in err
+    assert code == 1 and "'lin': it is running; stop it first, or give --force" in err
     code, out, _ = run(world, "delete", "lin", "--dry-run", "--force")
     assert "  stop it first (graceful, forced after the timeout)" in out

@@ -237,6 +237,8 @@ def _setup(ctx: Context, name: str, info: dict[str, Any]) -> Section | None:
 
     status = setup.status(ctx, name)
     rows = [("Stage", status.stage)]
+    if status.stage == "failed" and status.steps:
+        rows.append(("Why", status.steps[-1]["note"]))
     if status.next:
         rows.append(("Next", status.next))
     return Section("Setup", tuple(rows))

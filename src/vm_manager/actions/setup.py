@@ -119,12 +119,13 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
     setup_info, live = tracker.info(name)
     restartable = setup_info is not None and (setup_info.stage != "ready" or (
         wipe_disk and setup_info.kind == "cloud-init"))  # else refused below, VM untouched
-    if force and live["active"] and restartable:
+    stopped = bool(force and live["active"] and restartable)
+    if stopped:
         lifecycle.stop(name, method=ShutdownMethod.FORCE)
     from ..core.host import images_dir
 
     restart_setup(tracker, config, images_dir=ctx.images_dir or images_dir(ctx.uri),
-                  loader=ctx.loader, secrets=secrets, wipe_disk=wipe_disk)
+                  loader=ctx.loader, secrets=secrets, wipe_disk=wipe_disk, stopped=stopped)
     if start:
         lifecycle.start(name)
         after_start(ctx, name)

@@ -178,10 +178,11 @@ def duration_s(text: str, flag: str) -> int:
 
     from ..base.errors import InvalidConfig
 
-    match = re.fullmatch(r"\s*(\d{1,6})\s*([smh]?)\s*", text.lower())
+    match = re.fullmatch(r"\s*(\d{1,6})\s*([smhd]?)\s*", text.lower())
     if not match:
-        raise InvalidConfig(flag, f"{text!r} is not a time like 90s, 45m or 2h")
-    return int(match.group(1)) * {"s": 1, "m": 60, "": 60, "h": 3600}[match.group(2)]
+        raise InvalidConfig(flag, f"{text!r} is not a time like 90s, 45m, 2h or 1d")
+    return int(match.group(1)) * {"s": 1, "m": 60, "": 60, "h": 3600,
+                                  "d": 86400}[match.group(2)]
 
 
 def read_secrets(ctx: CommandContext):

@@ -122,16 +122,17 @@ class SetupTracker:
         agent = next((c.state for c in domain.channels
                       if c.target_name == "org.qemu.guest_agent.0"), None)
         return domain.setup, {"active": active, "agent": agent, "domain": domain,
-                              "run": f" (run {run})" if active else None}  # libvirt's id
+                              "run": f" (libvirt id {run})" if active else None}
 
     def status(self, name: str) -> SetupInfo | None:
         """The stage now, caught up first: a running VM still at "created" is installing,
         one whose agent is connected is asked how far it got, one past its stage's
         deadline has failed."""
         setup, live = self.info(name)
-        if setup is None or setup.stage in ("ready", "failed", None) or not live["active"]:
+        if setup is None or not live["active"] or not setup_stages.still_open(setup):
             return setup
-        if setup.stage == "created" or not _seen(setup, live["run"]):
+        if setup.stage != "failed" and (setup.stage == "created"
+                                        or not setup_stages.seen_run(setup, live["run"])):
             with self._lock:
                 self._advance(name, setup, "installing" if setup.stage == "created" else
                               setup.stage, "the VM was started while no NeuronOS was"
@@ -191,9 +192,10 @@ class SetupTracker:
             press = setup.kind == "windows" and setup.stage == "created" \
                 and name not in self._pressing
             if setup.stage == "created":
-                setup = self._advance(name, setup, "installing", "the VM started with the"
-                                      " installer" + live["run"])
-            elif not _seen(setup, live["run"]):  # its stage's deadline counts from here
+                setup = self._advance(name, setup, "installing", (
+                    "the VM started with the installer" if setup.kind == "windows" else
+                    "the VM started from its cloud image") + live["run"])
+            elif not setup_stages.seen_run(setup, live["run"]):  # its stage's deadline counts from here
                 setup = self._advance(name, setup, setup.stage, "the VM started again;"
                                       " setup goes on" + live["run"])
             if press:
@@ -222,14 +224,14 @@ class SetupTracker:
 
     def _agent_connected(self, name: str, stage_text: str | None) -> None:
         setup, _ = self.info(name)
-        if setup is None or setup.stage in ("ready", "looking-glass", "failed"):
-            return
+        if setup is None or setup.stage in ("ready", "looking-glass") or not setup_stages.still_open(setup):
+            return  # a stage failed at its deadline still takes the guest's late success
         if setup.kind == "cloud-init":
             self._cloud_init_progress(name, setup)
             return
         text = stage_text if stage_text is not None else self.read_stage_file(name)
         if text != "done":
-            if setup.stage != "first-logon":
+            if setup.stage not in ("first-logon", "failed"):
                 self._advance(name, setup, "first-logon", "Windows runs and its guest agent"
                               " answers: the guest tools are installed")
             return
@@ -247,12 +249,16 @@ class SetupTracker:
         errors = setup_stages.cloud_init_result(self.read_guest_file(name, CLOUD_INIT_RESULT))
         if errors is None:
             note = "the guest agent answers; cloud-init is still setting the guest up"
-            if setup.stage == "created" or (setup.steps and setup.steps[-1][2] != note):
+            if setup.stage != "failed" and (setup.stage == "created" or (
+                    setup.steps and setup.steps[-1][2] != note)):
                 self._advance(name, setup, "installing", note)
-        elif errors:
-            self._fail(name, "cloud-init finished with errors: " + " | ".join(errors)
-                       + " (in the guest: /var/log/cloud-init.log, `cloud-init status"
-                       " --long`)")
+        elif errors and setup.stage != "failed":
+            words = " | ".join(error.replace("\\n", "; ") for error in errors)  # repr's
+            self._fail(name, f"cloud-init finished with errors: {words} (in the guest:"
+                       " /var/log/cloud-init.log, `cloud-init status --long`)",
+                       "the guest runs and may be usable as it is; fix what cloud-init"
+                       f" reports, or `neuron-vm setup-restart {name} --force --start` runs"
+                       " cloud-init again")
         else:
             self._finish(name, "cloud-init finished and the guest agent answers")
 
@@ -293,8 +299,10 @@ class SetupTracker:
 
     def _finish(self, name: str, note: str) -> None:
         setup, live = self.info(name)
-        if setup is None or setup.stage in ("ready", "failed"):
+        if setup is None or not setup_stages.still_open(setup) or setup.stage == "ready":
             return
+        if setup.stage == "failed":
+            note += " (after its deadline had passed)"
         self._remove_media(name, setup, live, self._detach_paths(name))
         done = "the seed detached and deleted" if setup.kind == "cloud-init" else \
             "installer and setup media detached, the setup medium deleted"
@@ -307,14 +315,14 @@ class SetupTracker:
         with self._lock:
             self._fail(name, note)
 
-    def _fail(self, name: str, note: str) -> None:
+    def _fail(self, name: str, note: str, next_step: str | None = None) -> None:
         setup, live = self.info(name)
         if setup is None or setup.stage in ("ready", "failed"):
             return
         self._remove_media(name, setup, live, set())
         self._advance(name, setup, "failed", f"{note}; the setup medium was detached and"
-                      f" deleted (`neuron-vm setup-restart {name} --force --start` tries"
-                      " again)")
+                      " deleted; " + (next_step or f"`neuron-vm setup-restart {name} --force"
+                                      " --start` tries again"))
 
     def _remove_media(self, name: str, setup: SetupInfo, live: dict, paths: set[str]) -> None:
         """Detach ``paths`` and the setup medium (config, and live when it runs); delete
@@ -358,14 +366,9 @@ class SetupTracker:
 
     def _left(self, setup: SetupInfo | None, live: dict) -> float | None:
         """Seconds the running VM's stage has left (None: no deadline)."""
-        if setup is None or not live["active"] or setup.stage not in setup_stages.RUNNING:
+        if setup is None or not live["active"]:
             return None
-        limit = setup_stages.deadline(setup.kind, setup.stage, live["domain"].domain_type,
-                                      setup.timeout_s)
-        since = setup_stages.step_time(setup.steps[-1][1]) if setup.steps else None
-        if limit is None or since is None:
-            return None
-        return since + limit - time.time()
+        return setup_stages.time_left(setup, live["domain"].domain_type, time.time())
 
     def _check_deadline(self, name: str) -> None:
         with self._lock:
@@ -380,7 +383,7 @@ class SetupTracker:
             limit = setup_stages.deadline(setup.kind, setup.stage,
                                           live["domain"].domain_type, setup.timeout_s)
             serial = live["domain"].serial_log
-            self._fail(name, f"{setup.stage} for longer than its deadline: "
+            self._fail(name, f"{setup.stage} {setup_stages.LATE}: "
                        + setup_stages.late_note(setup.kind, setup.stage, limit, name,
                                                 serial))
 
@@ -444,7 +447,3 @@ class SetupTracker:
             self.arm(name)  # followed here: the deadline moves with the stage (or ends)
         return new
 
-
-def _seen(setup: SetupInfo, run: str | None) -> bool:
-    """Whether a step records this run of the VM (each start gets a new libvirt id)."""
-    return run is None or any(note.endswith(run) for _, _, note in setup.steps)

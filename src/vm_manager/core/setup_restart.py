@@ -26,7 +26,8 @@ log = get_logger(__name__)
 
 
 def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, loader,
-                  secrets=None, wipe_disk: bool = False, qemu_img: str = "qemu-img") -> str:
+                  secrets=None, wipe_disk: bool = False, qemu_img: str = "qemu-img",
+                  stopped: bool = False) -> str:
     """Put ``config``'s VM back at stage "created" (it must be shut off). Returns what was
     done, in words. ``InvalidConfig`` for a setup that finished (a cloud image VM's may
     start again from an empty overlay, ``wipe_disk``) or a missing password."""
@@ -42,7 +43,7 @@ def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, 
                                           " again, delete the VM and create it anew"))
     if live["active"]:
         raise LifecycleError(f"{name} is running: stop it first (or give --force)")
-    done = []
+    done = ["powered the running VM off first (--force)"] if stopped else []
     if wipe_disk:
         done.append(_wipe_disk(config, images_dir, qemu_img, tracker.connection))
     medium = Path(setup.medium) if setup.medium else setup_medium_path(images_dir, name)
@@ -57,6 +58,9 @@ def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, 
 
         host.put_file(str(medium), build, replace=True)
         done.append(f"made the setup medium {medium} again")
+        if setup.kind == "cloud-init":
+            done.append(f"cloud-init gets a new instance-id (iid-{live['domain'].uuid}"
+                        f"-{attempt}), so it runs again")
     else:
         done.append(f"kept the setup medium {medium}")
     if not any(disk.source == str(medium) for disk in live["domain"].disks):

@@ -14,9 +14,12 @@ import calendar
 import json
 import time
 
+from ..base.domain_xml import SetupInfo
+
 STAGES = ("created", "installing", "first-logon", "looking-glass", "ready", "failed")
 RUNNING = ("installing", "first-logon", "looking-glass")
 MINUTE, HOUR = 60, 3600
+LATE = "for longer than its deadline"  # in a failed step's note: a later success still counts
 # (kind, stage) -> {domain type: seconds}; sized from what was seen: a Debian cloud image
 # under TCG here finishes cloud-init in 60-90 s, Windows 11 installs in 20-40 min with KVM
 DEADLINES: dict[tuple[str, str], dict[str, int]] = {
@@ -37,6 +40,28 @@ def deadline(kind: str | None, stage: str | None, domain_type: str | None,
     if table is None:
         return None
     return override or table.get(domain_type or "kvm", table["kvm"])
+
+
+def time_left(setup: SetupInfo, domain_type: str | None, now: float) -> float | None:
+    """Seconds a running VM's stage has left at ``now`` (None: no deadline); counted from
+    the stage's last step."""
+    if setup.stage not in RUNNING or not setup.steps:
+        return None
+    limit = deadline(setup.kind, setup.stage, domain_type, setup.timeout_s)
+    since = step_time(setup.steps[-1][1])
+    return None if limit is None or since is None else since + limit - now
+
+
+def still_open(setup: SetupInfo) -> bool:
+    """Whether the setup can still move: not over, or failed only at a deadline (a guest
+    that finishes late is still ready)."""
+    return setup.stage not in ("ready", "failed") or (
+        setup.stage == "failed" and bool(setup.steps) and LATE in setup.steps[-1][2])
+
+
+def seen_run(setup: SetupInfo, run: str | None) -> bool:
+    """Whether a step records this run of the VM (each start gets a new libvirt id)."""
+    return run is None or any(note.endswith(run) for _, _, note in setup.steps)
 
 
 def duration(seconds: float) -> str:

@@ -69,7 +69,8 @@ class DestroyPlan:
     @property
     def blocked_reason(self) -> str | None:
         if self.state.is_active:
-            return f"{self.name!r} is {self.state.label}: stop it first, or delete with force"
+            return (f"{self.name!r}: it is {self.state.label}; stop it first, or give --force"
+                    " (a graceful stop, forced after the timeout)")
         return None
 
     @property
