@@ -228,3 +228,19 @@ def test_delete_dry_run_of_a_running_vm_says_what_the_real_run_does(world, cloud
     assert code == 1 and "'lin': it is running; stop it first, or give --force" in err
     code, out, _ = run(world, "delete", "lin", "--dry-run", "--force")
     assert "  stop it first (graceful, forced after the timeout)" in out
+
+
+def test_setup_restart_can_give_a_longer_deadline(world, cloud):
+    """A deadline set too short (`create --stage-timeout 30s`) is not for ever:
+    `setup-restart --stage-timeout 2h` gives every stage the new one."""
+    from vm_manager.base.domain_xml import read_domain
+
+    conn = world[0]
+    base, key = cloud
+    assert run(world, *linux_args(base, key, "--stage-timeout", "30s"))[0] == 0
+    code, _, err = run(world, "setup-restart", "lin", "--stage-timeout", "5s")
+    assert code == 2 and "--stage-timeout" in err and "30 s to 7 days" in err, err
+    code, out, err = run(world, "setup-restart", "lin", "--stage-timeout", "2h")
+    assert code == 0 and "every stage may now take 2 h" in out, out + err
+    setup = read_domain(conn.execute(lambda c: c.lookupByName("lin").XMLDesc(0))).setup
+    assert setup.timeout_s == 7200 and setup.stage == "created"

@@ -101,7 +101,8 @@ def follow_all(ctx: Context, on_change: Callable) -> Callable[[], None]:
 
 
 def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
-            force: bool = False, start: bool = False) -> SetupStatus:
+            force: bool = False, start: bool = False,
+            stage_timeout_s: int | None = None) -> SetupStatus:
     """Restart a setup that failed or was interrupted: stopped first with ``force`` (a
     running VM is refused otherwise), the stage back to "created", a missing medium made
     again (``secrets`` then), the VM's own disk made empty only with ``wipe_disk``; then
@@ -125,7 +126,8 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
     from ..core.host import images_dir
 
     restart_setup(tracker, config, images_dir=ctx.images_dir or images_dir(ctx.uri),
-                  loader=ctx.loader, secrets=secrets, wipe_disk=wipe_disk, stopped=stopped)
+                  loader=ctx.loader, secrets=secrets, wipe_disk=wipe_disk, stopped=stopped,
+                  stage_timeout_s=stage_timeout_s)
     if start:
         lifecycle.start(name)
         after_start(ctx, name)

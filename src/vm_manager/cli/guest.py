@@ -41,6 +41,8 @@ def register(commands, common, subcommand) -> None:
                          help="make the VM's own disk (made by NeuronOS) empty again")
     restart.add_argument("--force", action="store_true", help="power a running VM off first")
     restart.add_argument("--start", action="store_true", help="start it again afterwards")
+    restart.add_argument("--stage-timeout", metavar="TIME",
+                         help="a new deadline for every setup stage, e.g. 2h (30 s to 7 days)")
     restart.add_argument("--password-file", metavar="F",
                          help="the account's password, if the medium must be made again")
     restart.set_defaults(run=cmd_setup_restart)
@@ -77,6 +79,8 @@ def cmd_setup_restart(ctx: CommandContext) -> int:
 
     args = ctx.args
     options = dict(wipe_disk=args.wipe_disk, force=args.force, start=args.start)
+    if args.stage_timeout:
+        options["stage_timeout_s"] = _stage_timeout(args.stage_timeout)
     secrets = read_secrets(ctx) if args.password_file else None
     try:
         result = setup.restart(ctx.actions, args.name, secrets=secrets, **options)
@@ -170,6 +174,15 @@ def unattended_from_args(args: argparse.Namespace) -> dict | None:
             "stage_timeout_s": duration_s(args.stage_timeout, "--stage-timeout")
             if args.stage_timeout else None}
     return {key: value for key, value in data.items() if value is not None}
+
+
+def _stage_timeout(text: str) -> int:
+    from ..base.errors import InvalidConfig
+
+    seconds = duration_s(text, "--stage-timeout")
+    if not 30 <= seconds <= 7 * 86400:
+        raise InvalidConfig("--stage-timeout", "expected 30 s to 7 days")
+    return seconds
 
 
 def duration_s(text: str, flag: str) -> int:

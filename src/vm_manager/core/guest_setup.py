@@ -282,11 +282,15 @@ class SetupTracker:
 
         return read_file(self.connection, name, path, self.agent_timeout)
 
-    def reset(self, name: str, note: str) -> None:
-        """Back to "created" (a restarted setup), its history kept."""
+    def reset(self, name: str, note: str, timeout_s: int | None = None) -> None:
+        """Back to "created" (a restarted setup), its history kept; ``timeout_s``: a new
+        deadline for every stage."""
+        from dataclasses import replace
+
         with self._lock:
             setup, _ = self.info(name)
             if setup is not None:
+                setup = replace(setup, timeout_s=timeout_s or setup.timeout_s)
                 self._advance(name, setup, "created", note)
 
     # --- the end ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ log = get_logger(__name__)
 
 def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, loader,
                   secrets=None, wipe_disk: bool = False, qemu_img: str = "qemu-img",
-                  stopped: bool = False) -> str:
+                  stopped: bool = False, stage_timeout_s: int | None = None) -> str:
     """Put ``config``'s VM back at stage "created" (it must be shut off). Returns what was
     done, in words. ``InvalidConfig`` for a setup that finished (a cloud image VM's may
     start again from an empty overlay, ``wipe_disk``) or a missing password."""
@@ -66,7 +66,11 @@ def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, 
     if not any(disk.source == str(medium) for disk in live["domain"].disks):
         _attach_medium(tracker, name, setup.kind, str(medium), live["domain"], loader)
         done.append("attached it again")
-    tracker.reset(name, "setup restarted: " + "; ".join(done))
+    if stage_timeout_s:
+        from .setup_stages import duration
+
+        done.append(f"every stage may now take {duration(stage_timeout_s)}")
+    tracker.reset(name, "setup restarted: " + "; ".join(done), stage_timeout_s)
     return "; ".join(done)
 
 
