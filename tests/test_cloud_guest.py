@@ -30,7 +30,9 @@ import pytest
 
 from conftest import IN_CI
 
-pytestmark = pytest.mark.daemon
+# the image is built once (~2 min), each boot to cloud-init's end is 1-3 min under TCG on a
+# busy 2-core machine, the journey boots twice: beyond the suite's 300 s per test
+pytestmark = [pytest.mark.daemon, pytest.mark.timeout(1800)]
 NEURON_VM = [sys.executable, "-m", "vm_manager"]
 BOOT_S = 900  # a TCG boot to cloud-init's end is 60-90 s here; a busy 2-core CI is slower
 SSH = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
