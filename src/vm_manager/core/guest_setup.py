@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +42,7 @@ from ..base.errors import VMManagerError
 from ..base.primitives import Subscribers
 from ..base.log import get_logger
 from . import setup_stages
-from .setup_stages import CLOUD_INIT_RESULT, STAGES  # noqa: F401 (the stages' names)
+from .setup_stages import CLOUD_INIT_RESULT
 
 log = get_logger(__name__)
 
@@ -272,8 +272,7 @@ class SetupTracker:
                     f" ({header.host_release or 'release unknown'})")
 
     def read_stage_file(self, name: str) -> str | None:
-        """The first-logon script's stage file, read through the guest agent (None when it
-        cannot be read yet)."""
+        """The first-logon script's stage file, read through the agent (None: not yet)."""
         return self.read_guest_file(name, self.stage_file)
 
     def read_guest_file(self, name: str, path: str) -> str | None:
@@ -285,8 +284,6 @@ class SetupTracker:
     def reset(self, name: str, note: str, timeout_s: int | None = None) -> None:
         """Back to "created" (a restarted setup), its history kept; ``timeout_s``: a new
         deadline for every stage."""
-        from dataclasses import replace
-
         with self._lock:
             setup, _ = self.info(name)
             if setup is not None:
