@@ -5,8 +5,10 @@ tests and the benchmark (no Windows image exists on these machines).
   ``virtio-win-guest-tools.exe`` at the root), written by xorriso with Rock Ridge and Joliet
   as Red Hat's is.
 - ``windows_iso``: a Windows installer disc: UDF holding ``sources/install.wim`` whose WIM
-  header and UTF-16 XML resource name the editions (as Microsoft's do), and the ISO 9660
-  side holding only a README, written with pycdlib (xorriso writes no UDF).
+  header and UTF-16 XML resource describe the editions as Microsoft's do (``NAME``,
+  ``WINDOWS/EDITIONID``, ``WINDOWS/LANGUAGES`` with ``DEFAULT``: the fields wimlib's
+  ``wiminfo`` prints for a real install.wim), and the ISO 9660 side holding only a README,
+  written with pycdlib (xorriso writes no UDF).
 """
 
 from __future__ import annotations
@@ -42,11 +44,38 @@ def virtio_win_iso(target: Path, *, versions=VERSIONS, drivers=DRIVERS,
     return target
 
 
-def wim_bytes(editions: list[str], payload: int = 1024) -> bytes:
+# Microsoft's English image names and their EDITIONIDs (wiminfo of the consumer discs)
+EDITION_IDS = {"Home": "Core", "Home N": "CoreN", "Home Single Language": "CoreSingleLanguage",
+               "Education": "Education", "Education N": "EducationN", "Pro": "Professional",
+               "Pro N": "ProfessionalN", "Pro Education": "ProfessionalEducation",
+               "Pro for Workstations": "ProfessionalWorkstation", "Enterprise": "Enterprise"}
+
+
+def image_xml(index: int, name: str, edition_id: str | None, languages=("en-US",)) -> str:
+    """One /WIM/IMAGE as a real install.wim has it (abridged: the fields Setup matches)."""
+    windows = ""
+    if edition_id is not None:
+        langs = "".join(f"<LANGUAGE>{lang}</LANGUAGE>" for lang in languages)
+        windows = (f"<WINDOWS><ARCH>9</ARCH><PRODUCTNAME>Microsoft® Windows® Operating"
+                   f" System</PRODUCTNAME><EDITIONID>{edition_id}</EDITIONID>"
+                   "<INSTALLATIONTYPE>Client</INSTALLATIONTYPE><PRODUCTTYPE>WinNT</PRODUCTTYPE>"
+                   f"<LANGUAGES>{langs}<DEFAULT>{languages[0]}</DEFAULT></LANGUAGES>"
+                   "<VERSION><MAJOR>10</MAJOR><MINOR>0</MINOR><BUILD>26100</BUILD></VERSION>"
+                   "<SYSTEMROOT>WINDOWS</SYSTEMROOT></WINDOWS>")
+    return (f'<IMAGE INDEX="{index}"><NAME>{name}</NAME><DESCRIPTION>{name}</DESCRIPTION>'
+            f"<DISPLAYNAME>{name}</DISPLAYNAME>{windows}</IMAGE>")
+
+
+def wim_bytes(editions: list, payload: int = 1024, languages=("en-US",)) -> bytes:
     """A WIM file: 208-byte header (magic, size, image count, the XML resource header at
-    0x48) and the UTF-16LE XML with one IMAGE per edition."""
-    images = "".join(f'<IMAGE INDEX="{n}"><NAME>{name}</NAME><DISPLAYNAME>{name}</DISPLAYNAME>'
-                     "</IMAGE>" for n, name in enumerate(editions, 1))
+    0x48) and the UTF-16LE XML with one IMAGE per edition: a name ("Windows 11 Pro": its
+    EDITIONID from Microsoft's English names) or (name, EDITIONID or None: no WINDOWS
+    element)."""
+    pairs = [item if isinstance(item, tuple) else
+             (item, EDITION_IDS.get(item.split(" ", 2)[-1], "Professional"))
+             for item in editions]
+    images = "".join(image_xml(n, name, ident, languages)
+                     for n, (name, ident) in enumerate(pairs, 1))
     xml = ("\ufeff<WIM><TOTALBYTES>0</TOTALBYTES>" + images + "</WIM>").encode("utf-16-le")
     offset = 208 + payload
     header = bytearray(208)
@@ -61,7 +90,7 @@ def wim_bytes(editions: list[str], payload: int = 1024) -> bytes:
 
 def windows_iso(target: Path, editions=("Windows 11 Home", "Windows 11 Pro"),
                 label: str = "CCCOMA_X64FRE_EN-US_DV9", image: str = "install.wim",
-                payload: int = 1024) -> Path:
+                payload: int = 1024, languages=("en-US",)) -> Path:
     import pycdlib
 
     iso = pycdlib.PyCdlib()
@@ -69,7 +98,7 @@ def windows_iso(target: Path, editions=("Windows 11 Home", "Windows 11 Pro"),
     readme = b"This disc contains a \"UDF\" file system and requires an operating system\r\n"
     iso.add_fp(io.BytesIO(readme), len(readme), "/README.TXT;1")
     iso.add_directory(udf_path="/sources")
-    data = wim_bytes(list(editions), payload)
+    data = wim_bytes(list(editions), payload, languages)
     iso.add_fp(io.BytesIO(data), len(data), udf_path=f"/sources/{image}")
     boot = b"MZ boot manager"
     iso.add_fp(io.BytesIO(boot), len(boot), udf_path="/bootmgr")

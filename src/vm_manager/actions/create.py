@@ -66,6 +66,14 @@ def check_password(password: str, again: str | None = None, field: str = "passwo
     return password
 
 
+def check_product_key(key: str | None, field: str = "product_key") -> str | None:
+    """A Windows product key's form, the rule both faces apply before asking anything else
+    (whether it fits the edition is checked at creation, against the image)."""
+    from ..guest.windows_answers import check_product_key as check
+
+    return check(key, None, field)
+
+
 def host_locale(environ: dict | None = None) -> str:
     """The desktop's language as Windows names it (``LANG=de_DE.UTF-8`` -> ``de-DE``);
     en-US when it names none."""
@@ -78,6 +86,14 @@ def host_locale(environ: dict | None = None) -> str:
         if match:
             return f"{match.group(1)}-{match.group(2)}"
     return "en-US"
+
+
+def host_timezone() -> str:
+    """The desktop's time zone as Windows names it (``Europe/Berlin`` -> ``W. Europe
+    Standard Time``); UTC when it has none."""
+    from ..guest.windows_answers import host_zone, windows_zone
+
+    return windows_zone(host_zone()) or "UTC"
 
 
 def parse_template(text: str) -> tuple[str, str | None]:

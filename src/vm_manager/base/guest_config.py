@@ -23,7 +23,6 @@ RESERVED_ACCOUNTS = frozenset(name.lower() for name in (
     *(f"LPT{n}" for n in range(1, 10))))
 LOCALE = re.compile(r"[a-z]{2,3}(-[A-Z][a-z]{3})?-[A-Z]{2}")
 KEYBOARD = re.compile(r"[a-z]{2,3}(-[A-Z][a-z]{3})?-[A-Z]{2}|[0-9a-fA-F]{4}:[0-9a-fA-F]{8}")
-WINDOWS_TIMEZONE = re.compile(r"[A-Za-z][A-Za-z0-9 .+()-]{0,63}")
 
 
 LG_RELEASE = r"B\d+(?:\.\d+)*(?:-rc\d+)?(?:-\d+-g[0-9a-f]+)?"  # B7, B7-rc1, B7-188-gabc
@@ -56,6 +55,21 @@ def check_account_name(name: Any, field_name: str = "unattended.user") -> str:
     return name
 
 
+def check_timezone(value: Any, field_name: str = "unattended.timezone") -> str:
+    """A Windows time zone ID (CLDR's windowsZones, as tzlocal ships it; ``_dstoff`` turns
+    daylight saving off)."""
+    from tzlocal.windows_tz import win_tz
+
+    text = value if isinstance(value, str) else ""
+    base = text[:-len("_dstoff")] if text.endswith("_dstoff") else text
+    if base not in win_tz:
+        near = sorted(zone for zone in win_tz if base and base.lower()[:4] in zone.lower())
+        raise InvalidConfig(field_name, f"{value!r} is not a Windows time zone ID (`tzutil"
+                            " /l` in Windows lists them, e.g. 'W. Europe Standard Time')"
+                            + (f"; close: {', '.join(near[:4])}" if near else ""))
+    return text
+
+
 def _text(value: Any, field_name: str, pattern: re.Pattern, example: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidConfig(field_name, f"{value!r} is not allowed; expected e.g. {example}")
@@ -68,9 +82,10 @@ class UnattendedConfig:
     key are never saved)."""
 
     user: str = "user"
-    locale: str = "en-US"
+    locale: str = "en-US"  # formats (and the keyboard's default); not Windows' language
     keyboard: str | None = None  # None: the locale's
-    timezone: str = "UTC"  # a Windows time zone name ("W. Europe Standard Time")
+    timezone: str | None = None  # a Windows ID ("W. Europe Standard Time"); None: the host's
+    ui_language: str | None = None  # Windows' language; None: the installer image's default
     edition: str | None = None  # None: the template's ("Windows 11 Pro")
     lg_host_installer: str | None = None
     lg_host_release: str | None = None  # None: read from the installer's name
@@ -87,9 +102,11 @@ class UnattendedConfig:
         if self.keyboard is not None:
             self.keyboard = _text(self.keyboard, "unattended.keyboard", KEYBOARD,
                                   "de-DE or 0407:00000407")
-        self.timezone = _text(self.timezone, "unattended.timezone", WINDOWS_TIMEZONE,
-                              "'W. Europe Standard Time' (Windows names; `tzutil /l` lists"
-                              " them)")
+        if self.timezone is not None:
+            self.timezone = check_timezone(self.timezone)
+        if self.ui_language is not None:
+            self.ui_language = _text(self.ui_language, "unattended.ui_language", LOCALE,
+                                     "en-US or de-DE")
         if self.edition is not None and (
                 not isinstance(self.edition, str) or not 0 < len(self.edition) <= 100
                 or any(ord(ch) < 32 for ch in self.edition)):

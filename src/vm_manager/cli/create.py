@@ -29,6 +29,7 @@ FLAG_FOR_FIELD = {
     "shares.tag": "--share", "shares": "--share", "shares.readonly": "--read-only-share",
     "unattended.user": "--user",
     "unattended.locale": "--locale", "unattended.keyboard": "--keyboard",
+    "unattended.ui_language": "--ui-language", "product_key": "--product-key",
     "unattended.timezone": "--timezone", "unattended.edition": "--edition",
     "unattended.lg_host_installer": "--lg-host-installer",
     "unattended.lg_host_release": "--lg-host-release", "password": "--password-file",
@@ -269,7 +270,7 @@ def cmd_create(ctx: CommandContext) -> int:
     following = None
     if request.start and request.config.unattended is not None:
         following = follow_setup(ctx, args.name, args.display)  # before the VM starts
-    with Spinner(ctx, f"Creating {args.name}"):
+    with Spinner(ctx, f"Creating {args.name}"), flags_in_errors():
         outcome = create.create(ctx.actions, request, plan=plan, progress=progress)
     if ctx.json:
         ctx.print_json(outcome.to_dict())

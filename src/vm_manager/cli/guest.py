@@ -14,10 +14,10 @@ from .output import (
     stdin_is_terminal,
 )
 
-SETUP_FLAGS = ("user", "password_file", "locale", "keyboard", "timezone", "edition",
-               "product_key", "lg_host_installer", "lg_host_release", "bypass_hardware_checks",
+SETUP_FLAGS = ("user", "password_file", "locale", "ui_language", "keyboard", "timezone",
+               "edition", "product_key", "lg_host_installer", "lg_host_release", "bypass_hardware_checks",
                "ssh_key", "winfsp_installer", "stage_timeout")
-WINDOWS_ONLY = ("locale", "keyboard", "timezone", "product_key")
+WINDOWS_ONLY = ("locale", "ui_language", "keyboard", "timezone", "product_key")
 
 
 def register(commands, common, subcommand) -> None:
@@ -120,11 +120,14 @@ def setup_options(parser) -> None:
     setup.add_argument("--password-file", metavar="F",
                        help="the account's password, in a file only you can read (default:"
                        " asked on the terminal)")
-    setup.add_argument("--locale", metavar="xx-YY", help="language and formats (default: the"
-                       " desktop's, e.g. en-US)")
+    setup.add_argument("--locale", metavar="xx-YY", help="formats and keyboard (default: the"
+                       " desktop's, e.g. de-DE); Windows' language is the disc's")
+    setup.add_argument("--ui-language", metavar="xx-YY",
+                       help="Windows' language, one the disc holds (default: the disc's)")
     setup.add_argument("--keyboard", metavar="LAYOUT", help="e.g. de-DE (default: the locale's)")
     setup.add_argument("--timezone", metavar="TZ",
-                       help="a Windows time zone name (default: UTC)")
+                       help="a Windows time zone ID, e.g. 'W. Europe Standard Time' (default:"
+                       " the desktop's zone)")
     setup.add_argument("--edition", metavar="NAME", help='e.g. "Windows 11 Pro" (default)')
     setup.add_argument("--product-key", metavar="KEY", help="XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
     setup.add_argument("--lg-host-installer", metavar="PATH",
@@ -165,7 +168,7 @@ def unattended_from_args(args: argparse.Namespace) -> dict | None:
                 raise InvalidConfig("--" + name.replace("_", "-"), "goes with a Windows"
                                     " template (a cloud image keeps its own)")
     data = {"user": args.user, "ssh_key_path": args.ssh_key,
-            "locale": args.locale or host_locale(),
+            "locale": args.locale or host_locale(), "ui_language": args.ui_language,
             "keyboard": args.keyboard, "timezone": args.timezone, "edition": args.edition,
             "lg_host_installer": args.lg_host_installer,
             "lg_host_release": args.lg_host_release,
@@ -203,17 +206,15 @@ def read_secrets(ctx: CommandContext):
     (``create``'s options; ``setup-restart`` has only --password-file)."""
     import getpass
     import os
-    import re
     import stat
 
-    from ..actions.create import SetupSecrets, check_password
+    from ..actions.create import SetupSecrets, check_password, check_product_key
     from ..base.errors import InvalidConfig
 
     args = ctx.args
     key = getattr(args, "product_key", None)
     user = getattr(args, "user", None) or "user"
-    if key is not None and not re.fullmatch(r"[A-Z0-9]{5}(-[A-Z0-9]{5}){4}", key.upper()):
-        raise InvalidConfig("--product-key", "expected XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
+    key = check_product_key(key, "--product-key")
     if not args.password_file and getattr(args, "ssh_key", None):
         return None  # a Linux account that logs in with its key only
     if args.password_file:
@@ -233,7 +234,7 @@ def read_secrets(ctx: CommandContext):
     else:
         raise InvalidConfig("--password-file", "not on a terminal: give the account's"
                             " password in a file only you can read")
-    return SetupSecrets(password, key.upper() if key else None)
+    return SetupSecrets(password, key)
 
 
 def follow_setup(ctx: CommandContext, name: str, display: bool):

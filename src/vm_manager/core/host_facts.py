@@ -38,6 +38,7 @@ class GuestMediaFacts:
     lg_client_release: str | None = None  # of this host's client (None: none, or unknown)
     ssh_keys: tuple[str, ...] = ()  # Linux: the public keys the account logs in with
     winfsp_is_msi: bool | None = None  # the WinFsp installer given is a Windows Installer file
+    local_zone: str | None = None  # this computer's IANA time zone (the guest's default)
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,10 @@ def _guest_media(config: VMConfig, paths: dict[str, PathFact],
     if usable(setup.winfsp_installer):
         with open(setup.winfsp_installer, "rb") as file:  # an OLE compound file, as MSIs are
             winfsp = file.read(8) == bytes.fromhex("d0cf11e0a1b11ae1")
+    from ..guest.windows_answers import host_zone
+
     return GuestMediaFacts(installer, virtio, host_release, client_release,
-                           winfsp_is_msi=winfsp)
+                           winfsp_is_msi=winfsp, local_zone=host_zone())
 
 
 def _client_release() -> str | None:

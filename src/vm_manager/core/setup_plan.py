@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import InvalidConfig
+from ..guest.windows_answers import AnswerValues, answer_values
 from .host import setup_medium_path
 from .host_facts import HostFacts
 from ..base.vm_config import VMConfig
@@ -42,6 +43,7 @@ class SetupPlan:
     notes: tuple[str, ...] = ()
     kind: str = "windows"  # or cloud-init
     ssh_keys: tuple[str, ...] = ()
+    answers: AnswerValues | None = None  # Windows: what the answer file says
 
     def describe(self) -> list[str]:
         if self.kind == "cloud-init":
@@ -51,6 +53,12 @@ class SetupPlan:
         else:
             lines = [f"unattended setup: {self.edition}, medium {self.medium} (answer file,"
                      " drivers, first-logon steps; removed when setup ends)"]
+            if self.answers is not None:
+                values = self.answers
+                lines.append(f"Windows in {values.ui_language} (a language of the image),"
+                             f" formats {values.locale}, keyboard {values.keyboard}, time zone"
+                             f" {values.timezone} ({values.timezone_source}), computer"
+                             f" {values.computer_name}, account {values.user}")
         return lines + [f"note: {note}" for note in self.notes]
 
 
@@ -80,6 +88,16 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
         if not installer.editions:
             warnings.append(f"the editions on {Path(config.iso_path).name} could not be read;"
                             f" setup stops at the installer if {setup.edition!r} is not one")
+    image = installer.edition(setup.edition) if installer is not None else None
+    answers = answer_values(config.name, setup, image, None, media.local_zone if media else None,
+                            installer.label if installer is not None else None)
+    if answers.generic_key:
+        notes.append(f"no product key given: Windows is installed with the generic key of"
+                     f" {answers.edition_id} (it installs, it does not activate; enter yours"
+                     " later in Settings > Activation)")
+    if image is None or not image.languages:
+        warnings.append(f"the languages of {setup.edition!r} could not be read: Setup is"
+                        f" told {answers.ui_language}; it asks if the disc lacks it")
     virtio = media.virtio if media else None
     if virtio is not None:
         from ..guest.windows import WINDOWS_FOLDER
@@ -125,7 +143,7 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
         warnings.append("Windows 11's TPM, Secure Boot and RAM checks are bypassed"
                         " (--bypass-hardware-checks): only for hosts without swtpm")
     return SetupPlan(str(medium), setup.edition, setup.lg_host_installer is not None,
-                     tuple(notes))
+                     tuple(notes), answers=answers)
 
 
 def _windows_shares(config: VMConfig, facts: HostFacts, notes: list[str],

@@ -163,6 +163,10 @@ class VMCreator:
             raise InvalidConfig("password", "unattended setup needs the password of the"
                                 " account it makes" + ("" if plan.setup.kind == "windows"
                                                        else " (or an SSH key)"))
+        if plan.setup is not None and plan.setup.answers is not None and secrets is not None:
+            from ..guest.windows_answers import check_product_key
+
+            check_product_key(secrets.product_key, plan.setup.answers.edition_id)
         claimed: dict = {}  # the disk file this creation made (its inode), nothing else
         try:
             # Each undo is registered BEFORE its step runs: a step that dies half-way (the

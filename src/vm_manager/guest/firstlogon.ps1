@@ -1,10 +1,11 @@
 # NeuronOS first logon (runs once, elevated, from the setup medium; no drive letter is
-# assumed anywhere): WinFsp when the medium carries it (before the guest tools, which
-# register the VirtIO-FS service only where WinFsp is installed), the virtio-win guest tools
-# (drivers, QEMU guest agent, SPICE agent), the VirtIO-FS service set to start by itself
-# when the VM has shared folders, then the Looking Glass host with its IVSHMEM driver when
-# the medium carries it, then the stage "done". The host learns each stage through the
-# guest agent.
+# assumed anywhere): the account's password set never to expire, the copies of the answer
+# file Setup cached (they hold the password) and the autologon password removed, WinFsp
+# when the medium carries it (before the guest tools, which register the VirtIO-FS service
+# only where WinFsp is installed), the virtio-win guest tools (drivers, QEMU guest agent,
+# SPICE agent), the VirtIO-FS service set to start by itself when the VM has shared folders,
+# then the Looking Glass host with its IVSHMEM driver when the medium carries it, then the
+# stage "done". The host learns each stage through the guest agent.
 $ErrorActionPreference = 'Continue'
 $state = Join-Path $env:ProgramData 'NeuronOS'
 New-Item -ItemType Directory -Force -Path $state | Out-Null
@@ -22,6 +23,31 @@ function Find-OnAnyDrive([string] $relative) {
 }
 $medium = Split-Path -Parent (Split-Path -Parent $MyInvocation.MyCommand.Path)
 $setup = Get-Content -Raw -LiteralPath (Join-Path $medium 'neuronos\setup.json') | ConvertFrom-Json
+
+# Windows' default policy expires a password after 42 days: not this account's.
+try {
+    Set-LocalUser -Name $setup.user -PasswordNeverExpires $true -ErrorAction Stop
+    Step 'account' "the password of $($setup.user) never expires"
+} catch {
+    & net.exe accounts /maxpwage:unlimited | Out-Null
+    Step 'account' "passwords never expire (net accounts): $($_.Exception.Message)"
+}
+# Setup caches the answer file, password and all (Microsoft: "Windows Setup Automation
+# Overview", implicit answer-file search; the Panther folders): remove every cached copy.
+$cached = @()
+foreach ($folder in @("$env:WINDIR\Panther", "$env:WINDIR\Panther\Unattend",
+                      "$env:WINDIR\System32\Sysprep")) {
+    foreach ($file in Get-ChildItem -LiteralPath $folder -Filter '*nattend*.xml' `
+            -File -ErrorAction SilentlyContinue) {
+        Remove-Item -LiteralPath $file.FullName -Force -ErrorAction SilentlyContinue
+        if (-not (Test-Path -LiteralPath $file.FullName)) { $cached += $file.FullName }
+    }
+}
+$winlogon = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\Winlogon'
+Remove-ItemProperty -Path $winlogon -Name 'DefaultPassword' -ErrorAction SilentlyContinue
+Set-ItemProperty -Path $winlogon -Name 'AutoAdminLogon' -Value '0' -ErrorAction SilentlyContinue
+Step 'secrets' ("removed the cached answer files holding the password: " + `
+    $(if ($cached) { $cached -join ', ' } else { 'none found' }) + '; autologon password cleared')
 
 $winfsp = Join-Path $medium 'neuronos\winfsp.msi'
 if (Test-Path -LiteralPath $winfsp) {
@@ -49,8 +75,11 @@ if ($setup.shares.Count -gt 0) {
             $folder = Join-Path $env:ProgramFiles 'Virtio-Win\VioFS'
             New-Item -ItemType Directory -Force -Path $folder | Out-Null
             Copy-Item -LiteralPath $exe -Destination $folder -Force
-            & sc.exe create VirtioFsSvc binPath= "`"$folder\virtiofs.exe`"" start= auto `
-                depend= 'WinFsp.Launcher/VirtioFsDrv' DisplayName= 'VirtIO-FS Service' | Out-Null
+            # New-Service, not sc.exe: PowerShell 5.1 drops the quotes of a quoted argument
+            # to a native program, and an unquoted path with spaces is a hijackable service
+            New-Service -Name 'VirtioFsSvc' -BinaryPathName "`"$folder\virtiofs.exe`"" `
+                -StartupType Automatic -DependsOn 'WinFsp.Launcher', 'VirtioFsDrv' `
+                -DisplayName 'VirtIO-FS Service' | Out-Null
         }
     }
     if (Get-Service -Name 'VirtioFsSvc' -ErrorAction SilentlyContinue) {

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from ..base.guest_config import UnattendedConfig
 from .iso import IsoReader, MediumFile, write_iso
-from .windows import (WINDOWS_FOLDER, computer_name, lg_host_setup_bytes,
-                      setup_driver_files)
+from .windows import WINDOWS_FOLDER, lg_host_setup_bytes, setup_driver_files
 
 LABEL = "NEURONOS_SETUP"
 ANSWER_FILE = "/Autounattend.xml"
@@ -30,30 +29,45 @@ FIRST_LOGON = (
 )
 
 
-def answer_file(loader, vm_name: str, setup: UnattendedConfig, secrets) -> str:
+def answer_file(loader, vm_name: str, setup: UnattendedConfig, secrets, installer=None,
+                zone: str | None = None) -> str:
     """``Autounattend.xml`` from the ``_autounattend`` template (user-overridable).
-    ``secrets``: its ``password`` and ``product_key`` (``actions.create.SetupSecrets``)."""
+    ``secrets``: its ``password`` and ``product_key`` (``actions.create.SetupSecrets``);
+    ``installer``: the disc's ``InstallerInfo`` (the image's languages and edition);
+    ``zone``: the host's IANA time zone, for when none is given."""
+    from .windows_answers import answer_values
+
+    values = answer_values(vm_name, setup, installer.edition(setup.edition) if installer
+                           else None, secrets.product_key, zone,
+                           installer.label if installer else None)
     return loader.render("_autounattend", {
-        "computer_name": computer_name(vm_name), "user": setup.user,
-        "password": secrets.password, "product_key": secrets.product_key,
-        "edition": setup.edition, "locale": setup.locale,
-        "keyboard": setup.keyboard or setup.locale, "timezone": setup.timezone,
+        "computer_name": values.computer_name, "user": values.user,
+        "password": secrets.password, "product_key": values.product_key,
+        "edition": values.edition, "ui_language": values.ui_language,
+        "locale": values.locale, "keyboard": values.keyboard, "timezone": values.timezone,
         "bypass_hardware_checks": setup.bypass_hardware_checks, "first_logon": FIRST_LOGON,
     })
 
 
 def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
                          setup: UnattendedConfig, secrets, virtio_iso: Path | str,
-                         shares: tuple[str, ...] = (), opener=None) -> list[str]:
+                         shares: tuple[str, ...] = (), opener=None,
+                         installer_iso: Path | str | None = None) -> list[str]:
     """Write the medium to ``target`` (which must not exist; 0600). Returns its file list.
     The drivers are streamed out of the virtio-win ISO through a private temporary folder
-    next to ``target``, never read whole (``opener``: the ISO is another host's volume)."""
+    next to ``target``, never read whole (``opener``: the ISOs are another host's volumes).
+    ``installer_iso``: the Windows disc, whose image says the language and edition."""
+    from .windows import inspect_installer
+    from .windows_answers import host_zone
+
+    installer = inspect_installer(installer_iso, opener) if installer_iso else None
+    answers = answer_file(loader, vm_name, setup, secrets, installer, host_zone())
     files = [
-        MediumFile(ANSWER_FILE, answer_file(loader, vm_name, setup, secrets).encode("utf-8")),
+        MediumFile(ANSWER_FILE, answers.encode("utf-8")),
         MediumFile("/neuronos/firstlogon.ps1", FIRST_LOGON_SCRIPT.read_bytes()),
         MediumFile("/neuronos/setup.json", json.dumps({
             "vm": vm_name, "windows": vm_type, "virtio_folder": WINDOWS_FOLDER[vm_type],
-            "looking_glass_host": setup.lg_host_installer is not None,
+            "user": setup.user, "looking_glass_host": setup.lg_host_installer is not None,
             "winfsp": setup.winfsp_installer is not None, "shares": list(shares)},
             indent=2).encode()),
     ]
@@ -87,4 +101,4 @@ def build_medium(target: Path, config, *, vm_uuid: str, loader, secrets,
                                 vm_type=config.vm_type.value, setup=config.unattended,
                                 secrets=secrets, virtio_iso=config.virtio_iso_path,
                                 shares=tuple(share.tag for share in config.shares),
-                                opener=opener)
+                                opener=opener, installer_iso=config.iso_path)

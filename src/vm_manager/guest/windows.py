@@ -2,9 +2,12 @@
 
 - An installer ISO is Windows when it carries ``sources/install.wim`` or ``install.esd``
   (Microsoft's discs keep them in UDF; the ISO 9660 side holds only a README). Its editions
-  are the image names in the WIM's XML resource: the header (208 bytes, magic ``MSWIM\\0\\0\\0``)
+  are the images in the WIM's XML resource: the header (208 bytes, magic ``MSWIM\\0\\0\\0``)
   locates it at 0x48 (7-byte size, 1 flag byte, u64 offset, u64 original size), UTF-16LE,
-  never compressed, in ``.esd`` files too.
+  never compressed, in ``.esd`` files too. Each ``/WIM/IMAGE`` has its ``NAME`` (localized
+  on some discs), ``WINDOWS/EDITIONID`` (``Professional``, ``Core``: never localized) and
+  ``WINDOWS/LANGUAGES`` (its ``LANGUAGE`` list and ``DEFAULT``; wimlib's ``wiminfo`` shows
+  them as "Languages" and "Default Language").
 - The virtio-win ISO keeps each driver at ``<driver>/<w10|w11>/amd64/`` and the guest tools
   installer ``virtio-win-guest-tools.exe`` at its root. Setup needs the storage and network
   drivers (``viostor``, ``vioscsi``, ``NetKVM``) in ``$WinPEDriver$``.
@@ -39,14 +42,31 @@ _RELEASE = re.compile(rf"(?<![A-Za-z0-9])({LG_RELEASE})(?![0-9])")
 
 
 @dataclass(frozen=True)
+class WimImage:
+    """One edition of an install image, as its XML describes it."""
+
+    name: str  # /IMAGE/NAME: what the answer file's /IMAGE/NAME must equal
+    edition_id: str | None = None  # WINDOWS/EDITIONID: Professional, Core, Enterprise, ...
+    languages: tuple[str, ...] = ()  # WINDOWS/LANGUAGES/LANGUAGE
+    default_language: str | None = None  # WINDOWS/LANGUAGES/DEFAULT
+
+
+@dataclass(frozen=True)
 class InstallerInfo:
     label: str
     image: str | None  # the install.wim / install.esd path on the disc
-    editions: tuple[str, ...]
+    images: tuple[WimImage, ...] = ()
 
     @property
     def is_windows(self) -> bool:
         return self.image is not None
+
+    @property
+    def editions(self) -> tuple[str, ...]:
+        return tuple(image.name for image in self.images)
+
+    def edition(self, name: str | None) -> WimImage | None:
+        return next((image for image in self.images if image.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -60,8 +80,8 @@ class VirtioInfo:
         return tuple(name for name in SETUP_DRIVERS if not self.drivers.get(name))
 
 
-def wim_editions(stream: BinaryIO) -> tuple[str, ...]:
-    """The image names of a WIM/ESD, from its XML resource (read by offset, never whole)."""
+def wim_images(stream: BinaryIO) -> tuple[WimImage, ...]:
+    """The images of a WIM/ESD, from its XML resource (read by offset, never whole)."""
     header = stream.read(WIM_HEADER_SIZE)
     if len(header) < WIM_HEADER_SIZE or header[:8] != WIM_MAGIC:
         return ()
@@ -76,12 +96,18 @@ def wim_editions(stream: BinaryIO) -> tuple[str, ...]:
         root = ET.fromstring(data.decode("utf-16"))
     except (UnicodeDecodeError, ET.ParseError):
         return ()
-    names = []
+    images = []
     for image in root.findall("IMAGE"):
-        name = image.findtext("NAME") or image.findtext("DISPLAYNAME")
-        if name and name.strip():
-            names.append(name.strip())
-    return tuple(names)
+        name = (image.findtext("NAME") or image.findtext("DISPLAYNAME") or "").strip()
+        if not name:
+            continue
+        languages = tuple(text.strip() for text in (
+            item.text for item in image.findall("WINDOWS/LANGUAGES/LANGUAGE")) if text)
+        default = (image.findtext("WINDOWS/LANGUAGES/DEFAULT")
+                   or image.findtext("WINDOWS/LANGUAGES/FALLBACK/DEFAULT") or "").strip()
+        images.append(WimImage(name, (image.findtext("WINDOWS/EDITIONID") or "").strip() or None,
+                               languages, default or (languages[0] if languages else None)))
+    return tuple(images)
 
 
 def inspect_installer(path: Path | str, opener=None) -> InstallerInfo:
@@ -89,11 +115,11 @@ def inspect_installer(path: Path | str, opener=None) -> InstallerInfo:
     when it is not an ISO at all); ``opener``: see ``IsoReader``."""
     with IsoReader(path, "iso_path", opener) as iso:
         image = iso.find("/sources/install.wim") or iso.find("/sources/install.esd")
-        editions: tuple[str, ...] = ()
+        images: tuple[WimImage, ...] = ()
         if image is not None:
             with iso.open(image) as stream:
-                editions = wim_editions(stream)
-        return InstallerInfo(iso.label, image, editions)
+                images = wim_images(stream)
+        return InstallerInfo(iso.label, image, images)
 
 
 def inspect_virtio(path: Path | str, vm_type: str, opener=None) -> VirtioInfo:
@@ -152,12 +178,19 @@ def lg_host_setup_bytes(path: Path | str) -> bytes:
 
 
 NETBIOS_BAD = re.compile(r"[^A-Za-z0-9-]")
+# Words NetBIOS reserves for Windows' own principals (Microsoft, "Naming conventions in
+# Active Directory for computers, domains, sites, and OUs": the one-word ones), and devices
+RESERVED_COMPUTER_NAMES = frozenset({
+    "ANONYMOUS", "BATCH", "BUILTIN", "DIALUP", "INTERACTIVE", "INTERNET", "LOCAL", "NETWORK",
+    "NULL", "PROXY", "RESTRICTED", "SELF", "SERVER", "SERVICE", "SYSTEM", "USERS", "WORLD",
+    "CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)),
+    *(f"LPT{n}" for n in range(1, 10))})
 
 
 def computer_name(vm_name: str) -> str:
     """The VM's name as a Windows computer name: NetBIOS rules (at most 15 letters, digits
-    and hyphens, not only digits, no hyphen at either end)."""
+    and hyphens, not only digits, no hyphen at either end, not a reserved word)."""
     name = NETBIOS_BAD.sub("-", vm_name)[:15].strip("-") or "NEURONOS-VM"
-    if name.isdigit():
+    if name.isdigit() or name.upper() in RESERVED_COMPUTER_NAMES:
         name = ("VM-" + name)[:15]
     return name.upper()

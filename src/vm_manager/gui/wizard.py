@@ -240,7 +240,7 @@ class _SetupPage(_CheckedPage):
     Looking Glass host installer; for Linux, the cloud image and SSH key."""
 
     def __init__(self, wizard: CreateWizard):
-        from ..actions.create import host_locale
+        from ..actions.create import host_locale, host_timezone
 
         super().__init__()
         self.setTitle("Set the guest up without questions")
@@ -253,7 +253,7 @@ class _SetupPage(_CheckedPage):
         self.again = QLineEdit()
         self.again.setEchoMode(QLineEdit.Password)
         self.locale = QLineEdit(host_locale())
-        self.timezone = QLineEdit("UTC")
+        self.timezone = QLineEdit(host_timezone())
         self.edition = QLineEdit()
         self.lg_installer = QLineEdit()
         self.winfsp = QLineEdit()
@@ -271,7 +271,7 @@ class _SetupPage(_CheckedPage):
         form.addRow(self.unattended)
         for label, widget in (
                 ("Account", self.user), ("Password", self.password), ("Again", self.again),
-                ("Language", self.locale), ("Time zone (Windows name)", self.timezone),
+                ("Formats (locale)", self.locale), ("Time zone (Windows ID)", self.timezone),
                 ("Edition", self.edition),
                 ("Looking Glass host installer", _with_browse(self.lg_installer, "(*.exe *.zip)")),
                 ("WinFsp installer (shared folders)", _with_browse(self.winfsp, "(*.msi)")),

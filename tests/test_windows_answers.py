@@ -1,0 +1,268 @@
+"""Issue 26: the answer file a real Windows Setup would finish. No Windows can run here, so
+``support.setup_rules`` stands in for Setup (Microsoft's answer-file reference and field
+reports, each rule with its source): every answer file NeuronOS can write passes it, over a
+table of editions x image languages x desktop locales x options, and each field report
+is a file it stops on."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from vm_manager.base.errors import InvalidConfig
+from vm_manager.base.guest_config import UnattendedConfig
+from vm_manager.guest.media import answer_file
+from vm_manager.guest.windows import InstallerInfo, computer_name, wim_images
+from vm_manager.guest.windows_answers import (GENERIC_KEYS, KEY_ALPHABET, answer_values,
+                                              check_product_key, disc_language, windows_zone)
+from vm_manager.templates.loader import TemplateLoader
+from support.media import EDITION_IDS, wim_bytes
+from support.setup_rules import where_setup_stops
+from test_guest_setup import (KEY, NS, Secrets, create_args, isos, run, world,  # noqa: F401
+                              xorriso_files, xorriso_read)
+
+EDITIONS = [("Windows 11 Home", "Core"), ("Windows 11 Pro", "Professional"),
+            ("Windows 11 Pro N", "ProfessionalN"), ("Windows 11 Education", "Education"),
+            ("Windows 11 Enterprise", "Enterprise"), ("Windows 11 Famille", "Core"),
+            ("Windows 10 Pro for Workstations", "ProfessionalWorkstation"),
+            ("Windows 11 Home Single Language", "CoreSingleLanguage")]
+IMAGE_LANGUAGES = [("en-US",), ("de-DE",), ("fr-FR", "en-US")]
+DESKTOP_LOCALES = ["en-US", "en-GB", "de-DE", "ja-JP", "pt-BR"]
+HOST_ZONES = ["Europe/Berlin", "America/New_York", "Etc/UTC", None, "Mars/Olympus"]
+
+
+def wim_xml(editions, languages) -> str:
+    """The XML resource of the WIM the tests' discs carry (as Setup reads it)."""
+    data = wim_bytes(list(editions), 0, languages)
+    return data[208:].decode("utf-16-le")
+
+
+def installer(editions, languages, label="CCCOMA_X64FRE_EN-US_DV9") -> InstallerInfo:
+    return InstallerInfo(label, "/sources/install.wim",
+                         wim_images(io.BytesIO(wim_bytes(list(editions), 0, languages))))
+
+
+@pytest.mark.parametrize("edition, edition_id", EDITIONS)
+def test_every_answer_file_neuronos_writes_passes_the_setup_rules(edition, edition_id):
+    """editions x image languages x desktop locales x (bypass, key given, UI language given,
+    time zone given or the host's): no file stops Setup."""
+    loader = TemplateLoader()
+    checked = 0
+    for languages, locale, zone, (bypass, key, pick_ui, tz) in itertools.product(
+            IMAGE_LANGUAGES, DESKTOP_LOCALES, HOST_ZONES,
+            itertools.product((False, True), (None, GENERIC_KEYS[edition_id]),
+                              (False, True), (None, "Tokyo Standard Time"))):
+        disc = installer([(edition, edition_id)], languages)
+        setup = UnattendedConfig(user="anna", locale=locale, edition=edition,
+                                 bypass_hardware_checks=bypass, timezone=tz,
+                                 ui_language=languages[-1] if pick_ui else None)
+        text = answer_file(loader, "desk", setup, Secrets("pw", key), disc, zone)
+        stops = where_setup_stops(text, wim_xml([(edition, edition_id)], languages))
+        assert stops == [], (languages, locale, zone, bypass, key, pick_ui, tz, stops)
+        root = ET.fromstring(text)
+        assert root.find(".//u:SetupUILanguage/u:UILanguage", NS).text == \
+            (languages[-1] if pick_ui else languages[0])  # never the desktop's
+        assert root.find(".//u:UserLocale", NS).text == locale  # formats: the desktop's
+        assert root.find(".//u:ProductKey/u:WillShowUI", NS).text == "Never"
+        checked += 1
+    assert checked == 3 * 5 * 5 * 16
+
+
+# --- each field report is a file the rules stop on ---------------------------------------------
+
+def good_file(**setup):
+    disc = installer(["Windows 11 Pro"], ("en-US",))
+    values = dict(user="anna", locale="de-DE", edition="Windows 11 Pro") | setup
+    return answer_file(TemplateLoader(), "desk", UnattendedConfig(**values), Secrets("pw"),
+                       disc, "Europe/Berlin"), wim_xml(["Windows 11 Pro"], ("en-US",))
+
+
+def rules(text, wim, **kw):
+    return sorted({stop.rule for stop in where_setup_stops(text, wim, **kw)})
+
+
+def test_field_reports_are_files_setup_stops_on():
+    text, wim = good_file()
+    assert rules(text, wim) == []
+    # unattend-generator #359, winode PR #10: no key, WillShowUI OnError (the old file)
+    old = re.sub(r"<Key>[^<]*</Key>\s*<WillShowUI>Never", "<WillShowUI>OnError", text)
+    assert rules(old, wim) == ["product-key"]
+    # unattend-generator #36/#64/#270: the UI language from a de_DE desktop, en-US disc
+    assert rules(text.replace("<UILanguage>en-US", "<UILanguage>de-DE"), wim) == \
+        ["ui-language"]
+    # the account named as the computer: outside Administrators, defaultuser0, no commands
+    same = text.replace("<Name>anna</Name>", "<Name>DESK</Name>").replace(
+        "<Username>anna</Username>", "<Username>DESK</Username>")
+    assert rules(same, wim) == ["account-is-computer"]
+    # an image name the disc lacks; a zone that is no Windows ID; a second key's edition
+    assert rules(text.replace("<Value>Windows 11 Pro</Value>",
+                              "<Value>Windows 11 Pro N</Value>"), wim) == ["image-name"]
+    assert rules(text.replace("W. Europe Standard Time", "Europe/Berlin"), wim) == \
+        ["time-zone"]
+    assert rules(text.replace(GENERIC_KEYS["Professional"], GENERIC_KEYS["Core"]), wim) == \
+        ["product-key"]
+
+
+def test_the_rules_for_commands_accounts_partitions_and_drivers():
+    text, wim = good_file()
+    assert rules(text.replace("<Group>Administrators</Group>", "<Group>Users</Group>"),
+                 wim) == ["first-logon"]
+    long = re.sub(r"<CommandLine>[^<]*</CommandLine>",
+                  "<CommandLine>" + "x" * 1025 + "</CommandLine>", text)
+    assert rules(long, wim) == ["command-length"]
+    assert rules(text.replace("<PartitionID>4</PartitionID>\n          </InstallTo>",
+                              "<PartitionID>3</PartitionID>\n          </InstallTo>"),
+                 wim) == ["install-to"]
+    domain = ("<domain><devices><disk type='file' device='disk'><target dev='vda'"
+              " bus='virtio'/></disk></devices></domain>")
+    assert rules(text, wim, domain_xml=domain, medium_files=[]) == ["disk-driver"]
+    assert rules(text, wim, domain_xml=domain,
+                 medium_files=["/$WinPEDriver$/viostor/viostor.inf"]) == []
+    sata = domain.replace("bus='virtio'", "bus='sata'")
+    assert rules(text, wim, domain_xml=sata, medium_files=[]) == []
+
+
+# --- the values ---------------------------------------------------------------------------------
+
+def test_generic_keys_are_keys_and_cover_every_edition_the_discs_carry():
+    for edition, key in GENERIC_KEYS.items():
+        assert check_product_key(key, edition) == key
+        assert set(key.replace("-", "")) <= set(KEY_ALPHABET)
+    assert set(EDITION_IDS.values()) <= set(GENERIC_KEYS)
+
+
+@pytest.mark.parametrize("key, edition, words", [
+    ("ABCDE-FGHIJ-KLMNO-PQRST-UVWXY", None, "five groups of five"),
+    ("VK7JG-NPHTM-C97JM-9MPGT", None, "five groups of five"),
+    (GENERIC_KEYS["Core"], "Professional", "is the generic key of the Core edition"),
+])
+def test_product_keys_windows_would_refuse(key, edition, words):
+    with pytest.raises(InvalidConfig, match=words) as error:
+        check_product_key(key, edition)
+    assert error.value.field == "product_key"
+
+
+def test_a_given_key_is_written_and_none_means_the_editions_generic_key():
+    assert check_product_key(" vk7jg-nphtm-c97jm-9mpgt-3v66t ", "Professional") == KEY
+    setup = UnattendedConfig(user="anna", edition="Windows 11 Famille")
+    disc = installer([("Windows 11 Famille", "Core")], ("fr-FR",), "CCCOMA_X64FRE_FR-FR_DV9")
+    values = answer_values("desk", setup, disc.edition("Windows 11 Famille"))
+    assert (values.product_key, values.generic_key, values.ui_language) == (
+        GENERIC_KEYS["Core"], True, "fr-FR")
+    with pytest.raises(InvalidConfig, match="no generic installation key is known"):
+        answer_values("desk", UnattendedConfig(edition="Windows 11 IoT"), None)
+
+
+def test_the_ui_language_is_the_images_and_never_the_desktops():
+    disc = installer(["Windows 11 Pro"], ("fr-FR", "en-US"))
+    image = disc.edition("Windows 11 Pro")
+    setup = UnattendedConfig(locale="de-DE", edition="Windows 11 Pro")
+    assert answer_values("desk", setup, image).ui_language == "fr-FR"  # the DEFAULT
+    with pytest.raises(InvalidConfig, match="it has: fr-FR, en-US") as error:
+        answer_values("desk", UnattendedConfig(ui_language="de-DE", edition="Windows 11 Pro"),
+                      image)
+    assert error.value.field == "unattended.ui_language"
+    # the image unreadable: the disc's label says its language, else en-US
+    assert disc_language("CCCOMA_X64FRE_DE-DE_DV9") == "de-DE"
+    assert answer_values("d", setup, None, label="CCCOMA_X64FRE_DE-DE_DV9").ui_language == \
+        "de-DE"
+    assert answer_values("d", setup, None, label="MY DISC").ui_language == "en-US"
+
+
+def test_time_zones_are_windows_ids_and_default_to_the_hosts():
+    assert windows_zone("Europe/Berlin") == "W. Europe Standard Time"
+    assert windows_zone("Asia/Tokyo") == "Tokyo Standard Time"
+    setup = UnattendedConfig(edition="Windows 11 Pro")
+    values = answer_values("desk", setup, None, zone="America/New_York")
+    assert (values.timezone, values.timezone_source) == (
+        "Eastern Standard Time", "the host's (America/New_York)")
+    assert answer_values("desk", setup, None, zone="Mars/Olympus").timezone == "UTC"
+    for bad in ("Berlin", "Europe/Berlin", "UTC+1", ""):
+        with pytest.raises(InvalidConfig, match="not a Windows time zone ID"):
+            UnattendedConfig(timezone=bad)
+    assert UnattendedConfig(timezone="W. Europe Standard Time_dstoff").timezone.endswith(
+        "_dstoff")
+
+
+def test_the_account_is_never_the_computer_and_reserved_computer_names_are_moved():
+    with pytest.raises(InvalidConfig, match="the computer's name too") as error:
+        answer_values("Anna", UnattendedConfig(user="anna", edition="Windows 11 Pro"), None)
+    assert error.value.field == "unattended.user"
+    assert computer_name("system") == "VM-SYSTEM" and computer_name("con") == "VM-CON"
+
+
+# --- through the CLI ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, field, words", [
+    (["--product-key", "ABCDE-FGHIJ-KLMNO-PQRST-UVWXY"], "--product-key", "five groups"),
+    (["--product-key", GENERIC_KEYS["Core"]], "--product-key", "generic key of the Core"),
+    (["--ui-language", "de-DE"], "--ui-language", "it has: en-US"),
+    (["--timezone", "Berlin"], "--timezone", "not a Windows time zone ID"),
+    (["--user", "W11"], "--user", "the computer's name too"),
+])
+def test_answers_setup_would_stop_on_exit_2_and_leave_nothing(world, isos, extra, field,
+                                                              words):
+    conn, store, images, password = world
+    code, _, err = run(world, *create_args(isos, password, *extra))
+    assert code == 2, err
+    assert err.startswith(f"neuron-vm: {field}") and words in err, err
+    assert not images.exists() or not list(images.iterdir())
+    assert store.load("w11") is None
+
+
+def test_the_medium_neuronos_writes_passes_the_rules_with_its_definition(world, isos,
+                                                                         tmp_path,
+                                                                         monkeypatch):
+    """create --unattended on a de_DE desktop in Berlin with an en-US disc: Windows in
+    en-US, German formats, the host's zone, the generic Pro key; the medium's answer file,
+    the disc's WIM and the VM's definition pass the rules."""
+    import tzlocal
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")  # tzlocal reads TZ first (and caches)
+    tzlocal.reload_localzone()
+    conn, store, images, password = world
+    try:
+        code, out, err = run(world, *create_args(isos, password, "--locale", "de-DE"))
+    finally:
+        monkeypatch.delenv("TZ")  # (teardown puts back a TZ that was set)
+        tzlocal.reload_localzone()
+    assert code == 0, err
+    assert "Windows in en-US (a language of the image), formats de-DE, keyboard de-DE, time" \
+        " zone W. Europe Standard Time (the host's (Europe/Berlin))" in out
+    assert "generic key of Professional (it installs, it does not activate" in out
+    medium = images / "w11-setup.iso"
+    answer = xorriso_read(medium, "/Autounattend.xml", tmp_path / "a.xml").decode()
+    domain = conn.execute(lambda c: c.lookupByName("w11").XMLDesc(0))
+    wim = wim_xml(["Windows 11 Home", "Windows 11 Pro"], ("en-US",))
+    assert where_setup_stops(answer, wim, domain, xorriso_files(medium)) == []
+    assert "<TimeZone>W. Europe Standard Time</TimeZone>" in answer
+    setup = json.loads(xorriso_read(medium, "/neuronos/setup.json", tmp_path / "s.json"))
+    assert setup["user"] == "anna"
+
+
+def test_the_first_logon_script_removes_secrets_and_keeps_the_password(world, isos,
+                                                                       tmp_path):
+    """The script (no PowerShell runs here: read as text) removes Setup's cached answer
+    files and the autologon password, says so in its log, sets the password never to
+    expire, and registers VirtIO-FS with New-Service (a quoted path PowerShell 5.1 keeps)."""
+    _, _, images, password = world
+    assert run(world, *create_args(isos, password))[0] == 0
+    script = xorriso_read(images / "w11-setup.iso", "/neuronos/firstlogon.ps1",
+                          tmp_path / "f.ps1").decode()
+    for folder in ("$env:WINDIR\\Panther", "$env:WINDIR\\Panther\\Unattend",
+                   "$env:WINDIR\\System32\\Sysprep"):
+        assert f'"{folder}"' in script
+    assert "-Filter '*nattend*.xml'" in script and "Step 'secrets'" in script
+    assert "Remove-ItemProperty -Path $winlogon -Name 'DefaultPassword'" in script
+    assert "Set-LocalUser -Name $setup.user -PasswordNeverExpires $true" in script
+    assert "net.exe accounts /maxpwage:unlimited" in script
+    assert "& sc.exe" not in script
+    assert "New-Service -Name 'VirtioFsSvc' -BinaryPathName \"`\"$folder\\virtiofs.exe`\"\"" \
+        in script
+    # the secrets go before anything that may take long or fail
+    assert script.index("Step 'secrets'") < script.index("virtio-win-guest-tools.exe")
