@@ -211,8 +211,9 @@ def test_the_medium_read_back_with_xorriso(isos, tmp_path):
     assert xorriso_read(target, "/neuronos/looking-glass-host-setup.exe", out / "lg")[:2] == \
         b"MZ"
     settings = json.loads(xorriso_read(target, "/neuronos/setup.json", out / "j"))
-    assert settings == {"vm": "w11", "windows": "windows11", "virtio_folder": "w11", "user": "anna",
-                        "looking_glass_host": True, "winfsp": False, "shares": []}
+    assert settings == {"vm": "w11", "windows": "windows11", "virtio_folder": "w11",
+                        "user": "anna", "looking_glass_host": True, "winfsp": False,
+                        "shares": [], "gpu_driver_switches": {}}
     assert {key: sha256(path) for key, path in isos.items()} == before
     assert not list(tmp_path.glob(".setup-*"))  # the scratch folder is gone
 

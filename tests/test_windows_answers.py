@@ -266,3 +266,42 @@ def test_the_first_logon_script_removes_secrets_and_keeps_the_password(world, is
         in script
     # the secrets go before anything that may take long or fail
     assert script.index("Step 'secrets'") < script.index("virtio-win-guest-tools.exe")
+
+
+# --- the GPU's driver ---------------------------------------------------------------------------
+
+def test_the_gpu_driver_goes_onto_the_medium_with_its_vendors_switches(world, isos, tmp_path,
+                                                                       monkeypatch):
+    """--gpu-driver-installer with an NVIDIA card (a sysfs tree shaped like the kernel's):
+    the package goes onto the medium byte for byte, setup.json carries each vendor's silent
+    switches, the script picks them by the PCI vendor the guest sees; without a GPU, or
+    without the option, the plan says what happens instead."""
+    from support.fakes import add_pci_devices, nvidia_turing_gpu
+
+    conn, store, images, password = world
+    driver = tmp_path / "572.16-desktop-win10-win11-64bit-international-dch-whql.exe"
+    driver.write_bytes(b"MZ" + bytes(range(256)) * 64)
+    code, _, err = run(world, *create_args(isos, password, "--gpu-driver-installer",
+                                           str(driver)))
+    assert code == 2 and err.startswith("neuron-vm: --gpu-driver-installer") \
+        and "goes with a passed-through GPU (--gpu ADDR)" in err, err
+    assert store.load("w11") is None
+    monkeypatch.setenv("NEURONOS_HOST_ROOT",
+                       str(add_pci_devices(tmp_path / "host", nvidia_turing_gpu())))
+    code, out, err = run(world, *create_args(isos, password, "--gpu", "01:00.0",
+                                             name="plain"))
+    assert code == 0 and "Windows Update brings the GPU's driver" in out, err
+    code, out, err = run(world, *create_args(isos, password, "--gpu", "01:00.0",
+                                             "--gpu-driver-installer", str(driver)))
+    assert code == 0, err
+    assert f"first logon installs the NVIDIA driver silently ({driver.name} -s -noreboot" \
+        " -noeula)" in out
+    medium = images / "w11-setup.iso"
+    assert xorriso_read(medium, "/neuronos/gpu-driver.exe", tmp_path / "d.exe") == \
+        driver.read_bytes()
+    setup = json.loads(xorriso_read(medium, "/neuronos/setup.json", tmp_path / "s.json"))
+    assert setup["gpu_driver_switches"] == {"10DE": ["-s", "-noreboot", "-noeula"],
+                                            "1002": ["-INSTALL"]}
+    script = xorriso_read(medium, "/neuronos/firstlogon.ps1", tmp_path / "f.ps1").decode()
+    assert "$setup.gpu_driver_switches.($Matches[1])" in script
+    assert script.index("gpu-driver.exe") < script.index("looking-glass-host-setup.exe")

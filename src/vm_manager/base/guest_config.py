@@ -90,6 +90,7 @@ class UnattendedConfig:
     lg_host_installer: str | None = None
     lg_host_release: str | None = None  # None: read from the installer's name
     winfsp_installer: str | None = None  # WinFsp's .msi: Windows needs it for shared folders
+    gpu_driver_installer: str | None = None  # the GPU vendor's Windows driver package (.exe)
     bypass_hardware_checks: bool = False  # LabConfig: only for hosts without swtpm
     ssh_key_path: str | None = None  # Linux: the public key(s) to log in with
     stage_timeout_s: int | None = None  # every setup stage's deadline (None: per OS)
@@ -116,6 +117,8 @@ class UnattendedConfig:
                                             "unattended.lg_host_installer")
         self.winfsp_installer = parse_path(self.winfsp_installer,
                                            "unattended.winfsp_installer")
+        self.gpu_driver_installer = parse_path(self.gpu_driver_installer,
+                                               "unattended.gpu_driver_installer")
         if self.lg_host_release is not None and not re.fullmatch(
                 LG_RELEASE, str(self.lg_host_release)):
             raise InvalidConfig("unattended.lg_host_release",

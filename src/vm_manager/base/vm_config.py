@@ -353,7 +353,7 @@ class VMConfig:
                 raise InvalidConfig("cloud_image_path", "unattended Linux setup starts from a"
                                     " cloud image (cloud-init): give it")
             windows_only = [name for name in ("edition", "lg_host_installer", "lg_host_release",
-                                              "winfsp_installer")
+                                              "winfsp_installer", "gpu_driver_installer")
                             if getattr(setup, name) is not None]
             if windows_only or setup.bypass_hardware_checks:
                 name = (windows_only or ["bypass_hardware_checks"])[0]

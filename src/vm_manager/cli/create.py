@@ -34,6 +34,7 @@ FLAG_FOR_FIELD = {
     "unattended.lg_host_installer": "--lg-host-installer",
     "unattended.lg_host_release": "--lg-host-release", "password": "--password-file",
     "unattended.winfsp_installer": "--winfsp-installer",
+    "unattended.gpu_driver_installer": "--gpu-driver-installer",
     "unattended.ssh_key_path": "--ssh-key", "cloud_image_path": "--cloud-image",
     "unattended.bypass_hardware_checks": "--bypass-hardware-checks",
     "secure_boot": "--secure-boot", "unattended.stage_timeout_s": "--stage-timeout",
@@ -176,7 +177,8 @@ def usb_ids(items) -> list[tuple[str, str]]:
 
 
 PATH_FLAGS = ("disk", "iso", "virtio_iso", "opencore", "kernel", "initrd", "serial_log",
-              "cloud_image", "ssh_key", "lg_host_installer", "winfsp_installer")
+              "cloud_image", "ssh_key", "lg_host_installer", "winfsp_installer",
+              "gpu_driver_installer")
 
 
 def absolute_paths(args: argparse.Namespace, uri: str | None) -> None:

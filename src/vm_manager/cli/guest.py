@@ -15,8 +15,9 @@ from .output import (
 )
 
 SETUP_FLAGS = ("user", "password_file", "locale", "ui_language", "keyboard", "timezone",
-               "edition", "product_key", "lg_host_installer", "lg_host_release", "bypass_hardware_checks",
-               "ssh_key", "winfsp_installer", "stage_timeout")
+               "edition", "product_key", "lg_host_installer", "lg_host_release",
+               "bypass_hardware_checks", "ssh_key", "winfsp_installer", "gpu_driver_installer",
+               "stage_timeout")
 WINDOWS_ONLY = ("locale", "ui_language", "keyboard", "timezone", "product_key")
 
 
@@ -141,6 +142,9 @@ def setup_options(parser) -> None:
     setup.add_argument("--winfsp-installer", metavar="MSI",
                        help="WinFsp's installer (winfsp-*.msi from https://winfsp.dev/rel/):"
                        " Windows shows shared folders through it")
+    setup.add_argument("--gpu-driver-installer", metavar="EXE",
+                       help="the NVIDIA or AMD Windows driver package for the GPU: installed"
+                       " silently at first logon (default: Windows Update brings it)")
     setup.add_argument("--cloud-image", metavar="IMG",
                        help="Linux: a cloud image (qcow2/raw) the disk is an overlay on;"
                        " cloud-init sets it up")
@@ -173,6 +177,7 @@ def unattended_from_args(args: argparse.Namespace) -> dict | None:
             "lg_host_installer": args.lg_host_installer,
             "lg_host_release": args.lg_host_release,
             "winfsp_installer": args.winfsp_installer,
+            "gpu_driver_installer": args.gpu_driver_installer,
             "bypass_hardware_checks": args.bypass_hardware_checks,
             "stage_timeout_s": duration_s(args.stage_timeout, "--stage-timeout")
             if args.stage_timeout else None}

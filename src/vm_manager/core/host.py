@@ -276,7 +276,8 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
         medium = setup_medium_path(folder, config.name)
         facts[str(medium)] = _kind(medium)
         for installer in (config.unattended.lg_host_installer,
-                          config.unattended.winfsp_installer):
+                          config.unattended.winfsp_installer,
+                          config.unattended.gpu_driver_installer):
             if installer:
                 facts[installer] = _kind(Path(installer))
     return facts
@@ -309,7 +310,8 @@ def _remote_path_facts(connection: LibvirtConnection, config: VMConfig,
     if config.unattended is not None:  # its medium goes into that host's pool
         paths.append(str(setup_medium_path(folder, config.name)))
         for installer in (config.unattended.lg_host_installer,
-                          config.unattended.winfsp_installer):
+                          config.unattended.winfsp_installer,
+                          config.unattended.gpu_driver_installer):
             if installer:  # this computer's files: they go onto the medium built here
                 local[installer] = _kind(Path(installer))
     why = (f"is in no storage pool of {host_name(connection.uri)} (libvirt"

@@ -138,12 +138,46 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
         notes.append("setup does not install the Looking Glass host: get the"
                      f" {release or 'same release as your client'} host from {LG_DOWNLOADS}"
                      " and pass --lg-host-installer, or install it in the guest yourself")
+    _gpu_driver(config, facts, notes)
     _windows_shares(config, facts, notes, warnings)
     if setup.bypass_hardware_checks:
         warnings.append("Windows 11's TPM, Secure Boot and RAM checks are bypassed"
                         " (--bypass-hardware-checks): only for hosts without swtpm")
     return SetupPlan(str(medium), setup.edition, setup.lg_host_installer is not None,
                      tuple(notes), answers=answers)
+
+
+def gpu_driver_switches(config: VMConfig, facts: HostFacts) -> tuple[str, tuple[str, ...]]:
+    """The vendor of the VM's GPU and its driver package's silent switches."""
+    from ..guest.windows import GPU_DRIVER_SWITCHES
+    from ..passthrough.gpu_attach import find_gpu_in
+
+    field = "unattended.gpu_driver_installer"
+    if config.gpu_passthrough is None:
+        raise InvalidConfig(field, "the GPU driver goes with a passed-through GPU (--gpu ADDR)")
+    vendor = find_gpu_in(facts.pci, config.gpu_passthrough.pci_address).device.vendor_id \
+        if facts.pci is not None else None
+    if vendor not in GPU_DRIVER_SWITCHES:
+        raise InvalidConfig(field, "NeuronOS knows the silent install of NVIDIA's and AMD's"
+                            " driver packages only; install this GPU's driver in the guest"
+                            " yourself")
+    return GPU_DRIVER_SWITCHES[vendor]
+
+
+def _gpu_driver(config: VMConfig, facts: HostFacts, notes: list[str]) -> None:
+    given = config.unattended.gpu_driver_installer
+    if given is None:
+        if config.gpu_passthrough is not None:
+            notes.append("no --gpu-driver-installer: Windows Update brings the GPU's driver"
+                         " once the VM has a network (Looking Glass shows nothing before)")
+        return
+    vendor, switches = gpu_driver_switches(config, facts)
+    fact = facts.path(given)
+    if fact.kind != "file":
+        raise InvalidConfig("unattended.gpu_driver_installer", f"{given} does not exist or is"
+                            " not a file")
+    notes.append(f"first logon installs the {vendor} driver silently ({Path(given).name}"
+                 f" {' '.join(switches)})")
 
 
 def _windows_shares(config: VMConfig, facts: HostFacts, notes: list[str],

@@ -4,7 +4,7 @@
 # when the medium carries it (before the guest tools, which register the VirtIO-FS service
 # only where WinFsp is installed), the virtio-win guest tools (drivers, QEMU guest agent,
 # SPICE agent), the VirtIO-FS service set to start by itself when the VM has shared folders,
-# then the Looking Glass host with its IVSHMEM driver when the medium carries it, then the
+# the GPU vendor's driver when the medium carries it, then the Looking Glass host with its IVSHMEM driver when the medium carries it, then the
 # stage "done". The host learns each stage through the guest agent.
 $ErrorActionPreference = 'Continue'
 $state = Join-Path $env:ProgramData 'NeuronOS'
@@ -88,6 +88,24 @@ if ($setup.shares.Count -gt 0) {
         Step 'shares' "VirtIO-FS service set to start by itself ($($setup.shares[0]))"
     } else {
         Step 'shares' 'no VirtIO-FS service: install WinFsp, then the guest tools again'
+    }
+}
+
+$driver = Join-Path $medium 'neuronos\gpu-driver.exe'
+if (Test-Path -LiteralPath $driver) {
+    # the passed-through GPU as the guest sees it (PCI\VEN_10DE: NVIDIA, VEN_1002: AMD),
+    # before its driver is in: "Microsoft Basic Display Adapter"
+    $gpu = Get-CimInstance Win32_PnPEntity | Where-Object {
+        $_.PNPDeviceID -match '^PCI\\VEN_([0-9A-F]{4})' -and
+        $setup.gpu_driver_switches.PSObject.Properties.Name -contains $Matches[1] } |
+        Select-Object -First 1
+    if ($gpu -and $gpu.PNPDeviceID -match '^PCI\\VEN_([0-9A-F]{4})') {
+        $switches = $setup.gpu_driver_switches.($Matches[1])
+        Step 'gpu-driver' "installing the GPU driver for $($gpu.Name): gpu-driver.exe $switches"
+        $run = Start-Process -FilePath $driver -ArgumentList $switches -Wait -PassThru
+        Step 'gpu-driver' "the GPU driver's installer ended with code $($run.ExitCode)"
+    } else {
+        Step 'gpu-driver' 'no NVIDIA or AMD GPU seen: the driver was not installed'
     }
 }
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..base.guest_config import UnattendedConfig
 from .iso import IsoReader, MediumFile, write_iso
-from .windows import WINDOWS_FOLDER, lg_host_setup_bytes, setup_driver_files
+from .windows import (GPU_DRIVER_SWITCHES, WINDOWS_FOLDER, lg_host_setup_bytes,
+                      setup_driver_files)
 
 LABEL = "NEURONOS_SETUP"
 ANSWER_FILE = "/Autounattend.xml"
@@ -68,11 +69,16 @@ def build_windows_medium(target: Path, *, loader, vm_name: str, vm_type: str,
         MediumFile("/neuronos/setup.json", json.dumps({
             "vm": vm_name, "windows": vm_type, "virtio_folder": WINDOWS_FOLDER[vm_type],
             "user": setup.user, "looking_glass_host": setup.lg_host_installer is not None,
-            "winfsp": setup.winfsp_installer is not None, "shares": list(shares)},
+            "winfsp": setup.winfsp_installer is not None, "shares": list(shares),
+            "gpu_driver_switches": {f"{vendor:04X}": list(switches) for vendor, (_, switches)
+                                    in GPU_DRIVER_SWITCHES.items()}
+            if setup.gpu_driver_installer is not None else {}},
             indent=2).encode()),
     ]
     if setup.winfsp_installer is not None:
         files.append(MediumFile("/neuronos/winfsp.msi", Path(setup.winfsp_installer)))
+    if setup.gpu_driver_installer is not None:
+        files.append(MediumFile("/neuronos/gpu-driver.exe", Path(setup.gpu_driver_installer)))
     if setup.lg_host_installer is not None:
         files.append(MediumFile("/neuronos/looking-glass-host-setup.exe",
                                 lg_host_setup_bytes(setup.lg_host_installer)))

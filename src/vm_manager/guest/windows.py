@@ -177,6 +177,13 @@ def lg_host_setup_bytes(path: Path | str) -> bytes:
     return data
 
 
+# The GPU vendors' Windows driver packages and their silent switches (the package .exe hands
+# them to its setup.exe): NVIDIA's setup.exe -s (silent) -noreboot -noeula, as NVIDIA's
+# deployment scripts and NVCleanstall run it; AMD Software's Setup.exe -INSTALL (AMD's
+# command-line install). The first-logon script picks them by the vendor of the GPU the
+# guest sees (its PCI id). Neither was run here: no Windows can run on these machines.
+GPU_DRIVER_SWITCHES = {0x10DE: ("NVIDIA", ("-s", "-noreboot", "-noeula")),
+                       0x1002: ("AMD", ("-INSTALL",))}
 NETBIOS_BAD = re.compile(r"[^A-Za-z0-9-]")
 # Words NetBIOS reserves for Windows' own principals (Microsoft, "Naming conventions in
 # Active Directory for computers, domains, sites, and OUs": the one-word ones), and devices
