@@ -295,10 +295,22 @@ def test_wizard_sets_windows_up_unattended(wizard, qtbot, tmp_path):
     assert not setup.isComplete() and "reserves" in setup.error.text()
     setup.user.setText("anna")
     assert setup.isComplete(), setup.error.text()
+    driver = tmp_path / "gpu-driver.exe"
+    driver.write_bytes(b"MZ")
+    setup.gpu_driver.setText(str(driver))  # the CLI's --gpu-driver-installer
+    assert setup.gpu_driver.isEnabled()
+    assert wiz.build_config().unattended.gpu_driver_installer == str(driver)
+    setup.gpu_driver.setText("")
+    setup.timezone.setText("Berlin")  # the CLI's --timezone rule
+    assert not setup.isComplete() and "not a Windows time zone ID" in setup.error.text()
+    setup.timezone.setText("Tokyo Standard Time")
     wiz.next()
     summary = wiz.summary_page
     qtbot.waitUntil(lambda: summary.plan is not None, timeout=10000)
     assert "unattended setup: Windows 11 Pro" in summary.plan_text.text()
+    assert "Windows in en-US (a language of the image)" in summary.plan_text.text()
+    assert "time zone Tokyo Standard Time (given)" in summary.plan_text.text()
+    assert "the generic key of Professional" in summary.plan_text.text()
     assert f"shared folder: {docs} as 'docs'" in summary.plan_text.text()
     assert "setup installs WinFsp" in summary.plan_text.text()
     assert summary.validatePage() is False  # Create: made on a worker, the wizard waits not

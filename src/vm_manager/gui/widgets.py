@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPainter, QPalette, QPixmap
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidgetItem, QPushButton, QWidget
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QListWidgetItem, QPushButton,
+                               QWidget, QWizard, QWizardPage)
 
 from ..base.primitives import VMState
 
@@ -230,3 +231,44 @@ def fit_main_window(window, remembered: bool, details_width: int) -> None:
     else:
         total, rows = window.splitter.height(), window.table.height_for_rows(8) + 8
         window.splitter.setSizes([rows, max(total - rows, 1)])
+
+
+class CheckedPage(QWizardPage):
+    """A page whose fields are checked as they change by building the config."""
+
+    wizard_: QWizard  # the create wizard: build_config() and error_text
+    error: QLabel
+
+    def _changed(self, *_args) -> None:
+        self.wizard_.build_config()
+        self.error.setText(self.wizard_.error_text)
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:  # noqa: N802 - Qt name
+        return self.wizard_.build_config() is not None
+
+
+def with_browse(field: QLineEdit, filter_text: str | None) -> QWidget:
+    """A path field with a Browse… button (a file picker; a folder picker without a
+    filter)."""
+    from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QToolButton
+
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    button = QToolButton()
+    button.setText("Browse…")
+
+    def pick() -> None:
+        if filter_text is None:
+            path = QFileDialog.getExistingDirectory(box, "Choose a folder", field.text())
+        else:
+            path, _ = QFileDialog.getOpenFileName(box, "Choose a file", field.text(),
+                                                  filter_text)
+        if path:
+            field.setText(path)
+
+    button.clicked.connect(pick)
+    row.addWidget(field, 1)
+    row.addWidget(button)
+    return box

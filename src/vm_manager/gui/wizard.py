@@ -13,13 +13,13 @@ from PySide6.QtWidgets import (
     QListWidget,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
     QWizard,
     QWizardPage,
 )
 
 from .texts import NO_USB, empty_row, gpu_label, no_gpu_reason, usb_label
-from .widgets import Tasks, check_item, error_label, fit_to_screen
+from .widgets import CheckedPage, Tasks, check_item, error_label, fit_to_screen, with_browse
+from .wizard_setup import SetupPage
 
 TEMPLATES = (("windows11", "Windows 11"), ("windows10", "Windows 10"), ("linux", "Linux"),
              ("macos", "macOS"))
@@ -43,7 +43,7 @@ class CreateWizard(QWizard):
         self.result = None
         self.system_page = _SystemPage(self)
         self.devices_page = _DevicesPage(self)
-        self.setup_page = _SetupPage(self)
+        self.setup_page = SetupPage(self)
         self.summary_page = _SummaryPage(self)
         for page in (self.system_page, self.devices_page, self.setup_page, self.summary_page):
             self.addPage(page)
@@ -102,22 +102,7 @@ class CreateWizard(QWizard):
         return config
 
 
-class _CheckedPage(QWizardPage):
-    """A page whose fields are checked as they change by building the config."""
-
-    wizard_: CreateWizard
-    error: QLabel
-
-    def _changed(self, *_args) -> None:
-        self.wizard_.build_config()
-        self.error.setText(self.wizard_.error_text)
-        self.completeChanged.emit()
-
-    def isComplete(self) -> bool:  # noqa: N802 - Qt name
-        return self.wizard_.build_config() is not None
-
-
-class _SystemPage(_CheckedPage):
+class _SystemPage(CheckedPage):
     def __init__(self, wizard: CreateWizard):
         super().__init__()
         self.setTitle("System and resources")
@@ -142,11 +127,11 @@ class _SystemPage(_CheckedPage):
         for label, widget in (("System", self.template), ("Name", self.name),
                               ("Memory", self.memory), ("vCPUs", self.vcpus),
                               ("New disk size", self.disk_size),
-                              ("Existing disk", _with_browse(self.disk_path, "Disk images (*)")),
-                              ("Installer ISO", _with_browse(self.iso, "ISO images (*.iso)")),
+                              ("Existing disk", with_browse(self.disk_path, "Disk images (*)")),
+                              ("Installer ISO", with_browse(self.iso, "ISO images (*.iso)")),
                               ("virtio drivers ISO",
-                               _with_browse(self.virtio_iso, "ISO images (*.iso)")),
-                              ("OpenCore image (macOS)", _with_browse(self.opencore, "Images (*)")),
+                               with_browse(self.virtio_iso, "ISO images (*.iso)")),
+                              ("OpenCore image (macOS)", with_browse(self.opencore, "Images (*)")),
                               ("Network", self.network)):
             form.addRow(label, widget)
         form.addRow(self.error)
@@ -167,7 +152,7 @@ class _SystemPage(_CheckedPage):
         self.vcpus.setSpecialValueText(f"default ({default.vcpus})")
         self.disk_size.setPlaceholderText(f"default {default.disk_gb}G")
 
-class _DevicesPage(_CheckedPage):
+class _DevicesPage(CheckedPage):
     def __init__(self, wizard: CreateWizard):
         super().__init__()
         self.setTitle("GPU, USB devices and Looking Glass")
@@ -190,7 +175,7 @@ class _DevicesPage(_CheckedPage):
         form.addRow(self.looking_glass)
         form.addRow("Resolution", self.resolution)
         form.addRow("Shared memory", self.shm_label)
-        form.addRow("Shared folder", _with_browse(self.share, None))
+        form.addRow("Shared folder", with_browse(self.share, None))
         self.gpu.currentIndexChanged.connect(self._update)
         self.looking_glass.toggled.connect(self._update)
         self.resolution.currentTextChanged.connect(self._update)
@@ -232,108 +217,6 @@ class _DevicesPage(_CheckedPage):
         self.shm_label.setText(f"{looking_glass_size_mb(width, height)} MiB" if enabled
                                else "-")
         self.completeChanged.emit()
-
-
-class _SetupPage(_CheckedPage):
-    """Unattended setup: on by default for Windows when an installer ISO is given; the
-    account, its password (never saved), the language and time zone, the edition, the
-    Looking Glass host installer; for Linux, the cloud image and SSH key."""
-
-    def __init__(self, wizard: CreateWizard):
-        from ..actions.create import host_locale, host_timezone
-
-        super().__init__()
-        self.setTitle("Set the guest up without questions")
-        self.wizard_ = wizard
-        form = QFormLayout(self)
-        self.unattended = QCheckBox("Install and set it up by itself")
-        self.user = QLineEdit("user")
-        self.password = QLineEdit()
-        self.password.setEchoMode(QLineEdit.Password)
-        self.again = QLineEdit()
-        self.again.setEchoMode(QLineEdit.Password)
-        self.locale = QLineEdit(host_locale())
-        self.timezone = QLineEdit(host_timezone())
-        self.edition = QLineEdit()
-        self.lg_installer = QLineEdit()
-        self.winfsp = QLineEdit()
-        self.cloud_image = QLineEdit()
-        self.ssh_key = QLineEdit()
-        self.secure_boot = QCheckBox("Secure Boot (the image must boot through shim; Arch's"
-                                     " does not)")
-        self.secure_boot.setChecked(True)
-        self.note = QLabel()
-        self.note.setWordWrap(True)
-        self.error = error_label()
-        self.rows = {"windows": (self.locale, self.timezone, self.edition, self.lg_installer,
-                                 self.winfsp),
-                     "linux": (self.cloud_image, self.ssh_key, self.secure_boot)}
-        form.addRow(self.unattended)
-        for label, widget in (
-                ("Account", self.user), ("Password", self.password), ("Again", self.again),
-                ("Formats (locale)", self.locale), ("Time zone (Windows ID)", self.timezone),
-                ("Edition", self.edition),
-                ("Looking Glass host installer", _with_browse(self.lg_installer, "(*.exe *.zip)")),
-                ("WinFsp installer (shared folders)", _with_browse(self.winfsp, "(*.msi)")),
-                ("Cloud image (Linux)", _with_browse(self.cloud_image, "Images (*)")),
-                ("SSH public key (Linux)", _with_browse(self.ssh_key, "Keys (*.pub)")),
-                ("Firmware (Linux)", self.secure_boot)):
-            form.addRow(label, widget)
-        form.addRow(self.note)
-        form.addRow(self.error)
-        for widget in (self.user, self.password, self.again, self.locale, self.timezone,
-                       self.edition, self.lg_installer, self.winfsp, self.cloud_image,
-                       self.ssh_key):
-            widget.textChanged.connect(self._changed)
-        self.unattended.toggled.connect(self._changed)
-        self.secure_boot.toggled.connect(self._changed)
-
-    def initializePage(self) -> None:  # noqa: N802 - Qt name
-        kind = self.wizard_.system_page.template.currentData()
-        windows = kind in ("windows11", "windows10")
-        self.unattended.setEnabled(kind != "macos")
-        self.unattended.setChecked(windows and bool(self.wizard_.system_page.iso.text()))
-        if windows and not self.edition.text():
-            self.edition.setText(f"Windows {kind[-2:]} Pro")
-        for group, widgets in self.rows.items():
-            for widget in widgets:
-                widget.setEnabled(group == ("windows" if windows else "linux"))
-        self.note.setText({
-            "macos": "macOS cannot be set up unattended (yet).",
-            "linux": "Linux is set up from a cloud image by cloud-init; give an SSH key, a"
-                     " password, or both."}.get(kind, "Windows installs by itself from the"
-                                                  " installer and the virtio-win ISO; then the"
-                                                  " guest tools and the Looking Glass host."))
-        self._changed()
-
-    def config_data(self, vm_type: str) -> dict:
-        windows = vm_type in ("windows11", "windows10")
-        firmware = {} if vm_type != "linux" or self.secure_boot.isChecked() else \
-            {"secure_boot": False}
-        if not self.unattended.isChecked():
-            return firmware
-        setup = {"user": self.user.text().strip() or None}
-        if windows:
-            setup.update(locale=self.locale.text().strip() or None,
-                         timezone=self.timezone.text().strip() or None,
-                         edition=self.edition.text().strip() or None,
-                         lg_host_installer=self.lg_installer.text().strip() or None,
-                         winfsp_installer=self.winfsp.text().strip() or None)
-        else:
-            setup["ssh_key_path"] = self.ssh_key.text().strip() or None
-        data = {"unattended": {k: v for k, v in setup.items() if v is not None}, **firmware}
-        if not windows:
-            data["cloud_image_path"] = self.cloud_image.text().strip() or None
-        return data
-
-    def check_password(self, config) -> None:
-        """The password rules the CLI applies (a Linux account with a key needs none)."""
-        from ..actions.create import check_password
-
-        setup = config.unattended
-        if setup is None or (setup.ssh_key_path and not self.password.text()):
-            return
-        check_password(self.password.text(), self.again.text())
 
 
 class _Progress(QObject):
@@ -417,32 +300,6 @@ class _SummaryPage(QWizardPage):
         self.creating = False
         self.setEnabled(True)
         self.steps.addItem(f"failed: {error}")
-
-
-def _with_browse(field: QLineEdit, filter_text: str | None) -> QWidget:
-    """A path field with a Browse… button (a file picker; a folder picker without a
-    filter)."""
-    from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QToolButton
-
-    box = QWidget()
-    row = QHBoxLayout(box)
-    row.setContentsMargins(0, 0, 0, 0)
-    button = QToolButton()
-    button.setText("Browse…")
-
-    def pick() -> None:
-        if filter_text is None:
-            path = QFileDialog.getExistingDirectory(box, "Choose a folder", field.text())
-        else:
-            path, _ = QFileDialog.getOpenFileName(box, "Choose a file", field.text(),
-                                                  filter_text)
-        if path:
-            field.setText(path)
-
-    button.clicked.connect(pick)
-    row.addWidget(field, 1)
-    row.addWidget(button)
-    return box
 
 
 def _gib(memory_mb: int) -> str:

@@ -1,0 +1,116 @@
+"""The create wizard's unattended-setup page: the account, its password (never saved), the
+formats and time zone, the edition, the installers that go onto the setup medium (the
+Looking Glass host, WinFsp, the GPU's driver) for Windows; the cloud image and SSH key for
+Linux."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QCheckBox, QFormLayout, QLabel, QLineEdit, QWizard
+
+from .widgets import CheckedPage, error_label, with_browse
+
+
+class SetupPage(CheckedPage):
+    """Unattended setup: on by default for Windows when an installer ISO is given; the
+    account, its password (never saved), the language and time zone, the edition, the
+    Looking Glass host installer; for Linux, the cloud image and SSH key."""
+
+    def __init__(self, wizard: QWizard):  # the CreateWizard
+        from ..actions.create import host_locale, host_timezone
+
+        super().__init__()
+        self.setTitle("Set the guest up without questions")
+        self.wizard_ = wizard
+        form = QFormLayout(self)
+        self.unattended = QCheckBox("Install and set it up by itself")
+        self.user = QLineEdit("user")
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.Password)
+        self.again = QLineEdit()
+        self.again.setEchoMode(QLineEdit.Password)
+        self.locale = QLineEdit(host_locale())
+        self.timezone = QLineEdit(host_timezone())
+        self.edition = QLineEdit()
+        self.lg_installer = QLineEdit()
+        self.winfsp = QLineEdit()
+        self.gpu_driver = QLineEdit()
+        self.cloud_image = QLineEdit()
+        self.ssh_key = QLineEdit()
+        self.secure_boot = QCheckBox("Secure Boot (the image must boot through shim; Arch's"
+                                     " does not)")
+        self.secure_boot.setChecked(True)
+        self.note = QLabel()
+        self.note.setWordWrap(True)
+        self.error = error_label()
+        self.rows = {"windows": (self.locale, self.timezone, self.edition, self.lg_installer,
+                                 self.winfsp, self.gpu_driver),
+                     "linux": (self.cloud_image, self.ssh_key, self.secure_boot)}
+        form.addRow(self.unattended)
+        for label, widget in (
+                ("Account", self.user), ("Password", self.password), ("Again", self.again),
+                ("Formats (locale)", self.locale), ("Time zone (Windows ID)", self.timezone),
+                ("Edition", self.edition),
+                ("Looking Glass host installer", with_browse(self.lg_installer, "(*.exe *.zip)")),
+                ("WinFsp installer (shared folders)", with_browse(self.winfsp, "(*.msi)")),
+                ("GPU driver (NVIDIA or AMD package)", with_browse(self.gpu_driver, "(*.exe)")),
+                ("Cloud image (Linux)", with_browse(self.cloud_image, "Images (*)")),
+                ("SSH public key (Linux)", with_browse(self.ssh_key, "Keys (*.pub)")),
+                ("Firmware (Linux)", self.secure_boot)):
+            form.addRow(label, widget)
+        form.addRow(self.note)
+        form.addRow(self.error)
+        for widget in (self.user, self.password, self.again, self.locale, self.timezone,
+                       self.edition, self.lg_installer, self.winfsp, self.gpu_driver,
+                       self.cloud_image,
+                       self.ssh_key):
+            widget.textChanged.connect(self._changed)
+        self.unattended.toggled.connect(self._changed)
+        self.secure_boot.toggled.connect(self._changed)
+
+    def initializePage(self) -> None:  # noqa: N802 - Qt name
+        kind = self.wizard_.system_page.template.currentData()
+        windows = kind in ("windows11", "windows10")
+        self.unattended.setEnabled(kind != "macos")
+        self.unattended.setChecked(windows and bool(self.wizard_.system_page.iso.text()))
+        if windows and not self.edition.text():
+            self.edition.setText(f"Windows {kind[-2:]} Pro")
+        for group, widgets in self.rows.items():
+            for widget in widgets:
+                widget.setEnabled(group == ("windows" if windows else "linux"))
+        self.note.setText({
+            "macos": "macOS cannot be set up unattended (yet).",
+            "linux": "Linux is set up from a cloud image by cloud-init; give an SSH key, a"
+                     " password, or both."}.get(kind, "Windows installs by itself from the"
+                                                  " installer and the virtio-win ISO; then the"
+                                                  " guest tools and the Looking Glass host."))
+        self._changed()
+
+    def config_data(self, vm_type: str) -> dict:
+        windows = vm_type in ("windows11", "windows10")
+        firmware = {} if vm_type != "linux" or self.secure_boot.isChecked() else \
+            {"secure_boot": False}
+        if not self.unattended.isChecked():
+            return firmware
+        setup = {"user": self.user.text().strip() or None}
+        if windows:
+            setup.update(locale=self.locale.text().strip() or None,
+                         timezone=self.timezone.text().strip() or None,
+                         edition=self.edition.text().strip() or None,
+                         lg_host_installer=self.lg_installer.text().strip() or None,
+                         winfsp_installer=self.winfsp.text().strip() or None,
+                         gpu_driver_installer=self.gpu_driver.text().strip() or None)
+        else:
+            setup["ssh_key_path"] = self.ssh_key.text().strip() or None
+        data = {"unattended": {k: v for k, v in setup.items() if v is not None}, **firmware}
+        if not windows:
+            data["cloud_image_path"] = self.cloud_image.text().strip() or None
+        return data
+
+    def check_password(self, config) -> None:
+        """The password rules the CLI applies (a Linux account with a key needs none)."""
+        from ..actions.create import check_password
+
+        setup = config.unattended
+        if setup is None or (setup.ssh_key_path and not self.password.text()):
+            return
+        check_password(self.password.text(), self.again.text())
