@@ -279,6 +279,49 @@ def test_path_options_refuse_what_they_do_not_accept(make_host, tmp_path, option
     assert err.getvalue().count("\n") == 1 and not images.exists()
 
 
+FILE_OPTIONS = {  # issue 27: each was seen to hang, grow without end, or read a system file
+    "dev-zero": ("/dev/zero", "is in /dev, the kernel's"),
+    "fifo": ("FIFO", "is not a regular file (a FIFO)"),
+    "proc-environ": ("/proc/self/environ", "is in /proc, the kernel's"),
+    "folder": ("FOLDER", "is not a regular file (a folder)"),
+    "huge": ("HUGE", "a file for this holds at most"),
+    "shadow": ("/etc/shadow", "nobody cannot read /etc/shadow"),
+}
+
+
+@pytest.mark.timeout(60)  # a FIFO read would block for ever: fail, never hang
+@pytest.mark.parametrize("option", ["--ssh-key", "--password-file"])
+@pytest.mark.parametrize("case", sorted(FILE_OPTIONS))
+def test_file_options_read_only_regular_small_files_of_the_user(make_host, tmp_path,
+                                                                 monkeypatch, option, case):
+    """A file named on an option is read the way settings are: regular, capped, never
+    waited on, never in /dev, /proc or /sys, and (run with sudo) readable by the desktop
+    user; exit 2 naming the option, in one line, nothing made."""
+    value, words = FILE_OPTIONS[case]
+    if case == "shadow":
+        if os.geteuid() != 0 or not Path(value).exists():
+            pytest.skip("needs root and /etc/shadow: the desktop user behind sudo is checked")
+        monkeypatch.setenv("SUDO_USER", "nobody")
+    fifo, huge = tmp_path / "fifo", tmp_path / "huge"
+    os.mkfifo(fifo)
+    huge.write_bytes(b"ssh-ed25519 " + b"A" * (1 << 20))
+    value = {"FIFO": str(fifo), "FOLDER": str(tmp_path), "HUGE": str(huge)}.get(value, value)
+    images = tmp_path / "images"
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    cloud = tmp_path / "cloud.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(cloud), "1G"], check=True)
+    argv = ["-c", make_host(), "create", "vm", "--template", "linux", "--network", "none",
+            "--cloud-image", str(cloud), "--unattended", "--user", "anna", option, value]
+    err = io.StringIO()
+    code = main(argv, out=io.StringIO(), err=err)
+    assert code == 2, err.getvalue()
+    assert err.getvalue().startswith(f"neuron-vm: {option}") and words in err.getvalue(), \
+        err.getvalue()
+    assert err.getvalue().count("\n") == 1 and "Traceback" not in err.getvalue()
+    assert not images.exists() or not list(images.iterdir())
+
+
 def test_a_free_block_device_is_taken_only_when_asked(make_host, tmp_path):
     free = next((f"/dev/{d.name}" for d in sorted(Path("/sys/class/block").glob("loop*"))
                  if Path(f"/dev/{d.name}").is_block_device()

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import pwd
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -337,9 +338,13 @@ def test_the_looking_glass_host_must_match_the_client(world, isos, tmp_path, mon
     shutil.copy(Path(__file__).parent / "bin" / "looking-glass-client", fake)
     fake.chmod(0o755)
     monkeypatch.setenv("NEURONOS_LG_CLIENT", str(fake))
+    _, _, _, password = world
     if os.geteuid() == 0:
         monkeypatch.setenv("SUDO_USER", "nobody")  # the desktop user the release is read as
-    _, _, _, password = world
+        mine = folder / "password"  # and whose password file it is (they must read it)
+        shutil.copy(password, mine)
+        os.chown(mine, pwd.getpwnam("nobody").pw_uid, -1)
+        password = mine
     root = add_pci_devices(tmp_path / "host", nvidia_turing_gpu())
     old = tmp_path / "looking-glass-host-B6.zip"
     nameless = tmp_path / "host-setup.exe"

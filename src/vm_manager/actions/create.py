@@ -66,6 +66,29 @@ def check_password(password: str, again: str | None = None, field: str = "passwo
     return password
 
 
+MAX_PASSWORD_FILE = 4096
+
+
+def read_password_file(path: str, field: str = "password_file") -> tuple[str, str | None]:
+    """The password in ``path`` (one line) and a warning when every user may read it:
+    a regular file of at most 4 KiB the desktop user can read, never a FIFO, a device or a
+    file of /proc (``base.user_files``)."""
+    import os
+    import stat
+
+    from ..base.errors import InvalidConfig
+    from ..base.user_files import read_user_file
+
+    data = read_user_file(path, field, MAX_PASSWORD_FILE)
+    try:
+        password = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise InvalidConfig(field, f"{path} is not UTF-8 text") from None
+    check_password(password, field=field)
+    loose = os.stat(path).st_mode & stat.S_IROTH
+    return password, (f"{path} can be read by every user: chmod 600 it" if loose else None)
+
+
 def check_product_key(key: str | None, field: str = "product_key") -> str | None:
     """A Windows product key's form, the rule both faces apply before asking anything else
     (whether it fits the edition is checked at creation, against the image)."""

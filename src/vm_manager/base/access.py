@@ -65,9 +65,18 @@ def allows(info: os.stat_result, uid: int, groups: set[int], want: int,
     return False
 
 
+def desktop_user(environ: dict | None = None) -> str:
+    """The person at the desktop: the one behind sudo, else this process's user."""
+    import getpass
+
+    env = os.environ if environ is None else environ
+    return env.get("SUDO_USER") or env.get("USER") or getpass.getuser()
+
+
 def unreadable_to(folder: Path, user: str) -> str | None:
     """Why ``user`` could not open ``folder`` themselves (None when they own it or can read
-    it), naming the first folder on the way that stops them, its owner and its mode."""
+    it), naming the first folder on the way that stops them, its owner and its mode. A
+    file needs to be readable; a folder readable and enterable."""
     import pwd
 
     try:
@@ -77,11 +86,12 @@ def unreadable_to(folder: Path, user: str) -> str | None:
     if entry.pw_uid == 0:
         return None
     groups = set(os.getgrouplist(user, entry.pw_gid))
+    last = READ | EXECUTE if folder.is_dir() else READ
     for path, want in [*((parent, EXECUTE) for parent in reversed(folder.parents)),
-                       (folder, READ | EXECUTE)]:
+                       (folder, last)]:
         info = os.stat(path)
         if path == folder and info.st_uid == entry.pw_uid:
-            return None  # their own folder
+            return None  # their own folder or file
         acl = read_acl(path)
         if not allows(info, entry.pw_uid, groups, want, acl):
             try:

@@ -210,10 +210,9 @@ def read_secrets(ctx: CommandContext):
     """The password from --password-file, or asked twice on the terminal; the product key
     (``create``'s options; ``setup-restart`` has only --password-file)."""
     import getpass
-    import os
-    import stat
 
-    from ..actions.create import SetupSecrets, check_password, check_product_key
+    from ..actions.create import (SetupSecrets, check_password, check_product_key,
+                                  read_password_file)
     from ..base.errors import InvalidConfig
 
     args = ctx.args
@@ -223,16 +222,9 @@ def read_secrets(ctx: CommandContext):
     if not args.password_file and getattr(args, "ssh_key", None):
         return None  # a Linux account that logs in with its key only
     if args.password_file:
-        try:
-            info = os.stat(args.password_file)
-            with open(args.password_file, encoding="utf-8") as handle:
-                password = handle.read(4096).rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as error:
-            raise InvalidConfig("--password-file", f"cannot read {args.password_file}:"
-                                f" {getattr(error, 'strerror', None) or error}") from None
-        if info.st_mode & stat.S_IROTH:
-            ctx.warn(f"{args.password_file} can be read by every user: chmod 600 it")
-        check_password(password, field="--password-file")
+        password, warning = read_password_file(args.password_file, "--password-file")
+        if warning:
+            ctx.warn(warning)
     elif stdin_is_terminal():
         password = getpass.getpass(f"Password for the account {user}: ")
         check_password(password, getpass.getpass("The same again: "))

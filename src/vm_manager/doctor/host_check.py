@@ -8,7 +8,6 @@ descriptors, swtpm) and 6 (the default network is never started by us).
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base.access import desktop_user  # noqa: F401 (callers import it from here)
 from ..base import guard
 from ..base.errors import LookingGlassError
 from ..base.primitives import plural
@@ -241,11 +241,6 @@ def check_libvirt(uri: str) -> tuple[Check, Check]:
             " with --network none",
         )
     return libvirt_check, net_check
-
-
-def desktop_user(environ: dict | None = None) -> str:
-    env = os.environ if environ is None else environ
-    return env.get("SUDO_USER") or env.get("USER") or getpass.getuser()
 
 
 def check_groups(root: Path, user: str) -> Check:

@@ -77,16 +77,21 @@ def build_seed(target: Path, *, vm_name: str, vm_uuid: str, setup: UnattendedCon
     return [item.path for item in files]
 
 
+MAX_KEY_FILE = 64 * 1024  # authorized_keys of many keys stays far below
+
+
 def read_ssh_keys(path: str | Path) -> list[str]:
     """The public keys of an ``authorized_keys``-style file (comments and blanks left
     out); raises ``InvalidConfig`` when it holds none, or a private key."""
     from ..base.errors import InvalidConfig
+    from ..base.user_files import read_user_file
 
+    data = read_user_file(path, "unattended.ssh_key_path", MAX_KEY_FILE)
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="strict")[:65536]
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidConfig("unattended.ssh_key_path", f"cannot read {path}:"
-                            f" {getattr(error, 'strerror', None) or error}") from None
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidConfig("unattended.ssh_key_path", f"{path} is not a text file of SSH"
+                            " public keys") from None
     if "PRIVATE KEY" in text:
         raise InvalidConfig("unattended.ssh_key_path", f"{path} is a private key: give the"
                             " public one (.pub)")
