@@ -228,3 +228,32 @@ def test_gpu_list_and_doctor_run_without_libvirt_python(tmp_path):
                             timeout=60, env=dict(os.environ, NEURONOS_HOST_ROOT=str(tmp_path)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "fail", "True"]
+
+
+@pytest.mark.parametrize("argv, exit_code", [
+    (["info", "nope"], EXIT_NOT_FOUND),  # an error: {"error", "field", "exit"}
+    (["snapshot", "revert", "beta", "s0", "--yes"], EXIT_USAGE),
+    (["snapshot", "delete", "beta", "s0", "--yes"], EXIT_USAGE),
+    (["shm-permissions", "beta"], EXIT_OK),  # printed text: {"message"}
+    (["templates", "show", "windows11-basic"], EXIT_OK),  # a template: {"message"}
+    (["templates", "show", "nope"], None),
+    (["create", "x", "--memory", "lots"], EXIT_USAGE),
+    (["no-such-command"], EXIT_USAGE),  # argparse's own error
+    (["start", "alpha"], None),
+])
+def test_json_stdout_is_one_json_document_whatever_happens(three_vm_uri, tmp_path,
+                                                           monkeypatch, argv, exit_code):
+    """Issue 27, item 8: with --json, stdout is one JSON document for every command,
+    errors included (`snapshot revert`, `snapshot delete`, `shm-permissions` printed text,
+    and every error left stdout empty); stderr keeps its one readable line."""
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    code, out, err = run(["--connect", three_vm_uri, "--json", *argv])
+    if exit_code is not None:
+        assert code == exit_code, err
+    document = json.loads(out)  # exactly one document: json.loads refuses two
+    if code:
+        assert set(document) == {"error", "field", "exit"} and document["exit"] == code
+        assert document["error"] and err.count("\n") >= 1
+    else:
+        assert isinstance(document, (dict, list))

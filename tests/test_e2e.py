@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import sys
 import uuid
 
@@ -137,7 +138,14 @@ def test_events_cli_streams_changes_until_ctrl_c(system, define, tiny_guest):
         assert first["name"] == name and {first["old"], first["new"]} <= {"running", "paused"}
     finally:
         watcher.send_signal(signal.SIGINT)
-        _, err = watcher.communicate(timeout=30)
+        try:
+            _, err = watcher.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # say where it hangs: every thread's stack
+            watcher.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            watcher.kill()
+            _, err = watcher.communicate()
+            pytest.fail(f"`neuron-vm events` still runs 30 s after Ctrl-C:\n{err}")
     assert watcher.returncode == 0, err
     system.stop(name, method=ShutdownMethod.FORCE)
 

@@ -16,6 +16,7 @@ Exit codes: 0 ok, 1 operation failed, 2 invalid input or usage, 3 VM not found.
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from typing import TYPE_CHECKING, Sequence
 
@@ -80,25 +81,39 @@ def main(
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     parser = build_parser(argv)
+    usage = io.StringIO()
     try:
         # argparse writes help, version and usage errors to sys.stdout/sys.stderr itself
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(usage):
             args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse: --help/--version exit 0, bad usage exits 2
-        return int(exit_.code or 0)
+        err.write(usage.getvalue())
+        code = int(exit_.code or 0)
+        if code and "--json" in (sys.argv[1:] if argv is None else argv):
+            import json  # --json: stdout is one JSON document, errors too
+
+            lines = usage.getvalue().strip().splitlines()
+            out.write(json.dumps({"error": lines[-1] if lines else "invalid usage",
+                                  "field": None, "exit": code}) + "\n")
+        return code
+    err.write(usage.getvalue())
     _setup_logging(args.verbose)
     ctx = CommandContext(args, connection, out, err)
     from ..base.errors import VMManagerError
 
     try:
-        return args.run(ctx)
+        code = args.run(ctx)
+        ctx.finish_json()
+        return code
     except VMManagerError as error:
         if args.verbose:
             _library_log().exception("command failed")
         print(_one_line(f"{PROG}: {error}"), file=err)
+        ctx.finish_json(error, error.exit_code)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=err)
+        ctx.finish_json(RuntimeError("interrupted"), 130)
         return 130
     except BrokenPipeError:  # `neuron-vm list | head`
         return EXIT_OK
@@ -107,10 +122,15 @@ def main(
             _library_log().exception("internal error")
         print(_one_line(f"{PROG}: internal error: {error!r} (run with -v for details)"),
               file=err)
+        ctx.finish_json(RuntimeError(f"internal error: {error!r}"), EXIT_FAILED)
         return EXIT_FAILED
     finally:
         ctx.close()
 
 
 def run() -> None:
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack
     sys.exit(main())

@@ -251,7 +251,7 @@ def cmd_create(ctx: CommandContext) -> int:
     with flags_in_errors():
         request = request_from_args(args, ctx.actions.uri)
         if args.print_xml:
-            ctx.out.write(create.print_xml(ctx.actions, request))
+            ctx.write(create.print_xml(ctx.actions, request))
             return EXIT_OK
         if request.config.unattended is not None and args.password_file:
             request = dataclasses.replace(request, secrets=read_secrets(ctx))  # fails early

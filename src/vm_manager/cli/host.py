@@ -64,7 +64,7 @@ def cmd_shm_permissions(ctx: CommandContext) -> int:
     args = ctx.args
     result = host.shm_permissions(ctx.actions, args.name, args.user, apply=args.apply)
     ctx.print(f"{'wrote' if result.applied else 'would write'} {result.path}:")
-    ctx.out.write(result.text)
+    ctx.write(result.text)
     if result.applied:
         if result.ran:
             ctx.print(f"ran {result.ran}")
@@ -89,7 +89,7 @@ def cmd_templates_list(ctx: CommandContext) -> int:
 def cmd_templates_show(ctx: CommandContext) -> int:
     from ..actions import templates
 
-    ctx.out.write(templates.show(ctx.actions, ctx.args.target))
+    ctx.write(templates.show(ctx.actions, ctx.args.target))
     return EXIT_OK
 
 

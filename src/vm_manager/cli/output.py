@@ -21,7 +21,10 @@ EXIT_NOT_FOUND = 3
 
 
 class CommandContext:
-    """Options, output streams and the actions ``Context`` (made on first use)."""
+    """Options, output streams and the actions ``Context`` (made on first use). With
+    ``--json`` stdout is one JSON document whatever the command prints: lines a command
+    prints as text are kept and end as ``{"message": ...}`` (or go to stderr when it wrote
+    JSON), and an error is ``{"error": ..., "field": ..., "exit": N}``."""
 
     def __init__(self, args: argparse.Namespace, connection: LibvirtConnection | None, out,
                  err):
@@ -30,6 +33,8 @@ class CommandContext:
         self.err = err
         self._connection = connection
         self._actions: Context | None = None
+        self._json_written = False
+        self._text: list[str] = []  # lines printed as text under --json
 
     @property
     def json(self) -> bool:
@@ -50,7 +55,34 @@ class CommandContext:
             self._actions.close()
 
     def print(self, text: str = "") -> None:
-        print(text, file=self.out)
+        if self.json:
+            self._text.append(text)
+        else:
+            print(text, file=self.out)
+
+    def write(self, text: str) -> None:
+        """Text as it is (an XML document, a template): under --json, one JSON string."""
+        if self.json:
+            self._text.append(text.rstrip("\n"))
+        else:
+            self.out.write(text)
+
+    def finish_json(self, error=None, code: int | None = None) -> None:
+        """End a --json command's stdout as one JSON document (see the class)."""
+        import json
+
+        if not self.json:
+            return
+        if error is not None and not self._json_written:
+            self.out.write(json.dumps({"error": str(error), "field": getattr(error, "field",
+                                                                              None),
+                                       "exit": code}) + "\n")
+            self._json_written = True
+        if self._text and not self._json_written:
+            self.out.write(json.dumps({"message": "\n".join(self._text)}, indent=2) + "\n")
+        elif self._text:
+            self.err.write("\n".join(self._text) + "\n")
+        self._text = []
 
     def print_json(self, data: Any) -> None:
         """Objects indented; a list one item per line (json's C encoder only works without
@@ -62,11 +94,13 @@ class CommandContext:
                 if data else "[]"
         else:
             text = json.dumps(data, indent=2)
+        self._json_written = True
         self.out.write(text + "\n")
 
     def print_json_line(self, data: dict) -> None:
         import json
 
+        self._json_written = True
         self.out.write(json.dumps(data) + "\n")
         self.out.flush()
 

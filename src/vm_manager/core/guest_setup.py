@@ -1,29 +1,19 @@
 """Following an unattended setup to the end from libvirt's events, never polling (DESIGN.md 7).
 
-The stages, kept in the domain's own metadata (``SETUP_NS``; so they survive a libvirtd or a
-NeuronOS restart, and every NeuronOS that looks at the VM sees the same):
+The stages (``setup_stages``; README "Guest setup") are kept in the domain's own metadata
+(``SETUP_NS``), so they survive a libvirtd or a NeuronOS restart and every NeuronOS that
+looks at the VM sees the same: ``created``; ``installing`` at each start (the lifecycle
+"started" event; its step names libvirt's id for that run, and the Windows disc's boot
+prompt is answered with Enter for ``BOOT_PROMPT_S``); ``first-logon`` when the guest agent
+answers; ``looking-glass`` when the first-logon steps said "done" (the stage file, read
+through the agent) and the Looking Glass host is awaited; ``ready`` once the installer, the
+virtio ISO and the setup medium (which may hold the password) are detached and the medium
+deleted; ``failed`` past a stage's deadline or when cloud-init lists errors (the medium is
+detached and deleted all the same).
 
-- ``created``: the VM and its setup medium exist.
-- ``installing``: the VM started with the installer (the lifecycle "started" event; each
-  start's step names libvirt's id for that run, so a start nobody saw is noticed). The
-  Windows disc's boot loader waits a few seconds for a key before it boots from the CD; the
-  tracker answers it by sending Enter for ``BOOT_PROMPT_S`` seconds.
-- ``first-logon``: the QEMU guest agent answered (the agent-lifecycle "connected" event):
-  Windows runs, and the guest tools that bring the agent are installed.
-- ``looking-glass``: the first-logon steps said "done" (the stage file the first-logon script
-  writes, read through the agent when it reconnects) and the VM shows through Looking Glass:
-  waiting for the host application's heartbeat.
-- ``ready``: the installer, the virtio ISO and the setup medium are detached (config and
-  live), the medium, which may hold the password, is deleted.
-- ``failed``: a stage ran past its deadline (``setup_stages``), or cloud-init finished with
-  errors (its own words in the note); the setup medium is detached and deleted all the same.
-
-A cloud-init VM is ready when cloud-init finished: its ``result.json``, read through the
-agent, exists and lists no error. The seed restarts the agent once cloud-init is done, so
-the agent's reconnection is the event that says so. A stage the tracker missed (nobody was
-listening) is caught up by ``status``: a running VM still at "created" is "installing", one
-whose agent channel says "connected" is asked for its stage file (cloud-init's result), and
-one past its stage's deadline has failed.
+A cloud-init VM is ready when its ``result.json``, read through the agent, lists no error;
+the seed restarts the agent once cloud-init is done, so the agent's reconnection says so. A
+stage nobody was listening for is caught up by ``status``.
 """
 
 from __future__ import annotations
@@ -94,10 +84,15 @@ class SetupTracker:
         return self
 
     def close(self) -> None:
+        """Stop following; never waits on a worker (one may be asking a guest agent)."""
         self._cancel.set()
-        with self._lock:
+        locked = self._lock.acquire(timeout=0.5)
+        try:
             token, self._token = self._token, None
             timers, self._timers = list(self._timers.values()), {}
+        finally:
+            if locked:
+                self._lock.release()
         for timer in timers:
             timer.cancel()
         if token is not None:
@@ -161,6 +156,8 @@ class SetupTracker:
                          name=f"setup {event.name}").start()
 
     def _quietly(self, target, name: str) -> None:
+        if self._cancel.is_set() and self._token is None:
+            return  # closed: nothing more is followed
         try:
             target(name)
         except VMManagerError as error:
