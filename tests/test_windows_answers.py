@@ -204,6 +204,8 @@ def test_the_account_is_never_the_computer_and_reserved_computer_names_are_moved
     (["--ui-language", "de-DE"], "--ui-language", "it has: en-US"),
     (["--timezone", "Berlin"], "--timezone", "not a Windows time zone ID"),
     (["--user", "W11"], "--user", "the computer's name too"),
+    (["--user", "anna\udcff"], "--user", "not UTF-8"),  # issue 27, item 7: was exit 1
+    (["--edition", "Windows 11 Pro\ufffe"], "--edition", "expected an edition name"),
 ])
 def test_answers_setup_would_stop_on_exit_2_and_leave_nothing(world, isos, extra, field,
                                                               words):

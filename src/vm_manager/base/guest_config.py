@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidConfig
-from .values import parse_bool, parse_int, parse_path
+from .values import not_text, parse_bool, parse_int, parse_path
 
 # Windows account names (Microsoft's local-account rules): at most 20 characters, none of
 # these, not only dots or spaces, and not a built-in account or group name.
@@ -42,6 +42,8 @@ def check_linux_user(name: Any, field_name: str = "unattended.user") -> str:
 def check_account_name(name: Any, field_name: str = "unattended.user") -> str:
     if not isinstance(name, str) or not name:
         raise InvalidConfig(field_name, "give the name of the Windows account to make")
+    if not_text(name):
+        raise InvalidConfig(field_name, f"{name!r}: {not_text(name)}")
     bad = sorted({ch for ch in name if ch in ACCOUNT_FORBIDDEN or ord(ch) < 32})
     if bad:
         shown = " ".join(repr(ch) for ch in bad)
@@ -110,7 +112,7 @@ class UnattendedConfig:
                                      "en-US or de-DE")
         if self.edition is not None and (
                 not isinstance(self.edition, str) or not 0 < len(self.edition) <= 100
-                or any(ord(ch) < 32 for ch in self.edition)):
+                or not_text(self.edition) or "\n" in self.edition):
             raise InvalidConfig("unattended.edition", "expected an edition name like"
                                 " 'Windows 11 Pro'")
         self.lg_host_installer = parse_path(self.lg_host_installer,

@@ -73,6 +73,30 @@ def parse_enum(enum_cls: type[Enum], value: Any, field_name: str) -> Any:
     raise InvalidConfig(field_name, f"{value!r} is not allowed; use one of: {allowed}")
 
 
+def not_text(value: str) -> str | None:
+    """Why ``value`` cannot be written into XML or a UTF-8 file (None when it can): bytes that
+    were not UTF-8 (a terminal in another encoding gives Python lone surrogates), a
+    noncharacter such as U+FFFE, or a control character other than tab and newline."""
+    for ch in value:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            return "it is not UTF-8 text (bytes of another encoding)"
+        if code in (0xFFFE, 0xFFFF) or (code < 32 and ch not in "\t\n") or code == 127:
+            return f"it contains the character U+{code:04X}, which text cannot hold"
+    return None
+
+
+def parse_text(value: Any, field_name: str, limit: int) -> str:
+    """One piece of text of at most ``limit`` characters that XML and UTF-8 can hold."""
+    if not isinstance(value, str):
+        raise InvalidConfig(field_name, f"expected text, got {value!r}")
+    why = not_text(value)
+    if why or len(value) > limit:
+        raise InvalidConfig(field_name, f"at most {limit} characters of text" +
+                            (f"; {why}" if why else ""))
+    return value
+
+
 def parse_path(value: Any, field_name: str) -> str | None:
     """An absolute path without control characters, normalized; None stays None."""
     if value is None:
@@ -83,6 +107,8 @@ def parse_path(value: Any, field_name: str) -> str | None:
         raise InvalidConfig(field_name, f"expected an absolute path, got {value!r}")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise InvalidConfig(field_name, "the path contains control characters")
+    if not_text(value):
+        raise InvalidConfig(field_name, f"{value!r}: {not_text(value)}; rename it")
     path = PurePosixPath(value)
     if not path.is_absolute():
         raise InvalidConfig(field_name, f"{value!r} is not an absolute path (start it with /)")

@@ -26,10 +26,13 @@ VM. So here, on any libvirt:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid as uuid_module
 import xml.etree.ElementTree as ET
@@ -42,10 +45,11 @@ from ..base.connection import LibvirtConnection
 from ..base.domain_xml import read_domain
 from ..base.errors import InvalidConfig, LifecycleError, OperationFailed, VMManagerError
 from ..base.log import get_logger
+from ..base.values import parse_text
 
 log = get_logger(__name__)
 
-SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LIBVIRT_STATE = Path("/var/lib/libvirt")  # swtpm/<uuid>/ and qemu/nvram/<name>_VARS.fd
 METHOD = "offline: internal qcow2 disk snapshots (libvirt) + NVRAM and TPM copies"
 SAFETY_PREFIX = "neuronos-pre-revert-"
@@ -67,7 +71,8 @@ class Snapshot:
 
 def check_snapshot_name(name: str) -> str:
     if not isinstance(name, str) or not SNAPSHOT_NAME.fullmatch(name):
-        raise InvalidConfig("SNAP", f"{name!r} is not a snapshot name: 1-64 of A-Z a-z 0-9 . _ -")
+        raise InvalidConfig("SNAP", f"{name!r} is not a snapshot name: 1-64 of A-Z a-z 0-9 . _"
+                            " -, starting with a letter or digit")
     if name.startswith(SAFETY_PREFIX) or name in (".", ".."):
         raise InvalidConfig("SNAP", f"{name!r} is reserved")
     return name
@@ -79,6 +84,35 @@ class SnapshotManager:
         self.connection = connection
         self.images_dir = Path(images_dir)
         self.state_root = Path(state_root)
+        self._held = threading.local()
+
+    @contextlib.contextmanager
+    def _serialized(self):
+        """One snapshot operation at a time in this images folder, across processes (an
+        flock on the folder; a name checked free stays free until the snapshot is taken,
+        so an undo only ever removes what its own operation made). Re-entrant per thread."""
+        if getattr(self._held, "depth", 0):
+            self._held.depth += 1
+            try:
+                yield
+            finally:
+                self._held.depth -= 1
+            return
+        try:
+            fd = os.open(self.images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:  # no images folder: no snapshot files either
+            fd = None
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._held.depth = 1
+            try:
+                yield
+            finally:
+                self._held.depth = 0
+        finally:
+            if fd is not None:
+                os.close(fd)  # and the lock with it
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -121,9 +155,11 @@ class SnapshotManager:
 
     def create(self, vm: str, name: str, description: str = "") -> Snapshot:
         check_snapshot_name(name)
-        if len(description) > 1000 or any(ord(ch) < 32 and ch not in "\n\t"
-                                          for ch in description):
-            raise InvalidConfig("--description", "at most 1000 characters of text")
+        parse_text(description, "--description", 1000)
+        with self._serialized():
+            return self._create(vm, name, description)
+
+    def _create(self, vm: str, name: str, description: str) -> Snapshot:
         domain, active, snapshots = self._domain(vm)
         if active:
             raise LifecycleError(f"{vm} is running: shut it down first (snapshots hold the"
@@ -216,6 +252,10 @@ class SnapshotManager:
     def revert(self, vm: str, name: str) -> Snapshot:
         """Disks, NVRAM and TPM state back to ``name`` (the VM shut off); all or nothing."""
         check_snapshot_name(name)
+        with self._serialized():
+            return self._revert(vm, name)
+
+    def _revert(self, vm: str, name: str) -> Snapshot:
         domain, active, _ = self._domain(vm)
         if active:
             raise LifecycleError(f"{vm} is running: a snapshot is restored only while it is"
@@ -258,6 +298,10 @@ class SnapshotManager:
     # --- deleting ---------------------------------------------------------------------------
 
     def delete(self, vm: str, name: str, _safety: bool = False) -> None:
+        with self._serialized():
+            self._delete(vm, name, _safety)
+
+    def _delete(self, vm: str, name: str, _safety: bool = False) -> None:
         if not _safety:
             check_snapshot_name(name)
             if not any(s.name == name for s in self.list(vm)):
