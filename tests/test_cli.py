@@ -257,3 +257,35 @@ def test_json_stdout_is_one_json_document_whatever_happens(three_vm_uri, tmp_pat
         assert document["error"] and err.count("\n") >= 1
     else:
         assert isinstance(document, (dict, list))
+
+
+ODD_NAMES = ["win 11 (gaming)", "ünïcødé-vm", "quote'n\"amp&"]  # virsh and virt-manager allow them
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_every_command_works_on_a_domain_whose_name_neuronos_would_not_give(
+        make_host, tmp_path, monkeypatch, name):
+    """Issue 27, item 10: `info "win 11 (gaming)"` was exit 2 "not a valid name" while
+    `stop` worked: the naming rule is for new VMs only (settings exist only for names
+    NeuronOS gives)."""
+    from support.fakes import FakeDomain
+    from vm_manager.base.primitives import VMState
+
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    from vm_manager.base.connection import LibvirtConnection
+
+    uri = make_host([FakeDomain(name, VMState.SHUTOFF, vcpus=1, memory_mb=256)])
+    conn = LibvirtConnection(uri)  # the test driver keeps its state per connection
+    for argv in (["info", name], ["--json", "info", name], ["start", name], ["pause", name],
+                 ["resume", name], ["reboot", name], ["reset", name], ["snapshot", "list", name],
+                 ["share", "list", name], ["stop", name, "--force"],
+                 ["delete", name, "--dry-run"], ["delete", name, "--yes"]):
+        code, out, err = run(argv, connection=conn)
+        assert code == EXIT_OK, (argv, err)
+        assert "not a valid name" not in err
+    code, out, err = run(["--json", "list"], connection=conn)
+    assert json.loads(out) == []  # deleted
+    code, _, err = run(["create", name, "--template", "linux"], connection=conn)
+    conn.close()
+    assert code == EXIT_USAGE and "is not a valid name" in err  # new VMs keep the rule

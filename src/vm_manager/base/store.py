@@ -148,6 +148,19 @@ class VMStore:
         # The name is validated, so it cannot climb out of the folder ("../x") or hide.
         return self.vms_dir / f"{validate_name(name)}.json"
 
+    @staticmethod
+    def may_have_settings(name: str) -> bool:
+        """Only VMs NeuronOS made have settings, and it makes only names ``validate_name``
+        allows: a domain named otherwise ("win 11 (gaming)", made by virt-manager) has none
+        and every command still works on it."""
+        from .errors import InvalidConfig
+
+        try:
+            validate_name(name)
+        except InvalidConfig:
+            return False
+        return True
+
     def names(self) -> list[str]:
         """Names with a saved settings file, sorted; cheap (one directory listing)."""
         try:
@@ -195,6 +208,8 @@ class VMStore:
     def owner(self, name: str) -> str | None:
         """The UUID of the domain the saved settings of ``name`` were written for; None when
         there are none, they are unreadable, or they are from before UUIDs were kept."""
+        if not self.may_have_settings(name):
+            return None
         try:
             return _uuid_of(json.loads(read_small_file(self.path_for(name),
                                                        MAX_SETTINGS_BYTES)))
@@ -203,7 +218,7 @@ class VMStore:
 
     def belongs(self, name: str, uuid: str | None) -> bool:
         """Whether saved settings of ``name`` exist and may be this domain's (``uuid``)."""
-        if not self.path_for(name).exists():
+        if not self.may_have_settings(name) or not self.path_for(name).exists():
             return False
         owner = self.owner(name)
         return owner is None or not uuid or owner == uuid.lower()
@@ -217,6 +232,8 @@ class VMStore:
         """
         from .vm_config import VMConfig
 
+        if not self.may_have_settings(name):
+            return None
         path = self.path_for(name)
         try:
             text = read_small_file(path, MAX_SETTINGS_BYTES)
@@ -274,6 +291,8 @@ class VMStore:
     def delete(self, name: str, uuid: str | None = None) -> bool:
         """Remove the saved settings of ``name``; with ``uuid``, only if they are that
         domain's (settings written for another VM of the name are left alone)."""
+        if not self.may_have_settings(name):
+            return False
         path = self.path_for(name)
         if uuid and not self.belongs(name, uuid):
             return False
