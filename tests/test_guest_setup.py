@@ -639,6 +639,14 @@ def test_setup_restart_of_a_cloud_vm_gives_cloud_init_a_new_instance(world, clou
                     "/meta-data", str(images / "m")], capture_output=True, check=True)
     vm_uuid = conn.execute(lambda c: c.lookupByName("lin").UUIDString())
     assert yaml.safe_load((images / "m").read_text())["instance-id"] == f"iid-{vm_uuid}-2"
+    disk = images / "lin.qcow2"
+    before = disk.read_bytes()
+    conn.execute(lambda c: c.lookupByName("lin").snapshotCreateXML(  # issue 27, item 3
+        "<domainsnapshot><name>s1</name></domainsnapshot>", 0))
+    code, _, err = run(world, "setup-restart", "lin", "--wipe-disk")
+    assert code == 2 and "has snapshots (s1), held inside its disk" in err, err
+    assert disk.read_bytes() == before  # the disk and its snapshots are as they were
+    conn.execute(lambda c: c.lookupByName("lin").snapshotLookupByName("s1").delete(0))
     code, _, err = run(world, "setup-restart", "lin", "--wipe-disk")
     assert code == 0, err
     info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json",

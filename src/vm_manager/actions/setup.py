@@ -120,6 +120,10 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
     setup_info, live = tracker.info(name)
     restartable = setup_info is not None and (setup_info.stage != "ready" or (
         wipe_disk and setup_info.kind == "cloud-init"))  # else refused below, VM untouched
+    if wipe_disk:
+        from ..core.setup_restart import refuse_wiping_snapshots
+
+        refuse_wiping_snapshots(tracker.connection, name)  # before anything is stopped
     stopped = bool(force and live["active"] and restartable)
     if stopped:
         lifecycle.stop(name, method=ShutdownMethod.FORCE)

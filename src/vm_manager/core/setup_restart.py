@@ -95,6 +95,18 @@ def _attach_medium(tracker: SetupTracker, name: str, kind: str | None, medium: s
                                .attachDeviceFlags(fragment, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
 
 
+def refuse_wiping_snapshots(connection, name: str) -> None:
+    """A disk made empty again loses the snapshots inside it while libvirt still lists
+    them (a revert then fails): ``InvalidConfig`` naming them while any exist."""
+    names = connection.execute(lambda c: [snap.getName() for snap in connection.lookup(
+        c, name).listAllSnapshots(0)])
+    if names:
+        raise InvalidConfig("--wipe-disk", f"{name} has snapshots ({', '.join(sorted(names))}),"
+                            " held inside its disk: wiping the disk would destroy them; delete"
+                            f" them first (`neuron-vm snapshot delete {name} SNAP`), or keep"
+                            " the disk")
+
+
 def _wipe_disk(config: VMConfig, images_dir: Path, qemu_img: str, connection=None) -> str:
     """Make the VM's own disk empty again (same size; on the same cloud image): through its
     storage pool when it is a volume (libvirt makes it anew, where the VM runs), else with
