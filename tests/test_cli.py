@@ -289,3 +289,29 @@ def test_every_command_works_on_a_domain_whose_name_neuronos_would_not_give(
     code, _, err = run(["create", name, "--template", "linux"], connection=conn)
     conn.close()
     assert code == EXIT_USAGE and "is not a valid name" in err  # new VMs keep the rule
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("qemu+ssh://nosuchhost.invalid/system", "check that `ssh nosuchhost.invalid` works"),
+    ("qemu+tcp://127.0.0.1:1/system", "its libvirtd listens for tcp connections"),
+    ("http://example.invalid/", "libvirt has no http transport"),
+])
+def test_a_remote_host_that_cannot_be_reached_gets_a_remote_hint(uri, words):
+    """Issue 27, item 11: ssh and http failures were told to start the local libvirtd."""
+    code, _, err = run(["--connect", uri, "list"])
+    assert code == EXIT_FAILED and words in err and "systemctl start libvirtd" not in err, err
+
+
+def test_small_refusals_say_the_right_thing_and_make_nothing(tmp_path, monkeypatch):
+    """Issue 27, item 11: an unknown template is 'not found' (3); a relative
+    NEURONOS_IMAGES_DIR is exit 2 before a folder is made."""
+    code, _, err = run(["--connect", "test:///default", "templates", "show", "nope"])
+    assert code == EXIT_NOT_FOUND and "no template named 'nope'" in err
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", "relative/images")
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    code, _, err = run(["--connect", "test:///default", "create", "r1", "--template", "linux",
+                        "--network", "none"])
+    assert code == EXIT_USAGE and "NEURONOS_IMAGES_DIR: 'relative/images' is not an absolute" \
+        in err, err
+    assert not (tmp_path / "relative").exists()

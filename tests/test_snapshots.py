@@ -338,3 +338,18 @@ def test_text_no_xml_can_hold_is_exit_2_naming_the_field(vm, argv, field):
     assert err.getvalue().startswith(f"neuron-vm: {field}") and "internal" not in \
         err.getvalue(), err.getvalue()
     assert manager.list("win") == [] and not (images / "win.snapshots").exists()
+
+
+def test_a_snapshot_refused_for_space_leaves_no_folder_and_says_tenths(vm, monkeypatch):
+    """Issue 27, item 11: a refused snapshot left an empty NAME.snapshots/, and sizes were
+    cut to whole MiB (0.75 MiB free was "0 MiB")."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    manager, _, _, _, images = vm
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage",
+                        lambda path: usage(1 << 30, 1 << 30, 3 * 1048576 // 4))
+    with pytest.raises(OperationFailed, match=r"\(1\.0 MiB needed, 0\.8 MiB free\)"):
+        manager.create("win", "big")
+    assert not (images / "win.snapshots").exists()

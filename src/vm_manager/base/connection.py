@@ -52,7 +52,21 @@ def describe_open_failure(uri: str, error: libvirt.libvirtError) -> ConnectionFa
     message = (error.get_error_message() or str(error)).strip()
     code = error.get_error_code()
     lowered = message.lower()
-    if code == libvirt.VIR_ERR_NO_CONNECT or "no connection driver" in lowered:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme in ("http", "https"):
+        hint = ("libvirt has no http transport: a remote host is qemu+ssh://USER@HOST/system"
+                " (or qemu+tls://HOST/system)")
+    elif host and scheme.endswith("+ssh"):
+        hint = (f"check that `ssh {parts.netloc}` works from here without a question (SSH key,"
+                f" known host) and that libvirtd runs on {host}")
+    elif host and scheme.partition("+")[2] in ("tcp", "tls", ""):
+        hint = (f"check that {host} is reachable and its libvirtd listens for"
+                f" {scheme.partition('+')[2] or 'tls'} connections (or use qemu+ssh://{host}"
+                "/system)")
+    elif code == libvirt.VIR_ERR_NO_CONNECT or "no connection driver" in lowered:
         hint = "check the URI, e.g. qemu:///system, qemu:///session or test:///default"
     elif "permission denied" in lowered:
         hint = "add your user to the 'libvirt' group and log in again, or run with sudo"

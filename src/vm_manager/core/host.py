@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..base.errors import InvalidConfig
 from ..base.primitives import host_name, is_remote
 from ..base.storage_xml import read_volume
 from ..base.vm_config import VMConfig
@@ -41,7 +42,11 @@ def images_dir(uri: str, environ: dict | None = None) -> Path:
     URIs, ``~/.local/share/libvirt/images`` for session URIs."""
     env = os.environ if environ is None else environ
     if env.get("NEURONOS_IMAGES_DIR"):
-        return Path(env["NEURONOS_IMAGES_DIR"])
+        folder = env["NEURONOS_IMAGES_DIR"]
+        if not folder.startswith("/"):  # relative to what? refused before anything is made
+            raise InvalidConfig("NEURONOS_IMAGES_DIR", f"{folder!r} is not an absolute path"
+                                " (start it with /)")
+        return Path(folder)
     if uri.rstrip("/").endswith("session") or "/session?" in uri:
         return Path(os.path.expanduser("~")) / ".local" / "share" / "libvirt" / "images"
     return SYSTEM_IMAGES_DIR

@@ -219,9 +219,10 @@ class SnapshotManager:
         self.folder(vm).mkdir(mode=0o700, exist_ok=True)
         free = shutil.disk_usage(self.folder(vm)).free
         if free < need:
+            self._drop_empty_folder(vm)
             raise OperationFailed(f"not enough space in {self.folder(vm)} for the snapshot's"
-                                  f" NVRAM and TPM copies ({need >> 20} MiB needed, {free >> 20}"
-                                  " MiB free); nothing was made")
+                                  f" NVRAM and TPM copies ({_mib(need)} needed, {_mib(free)}"
+                                  " free); nothing was made")
         partial = target.with_name(f".{name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         try:
@@ -243,6 +244,7 @@ class SnapshotManager:
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             self._delete_disk_snapshot(vm, name)
+            self._drop_empty_folder(vm)
             raise
         log.info("snapshot %s of %s taken (%s)", name, vm, ", ".join(snap.files) or "disks")
         return snap
@@ -308,8 +310,11 @@ class SnapshotManager:
                 raise InvalidConfig("SNAP", f"{vm} has no snapshot {name!r}")
         self._delete_disk_snapshot(vm, name)
         shutil.rmtree(self.folder(vm) / name, ignore_errors=True)
+        self._drop_empty_folder(vm)
+
+    def _drop_empty_folder(self, vm: str) -> None:
         try:
-            self.folder(vm).rmdir()  # gone with its last snapshot
+            self.folder(vm).rmdir()  # gone with its last snapshot (or a refused first one)
         except OSError:
             pass
 
@@ -327,6 +332,10 @@ class SnapshotManager:
         except VMManagerError as error:
             log.warning("could not delete the disk snapshot %s of %s: %s", name, vm, error)
             raise
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1048576:.1f} MiB"  # 1.55 MiB is not "1 MiB"
 
 
 def _size(path: Path) -> int:

@@ -60,6 +60,12 @@ class TemplateError(VMCreationError):
     """A template is missing, has a syntax error (file and line named) or failed to render."""
 
 
+class TemplateNotFound(TemplateError):
+    """No template of that name (exit 3, as a VM that is not there)."""
+
+    exit_code = 3
+
+
 class TemplateLoader:
     def __init__(self, search_dirs: list[tuple[str, Path]] | None = None):
         if search_dirs is None:
@@ -84,7 +90,7 @@ class TemplateLoader:
             if path.is_file():
                 return TemplateInfo(name, path, origin)
         known = ", ".join(info.name for info in self.list_templates())
-        raise TemplateError(f"no template named {name!r}; available: {known}")
+        raise TemplateNotFound(f"no template named {name!r}; available: {known}")
 
     def list_templates(self) -> list[TemplateInfo]:
         """Every public template (names not starting with "_"), with where it comes from."""
