@@ -20,6 +20,7 @@ from typing import Callable, TypeVar
 import libvirt
 
 from . import guard
+from .open_failure import describe_open_failure
 from .errors import ConnectionFailed, OperationFailed, VMNotFound
 from .events import (  # noqa: F401 (re-exported: subscribers import them from here)
     CLOSE_REASONS,
@@ -45,36 +46,6 @@ RECONNECT_FIRST_DELAY_S = 0.1
 RECONNECT_MAX_DELAY_S = 5.0
 
 T = TypeVar("T")
-
-
-def describe_open_failure(uri: str, error: libvirt.libvirtError) -> ConnectionFailed:
-    """Turn libvirt's open error into a message that says what to check."""
-    message = (error.get_error_message() or str(error)).strip()
-    code = error.get_error_code()
-    lowered = message.lower()
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    scheme, host = parts.scheme.lower(), parts.hostname
-    if scheme in ("http", "https"):
-        hint = ("libvirt has no http transport: a remote host is qemu+ssh://USER@HOST/system"
-                " (or qemu+tls://HOST/system)")
-    elif host and scheme.endswith("+ssh"):
-        hint = (f"check that `ssh {parts.netloc}` works from here without a question (SSH key,"
-                f" known host) and that libvirtd runs on {host}")
-    elif host and scheme.partition("+")[2] in ("tcp", "tls", ""):
-        hint = (f"check that {host} is reachable and its libvirtd listens for"
-                f" {scheme.partition('+')[2] or 'tls'} connections (or use qemu+ssh://{host}"
-                "/system)")
-    elif code == libvirt.VIR_ERR_NO_CONNECT or "no connection driver" in lowered:
-        hint = "check the URI, e.g. qemu:///system, qemu:///session or test:///default"
-    elif "permission denied" in lowered:
-        hint = "add your user to the 'libvirt' group and log in again, or run with sudo"
-    elif "no such file" in lowered or "connection refused" in lowered or "socket" in lowered:
-        hint = "is libvirtd running? start it with: sudo systemctl start libvirtd"
-    else:
-        hint = "is libvirtd running and the URI right?"
-    return ConnectionFailed(uri, message, hint)
 
 
 def _is_connection_error(conn: libvirt.virConnect | None, error: libvirt.libvirtError) -> bool:
