@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -353,3 +354,40 @@ def test_a_snapshot_refused_for_space_leaves_no_folder_and_says_tenths(vm, monke
     with pytest.raises(OperationFailed, match=r"\(1\.0 MiB needed, 0\.8 MiB free\)"):
         manager.create("win", "big")
     assert not (images / "win.snapshots").exists()
+
+
+def test_a_snapshot_from_before_the_first_boot_reverts_to_no_nvram_and_no_tpm(vm):
+    """Issue 27, item 2: a snapshot taken before the VM first ran (no NVRAM, no TPM state
+    yet) kept the later NVRAM and TPM on revert: a mixed state. Now they go too (the safety
+    snapshot holds them until the revert is done; libvirt and swtpm make fresh ones)."""
+    manager, _, nvram, tpm, images = vm
+    nvram.unlink()
+    shutil.rmtree(tpm)
+    s0 = manager.create("win", "s0")
+    assert s0.files == [] and s0.complete
+    nvram.write_bytes(b"VARS later")
+    (tpm / "tpm2").mkdir(parents=True)
+    (tpm / "tpm2" / "tpm2-00.permall").write_bytes(b"later")
+    manager.revert("win", "s0")
+    assert not nvram.exists() and not tpm.exists()
+    assert [s.name for s in manager.list("win")] == ["s0"]  # the safety snapshot is gone
+
+
+def test_the_copies_are_found_from_the_vm_and_a_revert_without_them_changes_nothing(
+        vm, tmp_path):
+    """Issue 27, item 2: with another NEURONOS_IMAGES_DIR a revert found no copies and
+    reverted the disk alone ("back at s3 (disks)", rc 0). The copies live next to the VM's
+    disk and are found from it; copies that are missing refuse the revert, nothing changed."""
+    manager, conn, nvram, tpm, images = vm
+    manager.create("win", "s3")
+    nvram.write_bytes(b"VARS after s3")
+    elsewhere = SnapshotManager(conn, tmp_path / "another-images", manager.state_root)
+    elsewhere.revert("win", "s3")
+    assert nvram.read_bytes().startswith(b"VARS") and nvram.read_bytes() != b"VARS after s3"
+    nvram.write_bytes(b"VARS after the revert")
+    shutil.rmtree(images / "win.snapshots" / "s3" / "nvram", ignore_errors=True)
+    (images / "win.snapshots" / "s3" / "nvram").unlink(missing_ok=True)
+    before = digest(tpm)
+    with pytest.raises(OperationFailed, match="the nvram copies of 's3' are missing"):
+        manager.revert("win", "s3")
+    assert nvram.read_bytes() == b"VARS after the revert" and digest(tpm) == before

@@ -271,3 +271,38 @@ def test_a_volume_reads_like_a_local_file(system_daemon, tmp_path):
         remove_pool(conn, folder)
         conn.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.daemon
+def test_a_pool_whose_folder_was_deleted_is_built_again(system_daemon, tmp_path):
+    """Issue 27, item 12: the images folder of a NeuronOS pool deleted by hand (the pool
+    stays defined and autostarted): the next creation made libvirt's raw "cannot open
+    directory" at step 'disk'. Now the folder is made again (0711) and the disk in it."""
+    images = Path(f"/var/lib/libvirt/images/neuron-gone-{uuid.uuid4().hex[:6]}")
+    names = [f"neuron-gone-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    conn = LibvirtConnection(system_daemon)
+    store = VMStore(tmp_path / "config")
+    config = dict(vm_type="linux", disk_size_gb=1, network="none", domain_type="qemu")
+    try:
+        creator = VMCreator(conn, store=store, images_dir=images)
+        creator.create(VMConfig(name=names[0], **config), force=True)
+        remove_domain(conn, names[0])
+        shutil.rmtree(images)  # by hand; the pool is still defined, active, autostarted
+        from vm_manager.doctor.host_check import check_libvirt
+
+        checks = check_libvirt(system_daemon)  # doctor names it, with its fix
+        stale = [check for check in checks if check.name == "storage pools"]
+        assert stale and str(images) in stale[0].detail and "pool-undefine" in stale[0].fix
+        result = creator.create(VMConfig(name=names[1], **config), force=True)
+        assert not [c for c in check_libvirt(system_daemon) if c.name == "storage pools"]
+        assert Path(result.disk_path).read_bytes()[:4] == b"QFI\xfb"
+        assert images.stat().st_mode & 0o777 == 0o711
+        pools = conn.execute(lambda c: [p for p in c.listAllStoragePools(0)
+                                        if storage_xml.pool_folder(p.XMLDesc(0)) == str(images)])
+        assert len(pools) == 1 and pools[0].isActive()  # the same pool, not a second one
+    finally:
+        for name in names:
+            remove_domain(conn, name)
+        remove_pool(conn, images)
+        conn.close()
+        shutil.rmtree(images, ignore_errors=True)

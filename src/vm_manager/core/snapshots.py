@@ -85,6 +85,7 @@ class SnapshotManager:
         self.images_dir = Path(images_dir)
         self.state_root = Path(state_root)
         self._held = threading.local()
+        self._folders: dict[str, Path] = {}
 
     @contextlib.contextmanager
     def _serialized(self):
@@ -117,7 +118,11 @@ class SnapshotManager:
     # --- reading ----------------------------------------------------------------------------
 
     def folder(self, vm: str) -> Path:
-        return self.images_dir / f"{vm}.snapshots"
+        """Where ``vm``'s NVRAM and TPM copies live: next to its disk (found from the VM,
+        whatever NEURONOS_IMAGES_DIR says now; ``snapshots_folder``)."""
+        if vm not in self._folders:
+            self._domain(vm)
+        return self._folders[vm]
 
     def _domain(self, vm: str):
         def read(conn):
@@ -126,7 +131,9 @@ class SnapshotManager:
                     [s.getXMLDesc(0) for s in dom.listAllSnapshots(0)])
 
         xml, active, snapshots = self.connection.execute(read, idempotent=True)
-        return read_domain(xml), active, snapshots
+        domain = read_domain(xml)
+        self._folders[vm] = snapshots_folder(domain, self.images_dir)
+        return domain, active, snapshots
 
     def list(self, vm: str) -> list[Snapshot]:
         """Every snapshot libvirt knows for ``vm`` (virsh's too), oldest first."""
@@ -265,6 +272,12 @@ class SnapshotManager:
         snap = next((s for s in self.list(vm) if s.name == name), None)
         if snap is None:
             raise InvalidConfig("SNAP", f"{vm} has no snapshot {name!r}")
+        missing = [kind for kind in snap.files if not (self.folder(vm) / name / kind).exists()]
+        if missing:
+            raise OperationFailed(f"the {' and '.join(missing)} copies of {name!r} are missing"
+                                  f" from {self.folder(vm) / name}: nothing was changed (a"
+                                  " revert brings disks, NVRAM and TPM back together or not"
+                                  " at all)")
         safety = f"{SAFETY_PREFIX}{uuid_module.uuid4().hex[:8]}"
         self._take(vm, domain, safety, "taken before a revert; deleted after it")
         try:
@@ -296,6 +309,8 @@ class SnapshotManager:
         for kind, path in self._state_files(domain):
             if snap is not None and kind in snap.files:
                 _restore_copy(saved / kind, path)
+            elif snap is not None and snap.complete:  # none yet when it was taken: none now
+                _remove_state(path)
 
     # --- deleting ---------------------------------------------------------------------------
 
@@ -332,6 +347,24 @@ class SnapshotManager:
         except VMManagerError as error:
             log.warning("could not delete the disk snapshot %s of %s: %s", name, vm, error)
             raise
+
+
+def snapshots_folder(domain, images_dir: Path) -> Path:
+    """The folder of a VM's snapshot copies: ``NAME.snapshots`` next to its first disk file
+    (where NeuronOS made it), else in ``images_dir``."""
+    disk = next((d.source for d in domain.disks if d.device == "disk" and d.source
+                 and d.type == "file"), None)
+    folder = Path(disk).parent if disk else Path(images_dir)
+    return folder / f"{domain.name}.snapshots"
+
+
+def _remove_state(path: Path) -> None:
+    """The NVRAM file or TPM state a snapshot taken before them did not have (libvirt makes
+    the NVRAM from its template at the next start, swtpm a fresh TPM)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _mib(size: int) -> str:

@@ -73,9 +73,31 @@ def images_pool(conn: libvirt.virConnect, folder: Path | str) -> libvirt.virStor
             raise VMCreationError(f"libvirt could not make the images folder {folder}:"
                                   f" {error.get_error_message()}", step="disk") from None
         pool.setAutostart(1)
-    if not pool.isActive():
-        pool.create(0)
+    try:
+        if pool.isActive():
+            pool.refresh(0)  # fails when its folder was deleted since (and stops the pool)
+        else:
+            pool.create(0)
+    except libvirt.libvirtError as error:
+        _rebuild(pool, folder, error)
     return pool
+
+
+def _rebuild(pool: libvirt.virStoragePool, folder: Path | str,
+             error: libvirt.libvirtError) -> None:
+    """A pool whose folder is gone (deleted by hand, a temporary folder): the folder is made
+    again (0711, by libvirt's pool build, where the VM runs) and the pool started."""
+    log.info("the folder %s of storage pool %s is not usable (%s): building it again",
+             folder, pool.name(), error.get_error_message())
+    try:
+        if pool.isActive():
+            pool.destroy()
+        pool.build(0)
+        pool.create(0)
+    except libvirt.libvirtError as again:
+        raise VMCreationError(f"the images folder {folder} (storage pool {pool.name()}) cannot"
+                              f" be used: {error.get_error_message()}; making it again failed:"
+                              f" {again.get_error_message()}", step="disk") from None
 
 
 def _free_name(conn: libvirt.virConnect, path: str, step: str, claim=None,

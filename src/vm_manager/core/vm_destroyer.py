@@ -203,7 +203,9 @@ class VMDestroyer:
             shm: Path | None = shm_path(name, self.shm_dir)
         except InvalidConfig:
             settings = shm = None
-        folder = managed / f"{name}.snapshots"
+        from .snapshots import snapshots_folder
+
+        folder = snapshots_folder(domain, managed)
         plans = []
         for delete_disks in choices:
             flags = (UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA

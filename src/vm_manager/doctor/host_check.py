@@ -184,8 +184,9 @@ def check_console_viewer(root: Path, environ: dict | None = None) -> Check:
                  " (Arch)")
 
 
-def check_libvirt(uri: str) -> tuple[Check, Check]:
-    """libvirtd reachable, and the state of the 'default' network (never started here)."""
+def check_libvirt(uri: str) -> tuple[Check, ...]:
+    """libvirtd reachable, the state of the 'default' network (never started here), and
+    NeuronOS's storage pools whose folder is gone (only when there are such)."""
     from ..base.errors import ConnectionFailed, OperationFailed
 
     try:
@@ -215,9 +216,9 @@ def check_libvirt(uri: str) -> tuple[Check, Check]:
                 network = "active" if net.isActive() else "inactive"
             except Exception:  # noqa: BLE001 - missing network
                 network = "missing"
-            return version, hyper, network
+            return version, hyper, network, _stale_pools(conn, uri)
 
-        version, hyper, network = connection.execute(facts)
+        version, hyper, network, stale = connection.execute(facts)
     except OperationFailed as error:
         return (Check("libvirtd", FAIL, str(error)), Check("default network", WARN, "unknown"))
     finally:
@@ -240,7 +241,30 @@ def check_libvirt(uri: str) -> tuple[Check, Check]:
             "sudo virsh net-start default && sudo virsh net-autostart default, or create VMs"
             " with --network none",
         )
+    if stale:  # shown only when there is something to say
+        return libvirt_check, net_check, Check(
+            "storage pools", WARN, "NeuronOS's pools of folders that are gone:"
+            f" {', '.join(stale)} (a new disk in such a folder makes the folder again)",
+            "; ".join(f"sudo virsh pool-destroy {name}; sudo virsh pool-undefine {name}"
+                      for name in stale.values()))
     return libvirt_check, net_check
+
+
+def _stale_pools(conn, uri: str) -> dict[str, str]:
+    """NeuronOS's storage pools (neuronos-images*) whose folder no longer exists on this
+    computer: {folder: pool name}; none for a remote host (its folders are not here)."""
+    from ..base.primitives import is_remote
+    from ..base.storage_xml import pool_folder
+
+    if is_remote(uri) or uri.startswith("test:"):
+        return {}
+    stale = {}
+    for pool in conn.listAllStoragePools(0):
+        if pool.name().startswith("neuronos-images"):
+            folder = pool_folder(pool.XMLDesc(0))
+            if folder and not os.path.isdir(folder):
+                stale[folder] = pool.name()
+    return stale
 
 
 def check_groups(root: Path, user: str) -> Check:
