@@ -106,6 +106,7 @@ def test_the_app_starts_on_x11_and_shows_a_usable_window(xserver, three_vm_uri, 
         assert shot.stat().st_size > 5000
         print(f"X11 window {width}x{height}, screenshot {shot}")
     finally:
-        app.terminate()
+        app.terminate()  # SIGTERM: closed as by its close button (issue 27, item 4)
         app.wait(timeout=10)
+    assert app.returncode == 0, log.read_text()
     assert "Could not load the Qt platform plugin" not in log.read_text()

@@ -52,10 +52,30 @@ def open_console(ctx: Context, name: str, wait: bool = False) -> ConsoleSession:
     argv = viewer_argv(ctx.uri, name, viewer)
     guard.check("virt-viewer")
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=not wait)
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     if wait:
-        code = process.wait()
+        try:
+            code = process.wait()
+        except BaseException:  # Ctrl-C, SIGTERM, SIGHUP: the viewer and its children go too
+            _end_group(process)
+            raise
         return ConsoleSession(name, argv, process.pid, code,
                               f"the console window closed (exit status {code})")
     return ConsoleSession(name, argv, process.pid, None,
                           f"console opened in virt-viewer (pid {process.pid})")
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the viewer's process group (it and whatever it started), SIGKILL after 5 s."""
+    import signal
+
+    for signum, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -103,6 +103,11 @@ def main(
 
     try:
         code = args.run(ctx)
+        if TERMINATED:  # the command ended what it started, as for Ctrl-C
+            signum = TERMINATED[0]
+            print(f"{PROG}: stopped by {_signal_name(signum)}", file=err)
+            ctx.finish_json(RuntimeError(f"stopped by {_signal_name(signum)}"), 128 + signum)
+            return 128 + signum
         ctx.finish_json()
         return code
     except VMManagerError as error:
@@ -112,9 +117,11 @@ def main(
         ctx.finish_json(error, error.exit_code)
         return error.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=err)
-        ctx.finish_json(RuntimeError("interrupted"), 130)
-        return 130
+        signum = TERMINATED[0] if TERMINATED else 2  # SIGINT: 130, SIGTERM: 143, SIGHUP: 129
+        print(f"{PROG}: {'interrupted' if signum == 2 else 'stopped by ' + _signal_name(signum)}",
+              file=err)
+        ctx.finish_json(RuntimeError("interrupted"), 128 + signum)
+        return 128 + signum
     except BrokenPipeError:  # `neuron-vm list | head`
         return EXIT_OK
     except Exception as error:  # a bug: still one line, the traceback with -v
@@ -128,9 +135,31 @@ def main(
         ctx.close()
 
 
+TERMINATED: list[int] = []  # the SIGTERM or SIGHUP that stopped this run
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: the command ends what it started (the Looking
+    Glass client, the viewer, following a setup), says its last state, exits 128+n."""
+
+
+def _terminate(signum, _frame) -> None:
+    if not TERMINATED:
+        TERMINATED.append(signum)
+        raise Terminated(signum)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
 def run() -> None:
     import faulthandler
     import signal
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     sys.exit(main())

@@ -251,6 +251,14 @@ def follow_setup(ctx: CommandContext, name: str, display: bool):
             while end is None:
                 end = journey.wait(0.5)  # a timeout keeps Ctrl-C responsive
         except KeyboardInterrupt:
+            from ..actions.setup import status
+
+            try:
+                stage = status(ctx.actions, name).stage
+            except Exception:  # noqa: BLE001 - the daemon may be going away too
+                stage = "unknown"
+            ctx.print(f"{name}: stopped following at stage {stage}; the VM runs on and its"
+                      f" setup goes on (`neuron-vm setup-status {name}`)")
             return EXIT_OK
         finally:
             journey.close()

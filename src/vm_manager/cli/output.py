@@ -196,5 +196,5 @@ def follow_display(session) -> int:
         while not session.closed:
             session.wait(0.5)  # a timeout keeps Ctrl-C responsive
     except KeyboardInterrupt:
-        session.close()
+        session.close()  # the client it started stops with it (Ctrl-C, SIGTERM, SIGHUP)
     return EXIT_FAILED if session.failed else EXIT_OK

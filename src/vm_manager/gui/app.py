@@ -32,7 +32,7 @@ from ..actions import Context  # noqa: E402
 from ..actions.power import allowed_operations  # noqa: E402
 from ..base.primitives import VMState, host_name, is_remote  # noqa: E402
 from ..base.log import get_logger  # noqa: E402
-from .widgets import Banner, EventBridge, Tasks, notify_desktop  # noqa: E402
+from .widgets import Banner, EventBridge, Tasks, notify_desktop, quit_on_signals  # noqa: E402
 from .vm_list import VMRow, VMTable, VMTableModel  # noqa: E402
 from .commands import Commands  # noqa: E402
 from .connections import Connections  # noqa: E402
@@ -428,7 +428,6 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="neuron-vm-gui",
                                      description="NeuronOS VM Manager (desktop app)")
@@ -442,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     guard.forbid_blocking_calls(strict=False)  # a slip onto the UI thread is logged
     window = MainWindow(uri=args.connect)
     window.show()
+    quit_on_signals(app, window)  # SIGTERM and SIGHUP close it as its close button does
     return app.exec()
 
 

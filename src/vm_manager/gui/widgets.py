@@ -272,3 +272,22 @@ def with_browse(field: QLineEdit, filter_text: str | None) -> QWidget:
     row.addWidget(field, 1)
     row.addWidget(button)
     return box
+
+
+def quit_on_signals(app, window) -> None:
+    """SIGTERM, SIGHUP and SIGINT close the window as its close button does (the Looking
+    Glass clients and connections it opened are closed with it), then the app quits. Python
+    runs signal handlers only between Qt events: a timer gives it a chance twice a second."""
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    def close(_signum, _frame) -> None:
+        window.close()
+        app.quit()
+
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, close)
+    ticker = QTimer(window)
+    ticker.timeout.connect(lambda: None)
+    ticker.start(500)
