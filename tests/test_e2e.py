@@ -141,7 +141,7 @@ def test_events_cli_streams_changes_until_ctrl_c(system, define, tiny_guest):
         try:
             _, err = watcher.communicate(timeout=30)
         except subprocess.TimeoutExpired:  # say where it hangs: every thread's stack
-            watcher.send_signal(signal.SIGUSR1)
+            watcher.send_signal(signal.SIGUSR2)
             time.sleep(2)
             watcher.kill()
             _, err = watcher.communicate()

@@ -159,7 +159,10 @@ def run() -> None:
     import faulthandler
     import signal
 
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2: every thread's stack
+    # Ctrl-C stops a command even when it was started with SIGINT ignored (Python then sets
+    # no KeyboardInterrupt handler: a background job of a shell script, `cmd &`)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
     sys.exit(main())
