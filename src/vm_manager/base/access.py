@@ -103,3 +103,65 @@ def unreadable_to(folder: Path, user: str) -> str | None:
             return (f"{user} cannot {verb} {path} (owner {owner},"
                     f" mode {stat.S_IMODE(info.st_mode):04o}{rules})")
     return None
+
+
+MAX_SCANNED = 20000  # entries of a shared folder looked at; a bigger tree is checked so far
+
+
+def hidden_inside(folder: Path, user: str, limit: int = MAX_SCANNED) -> str | None:
+    """Why ``user`` may not have the VM see all of ``folder``: the first entry inside it
+    they could not read themselves (the VM's file server runs as root and would show it),
+    named with its owner and mode; None when there is none among the first ``limit``."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    if entry.pw_uid == 0:
+        return None
+    groups = set(os.getgrouplist(user, entry.pw_gid))
+    pending, seen = [folder], 0
+    while pending and seen < limit:
+        try:
+            children = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for child in children:
+            seen += 1
+            try:
+                info = child.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                continue  # the file server does not follow a link out of the folder
+            directory = stat.S_ISDIR(info.st_mode)
+            want = READ | EXECUTE if directory else READ
+            if info.st_uid != entry.pw_uid and not allows(info, entry.pw_uid, groups, want,
+                                                           read_acl(child.path)):
+                try:
+                    owner = pwd.getpwuid(info.st_uid).pw_name
+                except KeyError:
+                    owner = str(info.st_uid)
+                return (f"it holds {child.path} (owner {owner}, mode"
+                        f" {stat.S_IMODE(info.st_mode):04o}), which {user} cannot read")
+            if directory:
+                pending.append(Path(child.path))
+    return None
+
+
+def others_homes_inside(folder: Path, user: str, accounts=None) -> str | None:
+    """Why ``folder`` is not ``user``'s to share: it is, or holds, another person's home
+    (``/home`` holds everyone's); None when it holds none. ``accounts``: ``pwd`` entries
+    (default: this computer's)."""
+    import pwd
+
+    real = os.path.realpath(folder).rstrip("/") or "/"
+    for person in (pwd.getpwall() if accounts is None else accounts):
+        home = os.path.realpath(person.pw_dir or "/").rstrip("/") or "/"
+        if person.pw_name == user or person.pw_uid < 1000 or home in ("/", "/nonexistent"):
+            continue  # system accounts: their folders are the system's rules' business
+        if home == real or home.startswith(real.rstrip("/") + "/"):
+            return (f"it is the home of {person.pw_name}, another user" if home == real else
+                    f"it holds {home}, the home of {person.pw_name}, another user")
+    return None

@@ -221,16 +221,18 @@ def plan_shares(config: VMConfig, facts: HostFacts, warnings: list[str]
         raise InvalidConfig("shares", "shared folders of a remote host are checked on that"
                             " host (owner, rights, system folders): not from here yet; add"
                             " them with virt-manager on it")
-    specs = []
+    specs: list[ShareSpec] = []
     images = str(facts.images_dir).rstrip("/")
     for share in config.shares:
         fact = facts.path(share.path)
         real = (fact.real or share.path).rstrip("/") or "/"
+        twin = next((spec for spec in specs if spec.source == real), None)
+        if twin is not None:
+            raise InvalidConfig("shares.path", f"{share.path} is shared already, as"
+                                f" {twin.tag!r}" + (f" ({real})" if real != share.path else "")
+                                + ": a folder is shared once")
         if fact.kind != "dir":
             raise InvalidConfig("shares.path", f"{share.path} is not a folder that exists")
-        if fact.unreadable:
-            raise InvalidConfig("shares.path", f"{share.path} cannot be shared:"
-                                f" {fact.unreadable}; share a folder you can open yourself")
         if share.readonly and (facts.libvirt_version or 0) < READ_ONLY_SHARES:
             raise InvalidConfig("shares.readonly", "read-only shared folders need libvirt 11.0"
                                 f" or newer; this host has {_version(facts.libvirt_version)}:"
@@ -242,6 +244,9 @@ def plan_shares(config: VMConfig, facts: HostFacts, warnings: list[str]
                 f"inside {inside[0]}" if inside else f"it holds the images folder {images}"
             raise InvalidConfig("shares.path", f"{share.path} ({real}) cannot be shared:"
                                 f" {why}; share a folder of your own")
+        if fact.unreadable:
+            raise InvalidConfig("shares.path", f"{share.path} cannot be shared:"
+                                f" {fact.unreadable}; share a folder you can open yourself")
         if real in ("/root", "/home") or (real.startswith("/home/") and real.count("/") == 2):
             warnings.append(f"{real} is a whole home folder: the VM can read and change"
                             " everything in it")
