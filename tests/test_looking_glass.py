@@ -26,6 +26,7 @@ from vm_manager.core.looking_glass import (
 from vm_manager.display.lg_client import build_argv, client_release
 from vm_manager.display.lgmp import read_header, wait_for_host
 from support.fakes import FakeDomain, FakeLGHost, FakeSpiceServer
+from vm_manager.base.primitives import VMState
 
 FAKE = Path(__file__).parent / "bin" / "looking-glass-client"
 AS_ROOT = os.geteuid() == 0
@@ -592,3 +593,34 @@ def test_a_vm_without_spice_graphics_is_shown_without_spice(lg, make_host):
     assert "spice:enable=no" in recorded(record)[-1]
     starting = next(c.reason for c in seen if c.new == LGState.STARTING)
     assert "no SPICE graphics" in starting and "keyboard, mouse and clipboard" in starting
+
+
+def test_a_client_that_ends_as_its_vm_goes_says_the_vm_stopped(lg, make_host):
+    """Issue 27, item 5: B7 exits 0 by itself when the VM goes (its SPICE server with it),
+    before NeuronOS stops it; the outcome is decided from the VM's state at that moment,
+    not from log lines: "the VM stopped", never "closed by the user" nor a restart. The
+    same drop while the VM runs is a failure, and the client is started again."""
+    make, shm, _, _ = lg
+    uri = make_host([FakeDomain("vm1", VMState.RUNNING)])
+    with LibvirtConnection(uri) as conn:
+        manager = make(connection=conn)
+        host = FakeLGHost(shm).start()
+        try:
+            spice = FakeSpiceServer()
+            manager.start("vm1", LGClientConfig("vm1", shm_path=shm, spice_port=spice.port))
+            assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+            spice.close()  # a drop while the VM runs: a failure, restarted
+            assert manager.wait_for_state("vm1", {LGState.RESTARTING, LGState.ERROR}, 10) \
+                == LGState.RESTARTING, manager.reason("vm1")
+            manager.stop("vm1")
+            spice = FakeSpiceServer()
+            manager.start("vm1", LGClientConfig("vm1", shm_path=shm, spice_port=spice.port))
+            assert manager.wait_for_state("vm1", {LGState.RUNNING}, 10) == LGState.RUNNING
+            conn.execute(lambda c: c.lookupByName("vm1").destroy())  # the VM goes...
+            spice.close()  # ...and its SPICE server with it: the client exits by itself
+            assert manager.wait_for_state("vm1", {LGState.STOPPED, LGState.RESTARTING,
+                                                  LGState.ERROR}, 10) == LGState.STOPPED
+            assert manager.reason("vm1").startswith("the VM stopped; its window closed"), \
+                manager.reason("vm1")
+        finally:
+            host.stop()

@@ -40,7 +40,7 @@ from ..display.lg_client import (
     judge_exit, read_log_tail, release_note, user_id, stop_by_pid_file,
 )
 from ..display.lgmp import Heartbeat, HostHeader, wait_for_host
-from ..base.errors import LookingGlassError, OperationTimedOut, VMManagerError
+from ..base.errors import LookingGlassError, OperationTimedOut, VMManagerError, VMNotFound
 from ..base.store import private_folder
 from ..base.primitives import Subscribers, VMState, validate_name
 from ..base.log import get_logger
@@ -281,6 +281,10 @@ class LookingGlassManager:
             if restart_now:
                 continue  # fullscreen toggle: not a failure
             config = entry.config
+            if self._vm_running(vm_name) is False:  # the VM's state decides, not the log:
+                self._set(vm_name, LGState.STOPPED, "the VM stopped; its window closed with"
+                          f" it (exit status {code})")  # B7 exits 0 as SPICE goes away
+                return
             ended = judge_exit(code, read_log_tail(self.log_path(vm_name), offset),
                                (config.spice_host, config.spice_port) if config.spice else None)
             if not ended.failed:
@@ -300,6 +304,18 @@ class LookingGlassManager:
             if entry.cancel.wait(delay):
                 break
         self._set(vm_name, LGState.STOPPED, "stopped")
+
+    def _vm_running(self, vm_name: str) -> bool | None:
+        """Whether the VM runs now (paused counts), as libvirt says; None when unknown."""
+        if self.connection is None:
+            return None
+        try:
+            return bool(self.connection.execute(
+                lambda conn: self.connection.lookup(conn, vm_name).isActive()))
+        except VMNotFound:  # undefined: it does not run
+            return False
+        except VMManagerError:  # libvirt unreachable: the log decides
+            return None
 
     def _watch(self, vm_name: str, entry: _Client) -> int:
         """Wait for the client to exit (its exit status); "running" once it survived its
