@@ -361,3 +361,35 @@ def test_info_is_the_details_pane_as_text(make_host, tmp_path):
     for lines, section in zip(printed, pane.sections):
         assert [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]] \
             == [(label, value) for label, value in section.rows]
+
+
+def test_display_of_a_paused_vm_waits_for_it_to_run_again(lg_world, monkeypatch):
+    """Issue 27, item 5: `display` of a paused VM was refused ("is not running"); it now
+    says it waits, and the window opens when the VM is resumed."""
+    name, conn, store, client, run_as, logs = lg_world
+    monkeypatch.setenv("NEURONOS_LG_CLIENT", str(client))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(store.config_dir))
+    monkeypatch.setenv("XDG_STATE_HOME", str(logs))
+    with guard.allowed():
+        conn.execute(lambda c: c.lookupByName(name).create())
+        conn.execute(lambda c: c.lookupByName(name).suspend())
+    out, code = io.StringIO(), []
+    argv = ["display", name] + (["--user", run_as] if run_as else [])
+    thread = threading.Thread(target=lambda: code.append(main(argv, connection=conn, out=out,
+                                                               err=io.StringIO())))
+    thread.start()
+    deadline = time.monotonic() + 15
+    while f"{name} is paused: the window opens when it runs again" not in out.getvalue():
+        assert time.monotonic() < deadline and thread.is_alive(), out.getvalue()
+        time.sleep(0.05)
+    with guard.allowed():
+        conn.execute(lambda c: c.lookupByName(name).resume())
+    while f"{name}: running" not in out.getvalue():
+        assert time.monotonic() < deadline + 15 and thread.is_alive(), out.getvalue()
+        time.sleep(0.05)
+    with guard.allowed():
+        conn.execute(lambda c: c.lookupByName(name).destroy())
+    thread.join(timeout=30)
+    assert code == [0], out.getvalue()
+    assert f"(its log: {logs}" in out.getvalue() or "/.local/state/neuronos/looking-glass/" \
+        in out.getvalue(), out.getvalue()  # the client's log: said where it is

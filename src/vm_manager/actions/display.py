@@ -89,7 +89,8 @@ def open_display(ctx: Context, request: DisplayRequest,
                       f" here with `neuron-vm --connect {ctx.uri} console {request.name}`")
     ctx.lifecycle.require(request.name)
     config = replace(config_for(ctx, request.name), fullscreen=request.fullscreen)
-    if ctx.lifecycle.get_state(request.name) != VMState.RUNNING:
+    state = ctx.lifecycle.get_state(request.name)
+    if state not in (VMState.RUNNING, VMState.PAUSED):
         raise LifecycleError(f"{request.name!r} is not running: start it with `neuron-vm"
                              f" start {request.name} --display`")
     manager = ctx.looking_glass(run_as=request.user)
@@ -97,7 +98,10 @@ def open_display(ctx: Context, request: DisplayRequest,
         manager.subscribe(lambda change: on_change(change)
                           if change.vm_name == request.name else None)
     ctx.displays[request.name] = config  # from now on it follows the VM's lifecycle
-    manager.start(request.name, config)
+    if state == VMState.PAUSED:  # it opens when the VM runs again (said so)
+        manager.await_resume(request.name, config)
+    else:
+        manager.start(request.name, config)
     return DisplaySession(request.name, manager)
 
 

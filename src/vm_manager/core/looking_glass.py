@@ -30,19 +30,19 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from .lg_lifecycle import FollowsLifecycle, LGState, LGStateChange, _Client
 from ..display.lg_client import (
     LGClientConfig, as_user, build_argv, client_release, default_log_dir, find_client,
-    judge_exit, read_log_tail, release_note, user_id, stop_by_pid_file,
+    judge_exit, read_log_tail, release_note, user_credentials, user_id, stop_by_pid_file,
 )
-from ..display.lgmp import Heartbeat, HostHeader, wait_for_host
+from ..display.lgmp import Heartbeat, wait_for_host
 from ..base.errors import LookingGlassError, OperationTimedOut, VMManagerError, VMNotFound
 from ..base.store import private_folder
-from ..base.primitives import Subscribers, VMState, validate_name
+from ..base.primitives import Subscribers, validate_name
 from ..base.log import get_logger
 
 __all__ = ["LGClientConfig", "LGState", "LGStateChange", "LookingGlassError",
@@ -55,43 +55,7 @@ NO_SPICE = ("this VM has no SPICE graphics: the window shows the guest, but keyb
             " and clipboard do not reach it (they go through SPICE); add SPICE graphics to"
             " the VM to use them")
 
-class LGState(str, Enum):
-    STOPPED = "stopped"
-    WAITING = "waiting-for-host"
-    STARTING = "starting"
-    RUNNING = "running"
-    HOST_STOPPED = "host-stopped"  # the window is open, the guest's host app is gone
-    RESTARTING = "restarting"
-    ERROR = "error"
-
-
-# --- supervision ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LGStateChange:
-    vm_name: str
-    old: LGState
-    new: LGState
-    reason: str
-    timestamp: float
-
-
-@dataclass
-class _Client:
-    config: LGClientConfig
-    state: LGState = LGState.STOPPED
-    reason: str = ""
-    process: subprocess.Popen | None = None
-    thread: threading.Thread | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    restart_now: bool = False
-    failures: list[float] = field(default_factory=list)
-    host: HostHeader | None = None
-    note: str = ""  # said with every start (a VM without SPICE)
-
-
-class LookingGlassManager:
+class LookingGlassManager(FollowsLifecycle):
     """One supervised client per VM. Thread-safe."""
 
     def __init__(
@@ -111,6 +75,7 @@ class LookingGlassManager:
         self._client_path = Path(client) if client else None
         self._release_unknown_said = False
         self.log_dir = Path(log_dir) if log_dir else default_log_dir()
+        self._default_log_dir = log_dir is None
         self.run_as = run_as
         self.backoff = backoff
         self.max_failures = max_failures
@@ -164,7 +129,15 @@ class LookingGlassManager:
         return self.get_state(vm_name) == LGState.RUNNING
 
     def log_path(self, vm_name: str) -> Path:
-        return self.log_dir / f"{validate_name(vm_name)}.log"
+        """The client's log: in the log folder, or (a client run as another user, the folder
+        not given) in that user's own ~/.local/state/neuronos/looking-glass, theirs to read."""
+        folder = self.log_dir
+        user = self._client_user()
+        if user is not None and self._default_log_dir:
+            home = user_credentials(user).home
+            if home and os.path.isdir(home):
+                folder = Path(home) / ".local" / "state" / "neuronos" / "looking-glass"
+        return folder / f"{validate_name(vm_name)}.log"
 
     def subscribe(self, callback: Callable[[LGStateChange], None]) -> int:
         return self._subscribers.add(callback)
@@ -229,6 +202,8 @@ class LookingGlassManager:
         self._terminate(entry, self.stop_timeout if timeout is None else timeout)
         if entry.thread is not None and entry.thread is not threading.current_thread():
             entry.thread.join(timeout=30)
+        elif entry.thread is None and entry.state != LGState.STOPPED:  # waited for a resume
+            self._set(vm_name, LGState.STOPPED, "stopped")
 
     def stop_all(self) -> None:
         with self._lock:
@@ -270,7 +245,8 @@ class LookingGlassManager:
                 self._set(vm_name, LGState.ERROR, str(error))
                 return
             note = self._release_note(vm_name, entry) + (f"; {entry.note}" if entry.note else "")
-            self._set(vm_name, LGState.STARTING, f"starting {self.client.name}{note}")
+            self._set(vm_name, LGState.STARTING, f"starting {self.client.name}{note} (its log:"
+                      f" {self.log_path(vm_name)})")
             offset = self._launch(vm_name, entry)
             code = self._watch(vm_name, entry)
             (self.log_dir / f"{vm_name}.pid").unlink(missing_ok=True)  # it is gone
@@ -345,7 +321,14 @@ class LookingGlassManager:
         argv = build_argv(self.client, entry.config, self.release)
         path = self.log_path(vm_name)
         private_folder(path.parent)
+        private_folder(self.log_dir)  # its pid file
+        user = self._client_user()
         with open(path, "ab") as handle:  # the child keeps its own copy of the descriptor
+            if user is not None:  # the user it runs as reads its log
+                who = user_credentials(user)
+                for part in (path, *[p for p in path.parents if str(p).startswith(
+                        who.home.rstrip("/") + "/")]):
+                    os.chown(part, who.uid, who.gid)
             offset = handle.tell()
             handle.write(f"--- {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
             handle.flush()
@@ -395,46 +378,6 @@ class LookingGlassManager:
             log.warning("%s: %s", vm_name, NO_SPICE)
             return replace(config, spice=False), NO_SPICE
         return replace(config, spice_port=info.spice_port), ""
-
-    # --- tie to the VM lifecycle ------------------------------------------------------------
-
-    def follow(self, lifecycle, config_for: Callable[[str], LGClientConfig | None],
-               pause_grace: float = 30.0) -> int:
-        """Start the client when a VM for which ``config_for`` gives a config reaches
-        running; stop it when the VM stops, is deleted, or stays paused longer than
-        ``pause_grace`` seconds. Returns the lifecycle subscription token."""
-        def on_change(change) -> None:
-            name = change.name
-            if change.new == VMState.RUNNING:
-                self._cancel_pause_timer(name)
-                if self.get_state(name) in (LGState.STOPPED, LGState.ERROR):
-                    threading.Thread(target=self._start_quietly, args=(name, config_for),
-                                     daemon=True).start()
-            elif change.new in (VMState.SHUTOFF, VMState.CRASHED, VMState.NOSTATE,
-                                VMState.UNDEFINED):
-                threading.Thread(target=self.stop, args=(name,), daemon=True).start()
-            elif change.new == VMState.PAUSED and name in self._clients:
-                timer = threading.Timer(pause_grace, self.stop, args=(name,))
-                timer.daemon = True
-                with self._lock:
-                    self._pause_timers[name] = timer
-                timer.start()
-
-        return lifecycle.subscribe(on_change)
-
-    def _start_quietly(self, name: str, config_for) -> None:
-        try:
-            config = config_for(name)
-            if config is not None:
-                self.start(name, config)
-        except VMManagerError as error:
-            log.warning("cannot show %s through Looking Glass: %s", name, error)
-
-    def _cancel_pause_timer(self, name: str) -> None:
-        with self._lock:
-            timer = self._pause_timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
 
 
 _manager: LookingGlassManager | None = None
