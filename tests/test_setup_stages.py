@@ -244,3 +244,36 @@ def test_setup_restart_can_give_a_longer_deadline(world, cloud):
     assert code == 0 and "every stage may now take 2 h" in out, out + err
     setup = read_domain(conn.execute(lambda c: c.lookupByName("lin").XMLDesc(0))).setup
     assert setup.timeout_s == 7200 and setup.stage == "created"
+
+
+def test_steps_another_process_took_are_each_told_in_order(world, isos):
+    """Issue 27, item 13: a subscriber saw installing -> ready while the metadata recorded
+    installing -> first-logon -> ready (another NeuronOS took two steps before this one's
+    metadata event was handled). Every step is told, in order: one history, two views."""
+    import threading
+
+    from vm_manager.core.guest_setup import SetupTracker
+
+    conn, _, _, password = world
+    assert run(world, *create_args(isos, password))[0] == 0
+    listener = SetupTracker(conn).start()  # follows events; another tracker writes
+    seen, done = [], threading.Event()
+
+    def told(change):
+        seen.append((change.old, change.new))
+        if change.new == "ready":
+            done.set()
+
+    listener.subscribe(told)
+    writer = SetupTracker(conn)
+    try:
+        setup, _ = writer.info("w11")
+        setup = writer._advance("w11", setup, "installing", "started elsewhere")
+        setup = writer._advance("w11", setup, "first-logon", "the agent answers")
+        writer._advance("w11", setup, "ready", "done elsewhere")
+        assert done.wait(10), seen
+        steps = [stage for stage, _, _ in writer.info("w11")[0].steps]
+        assert [new for _, new in seen] == steps[-len(seen):]
+        assert ("installing", "first-logon") in seen and ("first-logon", "ready") in seen
+    finally:
+        listener.close()

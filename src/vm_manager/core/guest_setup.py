@@ -71,7 +71,7 @@ class SetupTracker:
         self._lock = threading.RLock()
         self._token: int | None = None
         self._cancel = threading.Event()
-        self._known: dict[str, str | None] = {}  # the stage each VM was last told at
+        self._known: dict[str, int] = {}  # how many of each VM's steps were told
         self._timers: dict[str, threading.Timer] = {}  # each followed VM's stage deadline
         self._pressing: set[str] = set()  # VMs whose boot prompt is being answered
 
@@ -144,7 +144,7 @@ class SetupTracker:
         if not isinstance(event, DomainEvent):
             return
         if event.event == libvirt.VIR_DOMAIN_EVENT_STARTED:
-            target = self._started
+            target = self.on_started
         elif event.event == EVENT_AGENT and event.detail == AGENT_CONNECTED:
             target = self.agent_connected
         elif event.event == EVENT_METADATA and event.device == SETUP_NS:
@@ -164,18 +164,21 @@ class SetupTracker:
             log.warning("setup of %s: %s", name, error)
 
     def _metadata_changed(self, name: str) -> None:
-        """Tell a stage this tracker did not reach itself (another process moved it)."""
+        """Tell every step this tracker did not take itself (another process moved it), in
+        order: its subscribers and the metadata tell one history (a VM first seen: its
+        last step)."""
         with self._lock:
             setup, _ = self.info(name)
-            if setup is None or setup.stage == self._known.get(name, None):
+            told, count = self._known.get(name), len(setup.steps) if setup else 0
+            if setup is None or not count or told == count:
                 return
-            old = setup.steps[-2][0] if len(setup.steps) > 1 else "created"
-            self._known[name] = setup.stage
-            note = setup.steps[-1][2] if setup.steps else ""
-        self._subscribers.notify(SetupChange(name, old, setup.stage, note, time.time()))
-
-    def _started(self, name: str) -> None:
-        self.on_started(name)
+            start = told if told is not None and told < count else count - 1
+            self._known[name] = count
+            changes = [SetupChange(name, setup.steps[i - 1][0] if i else "created", stage,
+                                   note, time.time())
+                       for i, (stage, _, note) in enumerate(setup.steps) if i >= start]
+        for change in changes:
+            self._subscribers.notify(change)
 
     def on_started(self, name: str) -> None:
         """The VM started, whoever started it: a setup at "created" is installing now (a
@@ -410,8 +413,7 @@ class SetupTracker:
 
         self.connection.execute(apply)
 
-    def _macros(self):
-        """The templates' loader: the one producer of the fragments written here."""
+    def _macros(self):  # the templates' loader: the one producer of the fragments written here
         if self._loader is None:
             from ..templates.loader import TemplateLoader
 
@@ -433,7 +435,7 @@ class SetupTracker:
                             SETUP_NS, flags)
 
         with self._lock:  # known before the metadata event can come back
-            before, self._known[name] = self._known.get(name), stage
+            before, self._known[name] = self._known.get(name), len(steps)
             try:
                 self.connection.execute(write)
             except BaseException:
