@@ -315,3 +315,15 @@ def test_small_refusals_say_the_right_thing_and_make_nothing(tmp_path, monkeypat
     assert code == EXIT_USAGE and "NEURONOS_IMAGES_DIR: 'relative/images' is not an absolute" \
         in err, err
     assert not (tmp_path / "relative").exists()
+
+
+def test_a_vm_created_on_the_test_driver_says_its_files_stay(tmp_path, monkeypatch):
+    """Issue 27, item 11: `create --connect test:///...` left a real qcow2 (and a setup
+    medium, settings) per run without a word: the VM vanishes with the connection."""
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    code, _, err = run(["--connect", "test:///default", "create", "t1", "--template", "linux",
+                        "--network", "none", "--disk-size", "1G"])
+    assert code == EXIT_OK, err
+    assert "keeps this VM only while this connection is open" in err
+    assert str(tmp_path / "images") in err and (tmp_path / "images" / "t1.qcow2").exists()

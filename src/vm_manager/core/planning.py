@@ -235,6 +235,10 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
         domain_type = DomainType.QEMU.value
         warnings.append("KVM is not usable on this host: using software emulation (slow)")
         log.warning("KVM is not usable here; %s will use software emulation", name)
+    if facts.uri.startswith("test:") and not existing:
+        warnings.append("libvirt's test driver keeps this VM only while this connection is"
+                        " open; the disk, setup medium and settings it makes are real files"
+                        f" in {facts.images_dir} and your settings folder, left behind")
 
     for field_name in INPUT_FILES:
         path = getattr(config, field_name)
