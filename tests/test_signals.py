@@ -95,3 +95,72 @@ def test_create_start_following_a_setup_says_where_it_stopped(tmp_path):
     assert "w11: stopped following at stage installing; the VM runs on and its setup goes on" \
         " (`neuron-vm setup-status w11`)" in out, out
     assert "stopped by SIGTERM" in err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_display_closes_its_looking_glass_client(tmp_path, signum):
+    """`display`: the Looking Glass client (the fake that behaves like B7) ends with
+    neuron-vm, no pid file is left, and the exit is 128+n. It was left running (PPID 1,
+    window up) with its pid file behind."""
+    import shutil
+    import tempfile
+    import uuid
+
+    from support.fakes import FakeLGHost, FakeSpiceServer
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
+
+    name = f"lgsig-{uuid.uuid4().hex[:6]}"
+    shm = Path("/dev/shm") / f"looking-glass-{name}"
+    shm.write_bytes(b"\0" * 65536)
+    os.chmod(shm, 0o666)
+    shared = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))
+    os.chmod(shared, 0o777)
+    client = shared / "looking-glass-client"
+    shutil.copy(Path(__file__).parent / "bin" / "looking-glass-client", client)
+    os.chmod(client, 0o755)
+    spice = FakeSpiceServer()
+    VMStore(tmp_path / "config").save(VMConfig(
+        name=name, vm_type="windows10", gpu_passthrough={"pci_address": "01:00.0"},
+        looking_glass={"enabled": True}))
+    node = tmp_path / "node.xml"  # the VM runs in every connection's copy of the test host
+    node.write_text(
+        "<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'><domain type='test'>"
+        f"<name>{name}</name><memory unit='MiB'>512</memory><vcpu>1</vcpu><os><type>hvm"
+        f"</type></os><devices><graphics type='spice' port='{spice.port}' autoport='no'"
+        " listen='127.0.0.1'/></devices><test:runstate>1</test:runstate></domain></node>")
+    host = FakeLGHost(shm).start()
+    logs = tmp_path / "logs"
+    argv = ["-c", f"test://{node}", "display", name]
+    if os.geteuid() == 0:
+        argv += ["--user", "nobody"]  # the client refuses root, as B7 does
+    process = neuron_vm(*argv, env={"NEURONOS_LG_CLIENT": str(client),
+                                    "NEURONOS_CONFIG_DIR": str(tmp_path / "config"),
+                                    "XDG_STATE_HOME": str(logs)})
+    try:
+        lines = []
+
+        def running() -> bool:
+            line = process.stdout.readline()
+            lines.append(line)
+            return f"{name}: running" in line or process.poll() is not None
+
+        wait_for(running, "the client to run", 60)
+        assert process.poll() is None, "".join(lines) + process.stderr.read()
+        pid_file = logs / "neuronos" / "looking-glass" / f"{name}.pid"
+        client_pid = int(pid_file.read_text())
+        assert alive(client_pid)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 128 + signum, err
+        assert f"stopped by {signal.Signals(signum).name}" in err
+        wait_for(lambda: not alive(client_pid), "the client to end", 10)
+        assert not pid_file.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        host.stop()
+        spice.close()
+        shm.unlink(missing_ok=True)
+        shutil.rmtree(shared, ignore_errors=True)
