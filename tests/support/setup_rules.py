@@ -122,13 +122,10 @@ def where_setup_stops(answer_xml: str, wim_xml: str, domain_xml: str | None = No
                             or computer.lower() in NETBIOS_RESERVED):
         stops.append(Stop("computer-name", f"{computer!r} is not a computer name Windows takes",
                           MS + "microsoft-windows-shell-setup-computername"))
-    from vm_manager.base.guest_config import check_timezone  # CLDR windowsZones' IDs
-    from vm_manager.base.errors import InvalidConfig
+    from tzlocal.windows_tz import win_tz  # Windows' own IDs (CLDR windowsZones)
 
-    zone = _text(special, "TimeZone")
-    try:
-        check_timezone(zone or "")
-    except InvalidConfig:
+    zone = _text(special, "TimeZone") or ""
+    if zone.removesuffix("_dstoff") not in win_tz:  # Setup takes its IDs, spelt exactly
         stops.append(Stop("time-zone", f"{zone!r} is not a Windows time zone ID",
                           MS + "microsoft-windows-shell-setup-timezone"))
 

@@ -40,6 +40,11 @@ class CreateRequest:
     start: bool = False
     usb_later: bool = False  # its USB devices may be plugged in later
     secrets: SetupSecrets | None = field(default=None, repr=False)  # unattended setup
+    product_key: str | None = field(default=None, repr=False)  # Windows: planned with it
+
+    @property
+    def key(self) -> str | None:
+        return self.product_key or (self.secrets.product_key if self.secrets else None)
 
 
 @dataclass
@@ -103,10 +108,12 @@ def host_locale(environ: dict | None = None) -> str:
     import os
     import re
 
+    import locale
+
     env = os.environ if environ is None else environ
     for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
         match = re.match(r"([a-z]{2,3})_([A-Z]{2})", env.get(name) or "")
-        if match:
+        if match and f"{match.group(1)}_{match.group(2)}".lower() in locale.locale_alias:
             return f"{match.group(1)}-{match.group(2)}"
     return "en-US"
 
@@ -138,13 +145,14 @@ def preview(ctx: Context, request: CreateRequest) -> CreationPlan:
     """Everything ``create`` would do (host facts read once, a pure plan); changes nothing.
     Raises ``InvalidConfig`` naming the field for anything the host cannot do."""
     return ctx.creator().plan(request.config, force=request.force, template=request.template,
-                              usb_later=request.usb_later)
+                              usb_later=request.usb_later, product_key=request.key)
 
 
 def print_xml(ctx: Context, request: CreateRequest) -> str:
     """The domain XML ``create`` would define, validated; changes nothing."""
     return ctx.creator().print_xml(request.config, force=request.force,
-                                   template=request.template, usb_later=request.usb_later)
+                                   template=request.template, usb_later=request.usb_later,
+                                   product_key=request.key)
 
 
 def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = None,
@@ -153,7 +161,7 @@ def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = Non
     asked. ``plan``: the preview just shown, so the checks do not run twice."""
     creator = ctx.creator()
     plan = plan or creator.plan(request.config, force=request.force, template=request.template,
-                                usb_later=request.usb_later)
+                                usb_later=request.usb_later, product_key=request.key)
     result = creator.create(request.config, force=request.force, template=request.template,
                             progress=progress, plan=plan, secrets=request.secrets)
     started = ctx.lifecycle.start(result.name) if request.start else None

@@ -13,8 +13,8 @@ from .context import Context
 
 NEXT = {
     "created": "start it (`neuron-vm start {name}`): setup runs by itself from there",
-    "installing": "Windows is installing (20-40 minutes with KVM); watch it with"
-                  " `neuron-vm console {name}`",
+    "installing": "Windows is installing (20-40 minutes with KVM, hours emulated); watch it"
+                  " with `neuron-vm console {name}`",
     "first-logon": "Windows runs; its first-logon steps (guest tools, the Looking Glass host)"
                    " are running",
     "looking-glass": "waiting for the Looking Glass host application in the guest: it needs"
@@ -31,7 +31,13 @@ NEXT_CLOUD_INIT = {
 }
 
 
-def next_step(kind: str | None, stage: str | None, name: str) -> str:
+STOPPED_MIDWAY = ("the VM is shut off at this stage: start it to go on (`neuron-vm start"
+                  " {name}`); setup goes on where it was")
+
+
+def next_step(kind: str | None, stage: str | None, name: str, running: bool = True) -> str:
+    if not running and stage in ("installing", "first-logon", "looking-glass"):
+        return STOPPED_MIDWAY.format(name=name)  # (a walk found "Windows is installing")
     table = NEXT_CLOUD_INIT if kind == "cloud-init" else {}
     return table.get(stage or "", NEXT.get(stage or "", "")).format(name=name)
 
@@ -59,8 +65,11 @@ def status(ctx: Context, name: str) -> SetupStatus:
         raise InvalidConfig("NAME", f"{name} was not created with --unattended: there is no"
                             " setup to follow")
     steps = [{"stage": stage, "at": at, "note": note} for stage, at, note in info.steps]
+    from ..base.primitives import VMState
+
+    running = ctx.lifecycle.get_state(name) in (VMState.RUNNING, VMState.PAUSED)
     return SetupStatus(name, info.kind, info.stage, steps,
-                       next_step(info.kind, info.stage, name))
+                       next_step(info.kind, info.stage, name, running))
 
 
 def after_start(ctx: Context, name: str) -> SetupStatus | None:

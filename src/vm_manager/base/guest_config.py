@@ -59,17 +59,52 @@ def check_account_name(name: Any, field_name: str = "unattended.user") -> str:
 
 def check_timezone(value: Any, field_name: str = "unattended.timezone") -> str:
     """A Windows time zone ID (CLDR's windowsZones, as tzlocal ships it; ``_dstoff`` turns
-    daylight saving off)."""
-    from tzlocal.windows_tz import win_tz
+    daylight saving off), in its own spelling. An IANA name or its city ("Europe/Berlin",
+    "Berlin") is taken as the Windows ID CLDR maps it to; abbreviations ("CET", "EST") are
+    refused: they name several zones."""
+    import difflib
 
-    text = value if isinstance(value, str) else ""
-    base = text[:-len("_dstoff")] if text.endswith("_dstoff") else text
-    if base not in win_tz:
-        near = sorted(zone for zone in win_tz if base and base.lower()[:4] in zone.lower())
-        raise InvalidConfig(field_name, f"{value!r} is not a Windows time zone ID (`tzutil"
-                            " /l` in Windows lists them, e.g. 'W. Europe Standard Time')"
-                            + (f"; close: {', '.join(near[:4])}" if near else ""))
-    return text
+    from tzlocal.windows_tz import tz_win, win_tz
+
+    text = value.strip() if isinstance(value, str) else ""
+    base, dst = (text[:-len("_dstoff")], "_dstoff") if text.endswith("_dstoff") else (text, "")
+    windows = {zone.lower(): zone for zone in win_tz}
+    if base.lower() in windows:
+        return windows[base.lower()] + dst
+    if base and not (base.isalpha() and base.isupper() and len(base) <= 5):
+        iana = {name.lower(): name for name in tz_win}
+        cities = {name.rsplit("/", 1)[-1].replace("_", " ").lower(): name
+                  for name in tz_win if "/" in name}
+        found = iana.get(base.lower()) or cities.get(base.replace("_", " ").lower())
+        if found:
+            return tz_win[found] + dst
+    if base.isalpha() and base.isupper() and len(base) <= 5:
+        raise InvalidConfig(field_name, f"{value!r} is an abbreviation, and they name several"
+                            " zones: give a zone like Europe/Berlin, or a Windows ID like"
+                            " 'W. Europe Standard Time' (`tzutil /l` lists them)")
+    cities = {name.rsplit("/", 1)[-1].replace("_", " "): name for name in tz_win if "/" in name}
+    near = difflib.get_close_matches(base, [*win_tz, *cities, *(z for z in tz_win if "/" in z)],
+                                     n=4, cutoff=0.6)
+    shown = [f"{cities.get(zone, zone)} ({tz_win[cities.get(zone, zone)]})"
+             if cities.get(zone, zone) in tz_win else zone for zone in near]
+    raise InvalidConfig(field_name, f"{value!r} is not a time zone: give a zone like"
+                        " Europe/Berlin, or a Windows ID like 'W. Europe Standard Time'"
+                        " (`tzutil /l` lists them)"
+                        + (f"; close: {', '.join(dict.fromkeys(shown))}" if shown else ""))
+
+
+def _known(value: str, field_name: str) -> str:
+    """A language-REGION pair some locale has (CPython's ``locale.locale_alias``, from X.org's
+    locale.alias): ``xx-YY`` has the shape of one and is none."""
+    import locale
+
+    if ":" in value:  # a keyboard layout's hex id (0407:00000407)
+        return value
+    parts = value.split("-")
+    if f"{parts[0]}_{parts[-1]}".lower() not in locale.locale_alias:
+        raise InvalidConfig(field_name, f"{value!r} is not a language and region any locale"
+                            " has; e.g. en-US, en-GB, de-DE, fr-CA")
+    return value
 
 
 def _text(value: Any, field_name: str, pattern: re.Pattern, example: str) -> str:
@@ -101,10 +136,11 @@ class UnattendedConfig:
         if not isinstance(self.user, str) or not self.user:  # the OS's rules: VMConfig
             raise InvalidConfig("unattended.user", "give the name of the account to make")
         self.ssh_key_path = parse_path(self.ssh_key_path, "unattended.ssh_key_path")
-        self.locale = _text(self.locale, "unattended.locale", LOCALE, "en-US or de-DE")
+        self.locale = _known(_text(self.locale, "unattended.locale", LOCALE,
+                                   "en-US or de-DE"), "unattended.locale")
         if self.keyboard is not None:
-            self.keyboard = _text(self.keyboard, "unattended.keyboard", KEYBOARD,
-                                  "de-DE or 0407:00000407")
+            self.keyboard = _known(_text(self.keyboard, "unattended.keyboard", KEYBOARD,
+                                         "de-DE or 0407:00000407"), "unattended.keyboard")
         if self.timezone is not None:
             self.timezone = check_timezone(self.timezone)
         if self.ui_language is not None:

@@ -239,8 +239,11 @@ def request_from_args(args: argparse.Namespace, uri: str | None = None):
                 raise InvalidConfig(flag, "goes with --gpu PCI_ADDR (there is no GPU to"
                                     " apply it to)")
     config = VMConfig.from_dict({key: value for key, value in data.items() if value is not None})
+    from ..actions.create import check_product_key
+
+    key = check_product_key(getattr(args, "product_key", None), "--product-key")
     return CreateRequest(config, template=template, force=args.force, start=args.start,
-                         usb_later=args.usb_later)
+                         usb_later=args.usb_later, product_key=key)
 
 
 def cmd_create(ctx: CommandContext) -> int:

@@ -107,14 +107,14 @@ def gather_host_facts(
         networks=networks,
         usb_present=host.usb_present() if config is not None and config.usb_devices else None,
         paths=paths,
-        guest_media=(_guest_media(config, paths, host.opener())
+        guest_media=(_guest_media(config, paths, host.opener(), host_root)
                      if config and config.unattended else None),
         remote=host.remote,
     )
 
 
 def _guest_media(config: VMConfig, paths: dict[str, PathFact],
-                 opener=None) -> GuestMediaFacts:
+                 opener=None, root: Path | str | None = None) -> GuestMediaFacts:
     """Read the installer, the virtio-win ISO and the Looking Glass host installer (an ISO
     that is not one raises ``InvalidConfig`` on its field). ``opener``: the ISOs are a
     remote host's volumes, read through libvirt; the installers, SSH keys and the Looking
@@ -144,9 +144,10 @@ def _guest_media(config: VMConfig, paths: dict[str, PathFact],
         with open(setup.winfsp_installer, "rb") as file:  # an OLE compound file, as MSIs are
             winfsp = file.read(8) == bytes.fromhex("d0cf11e0a1b11ae1")
     from ..guest.windows_answers import host_zone
+    from ..passthrough.pci import host_root
 
     return GuestMediaFacts(installer, virtio, host_release, client_release,
-                           winfsp_is_msi=winfsp, local_zone=host_zone())
+                           winfsp_is_msi=winfsp, local_zone=host_zone(host_root(root)))
 
 
 def _client_release() -> str | None:

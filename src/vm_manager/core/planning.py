@@ -205,7 +205,7 @@ class CreationPlan:
 def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = None,
                   force: bool = False, existing: bool = False, vm_uuid: str | None = None,
                   usb_later: bool = False, previous: VMConfig | None = None,
-                  lenient: bool = False) -> CreationPlan:
+                  lenient: bool = False, product_key: str | None = None) -> CreationPlan:
     """Check everything and compute the plan. ``existing``: a new definition for a VM that
     exists (reconfigure): its name is taken by itself, its disk is reused, never made, and
     the disk's format is the one its definition (``facts.definition``) names; the files of
@@ -271,7 +271,7 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     disk = plan_disk(config, facts, existing=existing, lenient=lenient)
     opencore_format = config.opencore_path and image_format(  # never from its name
         "opencore_path", config.opencore_path, facts, existing)
-    setup = None if existing else plan_setup(config, facts, warnings)
+    setup = None if existing else plan_setup(config, facts, warnings, product_key)
     chosen = template or template_name(config.vm_type.value, gpu is not None)
     vm_uuid = vm_uuid or str(uuid_module.uuid4())
     context = replace(_context(config, chosen, domain_type, vm_uuid, disk, facts, gpu, setup),

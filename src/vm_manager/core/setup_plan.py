@@ -62,7 +62,10 @@ class SetupPlan:
         return lines + [f"note: {note}" for note in self.notes]
 
 
-def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> SetupPlan | None:
+def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str],
+               product_key: str | None = None) -> SetupPlan | None:
+    """The unattended setup's plan; ``product_key``: the Windows key given (checked against
+    the image's edition here, before anything is made)."""
     setup = config.unattended
     if setup is None:
         return None
@@ -89,12 +92,15 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str]) -> Setup
             warnings.append(f"the editions on {Path(config.iso_path).name} could not be read;"
                             f" setup stops at the installer if {setup.edition!r} is not one")
     image = installer.edition(setup.edition) if installer is not None else None
-    answers = answer_values(config.name, setup, image, None, media.local_zone if media else None,
+    answers = answer_values(config.name, setup, image, product_key,
+                            media.local_zone if media else None,
                             installer.label if installer is not None else None)
     if answers.generic_key:
-        notes.append(f"no product key given: Windows is installed with the generic key of"
-                     f" {answers.edition_id} (it installs, it does not activate; enter yours"
-                     " later in Settings > Activation)")
+        notes.append(f"no product key given: {setup.edition} is installed with its generic"
+                     " key (it installs, it does not activate; enter yours later in"
+                     " Settings > Activation)")
+    else:
+        notes.append(f"{setup.edition} is installed with the product key you gave")
     if image is None or not image.languages:
         warnings.append(f"the languages of {setup.edition!r} could not be read: Setup is"
                         f" told {answers.ui_language}; it asks if the disc lacks it")

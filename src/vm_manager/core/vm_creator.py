@@ -107,7 +107,8 @@ class VMCreator:
     def plan(self, config: VMConfig, *, force: bool = False, template: str | None = None,
              facts: HostFacts | None = None, existing: bool = False,
              vm_uuid: str | None = None, usb_later: bool = False,
-             previous: VMConfig | None = None, lenient: bool = False) -> CreationPlan:
+             previous: VMConfig | None = None, lenient: bool = False,
+             product_key: str | None = None) -> CreationPlan:
         """Check everything and compute the plan (``planning.plan_creation`` on facts read
         once, or the ``facts`` given). Raises ``InvalidConfig`` (bad input, a missing file,
         a name in use) before anything is touched. ``existing``: plan a new definition for
@@ -115,7 +116,7 @@ class VMCreator:
         facts = facts or self.gather(config)
         plan = plan_creation(config, facts, template=template, force=force, existing=existing,
                              vm_uuid=vm_uuid, usb_later=usb_later, previous=previous,
-                             lenient=lenient)
+                             lenient=lenient, product_key=product_key)
         self.loader.find(plan.template)  # a missing template is an input error, found now
         return plan
 
@@ -123,12 +124,13 @@ class VMCreator:
         return self.loader.render(plan.template, plan.context.as_mapping())
 
     def print_xml(self, config: VMConfig, *, force: bool = False,
-                  template: str | None = None, usb_later: bool = False) -> str:
+                  template: str | None = None, usb_later: bool = False,
+                  product_key: str | None = None) -> str:
         """The XML ``create`` would define, validated; changes nothing."""
         from ..templates.validator import validate_xml
 
         xml = self.render(self.plan(config, force=force, template=template,
-                                    usb_later=usb_later))
+                                    usb_later=usb_later, product_key=product_key))
         validate_xml(xml)
         return xml
 
@@ -190,7 +192,7 @@ class VMCreator:
             undo.append(("undefine", lambda: self._undefine_uuid(plan.uuid)))
             self.define(xml)
             enter("save settings")
-            saved = config.to_dict()
+            saved = _as_planned(plan).to_dict()
             if plan.disk is not None:
                 saved["disk_path"] = plan.disk.path
                 saved["disk_size_gb"] = None if not plan.disk.create else plan.disk.size_gb
@@ -227,8 +229,8 @@ class VMCreator:
 
         try:
             host.put_file(medium, lambda target: build_medium(
-                target, plan.config, vm_uuid=plan.uuid, loader=self.loader, secrets=secrets,
-                opener=opener), claim=claim)
+                target, _as_planned(plan), vm_uuid=plan.uuid, loader=self.loader,
+                secrets=secrets, opener=opener), claim=claim)
         except FileExistsError:
             raise InvalidConfig("name", f"{medium} already exists; NeuronOS never overwrites"
                                 " it") from None
@@ -427,3 +429,16 @@ def _with_created_step(plan: CreationPlan) -> CreationPlan:
         "the VM, its overlay disk and its cloud-init seed exist"
     step = ("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), what)
     return replace(plan, context=replace(plan.context, setup=replace(setup, steps=(step,))))
+
+
+def _as_planned(plan: CreationPlan) -> VMConfig:
+    """The config with the Windows setup's language and time zone as planned (the image's,
+    the host's at creation), so the medium and the saved settings agree, and a setup made
+    again (``setup-restart``) says the same."""
+    answers = plan.setup.answers if plan.setup is not None else None
+    if answers is None:
+        return plan.config
+    from dataclasses import replace
+
+    return replace(plan.config, unattended=replace(
+        plan.config.unattended, timezone=answers.timezone, ui_language=answers.ui_language))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..base.errors import InvalidConfig
 from ..base.guest_config import UnattendedConfig, check_timezone
@@ -83,10 +84,17 @@ def check_product_key(key: str | None, edition: str | None,
                             f" {' '.join(KEY_ALPHABET)} (XXXXX-XXXXX-XXXXX-XXXXX-XXXXX)")
     other = EDITION_OF_KEY.get(text)
     if other is not None and edition is not None and other != edition:
-        raise InvalidConfig(field, f"{text} is the generic key of the {other} edition, and"
-                            f" the chosen image is {edition}: leave the key out (setup uses"
-                            " the generic key of the chosen edition) or give yours")
+        raise InvalidConfig(field, f"{text} is the generic key of Windows {_label(other)},"
+                            f" and the chosen edition is Windows {_label(edition)}: leave"
+                            " the key out (setup uses the generic key of the chosen"
+                            " edition) or give yours")
     return text
+
+
+def _label(edition: str) -> str:
+    """``Core`` -> ``Home (Core)``: Microsoft's name with the image's EDITIONID."""
+    name = next((name for name, ident in EDITION_NAMES.items() if ident == edition), None)
+    return f"{name} ({edition})" if name else edition
 
 
 def windows_zone(iana: str | None) -> str | None:
@@ -96,13 +104,22 @@ def windows_zone(iana: str | None) -> str | None:
     return tz_win.get(iana or "")
 
 
-def host_zone() -> str | None:
-    """This machine's IANA time zone (None when it cannot be told)."""
-    try:
-        from tzlocal import get_localzone_name
+def host_zone(root: str | Path = "/") -> str | None:
+    """This computer's system time zone as an IANA name: what QEMU's ``localtime`` clock
+    follows (``/etc/localtime``'s zoneinfo link, else ``/etc/timezone``), never a shell's
+    ``TZ``; None when it cannot be told. ``root``: a tree shaped like the real one."""
+    import os
 
-        return get_localzone_name()
-    except Exception:  # noqa: BLE001 - no zone configured: the caller says UTC
+    link = Path(root) / "etc" / "localtime"
+    try:
+        target = os.path.normpath(os.path.join(link.parent, os.readlink(link)))
+        if "/zoneinfo/" in target:
+            return target.split("/zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    try:
+        return (Path(root) / "etc" / "timezone").read_text().strip() or None
+    except OSError:
         return None
 
 
@@ -147,7 +164,8 @@ def answer_values(vm_name: str, setup: UnattendedConfig, image=None,
                                 f" {edition!r} (edition {ident or 'unknown'}): give your"
                                 " key with --product-key")
     languages = image.languages if image is not None else ()
-    ui = setup.ui_language or (image.default_language if image is not None else None) \
+    ui = setup.ui_language or (setup.locale if setup.locale in languages else None) or (
+        image.default_language if image is not None else None) \
         or (languages[0] if languages else None) or disc_language(label) or "en-US"
     if languages and ui not in languages:
         raise InvalidConfig("unattended.ui_language", f"{ui!r} is not a language of"
@@ -158,9 +176,9 @@ def answer_values(vm_name: str, setup: UnattendedConfig, image=None,
     else:
         found = windows_zone(zone)
         timezone = found or "UTC"
-        source = f"the host's ({zone})" if found else \
-            f"UTC: the host's zone {zone!r} has no Windows ID" if zone else \
-            "UTC: the host's zone is unknown"
+        source = f"this computer's zone, {zone}" if found else \
+            f"UTC: this computer's zone {zone!r} has no Windows ID" if zone else \
+            "UTC: this computer's zone is unknown"
     computer = computer_name(vm_name)
     if setup.user.lower() == computer.lower():
         raise InvalidConfig("unattended.user", f"{setup.user!r} is the computer's name too"

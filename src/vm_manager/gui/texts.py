@@ -41,3 +41,21 @@ def no_gpu_reason(gpus) -> str:
         return ("Your only GPU shows this computer's own desktop: passing one through needs a"
                 " second GPU (or the single-GPU mode of `neuron-vm create --allow-boot-gpu`).")
     return "No GPU can be passed through now; the reasons are listed below."
+
+
+# The wizard's names for the settings an error is about (the CLI says its flags)
+FIELD_LABELS = {
+    "name": "Name", "memory_mb": "Memory", "vcpus": "vCPUs", "disk_size_gb": "Disk size",
+    "iso_path": "Installer ISO", "virtio_iso_path": "virtio-win ISO", "network": "Network",
+    "unattended.user": "Account", "password": "Password", "unattended.locale": "Formats",
+    "unattended.timezone": "Time zone", "unattended.edition": "Edition",
+    "unattended.keyboard": "Keyboard", "unattended.ui_language": "Windows language",
+    "product key": "Product key", "unattended.lg_host_installer": "Looking Glass host installer",
+    "unattended.winfsp_installer": "WinFsp installer", "shares.path": "Shared folder",
+    "unattended.gpu_driver_installer": "GPU driver", "cloud_image_path": "Cloud image",
+    "unattended.ssh_key_path": "SSH public key",
+}
+
+
+def field_label(field: str) -> str:
+    return FIELD_LABELS.get(field, field)

@@ -85,7 +85,9 @@ class CreateWizard(QWizard):
 
         page = self.setup_page
         password = page.password.text()
-        return SetupSecrets(password) if page.unattended.isChecked() and password else None
+        if not (page.unattended.isChecked() and password):
+            return None
+        return SetupSecrets(password, page.key())
 
     def build_config(self):
         """The VMConfig, or None with ``error_text`` set to the InvalidConfig message."""
@@ -95,8 +97,11 @@ class CreateWizard(QWizard):
         try:
             config = VMConfig.from_dict(self.config_data())
             self.setup_page.check_password(config)
+            self.setup_page.key()  # its form, as you type
         except InvalidConfig as error:
-            self.error_text = str(error)
+            from .texts import field_label
+
+            self.error_text = f"{field_label(error.field)}: {error.message}"
             return None
         self.error_text = ""
         return config
@@ -261,8 +266,12 @@ class _SummaryPage(QWizardPage):
         self.completeChanged.emit()
 
     def _refused(self, error: BaseException) -> None:
+        from .texts import field_label
+
         self.plan = None
-        self.plan_text.setText(f"Cannot create: {error}")
+        field = getattr(error, "field", None)  # an InvalidConfig: said in the wizard's words
+        text = f"{field_label(field)}: {error.message}" if field else str(error)
+        self.plan_text.setText(f"Cannot create: {text}")
         self.completeChanged.emit()
 
     def isComplete(self) -> bool:  # noqa: N802 - Qt name

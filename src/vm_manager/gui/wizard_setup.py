@@ -31,6 +31,12 @@ class SetupPage(CheckedPage):
         self.locale = QLineEdit(host_locale())
         self.timezone = QLineEdit(host_timezone())
         self.edition = QLineEdit()
+        self.product_key = QLineEdit()
+        self.product_key.setPlaceholderText("none: the edition's generic key (not activated)")
+        self.ui_language = QLineEdit()
+        self.ui_language.setPlaceholderText("the disc's (or your language, when it has it)")
+        self.keyboard = QLineEdit()
+        self.keyboard.setPlaceholderText("the formats' (e.g. de-DE, or 0407:00000407)")
         self.lg_installer = QLineEdit()
         self.winfsp = QLineEdit()
         self.gpu_driver = QLineEdit()
@@ -43,13 +49,15 @@ class SetupPage(CheckedPage):
         self.note.setWordWrap(True)
         self.error = error_label()
         self.rows = {"windows": (self.locale, self.timezone, self.edition, self.lg_installer,
-                                 self.winfsp, self.gpu_driver),
+                                 self.winfsp, self.gpu_driver, self.product_key,
+                                 self.ui_language, self.keyboard),
                      "linux": (self.cloud_image, self.ssh_key, self.secure_boot)}
         form.addRow(self.unattended)
         for label, widget in (
                 ("Account", self.user), ("Password", self.password), ("Again", self.again),
                 ("Formats (locale)", self.locale), ("Time zone (Windows ID)", self.timezone),
-                ("Edition", self.edition),
+                ("Edition", self.edition), ("Product key", self.product_key),
+                ("Windows language", self.ui_language), ("Keyboard", self.keyboard),
                 ("Looking Glass host installer", with_browse(self.lg_installer, "(*.exe *.zip)")),
                 ("WinFsp installer (shared folders)", with_browse(self.winfsp, "(*.msi)")),
                 ("GPU driver (NVIDIA or AMD package)", with_browse(self.gpu_driver, "(*.exe)")),
@@ -61,8 +69,8 @@ class SetupPage(CheckedPage):
         form.addRow(self.error)
         for widget in (self.user, self.password, self.again, self.locale, self.timezone,
                        self.edition, self.lg_installer, self.winfsp, self.gpu_driver,
-                       self.cloud_image,
-                       self.ssh_key):
+                       self.cloud_image, self.ssh_key, self.product_key, self.ui_language,
+                       self.keyboard):
             widget.textChanged.connect(self._changed)
         self.unattended.toggled.connect(self._changed)
         self.secure_boot.toggled.connect(self._changed)
@@ -82,7 +90,8 @@ class SetupPage(CheckedPage):
             "linux": "Linux is set up from a cloud image by cloud-init; give an SSH key, a"
                      " password, or both."}.get(kind, "Windows installs by itself from the"
                                                   " installer and the virtio-win ISO; then the"
-                                                  " guest tools and the Looking Glass host."))
+                                                  " guest tools (and the Looking Glass host and"
+                                                  " GPU driver when given)."))
         self._changed()
 
     def config_data(self, vm_type: str) -> dict:
@@ -96,6 +105,8 @@ class SetupPage(CheckedPage):
             setup.update(locale=self.locale.text().strip() or None,
                          timezone=self.timezone.text().strip() or None,
                          edition=self.edition.text().strip() or None,
+                         ui_language=self.ui_language.text().strip() or None,
+                         keyboard=self.keyboard.text().strip() or None,
                          lg_host_installer=self.lg_installer.text().strip() or None,
                          winfsp_installer=self.winfsp.text().strip() or None,
                          gpu_driver_installer=self.gpu_driver.text().strip() or None)
@@ -105,6 +116,12 @@ class SetupPage(CheckedPage):
         if not windows:
             data["cloud_image_path"] = self.cloud_image.text().strip() or None
         return data
+
+    def key(self) -> str | None:
+        """The product key given, in its form (``InvalidConfig`` as the CLI's)."""
+        from ..actions.create import check_product_key
+
+        return check_product_key(self.product_key.text().strip() or None, "product key")
 
     def check_password(self, config) -> None:
         """The password rules the CLI applies (a Linux account with a key needs none)."""
