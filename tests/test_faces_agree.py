@@ -14,7 +14,6 @@ import io
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from vm_manager.base.connection import LibvirtConnection  # noqa: E402
 from vm_manager.base.store import VMStore  # noqa: E402
 from support.fakes import FakeUSBDevice, add_pci_devices, add_usb_devices  # noqa: E402
 from support.fakes import FakeLGHost, FakeSpiceServer, nvidia_turing_gpu  # noqa: E402
+from support.fakes import looking_glass_stand_in  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ui_thread_never_blocks")
 UUID = re.compile(r"<uuid>[0-9a-f-]{36}</uuid>")
@@ -173,14 +173,7 @@ def lg_world(make_host, tmp_path):
     from vm_manager.base.vm_config import VMConfig
 
     name = f"lgvm-{uuid.uuid4().hex[:6]}"
-    shm = Path("/dev/shm") / f"looking-glass-{name}"
-    shm.write_bytes(b"\0" * 65536)
-    os.chmod(shm, 0o666)
-    shared = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))
-    os.chmod(shared, 0o777)
-    client = shared / "looking-glass-client"
-    shutil.copy(Path(__file__).parent / "bin" / "looking-glass-client", client)
-    os.chmod(client, 0o755)
+    shm, shared, client = looking_glass_stand_in(name)
     spice = FakeSpiceServer()  # the client needs its SPICE port to answer, as B7 does
     store = VMStore(tmp_path / "config")
     store.save(VMConfig(name=name, vm_type="windows10", gpu_passthrough={"pci_address":

@@ -104,22 +104,14 @@ def test_display_closes_its_looking_glass_client(tmp_path, signum):
     neuron-vm, no pid file is left, and the exit is 128+n. It was left running (PPID 1,
     window up) with its pid file behind."""
     import shutil
-    import tempfile
     import uuid
 
-    from support.fakes import FakeLGHost, FakeSpiceServer
+    from support.fakes import FakeLGHost, FakeSpiceServer, looking_glass_stand_in
     from vm_manager.base.store import VMStore
     from vm_manager.base.vm_config import VMConfig
 
     name = f"lgsig-{uuid.uuid4().hex[:6]}"
-    shm = Path("/dev/shm") / f"looking-glass-{name}"
-    shm.write_bytes(b"\0" * 65536)
-    os.chmod(shm, 0o666)
-    shared = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))
-    os.chmod(shared, 0o777)
-    client = shared / "looking-glass-client"
-    shutil.copy(Path(__file__).parent / "bin" / "looking-glass-client", client)
-    os.chmod(client, 0o755)
+    shm, shared, client = looking_glass_stand_in(name)
     spice = FakeSpiceServer()
     VMStore(tmp_path / "config").save(VMConfig(
         name=name, vm_type="windows10", gpu_passthrough={"pci_address": "01:00.0"},

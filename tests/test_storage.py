@@ -122,11 +122,7 @@ def test_create_and_delete_on_the_real_daemon_go_through_the_pool(system_daemon,
         pool.refresh(0)
         assert pool.listVolumes() == [disks[0].name]
     finally:
-        for name in names:
-            remove_domain(conn, name)
-        remove_pool(conn, images)
-        conn.close()
-        shutil.rmtree(images, ignore_errors=True)
+        _remove_all(conn, names, images)
         assert not os.path.exists(images)
 
 
@@ -302,8 +298,13 @@ def test_a_pool_whose_folder_was_deleted_is_built_again(system_daemon, tmp_path)
                                         if storage_xml.pool_folder(p.XMLDesc(0)) == str(images)])
         assert len(pools) == 1 and pools[0].isActive()  # the same pool, not a second one
     finally:
-        for name in names:
-            remove_domain(conn, name)
-        remove_pool(conn, images)
-        conn.close()
-        shutil.rmtree(images, ignore_errors=True)
+        _remove_all(conn, names, images)
+
+
+def _remove_all(conn, names, images: Path) -> None:
+    """The test's VMs, the pool of its images folder and the folder; the connection closed."""
+    for name in names:
+        remove_domain(conn, name)
+    remove_pool(conn, images)
+    conn.close()
+    shutil.rmtree(images, ignore_errors=True)

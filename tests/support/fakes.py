@@ -340,3 +340,23 @@ def arch_like_host(root: Path) -> Path:
     (root / "etc" / "default" / "grub").write_text(GRUB)
     (root / "etc" / "mkinitcpio.conf").write_text("MODULES=()\nHOOKS=(base udev)\n")
     return root
+
+
+def looking_glass_stand_in(name: str):
+    """What a Looking Glass window of VM ``name`` needs on this machine, where the client's
+    user (the desktop user, not root) can reach it: the VM's shared memory file in /dev/shm
+    (0666) and a copy of the fake B7 client in a world-readable folder. Returns (shm, the
+    folder, the client); the caller removes both."""
+    import os
+    import shutil
+    import tempfile
+
+    shm = Path("/dev/shm") / f"looking-glass-{name}"
+    shm.write_bytes(b"\0" * 65536)
+    os.chmod(shm, 0o666)
+    shared = Path(tempfile.mkdtemp(prefix="neuronos-lg-"))
+    os.chmod(shared, 0o777)
+    client = shared / "looking-glass-client"
+    shutil.copy(Path(__file__).parent.parent / "bin" / "looking-glass-client", client)
+    os.chmod(client, 0o755)
+    return shm, shared, client
