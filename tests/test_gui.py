@@ -998,7 +998,7 @@ def test_each_command_opens_its_dialog_over_the_window(window, qtbot, command, d
         if modal is None:
             QTimer.singleShot(20, close_modal)  # it is being read on a worker still
             return
-        seen.append(modal)
+        seen.append((type(modal).__name__, modal.parent()))  # before reject may delete it
         modal.reject()
 
     def shown():  # a modeless one (its data read on a worker first)
@@ -1009,7 +1009,8 @@ def test_each_command_opens_its_dialog_over_the_window(window, qtbot, command, d
         QTimer.singleShot(20, close_modal)
     getattr(getattr(window, "commands", window), command)()
     qtbot.waitUntil(lambda: bool(seen) or shown() is not None, timeout=10000)
-    opened = seen[0] if seen else shown()
-    assert type(opened).__name__ == dialog and opened.parent() is window
+    opened = shown()
+    kind, parent = seen[0] if seen else (type(opened).__name__, opened.parent())
+    assert kind == dialog and parent is window
     if not seen:
         opened.close()  # a modal one was rejected already

@@ -32,6 +32,7 @@ from ..base.errors import VMManagerError
 from ..base.primitives import Subscribers
 from ..base.log import get_logger
 from . import setup_stages
+from .guest_agent import press_key, read_file
 from .setup_stages import CLOUD_INIT_RESULT
 
 log = get_logger(__name__)
@@ -120,10 +121,12 @@ class SetupTracker:
                               "run": f" (libvirt id {run})" if active else None}
 
     def status(self, name: str) -> SetupInfo | None:
-        """The stage now, caught up first: a running VM still at "created" is installing,
-        one whose agent is connected is asked how far it got, one past its stage's
-        deadline has failed."""
+        """The stage now, caught up first (a running VM at "created" is installing, one whose
+        agent is connected is asked how far it got, one past its deadline has failed);
+        later steps are told from what it read."""
         setup, live = self.info(name)
+        if setup is not None:
+            self._known.setdefault(name, len(setup.steps))
         if setup is None or not live["active"] or not setup_stages.still_open(setup):
             return setup
         if setup.stage != "failed" and (setup.stage == "created"
@@ -211,8 +214,6 @@ class SetupTracker:
     def _answer_boot_prompt(self, name: str) -> None:
         """Windows discs ask for a key before they boot from CD; answer with Enter for a
         while (the answer file then runs setup without any other key)."""
-        from .guest_agent import press_key
-
         press_key(self.connection, name, KEY_ENTER, self.boot_prompt_s, self._cancel)
 
     def agent_connected(self, name: str, stage_text: str | None = None) -> None:
@@ -277,8 +278,6 @@ class SetupTracker:
 
     def read_guest_file(self, name: str, path: str) -> str | None:
         """A small file of the guest, read through its agent (None when it cannot be)."""
-        from .guest_agent import read_file
-
         return read_file(self.connection, name, path, self.agent_timeout)
 
     def reset(self, name: str, note: str, timeout_s: int | None = None) -> None:
