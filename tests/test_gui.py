@@ -79,7 +79,7 @@ def test_start_from_the_window_runs_off_the_ui_thread(window, qtbot):
     window.commands.on_start()
     qtbot.waitUntil(lambda: state_of(window, "beta") == S.RUNNING, timeout=5000)
     qtbot.waitUntil(lambda: "beta" not in window.busy, timeout=5000)
-    assert "stop" in enabled(window)
+    qtbot.waitUntil(lambda: "stop" in enabled(window), timeout=5000)  # the actions follow
 
 
 def test_illegal_outcome_is_reported_not_raised(window, qtbot):
