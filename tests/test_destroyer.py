@@ -50,7 +50,7 @@ def world(tmp_path, make_host):
     store = VMStore(tmp_path / "config")
     lifecycle = VMLifecycleManager(conn)
     destroyer = VMDestroyer(conn, store=store, lifecycle=lifecycle, images_dir=images,
-                            shm_dir=shm)
+                            shm_dir=shm, rules_root=tmp_path)
     yield conn, images, shm, store, destroyer
     lifecycle.close()
     conn.close()
@@ -60,13 +60,17 @@ def names(conn):
     return set(conn.execute(lambda c: [d.name() for d in c.listAllDomains()]))
 
 
-def test_default_keeps_every_disk_but_removes_settings_and_shm(world):
+def test_default_keeps_every_disk_but_removes_settings_and_shm(world, tmp_path):
     conn, images, shm, store, destroyer = world
     own = qcow2(images / "vm.qcow2")
     define(conn, "vm", [disk_xml(own)])
     store.save(VMConfig(name="vm"))
     (shm / "looking-glass-vm").write_bytes(b"LGMP")
+    rule = tmp_path / "etc/tmpfiles.d/neuronos-looking-glass-vm.conf"  # shm-permissions --apply
+    rule.parent.mkdir(parents=True)
+    rule.write_text("f /dev/shm/looking-glass-vm 0600 alice - -\n")
     plan = destroyer.plan("vm")
+    assert plan.shm_rule == str(rule) and f"  remove shared memory rule {rule}" in plan.describe()
     assert [d.delete for d in plan.disks] == [False]
     assert "--delete-disks" in plan.disks[0].reason
     assert plan.firmware_state.startswith("kept")
@@ -74,6 +78,7 @@ def test_default_keeps_every_disk_but_removes_settings_and_shm(world):
     assert own.exists()
     assert "vm" not in names(conn)
     assert not store.path_for("vm").exists() and not (shm / "looking-glass-vm").exists()
+    assert not rule.exists() and str(rule) in result.removed  # the next "vm" is not alice's
     assert (str(own), plan.disks[0].reason) in result.kept
 
 

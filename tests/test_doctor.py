@@ -17,6 +17,7 @@ from vm_manager.passthrough.ivshmem import (
     kvmfr_device,
     shm_name,
     shm_size_mb,
+    qemu_account,
     tmpfiles_rule,
     write_tmpfiles_rule,
 )
@@ -158,9 +159,22 @@ def test_ivshmem_pieces(tmp_path):
     assert "<shmem name='looking-glass-vm'>" in fragment and "<size unit='M'>64</size>" in fragment
     with pytest.raises(InvalidConfig, match="power of two"):
         LookingGlassConfig(shm_size_mb=48)
-    assert tmpfiles_rule("win11", "alice") == "f /dev/shm/looking-glass-win11 0660 alice kvm -\n"
+    # the desktop user's file, 0600, and one ACL entry for QEMU's user (issue 28: not kvm's)
+    assert tmpfiles_rule("win11", "alice", "libvirt-qemu") == (
+        "f /dev/shm/looking-glass-win11 0600 alice - -\n"
+        "a+ /dev/shm/looking-glass-win11 - - - - user:libvirt-qemu:rw\n")
+    with pytest.raises(ValueError, match="QEMU user"):
+        tmpfiles_rule("win11", "alice", "evil:x")
+    conf = tmp_path / "etc/libvirt/qemu.conf"
+    conf.parent.mkdir(parents=True)  # as libvirt ships it: the examples, then its default
+    conf.write_text('#       user = "qemu"   # A user named "qemu"\n#user = "libvirt-qemu"\n')
+    assert qemu_account(tmp_path) == "libvirt-qemu"
     path, text = write_tmpfiles_rule("win11", "alice", tmp_path)
-    assert not path.exists() and "0660 alice kvm" in text  # a dry run writes nothing
+    assert not path.exists() and "0600 alice" in text  # a dry run writes nothing
+    assert "user:libvirt-qemu:rw" in text
+    conf.write_text(conf.read_text() + 'user = "+0"\n')  # set by the admin: that one counts
+    assert qemu_account(tmp_path) == "+0"
+    path, text = write_tmpfiles_rule("win11", "alice", tmp_path)
     path, _ = write_tmpfiles_rule("win11", "alice", tmp_path, apply=True)
     assert path.read_text() == text
     assert path == tmp_path / "etc/tmpfiles.d/neuronos-looking-glass-win11.conf"

@@ -155,13 +155,16 @@ def test_passthrough_takes_every_function_of_the_slot(tmp_path, gpu_host, make_h
     assert "<model type='vga'/>" in xml and "type='tablet'" not in xml
 
 
-def test_every_template_keeps_spice_on_localhost_the_looking_glass_default():
+def test_every_template_has_spice_with_no_network_port():
     """SPICE carries the Looking Glass window's keyboard, mouse and clipboard (DESIGN.md
-    4.1): every template's domain has it, on 127.0.0.1, with the port left to libvirt."""
+    4.1): every template's domain has it, and with no address (issue 28: on 127.0.0.1 with
+    no password every local account could watch and type into every VM); viewers get their
+    connection from libvirt."""
     from vm_manager.base.domain_xml import read_domain
 
     goldens = sorted(GOLDEN.glob("*--*.xml"))
     assert len(goldens) >= 8
     for golden in goldens:
         spice = [g for g in read_domain(golden.read_text()).graphics if g.type == "spice"]
-        assert len(spice) == 1 and spice[0].autoport and spice[0].listen == "127.0.0.1", golden
+        assert len(spice) == 1 and spice[0].listen_type == "none", golden
+        assert spice[0].listen is None and not spice[0].autoport and spice[0].port is None

@@ -26,8 +26,8 @@ def domain_xml(
     cmdline: str = "console=ttyS0 quiet panic=-1",
 ) -> str:
     """A libvirt domain for the tiny guest: direct kernel boot, no disk, no NIC, ACPI on,
-    the serial console written to ``serial_log``; ``spice``: QEMU's SPICE server on
-    127.0.0.1, port chosen by libvirt; ``agent``: the QEMU guest-agent channel;
+    the serial console written to ``serial_log``; ``spice``: QEMU's SPICE server as the
+    templates make it (no address: reached through libvirt); ``agent``: the QEMU guest-agent channel;
     ``setup_stage``: an unattended setup's metadata at that stage (kind windows);
     ``disks``: raw images as virtio disks (a cloud-init seed). Built with ElementTree:
     every value is escaped."""
@@ -63,8 +63,11 @@ def domain_xml(
     if agent:
         channel = ET.SubElement(devices, "channel", type="unix")
         ET.SubElement(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
-    if spice:
-        ET.SubElement(devices, "graphics", type="spice", autoport="yes", listen="127.0.0.1")
+    if spice:  # the product's own SPICE display (the templates' macro): no network port
+        from vm_manager.templates.loader import TemplateLoader
+
+        fragment = TemplateLoader().render_fragment("spice_display", "vga")
+        devices.extend(ET.fromstring(f"<devices>{fragment}</devices>"))
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
 

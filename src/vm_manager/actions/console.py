@@ -27,7 +27,31 @@ class ConsoleSession:
 
 
 def viewer_argv(uri: str, name: str, viewer: str = "virt-viewer") -> list[str]:
-    return [viewer, "--connect", uri, "--wait", "--reconnect", name]
+    """``--attach`` on this machine: libvirt hands the viewer its connection (a SPICE
+    server with ``<listen type='none'/>`` has no other way in); ``--`` ends the options (a VM
+    named ``-x``, defined through virsh, is a name, not an option)."""
+    from ..base.primitives import is_remote
+
+    attach = [] if is_remote(uri) else ["--attach"]
+    return [viewer, "--connect", uri, "--wait", "--reconnect", *attach, "--", name]
+
+
+def _unreachable_remotely(ctx: Context, name: str) -> str | None:
+    """Why the viewer cannot reach this remote VM's screen (None: it can): a SPICE server
+    with no address is handed out through libvirt's local socket only."""
+    from ..base.domain_xml import read_domain
+    from ..base.primitives import is_remote
+
+    if not is_remote(ctx.uri):
+        return None
+    connection = ctx.connection
+    info = read_domain(connection.execute(
+        lambda conn: connection.lookup(conn, name).XMLDesc(0), idempotent=True))
+    if info.graphics and all(g.listen_type == "none" for g in info.graphics):
+        return (f"{name}'s screen has no network port (only libvirt on its own machine"
+                " hands it out, so no other account can reach it): open it there, e.g."
+                f" `ssh -X HOST neuron-vm console {name}`")
+    return None
 
 
 def find_viewer(environ: dict | None = None) -> str | None:
@@ -43,6 +67,9 @@ def open_console(ctx: Context, name: str, wait: bool = False) -> ConsoleSession:
     from ..base.errors import OperationFailed
 
     ctx.lifecycle.require(name)
+    unreachable = _unreachable_remotely(ctx, name)
+    if unreachable:
+        raise OperationFailed(unreachable)
     viewer = find_viewer()
     if viewer is None:
         raise OperationFailed(INSTALL)

@@ -161,7 +161,7 @@ class Context:
 
         options = {"shm_dir": self.shm_dir} if self.shm_dir else {}
         return VMDestroyer(self.connection, store=self.store, lifecycle=self.lifecycle,
-                           images_dir=self.images_dir, **options)
+                           images_dir=self.images_dir, rules_root=self.host_root, **options)
 
     def looking_glass(self, run_as: str | None = None) -> LookingGlassManager:
         """The one Looking Glass manager of this context; it follows the lifecycle of every

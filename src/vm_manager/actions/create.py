@@ -164,6 +164,10 @@ def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = Non
                                 usb_later=request.usb_later, product_key=request.key)
     result = creator.create(request.config, force=request.force, template=request.template,
                             progress=progress, plan=plan, secrets=request.secrets)
+    if request.start:
+        from .display import claim_shared_memory
+
+        claim_shared_memory(ctx, result.name)
     started = ctx.lifecycle.start(result.name) if request.start else None
     if started is not None:
         from . import setup

@@ -163,6 +163,8 @@ def _display(info: dict[str, Any]) -> Section | None:
         port = graphics.get("port")
         where = f"{graphics.get('listen') or 'no address'}, port {port}" if port else \
             "port chosen when it starts"
+        if graphics.get("listen_type") == "none":
+            where = "no network port: only through libvirt (console, display)"
         rows.append((graphics.get("type") or "display", where))
     for channel in info.get("channels") or []:
         if channel.get("target_name") == "org.qemu.guest_agent.0":

@@ -69,7 +69,7 @@ def plan_fixes(checks: list[Check], *, user: str, program: str, lg_vms: tuple[st
     if "Looking Glass shared memory" in failing:
         fixes.extend(Fix("Looking Glass shared memory", f"Let {user} open {vm}'s shared memory",
                          f"writes the systemd-tmpfiles rule for /dev/shm/looking-glass-{vm}"
-                         f" (0660, {user}, kvm) and applies it now",
+                         f" ({user}'s alone, 0600, plus QEMU) and applies it now",
                          (PKEXEC, program, "shm-permissions", vm, "--user", user, "--apply"))
                      for vm in lg_vms)
     for gpu in gpus:

@@ -95,8 +95,9 @@ class ShmPermissions:
 
 def shm_permissions(ctx: Context, vm: str, user: str | None = None,
                     apply: bool = False) -> ShmPermissions:
-    """The systemd-tmpfiles rule the Looking Glass docs give (``f /dev/shm/looking-glass-<vm>
-    0660 <user> kvm -``); written, and applied at once, only with ``apply``."""
+    """The systemd-tmpfiles rule for ``/dev/shm/looking-glass-<vm>``: the desktop user's,
+    0600, plus an ACL entry for QEMU's user; written, and applied at once, only with
+    ``apply``."""
     from ..doctor.host_check import desktop_user
     from ..passthrough.ivshmem import write_tmpfiles_rule
     from ..passthrough.pci import host_root

@@ -38,6 +38,7 @@ def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartO
         display.config_for(ctx, request.name)  # InvalidConfig before booting anything
     from . import setup
 
+    display.claim_shared_memory(ctx, request.name)
     result = ctx.lifecycle.start(request.name, paused=request.paused, wait=request.wait,
                                  timeout=request.timeout)
     progress = None if request.paused or not request.wait else \

@@ -36,6 +36,19 @@ def read_acl(path: Path | str) -> list[tuple[int, int, int]] | None:
     return [struct.unpack_from("<HHI", data, offset) for offset in range(4, len(data), 8)]
 
 
+def write_user_acl(fd: int, uid: int, perm: int) -> None:
+    """Give one more user ``perm`` (rwx bits) on the open file ``fd``: owner rw, that user,
+    group nothing, mask ``perm``, others nothing (what ``setfacl -m u:UID:rw`` on a 0600 file
+    writes; the kernel turns the mask into the group mode bits)."""
+    undefined = 0xFFFFFFFF
+    owner = (os.fstat(fd).st_mode >> 6) & 7
+    entries = [(USER_OBJ, owner, undefined), (USER, perm, uid), (GROUP_OBJ, 0, undefined),
+               (MASK, perm, undefined), (OTHER, 0, undefined)]
+    data = struct.pack("<I", XATTR_VERSION) + b"".join(struct.pack("<HHI", *entry)
+                                                        for entry in entries)
+    os.setxattr(fd, "system.posix_acl_access", data)
+
+
 def allows(info: os.stat_result, uid: int, groups: set[int], want: int,
            acl: list[tuple[int, int, int]] | None) -> bool:
     """Whether a user (``uid`` in ``groups``, not root) may ``want`` (READ|EXECUTE bits)."""

@@ -89,6 +89,7 @@ class Graphics:
     port: int | None  # the live port; None before the domain runs (-1 / autoport)
     autoport: bool
     listen: str | None
+    listen_type: str | None = None  # address, none (reached through libvirt only), socket
 
 
 @dataclass(frozen=True)
@@ -367,13 +368,11 @@ def _interface(iface: ET.Element) -> Interface:
 
 
 def _graphics(graphics: ET.Element) -> Graphics:
-    port = _int(graphics.get("port"))
-    listen = graphics.get("listen")
-    if listen is None:
-        listen_elem = graphics.find("listen")
-        listen = listen_elem.get("address") if listen_elem is not None else None
+    port, element = _int(graphics.get("port")), graphics.find("listen")
+    listen = graphics.get("listen") or (element.get("address") if element is not None else None)
+    kind = element.get("type") if element is not None else ("address" if listen else None)
     return Graphics(type=graphics.get("type"), port=port if port and port > 0 else None,
-                    autoport=graphics.get("autoport") == "yes", listen=listen)
+                    autoport=graphics.get("autoport") == "yes", listen=listen, listen_type=kind)
 
 
 def _pci_hostdev(hostdev: ET.Element) -> PCIHostdev:

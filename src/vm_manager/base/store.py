@@ -44,14 +44,41 @@ FORMAT_VERSION = 1
 MAX_SETTINGS_BYTES = 1024 * 1024  # a settings file is a few KiB; more is not one of ours
 
 
-def read_small_file(path, limit: int) -> str:
+class NotYours(ValueError):
+    """A file or folder another user owns or may write: what it says is not trusted."""
+
+
+def trusted_owners() -> set[int]:
+    """Who may have written what this process acts on: itself, root, and (as root under
+    sudo) the user who ran sudo, since they could tell root anything anyway."""
+    owners = {os.geteuid(), 0}
+    if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit():
+        owners.add(int(os.environ["SUDO_UID"]))
+    return owners
+
+
+def check_trusted(info: os.stat_result, what: str) -> None:
+    """``NotYours`` for a file or folder owned by another user, or writable by others
+    (issue 28: a settings file planted by ``nobody`` configured a share of /home)."""
+    if info.st_uid not in trusted_owners():
+        raise NotYours(f"{what} belongs to uid {info.st_uid}, not to you")
+    if info.st_mode & 0o022:
+        raise NotYours(f"{what} may be written by other users (mode"
+                       f" {stat.S_IMODE(info.st_mode):04o})")
+
+
+def read_small_file(path, limit: int, trusted: bool = False) -> str:
     """The UTF-8 text of a regular file of at most ``limit`` bytes. Never follows a symlink
-    and never blocks (a FIFO in its place is refused, not waited on)."""
+    and never blocks (a FIFO in its place is refused, not waited on). ``trusted``: the file
+    and its folder must be this user's (``check_trusted``), else ``NotYours``."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError("not a regular file")
+        if trusted:
+            check_trusted(os.stat(os.path.dirname(os.path.abspath(path))), "its folder")
+            check_trusted(info, "the file")
         if info.st_size > limit:
             raise ValueError(f"{info.st_size} bytes, more than a settings file holds")
         data = os.read(fd, limit + 1)
@@ -236,9 +263,12 @@ class VMStore:
             return None
         path = self.path_for(name)
         try:
-            text = read_small_file(path, MAX_SETTINGS_BYTES)
+            text = read_small_file(path, MAX_SETTINGS_BYTES, trusted=True)
         except FileNotFoundError:
             return None
+        except NotYours as error:  # not ours to move aside either
+            raise StoreError(f"saved settings {path} are not used: {error}; remove the file"
+                             " or make it yours (chown, chmod go-w)") from None
         except (OSError, ValueError) as error:  # not a regular file, too big, a link
             problem = getattr(error, "strerror", None) or str(error)
             if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EIO):

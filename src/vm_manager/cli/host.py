@@ -15,8 +15,9 @@ def register(commands, common, subcommand) -> None:
     shm = commands.add_parser(
         "shm-permissions", parents=[common],
         help="let the desktop user open a VM's Looking Glass shared memory",
-        description="Write the systemd-tmpfiles rule the Looking Glass docs give"
-        " (f /dev/shm/looking-glass-<vm> 0660 <user> kvm -). Shows it unless --apply.",
+        description="Write the systemd-tmpfiles rule that makes /dev/shm/looking-glass-<vm>"
+        " at boot for the desktop user alone (0600) and QEMU's user (an ACL entry); neuron-vm"
+        " makes the file anew itself at every start. Shows the rule unless --apply.",
     )
     shm.add_argument("name", metavar="NAME")
     shm.add_argument("--user", help="the desktop user (default: $SUDO_USER or you)")

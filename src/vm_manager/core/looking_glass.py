@@ -40,6 +40,7 @@ from ..display.lg_client import (
     judge_exit, read_log_tail, release_note, user_credentials, user_id, stop_by_pid_file,
 )
 from ..display.lgmp import Heartbeat, wait_for_host
+from ..display.spice_relay import SpiceRelay
 from ..base.errors import LookingGlassError, OperationTimedOut, VMManagerError, VMNotFound
 from ..base.store import private_folder
 from ..base.primitives import Subscribers, validate_name
@@ -227,11 +228,29 @@ class LookingGlassManager(FollowsLifecycle):
     # --- the supervisor thread --------------------------------------------------------------
 
     def _supervise(self, vm_name: str, entry: _Client) -> None:
+        relay = None
         try:
+            if entry.config.spice and entry.config.spice_libvirt is not None:
+                relay = self._spice_relay(vm_name, entry.config.spice_libvirt)
+                entry.config = replace(entry.config, spice_host=str(relay.path), spice_port=0)
             self._supervise_loop(vm_name, entry)
         except Exception as error:  # never die silently: say why in the state
             log.exception("Looking Glass supervisor for %s failed", vm_name)
             self._set(vm_name, LGState.ERROR, str(error))
+        finally:
+            if relay is not None:
+                relay.close()
+
+    def _spice_relay(self, vm_name: str, index: int) -> SpiceRelay:
+        """The client's way to a SPICE server with no address: a socket only the client's
+        user reaches, each connection joined by libvirt (``display.spice_relay``)."""
+        connection, user = self.connection, self._client_user()
+        owner = None
+        if user is not None:
+            who = user_credentials(user)
+            owner = (who.uid, who.gid)
+        return SpiceRelay(vm_name, lambda: connection.execute(
+            lambda conn: connection.lookup(conn, vm_name).openGraphicsFD(index, 0)), owner)
 
     def _supervise_loop(self, vm_name: str, entry: _Client) -> None:
         while not entry.cancel.is_set():
@@ -374,9 +393,12 @@ class LookingGlassManager(FollowsLifecycle):
 
         info = read_domain(self.connection.execute(
             lambda conn: self.connection.lookup(conn, vm_name).XMLDesc(0)))
-        if not any(graphics.type == "spice" for graphics in info.graphics):
+        spice = [graphics for graphics in info.graphics if graphics.type == "spice"]
+        if not spice:
             log.warning("%s: %s", vm_name, NO_SPICE)
             return replace(config, spice=False), NO_SPICE
+        if spice[0].listen_type == "none":  # no address: libvirt hands out connections
+            return replace(config, spice_libvirt=info.graphics.index(spice[0])), ""
         return replace(config, spice_port=info.spice_port), ""
 
 

@@ -65,6 +65,7 @@ class DestroyPlan:
     firmware_state: str  # what happens to NVRAM/TPM
     snapshots: list[str] = field(default_factory=list)
     snapshot_folder: str | None = None  # NeuronOS's NVRAM/TPM copies, removed with the disks
+    shm_rule: str | None = None  # its tmpfiles rule: the next VM of this name is not theirs
 
     @property
     def blocked_reason(self) -> str | None:
@@ -102,6 +103,8 @@ class DestroyPlan:
             lines.append(f"  remove settings {self.settings_file}")
         if self.shm_file:
             lines.append(f"  remove shared memory {self.shm_file}")
+        if self.shm_rule:
+            lines.append(f"  remove shared memory rule {self.shm_rule}")
         return lines
 
     def to_dict(self) -> dict:
@@ -112,6 +115,7 @@ class DestroyPlan:
             "disks": [disk.__dict__ for disk in self.disks],
             "settings_file": self.settings_file,
             "shm_file": self.shm_file,
+            "shm_rule": self.shm_rule,
             "firmware_state": self.firmware_state,
             "snapshots": self.snapshots,
         }
@@ -141,6 +145,7 @@ class VMDestroyer:
         images_dir: Path | str | None = None,
         shm_dir: Path | str = "/dev/shm",
         qemu_img: str = "qemu-img",
+        rules_root: Path | str | None = None,  # stands for "/" (its etc/tmpfiles.d)
     ):
         self._connection = connection
         self.store = store or (VMStore.for_uri(connection.uri) if connection is not None
@@ -149,6 +154,7 @@ class VMDestroyer:
         self._images_dir = Path(images_dir) if images_dir else None
         self.shm_dir = Path(shm_dir)
         self.qemu_img = qemu_img
+        self.rules_root = rules_root
 
     @property
     def connection(self) -> LibvirtConnection:
@@ -196,13 +202,17 @@ class VMDestroyer:
         given = self._given_images(name, domain.uuid)
         tpm_flags = lib_version >= TPM_FLAGS_SINCE
 
-        from ..passthrough.ivshmem import shm_path
+        from ..base.primitives import is_remote
+        from ..passthrough.ivshmem import shm_path, tmpfiles_path
+        from ..passthrough.pci import host_root
 
         try:  # a domain made outside NeuronOS may have a name our files cannot carry
             settings: Path | None = self.store.path_for(name)
             shm: Path | None = shm_path(name, self.shm_dir)
+            rule: Path | None = None if is_remote(self.connection.uri) else \
+                tmpfiles_path(name, host_root(self.rules_root))
         except InvalidConfig:
-            settings = shm = None
+            settings = shm = rule = None
         from .snapshots import snapshots_folder
 
         folder = snapshots_folder(domain, managed)
@@ -223,6 +233,7 @@ class VMDestroyer:
                 settings_file=str(settings) if settings and self.store.belongs(
                     name, domain.uuid) else None,  # never another VM's of this name
                 shm_file=str(shm) if shm and shm.exists() else None,
+                shm_rule=str(rule) if rule and rule.exists() else None,
                 undefine_flags=flags, firmware_state=firmware, snapshots=snaps,
                 snapshot_folder=str(folder) if "/" not in name and folder.is_dir() else None,
             ))
@@ -309,7 +320,7 @@ class VMDestroyer:
         if plan.snapshot_folder and delete_disks:
             shutil.rmtree(plan.snapshot_folder, ignore_errors=True)
             result.removed.append(plan.snapshot_folder)
-        for path in (plan.settings_file, plan.shm_file):
+        for path in (plan.settings_file, plan.shm_file, plan.shm_rule):
             if path is None:
                 continue
             try:

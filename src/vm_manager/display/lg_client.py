@@ -55,8 +55,9 @@ class LGClientConfig:
     escape_key: str = "KEY_SCROLLLOCK"  # the client's own default
     fps_min: int | None = None  # win:fpsMin, a frame-rate MINIMUM (there is no limit option)
     spice: bool = True
-    spice_host: str = "127.0.0.1"
+    spice_host: str = "127.0.0.1"  # or a unix socket's path, with port 0
     spice_port: int | None = None
+    spice_libvirt: int | None = None  # SPICE reached through libvirt: that graphics index
     window_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
@@ -147,10 +148,10 @@ def build_argv(client: Path | str, config: LGClientConfig, release: str | None) 
         f"spice:enable={yes(config.spice)}",
     ]
     if config.spice:
-        if config.spice_port is None:
+        if config.spice_port is None and config.spice_libvirt is None:
             raise LookingGlassError(f"{config.vm_name}: the SPICE port is unknown (is the VM"
                                     " running with SPICE graphics?)")
-        argv += [f"spice:host={config.spice_host}", f"spice:port={config.spice_port}"]
+        argv += [f"spice:host={config.spice_host}", f"spice:port={config.spice_port or 0}"]
     if config.fps_min is not None:
         argv.append(f"win:fpsMin={config.fps_min}")
     if config.window_size is not None:
@@ -221,7 +222,7 @@ def judge_exit(code: int, tail: list[str], spice: tuple[str, int] | None = None)
     def first(*needles: str) -> str | None:
         return next((m for m in messages if any(n in m for n in needles)), None)
 
-    where = f" at {spice[0]}:{spice[1]}" if spice else ""
+    where = "" if not spice else f" at {spice[0]}" + (f":{spice[1]}" if spice[1] else "")
     crash = first(FATAL_CRASH)
     if crash is not None:
         after = messages[messages.index(crash) + 1:]
