@@ -895,3 +895,25 @@ def test_the_setup_journey_tells_each_stage_and_how_it_ended(world, isos):
     finally:
         journey.close()
         ctx.close()
+
+
+def test_setup_restart_never_trusts_the_medium_path_in_the_metadata(world, isos, tmp_path):
+    """Issue 28: a path planted in the domain's metadata made setup-restart unlink that file
+    and write an ISO there (as root under sudo). Only the path NeuronOS derives is used; the
+    planted one is named and left alone."""
+    import libvirt
+
+    from vm_manager.base.domain_xml import SETUP_NS
+
+    conn, store, images, password = world
+    assert run(world, *create_args(isos, password))[0] == 0
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0::/root:/bin/bash\n")
+    conn.execute(lambda c: c.lookupByName("w11").setMetadata(
+        libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+        f"<setup kind='windows' stage='created' medium='{victim}'/>",
+        "neuronos-setup", SETUP_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+    code, _, err = run(world, "setup-restart", "w11", "--password-file", str(password))
+    assert code == 2 and "names the setup medium /tmp/" in err and "not touched" in err
+    assert victim.read_text() == "root:x:0:0::/root:/bin/bash\n"
+    assert (images / "w11-setup.iso").exists()  # its own medium is still there

@@ -46,7 +46,7 @@ def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, 
     done = ["powered the running VM off first (--force)"] if stopped else []
     if wipe_disk:
         done.append(_wipe_disk(config, images_dir, qemu_img, tracker.connection))
-    medium = Path(setup.medium) if setup.medium else setup_medium_path(images_dir, name)
+    medium = _derived_medium(setup.medium, images_dir, name)
     # 1: create (since its "created" step is recorded, the first one is create's own)
     created = [step for step in setup.steps if step[0] == "created"]
     attempt = 2 + len(created) - (1 if setup.steps and setup.steps[0][0] == "created" else 0)
@@ -72,6 +72,20 @@ def restart_setup(tracker: SetupTracker, config: VMConfig, *, images_dir: Path, 
         done.append(f"every stage may now take {duration(stage_timeout_s)}")
     tracker.reset(name, "setup restarted: " + "; ".join(done), stage_timeout_s)
     return "; ".join(done)
+
+
+def _derived_medium(recorded: str | None, images_dir: Path, name: str) -> Path:
+    """The medium's path as NeuronOS derives it (the images folder, ``NAME-setup.iso``):
+    the path in the domain's metadata is only compared with it, never trusted (issue 28: a
+    planted path made root replace an arbitrary file)."""
+    derived = setup_medium_path(images_dir, name)
+    if recorded and recorded != str(derived):
+        where = Path(recorded).parent
+        hint = (f" (it was made with NEURONOS_IMAGES_DIR={where}: run it with that)"
+                if Path(recorded).name == derived.name and not where.is_symlink() else "")
+        raise InvalidConfig("NAME", f"{name}'s metadata names the setup medium {recorded},"
+                            f" not {derived} where NeuronOS puts it; it is not touched{hint}")
+    return derived
 
 
 def _attach_medium(tracker: SetupTracker, name: str, kind: str | None, medium: str, domain,

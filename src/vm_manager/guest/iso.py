@@ -166,7 +166,7 @@ def write_iso(target: Path, label: str, files: list[MediumFile], mode: int = 0o6
             opened.append(stream)
             iso.add_fp(stream, length, short.file(item.path), rr_name=parts[-1],
                        joliet_path=item.path, file_mode=0o100444)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
             with os.fdopen(fd, "wb") as out:
                 iso.write_fp(out)
