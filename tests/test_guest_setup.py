@@ -345,9 +345,11 @@ def test_the_looking_glass_host_must_match_the_client(world, isos, tmp_path, mon
         shutil.copy(password, mine)
         os.chown(mine, pwd.getpwnam("nobody").pw_uid, -1)
         password = mine
+        # the files they give must be files they could read themselves (issue 28)
+        isos = {key: Path(shutil.copy(path, folder / path.name)) for key, path in isos.items()}
     root = add_pci_devices(tmp_path / "host", nvidia_turing_gpu())
-    old = tmp_path / "looking-glass-host-B6.zip"
-    nameless = tmp_path / "host-setup.exe"
+    old = folder / "looking-glass-host-B6.zip"
+    nameless = folder / "host-setup.exe"
     for path in (old, nameless):
         path.write_bytes(b"MZ")
     monkeypatch.setenv("NEURONOS_HOST_ROOT", str(root))

@@ -10,6 +10,7 @@ user made first stayed the one QEMU mapped.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import uuid
@@ -244,3 +245,46 @@ def test_settings_written_by_another_user_are_refused(tmp_path):
         store.load("win")
     os.chmod(path.parent, 0o700)
     assert store.load("win").name == "win"
+
+
+def test_paths_are_checked_for_what_the_desktop_user_may_do(make_host, tmp_path, monkeypatch):
+    """Run for another user (root under sudo), ``--disk /etc/shadow`` and ``--serial-log
+    /etc/passwd`` were accepted and the guest's console was appended to /etc/passwd. Now
+    every path is checked for what the desktop user could do with it (read an ISO, read
+    and write a disk, write the serial log): exit 2 naming the flag and the reason, and
+    nothing made. Their own files are fine."""
+    import io
+    import tempfile
+
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.cli import main
+    from vm_manager.passthrough.ivshmem import user_credentials
+
+    images = tmp_path / "images"
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    mine = Path(tempfile.mkdtemp(prefix="neuronos-sec-"))
+    mine.chmod(0o755)
+    with local_user("ndesk") as desk, LibvirtConnection(make_host()) as conn:
+        monkeypatch.setenv("SUDO_USER", desk)
+        who = user_credentials(desk)
+        os.chown(mine, who.uid, who.gid)
+
+        def create(name, *extra):
+            out, err = io.StringIO(), io.StringIO()
+            code = main(["create", name, "--template", "linux", "--network", "none", *extra],
+                        connection=conn, out=out, err=err)
+            return code, err.getvalue()
+
+        for flag, path, words in [("--disk", "/etc/shadow", "cannot read and write"),
+                                  ("--serial-log", "/etc/passwd", "cannot write"),
+                                  ("--iso", "/etc/shadow", "cannot read"),
+                                  ("--serial-log", "/root/new.log", "cannot write")]:
+            code, err = create("x", flag, path)
+            assert code == 2 and err.startswith(f"neuron-vm: {flag}") and words in err, err
+            assert not images.exists() or not list(images.iterdir())
+        assert Path("/etc/passwd").read_text().count("\n") > 1  # untouched
+        log = mine / "console.log"  # a new file in a folder of theirs
+        code, err = create("ok", "--serial-log", str(log))
+        assert code == 0, err
+    shutil.rmtree(mine)

@@ -18,7 +18,7 @@ from pathlib import Path
 # ACL entry tags (linux/posix_acl.h) and the xattr's version (linux/posix_acl_xattr.h)
 USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 XATTR_VERSION = 2
-READ, EXECUTE = 4, 1
+READ, WRITE, EXECUTE = 4, 2, 1
 
 
 def read_acl(path: Path | str) -> list[tuple[int, int, int]] | None:
@@ -90,6 +90,14 @@ def unreadable_to(folder: Path, user: str) -> str | None:
     """Why ``user`` could not open ``folder`` themselves (None when they own it or can read
     it), naming the first folder on the way that stops them, its owner and its mode. A
     file needs to be readable; a folder readable and enterable."""
+    return denied_to(folder, user, READ | EXECUTE if folder.is_dir() else READ)
+
+
+def denied_to(path: Path, user: str, want: int) -> str | None:
+    """Why ``user`` could not ``want`` (READ, WRITE, EXECUTE bits) ``path`` themselves: the
+    first folder on the way they cannot enter, or the path itself, with its owner and mode
+    (issue 28: root, or QEMU, must never use for a user a file that user could not). None
+    when they may, own it, or are root, or the account is unknown here."""
     import pwd
 
     try:
@@ -99,21 +107,22 @@ def unreadable_to(folder: Path, user: str) -> str | None:
     if entry.pw_uid == 0:
         return None
     groups = set(os.getgrouplist(user, entry.pw_gid))
-    last = READ | EXECUTE if folder.is_dir() else READ
-    for path, want in [*((parent, EXECUTE) for parent in reversed(folder.parents)),
-                       (folder, last)]:
-        info = os.stat(path)
-        if path == folder and info.st_uid == entry.pw_uid:
+    for step, bits in [*((parent, EXECUTE) for parent in reversed(path.parents)),
+                       (path, want)]:
+        info = os.stat(step)
+        if step == path and info.st_uid == entry.pw_uid:
             return None  # their own folder or file
-        acl = read_acl(path)
-        if not allows(info, entry.pw_uid, groups, want, acl):
+        acl = read_acl(step)
+        if not allows(info, entry.pw_uid, groups, bits, acl):
             try:
                 owner = pwd.getpwuid(info.st_uid).pw_name
             except KeyError:
                 owner = str(info.st_uid)
-            verb = "read" if path == folder else "get through"
+            verb = ("get through" if step != path else
+                    "write" if bits & WRITE and not bits & READ else
+                    "read and write" if bits & WRITE else "read")
             rules = ", and its ACL does not let them" if acl else ""
-            return (f"{user} cannot {verb} {path} (owner {owner},"
+            return (f"{user} cannot {verb} {step} (owner {owner},"
                     f" mode {stat.S_IMODE(info.st_mode):04o}{rules})")
     return None
 

@@ -43,8 +43,11 @@ class DiskPlan:
 
 
 def regular_file(field_name: str, path: str, fact) -> None:
-    """Only a regular file of the user's: never a folder, a device, a FIFO, or /proc."""
+    """Only a regular file of the user's: never a folder, a device, a FIFO, or /proc, nor a
+    file the desktop user could not use themselves."""
     if fact.kind == "file" and not fact.pseudo:
+        if fact.unreadable:
+            raise InvalidConfig(field_name, f"{path}: {fact.unreadable}; give a file of yours")
         return
     why = {"missing": fact.why_missing or "does not exist", "dir": "is a folder",
            "block": "is a block device", "other": "is a device, FIFO or socket"}.get(
@@ -84,6 +87,8 @@ def plan_disk(config: VMConfig, facts: HostFacts, *, existing: bool = False,
         if config.disk_device:
             if not lenient and fact.kind != "block":
                 raise InvalidConfig("disk_device", f"{config.disk_path} is not a block device")
+            if not lenient and fact.unreadable:
+                raise InvalidConfig("disk_device", f"{config.disk_path}: {fact.unreadable}")
             if not lenient and not existing and fact.in_use:
                 raise InvalidConfig("disk_device", f"{config.disk_path} is in use by this host"
                                     f" ({fact.in_use}); NeuronOS never gives it to a VM")

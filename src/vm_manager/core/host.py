@@ -72,7 +72,7 @@ class PathFact:
     parent_writable: bool = False  # a missing file could be made there (a serial log)
     in_use: str | None = None  # a block device the host uses: mounted, or held (LVM, RAID)
     real: str | None = None  # the path with every symlink resolved
-    unreadable: str | None = None  # a shared folder: why the desktop user cannot read it
+    unreadable: str | None = None  # why the desktop user may not use it (a share, a disk)
     why_missing: str | None = None  # said instead of "does not exist" (a remote host's file)
 
 
@@ -285,6 +285,35 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
                           config.unattended.gpu_driver_installer):
             if installer:
                 facts[installer] = _kind(Path(installer))
+                paths.append(installer)
+    return _as_desktop_user(facts, config, paths)
+
+
+def _as_desktop_user(facts: dict[str, PathFact], config: VMConfig,
+                     inputs: list[str | None]) -> dict[str, PathFact]:
+    """Each file the user gave, marked with why the desktop user could not use it as the VM
+    will (read an ISO, read and write a disk, write the serial log): the VM must never be a
+    way to a file they could not open themselves (issue 28: ``--serial-log /etc/passwd``)."""
+    from ..base.access import READ, WRITE, EXECUTE, denied_to, desktop_user
+
+    user = desktop_user()
+    wants = [(path, READ) for path in inputs if path]
+    if config.disk_path is not None:
+        wants.append((config.disk_path, READ | WRITE))
+    if config.serial_log_path is not None:
+        wants.append((config.serial_log_path, WRITE))
+    for path, want in wants:
+        fact = facts.get(path)
+        if fact is None or fact.pseudo or fact.kind not in ("file", "block", "missing"):
+            continue  # refused for what it is already
+        target = Path(fact.real or path)
+        if fact.kind == "missing":  # a new serial log: its folder must let them make it
+            if want != WRITE or not target.parent.is_dir():
+                continue
+            target, want = target.parent, WRITE | EXECUTE
+        denied = denied_to(target, user, want)
+        if denied:
+            facts[path] = replace(fact, unreadable=denied)
     return facts
 
 

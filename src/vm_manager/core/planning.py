@@ -283,6 +283,9 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
 def _serial_log(path: str, fact) -> None:
     """A regular file to append to, or a new one in a folder that exists and may be
     written; never a device (the guest console would be written onto it)."""
+    if fact.unreadable:
+        raise InvalidConfig("serial_log_path", f"{path}: {fact.unreadable}; give a file of"
+                            " yours")
     if not fact.pseudo and (fact.kind == "file" or (fact.kind == "missing"
                                                     and fact.parent_writable)):
         return
@@ -299,8 +302,8 @@ def _plan_gpu(config: VMConfig, facts: HostFacts, warnings: list[str]) -> GPUSpe
     gpu = config.gpu_passthrough
     if gpu is None:
         return None
-    if gpu.rom_file is not None and facts.path(gpu.rom_file).kind != "file":
-        raise InvalidConfig("gpu.rom_file", f"{gpu.rom_file} does not exist")
+    if gpu.rom_file is not None:
+        regular_file("gpu.rom_file", gpu.rom_file, facts.path(gpu.rom_file))
     if facts.pci is None:
         raise InvalidConfig("gpu.pci_address", "the host's PCI devices were not read")
     passthrough = plan_passthrough_in(facts.pci, gpu.pci_address,

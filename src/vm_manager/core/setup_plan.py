@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..base.errors import InvalidConfig
 from ..guest.windows_answers import AnswerValues, answer_values
+from .disks import regular_file
 from .host import setup_medium_path
 from .host_facts import HostFacts
 from ..base.vm_config import VMConfig
@@ -123,6 +124,7 @@ def plan_setup(config: VMConfig, facts: HostFacts, warnings: list[str],
         if fact.kind != "file":
             raise InvalidConfig("unattended.lg_host_installer", f"{setup.lg_host_installer}"
                                 " does not exist or is not a file")
+        regular_file("unattended.lg_host_installer", setup.lg_host_installer, fact)
         host = media.lg_host_release if media else None
         client = media.lg_client_release if media else None
         if host is None:
@@ -182,6 +184,7 @@ def _gpu_driver(config: VMConfig, facts: HostFacts, notes: list[str]) -> None:
     if fact.kind != "file":
         raise InvalidConfig("unattended.gpu_driver_installer", f"{given} does not exist or is"
                             " not a file")
+    regular_file("unattended.gpu_driver_installer", given, fact)
     notes.append(f"first logon installs the {vendor} driver silently ({Path(given).name}"
                  f" {' '.join(switches)})")
 
@@ -197,6 +200,7 @@ def _windows_shares(config: VMConfig, facts: HostFacts, notes: list[str],
         if facts.path(given).kind != "file":
             raise InvalidConfig("unattended.winfsp_installer", f"{given} does not exist or is"
                                 " not a file")
+        regular_file("unattended.winfsp_installer", given, facts.path(given))
         if media is not None and media.winfsp_is_msi is False:
             raise InvalidConfig("unattended.winfsp_installer", f"{Path(given).name} is not a"
                                 " Windows Installer (.msi) file: give WinFsp's winfsp-*.msi"
