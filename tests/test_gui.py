@@ -685,7 +685,7 @@ def test_details_pane_for_a_windows11_gpu_looking_glass_vm(qtbot, make_host, tmp
     titles = [section.title for section in found.sections]
     assert titles == ["System", "Firmware", "Disks", "Network", "Display", "GPU",
                       "Looking Glass", "Snapshots", "Shared folders"]
-    assert dict(found.section("Display").rows)["spice"] == "port chosen when it starts"
+    assert dict(found.section("Display").rows)["spice"] == "no network port: only through libvirt (console, display)"
     rows = {s.title: dict(s.rows) for s in found.sections}
     assert rows["System"]["System"] == "Windows 11" and rows["System"]["State"] == "shut off"
     assert rows["System"]["Host"] == "this computer"

@@ -288,3 +288,60 @@ def test_paths_are_checked_for_what_the_desktop_user_may_do(make_host, tmp_path,
         code, err = create("ok", "--serial-log", str(log))
         assert code == 0, err
     shutil.rmtree(mine)
+
+
+def test_a_share_swapped_for_a_symlink_after_create_is_refused_at_start(
+        make_host, tmp_path, monkeypatch):
+    """The share was the desktop user's folder at `create`; its parent is then swapped for a
+    symlink to a root-only folder holding a 0600 file. Before, the next start served that
+    file to the guest (checked once, followed through symlinks). Now the start refuses,
+    naming the share and where it leads, and the VM stays off."""
+    import io
+    import tempfile
+
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.cli import main
+    from vm_manager.passthrough.ivshmem import user_credentials
+
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    top = Path(tempfile.mkdtemp(prefix="neuronos-sec-"))
+    top.chmod(0o755)
+    secret = Path(tempfile.mkdtemp(prefix="neuronos-root-"))  # root's, 0700
+    (secret / "docs").mkdir()
+    (secret / "docs" / "shadow").write_text("root only\n")
+    os.chmod(secret / "docs" / "shadow", 0o600)
+    try:
+        with local_user("ndesk") as desk, LibvirtConnection(make_host()) as conn:
+            monkeypatch.setenv("SUDO_USER", desk)
+            who = user_credentials(desk)
+            parent = top / "work"
+            (parent / "docs").mkdir(parents=True)
+            for path in (parent, parent / "docs"):
+                os.chown(path, who.uid, who.gid)
+
+            def cli(*argv):
+                out, err = io.StringIO(), io.StringIO()
+                code = main(list(argv), connection=conn, out=out, err=err)
+                return code, out.getvalue() + err.getvalue()
+
+            code, text = cli("create", "lin", "--template", "linux", "--network", "none",
+                             "--share", str(parent / "docs"))
+            assert code == 0, text
+            shutil.rmtree(parent)
+            parent.symlink_to(secret)  # the same path now leads into root's folder
+            code, text = cli("start", "lin")
+            assert code == 1 and "its shared folder" in text and "through a symlink" in text
+            assert str(secret / "docs") in text, text
+            assert not conn.execute(lambda c: c.lookupByName("lin").isActive())
+            parent.unlink()
+            (parent / "docs").mkdir(parents=True)  # back, but root's own now
+            code, text = cli("start", "lin")
+            assert code == 1 and f"belongs to root, not to {desk}" in text, text
+            for path in (parent, parent / "docs"):
+                os.chown(path, who.uid, who.gid)
+            code, text = cli("start", "lin")
+            assert code == 0, text
+    finally:
+        shutil.rmtree(top)
+        shutil.rmtree(secret)

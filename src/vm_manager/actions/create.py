@@ -165,9 +165,9 @@ def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = Non
     result = creator.create(request.config, force=request.force, template=request.template,
                             progress=progress, plan=plan, secrets=request.secrets)
     if request.start:
-        from .display import claim_shared_memory
+        from .boot import prepare
 
-        claim_shared_memory(ctx, result.name)
+        prepare(ctx, result.name)
     started = ctx.lifecycle.start(result.name) if request.start else None
     if started is not None:
         from . import setup

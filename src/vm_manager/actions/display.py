@@ -105,38 +105,6 @@ def open_display(ctx: Context, request: DisplayRequest,
     return DisplaySession(request.name, manager)
 
 
-def claim_shared_memory(ctx: Context, name: str) -> str | None:
-    """Before a VM boots here: its Looking Glass shared memory made anew for the desktop
-    user and QEMU only (``passthrough.ivshmem.claim_shared_memory``). Nothing for a remote
-    VM, a running one, or one without an IVSHMEM file; what it did otherwise."""
-    from ..base.access import desktop_user
-    from ..base.domain_xml import read_domain
-    from ..base.errors import InvalidConfig
-    from ..base.primitives import is_remote
-    from ..passthrough import ivshmem
-
-    if is_remote(ctx.uri):
-        return None
-    connection = ctx.connection
-
-    def facts(conn):
-        dom = connection.lookup(conn, name)
-        return dom.isActive(), dom.XMLDesc(0)
-
-    active, xml = connection.execute(facts, idempotent=True)
-    try:
-        shm = ivshmem.shm_name(name)
-    except InvalidConfig:
-        return None  # a name made outside NeuronOS: no file of ours
-    if active or read_domain(xml).shmem(shm) is None:
-        return None
-    path = ivshmem.shm_path(name, Path(ctx.shm_dir) if ctx.shm_dir else ivshmem.SHM_DIR)
-    done = ivshmem.claim_shared_memory(path, ivshmem.user_credentials(desktop_user()),
-                                       ivshmem.qemu_account())
-    log.info("%s", done)
-    return done
-
-
 def close_display(ctx: Context, name: str) -> bool:
     """Close the window of ``name`` (opened here, or by another neuron-vm through its pid
     file). False when none was open."""

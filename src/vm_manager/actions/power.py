@@ -32,13 +32,13 @@ class StartOutcome:
 def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartOutcome:
     """Boot the VM; with ``display``, then open its Looking Glass window (a VM without
     Looking Glass is refused before anything boots)."""
-    from . import display
+    from . import boot, display
 
     if request.display is not None:
         display.config_for(ctx, request.name)  # InvalidConfig before booting anything
     from . import setup
 
-    display.claim_shared_memory(ctx, request.name)
+    boot.prepare(ctx, request.name)
     result = ctx.lifecycle.start(request.name, paused=request.paused, wait=request.wait,
                                  timeout=request.timeout)
     progress = None if request.paused or not request.wait else \

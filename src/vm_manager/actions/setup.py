@@ -142,9 +142,9 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
                   loader=ctx.loader, secrets=secrets, wipe_disk=wipe_disk, stopped=stopped,
                   stage_timeout_s=stage_timeout_s)
     if start:
-        from .display import claim_shared_memory
+        from .boot import prepare
 
-        claim_shared_memory(ctx, name)
+        prepare(ctx, name)
         lifecycle.start(name)
         after_start(ctx, name)
     return status(ctx, name)

@@ -187,3 +187,37 @@ def others_homes_inside(folder: Path, user: str, accounts=None) -> str | None:
             return (f"it is the home of {person.pw_name}, another user" if home == real else
                     f"it holds {home}, the home of {person.pw_name}, another user")
     return None
+
+
+def not_owned_by(folder: Path, user: str) -> str | None:
+    """Why ``folder`` is not ``user``'s own (issue 28: /usr, /var/log, /tmp were shareable
+    because a user could read them); None for their own, or when ``user`` is root."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    owner = os.stat(folder).st_uid
+    if entry.pw_uid in (0, owner):
+        return None
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    return f"{folder} belongs to {name}, not to {user}"
+
+
+def share_problem(path: str, user: str) -> str | None:
+    """Why ``path`` may not be shared with a VM for ``user`` now (None: it may): reached
+    through a symlink, not a folder of theirs, or holding what they could not open
+    themselves. Asked again at every start: a folder swapped for a symlink after the VM
+    was made is caught there."""
+    folder = Path(path)
+    real = os.path.realpath(path)
+    if real != os.path.normpath(path):
+        return f"{path} now leads elsewhere through a symlink ({real})"
+    if not folder.is_dir():
+        return f"{path} is not a folder any more"
+    return (not_owned_by(folder, user) or unreadable_to(folder, user)
+            or others_homes_inside(folder, user) or hidden_inside(folder, user))
