@@ -30,7 +30,7 @@ say() { printf '==> %s\n' "$*"; }
 PACKAGES=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools dnsmasq-base virt-viewer
-  python3-venv python3-dev gcc make
+  python3-venv python3-dev gcc make openssl
   "${QT_PACKAGES[@]}"
 )
 

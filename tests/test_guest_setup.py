@@ -55,6 +55,16 @@ def isos(tmp_path_factory):
             "linux": linux_iso(folder / "ubuntu.iso")}
 
 
+def sha512_crypt(password: str, salted: str) -> str:
+    """glibc's crypt(3) itself (through ctypes: Python 3.13 has no crypt module)."""
+    import ctypes
+    import ctypes.util
+
+    libcrypt = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    libcrypt.crypt.restype = ctypes.c_char_p
+    return libcrypt.crypt(password.encode(), salted.encode()).decode()
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -319,7 +329,12 @@ def test_password_file_rules(world, isos, tmp_path):
     loose.write_text("hunter2hunter2\n")
     loose.chmod(0o644)
     code, _, err = run(world, *create_args(isos, loose))
-    assert code == 0 and "can be read by every user: chmod 600" in err
+    assert code == 0 and "can be read by other users (mode 0644): chmod 600" in err
+    group = tmp_path / "group"  # issue 28: a group's members are other users too
+    group.write_text("hunter2hunter2\n")
+    group.chmod(0o640)
+    code, _, err = run(world, *create_args(isos, group, name="w3"))
+    assert code == 0 and "can be read by other users (mode 0640): chmod 600" in err
     code, _, err = run(world, *create_args(isos, tmp_path / "nope", name="w2"))
     assert code == 2 and "cannot read" in err
 
@@ -514,7 +529,9 @@ def test_a_cloud_image_vm_gets_an_overlay_and_a_seed(world, cloud, tmp_path):
     config = yaml.safe_load(user_data)
     account = config["users"][0]
     assert account["name"] == "dev" and account["lock_passwd"] is False
-    assert account["plain_text_passwd"] == "Sw0rdfish <&> ünïcode"  # verbatim
+    assert "plain_text_passwd" not in account and "Sw0rdfish" not in user_data
+    hashed = account["passwd"]  # SHA-512 crypt of the password, as chpasswd -e takes it
+    assert hashed.startswith("$6$") and sha512_crypt("Sw0rdfish <&> ünïcode", hashed) == hashed
     assert account["ssh_authorized_keys"] == [
         'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0example anna@laptop: "quoted" #tail']
     assert "qemu-guest-agent" in config["packages"]

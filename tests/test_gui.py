@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -926,7 +927,7 @@ def test_show_display_is_offered_only_for_vms_on_this_computer(window):
     window.contexts.pop(remote)
 
 
-def test_a_host_that_hangs_never_holds_up_the_others(qtbot, make_host, tmp_path):
+def test_a_host_that_hangs_never_holds_up_the_others(qtbot, make_host, tmp_path, monkeypatch):
     """A remembered host whose connection hangs (its ssh never answers) is the window's own
     first host: this computer's VMs are listed all the same, Retry does not queue more
     listings of the hanging host, and once it gives up the banner names it."""
@@ -934,10 +935,12 @@ def test_a_host_that_hangs_never_holds_up_the_others(qtbot, make_host, tmp_path)
     from support.fakes import FakeDomain
 
     release = tmp_path / "release"
-    ssh = tmp_path / "hanging-ssh"
+    (tmp_path / "bin").mkdir()
+    ssh = tmp_path / "bin" / "ssh"  # found on PATH, as libvirt finds ssh (no command=)
     ssh.write_text(f"#!/bin/sh\nwhile [ ! -e '{release}' ]; do sleep 0.05; done\nexit 1\n")
     ssh.chmod(0o755)
-    hanging = f"qemu+ssh://anna@192.0.2.9/system?no_tty=1&command={ssh}"
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    hanging = "qemu+ssh://anna@192.0.2.9/system?no_tty=1"
     local = make_host([FakeDomain("alpha", S.RUNNING)])
     QSettings("NeuronOS", "VM Manager").setValue("connections", [hanging, local])
     win = MainWindow(uri=hanging, store=VMStore(tmp_path / "config"))

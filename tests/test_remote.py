@@ -68,9 +68,18 @@ def test_doctor_of_a_remote_host_uses_only_what_libvirt_reports():
     assert bare["CPU virtualization"].status == "fail" and bare["IOMMU"].status == "fail"
 
 
-def test_doctor_against_a_host_that_does_not_answer():
-    code, out, err = run("-c", "qemu+ssh://anna@192.0.2.7/system?no_tty=1&no_verify=1"
-                               "&command=/bin/false", "doctor")
+def fake_ssh(folder: Path, script: str, monkeypatch) -> None:
+    """``ssh`` as libvirt finds it (on PATH: a URI's ``command=`` is refused, issue 28)."""
+    folder.mkdir(exist_ok=True)
+    ssh = folder / "ssh"
+    ssh.write_text("#!/bin/sh\n" + script)
+    ssh.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+
+
+def test_doctor_against_a_host_that_does_not_answer(tmp_path, monkeypatch):
+    fake_ssh(tmp_path / "bin", "exit 1\n", monkeypatch)
+    code, out, err = run("-c", "qemu+ssh://anna@192.0.2.7/system?no_tty=1", "doctor")
     assert code == 1
     assert "[fail] libvirtd:" in out and "virsh -c" in out
     assert "console viewer" in out  # this computer's own programs are still checked
@@ -209,9 +218,23 @@ def ssh_uri(system_daemon, tmp_path_factory):
             break
     else:
         pytest.fail(f"sshd did not start: {''.join(said)}")
-    yield f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client'}&no_verify=1"
-    server.terminate()
-    server.wait(timeout=10)
+    # the host key checked as a user's first `ssh` would have it: known, in a known_hosts
+    # file the ssh on PATH is told about (no_verify=1 is refused, issue 28)
+    host_key = (folder / "host.pub").read_text().split()
+    (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    (folder / "bin").mkdir()
+    wrapper = folder / "bin" / "ssh"
+    wrapper.write_text(f"#!/bin/sh\nexec {shutil.which('ssh')} -o StrictHostKeyChecking=yes"
+                       f" -o UserKnownHostsFile={folder / 'known_hosts'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{folder / 'bin'}:{path}"
+    try:
+        yield f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client'}"
+    finally:
+        os.environ["PATH"] = path
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.mark.daemon

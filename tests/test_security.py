@@ -21,7 +21,7 @@ import pytest
 from support.attacker import is_root, local_user, run_as, spice_link, spice_login_as
 from support.domains import domain_xml
 
-pytestmark = pytest.mark.skipif(not is_root(), reason="making users needs root")
+ROOT = pytest.mark.skipif(not is_root(), reason="making users needs root")
 BOOT_TIMEOUT = 120
 
 
@@ -76,6 +76,7 @@ def vm(system_daemon, tiny_guest, tmp_path):
 
 
 @pytest.mark.daemon
+@ROOT
 def test_spice_has_no_port_and_only_the_desktop_user_reaches_it(vm, system_daemon):
     """The screen and input of a VM: no TCP port at all; the display's relay socket answers
     SPICE for the desktop user and refuses everyone else."""
@@ -132,6 +133,7 @@ except OSError as e:
 
 
 @pytest.mark.daemon
+@ROOT
 def test_a_squatted_shared_memory_file_is_made_anew_at_start(vm, system_daemon, monkeypatch):
     """Another user makes /dev/shm/looking-glass-NAME first (0666) and keeps it mapped: the
     start replaces it with the desktop user's own file (0600 + QEMU's ACL entry), QEMU maps
@@ -176,6 +178,7 @@ def test_a_squatted_shared_memory_file_is_made_anew_at_start(vm, system_daemon, 
             squatter.wait()
 
 
+@ROOT
 def test_display_refuses_a_shared_memory_file_of_another_user(tmp_path):
     """Mode bits that let the desktop user in are not enough: a file another user owns is
     someone's way to the screen, and the display says so with the fix."""
@@ -195,6 +198,7 @@ def test_display_refuses_a_shared_memory_file_of_another_user(tmp_path):
         assert access_problem(shm, desk) is None
 
 
+@ROOT
 def test_claim_replaces_whatever_was_there(tmp_path):
     """The file is made anew even when it is a symlink or has a second name, and never
     follows one (the claim's O_EXCL|O_NOFOLLOW)."""
@@ -217,6 +221,7 @@ def test_claim_replaces_whatever_was_there(tmp_path):
         assert os.lstat(shm).st_ino != os.lstat(tmp_path / "second-name").st_ino
 
 
+@ROOT
 def test_settings_written_by_another_user_are_refused(tmp_path):
     """A settings file planted by another user (here: a share of /home and a serial log in
     /etc) configures nothing; it is left where it is, and the error says why and the fix.
@@ -247,6 +252,7 @@ def test_settings_written_by_another_user_are_refused(tmp_path):
     assert store.load("win").name == "win"
 
 
+@ROOT
 def test_paths_are_checked_for_what_the_desktop_user_may_do(make_host, tmp_path, monkeypatch):
     """Run for another user (root under sudo), ``--disk /etc/shadow`` and ``--serial-log
     /etc/passwd`` were accepted and the guest's console was appended to /etc/passwd. Now
@@ -290,6 +296,7 @@ def test_paths_are_checked_for_what_the_desktop_user_may_do(make_host, tmp_path,
     shutil.rmtree(mine)
 
 
+@ROOT
 def test_a_share_swapped_for_a_symlink_after_create_is_refused_at_start(
         make_host, tmp_path, monkeypatch):
     """The share was the desktop user's folder at `create`; its parent is then swapped for a
@@ -345,3 +352,32 @@ def test_a_share_swapped_for_a_symlink_after_create_is_refused_at_start(
     finally:
         shutil.rmtree(top)
         shutil.rmtree(secret)
+
+
+@pytest.mark.parametrize("uri, allowed", [
+    ("qemu+ssh://anna@box/system?command=/tmp/evil", False),  # runs that program
+    ("qemu+ssh://anna@box/system?netcat=/tmp/evil", False),
+    ("qemu+tls://box/system?no_verify=1", False),  # turns the certificate check off
+    ("qemu+ssh://box/system?known_hosts_verify=ignore", False),
+    ("qemu+ext:///system?command=/tmp/evil", False),
+    ("qemu+ssh://box/system?surprise=1", False),  # unknown: not guessed at
+    ("qemu+ssh://box/system?keyfile=/home/anna/.ssh/id_ed25519&no_tty=1", True),
+    ("qemu:///system", True),
+])
+def test_connection_uris_that_run_programs_or_skip_checks_are_refused(uri, allowed):
+    """Issue 28: "Add connection..." (and --connect) took ``?command=`` and ``?no_verify=1``.
+    Now refused before libvirt sees them, exit 2 naming the parameter; the desktop app's
+    field takes only what would open."""
+    import io
+
+    pytest.importorskip("PySide6")
+    from vm_manager.base.primitives import uri_problem
+    from vm_manager.cli import main
+    from vm_manager.gui.connections import connection_uri
+
+    assert (uri_problem(uri) is None) is allowed
+    assert (connection_uri(uri) == uri) is allowed
+    if not allowed:
+        err = io.StringIO()
+        assert main(["--connect", uri, "list"], out=io.StringIO(), err=err) == 2
+        assert err.getvalue().startswith(f"neuron-vm: --connect: {uri}")

@@ -90,8 +90,10 @@ def read_password_file(path: str, field: str = "password_file") -> tuple[str, st
     except UnicodeDecodeError:
         raise InvalidConfig(field, f"{path} is not UTF-8 text") from None
     check_password(password, field=field)
-    loose = os.stat(path).st_mode & stat.S_IROTH
-    return password, (f"{path} can be read by every user: chmod 600 it" if loose else None)
+    mode = os.stat(path).st_mode
+    loose = mode & (stat.S_IRGRP | stat.S_IROTH)  # a group's members are other users too
+    return password, (f"{path} can be read by other users (mode {stat.S_IMODE(mode):04o}):"
+                      " chmod 600 it" if loose else None)
 
 
 def check_product_key(key: str | None, field: str = "product_key") -> str | None:

@@ -21,7 +21,7 @@ import libvirt
 
 from . import guard
 from .open_failure import describe_open_failure
-from .errors import ConnectionFailed, OperationFailed, VMNotFound
+from .errors import ConnectionFailed, InvalidConfig, OperationFailed, VMNotFound
 from .events import (  # noqa: F401 (re-exported: subscribers import them from here)
     CLOSE_REASONS,
     ensure_event_loop,
@@ -35,7 +35,7 @@ from .events import (  # noqa: F401 (re-exported: subscribers import them from h
     Event,
     Subscriber,
 )
-from .primitives import DEFAULT_URI, Subscribers, resolve_uri  # noqa: F401 (re-exported)
+from .primitives import DEFAULT_URI, Subscribers, resolve_uri, uri_problem  # noqa: F401
 from .log import get_logger
 
 log = get_logger(__name__)
@@ -167,6 +167,9 @@ class LibvirtConnection:
 
     def _open_new(self) -> libvirt.virConnect:
         """Open a fresh virConnect and wire it up. Caller holds ``_open_lock``."""
+        problem = uri_problem(self.uri)
+        if problem:
+            raise InvalidConfig("--connect", problem)
         events = self.events
         if events:
             ensure_event_loop()

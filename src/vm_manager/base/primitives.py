@@ -26,6 +26,31 @@ def resolve_uri(uri: str | None = None, environ: dict | None = None) -> str:
 
 
 REMOTE_TRANSPORTS = ("ssh", "libssh", "libssh2", "tcp", "tls", "ext")
+# libvirt's remote URI parameters (its "Connection URIs" page): these only choose among
+# ways to reach the same daemon; the others run a program the URI names (command, netcat),
+# or turn a check off (no_verify, known_hosts_verify, tls_priority) (issue 28).
+SAFE_URI_PARAMETERS = {"name", "mode", "proxy", "socket", "keyfile", "no_tty", "pkipath",
+                       "known_hosts", "sshauth"}
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why NeuronOS does not open ``uri`` (None: it does): the ``ext`` transport, or a
+    query parameter that runs a program or turns a check off."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    scheme, _, _ = uri.partition("://")
+    if scheme.partition("+")[2] == "ext":
+        return f"{uri}: the ext transport runs a program the URI names; use qemu+ssh"
+    try:
+        query = urlsplit(uri).query
+    except ValueError:
+        return f"{uri} is not a URI"
+    for key, _ in parse_qsl(query, keep_blank_values=True):
+        if key not in SAFE_URI_PARAMETERS:
+            return (f"{uri}: the parameter {key!r} is not allowed (it runs a program the URI"
+                    " names, turns a check off, or is unknown); allowed: "
+                    + ", ".join(sorted(SAFE_URI_PARAMETERS)))
+    return None
 
 
 def is_remote(uri: str) -> bool:

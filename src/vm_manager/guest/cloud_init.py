@@ -33,6 +33,29 @@ SSH_KEY = re.compile(r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-(ssh-ed2551
 DONE_SIGNAL = "cloud-init status --wait >/dev/null 2>&1; systemctl restart qemu-guest-agent"
 
 
+def password_hash(password: str) -> str:
+    """The SHA-512 crypt hash cloud-init's ``passwd`` takes (cloud-init docs: "the hash --
+    not the password itself"), made by ``openssl passwd -6`` with the password on stdin
+    (Python 3.13 has no crypt module)."""
+    import shutil
+    import subprocess
+
+    from ..base import guard
+    from ..base.errors import OperationFailed
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise OperationFailed("openssl is needed to hash the account's password: sudo apt"
+                              " install openssl")
+    guard.check("openssl passwd")
+    result = subprocess.run([openssl, "passwd", "-6", "-stdin"], input=password.encode() + b"\n",
+                            capture_output=True, check=False, timeout=30)
+    hashed = result.stdout.decode().strip()
+    if result.returncode != 0 or not hashed.startswith("$6$"):
+        raise OperationFailed(f"openssl could not hash the password: {result.stderr.decode()}")
+    return hashed
+
+
 def instance_id(vm_uuid: str) -> str:
     return f"iid-{vm_uuid}"
 
@@ -45,8 +68,8 @@ def seed_files(vm_name: str, vm_uuid: str, setup: UnattendedConfig, ssh_keys: li
     user = [f"  - name: {q(setup.user)}", "    groups: [sudo, adm]", "    shell: /bin/bash",
             "    sudo: \"ALL=(ALL) ALL\"" if password else "    sudo: \"ALL=(ALL) NOPASSWD:ALL\"",
             f"    lock_passwd: {'false' if password else 'true'}"]
-    if password:
-        user.append(f"    plain_text_passwd: {q(password)}")
+    if password:  # the hash, never the password (issue 28: the seed is a file QEMU reads)
+        user.append(f"    passwd: {q(password_hash(password))}")
     if ssh_keys:
         user.append("    ssh_authorized_keys:")
         user += [f"      - {q(key)}" for key in ssh_keys]

@@ -34,9 +34,12 @@ def connection_uri(text: str) -> str | None:
     libvirt over ssh; None for anything else."""
     import re
 
+    from ..base.primitives import uri_problem
+
     text = text.strip()
     if "://" in text:
-        return text if re.fullmatch(r"[a-z][a-z0-9+]*://\S*", text) else None
+        return text if re.fullmatch(r"[a-z][a-z0-9+]*://\S*", text) and \
+            uri_problem(text) is None else None
     if re.fullmatch(r"(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d+)?",
                     text):
         return f"qemu+ssh://{text}/system"
