@@ -4,7 +4,8 @@
 #   2. /dev/kvm owned by group kvm, mode 0660 (what udev does on a normal host),
 #   3. virtlogd + libvirtd running, answering on qemu:///system,
 #   4. a virtual environment .venv with the package installed (editable, with test and gui
-#      extras).
+#      extras),
+#   5. NeuronOS's root helper for the guided fixes (scripts/install-helper.sh).
 # Safe to run again: every step checks first. Needs root, or sudo for steps 1-3.
 # It never starts libvirt's "default" NAT network (DESIGN.md 6).
 set -euo pipefail
@@ -93,3 +94,7 @@ if [ ! -e "$stamp" ]; then
 else
   say "$VENV is up to date"
 fi
+
+# The one program NeuronOS runs as root (the guided fixes, through /usr/bin/pkexec): a
+# root-owned copy under /usr/lib/neuronos and /usr/libexec/neuronos, never the venv's files.
+"${SUDO[@]}" bash scripts/install-helper.sh /

@@ -265,3 +265,20 @@ def tiny_guest(system_daemon):
         if IN_CI:
             raise
         pytest.skip(f"cannot build the tiny guest here: {error}")
+
+
+@pytest.fixture(scope="session")
+def root_helper(tmp_path_factory):
+    """NeuronOS's root helper as scripts/install-helper.sh installs it (root-owned, run by
+    /usr/bin/python3 -I), into a temporary root: its path."""
+    import subprocess
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI runs as root")
+        pytest.skip("installing the root-owned helper needs root")
+    root = tmp_path_factory.mktemp("helper-root")
+    script = Path(__file__).parent.parent / "scripts" / "install-helper.sh"
+    subprocess.run(["bash", str(script), str(root)], check=True, capture_output=True)
+    return root / "usr/libexec/neuronos/neuron-vm-helper"

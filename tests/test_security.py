@@ -381,3 +381,38 @@ def test_connection_uris_that_run_programs_or_skip_checks_are_refused(uri, allow
         err = io.StringIO()
         assert main(["--connect", uri, "list"], out=io.StringIO(), err=err) == 2
         assert err.getvalue().startswith(f"neuron-vm: --connect: {uri}")
+
+
+@ROOT
+def test_the_root_helper_is_out_of_the_users_reach_and_takes_only_its_operations(
+        root_helper, tmp_path):
+    """Issue 28: the guided fixes ran the venv's neuron-vm (the user's own files) as root.
+    The helper and its package copy are root's and nobody else may write them; it ignores
+    PYTHONPATH (a planted vm_manager is never imported); it acts only for the user polkit
+    asked about, only for its fixed operations with checked arguments."""
+    import subprocess
+
+    lib = root_helper.parents[3] / "lib" / "neuronos"
+    for path in [root_helper, *lib.rglob("*")]:
+        info = os.lstat(path)
+        assert info.st_uid == 0 and not info.st_mode & 0o022, path
+    planted = tmp_path / "evil" / "vm_manager"
+    planted.mkdir(parents=True)
+    marker = tmp_path / "owned"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+
+    def helper(*argv, uid="1000"):
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "evil"),
+               "PKEXEC_UID": uid}
+        return subprocess.run([str(root_helper), *argv], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    for argv in ([], ["rm", "-rf", "/"], ["groups", "mallory"], ["shm-rule"],
+                 ["shm-rule", "../../etc/shadow"], ["gpu-prepare", "01:00.0;reboot"],
+                 ["gpu-unprepare", "now"]):
+        result = helper(*argv)
+        assert result.returncode == 2, (argv, result.stdout, result.stderr)
+    assert "not a valid name" in helper("shm-rule", "../../etc/shadow").stderr
+    assert helper("groups", uid="0").returncode != 0  # never for root itself
+    assert "through pkexec" in helper("groups", uid="").stderr
+    assert not marker.exists()  # -I: the planted package was never imported

@@ -1,9 +1,11 @@
 """Guided host setup: for each readiness check that fails, what fixes it.
 
-What the app can fix it fixes with elevated rights through polkit (``pkexec``), one command
-per button, never without the user pressing it: the desktop user into the ``libvirt`` and
+What the app can fix it fixes with elevated rights through polkit (``/usr/bin/pkexec``), one
+command per button, never without the user pressing it, and always through NeuronOS's
+root-owned helper (``core/root_helper.py``, installed by the set-up under /usr/libexec; never
+a program in the user's own folders, issue 28): the desktop user into the ``libvirt`` and
 ``kvm`` groups, the shared-memory rule of a Looking Glass VM, a GPU bound to vfio-pci at boot
-(``gpu prepare ADDR --apply``; the result shows after the reboot). What needs the firmware
+(the result shows after the reboot). What needs the firmware
 setup (VT-x/AMD-V, the IOMMU) is explained in words. ``plan_fixes`` is pure (the exact
 command lines are tested); ``fixes`` reads what it needs; ``run_fix`` runs one.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from ..passthrough.gpu_attach import GPUInfo
     from ..doctor.host_check import Check
 
-PKEXEC = "pkexec"
-USERMOD = "/usr/sbin/usermod"
+PKEXEC = "/usr/bin/pkexec"  # by its path: never one found on a PATH the user controls
+HELPER = "/usr/libexec/neuronos/neuron-vm-helper"  # scripts/install-helper.sh
 FIRMWARE_SETUP = ("restart the computer and open its firmware setup (the key shown at power-on,"
                   " often Del, F2 or F10)")
 NOT_ALLOWED = {126: "not authorised (the password dialog was closed or refused)",
@@ -46,11 +47,13 @@ class FixResult:
     output: str
 
 
-def plan_fixes(checks: list[Check], *, user: str, program: str, lg_vms: tuple[str, ...] = (),
-               gpus: tuple[GPUInfo, ...] = (), prepared: str | None = None) -> list[Fix]:
-    """The fixes for ``checks`` (pure). ``program``: the absolute path of ``neuron-vm``;
-    ``lg_vms``: the Looking Glass VMs; ``gpus``: the host's GPUs; ``prepared``: the GPU a
-    ``gpu prepare --apply`` was written for (its undo record), if any."""
+def plan_fixes(checks: list[Check], *, user: str, lg_vms: tuple[str, ...] = (),
+               gpus: tuple[GPUInfo, ...] = (), prepared: str | None = None,
+               elevate: tuple[str, str] = (PKEXEC, HELPER)) -> list[Fix]:
+    """The fixes for ``checks`` (pure). ``lg_vms``: the Looking Glass VMs; ``gpus``: the
+    host's GPUs; ``prepared``: the GPU a ``gpu prepare --apply`` was written for (its undo
+    record), if any; ``elevate``: pkexec and the helper (``elevation()``)."""
+    pkexec, helper = elevate
     fixes: list[Fix] = []
     failing = {check.name: check for check in checks if check.status != "ok"}
     if "CPU virtualization" in failing:
@@ -64,13 +67,14 @@ def plan_fixes(checks: list[Check], *, user: str, program: str, lg_vms: tuple[st
                          " written when you prepare a GPU below."))
     if "user groups" in failing and user != "root":
         fixes.append(Fix("user groups", f"Add {user} to the libvirt and kvm groups",
-                         "lets you manage VMs without a password; log out and back in"
-                         " afterwards", (PKEXEC, USERMOD, "-aG", "libvirt,kvm", user)))
+                         "lets you manage VMs without a password, which also makes you as"
+                         " powerful as root on this computer (libvirt runs VMs as root); log"
+                         " out and back in afterwards", (pkexec, helper, "groups")))
     if "Looking Glass shared memory" in failing:
         fixes.extend(Fix("Looking Glass shared memory", f"Let {user} open {vm}'s shared memory",
                          f"writes the systemd-tmpfiles rule for /dev/shm/looking-glass-{vm}"
                          f" ({user}'s alone, 0600, plus QEMU) and applies it now",
-                         (PKEXEC, program, "shm-permissions", vm, "--user", user, "--apply"))
+                         (pkexec, helper, "shm-rule", vm))
                      for vm in lg_vms)
     for gpu in gpus:
         address, device = str(gpu.address), gpu.device
@@ -86,17 +90,17 @@ def plan_fixes(checks: list[Check], *, user: str, program: str, lg_vms: tuple[st
                              "binds it to vfio-pci from the next boot on (kernel options, the"
                              " initramfs; every file backed up, `gpu unprepare` undoes it);"
                              " restart the computer afterwards",
-                             (PKEXEC, program, "gpu", "prepare", address, "--apply")))
+                             (pkexec, helper, "gpu-prepare", address)))
     return fixes
 
 
-def neuron_vm_program() -> str:
-    """``neuron-vm`` as an absolute path (pkexec runs nothing by a relative name): the one
-    beside this Python (a virtual environment), else the one on PATH."""
-    beside = os.path.join(os.path.dirname(sys.executable), "neuron-vm")
-    if os.access(beside, os.X_OK):
-        return beside
-    return shutil.which("neuron-vm") or beside
+def elevation(environ: dict | None = None) -> tuple[str, str]:
+    """pkexec and the helper by their installed paths; ``NEURONOS_PKEXEC`` and
+    ``NEURONOS_HELPER`` point the tests at their stand-in and a helper installed into a
+    temporary folder (they change nothing a user could not do anyway: the helper checks
+    every argument, and polkit asks for the password)."""
+    env = os.environ if environ is None else environ
+    return env.get("NEURONOS_PKEXEC") or PKEXEC, env.get("NEURONOS_HELPER") or HELPER
 
 
 def fixes(ctx: Context, checks: list[Check], lg_vms: tuple[str, ...] = ()) -> list[Fix]:
@@ -119,9 +123,9 @@ def fixes(ctx: Context, checks: list[Check], lg_vms: tuple[str, ...] = ()) -> li
         prepared = record.get("gpu")
     except (OSError, ValueError):
         prepared = None
-    return plan_fixes(checks, user=desktop_user(), program=neuron_vm_program(),
-                      lg_vms=tuple(lg_vms), gpus=tuple(list_gpus(ctx.host_root)),
-                      prepared=prepared)
+    return plan_fixes(checks, user=desktop_user(), lg_vms=tuple(lg_vms),
+                      gpus=tuple(list_gpus(ctx.host_root)), prepared=prepared,
+                      elevate=elevation())
 
 
 def run_fix(fix: Fix) -> FixResult:
@@ -133,6 +137,9 @@ def run_fix(fix: Fix) -> FixResult:
     if shutil.which(fix.argv[0]) is None:
         return FixResult(fix, False, f"{fix.argv[0]} is not installed (Debian: apt install"
                          " pkexec; Arch: pacman -S polkit)")
+    if not os.access(fix.argv[1], os.X_OK):
+        return FixResult(fix, False, f"NeuronOS's helper {fix.argv[1]} is not installed: run"
+                         " scripts/setup-host.sh (or scripts/install-helper.sh) as root")
     guard.check(fix.argv[0])
     result = subprocess.run(list(fix.argv), capture_output=True, text=True, check=False)
     output = (result.stdout + result.stderr).strip()

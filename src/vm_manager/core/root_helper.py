@@ -1,0 +1,99 @@
+"""The one program NeuronOS runs as root: a few fixed operations, each argument checked.
+
+Why (issue 28): the guided fixes ran ``pkexec <the venv's neuron-vm> ...``; the venv is in
+the user's own clone, so anything running as the user could change that program and be run
+as root at the next fix. Now ``scripts/setup-host.sh`` installs a root-owned copy of the
+package under ``/usr/lib/neuronos`` and this helper as ``/usr/libexec/neuronos/
+neuron-vm-helper`` (``#!/usr/bin/python3 -I``: no environment, no user site, nothing of the
+user's on its path), with its own polkit action; the fixes call ``/usr/bin/pkexec`` on it.
+
+It only acts for the user polkit asked for (``PKEXEC_UID``, set by pkexec), never for one
+named on its command line:
+
+- ``groups``: that user into the ``libvirt`` and ``kvm`` groups (which makes them
+  root-equivalent on qemu:///system: said so where the fix is offered);
+- ``shm-rule VM``: the systemd-tmpfiles rule for VM's Looking Glass shared memory, for that
+  user, applied at once;
+- ``gpu-prepare ADDR`` and ``gpu-unprepare``: a GPU bound to vfio-pci from the next boot on,
+  and undone (``passthrough.isolation``).
+
+Only the standard library and the package's own pure modules are imported (no libvirt).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+USAGE = ("usage: neuron-vm-helper groups | shm-rule VM | gpu-prepare ADDR | gpu-unprepare"
+         " (run through pkexec)")
+
+
+def _user() -> str:
+    """The account polkit authorised this run for."""
+    import pwd
+
+    uid = os.environ.get("PKEXEC_UID", "")
+    if not uid.isdigit() or int(uid) == 0:
+        raise SystemExit("neuron-vm-helper: run it through pkexec, as your desktop user")
+    try:
+        return pwd.getpwuid(int(uid)).pw_name
+    except KeyError:
+        raise SystemExit(f"neuron-vm-helper: no account with uid {uid}") from None
+
+
+def main(argv: list[str]) -> int:
+    from ..base.errors import VMManagerError
+
+    if not argv or argv[0] not in ("groups", "shm-rule", "gpu-prepare", "gpu-unprepare"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    operation, args = argv[0], argv[1:]
+    wanted = {"groups": 0, "shm-rule": 1, "gpu-prepare": 1, "gpu-unprepare": 0}[operation]
+    if len(args) != wanted:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("neuron-vm-helper: it runs as root (through pkexec)", file=sys.stderr)
+        return 2
+    if not os.environ.get("PKEXEC_UID", "").isdigit():
+        print("neuron-vm-helper: run it through pkexec", file=sys.stderr)
+        return 2
+    try:
+        for line in _run(operation, args):
+            print(line)
+    except VMManagerError as error:
+        print(f"neuron-vm-helper: {error}", file=sys.stderr)
+        return 2 if type(error).__name__ == "InvalidConfig" else 1
+    return 0
+
+
+def _run(operation: str, args: list[str]) -> list[str]:
+    user = _user() if operation in ("groups", "shm-rule") else None
+    if operation == "groups":
+        usermod = shutil.which("usermod", path="/usr/sbin:/sbin:/usr/bin") or "usermod"
+        subprocess.run([usermod, "-aG", "libvirt,kvm", user], check=True)
+        return [f"{user} is now in the libvirt and kvm groups: log out and back in"]
+    if operation == "shm-rule":
+        from ..base.primitives import validate_name
+        from ..passthrough.ivshmem import write_tmpfiles_rule
+
+        path, _ = write_tmpfiles_rule(validate_name(args[0], "VM"), user, "/", apply=True)
+        tmpfiles = shutil.which("systemd-tmpfiles", path="/usr/bin:/bin")
+        if tmpfiles:
+            subprocess.run([tmpfiles, "--create", str(path)], check=False)
+        return [f"wrote {path}"]
+    from ..passthrough import isolation
+
+    if operation == "gpu-prepare":
+        from ..base.values import PCIAddress
+
+        address = str(PCIAddress.parse(args[0]))
+        return isolation.apply(isolation.plan_isolation(address))
+    return isolation.unprepare()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
