@@ -416,3 +416,34 @@ def test_the_root_helper_is_out_of_the_users_reach_and_takes_only_its_operations
     assert helper("groups", uid="0").returncode != 0  # never for root itself
     assert "through pkexec" in helper("groups", uid="").stderr
     assert not marker.exists()  # -I: the planted package was never imported
+
+
+def test_a_vm_made_with_a_spice_port_loses_it_at_its_next_start(make_host):
+    """VMs NeuronOS made before this change had SPICE on 127.0.0.1 with no password: their
+    next start through NeuronOS takes the port away (said so); a VM made by hand is left as
+    its owner made it."""
+    import io
+
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.domain_xml import read_domain
+    from vm_manager.cli import main
+
+    def domain(name: str, ours: bool) -> str:
+        metadata = ("<metadata><neuronos:vm xmlns:neuronos='https://neuronos.org/xmlns/vm/1.0'>"
+                    "<neuronos:template>linux-basic</neuronos:template></neuronos:vm>"
+                    "</metadata>") if ours else ""
+        return (f"<domain type='test'><name>{name}</name>{metadata}<memory>65536</memory>"
+                "<os><type>hvm</type></os><devices><graphics type='spice' autoport='yes'"
+                " listen='127.0.0.1'><listen type='address' address='127.0.0.1'/>"
+                "<image compression='off'/></graphics></devices></domain>")
+
+    with LibvirtConnection(make_host()) as conn:
+        for name, ours in (("old", True), ("handmade", False)):
+            conn.execute(lambda c, xml=domain(name, ours): c.defineXML(xml))
+            out, err = io.StringIO(), io.StringIO()
+            assert main(["start", name], connection=conn, out=out, err=err) == 0, err.getvalue()
+            xml = conn.execute(lambda c, n=name: c.lookupByName(n).XMLDesc(0))
+            [spice] = read_domain(xml).graphics
+            assert (spice.listen_type == "none") is ours, xml
+            assert ("<image compression='off'/>" in xml) and (
+                ("reached through libvirt only" in err.getvalue()) is ours), err.getvalue()

@@ -27,6 +27,7 @@ class StartOutcome:
     result: OperationResult
     display: DisplaySession | None = None
     setup: object | None = None  # actions.setup.SetupStatus of a VM whose setup goes on
+    prepared: tuple[str, ...] = ()  # what was checked or changed before it booted (boot.py)
 
 
 def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartOutcome:
@@ -38,7 +39,7 @@ def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartO
         display.config_for(ctx, request.name)  # InvalidConfig before booting anything
     from . import setup
 
-    boot.prepare(ctx, request.name)
+    prepared = tuple(boot.prepare(ctx, request.name))
     result = ctx.lifecycle.start(request.name, paused=request.paused, wait=request.wait,
                                  timeout=request.timeout)
     progress = None if request.paused or not request.wait else \
@@ -46,7 +47,7 @@ def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartO
     session = None
     if request.display is not None:
         session = display.open_display(ctx, request.display, on_change=on_display_change)
-    return StartOutcome(result, session, progress)
+    return StartOutcome(result, session, progress, prepared)
 
 
 def stop(ctx: Context, name: str, force: bool = False, timeout: float = 60.0

@@ -74,6 +74,21 @@ def set_disk_format(current: str, source: str, fmt: str) -> str:
     return _text(cur)
 
 
+def spice_without_port(current: str) -> str:
+    """``current`` with every SPICE server's network port taken away (``<listen
+    type='none'/>``: libvirt hands out its connections, issue 28); nothing else changes."""
+    cur = _parse(current)
+    for graphics in cur.iterfind("devices/graphics[@type='spice']"):
+        for attribute in ("port", "tlsPort", "autoport", "listen", "passwd", "passwdValidTo"):
+            graphics.attrib.pop(attribute, None)
+        for listen in graphics.findall("listen"):
+            graphics.remove(listen)
+        listen = etree.Element("listen", type="none")
+        graphics.insert(0, listen)
+        listen.tail = graphics.text
+    return _text(cur)
+
+
 def _parse(text: str) -> etree._Element:
     try:
         root = etree.fromstring(text.encode(), _PARSER)

@@ -78,6 +78,8 @@ def cmd_start(ctx: CommandContext) -> int:
                                  display=DisplayRequest(args.name) if args.display else None)
     with Spinner(ctx, f"Starting {args.name}"):
         outcome = power.start(ctx.actions, request, on_display_change=print_display(ctx))
+    for note in outcome.prepared:
+        ctx.warn(note)
     result = outcome.result
     how = "requested" if args.no_wait else f"{result.state.label} after {result.elapsed_s:.2f} s"
     code = ctx.report(result, f"{args.name}: {result.message}, {how}")
