@@ -22,7 +22,7 @@ from vm_manager.base.connection import LibvirtConnection
 from vm_manager.base.errors import LifecycleError
 from vm_manager.base.primitives import VMState
 from vm_manager.core.vm_lifecycle import ShutdownMethod
-from support.domains import domain_xml, no_os_domain_xml
+from support.domains import domain_xml, no_os_domain_xml, remove_domain
 from support.tiny_guest import READY_MARKER
 from support.tiny_guest import wait_for_console
 
@@ -53,13 +53,8 @@ def define(system, tmp_path):
     yield make
     conn = LibvirtConnection(system.connection.uri)
     for name in names:
-        def cleanup(c, name=name):
-            dom = c.lookupByName(name)
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
         try:
-            conn.execute(cleanup)
+            remove_domain(conn, name)
         except Exception as error:  # noqa: BLE001 - cleanup must not hide the test's result
             print(f"cleanup of {name} failed: {error}")
     conn.close()
@@ -288,7 +283,9 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
 
     from vm_manager.base.domain_xml import read_domain
     from vm_manager.core.looking_glass import LGClientConfig, LGState, LookingGlassManager
-    from vm_manager.passthrough.ivshmem import access_problem, shm_name, shm_path
+    from vm_manager.passthrough.ivshmem import (
+        access_problem, claim_shared_memory, qemu_account, shm_name, shm_path, user_credentials,
+    )
     from vm_manager.templates.loader import TemplateLoader
     from support.fakes import FakeLGHost
 
@@ -311,20 +308,24 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
     path = shm_path(name)
     host = None
     try:
+        # what every start through NeuronOS does first: the file made anew for the desktop
+        # user (0600) and QEMU's user (an ACL entry), which QEMU then opens as it is
+        claim_shared_memory(path, user_credentials(run_as or str(os.geteuid())), qemu_account())
         system.start(name, timeout=BOOT_TIMEOUT)
-        assert path.exists() and path.stat().st_size == 32 * 1024 * 1024  # QEMU made it
-        if run_as:  # as libvirt leaves it, the desktop user cannot open it read-write
-            assert access_problem(path, run_as) is not None
-        os.chmod(path, 0o666)  # what the tmpfiles rule (0660, the user's group) provides
+        assert path.stat().st_size == 32 * 1024 * 1024  # QEMU sized and mapped our file
+        assert access_problem(path, run_as) is None  # the desktop user's own
         host = FakeLGHost(path).start()  # the guest's host application, writing its header
-        config = LGClientConfig(name)  # SPICE on, its port read from the live domain
+        config = LGClientConfig(name)  # SPICE on: no port, so through libvirt (a relay)
         manager.follow(system, lambda vm: config if vm == name else None)
         manager.start(name, config)
         assert manager.wait_for_state(name, {LGState.RUNNING, LGState.ERROR}, 60) == \
             LGState.RUNNING, manager.reason(name)
-        port = read_domain(conn.execute(lambda c: c.lookupByName(name).XMLDesc(0))).spice_port
+        assert read_domain(conn.execute(lambda c: c.lookupByName(name).XMLDesc(0))
+                           ).spice_port is None  # QEMU's SPICE server has no TCP port
         log = manager.log_path(name)
-        assert port and f"spice:port={port}" in log.read_text()  # QEMU's own SPICE server
+        argv = [line for line in log.read_text().splitlines() if line.startswith("--- ")][-1]
+        relay = argv.split("spice:host=")[1].split()[0]
+        assert "spice:port=0" in argv and "neuronos-spice-" in relay  # the relay's socket
         host.stop()  # the guest's host app goes; the window stays and says so
         assert manager.wait_for_state(name, {LGState.HOST_STOPPED}, 10) == LGState.HOST_STOPPED
         host.start(new_session=True)
@@ -336,11 +337,6 @@ def test_looking_glass_on_real_ivshmem(system, tmp_path, tiny_guest):
         if host is not None:
             host.stop()
         manager.stop_all()
-        def cleanup(c):
-            dom = c.lookupByName(name)
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        conn.execute(cleanup)
+        remove_domain(conn, name)
         path.unlink(missing_ok=True)  # QEMU's shared memory outlives the domain (RAM)
         shutil.rmtree(shared, ignore_errors=True)

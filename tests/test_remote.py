@@ -181,7 +181,7 @@ def test_a_remote_hosts_files_are_its_pools_volumes(make_host, tmp_path):
 # --- a real remote host: an sshd on 127.0.0.1, qemu+ssh:// to this machine's libvirtd ------
 
 @pytest.fixture
-def ssh_uri(system_daemon, tmp_path_factory):
+def ssh_uri(system_daemon, tmp_path_factory, monkeypatch):
     """An sshd the test starts (key only, an unprivileged port, this folder's host key),
     torn down after; the qemu+ssh:// URI that reaches this machine's libvirtd through it."""
     import shutil
@@ -224,15 +224,14 @@ def ssh_uri(system_daemon, tmp_path_factory):
     (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
     (folder / "bin").mkdir()
     wrapper = folder / "bin" / "ssh"
-    wrapper.write_text(f"#!/bin/sh\nexec {shutil.which('ssh')} -o StrictHostKeyChecking=yes"
+    real_ssh = shutil.which("ssh", path="/usr/bin:/bin")  # never another test's wrapper
+    wrapper.write_text(f"#!/bin/sh\nexec {real_ssh} -o StrictHostKeyChecking=yes"
                        f" -o UserKnownHostsFile={folder / 'known_hosts'} \"$@\"\n")
     wrapper.chmod(0o755)
-    path = os.environ["PATH"]
-    os.environ["PATH"] = f"{folder / 'bin'}:{path}"
+    monkeypatch.setenv("PATH", f"{folder / 'bin'}:{os.environ['PATH']}")
     try:
         yield f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={folder / 'client'}"
     finally:
-        os.environ["PATH"] = path
         server.terminate()
         server.wait(timeout=10)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from support.attacker import is_root, local_user, run_as, spice_link, spice_login_as
-from support.domains import domain_xml
+from support.domains import domain_xml, remove_domain
 
 ROOT = pytest.mark.skipif(not is_root(), reason="making users needs root")
 BOOT_TIMEOUT = 120
@@ -65,12 +65,7 @@ def vm(system_daemon, tiny_guest, tmp_path):
     make.connection = conn
     yield make
     for name in names:
-        def cleanup(c, name=name):
-            dom = c.lookupByName(name)
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        conn.execute(cleanup)
+        remove_domain(conn, name)
         Path(f"/dev/shm/looking-glass-{name}").unlink(missing_ok=True)
     conn.close()
 
