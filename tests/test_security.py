@@ -442,3 +442,37 @@ def test_a_vm_made_with_a_spice_port_loses_it_at_its_next_start(make_host):
             assert (spice.listen_type == "none") is ours, xml
             assert ("<image compression='off'/>" in xml) and (
                 ("reached through libvirt only" in err.getvalue()) is ours), err.getvalue()
+
+
+@ROOT
+def test_root_writes_in_a_users_home_without_following_their_symlinks(tmp_path):
+    """The Looking Glass log of a client run for a user (root, --user) lies in that user's
+    home, where they may plant symlinks: root followed them (a log appended to any file).
+    Now each folder is entered without following a symlink, and so is the file."""
+    import errno
+
+    from vm_manager.base.user_files import open_beneath
+
+    home = tmp_path / "home"
+    home.mkdir()
+    victim = tmp_path / "shadow"
+    victim.write_text("root only\n")
+    owner = (65534, 65534)
+    relative = Path(".local/state/neuronos/looking-glass/win.log")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    os.close(open_beneath(home, relative, flags, owner))  # made, folders and all
+    log = home / relative
+    assert log.stat().st_uid == 65534 and (home / ".local").stat().st_uid == 65534
+    assert stat.S_IMODE((home / ".local").stat().st_mode) == 0o700
+    log.unlink()
+    log.symlink_to(victim)  # the file swapped for a symlink
+    with pytest.raises(OSError) as caught:
+        open_beneath(home, relative, flags, owner)
+    assert caught.value.errno == errno.ELOOP
+    shutil.rmtree(home / ".local" / "state")
+    (home / ".local" / "state").symlink_to(tmp_path)  # a folder on the way
+    with pytest.raises(OSError) as caught:
+        open_beneath(home, relative, flags, owner)
+    assert caught.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    assert victim.read_text() == "root only\n" and victim.stat().st_uid == 0
+    assert not (tmp_path / "neuronos").exists()

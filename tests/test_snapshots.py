@@ -40,11 +40,11 @@ def vm(make_host, tmp_path, monkeypatch):
     monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
     disk = images / "win.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
-    nvram = tmp_path / "nvram" / "win_VARS.fd"
-    nvram.parent.mkdir()
+    state = tmp_path / "root" / "var" / "lib" / "libvirt"  # the host's, under a fake root
+    nvram = state / "qemu" / "nvram" / "win_VARS.fd"  # libvirt's NVRAM folder
+    nvram.parent.mkdir(parents=True)
     nvram.write_bytes(b"VARS" + os.urandom(4096))
     vm_uuid = str(uuid.uuid4())
-    state = tmp_path / "root" / "var" / "lib" / "libvirt"  # the host's, under a fake root
     monkeypatch.setenv("NEURONOS_HOST_ROOT", str(tmp_path / "root"))
     tpm = state / "swtpm" / vm_uuid / "tpm2"
     tpm.mkdir(parents=True)
@@ -391,3 +391,24 @@ def test_the_copies_are_found_from_the_vm_and_a_revert_without_them_changes_noth
     with pytest.raises(OperationFailed, match="the nvram copies of 's3' are missing"):
         manager.revert("win", "s3")
     assert nvram.read_bytes() == b"VARS after the revert" and digest(tpm) == before
+
+
+def test_an_nvram_path_outside_libvirts_folder_is_never_copied_or_written(vm, tmp_path):
+    """Issue 28: a snapshot trusted the NVRAM path in the domain XML (``<nvram>/etc/shadow``
+    + revert would write over it). Only a file in libvirt's NVRAM folder, not a symlink."""
+    manager, conn, nvram, tpm, images = vm
+    manager.create("win", "s0")  # taken while the path was libvirt's own
+    victim = tmp_path / "shadow"
+    victim.write_text("root:$6$secret:19000::::::\n")
+    for planted in (victim, nvram.parent / "link_VARS.fd"):
+        if planted != victim:
+            planted.symlink_to(victim)
+        xml = conn.execute(lambda c: c.lookupByName("win").XMLDesc(0))
+        conn.execute(lambda c, x=xml.replace(str(nvram), str(planted)): c.defineXML(x))
+        with pytest.raises(InvalidConfig, match="not a file in libvirt's NVRAM folder"):
+            manager.create("win", "s1")
+        assert not (images / "win.snapshots" / "s1").exists()
+        with pytest.raises(InvalidConfig, match="not a file in libvirt's NVRAM folder"):
+            manager.revert("win", "s0")  # would write the saved NVRAM over the victim
+        conn.execute(lambda c, x=xml: c.defineXML(x))
+    assert victim.read_text() == "root:$6$secret:19000::::::\n"

@@ -66,3 +66,31 @@ def _kind(mode: int) -> str:
     return ("folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else
             "socket" if stat.S_ISSOCK(mode) else "device" if stat.S_ISCHR(mode)
             or stat.S_ISBLK(mode) else "special file")
+
+
+def open_beneath(top: Path | str, relative: Path | str, flags: int, owner: tuple[int, int],
+                 mode: int = 0o600) -> int:
+    """Open ``top/relative`` as root on a user's behalf without following a symlink at any
+    step below ``top`` (each folder is opened with O_NOFOLLOW and the next one looked up
+    in it, so a folder swapped for a symlink meanwhile is refused too); missing folders
+    are made 0700 and, like the file, given to ``owner`` (uid, gid). Raises ``OSError``
+    (ELOOP, ENOTDIR) for a symlink on the way (issue 28: root wrote where a user's symlink
+    in their own home pointed)."""
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+    folder = os.open(top, os.O_RDONLY | os.O_DIRECTORY | nofollow)
+    try:
+        *parts, name = Path(relative).parts
+        for part in parts:
+            try:
+                os.mkdir(part, 0o700, dir_fd=folder)
+                os.chown(part, *owner, dir_fd=folder, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        fd = os.open(name, flags | nofollow, mode, dir_fd=folder)
+        os.fchown(fd, *owner)
+        return fd
+    finally:
+        os.close(folder)

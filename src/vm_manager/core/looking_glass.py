@@ -43,6 +43,7 @@ from ..display.lgmp import Heartbeat, wait_for_host
 from ..display.spice_relay import SpiceRelay
 from ..base.errors import LookingGlassError, OperationTimedOut, VMManagerError, VMNotFound
 from ..base.store import private_folder
+from ..base.user_files import open_beneath
 from ..base.primitives import Subscribers, validate_name
 from ..base.log import get_logger
 
@@ -339,15 +340,18 @@ class LookingGlassManager(FollowsLifecycle):
     def _launch(self, vm_name: str, entry: _Client) -> int:
         argv = build_argv(self.client, entry.config, self.release)
         path = self.log_path(vm_name)
-        private_folder(path.parent)
         private_folder(self.log_dir)  # its pid file
         user = self._client_user()
-        with open(path, "ab") as handle:  # the child keeps its own copy of the descriptor
-            if user is not None:  # the user it runs as reads its log
-                who = user_credentials(user)
-                for part in (path, *[p for p in path.parents if str(p).startswith(
-                        who.home.rstrip("/") + "/")]):
-                    os.chown(part, who.uid, who.gid)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        who = user_credentials(user) if user is not None else None
+        if who is not None and path.is_relative_to(who.home) and who.home != "/":
+            # the log in the user's own home, which they may fill with symlinks: opened
+            # there step by step without following one, and theirs (they read it)
+            fd = open_beneath(who.home, path.relative_to(who.home), flags, (who.uid, who.gid))
+        else:
+            private_folder(path.parent)
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "ab") as handle:  # the child keeps its own copy of the descriptor
             offset = handle.tell()
             handle.write(f"--- {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
             handle.flush()

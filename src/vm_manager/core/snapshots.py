@@ -210,8 +210,12 @@ class SnapshotManager:
         files = []
         # libvirt 9.0 writes <nvram> only into the live XML of a firmware='efi' domain; the
         # file is its documented default, $LOCALSTATEDIR/lib/libvirt/qemu/nvram/NAME_VARS.fd
-        nvram = Path(domain.os.nvram) if domain.os.nvram else \
-            self.state_root / "qemu" / "nvram" / f"{domain.name}_VARS.fd"
+        folder = self.state_root / "qemu" / "nvram"
+        nvram = Path(domain.os.nvram) if domain.os.nvram else folder / f"{domain.name}_VARS.fd"
+        if nvram.parent != folder or nvram.is_symlink():  # a path in the XML is not trusted
+            raise InvalidConfig("NAME", f"{domain.name}'s NVRAM file {nvram} is not a file in"
+                                f" libvirt's NVRAM folder {folder}: NeuronOS neither copies"
+                                " nor writes it back, so it takes no snapshot of this VM")
         if nvram.exists():
             files.append(("nvram", nvram))
         tpm = self.state_root / "swtpm" / (domain.uuid or "")
@@ -295,6 +299,8 @@ class SnapshotManager:
         return snap
 
     def _restore(self, vm: str, domain, name: str, snap: Snapshot | None) -> None:
+        files = self._state_files(domain)  # refused (a planted path) before anything changes
+
         def revert(conn):
             dom = self.connection.lookup(conn, vm)
             definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
@@ -306,7 +312,7 @@ class SnapshotManager:
 
         self.connection.execute(revert)
         saved = self.folder(vm) / name
-        for kind, path in self._state_files(domain):
+        for kind, path in files:
             if snap is not None and kind in snap.files:
                 _restore_copy(saved / kind, path)
             elif snap is not None and snap.complete:  # none yet when it was taken: none now
