@@ -218,16 +218,22 @@ def pytest_terminal_summary(terminalreporter) -> None:
     """The standing adversarial suite's counts (issue 12 asks for them in every report)."""
     import sys
 
+    def reports(outcome: str, module: str) -> list:
+        return [report for report in terminalreporter.stats.get(outcome, [])
+                if module in report.nodeid and report.when == "call"]
+
     module = sys.modules.get("test_adversarial")
-    if module is None:
-        return
-    counts = module.COUNTS
-    failed = [report for report in terminalreporter.stats.get("failed", [])
-              if "test_adversarial" in report.nodeid]
-    terminalreporter.write_line(
-        f"adversarial suite: {counts['hostile cases']} hostile CLI cases,"
-        f" {counts['daemon kills']} daemon kills, {counts['corrupt kinds']} kinds of corrupt"
-        f" settings; {len(failed)} failed tests")
+    if module is not None:
+        counts = module.COUNTS
+        terminalreporter.write_line(
+            f"adversarial suite: {counts['hostile cases']} hostile CLI cases,"
+            f" {counts['daemon kills']} daemon kills, {counts['corrupt kinds']} kinds of"
+            f" corrupt settings; {len(reports('failed', 'test_adversarial'))} failed tests")
+    attacks = reports("passed", "test_security.py") + reports("failed", "test_security.py")
+    if attacks:  # issue 28: each one an attack by another local account, or a planted path
+        terminalreporter.write_line(
+            f"security suite: {len(attacks)} attacks and checks (tests/test_security.py);"
+            f" {len(reports('failed', 'test_security.py'))} failed")
 
 
 @pytest.fixture
