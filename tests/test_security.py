@@ -280,7 +280,10 @@ def test_paths_are_checked_for_what_the_desktop_user_may_do(make_host, tmp_path,
         for flag, path, words in [("--disk", "/etc/shadow", "cannot read and write"),
                                   ("--serial-log", "/etc/passwd", "cannot write"),
                                   ("--iso", "/etc/shadow", "cannot read"),
-                                  ("--serial-log", "/root/new.log", "cannot write")]:
+                                  ("--serial-log", "/root/new.log", "cannot write"),
+                                  # as given, not resolved: /proc/self/fd/1 is any stdout
+                                  ("--serial-log", "/proc/self/fd/1", "lies in /proc"),
+                                  ("--serial-log", "/dev/stdout", "lies in /proc")]:
             code, err = create("x", flag, path)
             assert code == 2 and err.startswith(f"neuron-vm: {flag}") and words in err, err
             assert not images.exists() or not list(images.iterdir())

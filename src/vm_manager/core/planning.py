@@ -10,6 +10,7 @@ use, a missing ISO, a GPU whose IOMMU group is not viable, more memory than the 
 from __future__ import annotations
 
 import uuid as uuid_module
+import posixpath
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -283,16 +284,18 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
 def _serial_log(path: str, fact) -> None:
     """A regular file to append to, or a new one in a folder that exists and may be
     written; never a device (the guest console would be written onto it)."""
-    if fact.unreadable:
+    if posixpath.normpath(path).startswith(("/proc/", "/sys/", "/dev/")):  # as given: a
+        fact = replace(fact, pseudo=True)  # /proc/self/fd/1 resolves to an ordinary file
+    elif fact.unreadable:
         raise InvalidConfig("serial_log_path", f"{path}: {fact.unreadable}; give a file of"
                             " yours")
     if not fact.pseudo and (fact.kind == "file" or (fact.kind == "missing"
                                                     and fact.parent_writable)):
         return
-    if fact.kind == "missing":
-        why = "cannot be made: its folder is missing or not writable"
-    elif fact.pseudo or fact.kind in ("block", "other"):
+    if fact.pseudo or fact.kind in ("block", "other"):
         why = "is a device or lies in /proc, /sys or /dev"
+    elif fact.kind == "missing":
+        why = "cannot be made: its folder is missing or not writable"
     else:
         why = "is a folder"
     raise InvalidConfig("serial_log_path", f"{path} {why}; give a file (existing or new)")

@@ -111,8 +111,11 @@ class Connections:
             else:
                 self._fill_connections()
                 if ok and text.strip():
-                    self.window.statusBar().showMessage(f"{text.strip()!r} is neither a computer's"
-                                                 " name nor a libvirt URI")
+                    from ..base.primitives import uri_problem
+
+                    self.window.statusBar().showMessage(
+                        uri_problem(text.strip()) if "://" in text and uri_problem(text.strip())
+                        else f"{text.strip()!r} is neither a computer's name nor a libvirt URI")
             return
         self.switch_connection(uri)
 
