@@ -10,6 +10,7 @@ user made first stayed the one QEMU mapped.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import stat
@@ -438,11 +439,15 @@ def test_a_vm_made_with_a_spice_port_loses_it_at_its_next_start(make_host):
     with LibvirtConnection(make_host()) as conn:
         for name, ours in (("old", True), ("handmade", False)):
             conn.execute(lambda c, xml=domain(name, ours): c.defineXML(xml))
+            before = conn.execute(lambda c, n=name: c.lookupByName(n).XMLDesc(0))
             out, err = io.StringIO(), io.StringIO()
             assert main(["start", name], connection=conn, out=out, err=err) == 0, err.getvalue()
             xml = conn.execute(lambda c, n=name: c.lookupByName(n).XMLDesc(0))
             [spice] = read_domain(xml).graphics
             assert (spice.listen_type == "none") is ours, xml
+            graphics = re.compile(r"<graphics.*?</graphics>", re.S)  # only that changed
+            live = re.sub(r" id='\d+'", "", xml, count=1)  # the running domain's id
+            assert graphics.sub("", live) == graphics.sub("", before)
             assert ("<image compression='off'/>" in xml) and (
                 ("reached through libvirt only" in err.getvalue()) is ours), err.getvalue()
 

@@ -399,16 +399,12 @@ def _kind(path: Path) -> PathFact:
 
 
 def _unreadable_to_desktop_user(folder: Path) -> str | None:
-    """Why the desktop user (the one behind sudo) may not share ``folder``: they could not
-    open it, or something inside it, themselves (mode bits and ACLs, as the kernel judges
-    them), or it is (or holds) another user's home (``base.access``); None when they may."""
-    from ..base.access import (
-        desktop_user, hidden_inside, not_owned_by, others_homes_inside, unreadable_to,
-    )
+    """Why the desktop user (the one behind sudo) may not share ``folder``: the same
+    answer every start asks again (``base.access.share_problem``: not theirs, not theirs to
+    open, or holding what they could not open); None when they may."""
+    from ..base.access import desktop_user, share_problem
 
-    user = desktop_user()
-    return (not_owned_by(folder, user) or unreadable_to(folder, user)
-            or others_homes_inside(folder, user) or hidden_inside(folder, user))
+    return share_problem(str(folder), desktop_user())
 
 
 def _block_in_use(real: str) -> str | None:
