@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the one program NeuronOS runs as root (src/vm_manager/core/root_helper.py), owned by
+# Install the programs NeuronOS runs as root (src/vm_manager/core/root_helper.py, and the
+# virtiofsd launcher libvirt runs: core/virtiofs_launcher.py), owned by
 # root and out of every user's reach, with its own polkit action:
 #   ROOT/usr/lib/neuronos/vm_manager/          a root-owned copy of the package (pure modules
 #                                              only are imported: no libvirt, no venv)
 #   ROOT/usr/libexec/neuronos/neuron-vm-helper  #!/usr/bin/python3 -I (no environment's
 #                                              PYTHONPATH, no user site)
 #   ROOT/usr/share/polkit-1/actions/org.neuronos.vm-manager.helper.policy
+#   ROOT/usr/sbin/neuronos-virtiofsd            the virtiofsd launcher (#!/usr/bin/python3 -I)
 # Usage: install-helper.sh [ROOT] (default /; tests install into a temporary folder). Root
 # only. Run again after an update: the copy is replaced as a whole.
 set -euo pipefail
@@ -56,3 +58,20 @@ cat > "$actions/org.neuronos.vm-manager.helper.policy" <<XML
 XML
 chmod 0644 "$actions/org.neuronos.vm-manager.helper.policy"
 echo "==> root helper: $helper (package copy in $lib)"
+# The virtiofsd launcher libvirt runs for every folder NeuronOS shares
+# (src/vm_manager/core/virtiofs_launcher.py): under /usr/sbin, where Debian's AppArmor
+# profile for libvirtd lets it run a program.
+sbin=$root/usr/sbin
+install -d -m 0755 -o root -g root "$sbin"
+cat > "$sbin/neuronos-virtiofsd.new" <<PY
+#!/usr/bin/python3 -I
+# NeuronOS's virtiofsd launcher (installed by scripts/install-helper.sh): see vm_manager/core/virtiofs_launcher.py
+import sys
+sys.path.insert(0, "${lib:-/usr/lib/neuronos}")
+from vm_manager.core.virtiofs_launcher import main
+sys.exit(main(sys.argv[1:]))
+PY
+chown root:root "$sbin/neuronos-virtiofsd.new"
+chmod 0755 "$sbin/neuronos-virtiofsd.new"
+mv "$sbin/neuronos-virtiofsd.new" "$sbin/neuronos-virtiofsd"
+echo "==> virtiofsd launcher: $sbin/neuronos-virtiofsd"

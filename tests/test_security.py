@@ -391,8 +391,10 @@ def test_the_root_helper_is_out_of_the_users_reach_and_takes_only_its_operations
     asked about, only for its fixed operations with checked arguments."""
     import subprocess
 
-    lib = root_helper.parents[3] / "lib" / "neuronos"
-    for path in [root_helper, *lib.rglob("*")]:
+    usr = root_helper.parents[2]  # ROOT/usr/libexec/neuronos/neuron-vm-helper
+    copy = list((usr / "lib" / "neuronos").rglob("*"))
+    assert any(path.name == "virtiofs_launcher.py" for path in copy)
+    for path in [root_helper, usr / "sbin" / "neuronos-virtiofsd", *copy]:
         info = os.lstat(path)
         assert info.st_uid == 0 and not info.st_mode & 0o022, path
     planted = tmp_path / "evil" / "vm_manager"
@@ -484,3 +486,155 @@ def test_root_writes_in_a_users_home_without_following_their_symlinks(tmp_path):
     assert caught.value.errno in (errno.ELOOP, errno.ENOTDIR)
     assert victim.read_text() == "root only\n" and victim.stat().st_uid == 0
     assert not (tmp_path / "neuronos").exists()
+
+
+def test_the_virtiofsd_launcher_reads_the_folder_libvirt_passes():
+    """libvirt 9.0 runs ``--fd=N -o source=DIR,cache=...`` and doubles a comma in DIR."""
+    from vm_manager.core.virtiofs_launcher import Refused, source_of
+
+    assert source_of(["--fd=3", "-o", "source=/home/anna/My,,Files,cache=auto,xattr"]) == \
+        "/home/anna/My,Files"
+    assert source_of(["--fd=3", "-o", "xattr,source=/srv/a"]) == "/srv/a"
+    assert source_of(["--socket-path=/s", "--shared-dir=/home/anna/x"]) == "/home/anna/x"
+    with pytest.raises(Refused, match="no source folder"):
+        source_of(["--fd=3", "-o", "cache=auto"])
+
+
+@ROOT
+def test_the_launcher_never_serves_root_or_a_path_through_a_symlink(tmp_path):
+    """Run as libvirt runs it (root, virtiofsd's arguments): a folder root owns, and a
+    folder reached through a symlink, are refused with the reason (exit 1, libvirt's log),
+    before any virtiofsd runs."""
+    import subprocess
+    import sys
+
+    from vm_manager.passthrough.ivshmem import user_credentials
+
+    def launch(folder):
+        return subprocess.run(
+            [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+             " from vm_manager.core.virtiofs_launcher import main;"
+             " sys.exit(main(sys.argv[2:]))", str(Path(__file__).parent.parent / "src"),
+             "--fd=3", "-o", f"source={folder},cache=auto"],
+            capture_output=True, text=True, timeout=60)
+
+    mine = tmp_path / "root-owned"
+    mine.mkdir()
+    result = launch(mine)
+    assert result.returncode == 1 and "belongs to root" in result.stderr, result.stderr
+    with local_user("nvfs") as owner:
+        who = user_credentials(owner)
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, who.uid, who.gid)
+        link = tmp_path / "link"
+        link.symlink_to(theirs)
+        result = launch(link / ".")
+        assert result.returncode == 1 and "without a symlink" in result.stderr, \
+            result.stderr
+        result = launch(tmp_path / "theirs" / ".." / "root-owned")
+        assert result.returncode == 1 and "'..'" in result.stderr
+
+
+@ROOT
+def test_the_launchers_filter_makes_the_identity_switch_a_no_op():
+    """virtiofsd switches to the guest caller's uid/gid before it makes a file; in the
+    launcher's namespace only the owner is mapped, so that switch is made a no-op (the
+    file is the owner's): setresuid/setresgid return 0 and change nothing, and every other
+    call still runs."""
+    import ctypes
+
+    from vm_manager.core.virtiofs_launcher import _arch, seccomp_program
+
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            program = seccomp_program(_arch())
+            filters = ctypes.create_string_buffer(program)
+            import struct
+
+            fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(filters))
+            assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+            assert libc.prctl(22, 2, fprog, 0, 0) == 0  # PR_SET_SECCOMP, FILTER
+            os.setresgid(-1, 4242, -1)
+            os.setresuid(-1, 4242, -1)
+            said = f"{os.geteuid()} {os.getegid()} {os.getpid() > 0}"
+        except BaseException as error:  # noqa: BLE001
+            said = f"error {error!r}"
+        os.write(write_end, said.encode())
+        os._exit(0)
+    os.close(write_end)
+    said = os.read(read_end, 200).decode()
+    os.waitpid(child, 0)
+    assert said == "0 0 True", said
+
+
+@pytest.mark.daemon
+@ROOT
+def test_old_shares_get_the_launcher_and_a_folder_root_owns_is_refused_in_words(
+        system_daemon, tmp_path, monkeypatch):
+    """A VM NeuronOS made before its shares had the launcher (virtiofsd as root) gets it at
+    its next start, said so; a share the launcher would refuse (a folder root owns) stops
+    the start in words, not with QEMU's "Connection refused" after the fact."""
+    from vm_manager.actions import boot
+    from vm_manager.actions.context import Context
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.domain_xml import read_domain
+    from vm_manager.base.errors import OperationFailed
+    from vm_manager.base.store import VMStore
+    from vm_manager.passthrough.ivshmem import user_credentials
+
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("USER", "root")
+    folder = tmp_path / "Shared"
+    folder.mkdir()
+    name = f"neuron-sec-{uuid.uuid4().hex[:8]}"
+    xml = (f"<domain type='qemu'><name>{name}</name><metadata><neuronos:vm xmlns:neuronos="
+           "'https://neuronos.org/xmlns/vm/1.0'><neuronos:template>linux-basic"
+           "</neuronos:template></neuronos:vm></metadata><memory unit='MiB'>128</memory>"
+           "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"
+           "<os><type arch='x86_64' machine='q35'>hvm</type></os><devices>"
+           "<filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/>"
+           f"<source dir='{folder}'/><target dir='docs'/></filesystem></devices></domain>")
+    conn = LibvirtConnection(system_daemon).open()
+    ctx = Context(connection=conn, store=VMStore(tmp_path / "config"),
+                  images_dir=tmp_path / "images")
+    try:
+        conn.execute(lambda c: c.defineXML(xml))
+        with pytest.raises(OperationFailed, match="belongs to root, and NeuronOS serves"):
+            boot.prepare(ctx, name)
+        [share] = read_domain(conn.execute(lambda c: c.lookupByName(name).XMLDesc(0))) \
+            .filesystems
+        assert share.binary == "/usr/sbin/neuronos-virtiofsd" and share.source == \
+            str(folder)
+        with local_user("nvfs") as owner:
+            who = user_credentials(owner)
+            os.chown(folder, who.uid, who.gid)
+            assert boot.prepare(ctx, name) == []  # the launcher is there already
+    finally:
+        remove_domain(conn, name)
+        ctx.close()
+
+
+def test_an_upload_folder_a_killed_neuronos_left_is_removed(tmp_path):
+    """A setup medium (the account's password inside) is built in a private folder before
+    it is sent to a remote host; a NeuronOS killed meanwhile (SIGKILL: nothing runs) left
+    it there. The next upload removes the folders of processes that no longer run, and
+    only those: a running process keeps its own."""
+    import subprocess
+
+    from vm_manager.core.storage import UPLOAD_PREFIX, sweep_uploads
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid runs no more
+    dead = tmp_path / f"{UPLOAD_PREFIX}{gone.pid}-k3j2"
+    dead.mkdir(mode=0o700)
+    (dead / "neuronos-setup.iso").write_text("the password\n")
+    live = tmp_path / f"{UPLOAD_PREFIX}{os.getpid()}-a1b2"
+    live.mkdir()
+    odd = tmp_path / f"{UPLOAD_PREFIX}notapid-x"
+    odd.mkdir()
+    assert sweep_uploads(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and live.is_dir() and odd.is_dir()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import pwd
 import threading
 import uuid
 from pathlib import Path
@@ -350,53 +352,98 @@ print(image.width(), image.height(), len(set(pixels)), lit, len(pixels))
 
 def test_a_shared_folder_reaches_a_real_guest_over_virtiofs(conn, tiny_guest, tmp_path):
     """`create --share HOST_DIR=TAG`, then `share add` of a second folder: libvirt runs
-    virtiofsd for each, the tiny guest mounts both tags, prints a file the test wrote in
-    each on the host, and writes one back that the host reads."""
+    NeuronOS's virtiofsd launcher for each, the tiny guest mounts both tags, prints a file
+    the test wrote in each on the host, and writes one back that the host reads.
+
+    Issue 28: the folders belong to a local account the test makes, and are served as that
+    account: virtiofsd runs with its uid, what guest root writes (and makes setuid root) is
+    that account's file on the host, and the guest's first user (1000) owns the folder's
+    files in the guest. Before, virtiofsd ran as root and the file was a setuid-root one."""
     from vm_manager.actions import shares
     from vm_manager.actions.context import Context
     from vm_manager.base.store import VMStore
     from vm_manager.base.vm_config import VMConfig
     from vm_manager.core.vm_creator import VMCreator
+    from support.attacker import local_user
     from support.tiny_guest import SHARE_MARKER, wait_for_console
 
     folder = Path(f"/var/lib/neuronos-share-{uuid.uuid4().hex[:6]}")
     shared = folder / "My Files"
     later = folder / "later"
-    for path in (shared, later):
-        path.mkdir(parents=True)
-        (path / "hello.txt").write_text(f"hello from {path.name}\n")
     images = Path(f"/var/lib/libvirt/images/neuron-share-{uuid.uuid4().hex[:6]}")
     images.mkdir(mode=0o711)
     serial = images / "serial.log"
     name = f"neuron-share-{uuid.uuid4().hex[:6]}"
-    try:
-        creator = VMCreator(conn, store=VMStore(tmp_path / "config"), images_dir=images)
-        result = creator.create(VMConfig(
-            name=name, vm_type="linux", kernel_path=str(tiny_guest.kernel),
-            initrd_path=str(tiny_guest.initrd), disk_size_gb=0,
-            kernel_cmdline="console=ttyS0 quiet panic=-1 neuronos.share=docs"
-                           " neuronos.share=more",
-            serial_log_path=str(serial), network="none", domain_type="qemu", memory_mb=512,
-            shares=[{"path": str(shared), "tag": "docs"}]), force=True)
-        assert "<driver type='virtiofs'/>" in result.xml and "memfd" in result.xml
-        ctx = Context(connection=conn, store=VMStore(tmp_path / "config"), images_dir=images)
-        try:
-            added = shares.add(ctx, name, str(later), "more")
-        finally:
-            ctx.close()
-        assert not added.restart_needed and [s.tag for s in added.shares] == ["docs", "more"]
-        with lifecycle_on(conn.uri) as lifecycle:
-            lifecycle.start(name, timeout=BOOT_TIMEOUT)
-        for tag in ("docs", "more"):
-            wait_for_console(serial, f"{SHARE_MARKER}-WRITTEN {tag}", timeout=BOOT_TIMEOUT)
-        text = serial.read_text(errors="replace")
-        assert f"{SHARE_MARKER} docs: hello from My Files" in text
-        assert f"{SHARE_MARKER} more: hello from later" in text
+    with local_user("nshare") as owner:
+        account = pwd.getpwnam(owner)
         for path in (shared, later):
-            assert (path / "from-guest.txt").read_text() == "written by the guest\n"
-    finally:
-        remove(conn, name)
-        import shutil
+            path.mkdir(parents=True)
+            (path / "hello.txt").write_text(f"hello from {path.name}\n")
+            for each in (path, path / "hello.txt"):
+                os.chown(each, account.pw_uid, account.pw_gid)
+        try:
+            creator = VMCreator(conn, store=VMStore(tmp_path / "config"), images_dir=images)
+            result = creator.create(VMConfig(
+                name=name, vm_type="linux", kernel_path=str(tiny_guest.kernel),
+                initrd_path=str(tiny_guest.initrd), disk_size_gb=0,
+                kernel_cmdline="console=ttyS0 quiet panic=-1 neuronos.share=docs"
+                               " neuronos.share=more neuronos.setuid",
+                serial_log_path=str(serial), network="none", domain_type="qemu",
+                memory_mb=512, shares=[{"path": str(shared), "tag": "docs"}]), force=True)
+            assert "<driver type='virtiofs'/>" in result.xml and "memfd" in result.xml
+            assert "<binary path='/usr/sbin/neuronos-virtiofsd'/>" in result.xml
+            ctx = Context(connection=conn, store=VMStore(tmp_path / "config"),
+                          images_dir=images)
+            try:
+                added = shares.add(ctx, name, str(later), "more")
+            finally:
+                ctx.close()
+            assert not added.restart_needed and [s.tag for s in added.shares] == ["docs",
+                                                                                 "more"]
+            with lifecycle_on(conn.uri) as lifecycle:
+                lifecycle.start(name, timeout=BOOT_TIMEOUT)
+            for tag in ("docs", "more"):
+                wait_for_console(serial, f"{SHARE_MARKER}-WRITTEN {tag}",
+                                 timeout=BOOT_TIMEOUT)
+            servers = virtiofsd_uids(shared, later)
+            text = serial.read_text(errors="replace")
+            assert f"{SHARE_MARKER} docs: hello from My Files" in text
+            assert f"{SHARE_MARKER} more: hello from later" in text
+            for tag in ("docs", "more"):
+                assert f"{SHARE_MARKER}-OWNERS {tag} 1000:1000" in text, text
+            for path in (shared, later):
+                made = path / "from-guest.txt"
+                assert made.read_text() == "written by the guest\n"
+                info = made.stat()
+                assert (info.st_uid, info.st_gid) == (account.pw_uid, account.pw_gid)
+                assert info.st_mode & 0o4000 == 0 or info.st_uid != 0
+                print(f"{made}: uid {info.st_uid} mode {oct(info.st_mode)}")
+            assert servers == {str(shared): account.pw_uid, str(later): account.pw_uid}, \
+                servers
+        finally:
+            remove(conn, name)
+            import shutil
 
-        shutil.rmtree(images, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(images, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def virtiofsd_uids(*folders: Path) -> dict[str, int]:
+    """The real uid of each running virtiofsd serving one of ``folders``."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        if not argv[0].endswith(b"virtiofsd") or b"python" in argv[0]:
+            continue
+        for folder in folders:
+            if any(f"source={folder}".encode() in arg for arg in argv):
+                uid = int(next(line for line in status.splitlines()
+                               if line.startswith("Uid:")).split()[1])
+                found[str(folder)] = min(found.get(str(folder), uid), uid)
+    return found

@@ -342,6 +342,34 @@ def test_a_given_key_is_said_and_checked_before_anything_is_shown_or_made(world,
             assert code == 2 and words in err and out == "", (extra, out, err)
 
 
+def test_a_key_in_a_file_stays_out_of_the_process_list(world, isos, tmp_path):
+    """Issue 28: --product-key is in /proc/PID/cmdline for every user while create runs.
+    --product-key-file reads it from a file (checked like the password file); the key on
+    the command line still works, with a warning that says where it shows."""
+    conn, store, images, password = world
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY.lower() + "\n")
+    key_file.chmod(0o600)
+    code, out, err = run(world, *create_args(isos, password, "--product-key-file",
+                                             str(key_file)))
+    assert code == 0, err
+    assert "installed with the product key you gave" in out and "process list" not in err
+    code, out, err = run(world, *create_args(isos, password, "--product-key", KEY,
+                                             name="w2"))
+    assert code == 0 and "seen by every user on this computer" in err, err
+    key_file.chmod(0o644)
+    code, out, err = run(world, *create_args(isos, password, "--product-key-file",
+                                             str(key_file), name="w3"))
+    assert code == 0 and "can be read by other users" in err, err
+    key_file.write_text("12345\n")
+    code, out, err = run(world, *create_args(isos, password, "--product-key-file",
+                                             str(key_file), name="w4"))
+    assert code == 2 and "--product-key-file" in err and "five groups" in err, err
+    code, out, err = run(world, *create_args(isos, password, "--product-key-file",
+                                             str(key_file), "--product-key", KEY, name="w5"))
+    assert code == 2 and "not allowed with argument" in err, err
+
+
 def test_a_disc_with_the_desktops_language_installs_in_it():
     """Found by a walk: a disc with en-US, de-DE and fr-FR on a German desktop installed
     English (its default); a language the disc has and the desktop uses wins."""

@@ -11,8 +11,9 @@ For the guest-setup tests it also loads the virtio modules, and then:
   read-only and its instance-id printed as ``SEED_MARKER <id>``;
 - shared folders: each ``neuronos.share=TAG`` on the kernel command line is mounted over
   virtiofs; the guest prints ``SHARE_MARKER TAG: <hello.txt>`` and writes ``from-guest.txt``;
-  ``neuronos.9p=TAG`` mounts a virtio-9p share (the ``generic`` flavour only: Debian's cloud
-  kernel has no 9p) and ``neuronos.read=FILE`` reads FILE from each mounted share
+  with ``neuronos.setuid`` guest root then makes that file setuid root and prints who owns
+  ``hello.txt`` in the guest (``SHARE_MARKER-OWNERS TAG UID:GID``); ``neuronos.9p=TAG``
+  mounts a virtio-9p share (the ``generic`` flavour only: Debian's cloud kernel has no 9p) and ``neuronos.read=FILE`` reads FILE from each mounted share
   (``neuronos.rounds=N`` times, page cache dropped before each), printing ``READ_MARKER TAG
   BLOCKS START END`` (``dd bs=1M``'s records read, ``/proc/uptime`` around it), for
   bench/shares.py;
@@ -48,7 +49,7 @@ SEED_MARKER = "NEURONOS-SEED instance-id:"
 STAGE_FILE = "/run/neuronos-stage"
 BUSYBOX_PACKAGE = "busybox-static"
 AGENT_PACKAGE = "qemu-guest-agent"
-FORMAT = "10"  # bump when the initramfs layout changes, to rebuild cached copies
+FORMAT = "11"  # bump when the initramfs layout changes, to rebuild cached copies
 # loaded in this order (each after what it depends on: the modules' own "depends=")
 MODULES = ("input/evdev", "acpi/button", "virtio/virtio_ring", "virtio/virtio",
            "virtio/virtio_pci_modern_dev", "virtio/virtio_pci_legacy_dev", "virtio/virtio_pci",
@@ -92,6 +93,7 @@ for word in $(cat /proc/cmdline); do
   case "$word" in
     neuronos.read=*) read_from=${{word#neuronos.read=}};;
     neuronos.rounds=*) rounds=${{word#neuronos.rounds=}};;
+    neuronos.setuid) setuid=1;;
   esac
 done
 mounted=
@@ -109,6 +111,10 @@ for word in $(cat /proc/cmdline); do
         [ -n "$read_from" ] && continue
         echo "{SHARE_MARKER} $tag: $(cat /mnt/$tag/hello.txt)"
         echo "written by the guest" > /mnt/$tag/from-guest.txt && sync
+        if [ -n "$setuid" ]; then
+          chown 0:0 /mnt/$tag/from-guest.txt; chmod 4755 /mnt/$tag/from-guest.txt; sync
+          echo "{SHARE_MARKER}-OWNERS $tag $(stat -c '%u:%g' /mnt/$tag/hello.txt)"
+        fi
         echo "{SHARE_MARKER}-WRITTEN $tag"
       fi;;
   esac

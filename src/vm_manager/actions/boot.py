@@ -5,7 +5,11 @@ start: ``neuron-vm start``, ``create --start``, ``setup-restart --start`` and th
   still the desktop user's own, nothing inside it they could not open. A folder swapped for
   a symlink after the VM was made would otherwise reach what it now points at.
 - A VM NeuronOS made before SPICE lost its network port (127.0.0.1, no password: every
-  local account could watch and type) gets ``<listen type='none'/>`` before it boots.
+  local account could watch and type) gets ``<listen type='none'/>`` before it boots; one
+  made before its shares were served by NeuronOS's virtiofsd launcher (as the folder's
+  owner, ``core.virtiofs_launcher``; before, as root) gets the launcher. A share the
+  launcher would refuse (a folder root owns, the launcher not installed) is said in words
+  here, not as QEMU's "Connection refused".
 - The Looking Glass shared memory file is made anew for the desktop user and QEMU only
   (``passthrough.ivshmem.claim_shared_memory``): a file someone else made first, and may
   keep mapped, is never the one QEMU uses.
@@ -29,9 +33,11 @@ def prepare(ctx: Context, name: str) -> list[str]:
     ``OperationFailed`` naming a share that may not be shared any more, or
     ``LookingGlassError`` for a shared memory file that cannot be replaced."""
     from ..base.access import desktop_user, share_problem
+    from ..base.domain_merge import shares_through, spice_without_port
     from ..base.domain_xml import read_domain
     from ..base.errors import InvalidConfig, OperationFailed
     from ..base.primitives import is_remote
+    from ..core.virtiofs_launcher import INSTALLED_PATH
     from ..passthrough import ivshmem
 
     if is_remote(ctx.uri):
@@ -48,10 +54,24 @@ def prepare(ctx: Context, name: str) -> list[str]:
     domain, user, done = read_domain(xml), desktop_user(), []
     if domain.neuronos_template and any(g.type == "spice" and g.listen_type != "none"
                                         for g in domain.graphics):
-        done.append(_spice_without_port(ctx, name))
+        done.append(_change(ctx, name, spice_without_port, f"{name}'s screen had a network"
+                            " port every local account could reach: it is now reached"
+                            " through libvirt only"))
+    launcher = INSTALLED_PATH
+    served = ctx.uri.startswith("qemu")  # the test driver runs no virtiofsd
+    if served and domain.neuronos_template and any(
+            share.driver == "virtiofs" and share.binary != launcher
+            for share in domain.filesystems):
+        done.append(_change(ctx, name, lambda xml: shares_through(xml, launcher),
+                            f"{name}'s shared folders were served as root: they are now"
+                            " served as the folder's owner"))
+        domain = read_domain(connection.execute(lambda conn: connection.lookup(
+            conn, name).XMLDesc(0), idempotent=True))
     for share in domain.filesystems:
         if share.type in (None, "mount") and share.source:
-            problem = share_problem(share.source, user)
+            problem = share_problem(share.source, user) or (
+                _launcher_problem(share.source, launcher)
+                if served and share.binary == launcher else None)
             if problem:
                 raise OperationFailed(
                     f"{name} was not started: its shared folder {share.source} (tag"
@@ -68,19 +88,32 @@ def prepare(ctx: Context, name: str) -> list[str]:
     return done
 
 
-def _spice_without_port(ctx: Context, name: str) -> str:
+def _change(ctx: Context, name: str, rewrite, said: str) -> str:
+    """The VM's definition rewritten by ``rewrite`` (a ``base.domain_merge`` function);
+    ``said`` is logged and returned."""
     import libvirt
-
-    from ..base.domain_merge import spice_without_port
 
     connection = ctx.connection
 
     def change(conn):
         dom = connection.lookup(conn, name)
-        conn.defineXML(spice_without_port(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)))
+        conn.defineXML(rewrite(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)))
 
     connection.execute(change)
-    said = (f"{name}'s screen had a network port every local account could reach: it is"
-            " now reached through libvirt only")
     log.warning("%s", said)
     return said
+
+
+def _launcher_problem(folder: str, launcher: str) -> str | None:
+    """Why NeuronOS's virtiofsd launcher would refuse to serve ``folder`` (it says so only
+    in libvirt's log, and QEMU then reports "Connection refused")."""
+    import os
+
+    if not os.access(launcher, os.X_OK):
+        return (f"NeuronOS's virtiofsd launcher {launcher} is not installed (it serves a"
+                " shared folder as its owner): install it with sudo bash"
+                " scripts/install-helper.sh")
+    if os.stat(folder).st_uid == 0:
+        return ("it belongs to root, and NeuronOS serves a shared folder as its owner, never"
+                " as root: share a folder of your own")
+    return None

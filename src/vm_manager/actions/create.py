@@ -78,6 +78,14 @@ def read_password_file(path: str, field: str = "password_file") -> tuple[str, st
     """The password in ``path`` (one line) and a warning when every user may read it:
     a regular file of at most 4 KiB the desktop user can read, never a FIFO, a device or a
     file of /proc (``base.user_files``)."""
+    password, warning = read_secret_file(path, field)
+    check_password(password, field=field)
+    return password, warning
+
+
+def read_secret_file(path: str, field: str) -> tuple[str, str | None]:
+    """One line of secret text in ``path`` (a password, a product key: kept out of the
+    process list, issue 28) and a warning when other users may read the file."""
     import os
     import stat
 
@@ -86,14 +94,13 @@ def read_password_file(path: str, field: str = "password_file") -> tuple[str, st
 
     data = read_user_file(path, field, MAX_PASSWORD_FILE)
     try:
-        password = data.decode("utf-8").rstrip("\r\n")
+        text = data.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
         raise InvalidConfig(field, f"{path} is not UTF-8 text") from None
-    check_password(password, field=field)
     mode = os.stat(path).st_mode
     loose = mode & (stat.S_IRGRP | stat.S_IROTH)  # a group's members are other users too
-    return password, (f"{path} can be read by other users (mode {stat.S_IMODE(mode):04o}):"
-                      " chmod 600 it" if loose else None)
+    return text, (f"{path} can be read by other users (mode {stat.S_IMODE(mode):04o}):"
+                  " chmod 600 it" if loose else None)
 
 
 def check_product_key(key: str | None, field: str = "product_key") -> str | None:

@@ -89,6 +89,20 @@ def spice_without_port(current: str) -> str:
     return _text(cur)
 
 
+def shares_through(current: str, launcher: str) -> str:
+    """``current`` with every virtiofs share served by ``launcher`` (NeuronOS's virtiofsd
+    launcher: the folder's owner, never root, issue 28); nothing else changes."""
+    cur = _parse(current)
+    for share in cur.iterfind("devices/filesystem/driver[@type='virtiofs']/.."):
+        binary = share.find("binary")
+        if binary is None:
+            binary = etree.Element("binary")
+            share.find("driver").addnext(binary)
+            binary.tail = share.find("driver").tail
+        binary.set("path", launcher)
+    return _text(cur)
+
+
 def _parse(text: str) -> etree._Element:
     try:
         root = etree.fromstring(text.encode(), _PARSER)

@@ -116,6 +116,7 @@ class Filesystem:
     target: str | None  # the mount tag
     accessmode: str | None
     readonly: bool
+    binary: str | None = None  # what libvirt runs as virtiofsd (<binary path>)
 
 
 @dataclass(frozen=True)
@@ -317,11 +318,7 @@ def _os(root: ET.Element) -> OSInfo:
 def _source(element: ET.Element | None, names: tuple[str, ...]) -> str | None:
     if element is None:
         return None
-    for name in names:
-        value = element.get(name)
-        if value:
-            return value
-    return None
+    return next((element.get(name) for name in names if element.get(name)), None)
 
 
 _DISK_SOURCE = ("file", "dev", "volume", "name", "dir")
@@ -436,7 +433,8 @@ def _filesystem(filesystem: ET.Element) -> Filesystem:
         type=filesystem.get("type"), driver=driver.get("type") if driver is not None else None,
         source=_source(filesystem.find("source"), ("dir", "file", "name", "socket")),
         target=_source(filesystem.find("target"), ("dir",)),
-        accessmode=filesystem.get("accessmode"),
+        accessmode=filesystem.get("accessmode"), binary=_source(filesystem.find("binary"),
+                                                                ("path",)),
         readonly=filesystem.find("readonly") is not None)
 
 

@@ -6,7 +6,8 @@ import argparse
 import contextlib
 import dataclasses
 
-from .guest import follow_setup, read_secrets, setup_options, unattended_from_args
+from .guest import (follow_setup, product_key_of, read_secrets, setup_options,
+                    unattended_from_args)
 from .output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -239,9 +240,7 @@ def request_from_args(args: argparse.Namespace, uri: str | None = None):
                 raise InvalidConfig(flag, "goes with --gpu PCI_ADDR (there is no GPU to"
                                     " apply it to)")
     config = VMConfig.from_dict({key: value for key, value in data.items() if value is not None})
-    from ..actions.create import check_product_key
-
-    key = check_product_key(getattr(args, "product_key", None), "--product-key")
+    key, _ = product_key_of(args)  # warned of with the other secrets
     return CreateRequest(config, template=template, force=args.force, start=args.start,
                          usb_later=args.usb_later, product_key=key)
 
@@ -259,6 +258,8 @@ def cmd_create(ctx: CommandContext) -> int:
         if request.config.unattended is not None and args.password_file:
             request = dataclasses.replace(request, secrets=read_secrets(ctx))  # fails early
         plan = create.preview(ctx.actions, request)
+        for warning in product_key_of(args)[1]:
+            ctx.warn(warning)
     if not ctx.json:
         for line in plan.describe():
             ctx.print(line)

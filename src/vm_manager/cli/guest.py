@@ -15,10 +15,11 @@ from .output import (
 )
 
 SETUP_FLAGS = ("user", "password_file", "locale", "ui_language", "keyboard", "timezone",
-               "edition", "product_key", "lg_host_installer", "lg_host_release",
-               "bypass_hardware_checks", "ssh_key", "winfsp_installer", "gpu_driver_installer",
-               "stage_timeout")
-WINDOWS_ONLY = ("locale", "ui_language", "keyboard", "timezone", "product_key")
+               "edition", "product_key", "product_key_file", "lg_host_installer",
+               "lg_host_release", "bypass_hardware_checks", "ssh_key", "winfsp_installer",
+               "gpu_driver_installer", "stage_timeout")
+WINDOWS_ONLY = ("locale", "ui_language", "keyboard", "timezone", "product_key",
+                "product_key_file")
 
 
 def register(commands, common, subcommand) -> None:
@@ -130,7 +131,11 @@ def setup_options(parser) -> None:
                        help="a Windows time zone ID, e.g. 'W. Europe Standard Time' (default:"
                        " the desktop's zone)")
     setup.add_argument("--edition", metavar="NAME", help='e.g. "Windows 11 Pro" (default)')
-    setup.add_argument("--product-key", metavar="KEY", help="XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
+    keys = setup.add_mutually_exclusive_group()
+    keys.add_argument("--product-key-file", metavar="F", help="the Windows product key"
+                      " (XXXXX-XXXXX-XXXXX-XXXXX-XXXXX), in a file only you can read")
+    keys.add_argument("--product-key", metavar="KEY", help="the key itself: every user on"
+                      " this computer sees it in the process list; prefer --product-key-file")
     setup.add_argument("--lg-host-installer", metavar="PATH",
                        help="the Looking Glass host installer (.exe or its .zip), the"
                        " release of your client")
@@ -211,14 +216,12 @@ def read_secrets(ctx: CommandContext):
     (``create``'s options; ``setup-restart`` has only --password-file)."""
     import getpass
 
-    from ..actions.create import (SetupSecrets, check_password, check_product_key,
-                                  read_password_file)
+    from ..actions.create import SetupSecrets, check_password, read_password_file
     from ..base.errors import InvalidConfig
 
     args = ctx.args
-    key = getattr(args, "product_key", None)
+    key, _ = product_key_of(args)  # warned of by create once its plan stands
     user = getattr(args, "user", None) or "user"
-    key = check_product_key(key, "--product-key")
     if not args.password_file and getattr(args, "ssh_key", None):
         return None  # a Linux account that logs in with its key only
     if args.password_file:
@@ -232,6 +235,22 @@ def read_secrets(ctx: CommandContext):
         raise InvalidConfig("--password-file", "not on a terminal: give the account's"
                             " password in a file only you can read")
     return SetupSecrets(password, key)
+
+
+def product_key_of(args) -> tuple[str | None, list[str]]:
+    """The product key of --product-key-file (kept out of the process list, issue 28) or
+    --product-key, its form checked, and what to warn of."""
+    from ..actions.create import check_product_key, read_secret_file
+
+    key, warnings = getattr(args, "product_key", None), []
+    if key:
+        warnings.append("--product-key is seen by every user on this computer while this"
+                        " runs (the process list): give it with --product-key-file next time")
+    if getattr(args, "product_key_file", None):
+        key, warning = read_secret_file(args.product_key_file, "--product-key-file")
+        warnings += [warning] if warning else []
+        return check_product_key(key, "--product-key-file"), warnings
+    return check_product_key(key, "--product-key"), warnings
 
 
 def follow_setup(ctx: CommandContext, name: str, display: bool):

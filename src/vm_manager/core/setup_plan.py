@@ -15,6 +15,7 @@ from ..guest.windows_answers import AnswerValues, answer_values
 from .disks import regular_file
 from .host import setup_medium_path
 from .host_facts import HostFacts
+from .virtiofs_launcher import INSTALLED_PATH as VIRTIOFS_LAUNCHER
 from ..base.vm_config import VMConfig
 
 LG_DOWNLOADS = "https://looking-glass.io/downloads"
@@ -26,6 +27,8 @@ class ShareSpec:
     source: str  # the host folder, symlinks resolved
     tag: str
     readonly: bool = False
+    # what libvirt runs in virtiofsd's place: serves the folder as its owner (issue 28)
+    binary: str = VIRTIOFS_LAUNCHER
 
 
 READ_ONLY_SHARES = 11_000_000  # libvirt 11.0: <readonly/> on a virtiofs filesystem

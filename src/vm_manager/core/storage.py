@@ -168,17 +168,48 @@ def delete_volume(connection: LibvirtConnection, path: str) -> bool:
     return connection.execute(lambda conn: remove_volume(conn, path))
 
 
+UPLOAD_PREFIX = "neuronos-upload-"
+
+
+def sweep_uploads(folder: str | None = None) -> list[str]:
+    """Remove the upload folders (``UPLOAD_PREFIX<pid>-...``) of NeuronOS processes that no
+    longer run: one killed while it sent a medium left the medium there (issue 28). Only
+    this account's folders; those of a running process stay. What was removed."""
+    import shutil
+    import tempfile
+
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{UPLOAD_PREFIX}*-*"):
+        pid = path.name[len(UPLOAD_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or path.lstat().st_uid != os.geteuid():
+                continue
+            os.kill(int(pid), 0)
+            continue  # still running: its own
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+        except OSError:
+            continue  # another account's process, or the folder went meanwhile
+    if removed:
+        log.info("removed %s, left by a NeuronOS that was killed", ", ".join(removed))
+    return removed
+
+
 def upload_file(connection: LibvirtConnection, path: str, build: Callable[[Path], object], *,
                 replace: bool = False, claim=None) -> str:
     """The file ``build(target)`` makes here (a setup medium), as the raw volume ``path`` of
     its folder's pool on the computer the VM runs on (0600), streamed there by libvirt; the
     copy here lives in a private temporary folder only until it is sent. An existing volume
     of that name is refused, or with ``replace`` deleted first (a medium made again).
-    ``claim()`` is called just before libvirt makes the volume."""
+    ``claim()`` is called just before libvirt makes the volume. A folder a killed NeuronOS
+    left behind (its medium holds the account's password) is removed first
+    (``sweep_uploads``)."""
     import tempfile
 
     name = os.path.basename(path)
-    with tempfile.TemporaryDirectory(prefix="neuronos-upload-") as scratch:
+    sweep_uploads()
+    with tempfile.TemporaryDirectory(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-") as scratch:
         local = Path(scratch) / name
         build(local)
         size = local.stat().st_size
