@@ -31,7 +31,7 @@ say() { printf '==> %s\n' "$*"; }
 PACKAGES=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools dnsmasq-base virt-viewer
-  python3-venv python3-dev gcc make openssl
+  python3-venv python3-dev gcc make openssl pkexec
   "${QT_PACKAGES[@]}"
 )
 
@@ -43,6 +43,13 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  # pkexec runs the guided fixes' root helper: its own package since Debian 12 / Ubuntu
+  # 23.04, inside policykit-1 before
+  for i in "${!missing[@]}"; do
+    if [ "${missing[$i]}" = pkexec ] && ! apt-cache show pkexec >/dev/null 2>&1; then
+      missing[$i]=policykit-1
+    fi
+  done
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
 else

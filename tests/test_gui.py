@@ -83,6 +83,25 @@ def test_start_from_the_window_runs_off_the_ui_thread(window, qtbot):
     qtbot.waitUntil(lambda: "stop" in enabled(window), timeout=5000)  # the actions follow
 
 
+def test_the_window_says_what_a_start_changed_before_it_booted(window, qtbot):
+    """A VM NeuronOS made with SPICE on 127.0.0.1 loses the port at its next start (issue
+    28); started from the window, the status bar said only "started" (the CLI warned)."""
+    xml = ("<domain type='test'><name>old</name><metadata><neuronos:vm xmlns:neuronos="
+           "'https://neuronos.org/xmlns/vm/1.0'><neuronos:template>linux-basic"
+           "</neuronos:template></neuronos:vm></metadata><memory>65536</memory><os><type>"
+           "hvm</type></os><devices><graphics type='spice' autoport='yes' listen='127.0.0.1'>"
+           "<listen type='address' address='127.0.0.1'/></graphics></devices></domain>")
+    with guard.allowed():
+        window.ctx.connection.execute(lambda conn: conn.defineXML(xml))
+    window.load()
+    qtbot.waitUntil(lambda: window.model.rowCount() == 4, timeout=5000)
+    window.select("old")
+    window.commands.on_start()
+    qtbot.waitUntil(lambda: state_of(window, "old") == S.RUNNING, timeout=5000)
+    qtbot.waitUntil(lambda: "reached through libvirt only" in
+                    window.statusBar().currentMessage(), timeout=5000)
+
+
 def test_illegal_outcome_is_reported_not_raised(window, qtbot):
     window.select("beta")
     with guard.allowed():

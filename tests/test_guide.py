@@ -115,3 +115,19 @@ def test_the_host_check_buttons_run_the_fix_through_pkexec(qtbot, host, tmp_path
         again = fixes(Context("test:///default", host_root=host), [])
     assert [f.says for f in again if f.check == "GPU passthrough"] == [
         "prepared: restart the computer to finish (vfio-pci takes it at boot)"]
+
+
+def test_run_through_sudo_the_fixes_run_the_helper_without_pkexec():
+    """Found by the walk: `sudo neuron-vm guide` offered `pkexec helper groups`; pkexec run
+    by root hands the helper uid 0, which it refuses, while the fix named the user behind
+    sudo. Root needs no polkit: the helper runs as it is and acts for SUDO_UID."""
+    import os
+
+    from vm_manager.actions.guide import elevation
+
+    said = elevation({"SUDO_UID": "1000"})
+    assert said == (("", HELPER) if os.geteuid() == 0 else (PKEXEC, HELPER))
+    assert elevation({}) == (PKEXEC, HELPER)
+    fixes = plan_fixes(FAILING, user="anna", lg_vms=("gamer",), elevate=("", HELPER))
+    assert {fix.argv for fix in fixes if fix.argv and fix.check != "GPU passthrough"} == {
+        (HELPER, "groups"), (HELPER, "shm-rule", "gamer")}

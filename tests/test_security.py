@@ -402,9 +402,9 @@ def test_the_root_helper_is_out_of_the_users_reach_and_takes_only_its_operations
     marker = tmp_path / "owned"
     (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
 
-    def helper(*argv, uid="1000"):
+    def helper(*argv, uid="1000", **extra):
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "evil"),
-               "PKEXEC_UID": uid}
+               "PKEXEC_UID": uid, **extra}
         return subprocess.run([str(root_helper), *argv], env=env, capture_output=True,
                               text=True, timeout=60)
 
@@ -416,6 +416,14 @@ def test_the_root_helper_is_out_of_the_users_reach_and_takes_only_its_operations
     assert "not a valid name" in helper("shm-rule", "../../etc/shadow").stderr
     assert helper("groups", uid="0").returncode != 0  # never for root itself
     assert "through pkexec" in helper("groups", uid="").stderr
+    assert "through pkexec" in helper("groups", uid="", SUDO_UID="0").stderr
+    with local_user("nhelp") as person:  # root itself, through sudo: for the user behind it
+        import pwd
+
+        result = helper("groups", uid="", SUDO_UID=str(pwd.getpwnam(person).pw_uid))
+        assert result.returncode == 0, result.stderr
+        groups = subprocess.run(["id", "-nG", person], capture_output=True, text=True).stdout
+        assert {"libvirt", "kvm"} <= set(groups.split()), groups
     assert not marker.exists()  # -I: the planted package was never imported
 
 

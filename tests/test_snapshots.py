@@ -412,3 +412,20 @@ def test_an_nvram_path_outside_libvirts_folder_is_never_copied_or_written(vm, tm
             manager.revert("win", "s0")  # would write the saved NVRAM over the victim
         conn.execute(lambda c, x=xml: c.defineXML(x))
     assert victim.read_text() == "root:$6$secret:19000::::::\n"
+
+
+def test_libvirts_state_folders_follow_the_connection(tmp_path, monkeypatch):
+    """A session daemon keeps NVRAM and TPM state under ~/.config/libvirt/qemu (libvirt's
+    qemu_conf.c), not /var/lib/libvirt: the NVRAM check of issue 28 (only libvirt's own
+    folder) looked in the system folder and refused every session VM's NVRAM."""
+    from vm_manager.core.snapshots import state_dirs
+
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    home = tmp_path / "home"
+    assert state_dirs("qemu:///session", home=home) == (
+        home / ".config/libvirt/qemu/nvram", home / ".config/libvirt/qemu/swtpm")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert state_dirs("qemu:///session", home=home)[0] == tmp_path / "xdg/libvirt/qemu/nvram"
+    assert state_dirs("qemu:///system") == (Path("/var/lib/libvirt/qemu/nvram"),
+                                            Path("/var/lib/libvirt/swtpm"))
+    assert state_dirs("qemu+ssh://box/system", tmp_path)[1] == tmp_path / "swtpm"

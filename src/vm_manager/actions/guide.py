@@ -54,6 +54,7 @@ def plan_fixes(checks: list[Check], *, user: str, lg_vms: tuple[str, ...] = (),
     host's GPUs; ``prepared``: the GPU a ``gpu prepare --apply`` was written for (its undo
     record), if any; ``elevate``: pkexec and the helper (``elevation()``)."""
     pkexec, helper = elevate
+    elevated = (pkexec, helper) if pkexec else (helper,)
     fixes: list[Fix] = []
     failing = {check.name: check for check in checks if check.status != "ok"}
     if "CPU virtualization" in failing:
@@ -69,12 +70,12 @@ def plan_fixes(checks: list[Check], *, user: str, lg_vms: tuple[str, ...] = (),
         fixes.append(Fix("user groups", f"Add {user} to the libvirt and kvm groups",
                          "lets you manage VMs without a password, which also makes you as"
                          " powerful as root on this computer (libvirt runs VMs as root); log"
-                         " out and back in afterwards", (pkexec, helper, "groups")))
+                         " out and back in afterwards", (*elevated, "groups")))
     if "Looking Glass shared memory" in failing:
         fixes.extend(Fix("Looking Glass shared memory", f"Let {user} open {vm}'s shared memory",
                          f"writes the systemd-tmpfiles rule for /dev/shm/looking-glass-{vm}"
                          f" ({user}'s alone, 0600, plus QEMU) and applies it now",
-                         (pkexec, helper, "shm-rule", vm))
+                         (*elevated, "shm-rule", vm))
                      for vm in lg_vms)
     for gpu in gpus:
         address, device = str(gpu.address), gpu.device
@@ -90,7 +91,7 @@ def plan_fixes(checks: list[Check], *, user: str, lg_vms: tuple[str, ...] = (),
                              "binds it to vfio-pci from the next boot on (kernel options, the"
                              " initramfs; every file backed up, `gpu unprepare` undoes it);"
                              " restart the computer afterwards",
-                             (pkexec, helper, "gpu-prepare", address)))
+                             (*elevated, "gpu-prepare", address)))
     return fixes
 
 
@@ -100,6 +101,8 @@ def elevation(environ: dict | None = None) -> tuple[str, str]:
     temporary folder (they change nothing a user could not do anyway: the helper checks
     every argument, and polkit asks for the password)."""
     env = os.environ if environ is None else environ
+    if os.geteuid() == 0 and env.get("SUDO_UID") and not env.get("NEURONOS_PKEXEC"):
+        return "", env.get("NEURONOS_HELPER") or HELPER  # root already (sudo): no pkexec
     return env.get("NEURONOS_PKEXEC") or PKEXEC, env.get("NEURONOS_HELPER") or HELPER
 
 

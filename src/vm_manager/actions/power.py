@@ -29,6 +29,12 @@ class StartOutcome:
     setup: object | None = None  # actions.setup.SetupStatus of a VM whose setup goes on
     prepared: tuple[str, ...] = ()  # what was checked or changed before it booted (boot.py)
 
+    @property
+    def message(self) -> str:
+        """The result's words, then what was changed before it booted (the window's status
+        bar shows it; the CLI prints each as a warning)."""
+        return "; ".join([self.result.message or "started", *self.prepared])
+
 
 def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartOutcome:
     """Boot the VM; with ``display``, then open its Looking Glass window (a VM without

@@ -7,8 +7,9 @@ package under ``/usr/lib/neuronos`` and this helper as ``/usr/libexec/neuronos/
 neuron-vm-helper`` (``#!/usr/bin/python3 -I``: no environment, no user site, nothing of the
 user's on its path), with its own polkit action; the fixes call ``/usr/bin/pkexec`` on it.
 
-It only acts for the user polkit asked for (``PKEXEC_UID``, set by pkexec), never for one
-named on its command line:
+It only acts for the user polkit asked for (``PKEXEC_UID``, set by pkexec), or, run by root
+itself through sudo (no pkexec: the caller is root already), for the user behind sudo
+(``SUDO_UID``); never for one named on its command line:
 
 - ``groups``: that user into the ``libvirt`` and ``kvm`` groups (which makes them
   root-equivalent on qemu:///system: said so where the fix is offered);
@@ -36,6 +37,8 @@ def _user() -> str:
     import pwd
 
     uid = os.environ.get("PKEXEC_UID", "")
+    if not uid and os.getuid() == 0:  # root itself, through sudo: root needs no polkit
+        uid = os.environ.get("SUDO_UID", "")
     if not uid.isdigit() or int(uid) == 0:
         raise SystemExit("neuron-vm-helper: run it through pkexec, as your desktop user")
     try:

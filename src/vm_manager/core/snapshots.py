@@ -78,12 +78,24 @@ def check_snapshot_name(name: str) -> str:
     return name
 
 
+def state_dirs(uri: str, root: Path = LIBVIRT_STATE, home: Path | None = None,
+               ) -> tuple[Path, Path]:
+    """libvirt's NVRAM folder and swtpm storage folder for ``uri`` (its qemu_conf.c):
+    ``root``/qemu/nvram and ``root``/swtpm on a system daemon; ~/.config/libvirt/qemu/nvram
+    and .../qemu/swtpm on a session one (XDG_CONFIG_HOME where set)."""
+    if uri.split("?", 1)[0].rstrip("/").endswith("/session"):
+        config = Path(os.environ.get("XDG_CONFIG_HOME") or (home or Path.home()) / ".config")
+        return config / "libvirt" / "qemu" / "nvram", config / "libvirt" / "qemu" / "swtpm"
+    return Path(root) / "qemu" / "nvram", Path(root) / "swtpm"
+
+
 class SnapshotManager:
     def __init__(self, connection: LibvirtConnection, images_dir: Path,
                  state_root: Path = LIBVIRT_STATE):
         self.connection = connection
         self.images_dir = Path(images_dir)
         self.state_root = Path(state_root)
+        self.nvram_dir, self.tpm_dir = state_dirs(connection.uri, self.state_root)
         self._held = threading.local()
         self._folders: dict[str, Path] = {}
 
@@ -210,7 +222,7 @@ class SnapshotManager:
         files = []
         # libvirt 9.0 writes <nvram> only into the live XML of a firmware='efi' domain; the
         # file is its documented default, $LOCALSTATEDIR/lib/libvirt/qemu/nvram/NAME_VARS.fd
-        folder = self.state_root / "qemu" / "nvram"
+        folder = self.nvram_dir
         nvram = Path(domain.os.nvram) if domain.os.nvram else folder / f"{domain.name}_VARS.fd"
         if nvram.parent != folder or nvram.is_symlink():  # a path in the XML is not trusted
             raise InvalidConfig("NAME", f"{domain.name}'s NVRAM file {nvram} is not a file in"
@@ -218,7 +230,7 @@ class SnapshotManager:
                                 " nor writes it back, so it takes no snapshot of this VM")
         if nvram.exists():
             files.append(("nvram", nvram))
-        tpm = self.state_root / "swtpm" / (domain.uuid or "")
+        tpm = self.tpm_dir / (domain.uuid or "")
         if domain.tpm is not None and domain.uuid and tpm.is_dir():
             files.append(("tpm", tpm))
         return files

@@ -35,7 +35,7 @@ class Commands:
         name, ctx = self.window.selected_name(), self.window.ctx
         if name:
             self.window._run(name, "Starting",
-                      lambda: power.start(ctx, power.StartRequest(name)).result)
+                             lambda: power.start(ctx, power.StartRequest(name)))
 
     def on_stop(self) -> None:
         self._power("Stopping", "stop")
