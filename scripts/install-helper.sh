@@ -26,18 +26,23 @@ chmod -R u=rwX,go=rX "$lib/vm_manager.new"
 [ -e "$lib/vm_manager" ] && mv "$lib/vm_manager" "$lib/vm_manager.old"
 mv "$lib/vm_manager.new" "$lib/vm_manager"
 rm -rf "$lib/vm_manager.old"
-helper=$libexec/neuron-vm-helper
-cat > "$helper.new" <<PY
+# entry PATH MODULE WHAT: a root-owned #!/usr/bin/python3 -I program at PATH that runs
+# vm_manager.MODULE's main() from the root-owned copy (no environment, no user site)
+entry() {
+  cat > "$1.new" <<PY
 #!/usr/bin/python3 -I
-# NeuronOS's root helper (installed by scripts/install-helper.sh): see vm_manager/core/root_helper.py
+# NeuronOS's $3 (installed by scripts/install-helper.sh): see vm_manager/${2//.//}.py
 import sys
 sys.path.insert(0, "${lib:-/usr/lib/neuronos}")
-from vm_manager.core.root_helper import main
+from vm_manager.$2 import main
 sys.exit(main(sys.argv[1:]))
 PY
-chown root:root "$helper.new"
-chmod 0755 "$helper.new"
-mv "$helper.new" "$helper"
+  chown root:root "$1.new"
+  chmod 0755 "$1.new"
+  mv "$1.new" "$1"
+}
+helper=$libexec/neuron-vm-helper
+entry "$helper" core.root_helper "root helper"
 cat > "$actions/org.neuronos.vm-manager.helper.policy" <<XML
 <?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE policyconfig PUBLIC "-//freedesktop//DTD PolicyKit Policy Configuration 1.0//EN"
@@ -63,15 +68,5 @@ echo "==> root helper: $helper (package copy in $lib)"
 # profile for libvirtd lets it run a program.
 sbin=$root/usr/sbin
 install -d -m 0755 -o root -g root "$sbin"
-cat > "$sbin/neuronos-virtiofsd.new" <<PY
-#!/usr/bin/python3 -I
-# NeuronOS's virtiofsd launcher (installed by scripts/install-helper.sh): see vm_manager/core/virtiofs_launcher.py
-import sys
-sys.path.insert(0, "${lib:-/usr/lib/neuronos}")
-from vm_manager.core.virtiofs_launcher import main
-sys.exit(main(sys.argv[1:]))
-PY
-chown root:root "$sbin/neuronos-virtiofsd.new"
-chmod 0755 "$sbin/neuronos-virtiofsd.new"
-mv "$sbin/neuronos-virtiofsd.new" "$sbin/neuronos-virtiofsd"
+entry "$sbin/neuronos-virtiofsd" core.virtiofs_launcher "virtiofsd launcher"
 echo "==> virtiofsd launcher: $sbin/neuronos-virtiofsd"

@@ -36,15 +36,21 @@ def _user() -> str:
     """The account polkit authorised this run for."""
     import pwd
 
-    uid = os.environ.get("PKEXEC_UID", "")
-    if not uid and os.getuid() == 0:  # root itself, through sudo: root needs no polkit
-        uid = os.environ.get("SUDO_UID", "")
+    uid = _caller_uid()
     if not uid.isdigit() or int(uid) == 0:
         raise SystemExit("neuron-vm-helper: run it through pkexec, as your desktop user")
     try:
         return pwd.getpwuid(int(uid)).pw_name
     except KeyError:
         raise SystemExit(f"neuron-vm-helper: no account with uid {uid}") from None
+
+
+def _caller_uid() -> str:
+    """PKEXEC_UID; run by root itself through sudo (root needs no polkit), SUDO_UID."""
+    uid = os.environ.get("PKEXEC_UID", "")
+    if not uid and os.getuid() == 0:
+        uid = os.environ.get("SUDO_UID", "")
+    return uid
 
 
 def main(argv: list[str]) -> int:
@@ -61,7 +67,7 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print("neuron-vm-helper: it runs as root (through pkexec)", file=sys.stderr)
         return 2
-    if not os.environ.get("PKEXEC_UID", "").isdigit():
+    if not _caller_uid().isdigit():
         print("neuron-vm-helper: run it through pkexec", file=sys.stderr)
         return 2
     try:
