@@ -192,3 +192,28 @@ def test_set_disk_format_touches_the_one_disk_only():
 def test_not_a_domain_is_an_error(text):
     with pytest.raises(DomainXMLError):
         merge_definition(text, rendering(), rendering())
+
+
+def test_shares_through_the_launcher_changes_only_the_virtiofs_binaries():
+    """boot.prepare gives an older NeuronOS VM's shares the launcher (issue 28): only each
+    virtiofs filesystem gains <binary path=...> (an existing binary keeps its attributes);
+    a 9p share and everything else stay as they were."""
+    import re
+
+    from vm_manager.base.domain_merge import shares_through
+
+    before = ("<domain type='kvm'><name>v</name><memory>1</memory><devices>"
+              "<filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/>"
+              "<source dir='/home/a/x'/><target dir='x'/></filesystem>"
+              "<filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/>"
+              "<binary path='/usr/libexec/virtiofsd' xattr='on'/>"
+              "<source dir='/home/a/y'/><target dir='y'/></filesystem>"
+              "<filesystem type='mount' accessmode='mapped'><driver type='path'/>"
+              "<source dir='/home/a/z'/><target dir='z'/></filesystem>"
+              "<graphics type='spice'><listen type='none'/></graphics></devices></domain>")
+    after = shares_through(before, "/usr/sbin/neuronos-virtiofsd")
+    assert after.count("<binary path=\"/usr/sbin/neuronos-virtiofsd\"") + after.count(
+        "<binary path='/usr/sbin/neuronos-virtiofsd'") == 2
+    assert "xattr=" in after
+    strip = re.compile(r"<binary[^>]*/>")
+    assert strip.sub("", after).replace('"', "'") == strip.sub("", before)
