@@ -12,6 +12,7 @@ were, and a change of nothing is no change at all (the same XML).
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import uuid
@@ -67,6 +68,8 @@ class World:
             "</network>"))  # no <forward>, no <ip>: a bare bridge; never started here
         self.share = folder / "Work Files"
         self.share.mkdir()
+        # a folder root owns is never served (issue 28): this one is nobody's, 65534
+        os.chown(self.share, 65534, 65534)
         self.names: list[str] = []
         self.loops: list[str] = []
 

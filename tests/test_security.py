@@ -267,6 +267,9 @@ def test_paths_are_checked_for_what_the_desktop_user_may_do(make_host, tmp_path,
     monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
     mine = Path(tempfile.mkdtemp(prefix="neuronos-sec-"))
     mine.chmod(0o755)
+    rooms = mine / "roots.raw"  # root's, 0600, in a folder anyone may enter
+    rooms.write_bytes(b"\0" * 65536)
+    rooms.chmod(0o600)
     with local_user("ndesk") as desk, LibvirtConnection(make_host()) as conn:
         monkeypatch.setenv("SUDO_USER", desk)
         who = user_credentials(desk)
@@ -278,9 +281,10 @@ def test_paths_are_checked_for_what_the_desktop_user_may_do(make_host, tmp_path,
                         connection=conn, out=out, err=err)
             return code, err.getvalue()
 
-        for flag, path, words in [("--disk", "/etc/shadow", "cannot read and write"),
-                                  ("--serial-log", "/etc/passwd", "cannot write"),
-                                  ("--iso", "/etc/shadow", "cannot read"),
+        for flag, path, words in [("--disk", "/etc/shadow", "lies in /etc"),
+                                  ("--serial-log", "/etc/passwd", "lies in /etc"),
+                                  ("--iso", "/etc/shadow", "lies in /etc"),
+                                  ("--disk", str(rooms), "cannot read and write"),
                                   ("--serial-log", "/root/new.log", "cannot write"),
                                   # as given, not resolved: /proc/self/fd/1 is any stdout
                                   ("--serial-log", "/proc/self/fd/1", "lies in /proc"),
@@ -293,6 +297,132 @@ def test_paths_are_checked_for_what_the_desktop_user_may_do(make_host, tmp_path,
         code, err = create("ok", "--serial-log", str(log))
         assert code == 0, err
     shutil.rmtree(mine)
+
+
+@ROOT
+def test_system_files_are_refused_to_root_too(make_host, tmp_path, monkeypatch):
+    """A walk run as plain root (no sudo: root is the desktop user, every check of what the
+    desktop user may do passes) had ``--disk /etc/shadow``, ``--iso /etc/shadow`` and
+    ``--serial-log /etc/passwd`` accepted, and the guest's console appended to a file in
+    /etc. Now the system's folders are refused whoever asks: nothing written there (a new
+    log in /var/log excepted), nothing read there that only its owner and group may read;
+    the images folder, world-readable system files and root's own files stay usable."""
+    import io
+    import uuid as uuids
+
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.cli import main
+
+    images = tmp_path / "images"
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("USER", "root")
+    libvirt_images = Path("/var/lib/libvirt/images")
+    libvirt_images.mkdir(parents=True, exist_ok=True)
+    theirs = libvirt_images / f"neuron-sec-{uuids.uuid4().hex[:8]}.raw"
+    theirs.write_bytes(b"\0" * 65536)
+    rooms = tmp_path / "root-owned.raw"  # root's own file, outside the system's folders
+    rooms.write_bytes(b"\0" * 65536)
+    rooms.chmod(0o600)
+    try:
+        with LibvirtConnection(make_host()) as conn:
+            def create(*extra):
+                out, err = io.StringIO(), io.StringIO()
+                code = main(["create", "x", "--template", "linux", "--network", "none",
+                             "--print-xml", *extra], connection=conn, out=out, err=err)
+                return code, err.getvalue()
+
+            for flag, path, words in [
+                    ("--disk", "/etc/shadow", "lies in /etc, a folder of the system"),
+                    ("--iso", "/etc/shadow", "only its owner and group may read it"),
+                    ("--serial-log", "/etc/passwd", "a VM never writes there"),
+                    ("--serial-log", "/etc/neuronos-new.log", "lies in /etc"),  # sudoers.d
+                    ("--serial-log", "/usr/local/neuronos-new.log", "lies in /usr"),
+                    ("--serial-log", "/var/log/dpkg.log", "lies in /var"),  # appending to it
+                    ("--disk", "/var/lib/dpkg/status", "lies in /var")]:
+                code, err = create(flag, path)
+                assert code == 2 and err.startswith(f"neuron-vm: {flag}") and words in err, \
+                    (flag, path, err)
+            for extra in (["--iso", "/usr/share/common-licenses/GPL-3"],
+                          ["--serial-log", f"/var/log/neuronos-{uuids.uuid4().hex[:8]}.log"],
+                          ["--disk", str(theirs)], ["--disk", str(rooms)]):
+                code, err = create(*extra)
+                assert code == 0, (extra, err)
+        assert not images.exists() or not list(images.iterdir())
+        assert Path("/etc/passwd").read_text().count("\n") > 1  # untouched
+    finally:
+        theirs.unlink()
+
+
+def test_a_disk_another_vm_uses_is_refused(make_host, tmp_path, monkeypatch):
+    """The walk made a second VM on the first's disk: accepted, and only QEMU's image lock
+    stopped it at start (delete already knew: "also used by VM"). Now `create --disk` of
+    another VM's disk, or of the image another VM's disk builds on, is exit 2 naming the
+    VM; a free copy is fine."""
+    import io
+    import subprocess
+
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.cli import main
+
+    images = tmp_path / "images"
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    base = tmp_path / "cloud.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1G"], check=True)
+    free = tmp_path / "free.qcow2"
+    shutil.copy(base, free)
+    with LibvirtConnection(make_host()) as conn:
+        def create(name, *extra):
+            out, err = io.StringIO(), io.StringIO()
+            code = main(["create", name, "--template", "linux", "--network", "none",
+                         *extra], connection=conn, out=out, err=err)
+            return code, err.getvalue()
+
+        assert create("first", "--disk-size", "1")[0] == 0
+        assert create("layered", "--cloud-image", str(base), "--disk-size", "2")[0] == 0
+        for disk, owner in [(images / "first.qcow2", "first"), (base, "layered")]:
+            code, err = create("second", "--disk", str(disk))
+            assert code == 2 and err.startswith("neuron-vm: --disk") and \
+                f"VM {owner!r} uses it" in err, err
+        assert conn.execute(lambda c: sorted(d.name() for d in c.listAllDomains(0)),
+                            idempotent=True).count("second") == 0
+        assert create("second", "--disk", str(free))[0] == 0
+
+
+@ROOT
+def test_create_refuses_a_share_every_start_would_refuse(system_daemon, tmp_path,
+                                                         monkeypatch):
+    """As root, `create --share /usr` (or any folder root owns) was accepted, and every
+    start then refused it: NeuronOS serves a shared folder as its owner, never as root.
+    Now create refuses it with the same words (exit 2, nothing defined)."""
+    import io
+    import tempfile
+
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.cli import main
+
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("USER", "root")
+    folder = Path(tempfile.mkdtemp(prefix="neuronos-root-share-"))
+    name = f"neuron-sec-{uuid.uuid4().hex[:8]}"
+    try:
+        with LibvirtConnection(system_daemon) as conn:
+            for path in ("/usr", str(folder)):
+                out, err = io.StringIO(), io.StringIO()
+                code = main(["create", name, "--template", "linux", "--network", "none",
+                             "--domain-type", "qemu", "--disk-size", "1", "--share", path],
+                            connection=conn, out=out, err=err)
+                assert code == 2 and err.getvalue().startswith("neuron-vm: --share") and \
+                    "it belongs to root" in err.getvalue(), err.getvalue()
+                assert name not in conn.execute(lambda c: [d.name() for d in
+                                                           c.listAllDomains(0)],
+                                                idempotent=True)
+    finally:
+        shutil.rmtree(folder)
 
 
 @ROOT

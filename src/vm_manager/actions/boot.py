@@ -75,7 +75,7 @@ def prepare(ctx: Context, name: str) -> list[str]:
             if problem:
                 raise OperationFailed(
                     f"{name} was not started: its shared folder {share.source} (tag"
-                    f" {share.target}) may not be shared any more: {problem}; fix the folder,"
+                    f" {share.target}) cannot be shared: {problem}; fix the folder,"
                     f" or remove it (neuron-vm share remove {name} {share.target})")
     try:
         shm = ivshmem.shm_name(name)
@@ -109,11 +109,10 @@ def _launcher_problem(folder: str, launcher: str) -> str | None:
     in libvirt's log, and QEMU then reports "Connection refused")."""
     import os
 
+    from ..base.access import root_owned
+
     if not os.access(launcher, os.X_OK):
         return (f"NeuronOS's virtiofsd launcher {launcher} is not installed (it serves a"
                 " shared folder as its owner): install it with sudo bash"
                 " scripts/install-helper.sh")
-    if os.stat(folder).st_uid == 0:
-        return ("it belongs to root, and NeuronOS serves a shared folder as its owner, never"
-                " as root: share a folder of your own")
-    return None
+    return root_owned(folder)

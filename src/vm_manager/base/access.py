@@ -208,6 +208,51 @@ def not_owned_by(folder: Path, user: str) -> str | None:
     return f"{folder} belongs to {name}, not to {user}"
 
 
+# The system's own folders (issue 28; found again by a walk run as plain root, where the
+# desktop-user checks pass: `--serial-log /etc/passwd` appended the guest's console to it,
+# `--disk /etc/shadow` gave it to the guest). Whoever asks, a VM never writes there (a new
+# log file in /var/log excepted), nor reads there what only a file's owner and group may;
+# images folders among them (/var/lib/libvirt/images) are the VMs' own.
+SYSTEM_FOLDERS = ("/etc", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+                  "/libx32", "/var", "/run")
+
+
+def within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def system_file_problem(real: str, want: int, exempt: tuple[str, ...] = ()) -> str | None:
+    """Why a VM may not use ``real`` (symlinks resolved) for ``want`` (READ, WRITE) as a
+    disk, medium or log, whoever the desktop user is, root included; None when it may.
+    ``exempt``: the images folders (inside /var, they are the VMs' own)."""
+    inside = next((folder for folder in SYSTEM_FOLDERS if within(real, folder)), None)
+    if inside is None or any(within(real, folder) for folder in exempt):
+        return None
+    try:
+        info = os.stat(real)
+    except OSError:
+        info = None
+    if want & WRITE:
+        if info is None and within(real, "/var/log"):
+            return None  # a log file of its own, made by libvirt
+        return (f"{real} lies in {inside}, a folder of the system: a VM never writes there,"
+                " whoever asks (root too)")
+    if info is not None and inside != "/boot" and not info.st_mode & stat.S_IROTH:
+        return (f"{real} lies in {inside} and only its owner and group may read it (mode"
+                f" {stat.S_IMODE(info.st_mode):04o}): a VM is never given the system's"
+                " private files, whoever asks (root too)")
+    return None
+
+
+def root_owned(folder: Path | str) -> str | None:
+    """Why NeuronOS will not serve ``folder`` to a VM: it belongs to root, and a shared
+    folder is served as its owner, never as root (issue 28); None otherwise."""
+    if os.stat(folder).st_uid == 0:
+        return ("it belongs to root, and NeuronOS serves a shared folder as its owner, never"
+                " as root")
+    return None
+
+
 def share_problem(path: str, user: str) -> str | None:
     """Why ``path`` may not be shared with a VM for ``user`` now (None: it may): reached
     through a symlink, not a folder of theirs, or holding what they could not open

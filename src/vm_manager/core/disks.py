@@ -101,6 +101,11 @@ def plan_disk(config: VMConfig, facts: HostFacts, *, existing: bool = False,
                                     " it with --disk-device if the VM is to own the whole"
                                     " device")
             regular_file("disk_path", config.disk_path, fact)
+            if fact.in_use:
+                raise InvalidConfig("disk_path", f"{config.disk_path}: {fact.in_use} (as its"
+                                    " disk, or as the image its disk builds on), and two VMs"
+                                    " writing one image corrupt it; give a copy of it, or"
+                                    " one VM's own disk")
         return DiskPlan(config.disk_path, image_format("disk_path", config.disk_path, facts,
                                                         existing), create=False)
     if not config.disk_size_gb:

@@ -70,7 +70,8 @@ class PathFact:
     backing: str | None = None  # a disk image's backing file (qemu-img)
     pseudo: bool = False  # it lies in /proc, /sys or /dev (not a file the user keeps)
     parent_writable: bool = False  # a missing file could be made there (a serial log)
-    in_use: str | None = None  # a block device the host uses: mounted, or held (LVM, RAID)
+    in_use: str | None = None  # a block device the host uses (mounted, held), or an image
+    #                             another VM uses
     real: str | None = None  # the path with every symlink resolved
     unreadable: str | None = None  # why the desktop user may not use it (a share, a disk)
     why_missing: str | None = None  # said instead of "does not exist" (a remote host's file)
@@ -112,7 +113,7 @@ class LocalHost:
         return uefi_descriptors(self.root)
 
     def path_facts(self, config: VMConfig, folder: Path) -> dict[str, PathFact]:
-        return _path_facts(config, folder, self.qemu_img)
+        return _path_facts(config, folder, self.qemu_img, served=self.uri.startswith("qemu"))
 
     def opener(self):
         """How its files are read (None: opened here)."""
@@ -253,7 +254,12 @@ def host_for(uri: str, connection, root: Path | str | None = None,
 
 # --- what is at a path ------------------------------------------------------------------------
 
-def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, PathFact]:
+def _path_facts(config: VMConfig, folder: Path, qemu_img: str,
+                served: bool = False) -> dict[str, PathFact]:
+    """``served``: QEMU's libvirt, where NeuronOS's launcher serves shared folders (as
+    their owner: never a folder of root's)."""
+    from ..base.access import root_owned
+
     paths = [getattr(config, name) for name in INPUT_FILES]
     if config.gpu_passthrough is not None:
         paths.append(config.gpu_passthrough.rom_file)
@@ -275,7 +281,8 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
     for share in config.shares:
         kind = _kind(Path(share.path))
         if kind.kind == "dir":
-            kind = replace(kind, unreadable=_unreadable_to_desktop_user(Path(kind.real)))
+            kind = replace(kind, unreadable=_unreadable_to_desktop_user(Path(kind.real))
+                           or (root_owned(kind.real) if served else None))
         facts[share.path] = kind
     if config.unattended is not None:
         medium = setup_medium_path(folder, config.name)
@@ -286,15 +293,18 @@ def _path_facts(config: VMConfig, folder: Path, qemu_img: str) -> dict[str, Path
             if installer:
                 facts[installer] = _kind(Path(installer))
                 paths.append(installer)
-    return _as_desktop_user(facts, config, paths)
+    return _as_desktop_user(facts, config, paths, (str(folder), str(SYSTEM_IMAGES_DIR)))
 
 
 def _as_desktop_user(facts: dict[str, PathFact], config: VMConfig,
-                     inputs: list[str | None]) -> dict[str, PathFact]:
+                     inputs: list[str | None], images: tuple[str, ...] = ()
+                     ) -> dict[str, PathFact]:
     """Each file the user gave, marked with why the desktop user could not use it as the VM
     will (read an ISO, read and write a disk, write the serial log): the VM must never be a
-    way to a file they could not open themselves (issue 28: ``--serial-log /etc/passwd``)."""
-    from ..base.access import READ, WRITE, EXECUTE, denied_to, desktop_user
+    way to a file they could not open themselves (issue 28: ``--serial-log /etc/passwd``),
+    nor to the system's own files whoever asks (``images``: the VMs' folders among them)."""
+    from ..base.access import READ, WRITE, EXECUTE, denied_to, desktop_user, \
+        system_file_problem
 
     user = desktop_user()
     wants = [(path, READ) for path in inputs if path]
@@ -307,6 +317,10 @@ def _as_desktop_user(facts: dict[str, PathFact], config: VMConfig,
         if fact is None or fact.pseudo or fact.kind not in ("file", "block", "missing"):
             continue  # refused for what it is already
         target = Path(fact.real or path)
+        system = system_file_problem(str(target), want, images)
+        if system:
+            facts[path] = replace(fact, unreadable=system)
+            continue
         if fact.kind == "missing":  # a new serial log: its folder must let them make it
             if want != WRITE or not target.parent.is_dir():
                 continue

@@ -94,6 +94,8 @@ def gather_host_facts(
     for each in (previous, config):  # the config's own facts win
         if each is not None:
             paths.update(host.path_facts(each, folder))
+    if config is not None and config.disk_path and not config.disk_device:
+        paths = _with_disk_users(connection, config, paths, qemu_img)
     return HostFacts(
         uri=connection.uri,
         kvm_usable=None if driver == "test" else kvm_caps is not None,
@@ -161,6 +163,28 @@ def _client_release() -> str | None:
         return None
     user = desktop_user() if os.geteuid() == 0 else None
     return client_release(client, user=user if user and user != "root" else None)
+
+
+def _with_disk_users(connection: LibvirtConnection, config: VMConfig,
+                     paths: dict[str, PathFact], qemu_img: str) -> dict[str, PathFact]:
+    """The disk image given, marked ``in_use`` when another VM uses it (its disk, or an
+    image its disk builds on): two VMs writing one image corrupt it, and only QEMU's lock
+    stopped the second at its start (walk of issue 28)."""
+    from dataclasses import replace
+
+    from .backing import paths_used_by
+
+    fact = paths.get(config.disk_path)
+    if fact is None or fact.kind != "file":
+        return paths
+    others = connection.execute(lambda conn: {
+        dom.name(): dom.XMLDesc(0) for dom in conn.listAllDomains(0)
+        if dom.name() != config.name}, idempotent=True)
+    used, _ = paths_used_by(connection, others, qemu_img)
+    user = used.get(os.path.realpath(fact.real or config.disk_path))
+    if user is None:
+        return paths
+    return {**paths, config.disk_path: replace(fact, in_use=f"VM {user!r} uses it")}
 
 
 def _read_libvirt(conn: libvirt.virConnect):
