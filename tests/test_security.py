@@ -409,19 +409,21 @@ def test_create_refuses_a_share_every_start_would_refuse(system_daemon, tmp_path
     monkeypatch.setenv("USER", "root")
     folder = Path(tempfile.mkdtemp(prefix="neuronos-root-share-"))
     name = f"neuron-sec-{uuid.uuid4().hex[:8]}"
+    conn = LibvirtConnection(system_daemon).open()
     try:
-        with LibvirtConnection(system_daemon) as conn:
-            for path in ("/usr", str(folder)):
-                out, err = io.StringIO(), io.StringIO()
-                code = main(["create", name, "--template", "linux", "--network", "none",
-                             "--domain-type", "qemu", "--disk-size", "1", "--share", path],
-                            connection=conn, out=out, err=err)
-                assert code == 2 and err.getvalue().startswith("neuron-vm: --share") and \
-                    "it belongs to root" in err.getvalue(), err.getvalue()
-                assert name not in conn.execute(lambda c: [d.name() for d in
-                                                           c.listAllDomains(0)],
-                                                idempotent=True)
+        for path in ("/usr", str(folder)):
+            out, err = io.StringIO(), io.StringIO()
+            code = main(["create", name, "--template", "linux", "--network", "none",
+                         "--domain-type", "qemu", "--disk-size", "1", "--share", path],
+                        connection=conn, out=out, err=err)
+            assert code == 2 and err.getvalue().startswith("neuron-vm: --share") and \
+                "it belongs to root" in err.getvalue(), err.getvalue()
+            assert name not in conn.execute(lambda c: [d.name() for d in
+                                                       c.listAllDomains(0)],
+                                            idempotent=True)
     finally:
+        remove_domain(conn, name)  # made only where the check failed
+        conn.close()
         shutil.rmtree(folder)
 
 
