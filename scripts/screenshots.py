@@ -188,7 +188,7 @@ def main() -> int:
         shoot(app, wizard, args.out / "wizard-system.png")
         page.memory.setText("16G")
         page.iso.setText(str(iso))
-        page.network.setText("none")
+        page.network.setCurrentIndex(page.network.findData("none"))
         wizard.next()
         devices = wizard.devices_page
         devices.gpu.setCurrentIndex(2)

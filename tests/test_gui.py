@@ -102,6 +102,22 @@ def test_the_window_says_what_a_start_changed_before_it_booted(window, qtbot):
                     window.statusBar().currentMessage(), timeout=5000)
 
 
+def test_a_failed_start_leaves_the_actions_of_the_vms_real_state(window, qtbot):
+    """Issue 29, item 3: after a failed start the VM showed "error" with Start, Delete and
+    Settings greyed out until the app was restarted. The error stays shown, with its reason;
+    the actions follow libvirt's state (shut off: start, delete, settings)."""
+    window.select("beta")
+    states = window.hosts.lifecycle.states
+    with guard.allowed():
+        ticket = states.begin("beta", "start", timeout=30)
+        states.end(ticket, error="QEMU said no")  # what the lifecycle does when start fails
+    qtbot.waitUntil(lambda: state_of(window, "beta") == S.ERROR, timeout=5000)
+    qtbot.waitUntil(lambda: {"start", "delete", "settings"} <= enabled(window), timeout=5000)
+    assert "stop" not in enabled(window) and "pause" not in enabled(window)
+    window.commands.on_start()
+    qtbot.waitUntil(lambda: state_of(window, "beta") == S.RUNNING, timeout=5000)
+
+
 def test_illegal_outcome_is_reported_not_raised(window, qtbot):
     window.select("beta")
     with guard.allowed():
@@ -240,7 +256,7 @@ def test_wizard_creates_a_valid_vm(wizard, qtbot):
     page.memory.setText("2G")
     page.vcpus.setValue(2)
     page.disk_size.setText("2G")
-    page.network.setText("none")
+    page.network.setCurrentIndex(page.network.findData("none"))
     assert page.isComplete()
     wiz.next()
     devices = wiz.devices_page
@@ -292,7 +308,7 @@ def test_wizard_sets_windows_up_unattended(wizard, qtbot, tmp_path):
     page.disk_size.setText("64G")
     page.iso.setText(str(installer))
     page.virtio_iso.setText(str(virtio))
-    page.network.setText("none")
+    page.network.setCurrentIndex(page.network.findData("none"))
     assert page.isComplete(), page.error.text()
     wiz.next()
     docs = tmp_path / "docs"
@@ -809,7 +825,7 @@ def test_empty_states_for_gpus_and_usb(qtbot, make_host, tmp_path):
     qtbot.addWidget(wiz)
     wiz.show()
     wiz.system_page.name.setText("e")
-    wiz.system_page.network.setText("none")
+    wiz.system_page.network.setCurrentIndex(wiz.system_page.network.findData("none"))
     wiz.next()
     page = wiz.devices_page
     assert "Your only GPU shows this computer's own desktop" in page.gpu_reason.text()

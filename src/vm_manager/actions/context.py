@@ -143,6 +143,11 @@ class Context:
         return self._lifecycle is not None
 
     @property
+    def started_lifecycle(self) -> VMLifecycleManager | None:
+        """The lifecycle manager if it runs already (opens nothing: safe on a UI thread)."""
+        return self._lifecycle
+
+    @property
     def loader(self):
         if self._loader is None:
             from ..templates.loader import TemplateLoader

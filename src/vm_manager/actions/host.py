@@ -50,17 +50,56 @@ def _disk_formats(ctx: Context) -> Check | None:
 
 @dataclass
 class HostDevices:
-    """What a VM could be given: the GPUs with their verdicts and the USB devices."""
+    """What a VM could be given: the GPUs with their verdicts and the USB devices; and what
+    the create wizard offers and defaults to: the host's memory and CPUs, its networks
+    (name, running) and whether libvirt can run KVM guests here (None: not known)."""
 
     gpus: list[GPUInfo]
     usb: list[USBDevice]
+    memory_mb: int | None = None
+    cpus: int | None = None
+    networks: tuple[tuple[str, bool], ...] = ()
+    kvm: bool | None = None
 
 
 def devices(ctx: Context) -> HostDevices:
-    """The host's GPUs and USB devices (a remote host's from libvirt's node devices)."""
+    """The host's GPUs and USB devices (a remote host's from libvirt's node devices), its
+    size, networks and KVM."""
     from . import gpu, usb
 
-    return HostDevices(gpu.list_gpus(ctx), usb.list_usb(ctx))
+    memory_mb, cpus = ctx.connection.host_info()
+    networks, kvm = ctx.connection.execute(_networks_and_kvm, idempotent=True)
+    return HostDevices(gpu.list_gpus(ctx), usb.list_usb(ctx), memory_mb, cpus, networks, kvm)
+
+
+def _networks_and_kvm(conn) -> tuple[tuple[tuple[str, bool], ...], bool | None]:
+    import libvirt
+
+    try:
+        networks = tuple(sorted((net.name(), bool(net.isActive()))
+                                for net in conn.listAllNetworks(0)))
+    except libvirt.libvirtError:
+        networks = ()  # a driver without networks
+    if conn.getURI().startswith("test:"):
+        return networks, None  # the test driver has no domain capabilities
+    try:
+        conn.getDomainCapabilities(None, "x86_64", "q35", "kvm", 0)
+        return networks, True
+    except libvirt.libvirtError:
+        return networks, False
+
+
+def start_network(ctx: Context, name: str) -> tuple[tuple[str, bool], ...]:
+    """Start libvirt's network ``name`` and mark it to start with the host (the Start
+    button of a stopped network); the host's networks then. Raises ``OperationFailed``."""
+    def start(conn) -> None:
+        network = conn.networkLookupByName(name)
+        if not network.isActive():
+            network.create()
+        network.setAutostart(1)
+
+    ctx.connection.execute(start)
+    return ctx.connection.execute(_networks_and_kvm, idempotent=True)[0]
 
 
 def gpu_names(ctx: Context, addresses) -> dict[str, str]:

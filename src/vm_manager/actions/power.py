@@ -86,3 +86,15 @@ def allowed_operations(state) -> list[str]:
     from ..core.state_machine import allowed_operations as table
 
     return table(state)
+
+
+def actionable_state(ctx: Context | None, name: str, shown):
+    """The state the buttons follow: libvirt's own while a failed request's ``error`` is
+    shown (its reason stays in the details; Start, Delete and Settings stay what the VM
+    really allows, issue 29), else the state shown. Reads nothing."""
+    from ..base.primitives import VMState
+
+    lifecycle = ctx.started_lifecycle if ctx is not None else None
+    if shown != VMState.ERROR or lifecycle is None:
+        return shown
+    return lifecycle.states.actual(name) or shown

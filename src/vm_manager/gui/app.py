@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (QApplication, QLabel, QMainWindow, QSplitter, QSt
 os.environ.setdefault("QT_NO_GLIB", "1")
 
 from ..actions import Context  # noqa: E402
-from ..actions.power import allowed_operations  # noqa: E402
+from ..actions.power import actionable_state, allowed_operations  # noqa: E402
 from ..base.primitives import VMState, host_name, is_remote  # noqa: E402
 from ..base.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, notify_desktop, quit_on_signals  # noqa: E402
@@ -340,7 +340,8 @@ class MainWindow(QMainWindow):
         row = self.table.selected_row()
         here = self.uri in self.live and self.uri not in self.problems
         connected = row is not None and row.host in self.live and row.host not in self.problems
-        allowed = set(allowed_operations(row.state)) if connected else set()
+        state = row and actionable_state(self.contexts.get(row.host), row.name, row.state)
+        allowed = set(allowed_operations(state)) if connected else set()
         busy = row is not None and row.key in self.busy
         for key, (_, operation, _) in ACTIONS.items():
             action = self.actions_by_key[key]
@@ -352,15 +353,15 @@ class MainWindow(QMainWindow):
                 action.setEnabled(connected)  # the panel lists for any state
             elif key == "display":  # Looking Glass reads shared memory on this computer
                 here_only = row is not None and is_remote(row.host)
-                action.setEnabled(connected and row.state == VMState.RUNNING
+                action.setEnabled(connected and state == VMState.RUNNING
                                   and not here_only)
                 action.setToolTip("Looking Glass shows only VMs on this computer; use"
                                   " Console for a VM on another host" if here_only else
                                   action.text())
             elif key == "usb":
-                action.setEnabled(connected and row.state == VMState.RUNNING)
+                action.setEnabled(connected and state == VMState.RUNNING)
             elif key == "settings":
-                action.setEnabled(connected and row.state == VMState.SHUTOFF and not busy)
+                action.setEnabled(connected and state == VMState.SHUTOFF and not busy)
             elif busy and key != "force_stop":
                 action.setEnabled(False)
             else:

@@ -79,13 +79,30 @@ class Commands:
             self.window.statusBar().clearMessage()
             wizard = CreateWizard(ctx, devices, tasks=self.window.tasks, parent=self.window)
             made = wizard.result if wizard.exec() else None
+            start = wizard.start_after
             wizard.deleteLater()  # Qt deletes a finished dialog, not Python's collector
             if made is not None:
-                self.window.statusBar().showMessage(f"created {made.name}")
+                self._select_when_listed(ctx, made.name, f"{made.name} is made", start)
                 self.window.load()
 
         self._prepare(f"Looking at the GPUs and USB devices of {host_name(ctx.uri)}",
                       lambda: host.devices(ctx), show)
+
+    def _select_when_listed(self, ctx, name: str, said: str, start: bool) -> None:
+        """Select ``name`` and say ``said`` once the next listing of ``ctx``'s host has it
+        (after the window has shown that listing); with ``start``, then start it."""
+        bridge = self.window.bridge
+
+        def listed(listing) -> None:
+            host, rows = listing
+            if host is ctx and any(row.name == name for row in rows):
+                bridge.inventory_ready.disconnect(listed)
+                self.window.select(name, ctx.uri)
+                self.window.statusBar().showMessage(said)
+                if start and self.window.selected_name() == name:
+                    self.on_start()
+
+        bridge.inventory_ready.connect(listed)
 
     def on_settings(self) -> None:
         from ..actions import host

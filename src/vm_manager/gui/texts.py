@@ -47,6 +47,9 @@ def no_gpu_reason(gpus) -> str:
 FIELD_LABELS = {
     "name": "Name", "memory_mb": "Memory", "vcpus": "vCPUs", "disk_size_gb": "Disk size",
     "iso_path": "Installer ISO", "virtio_iso_path": "virtio-win ISO", "network": "Network",
+    "disk_path": "Existing disk", "opencore_path": "OpenCore image", "domain_type": "Speed",
+    "vm_type": "System", "gpu_passthrough": "GPU", "looking_glass": "Looking Glass",
+    "usb_devices": "USB devices", "unattended": "Unattended setup", "secure_boot": "Firmware",
     "unattended.user": "Account", "password": "Password", "unattended.locale": "Formats",
     "unattended.timezone": "Time zone", "unattended.edition": "Edition",
     "unattended.keyboard": "Keyboard", "unattended.ui_language": "Windows language",
@@ -57,5 +60,25 @@ FIELD_LABELS = {
 }
 
 
-def field_label(field: str) -> str:
-    return FIELD_LABELS.get(field, field)
+def field_label(field: str | None) -> str:
+    """The field as the app names it: never the config's own key (``memory_mb``)."""
+    if not field:
+        return "Settings"
+    known = FIELD_LABELS.get(field) or FIELD_LABELS.get(field.split(".", 1)[0])
+    return known or field.rsplit(".", 1)[-1].replace("_", " ").capitalize()
+
+
+# What the CLI's messages tell a user to type, in the app's words
+CLI_WORDS = (
+    ("allow it with --force", "allow it with “Allow more memory or vCPUs than this computer"
+     " has”"),
+    ("--force", "“Allow more memory or vCPUs than this computer has”"),
+    ("--network none", "No network"),
+)
+
+
+def for_people(message: str) -> str:
+    """A library message with the CLI's flags put in the app's words."""
+    for flag, words in CLI_WORDS:
+        message = message.replace(flag, words)
+    return message

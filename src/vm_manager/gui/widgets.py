@@ -234,18 +234,38 @@ def fit_main_window(window, remembered: bool, details_width: int) -> None:
 
 
 class CheckedPage(QWizardPage):
-    """A page whose fields are checked as they change by building the config."""
+    """A page whose fields are checked as they change by building the config. It shows,
+    and is held back by, the errors of its own ``fields`` (config field names, or their
+    first part) and of the pages before it, never of a later page: a later page's empty
+    password never blocks the first page."""
 
-    wizard_: QWizard  # the create wizard: build_config() and error_text
+    wizard_: QWizard  # the create wizard: build_config(), error_text, error_field, checked
     error: QLabel
+    fields: tuple[str, ...] = ()
+    bad: dict = {}  # field -> the widget to mark when that field is refused
+
+    def claims(self, field: str | None) -> bool:
+        return field is not None and any(field == mine or field.startswith(f"{mine}.")
+                                         for mine in self.fields)
+
+    def owns(self, field: str | None) -> bool:
+        pages = self.wizard_.checked
+        later = pages[pages.index(self) + 1:] if self in pages else []
+        return not any(page.claims(field) for page in later)
 
     def _changed(self, *_args) -> None:
         self.wizard_.build_config()
-        self.error.setText(self.wizard_.error_text)
+        field = self.wizard_.error_field
+        mine = self.wizard_.error_text and self.owns(field)
+        self.error.setText(self.wizard_.error_text if mine else "")
+        for name, widget in self.bad.items():  # the refused field, marked
+            widget.setStyleSheet(f"border: 1px solid {ERROR_COLOR[dark_palette()]}"
+                                 if mine and name == field else "")
         self.completeChanged.emit()
 
     def isComplete(self) -> bool:  # noqa: N802 - Qt name
-        return self.wizard_.build_config() is not None
+        return self.wizard_.build_config() is not None or \
+            not self.owns(self.wizard_.error_field)
 
 
 def with_browse(field: QLineEdit, filter_text: str | None) -> QWidget:

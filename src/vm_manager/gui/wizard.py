@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
+from .networks import NetworkPicker
 from .texts import NO_USB, empty_row, gpu_label, no_gpu_reason, usb_label
 from .widgets import CheckedPage, Tasks, check_item, error_label, fit_to_screen, with_browse
 from .wizard_setup import SetupPage
@@ -24,6 +25,8 @@ from .wizard_setup import SetupPage
 TEMPLATES = (("windows11", "Windows 11"), ("windows10", "Windows 10"), ("linux", "Linux"),
              ("macos", "macOS"))
 RESOLUTIONS = ("1920x1080", "2560x1440", "3840x2160")
+SPEEDS = (("kvm", "Fast: KVM (the processor's own virtualization)"),
+          ("qemu", "Slow: software emulation (no KVM on this computer)"))
 
 
 class CreateWizard(QWizard):
@@ -40,12 +43,15 @@ class CreateWizard(QWizard):
         self.devices = devices
         self.tasks = tasks or Tasks(parent=self)
         self.error_text = ""
+        self.error_field: str | None = None  # the field error_text is about
         self.result = None
+        self.start_after = False  # the window starts the new VM once it is listed
         self.system_page = _SystemPage(self)
         self.devices_page = _DevicesPage(self)
         self.setup_page = SetupPage(self)
         self.summary_page = _SummaryPage(self)
-        for page in (self.system_page, self.devices_page, self.setup_page, self.summary_page):
+        self.checked = [self.system_page, self.devices_page, self.setup_page]  # in order
+        for page in (*self.checked, self.summary_page):
             self.addPage(page)
         # room for a one-line message under the fields and for the plan's lines
         hint = self.sizeHint()
@@ -55,13 +61,14 @@ class CreateWizard(QWizard):
         s, d = self.system_page, self.devices_page
         data = {
             "name": s.name.text().strip(), "vm_type": s.template.currentData(),
-            "memory_mb": s.memory.text().strip() or None, "vcpus": s.vcpus.value() or None,
+            "memory_mb": s.memory.text().strip() or None, "vcpus": s.vcpus.value(),
+            "domain_type": s.speed.currentData(),
             "disk_size_gb": s.disk_size.text().strip() or None,
             "disk_path": s.disk_path.text().strip() or None,
             "iso_path": s.iso.text().strip() or None,
             "virtio_iso_path": s.virtio_iso.text().strip() or None,
             "opencore_path": s.opencore.text().strip() or None,
-            "network": s.network.text().strip() or "default",
+            "network": s.networks.value(),
         }
         gpu = d.gpu.currentData() if d.gpu.count() else None
         if gpu:
@@ -96,68 +103,135 @@ class CreateWizard(QWizard):
 
         try:
             config = VMConfig.from_dict(self.config_data())
+            self.system_page.check(config)
             self.setup_page.check_password(config)
             self.setup_page.key()  # its form, as you type
         except InvalidConfig as error:
-            from .texts import field_label
+            from .texts import field_label, for_people
 
-            self.error_text = f"{field_label(error.field)}: {error.message}"
+            self.error_field = error.field
+            self.error_text = f"{field_label(error.field)}: {for_people(error.message)}"
             return None
-        self.error_text = ""
+        self.error_text, self.error_field = "", None
         return config
 
 
 class _SystemPage(CheckedPage):
+    """The system, its name, speed and size, its installer and network. Memory, vCPUs and
+    disk start at the system's defaults within what this computer has (changed with the
+    system until you type your own); more than the computer has needs the Allow box."""
+
+    fields = ("name", "vm_type", "memory_mb", "vcpus", "disk_size_gb", "disk_path",
+              "iso_path", "virtio_iso_path", "opencore_path", "network", "domain_type")
+
     def __init__(self, wizard: CreateWizard):
         super().__init__()
         self.setTitle("System and resources")
         self.wizard_ = wizard
-        form = QFormLayout(self)
+        devices = wizard.devices
+        self.form = form = QFormLayout(self)
         self.template = QComboBox()
         for value, label in TEMPLATES:
             self.template.addItem(label, value)
         self.name = QLineEdit()
-        # empty: the system's own defaults (VMConfig's table, as the CLI), shown as hints
+        self.speed = QComboBox()
+        for value, label in SPEEDS:
+            self.speed.addItem(label, value)
+        self.speed.setCurrentIndex(1 if devices.kvm is False else 0)
+        self.speed.setToolTip("KVM runs the VM on the processor itself; without it (no VT-x"
+                              " / AMD-V, or inside another VM) QEMU emulates it, many times"
+                              " slower")
         self.memory = QLineEdit()
         self.vcpus = QSpinBox()
-        self.vcpus.setRange(0, 512)  # 0: the default, shown by name
+        self.vcpus.setRange(1, 512)
         self.disk_size = QLineEdit()
         self.disk_path = QLineEdit()
         self.disk_path.setPlaceholderText("or an existing disk image (path)")
+        self.force = QCheckBox("Allow more memory or vCPUs than this computer has")
         self.iso = QLineEdit()
         self.virtio_iso = QLineEdit()
         self.opencore = QLineEdit()
-        self.network = QLineEdit("default")
+        self.networks = NetworkPicker(wizard.ctx, devices.networks, wizard.tasks)
+        self.network, self.start_network = self.networks.combo, self.networks.start
         self.error = error_label()
+        self.edited: set[str] = set()  # typed by the user: a change of system keeps them
+        self._applying = False
+        self.bad = {"name": self.name, "memory_mb": self.memory, "vcpus": self.vcpus,
+                    "disk_size_gb": self.disk_size, "disk_path": self.disk_path,
+                    "iso_path": self.iso, "virtio_iso_path": self.virtio_iso,
+                    "opencore_path": self.opencore, "network": self.network}
         for label, widget in (("System", self.template), ("Name", self.name),
+                              ("Speed", self.speed),
                               ("Memory", self.memory), ("vCPUs", self.vcpus),
                               ("New disk size", self.disk_size),
                               ("Existing disk", with_browse(self.disk_path, "Disk images (*)")),
+                              ("", self.force),
                               ("Installer ISO", with_browse(self.iso, "ISO images (*.iso)")),
                               ("virtio drivers ISO",
                                with_browse(self.virtio_iso, "ISO images (*.iso)")),
-                              ("OpenCore image (macOS)", with_browse(self.opencore, "Images (*)")),
-                              ("Network", self.network)):
+                              ("OpenCore image", with_browse(self.opencore, "Images (*)")),
+                              ("Network", self.networks)):
             form.addRow(label, widget)
         form.addRow(self.error)
+        self._apply_defaults()  # before the signals: the wizard is not whole yet
         for widget in (self.name, self.memory, self.disk_size, self.disk_path, self.iso,
-                       self.virtio_iso, self.opencore, self.network):
+                       self.virtio_iso, self.opencore):
             widget.textChanged.connect(self._changed)
-        self.vcpus.valueChanged.connect(self._changed)
-        self.template.currentIndexChanged.connect(self._changed)
-        self.template.currentIndexChanged.connect(self._show_defaults)
-        self._show_defaults()
+        for key, widget in (("memory", self.memory), ("disk", self.disk_size)):
+            widget.textEdited.connect(lambda _text, key=key: self.edited.add(key))
+        self.vcpus.valueChanged.connect(self._vcpus_changed)
+        for box in (self.template, self.speed):
+            box.currentIndexChanged.connect(self._changed)
+        self.networks.changed.connect(self._changed)
+        self.force.toggled.connect(self._changed)
+        self.template.currentIndexChanged.connect(self._apply_defaults)
 
-    def _show_defaults(self, *_args) -> None:
-        """The chosen system's defaults as hints: what an empty field gives."""
-        from ..base.vm_config import DEFAULTS, VMType
+    def _vcpus_changed(self, *_args) -> None:
+        if not self._applying:
+            self.edited.add("vcpus")
+        self._changed()
 
-        default = DEFAULTS[VMType(self.template.currentData())]
-        self.memory.setPlaceholderText(f"default {_gib(default.memory_mb)}")
-        self.vcpus.setSpecialValueText(f"default ({default.vcpus})")
-        self.disk_size.setPlaceholderText(f"default {default.disk_gb}G")
+    def _apply_defaults(self, *_args) -> None:
+        """The chosen system's defaults, within this computer (unless typed over), and only
+        its own fields shown (virtio drivers for Windows, OpenCore for macOS)."""
+        from ..base.vm_config import DEFAULTS, MINIMUMS, VMType
+
+        kind = self.template.currentData()
+        default, least = DEFAULTS[VMType(kind)], MINIMUMS[VMType(kind)]
+        devices = self.wizard_.devices
+        memory, vcpus = default.memory_mb, default.vcpus
+        if devices.memory_mb:  # leave the host a quarter (whole GiB), never below the least
+            memory = max(least.memory_mb, min(memory, devices.memory_mb * 3 // 4 // 1024
+                                              * 1024))
+        if devices.cpus:
+            vcpus = max(least.vcpus, min(vcpus, devices.cpus))
+        self._applying = True
+        if "memory" not in self.edited:
+            self.memory.setText(_gib(memory))
+        if "vcpus" not in self.edited:
+            self.vcpus.setValue(vcpus)
+        if "disk" not in self.edited:
+            self.disk_size.setText(f"{default.disk_gb}G")
+        self._applying = False
+        self.form.setRowVisible(self.virtio_iso.parentWidget(), kind.startswith("windows"))
+        self.form.setRowVisible(self.opencore.parentWidget(), kind == "macos")
+
+    def check(self, config) -> None:
+        """What the config alone cannot know: this computer's size, the network running."""
+        from ..base.errors import InvalidConfig
+        from ..base.vm_config import HostResources
+
+        devices = self.wizard_.devices
+        if devices.memory_mb and devices.cpus:
+            config.check_host_limits(HostResources(devices.memory_mb, devices.cpus),
+                                     force=self.force.isChecked())
+        if self.networks.problem():
+            raise InvalidConfig("network", self.networks.problem())
+
 
 class _DevicesPage(CheckedPage):
+    fields = ("gpu_passthrough", "usb_devices", "shares", "looking_glass", "display_mode")
+
     def __init__(self, wizard: CreateWizard):
         super().__init__()
         self.setTitle("GPU, USB devices and Looking Glass")
@@ -237,8 +311,11 @@ class _SummaryPage(QWizardPage):
         self.plan_text = QLabel()
         self.plan_text.setWordWrap(True)
         self.steps = QListWidget()
+        self.start = QCheckBox("Start it when it is made")
+        self.start.setChecked(True)
         layout.addWidget(self.plan_text)
         layout.addWidget(self.steps)
+        layout.addWidget(self.start)
         self.plan = None
         self.config = None
         self.creating = False  # Create was pressed; the worker has not answered yet
@@ -253,7 +330,7 @@ class _SummaryPage(QWizardPage):
         self.plan = None
         self.plan_text.setText("Checking…")
         self.completeChanged.emit()
-        request = create.CreateRequest(self.config, secrets=self.wizard_.secrets())
+        request = self._request()
         self.wizard_.tasks.run(lambda: (request, create.preview(self.wizard_.ctx, request)),
                                self._planned, self._refused)
 
@@ -291,17 +368,24 @@ class _SummaryPage(QWizardPage):
         self.setEnabled(False)
         progress = _Progress(self)  # steps cross from the worker by a queued signal
         progress.step.connect(lambda step: self.steps.addItem(f"… {step}"))
-        request = create.CreateRequest(self.config, secrets=self.wizard_.secrets())
+        request = self._request()
         plan, ctx = self.plan, self.wizard_.ctx
         self.wizard_.tasks.run(
-            lambda: create.create(ctx, request, plan=plan, progress=progress.step.emit).result,
+            lambda: create.create(ctx, request, plan=plan, progress=progress.step.emit),
             self._created, self._failed)
         return False
 
-    def _created(self, result) -> None:
+    def _request(self):
+        from ..actions import create
+
+        return create.CreateRequest(self.config, secrets=self.wizard_.secrets(),
+                                    force=self.wizard_.system_page.force.isChecked())
+
+    def _created(self, outcome) -> None:
         self.creating = False
         self.setEnabled(True)
-        self.wizard_.result = result
+        self.wizard_.result = outcome.result
+        self.wizard_.start_after = self.start.isChecked()  # the window starts it
         self.steps.addItem("created")
         self.wizard_.accept()
 

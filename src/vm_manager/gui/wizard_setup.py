@@ -15,6 +15,8 @@ class SetupPage(CheckedPage):
     account, its password (never saved), the language and time zone, the edition, the
     Looking Glass host installer; for Linux, the cloud image and SSH key."""
 
+    fields = ("unattended", "password", "product key", "cloud_image_path", "secure_boot")
+
     def __init__(self, wizard: QWizard):  # the CreateWizard
         from ..actions.create import host_locale, host_timezone
 
@@ -79,7 +81,10 @@ class SetupPage(CheckedPage):
         kind = self.wizard_.system_page.template.currentData()
         windows = kind in ("windows11", "windows10")
         self.unattended.setEnabled(kind != "macos")
-        self.unattended.setChecked(windows and bool(self.wizard_.system_page.iso.text()))
+        seen = (kind, bool(self.wizard_.system_page.iso.text()))
+        if seen != getattr(self, "_defaults_for", None):  # your own choice stays, until
+            self._defaults_for = seen  # the system or its installer changes
+            self.unattended.setChecked(windows and seen[1])
         if windows and not self.edition.text():
             self.edition.setText(f"Windows {kind[-2:]} Pro")
         for group, widgets in self.rows.items():
