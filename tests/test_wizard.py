@@ -153,13 +153,17 @@ def test_networks_that_run_first_and_a_stopped_one_can_be_started(open_wizard, q
     assert page.start_network.isHidden()
 
 
-def test_after_finish_the_new_vm_is_selected_and_started(window, qtbot, monkeypatch):
+def test_after_finish_the_new_vm_is_selected_and_started(window, qtbot, monkeypatch,
+                                                         tmp_path):
     """Finish closed the wizard and left the list as it was; now the new VM is selected,
     the status bar says it was made, and with "Start it when it is made" it starts."""
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
     from vm_manager.gui.wizard import CreateWizard
+
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    failures = []
 
     def finish() -> None:
         wiz = next(w for w in QApplication.topLevelWidgets()
@@ -176,15 +180,21 @@ def test_after_finish_the_new_vm_is_selected_and_started(window, qtbot, monkeypa
         wiz.summary_page.validatePage()
 
     def when_open() -> None:
-        if any(isinstance(w, CreateWizard) and w.isVisible()
-               for w in QApplication.topLevelWidgets()):
-            finish()
+        wizards = [w for w in QApplication.topLevelWidgets()
+                   if isinstance(w, CreateWizard) and w.isVisible()]
+        if wizards:
+            try:
+                finish()
+            except Exception as error:  # the wizard's modal loop would never end
+                failures.append(error)
+                wizards[0].reject()
         else:
             QTimer.singleShot(50, when_open)
 
     QTimer.singleShot(50, when_open)
     window.commands.on_create()
-    qtbot.waitUntil(lambda: window.selected_name() == "fresh", timeout=10000)
+    qtbot.waitUntil(lambda: failures or window.selected_name() == "fresh", timeout=20000)
+    assert not failures, failures
     qtbot.waitUntil(lambda: window.model.row_for("fresh", window.uri).state == S.RUNNING,
                     timeout=10000)
     assert "fresh is made" in window.statusBar().currentMessage() or \
