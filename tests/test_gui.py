@@ -434,6 +434,41 @@ def test_usb_panel_reverts_a_refused_attach(qtbot, three_vm_uri, tmp_path):
         conn.close()
 
 
+@pytest.mark.parametrize("way", ["close button", "Escape", "window manager"])
+def test_the_usb_panel_closes_every_way(qtbot, three_vm_uri, tmp_path, way):
+    """Issue 29 item 1: the USB dialog never closed (an attribute named ``done`` hid
+    QDialog.done, and every way of closing raised TypeError). It closes by its Close
+    button, by Escape and by the window manager, after a device was ticked too."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QDialogButtonBox
+
+    from vm_manager.actions import usb
+    from vm_manager.gui.dialogs import USBPanel
+    from support.fakes import FakeUSBDevice, add_usb_devices
+
+    root = add_usb_devices(tmp_path / "usb", [FakeUSBDevice(1, "2", "046d", "c077")])
+    with guard.allowed():
+        conn = LibvirtConnection(three_vm_uri).open()
+        ctx = Context(connection=conn, host_root=root)
+        devices, attached = usb.list_usb(ctx), usb.attached(ctx, "alpha")
+    panel = USBPanel(ctx, "alpha", devices, attached)
+    qtbot.addWidget(panel)
+    panel.show()
+    qtbot.waitExposed(panel)
+    panel.list.item(0).setCheckState(Qt.Checked)  # refused by the test driver: answered
+    qtbot.waitUntil(lambda: bool(panel.errors), timeout=5000)
+    with qtbot.waitSignal(panel.finished, timeout=5000):
+        if way == "close button":
+            panel.findChild(QDialogButtonBox).button(QDialogButtonBox.Close).click()
+        elif way == "Escape":
+            qtbot.keyClick(panel, Qt.Key_Escape)
+        else:
+            panel.close()
+    assert not panel.isVisible()
+    with guard.allowed():
+        conn.close()
+
+
 def test_forced_stop_made_elsewhere_is_notified(window, qtbot):
     with guard.allowed():
         window.connection.execute(lambda c: c.lookupByName("alpha").destroy())
