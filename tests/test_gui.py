@@ -398,16 +398,22 @@ def test_settings_dialog_rewrites_a_stopped_vm(qtbot, make_host, tmp_path):
     qtbot.addWidget(dialog)
     dialog.memory.setText("1M")
     dialog.apply()
-    assert "memory_mb" in dialog.error.text() and dialog.result is None
+    # the app's name for the field, never the config's key (issue 29, item 5)
+    assert dialog.error.text().startswith("Memory: 1 MiB is below") and dialog.result is None
+    assert "memory_mb" not in dialog.error.text()
+    assert dialog.speed.currentData() == "qemu"  # as it was made
+    assert not dialog.looking_glass.isEnabled()  # no GPU: nothing for Looking Glass to show
     dialog.memory.setText("3G")
     dialog.vcpus.setValue(3)
+    dialog.speed.setCurrentIndex(dialog.speed.findData("kvm"))
     dialog.apply()
     qtbot.waitUntil(lambda: dialog.result is not None, timeout=5000)  # saved on a worker
     assert dialog.result is not None
     with guard.allowed():
         xml = conn.execute(lambda c: c.lookupByName("s").XMLDesc(0))
         assert "<vcpu placement='static'>3</vcpu>" in xml and "3145728" in xml
-        assert ctx.store.load("s").vcpus == 3
+        assert xml.startswith("<domain type='kvm'")  # Speed changed the definition
+        assert ctx.store.load("s").vcpus == 3 and ctx.store.load("s").domain_type.value == "kvm"
         conn.close()
 
 
@@ -641,8 +647,24 @@ def test_the_host_check_is_readable_without_scrolling(qtbot):
                                   Qt.TextWordWrap, last.text(3)).height()
     assert fix_rect.height() >= needed  # the long fix wraps instead of being cut
     failed = sum(check.status == "fail" for check in checks)
-    assert dialog.summary.text().startswith(f"{failed} check" + ("s need" if failed != 1 else
-                                                                 " needs"))
+    assert f"{failed} check" + ("s need" if failed != 1 else " needs") in dialog.summary.text()
+
+
+@pytest.mark.parametrize("broken, words", [
+    ((), "VMs run here with KVM. Everything a GPU needs is in place too."),
+    (("IOMMU",), "VMs run here with KVM. 1 check needs fixing before a VM can have a GPU."),
+    (("KVM",), "VMs run here, but slowly (no KVM). 1 check needs fixing"),
+    (("CPU virtualization", "IOMMU"), "VMs run here, but slowly (no KVM). 2 checks need"),
+])
+def test_the_host_checks_headline_says_whether_vms_run_first(broken, words):
+    """Issue 29 item 7: the headline only counted what a GPU needs; it now says first
+    whether ordinary VMs run here, and how fast."""
+    from vm_manager.doctor.host_check import Check
+    from vm_manager.gui.dialogs import readiness_headline
+
+    checks = [Check(name, "fail" if name in broken else "ok", "")
+              for name in ("CPU virtualization", "/dev/kvm", "KVM", "IOMMU", "vfio-pci")]
+    assert readiness_headline(checks).startswith(words)
 
 
 def test_the_console_action_runs_the_console_action(window, qtbot, monkeypatch, tmp_path):

@@ -116,3 +116,37 @@ def _launcher_problem(folder: str, launcher: str) -> str | None:
                 " shared folder as its owner): install it with sudo bash"
                 " scripts/install-helper.sh")
     return root_owned(folder)
+
+
+# What QEMU says when KVM cannot run a VM it was given (issue 29, item 2): seen on a host
+# whose /dev/kvm existed with neither vmx nor svm shown ("System Management Mode not
+# supported by this hypervisor", from QEMU's machine setup with smm=on; the
+# kvm_buf_set_msrs assertion), and QEMU's accel/kvm/kvm-all.c messages for a KVM it
+# cannot open or initialise.
+KVM_FAILURES = ("System Management Mode not supported by this hypervisor", "kvm_buf_set_msrs",
+                "Could not access KVM kernel module", "failed to initialize kvm",
+                "failed to initialize KVM")
+
+
+def start(ctx: Context, name: str, **options):
+    """``ctx.lifecycle.start``, with a VM that KVM cannot run here said in plain words with
+    its fix (software emulation) instead of QEMU's own message."""
+    from ..base.errors import OperationFailed
+
+    try:
+        return ctx.lifecycle.start(name, **options)
+    except OperationFailed as error:
+        if not any(words in str(error) for words in KVM_FAILURES):
+            raise
+        raise OperationFailed(
+            f"{name} could not start: KVM cannot run VMs on this computer (QEMU said:"
+            f" {_last_line(str(error))}); run it with software emulation (slow): choose"
+            " \"Slow: software emulation\" as its Speed in Settings, or neuron-vm"
+            f" configure {name} --domain-type qemu") from error
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else text
+    return last if len(last) <= 160 else last[:157] + "..."
+

@@ -173,11 +173,12 @@ def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = Non
                                 usb_later=request.usb_later, product_key=request.key)
     result = creator.create(request.config, force=request.force, template=request.template,
                             progress=progress, plan=plan, secrets=request.secrets)
+    started = None
     if request.start:
-        from .boot import prepare
+        from .boot import prepare, start
 
         prepare(ctx, result.name)
-    started = ctx.lifecycle.start(result.name) if request.start else None
+        started = start(ctx, result.name)
     if started is not None:
         from . import setup
 
@@ -197,6 +198,7 @@ class SettingsChange:
     usb: tuple[tuple[str, str], ...] | None = None  # (vendor, product) ids: the whole list
     looking_glass: bool | None = None
     shares: tuple[dict, ...] | None = None  # {"path", "tag", "readonly"}: the whole list
+    domain_type: str | None = None  # "kvm", or "qemu" (software emulation)
     force: bool = False
 
     @property
@@ -204,7 +206,8 @@ class SettingsChange:
         """Nothing but the shared folders changes: a running VM may take it for its next
         start (its definition changes; what runs now cannot)."""
         return (self.shares is not None and self.memory is None and self.vcpus is None
-                and self.gpu == KEEP and self.usb is None and self.looking_glass is None)
+                and self.gpu == KEEP and self.usb is None and self.looking_glass is None
+                and self.domain_type is None)
 
 
 @dataclass
@@ -224,6 +227,8 @@ def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
         data["memory_mb"] = change.memory
     if change.vcpus is not None:
         data["vcpus"] = change.vcpus
+    if change.domain_type is not None:
+        data["domain_type"] = change.domain_type
     if change.gpu != KEEP:
         current = config.gpu_passthrough
         if change.gpu is None:

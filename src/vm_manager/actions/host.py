@@ -60,6 +60,7 @@ class HostDevices:
     cpus: int | None = None
     networks: tuple[tuple[str, bool], ...] = ()
     kvm: bool | None = None
+    kvm_problem: str | None = None  # why KVM cannot run VMs here (kvm False)
 
 
 def devices(ctx: Context) -> HostDevices:
@@ -69,7 +70,10 @@ def devices(ctx: Context) -> HostDevices:
 
     memory_mb, cpus = ctx.connection.host_info()
     networks, kvm = ctx.connection.execute(_networks_and_kvm, idempotent=True)
-    return HostDevices(gpu.list_gpus(ctx), usb.list_usb(ctx), memory_mb, cpus, networks, kvm)
+    problem = None if kvm is None else (ctx.host.kvm_problem() if kvm else
+                                        "libvirt offers no KVM guests here")
+    return HostDevices(gpu.list_gpus(ctx), usb.list_usb(ctx), memory_mb, cpus, networks,
+                       None if kvm is None else problem is None, problem)
 
 
 def _networks_and_kvm(conn) -> tuple[tuple[tuple[str, bool], ...], bool | None]:

@@ -46,8 +46,8 @@ def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartO
     from . import setup
 
     prepared = tuple(boot.prepare(ctx, request.name))
-    result = ctx.lifecycle.start(request.name, paused=request.paused, wait=request.wait,
-                                 timeout=request.timeout)
+    result = boot.start(ctx, request.name, paused=request.paused, wait=request.wait,
+                        timeout=request.timeout)
     progress = None if request.paused or not request.wait else \
         setup.after_start(ctx, request.name)
     session = None

@@ -142,10 +142,10 @@ def restart(ctx: Context, name: str, *, secrets=None, wipe_disk: bool = False,
                   loader=ctx.loader, secrets=secrets, wipe_disk=wipe_disk, stopped=stopped,
                   stage_timeout_s=stage_timeout_s)
     if start:
-        from .boot import prepare
+        from .boot import prepare, start as boot
 
         prepare(ctx, name)
-        lifecycle.start(name)
+        boot(ctx, name)
         after_start(ctx, name)
     return status(ctx, name)
 

@@ -100,7 +100,8 @@ def register(commands, common, subcommand) -> None:
     create.set_defaults(run=cmd_create)
 
     configure = commands.add_parser(
-        "configure", parents=[common], help="change a stopped VM's memory, vCPUs, GPU, USB",
+        "configure", parents=[common],
+        help="change a stopped VM's memory, vCPUs, speed, GPU, USB",
         description="Rewrite a stopped VM's definition (same UUID, same disk) with the"
         " settings given; everything not given stays as it is, a kept GPU keeps its ROM and"
         " compatibility options. The desktop app's Settings dialog does the same.",
@@ -116,6 +117,9 @@ def register(commands, common, subcommand) -> None:
     usb.add_argument("--no-usb", action="store_true", help="no USB devices")
     configure.add_argument("--looking-glass", action=argparse.BooleanOptionalAction,
                            default=None, help="show the GPU's screen through Looking Glass")
+    configure.add_argument("--domain-type", choices=("kvm", "qemu"),
+                           help="kvm, or qemu: software emulation (slow; where KVM cannot"
+                           " run VMs)")
     configure.add_argument("--force", action="store_true",
                            help="allow more memory or vCPUs than the host has")
     configure.set_defaults(run=cmd_configure)
@@ -302,13 +306,15 @@ def cmd_configure(ctx: CommandContext) -> int:
     with flags_in_errors():
         usb = () if args.no_usb else (tuple(usb_ids(args.usb)) if args.usb else None)
         change = create.SettingsChange(memory=args.memory, vcpus=args.cpus, gpu=gpu, usb=usb,
-                                       looking_glass=args.looking_glass, force=args.force)
+                                       looking_glass=args.looking_glass,
+                                       domain_type=args.domain_type, force=args.force)
         outcome = create.reconfigure(ctx.actions, args.name, change)
     from ..base.primitives import plural
 
     config = outcome.config
     gpu = config.gpu_passthrough.pci_address if config.gpu_passthrough else "none"
     summary = (f"{config.memory_mb} MiB, {plural(config.vcpus, 'vCPU')}, GPU {gpu},"
+               f" {config.domain_type.value},"
                f" {plural(len(config.usb_devices), 'USB device')}")
     changes = outcome.result.changes
     for warning in outcome.result.warnings:

@@ -112,6 +112,12 @@ class LocalHost:
 
         return uefi_descriptors(self.root)
 
+    def kvm_problem(self) -> str | None:
+        """Why KVM cannot run VMs here, in plain words (``doctor.kvm_probe``); None: it can."""
+        from ..doctor.kvm_probe import kvm_problem
+
+        return kvm_problem(self.root)
+
     def path_facts(self, config: VMConfig, folder: Path) -> dict[str, PathFact]:
         return _path_facts(config, folder, self.qemu_img, served=self.uri.startswith("qemu"))
 
@@ -200,6 +206,9 @@ class RemoteHost:
 
     def firmware(self, caps: DomainCapabilities | None) -> tuple[str, ...]:
         return caps.firmware if caps is not None else ()
+
+    def kvm_problem(self) -> str | None:
+        return None  # another computer's KVM: its libvirt's domain capabilities tell
 
     def path_facts(self, config: VMConfig, folder: Path) -> dict[str, PathFact]:
         return _remote_path_facts(self.connection, config, folder)

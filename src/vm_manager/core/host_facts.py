@@ -61,6 +61,7 @@ class HostFacts:
     guest_media: GuestMediaFacts | None = None  # read for an unattended setup
     remote: bool = False  # another computer's libvirt: its files are known only as volumes
     definition: DomainInfo | None = None  # a VM being changed: the definition libvirt holds
+    kvm_problem: str | None = None  # why KVM cannot run VMs here, when it cannot
 
     def path(self, path: str | Path) -> PathFact:
         return self.paths.get(str(path), PathFact("missing"))
@@ -96,9 +97,14 @@ def gather_host_facts(
             paths.update(host.path_facts(each, folder))
     if config is not None and config.disk_path and not config.disk_device:
         paths = _with_disk_users(connection, config, paths, qemu_img)
+    kvm_problem = None
+    if driver != "test":
+        kvm_problem = (host.kvm_problem() if kvm_caps is not None else
+                       "libvirt offers no KVM guests here (is /dev/kvm there?)")
     return HostFacts(
         uri=connection.uri,
-        kvm_usable=None if driver == "test" else kvm_caps is not None,
+        kvm_usable=None if driver == "test" else kvm_problem is None,
+        kvm_problem=kvm_problem,
         hyperv_features=caps.hyperv if caps is not None else None,
         resources=HostResources(memory_mb=memory_mb, cpus=cpus),
         libvirt_version=version,

@@ -234,7 +234,8 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     domain_type = config.domain_type.value
     if config.domain_type is DomainType.KVM and facts.kvm_usable is False:
         domain_type = DomainType.QEMU.value
-        warnings.append("KVM is not usable on this host: using software emulation (slow)")
+        warnings.append(f"KVM cannot run VMs on this host ({facts.kvm_problem or 'no KVM'}):"
+                        " this VM uses software emulation (slow)")
         log.warning("KVM is not usable here; %s will use software emulation", name)
     if facts.uri.startswith("test:") and not existing:
         warnings.append("libvirt's test driver keeps this VM only while this connection is"
@@ -370,6 +371,17 @@ def _hyperv(config: VMConfig, available: frozenset[str] | None) -> tuple[HypervF
     return tuple(features)
 
 
+def cpu_mode(domain_type: str) -> str:
+    return "host-passthrough" if domain_type == "kvm" else "maximum"
+
+
+def as_defined(plan: CreationPlan, domain_type: str) -> CreationPlan:
+    """``plan`` rendering ``domain_type`` (what a VM's definition has, whatever the host
+    can do now: a change of speed is then a change of its definition)."""
+    return replace(plan, domain_type=domain_type, context=replace(
+        plan.context, domain_type=domain_type, cpu_mode=cpu_mode(domain_type)))
+
+
 def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
              disk: DiskPlan | None, facts: HostFacts, gpu: GPUSpec | None,
              setup: SetupPlan | None = None) -> TemplateContext:
@@ -415,7 +427,7 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
         memory_mb=config.memory_mb,
         vcpus=config.vcpus,
         domain_type=domain_type,
-        cpu_mode="host-passthrough" if domain_type == "kvm" else "maximum",
+        cpu_mode=cpu_mode(domain_type),
         disk=disk_spec,
         cdroms=tuple(cdroms),
         network=network,

@@ -59,8 +59,9 @@ def check_cpu(root: Path) -> Check:
         return Check("CPU virtualization", OK, "Intel VT-x (vmx)")
     if "svm" in flags:
         return Check("CPU virtualization", OK, "AMD-V (svm)")
-    return Check("CPU virtualization", FAIL, "the CPU shows neither vmx nor svm",
-                 "enable Intel VT-x or AMD-V (SVM) in the firmware (BIOS/UEFI) setup")
+    return Check("CPU virtualization", FAIL, "the CPU shows neither vmx nor svm (no KVM)",
+                 "enable Intel VT-x or AMD-V (SVM) in the firmware (BIOS/UEFI) setup; until"
+                 " then VMs run slowly (software emulation)")
 
 
 def check_kvm(root: Path) -> Check:
@@ -75,7 +76,18 @@ def check_kvm(root: Path) -> Check:
     if not os.access(path, os.R_OK | os.W_OK):
         return Check("/dev/kvm", FAIL, "present, but this user cannot use it",
                      "sudo usermod -aG kvm $USER, then log in again")
-    return Check("/dev/kvm", OK, "present and usable")
+    return Check("/dev/kvm", OK, "present, and this user may open it")
+
+
+def check_kvm_runs(root: Path) -> Check:
+    """Whether KVM really runs VMs here (``kvm_probe``): /dev/kvm can exist on a host
+    whose KVM fails every VM at its start."""
+    from .kvm_probe import SOFTWARE_FIX, kvm_problem
+
+    problem = kvm_problem(root)
+    if problem:
+        return Check("KVM", FAIL, f"cannot run VMs: {problem}", SOFTWARE_FIX)
+    return Check("KVM", OK, "runs VMs (KVM API 12, System Management Mode for Secure Boot)")
 
 
 def check_iommu(root: Path) -> Check:
@@ -362,7 +374,10 @@ def run_checks(root: Path | str | None = None, uri: str | None = None,
 
     guard.check("host checks")
     base = host_root(root)
-    checks = [check_cpu(base), check_kvm(base), check_iommu(base)]
+    checks = [check_cpu(base), check_kvm(base)]
+    if all(check.status == OK for check in checks):  # else the two say why already
+        checks.append(check_kvm_runs(base))
+    checks.append(check_iommu(base))
     remapping = check_interrupt_remapping(base)
     if remapping is not None:
         checks.append(remapping)

@@ -39,6 +39,7 @@ from .connections import Connections  # noqa: E402
 from .details import DetailsPane, EmptyState  # noqa: E402
 from .live import LiveParts  # noqa: E402
 from .icons import icon  # noqa: E402
+from .texts import said  # noqa: E402
 
 log = get_logger(__name__)
 
@@ -233,8 +234,7 @@ class MainWindow(QMainWindow):
                     gpu_name=names.get(gpu.pci_address) if gpu else None,
                     looking_glass=bool(config and config.looking_glass.enabled),
                     setup=setup.stage(ctx, vm.name) if config and config.unattended
-                    else "", host=uri,
-                ))
+                    else "", host=uri))
             self.bridge.inventory_ready.emit((ctx, rows))
         except VMManagerError as error:
             self.bridge.inventory_failed.emit((ctx, str(error)))
@@ -379,8 +379,8 @@ class MainWindow(QMainWindow):
             self._finished(key, f"{name}: {getattr(result, 'message', 'done')}")
 
         def failed(error: BaseException) -> None:
-            self.last_error = str(error)
-            self._finished(key, f"{name}: {error}")
+            self.last_error = said(error)
+            self._finished(key, f"{name}: {self.last_error}")
 
         self.tasks.run(call, done, failed)
 

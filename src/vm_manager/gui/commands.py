@@ -64,8 +64,10 @@ class Commands:
         self.window.statusBar().showMessage(f"{label}…")
 
         def failed(error: BaseException) -> None:
-            self.window.last_error = str(error)
-            self.window.statusBar().showMessage(str(error))
+            from .texts import said
+
+            self.window.last_error = said(error)
+            self.window.statusBar().showMessage(self.window.last_error)
 
         self.window.tasks.run(work, then, failed)
 

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..base.primitives import plural
-from .texts import NO_USB, empty_row, gpu_label, usb_label
+from .texts import NO_USB, SPEEDS, empty_row, gpu_label, said, usb_label
 from .widgets import Tasks, check_item, error_label, fit_list, screen_room
 from .wizard import CreateWizard
 
@@ -93,6 +93,18 @@ class DeleteDialog(QDialog):
             self.disk_list.addItem(item)
 
 
+def readiness_headline(checks) -> str:
+    """Whether ordinary VMs run here (and how fast), then what GPU passthrough still needs."""
+    failed = sum(check.status == "fail" for check in checks)
+    no_kvm = any(check.status == "fail" and check.name in ("CPU virtualization", "/dev/kvm",
+                                                           "KVM") for check in checks)
+    vms = "VMs run here, but slowly (no KVM)." if no_kvm else "VMs run here with KVM."
+    if not failed:
+        return f"{vms} Everything a GPU needs is in place too."
+    need = "needs" if failed == 1 else "need"
+    return f"{vms} {plural(failed, 'check')} {need} fixing before a VM can have a GPU."
+
+
 class ReadinessDialog(QDialog):
     """``neuron-vm doctor`` as a page: each check with its status and its one-line fix, and
     below it the guide (``fixes``: buttons for what the app can fix, words for the rest)."""
@@ -103,11 +115,8 @@ class ReadinessDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Is this computer ready?")
         layout = QVBoxLayout(self)
-        failed = sum(check.status == "fail" for check in checks)
-        need = "needs" if failed == 1 else "need"
-        self.summary = QLabel("Everything needed is in place." if not failed else
-                              f"{plural(failed, 'check')} {need} fixing before VMs can use a"
-                              " GPU.")
+        self.summary = QLabel(readiness_headline(checks))
+        self.summary.setWordWrap(True)
         layout.addWidget(self.summary)
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Status", "Check", "Result", "How to fix"])
@@ -201,8 +210,17 @@ class SettingsDialog(QDialog):
         if current:
             index = self.gpu.findData(current)
             self.gpu.setCurrentIndex(index if index >= 0 else 0)
+        self.speed = QComboBox()
+        for value, label in SPEEDS:
+            self.speed.addItem(label, value)
+        self.speed.setCurrentIndex(max(0, self.speed.findData(config.domain_type.value)))
+        if devices.kvm is False:
+            self.speed.setToolTip(f"KVM cannot run VMs on this computer: {devices.kvm_problem}.")
         self.looking_glass = QCheckBox("Looking Glass")
         self.looking_glass.setChecked(config.looking_glass.enabled)
+        self.looking_glass.setToolTip("Shows the passed-through GPU's screen in a window")
+        self.gpu.currentIndexChanged.connect(self._gpu_chosen)
+        self._gpu_chosen()
         self.usb = QListWidget()
         chosen = {(u.vendor_id, u.product_id) for u in config.usb_devices}
         listed = set()
@@ -238,6 +256,7 @@ class SettingsDialog(QDialog):
         hint.setWordWrap(True)
         form.addRow("Memory", self.memory)
         form.addRow("vCPUs", self.vcpus)
+        form.addRow("Speed", self.speed)
         form.addRow("GPU", self.gpu)
         form.addRow(self.looking_glass)
         form.addRow("USB devices", self.usb)
@@ -273,6 +292,13 @@ class SettingsDialog(QDialog):
         item.setData(Qt.UserRole, {"path": share.path, "tag": tag, "readonly": readonly})
         self.shares.addItem(item)
 
+    def _gpu_chosen(self) -> None:
+        """Looking Glass shows a passed-through GPU's screen: offered only with a GPU."""
+        has_gpu = self.gpu.currentData() is not None
+        self.looking_glass.setEnabled(has_gpu)
+        if not has_gpu:
+            self.looking_glass.setChecked(False)
+
     def _pick_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Share a folder with the VM")
         if folder:
@@ -287,7 +313,8 @@ class SettingsDialog(QDialog):
                        for i in range(self.shares.count()))
         return SettingsChange(memory=self.memory.text().strip(), vcpus=self.vcpus.value(),
                               gpu=self.gpu.currentData(), usb=usb,
-                              looking_glass=self.looking_glass.isChecked(), shares=shares)
+                              looking_glass=self.looking_glass.isChecked(), shares=shares,
+                              domain_type=self.speed.currentData())
 
     def apply(self) -> None:
         from ..actions import create
@@ -297,7 +324,7 @@ class SettingsDialog(QDialog):
         try:
             create.apply_change(self.base, change)  # pure: a bad value is told at once
         except VMManagerError as error:
-            self.error.setText(str(error))
+            self.error.setText(said(error))
             return
         self.error.setText("Saving…")
         self.buttons.setEnabled(False)
@@ -310,7 +337,7 @@ class SettingsDialog(QDialog):
 
     def _failed(self, error: BaseException) -> None:
         self.buttons.setEnabled(True)
-        self.error.setText(str(error))
+        self.error.setText(said(error))
 
 
 class USBPanel(QDialog):

@@ -79,6 +79,21 @@ CLI_WORDS = (
 
 def for_people(message: str) -> str:
     """A library message with the CLI's flags put in the app's words."""
+    import re
+
+    message = re.sub(r",? or neuron-vm configure \S+ --domain-type qemu", "", message)
     for flag, words in CLI_WORDS:
         message = message.replace(flag, words)
     return message
+
+
+def said(error: BaseException) -> str:
+    """An error as the app says it: a field's in the app's name for it, flags in words."""
+    field = getattr(error, "field", None)
+    message = getattr(error, "message", None) or str(error)
+    return f"{field_label(field)}: {for_people(message)}" if field else for_people(str(error))
+
+
+# The Speed choice (``domain_type``), in the wizard and Settings
+SPEEDS = (("kvm", "Fast: KVM (the processor's own virtualization)"),
+          ("qemu", "Slow: software emulation (no KVM on this computer)"))

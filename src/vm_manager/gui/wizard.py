@@ -18,15 +18,13 @@ from PySide6.QtWidgets import (
 )
 
 from .networks import NetworkPicker
-from .texts import NO_USB, empty_row, gpu_label, no_gpu_reason, usb_label
+from .texts import NO_USB, SPEEDS, empty_row, gpu_label, no_gpu_reason, usb_label
 from .widgets import CheckedPage, Tasks, check_item, error_label, fit_to_screen, with_browse
 from .wizard_setup import SetupPage
 
 TEMPLATES = (("windows11", "Windows 11"), ("windows10", "Windows 10"), ("linux", "Linux"),
              ("macos", "macOS"))
 RESOLUTIONS = ("1920x1080", "2560x1440", "3840x2160")
-SPEEDS = (("kvm", "Fast: KVM (the processor's own virtualization)"),
-          ("qemu", "Slow: software emulation (no KVM on this computer)"))
 
 
 class CreateWizard(QWizard):
@@ -107,10 +105,10 @@ class CreateWizard(QWizard):
             self.setup_page.check_password(config)
             self.setup_page.key()  # its form, as you type
         except InvalidConfig as error:
-            from .texts import field_label, for_people
+            from .texts import said
 
             self.error_field = error.field
-            self.error_text = f"{field_label(error.field)}: {for_people(error.message)}"
+            self.error_text = said(error)
             return None
         self.error_text, self.error_field = "", None
         return config
@@ -138,9 +136,10 @@ class _SystemPage(CheckedPage):
         for value, label in SPEEDS:
             self.speed.addItem(label, value)
         self.speed.setCurrentIndex(1 if devices.kvm is False else 0)
-        self.speed.setToolTip("KVM runs the VM on the processor itself; without it (no VT-x"
-                              " / AMD-V, or inside another VM) QEMU emulates it, many times"
-                              " slower")
+        self.speed.setToolTip(
+            f"KVM cannot run VMs on this computer: {devices.kvm_problem}." if devices.kvm
+            is False else "KVM runs the VM on the processor itself; without it (no VT-x /"
+            " AMD-V, or inside another VM) QEMU emulates it, many times slower")
         self.memory = QLineEdit()
         self.vcpus = QSpinBox()
         self.vcpus.setRange(1, 512)
@@ -343,12 +342,10 @@ class _SummaryPage(QWizardPage):
         self.completeChanged.emit()
 
     def _refused(self, error: BaseException) -> None:
-        from .texts import field_label
+        from .texts import said
 
         self.plan = None
-        field = getattr(error, "field", None)  # an InvalidConfig: said in the wizard's words
-        text = f"{field_label(field)}: {error.message}" if field else str(error)
-        self.plan_text.setText(f"Cannot create: {text}")
+        self.plan_text.setText(f"Cannot create: {said(error)}")
         self.completeChanged.emit()
 
     def isComplete(self) -> bool:  # noqa: N802 - Qt name
