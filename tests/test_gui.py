@@ -998,23 +998,30 @@ def test_every_hosts_vms_in_one_list_and_a_dead_host_leaves_the_others_usable(
         conn.close()
 
 
-def test_show_display_is_offered_only_for_vms_on_this_computer(window):
+def test_show_display_is_offered_only_for_looking_glass_vms_on_this_computer(window):
     """Looking Glass reads the VM's shared memory on this computer: for a running VM of a
-    remote host the action is off, and its tooltip points at Console."""
+    remote host the action is off, and its tooltip points at Console. A VM without Looking
+    Glass never offers it (issue 29: it was enabled and answered with CLI flags)."""
     from vm_manager.gui.vm_list import VMRow
 
     remote = "qemu+ssh://anna@192.0.2.7/system"
     window.contexts[remote] = Context(remote)  # never opened: nothing here talks to it
     window.live.add(remote)
-    window.model.reset_host(remote, [VMRow("far", S.RUNNING, 2, 2048)])
-    window.select("alpha")
+    window.model.reset_host(remote, [VMRow("far", S.RUNNING, 2, 2048, looking_glass=True)])
+    local = [row for row in window.model.rows if row.host == window.uri]
+    glass = VMRow("glass", S.RUNNING, 2, 2048, looking_glass=True, host=window.uri)
+    window.model.reset_host(window.uri, [*local, glass])
+    window.select("glass")
     display = window.actions_by_key["display"]
     assert display.isEnabled() and display.toolTip() == display.text()
     window.select("far", remote)
     assert window.uri == remote
     assert not display.isEnabled() and "use Console" in display.toolTip()
     assert window.actions_by_key["console"].isEnabled()
-    window.select("alpha")
+    window.select("alpha")  # running, no Looking Glass
+    assert not display.isEnabled() and "no Looking Glass display" in display.toolTip()
+    assert "--gpu" not in display.toolTip()
+    window.select("glass")
     assert display.isEnabled()
     window.contexts.pop(remote)
 

@@ -199,3 +199,17 @@ def test_after_finish_the_new_vm_is_selected_and_started(window, qtbot, monkeypa
                     timeout=10000)
     assert "fresh is made" in window.statusBar().currentMessage() or \
         "fresh" in window.statusBar().currentMessage()
+
+
+def test_an_existing_disk_takes_the_place_of_a_new_one(open_wizard, tmp_path):
+    """A walk typed a new disk size and an existing disk: both were accepted and the size
+    silently dropped (the CLI refuses the pair). An existing disk now greys out the size,
+    saying why; clearing it brings the size back."""
+    wiz, _conn = open_wizard()
+    page = wiz.system_page
+    assert page.disk_size.isEnabled()
+    page.disk_path.setText(str(tmp_path / "mine.qcow2"))
+    assert not page.disk_size.isEnabled() and "no new disk" in page.disk_size.toolTip()
+    assert "disk_size_gb" not in wiz.config_data()
+    page.disk_path.setText("")
+    assert page.disk_size.isEnabled() and wiz.config_data()["disk_size_gb"]

@@ -30,7 +30,7 @@ os.environ.setdefault("QT_NO_GLIB", "1")
 
 from ..actions import Context  # noqa: E402
 from ..actions.power import actionable_state, allowed_operations  # noqa: E402
-from ..base.primitives import VMState, host_name, is_remote  # noqa: E402
+from ..base.primitives import VMState, host_name  # noqa: E402
 from ..base.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, notify_desktop, quit_on_signals  # noqa: E402
 from .vm_list import VMRow, VMTable, VMTableModel  # noqa: E402
@@ -39,7 +39,7 @@ from .connections import Connections  # noqa: E402
 from .details import DetailsPane, EmptyState  # noqa: E402
 from .live import LiveParts  # noqa: E402
 from .icons import icon  # noqa: E402
-from .texts import said  # noqa: E402
+from .texts import display_unavailable, said  # noqa: E402
 
 log = get_logger(__name__)
 
@@ -351,13 +351,10 @@ class MainWindow(QMainWindow):
                 action.setEnabled(here)
             elif key in ("console", "snapshots"):  # the viewer waits for the VM to start;
                 action.setEnabled(connected)  # the panel lists for any state
-            elif key == "display":  # Looking Glass reads shared memory on this computer
-                here_only = row is not None and is_remote(row.host)
-                action.setEnabled(connected and state == VMState.RUNNING
-                                  and not here_only)
-                action.setToolTip("Looking Glass shows only VMs on this computer; use"
-                                  " Console for a VM on another host" if here_only else
-                                  action.text())
+            elif key == "display":
+                why = display_unavailable(row)
+                action.setEnabled(connected and state == VMState.RUNNING and why is None)
+                action.setToolTip(why or action.text())
             elif key == "usb":
                 action.setEnabled(connected and state == VMState.RUNNING)
             elif key == "settings":

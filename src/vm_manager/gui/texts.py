@@ -97,3 +97,19 @@ def said(error: BaseException) -> str:
 # The Speed choice (``domain_type``), in the wizard and Settings
 SPEEDS = (("kvm", "Fast: KVM (the processor's own virtualization)"),
           ("qemu", "Slow: software emulation (no KVM on this computer)"))
+
+
+def display_unavailable(row) -> str | None:
+    """Why Show display (Looking Glass) is not offered for the VM of ``row``; None when
+    it is (it may still wait for the VM to run)."""
+    from ..base.primitives import is_remote
+
+    if row is None:
+        return None
+    if is_remote(row.host):  # Looking Glass reads shared memory on this computer
+        return "Looking Glass shows only VMs on this computer; use Console for a VM on another host"
+    if not row.looking_glass:
+        return ("This VM has no Looking Glass display (it shows a passed-through GPU's"
+                " screen); use Console")
+    return None
+

@@ -178,12 +178,20 @@ class _SystemPage(CheckedPage):
             widget.textChanged.connect(self._changed)
         for key, widget in (("memory", self.memory), ("disk", self.disk_size)):
             widget.textEdited.connect(lambda _text, key=key: self.edited.add(key))
+        self.disk_path.textChanged.connect(self._disk_chosen)
         self.vcpus.valueChanged.connect(self._vcpus_changed)
         for box in (self.template, self.speed):
             box.currentIndexChanged.connect(self._changed)
         self.networks.changed.connect(self._changed)
         self.force.toggled.connect(self._changed)
         self.template.currentIndexChanged.connect(self._apply_defaults)
+
+    def _disk_chosen(self, path: str) -> None:
+        """An existing disk is the VM's disk: no new one is made, so its size is not asked
+        (both were accepted, and the size silently dropped)."""
+        self.disk_size.setEnabled(not path.strip())
+        self.disk_size.setToolTip("" if not path.strip() else
+                                  "The existing disk below is used: no new disk is made")
 
     def _vcpus_changed(self, *_args) -> None:
         if not self._applying:
