@@ -158,6 +158,48 @@ def test_delete_dialog_defaults(qtbot, make_host, tmp_path, monkeypatch):
         assert dialog.disk_list.item(1).text().startswith("keep: ")
 
 
+def test_the_delete_dialog_lists_firmware_files_and_snapshots_and_says_what_blocks(
+        qtbot, make_host, tmp_path):
+    """Issue 29 item 7: the delete plan listed neither the snapshots nor the UEFI/TPM files,
+    and "has snapshots" came only in the status bar after the dialog closed. Now each is a
+    row saying what happens to it as the box is ticked, and a blocker is said in the dialog
+    with its way out (Delete stays off until it is resolved)."""
+    import uuid as uuids
+
+    from vm_manager.actions import delete
+    from vm_manager.core.snapshots import state_dirs
+
+    name = f"neuron-del-{uuids.uuid4().hex[:8]}"
+    nvram_dir, _ = state_dirs("qemu:///system")
+    nvram_dir.mkdir(parents=True, exist_ok=True)
+    nvram = nvram_dir / f"{name}_VARS.fd"
+    nvram.write_bytes(b"\0" * 4096)
+    try:
+        with guard.allowed(), LibvirtConnection(make_host()) as conn:
+            conn.execute(lambda c: c.defineXML(
+                f"<domain type='test'><name>{name}</name><memory unit='MiB'>512</memory>"
+                "<vcpu>1</vcpu><os><type>hvm</type></os><devices/></domain>"))
+            conn.execute(lambda c: c.lookupByName(name).snapshotCreateXML(
+                "<domainsnapshot><name>before</name></domainsnapshot>", 0))
+            preview = delete.preview(Context(connection=conn, images_dir=tmp_path), name)
+        dialog = DeleteDialog(preview, name)
+        qtbot.addWidget(dialog)
+
+        def rows():
+            return [dialog.disk_list.item(i).text() for i in range(dialog.disk_list.count())]
+
+        assert f"keep: {nvram} (UEFI variables)" in rows()
+        assert "blocks the deletion: snapshots before" in rows()
+        assert not dialog.ok_button.isEnabled() and "Snapshots…" in dialog.blocker.text()
+        assert "--" not in dialog.blocker.text()  # the app's words, not the CLI's flags
+        dialog.disks_box.setChecked(True)
+        assert f"delete: {nvram} (UEFI variables)" in rows()
+        assert "delete: snapshots before" in rows()
+        assert dialog.ok_button.isEnabled() and dialog.blocker.isHidden()
+    finally:
+        nvram.unlink()
+
+
 def test_unreachable_libvirt_shows_a_banner_and_stays_alive(qtbot, tmp_path):
     win = MainWindow(uri="bogus:///nowhere", store=VMStore(tmp_path))
     qtbot.addWidget(win)

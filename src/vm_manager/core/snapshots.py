@@ -89,6 +89,27 @@ def state_dirs(uri: str, root: Path = LIBVIRT_STATE, home: Path | None = None,
     return Path(root) / "qemu" / "nvram", Path(root) / "swtpm"
 
 
+def state_files(domain, nvram_dir: Path, tpm_dir: Path) -> list[tuple[str, Path]]:
+    """(kind, path) of the NVRAM file and the TPM state folder the VM has (libvirt's
+    folders: ``state_dirs``). Raises ``InvalidConfig`` for an NVRAM path the XML names
+    outside libvirt's NVRAM folder (a path in the XML is not trusted)."""
+    files = []
+    # libvirt 9.0 writes <nvram> only into the live XML of a firmware='efi' domain; the
+    # file is its documented default, $LOCALSTATEDIR/lib/libvirt/qemu/nvram/NAME_VARS.fd
+    folder = nvram_dir
+    nvram = Path(domain.os.nvram) if domain.os.nvram else folder / f"{domain.name}_VARS.fd"
+    if nvram.parent != folder or nvram.is_symlink():  # a path in the XML is not trusted
+        raise InvalidConfig("NAME", f"{domain.name}'s NVRAM file {nvram} is not a file in"
+                            f" libvirt's NVRAM folder {folder}: NeuronOS neither copies"
+                            " nor writes it back, so it takes no snapshot of this VM")
+    if nvram.exists():
+        files.append(("nvram", nvram))
+    tpm = tpm_dir / (domain.uuid or "")
+    if domain.tpm is not None and domain.uuid and tpm.is_dir():
+        files.append(("tpm", tpm))
+    return files
+
+
 class SnapshotManager:
     def __init__(self, connection: LibvirtConnection, images_dir: Path,
                  state_root: Path = LIBVIRT_STATE):
@@ -218,22 +239,7 @@ class SnapshotManager:
                                     " with `qemu-img convert -O qcow2`)")
 
     def _state_files(self, domain) -> list[tuple[str, Path]]:
-        """(kind, path) of the NVRAM file and the TPM state folder the VM has."""
-        files = []
-        # libvirt 9.0 writes <nvram> only into the live XML of a firmware='efi' domain; the
-        # file is its documented default, $LOCALSTATEDIR/lib/libvirt/qemu/nvram/NAME_VARS.fd
-        folder = self.nvram_dir
-        nvram = Path(domain.os.nvram) if domain.os.nvram else folder / f"{domain.name}_VARS.fd"
-        if nvram.parent != folder or nvram.is_symlink():  # a path in the XML is not trusted
-            raise InvalidConfig("NAME", f"{domain.name}'s NVRAM file {nvram} is not a file in"
-                                f" libvirt's NVRAM folder {folder}: NeuronOS neither copies"
-                                " nor writes it back, so it takes no snapshot of this VM")
-        if nvram.exists():
-            files.append(("nvram", nvram))
-        tpm = self.tpm_dir / (domain.uuid or "")
-        if domain.tpm is not None and domain.uuid and tpm.is_dir():
-            files.append(("tpm", tpm))
-        return files
+        return state_files(domain, self.nvram_dir, self.tpm_dir)
 
     def _take(self, vm: str, domain, name: str, description: str) -> Snapshot:
         target = self.folder(vm) / name

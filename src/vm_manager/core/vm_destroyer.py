@@ -66,6 +66,7 @@ class DestroyPlan:
     snapshots: list[str] = field(default_factory=list)
     snapshot_folder: str | None = None  # NeuronOS's NVRAM/TPM copies, removed with the disks
     shm_rule: str | None = None  # its tmpfiles rule: the next VM of this name is not theirs
+    firmware_files: list[str] = field(default_factory=list)  # its NVRAM file, TPM folder
 
     @property
     def blocked_reason(self) -> str | None:
@@ -91,7 +92,8 @@ class DestroyPlan:
                          f"  refused: it is {self.state.label}; --force stops it first"
                          " (graceful, forced after the timeout)")
         lines.append("  remove its libvirt definition (snapshot and checkpoint metadata too)")
-        lines.append(f"  UEFI variables and TPM state: {self.firmware_state}")
+        files = f" ({', '.join(self.firmware_files)})" if self.firmware_files else ""
+        lines.append(f"  UEFI variables and TPM state{files}: {self.firmware_state}")
         for disk in self.disks:
             action = "DELETE" if disk.delete else "keep  "
             lines.append(f"  {action} {disk.device} {disk.path} ({disk.reason})")
@@ -118,6 +120,7 @@ class DestroyPlan:
             "shm_rule": self.shm_rule,
             "firmware_state": self.firmware_state,
             "snapshots": self.snapshots,
+            "firmware_files": self.firmware_files,
         }
 
 
@@ -213,9 +216,14 @@ class VMDestroyer:
                 tmpfiles_path(name, host_root(self.rules_root))
         except InvalidConfig:
             settings = shm = rule = None
-        from .snapshots import snapshots_folder
+        from .snapshots import snapshots_folder, state_dirs, state_files
 
         folder = snapshots_folder(domain, managed)
+        try:  # this computer's libvirt folders; a remote VM's are the other machine's
+            firmware_files = [] if is_remote(self.connection.uri) else [
+                str(path) for _, path in state_files(domain, *state_dirs(self.connection.uri))]
+        except InvalidConfig:  # an NVRAM path outside libvirt's folder: libvirt's business
+            firmware_files = []
         plans = []
         for delete_disks in choices:
             flags = (UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA
@@ -236,6 +244,7 @@ class VMDestroyer:
                 shm_rule=str(rule) if rule and rule.exists() else None,
                 undefine_flags=flags, firmware_state=firmware, snapshots=snaps,
                 snapshot_folder=str(folder) if "/" not in name and folder.is_dir() else None,
+                firmware_files=firmware_files,
             ))
         return plans
 

@@ -50,11 +50,7 @@ class DeleteDialog(QDialog):
         self.kept_plan = preview.keep_disks
         self.full_plan = preview.delete_disks
         layout = QVBoxLayout(self)
-        state = self.kept_plan.state
-        text = f"Delete the VM <b>{name}</b>?"
-        if state.is_active:
-            text += f" It is {state.label}: stop it first."
-        layout.addWidget(QLabel(text))
+        layout.addWidget(QLabel(f"Delete the VM <b>{name}</b>?"))
         deletable = [d for d in self.full_plan.disks if d.delete]
         self.disks_box = QCheckBox(
             f"Also delete its disk{'s' if len(deletable) != 1 else ''}, UEFI variables and TPM"
@@ -65,10 +61,11 @@ class DeleteDialog(QDialog):
         layout.addWidget(self.disks_box)
         self.disk_list = QListWidget()
         layout.addWidget(self.disk_list)
+        self.blocker = error_label()  # what stops the deletion as ticked, and the way out
+        layout.addWidget(self.blocker)
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         self.ok_button = buttons.button(QDialogButtonBox.Ok)
         self.ok_button.setText("Delete")
-        self.ok_button.setEnabled(not state.is_active)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
@@ -81,9 +78,13 @@ class DeleteDialog(QDialog):
         return self.disks_box.isChecked()
 
     def _refresh(self) -> None:
+        """Every file of the VM with what happens to it as the box is ticked: its disks, its
+        UEFI variables and TPM state, its snapshots; and what blocks the deletion."""
         self.disk_list.clear()
+        ticked = self.delete_disks
+        plan = self.full_plan if ticked else self.kept_plan
         for disk in self.full_plan.disks:
-            will_delete = disk.delete and self.delete_disks
+            will_delete = disk.delete and ticked
             verb = "delete" if will_delete else "keep"
             reason = "" if disk.delete else f" ({disk.reason})"
             item = QListWidgetItem(f"{verb}: {disk.path}{reason}")
@@ -91,6 +92,22 @@ class DeleteDialog(QDialog):
                 item.setFlags(item.flags() & ~Qt.ItemIsEnabled)
                 item.setToolTip(disk.reason)
             self.disk_list.addItem(item)
+        for path in plan.firmware_files:
+            what = "TPM state" if "swtpm" in path else "UEFI variables"
+            self.disk_list.addItem(f"{'delete' if ticked else 'keep'}: {path} ({what})")
+        if plan.snapshots:
+            names = ", ".join(plan.snapshots)
+            self.disk_list.addItem(f"delete: snapshots {names}" if ticked else
+                                   f"blocks the deletion: snapshots {names}")
+        blocked = []
+        if plan.state.is_active:
+            blocked.append(f"It is {plan.state.label}: stop it first.")
+        if plan.snapshots_block:
+            blocked.append(f"It has snapshots ({', '.join(plan.snapshots)}): tick the box"
+                           " above to delete them with it, or delete them first (Snapshots…).")
+        self.blocker.setText(" ".join(blocked))
+        self.blocker.setVisible(bool(blocked))
+        self.ok_button.setEnabled(not blocked)
 
 
 def readiness_headline(checks) -> str:
