@@ -21,16 +21,12 @@ SYSTEM_URI = "qemu:///system"
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """No test reads or writes the user's real settings or inherits their URI."""
-    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # the window's QSettings too
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))  # the window's too
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("NEURONOS_LIBVIRT_URI", raising=False)
     monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
     # the desktop user is the one running the tests (shared folders must be theirs to read)
     monkeypatch.delenv("SUDO_USER", raising=False)
-    if "PySide6.QtCore" in sys.modules:  # QSettings caches its file per process: a first
-        from PySide6.QtCore import QSettings  # run must not see another test's window
-
-        QSettings("NeuronOS", "VM Manager").clear()
     yield tmp_path / "config"
     import gc
 

@@ -1072,8 +1072,8 @@ def test_a_host_that_hangs_never_holds_up_the_others(qtbot, make_host, tmp_path,
     """A remembered host whose connection hangs (its ssh never answers) is the window's own
     first host: this computer's VMs are listed all the same, Retry does not queue more
     listings of the hanging host, and once it gives up the banner names it."""
-    from PySide6.QtCore import QSettings
     from support.fakes import FakeDomain
+    from vm_manager.gui.widgets import app_settings
 
     release = tmp_path / "release"
     (tmp_path / "bin").mkdir()
@@ -1083,7 +1083,7 @@ def test_a_host_that_hangs_never_holds_up_the_others(qtbot, make_host, tmp_path,
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     hanging = "qemu+ssh://anna@192.0.2.9/system?no_tty=1"
     local = make_host([FakeDomain("alpha", S.RUNNING)])
-    QSettings("NeuronOS", "VM Manager").setValue("connections", [hanging, local])
+    app_settings().setValue("connections", [hanging, local])
     win = MainWindow(uri=hanging, store=VMStore(tmp_path / "config"))
     qtbot.addWidget(win)
     win.show()
@@ -1158,3 +1158,44 @@ def test_each_command_opens_its_dialog_over_the_window(window, qtbot, command, d
     assert kind == dialog and parent is window
     if not seen:
         opened.close()  # a modal one was rejected already
+
+
+def test_a_destructive_question_defaults_to_no(qtbot):
+    """Issue 29 item 8: revert and force stop asked with Yes as the default, so Enter
+    confirmed them. Now No is the default button, and Enter answers No."""
+    from PySide6.QtCore import Qt, QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from vm_manager.gui.widgets import ask
+
+    seen = []
+
+    def press_enter():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, press_enter)
+            return
+        seen.append(box.defaultButton() is box.button(QMessageBox.No))
+        try:
+            qtbot.keyClick(box, Qt.Key_Return)
+        finally:
+            box.done(0) if box.isVisible() else None  # never a question left open
+
+    QTimer.singleShot(20, press_enter)
+    assert ask(None, "Force stop", "Force stop it?") is False
+    assert seen == [True]
+
+
+def test_the_apps_own_settings_live_in_neuronos_settings_folder(tmp_path, monkeypatch):
+    """Issue 29 item 8: the window's size and remembered hosts went to
+    ~/.config/NeuronOS whatever NEURONOS_CONFIG_DIR said; they now live beside the VMs'
+    settings, so a second profile (or a test) never touches the user's."""
+    from vm_manager.gui.widgets import app_settings
+
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "profile"))
+    settings = app_settings()
+    settings.setValue("connections", ["test:///default"])
+    settings.sync()
+    assert (tmp_path / "profile" / "gui.conf").is_file()
+    assert "test:///default" in (tmp_path / "profile" / "gui.conf").read_text()
+    assert app_settings().value("connections") == ["test:///default"]

@@ -219,3 +219,11 @@ class Context:
             self._lifecycle.close()
         if self._connection is not None and self._owns_connection:
             self._connection.close()
+
+
+def settings_folder():
+    """NeuronOS's settings folder (``$NEURONOS_CONFIG_DIR``, else the XDG one): the VMs'
+    settings and the desktop app's own."""
+    from ..base.store import default_config_dir
+
+    return default_config_dir()

@@ -421,7 +421,7 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
     return TemplateContext(
         name=config.name,
         uuid=vm_uuid,
-        title=f"{config.vm_type.label} (NeuronOS)",
+        title=f"{config.name} ({config.vm_type.label}, NeuronOS)",  # viewers' window title
         vm_type=config.vm_type.value,
         template=template,
         memory_mb=config.memory_mb,

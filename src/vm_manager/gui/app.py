@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QLabel, QMainWindow, QSplitter, QStackedWidget,
                                QVBoxLayout, QWidget)
@@ -32,7 +32,7 @@ from ..actions import Context  # noqa: E402
 from ..actions.power import actionable_state, allowed_operations  # noqa: E402
 from ..base.primitives import VMState, host_name  # noqa: E402
 from ..base.log import get_logger  # noqa: E402
-from .widgets import Banner, EventBridge, Tasks, notify_desktop, quit_on_signals  # noqa: E402
+from .widgets import Banner, EventBridge, Tasks, app_settings, notify_desktop, quit_on_signals  # noqa: E402,E501
 from .vm_list import VMRow, VMTable, VMTableModel  # noqa: E402
 from .commands import Commands  # noqa: E402
 from .connections import Connections  # noqa: E402
@@ -390,7 +390,7 @@ class MainWindow(QMainWindow):
 
     def _restore_geometry(self) -> None:
         """The remembered geometry wins; the first run is sized to the content."""
-        geometry = QSettings("NeuronOS", "VM Manager").value("geometry")
+        geometry = app_settings().value("geometry")
         self._remembered = geometry is not None and self.restoreGeometry(geometry)
         self._fit_first_run()
 
@@ -419,7 +419,7 @@ class MainWindow(QMainWindow):
         self._closed = True
         for timer in (self.usage_timer, self._details_timer, self._reload_timer):
             timer.stop()
-        QSettings("NeuronOS", "VM Manager").setValue("geometry", self.saveGeometry())
+        app_settings().setValue("geometry", self.saveGeometry())
         for ctx in self.contexts.values():  # displays closed, connections released, off the UI
             self.pool.submit(ctx.close)
         self.pool.shutdown(wait=False)

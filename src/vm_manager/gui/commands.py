@@ -20,7 +20,9 @@ class Commands:
         self.window = window  # the MainWindow this part belongs to
 
     def confirm(self, title: str, text: str) -> bool:
-        return QMessageBox.question(self.window, title, text) == QMessageBox.Yes
+        from .widgets import ask
+
+        return ask(self.window, title, text)
 
     def _power(self, label: str, operation: str, **options) -> None:
         from ..actions import power

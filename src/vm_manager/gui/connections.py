@@ -7,10 +7,10 @@ in the banner while the others' VMs stay usable. A part of ``app.MainWindow`` (i
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSettings
 
 from ..base.primitives import plural
 from .vm_list import host_text
+from .widgets import app_settings
 from PySide6.QtWidgets import QComboBox, QInputDialog, QLineEdit
 
 ADD = "Add connection…"
@@ -66,7 +66,7 @@ class Connections:
         self.show_host_column()
 
     def remembered_connections(self) -> list[str]:
-        saved = QSettings("NeuronOS", "VM Manager").value(KEY) or []
+        saved = app_settings().value(KEY) or []
         uris = [saved] if isinstance(saved, str) else list(saved)
         first = next(iter(self.window.contexts))  # the window's own host stays first
         return [first, *[uri for uri in uris if uri != first]]
@@ -125,7 +125,7 @@ class Connections:
 
         if uri not in self.window.contexts:
             self.window.contexts[uri] = Context(uri)
-            QSettings("NeuronOS", "VM Manager").setValue(KEY, list(self.window.contexts))
+            app_settings().setValue(KEY, list(self.window.contexts))
             self.show_host_column()
             self.window.statusBar().showMessage(f"Connecting to {uri}…")
             self.window.load_host(self.window.contexts[uri])
@@ -137,7 +137,7 @@ class Connections:
         if uri not in self.window.contexts or uri == next(iter(self.window.contexts)):
             return
         ctx = self.window.contexts.pop(uri)  # its late events and answers are dropped from now on
-        QSettings("NeuronOS", "VM Manager").setValue(KEY, list(self.window.contexts))
+        app_settings().setValue(KEY, list(self.window.contexts))
         for gone in (self.window.problems, self.window.monitors, self.window._following):
             gone.pop(uri, None)
         self.window.live.discard(uri)

@@ -10,14 +10,13 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QPushButton,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
 )
 
-from .widgets import Tasks, screen_room
+from .widgets import Tasks, ask, screen_room
 
 
 class SnapshotsPanel(QDialog):
@@ -28,8 +27,7 @@ class SnapshotsPanel(QDialog):
         self.setWindowTitle(f"Snapshots of {vm_name}")
         self.ctx, self.vm_name = ctx, vm_name
         self.tasks = tasks or Tasks(parent=self)
-        self.confirm = lambda title, text: QMessageBox.question(self, title, text) == \
-            QMessageBox.Yes  # replaced in tests
+        self.confirm = lambda title, text: ask(self, title, text)  # replaced in tests
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("A snapshot holds the VM's disks, UEFI variables and TPM state;"
                                 " it is taken and restored while the VM is shut off."))

@@ -67,6 +67,26 @@ def dark_palette(palette: QPalette | None = None) -> bool:
     return palette.color(QPalette.Window).lightness() < 128
 
 
+def app_settings():
+    """The app's own settings (window size, remembered hosts): ``gui.conf`` in NeuronOS's
+    settings folder, so ``$NEURONOS_CONFIG_DIR`` keeps a second profile (or a test) apart
+    from the user's."""
+    from PySide6.QtCore import QSettings
+
+    from ..actions.context import settings_folder
+
+    return QSettings(str(settings_folder() / "gui.conf"), QSettings.IniFormat)
+
+
+def ask(parent, title: str, text: str) -> bool:
+    """Yes or No, with No the default: Enter never confirms what cannot be undone (a
+    revert, a forced stop)."""
+    from PySide6.QtWidgets import QMessageBox
+
+    return QMessageBox.question(parent, title, text, QMessageBox.Yes | QMessageBox.No,
+                                QMessageBox.No) == QMessageBox.Yes
+
+
 def error_label(text: str = "") -> QLabel:
     """A wrapping label for a refusal, red on a light palette, light red on a dark one."""
     label = QLabel(text)
