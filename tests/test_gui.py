@@ -1199,3 +1199,30 @@ def test_the_apps_own_settings_live_in_neuronos_settings_folder(tmp_path, monkey
     assert (tmp_path / "profile" / "gui.conf").is_file()
     assert "test:///default" in (tmp_path / "profile" / "gui.conf").read_text()
     assert app_settings().value("connections") == ["test:///default"]
+
+
+def test_the_menus_hold_every_action_and_ctrl_q_quits(window, qtbot):
+    """Issue 29 item 8 and the walk's toolbar overflow: there was no menu (Quit, About) and
+    Ctrl+Q did nothing, and on a 1280-pixel screen the toolbar's last buttons (Host check)
+    fell into its overflow. Every action is now in a menu, the rarer ones only there, the
+    toolbar fits the window, and Ctrl+Q closes the window."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QMenu
+
+    from vm_manager.gui.menus import MENU_ONLY
+
+    in_menus = {action for menu in window.menuBar().findChildren(QMenu)
+                for action in menu.actions()}
+    assert set(window.actions_by_key.values()) <= in_menus
+    on_toolbar = set(window.toolbar.actions())
+    assert not {window.actions_by_key[key] for key in MENU_ONLY} & on_toolbar
+    assert window.actions_by_key["readiness"] in on_toolbar
+    buttons = [window.toolbar.widgetForAction(action) for action in on_toolbar
+               if action in set(window.actions_by_key.values())]
+    # the width it opens at on a 1280-pixel screen, less the host chooser (about 210)
+    assert sum(button.sizeHint().width() for button in buttons) <= 1152 - 240
+    assert window.quit_action.shortcut().toString() == "Ctrl+Q"
+    window.show()
+    qtbot.waitExposed(window)
+    qtbot.keyClick(window, Qt.Key_Q, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=5000)

@@ -70,8 +70,7 @@ class PathFact:
     backing: str | None = None  # a disk image's backing file (qemu-img)
     pseudo: bool = False  # it lies in /proc, /sys or /dev (not a file the user keeps)
     parent_writable: bool = False  # a missing file could be made there (a serial log)
-    in_use: str | None = None  # a block device the host uses (mounted, held), or an image
-    #                             another VM uses
+    in_use: str | None = None  # a device the host holds (mounted, LVM), an image another VM's
     real: str | None = None  # the path with every symlink resolved
     unreadable: str | None = None  # why the desktop user may not use it (a share, a disk)
     why_missing: str | None = None  # said instead of "does not exist" (a remote host's file)
@@ -207,8 +206,8 @@ class RemoteHost:
     def firmware(self, caps: DomainCapabilities | None) -> tuple[str, ...]:
         return caps.firmware if caps is not None else ()
 
-    def kvm_problem(self) -> str | None:
-        return None  # another computer's KVM: its libvirt's domain capabilities tell
+    def kvm_problem(self) -> str | None:  # another computer's: its libvirt's capabilities tell
+        return None
 
     def path_facts(self, config: VMConfig, folder: Path) -> dict[str, PathFact]:
         return _remote_path_facts(self.connection, config, folder)

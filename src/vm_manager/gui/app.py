@@ -39,6 +39,7 @@ from .connections import Connections  # noqa: E402
 from .details import DetailsPane, EmptyState  # noqa: E402
 from .live import LiveParts  # noqa: E402
 from .icons import icon  # noqa: E402
+from .menus import MENU_ONLY, build_menus  # noqa: E402
 from .texts import display_unavailable, said  # noqa: E402
 
 log = get_logger(__name__)
@@ -149,10 +150,12 @@ class MainWindow(QMainWindow):
             action = QAction(icon(key), label, self)
             action.setShortcut(QKeySequence(shortcut))
             action.triggered.connect(getattr(self.commands, f"on_{key}"))
-            toolbar.addAction(action)
+            if key not in MENU_ONLY:
+                toolbar.addAction(action)
             if key != "refresh":
                 self.table.addAction(action)
             self.actions_by_key[key] = action
+        build_menus(self)
 
         self.hosts.build_connections()
         self.bridge.inventory_ready.connect(self._on_inventory)
