@@ -1226,3 +1226,37 @@ def test_the_menus_hold_every_action_and_ctrl_q_quits(window, qtbot):
     qtbot.waitExposed(window)
     qtbot.keyClick(window, Qt.Key_Q, Qt.ControlModifier)
     qtbot.waitUntil(lambda: not window.isVisible(), timeout=5000)
+
+
+def test_the_app_says_what_to_do_in_its_own_words_and_times_in_local_time(monkeypatch):
+    """Issue 29 item 5 and 8: the app told people to type `neuron-vm start ...`, to "create
+    it with --gpu ADDR --looking-glass", "delete with --delete-disks", to "set
+    NEURONOS_LG_CLIENT"; snapshot times were UTC ISO strings. Each is put in the app's
+    words, and a time in the user's own zone."""
+    import time
+
+    from vm_manager.gui.texts import for_people, local_times
+
+    for said_by_library, words, never in [
+            ("start it (`neuron-vm start win`): setup runs by itself from there",
+             "start it: setup runs by itself from there", "neuron-vm"),
+            ("VM 'x' has no Looking Glass display (create it with --gpu ADDR"
+             " --looking-glass)", "in Settings", "--gpu"),
+            ("kept (delete them with --delete-disks)", "Also delete its disks", "--delete"),
+            ("disks are kept unless you ask to delete them (--delete-disks)",
+             "Also delete its disks", "--delete"),
+            ("looking-glass-client not found: install it (Arch: AUR looking-glass) or set"
+             " NEURONOS_LG_CLIENT to its path", "install it", "NEURONOS_LG_CLIENT"),
+            ("KVM cannot run VMs on this computer; choose \"Slow: software emulation\" as"
+             " its Speed in Settings, or neuron-vm configure w --domain-type qemu",
+             "Speed in Settings", "neuron-vm")]:
+        shown = for_people(said_by_library)
+        assert words in shown and never not in shown, shown
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        assert local_times("before  2026-12-06T02:16:19Z  upgrade") == \
+            "before  2026-12-06 03:16:19 CET  upgrade"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -24,11 +24,14 @@ class DetailsPane(QTextBrowser):
         self.setHtml(f"<p><i>{html.escape(text)}</i></p>")
 
     def show_details(self, details) -> None:
+        from .texts import for_people, local_times
+
         self.shown = details.name
         parts = [f"<h3>{html.escape(details.name)}</h3>"]
         for section in details.sections:
             parts.append(f"<p><b>{html.escape(section.title)}</b></p><table cellspacing='2'>")
             for label, value in section.rows:
+                value = local_times(for_people(value))  # never a command to type
                 if label == section.title:  # "none" and the like: the value alone
                     parts.append(f"<tr><td colspan='2'>{html.escape(value)}</td></tr>")
                     continue

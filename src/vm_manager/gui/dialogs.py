@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..base.primitives import plural
-from .texts import NO_USB, SPEEDS, empty_row, gpu_label, said, usb_label
+from .texts import NO_USB, SPEEDS, empty_row, for_people, gpu_label, said, usb_label
 from .widgets import Tasks, check_item, error_label, fit_list, screen_room
 from .wizard import CreateWizard
 
@@ -86,11 +86,11 @@ class DeleteDialog(QDialog):
         for disk in self.full_plan.disks:
             will_delete = disk.delete and ticked
             verb = "delete" if will_delete else "keep"
-            reason = "" if disk.delete else f" ({disk.reason})"
+            reason = "" if disk.delete else f" ({for_people(disk.reason)})"
             item = QListWidgetItem(f"{verb}: {disk.path}{reason}")
             if not disk.delete:  # must be kept: shown greyed, whatever the box says
                 item.setFlags(item.flags() & ~Qt.ItemIsEnabled)
-                item.setToolTip(disk.reason)
+                item.setToolTip(for_people(disk.reason))
             self.disk_list.addItem(item)
         for path in plan.firmware_files:
             what = "TPM state" if "swtpm" in path else "UEFI variables"

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
+from .texts import local_times
 from .widgets import Tasks, ask, screen_room
 
 
@@ -65,8 +66,8 @@ class SnapshotsPanel(QDialog):
         self.tree.clear()
         for snap in self.snapshots:
             holds = ", ".join(["disks", *snap.files]) if snap.complete else "disks only"
-            self.tree.addTopLevelItem(QTreeWidgetItem([snap.name, snap.created, holds,
-                                                       snap.description]))
+            self.tree.addTopLevelItem(QTreeWidgetItem([snap.name, local_times(snap.created),
+                                                       holds, snap.description]))
         for column in range(4):
             self.tree.resizeColumnToContents(column)
         width = sum(self.tree.columnWidth(column) for column in range(4)) + 40
@@ -122,7 +123,8 @@ class SnapshotsPanel(QDialog):
         if snap is None:
             return
         lost = "its disks" if not snap.complete else "its disks, UEFI variables and TPM state"
-        if not self.confirm("Revert?", f"Revert {self.vm_name} to {name} ({snap.created})?"
+        if not self.confirm("Revert?", f"Revert {self.vm_name} to {name}"
+                            f" ({local_times(snap.created)})?"
                             f" Everything written to {lost} since then will be lost."):
             return
         self._do(f"Reverting to {name}", lambda: "reverted to " + snapshots.revert(

@@ -68,20 +68,33 @@ def field_label(field: str | None) -> str:
     return known or field.rsplit(".", 1)[-1].replace("_", " ").capitalize()
 
 
-# What the CLI's messages tell a user to type, in the app's words
+# What the CLI's messages tell a user to type, in the app's words (issue 29, item 5)
+CLI_PATTERNS = (  # (regular expression, the app's words)
+    (r",? or neuron-vm configure \S+ --domain-type qemu", ""),
+    (r" ?\(`neuron-vm start [^`]*`\)", ""),  # "start it (`neuron-vm start x`): ..."
+    (r"`neuron-vm start [^`]*`", "Start"),
+    (r"\(create it with --gpu ADDR --looking-glass\)",
+     "(give it a GPU and Looking Glass in Settings)"),
+    (r"\(delete them with --delete-disks\)", "(tick “Also delete its disks” to delete them)"),
+    (r"\((?:needs )?--delete-disks\)", "(tick “Also delete its disks”)"),
+    (r" or set NEURONOS_LG_CLIENT to its path", ""),
+    (r" \(`tzutil /l` lists them\)", ""),
+)
 CLI_WORDS = (
     ("allow it with --force", "allow it with “Allow more memory or vCPUs than this computer"
      " has”"),
     ("--force", "“Allow more memory or vCPUs than this computer has”"),
+    ("create VMs with --network none", "create VMs with No network"),
     ("--network none", "No network"),
 )
 
 
 def for_people(message: str) -> str:
-    """A library message with the CLI's flags put in the app's words."""
+    """A library message with the CLI's commands and flags put in the app's words."""
     import re
 
-    message = re.sub(r",? or neuron-vm configure \S+ --domain-type qemu", "", message)
+    for pattern, words in CLI_PATTERNS:
+        message = re.sub(pattern, words, message)
     for flag, words in CLI_WORDS:
         message = message.replace(flag, words)
     return message
@@ -112,4 +125,21 @@ def display_unavailable(row) -> str | None:
         return ("This VM has no Looking Glass display (it shows a passed-through GPU's"
                 " screen); use Console")
     return None
+
+
+UTC_STAMP = r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\b"  # how snapshots record their time
+
+
+def local_times(text: str) -> str:
+    """``text`` with each UTC time stamp (2026-12-06T02:16:19Z) in the user's local time,
+    as people read it (2026-12-06 03:16:19 with the zone's abbreviation)."""
+    import datetime
+    import re
+
+    def local(match) -> str:
+        stamp = datetime.datetime.strptime(match.group(0), "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc).astimezone()
+        return stamp.strftime("%Y-%m-%d %H:%M:%S %Z").rstrip()
+
+    return re.sub(UTC_STAMP, local, text)
 
