@@ -213,3 +213,22 @@ def test_an_existing_disk_takes_the_place_of_a_new_one(open_wizard, tmp_path):
     assert "disk_size_gb" not in wiz.config_data()
     page.disk_path.setText("")
     assert page.disk_size.isEnabled() and wiz.config_data()["disk_size_gb"]
+
+
+def test_the_time_zone_is_picked_from_windows_zones_with_this_computers_first(open_wizard):
+    """Issue 29 item 5: the time zone was free text that suggested `tzutil /l` (a Windows
+    command). It is now a list of Windows' zones with this computer's chosen, each with a
+    city; a city or an IANA name may still be typed."""
+    from vm_manager.actions.create import host_timezone
+
+    wiz, _conn = open_wizard()
+    zone = wiz.setup_page.timezone
+    ids = [zone.itemText(i) for i in range(zone.count())]
+    assert len(ids) > 100 and "W. Europe Standard Time" in ids and "Tokyo Standard Time" in ids
+    assert zone.text() == host_timezone()
+    berlin = ids.index("W. Europe Standard Time")
+    assert "e.g." in zone.itemData(berlin, __import__("PySide6.QtCore").QtCore.Qt.ToolTipRole)
+    zone.setCurrentIndex(ids.index("Tokyo Standard Time"))
+    wiz.setup_page.unattended.setChecked(True)
+    data = wiz.setup_page.config_data("windows11")
+    assert data["unattended"]["timezone"] == "Tokyo Standard Time"

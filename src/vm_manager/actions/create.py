@@ -135,6 +135,15 @@ def host_timezone() -> str:
     return windows_zone(host_zone()) or "UTC"
 
 
+def windows_zones() -> list[tuple[str, str]]:
+    """Every Windows time zone ID with a city in it (CLDR's windowsZones, as tzlocal ships
+    it), sorted by ID: the wizard's time zone list."""
+    from tzlocal.windows_tz import win_tz
+
+    return sorted((zone, iana.rsplit("/", 1)[-1].replace("_", " "))
+                  for zone, iana in win_tz.items())
+
+
 def parse_template(text: str) -> tuple[str, str | None]:
     """``windows11`` -> (windows11, None: chosen from the config); ``windows11-passthrough``
     -> (windows11, that template). Raises ``InvalidConfig`` for an unknown variant."""

@@ -5,7 +5,7 @@ Linux."""
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QCheckBox, QFormLayout, QLabel, QLineEdit, QWizard
+from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QLineEdit, QWizard
 
 from .widgets import CheckedPage, error_label, with_browse
 
@@ -18,7 +18,7 @@ class SetupPage(CheckedPage):
     fields = ("unattended", "password", "product key", "cloud_image_path", "secure_boot")
 
     def __init__(self, wizard: QWizard):  # the CreateWizard
-        from ..actions.create import host_locale, host_timezone
+        from ..actions.create import host_locale, host_timezone, windows_zones
 
         super().__init__()
         self.setTitle("Set the guest up without questions")
@@ -31,7 +31,7 @@ class SetupPage(CheckedPage):
         self.again = QLineEdit()
         self.again.setEchoMode(QLineEdit.Password)
         self.locale = QLineEdit(host_locale())
-        self.timezone = QLineEdit(host_timezone())
+        self.timezone = ZonePicker(windows_zones(), host_timezone())
         self.edition = QLineEdit()
         self.product_key = QLineEdit()
         self.product_key.setPlaceholderText("none: the edition's generic key (not activated)")
@@ -57,7 +57,7 @@ class SetupPage(CheckedPage):
         form.addRow(self.unattended)
         for label, widget in (
                 ("Account", self.user), ("Password", self.password), ("Again", self.again),
-                ("Formats (locale)", self.locale), ("Time zone (Windows ID)", self.timezone),
+                ("Formats (locale)", self.locale), ("Time zone", self.timezone),
                 ("Edition", self.edition), ("Product key", self.product_key),
                 ("Windows language", self.ui_language), ("Keyboard", self.keyboard),
                 ("Looking Glass host installer", with_browse(self.lg_installer, "(*.exe *.zip)")),
@@ -136,3 +136,33 @@ class SetupPage(CheckedPage):
         if setup is None or (setup.ssh_key_path and not self.password.text()):
             return
         check_password(self.password.text(), self.again.text())
+
+
+class ZonePicker(QComboBox):
+    """The Windows time zones to pick from (this computer's preselected), each with a city
+    in its tooltip; a zone may still be typed (an IANA name or a city is taken, as by
+    ``--timezone``). Read and written like a line edit (``text``, ``textChanged``)."""
+
+    def __init__(self, zones, current: str):
+        from PySide6.QtCore import Qt
+        from PySide6.QtWidgets import QCompleter
+
+        super().__init__()
+        self.setEditable(True)
+        self.setInsertPolicy(QComboBox.NoInsert)
+        for zone, city in zones:
+            self.addItem(zone)
+            self.setItemData(self.count() - 1, f"e.g. {city}", Qt.ToolTipRole)
+        completer = QCompleter([zone for zone, _ in zones], self)
+        completer.setCaseSensitivity(Qt.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchContains)
+        self.setCompleter(completer)
+        self.setCurrentText(current)
+        self.textChanged = self.currentTextChanged
+
+    def text(self) -> str:
+        return self.currentText()
+
+    def setText(self, text: str) -> None:  # noqa: N802 - a line edit's name
+        self.setCurrentText(text)
+
