@@ -1260,3 +1260,20 @@ def test_the_app_says_what_to_do_in_its_own_words_and_times_in_local_time(monkey
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_the_host_check_can_check_again_and_its_guide_has_its_own_room(window, qtbot):
+    """Issue 29 item 7: no Re-check, and the "Guided setup" box was drawn over the table's
+    last row. "Check again" runs the checks anew (a new dialog takes the old one's place),
+    and the guide lies below the table."""
+    window.commands.on_readiness()
+    qtbot.waitUntil(lambda: getattr(window, "readiness", None) is not None, timeout=10000)
+    first = window.readiness
+    qtbot.waitExposed(first)
+    assert first.recheck is not None and first.recheck.text() == "Check again"
+    if first.guide is not None:
+        assert first.guide.geometry().top() >= first.tree.geometry().bottom()
+    first.recheck.click()
+    qtbot.waitUntil(lambda: window.readiness is not first, timeout=10000)
+    assert not first.isVisible() and window.readiness.isVisible()
+    window.readiness.close()

@@ -65,7 +65,7 @@ def plan_fixes(checks: list[Check], *, user: str, lg_vms: tuple[str, ...] = (),
         fixes.append(Fix("IOMMU", "Turn on the IOMMU",
                          f"{FIRMWARE_SETUP}, turn on VT-d (Intel) or IOMMU / AMD-Vi (AMD), save"
                          " and start again. The kernel option it may need (intel_iommu=on) is"
-                         " written when you prepare a GPU below."))
+                         " written when a GPU is prepared for a VM."))
     if "user groups" in failing and user != "root":
         fixes.append(Fix("user groups", f"Add {user} to the libvirt and kvm groups",
                          "lets you manage VMs without a password, which also makes you as"

@@ -190,7 +190,10 @@ class Commands:
         checks, fixes = found
         self.window.statusBar().showMessage("Host check done")
         window = self.window
-        window.readiness = ReadinessDialog(checks, window, fixes=fixes, tasks=window.tasks)
+        if getattr(window, "readiness", None) is not None:
+            window.readiness.close()  # "Check again": the new answer takes its place
+        window.readiness = ReadinessDialog(checks, window, fixes=fixes, tasks=window.tasks,
+                                           recheck=self.on_readiness)
         window.readiness.show()
 
     def on_display(self) -> None:

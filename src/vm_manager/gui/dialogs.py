@@ -128,7 +128,9 @@ class ReadinessDialog(QDialog):
 
     COLORS = {"ok": "#2e7d32", "warn": "#f9a825", "fail": "#c62828"}
 
-    def __init__(self, checks, parent=None, fixes=None, tasks: Tasks | None = None):
+    def __init__(self, checks, parent=None, fixes=None, tasks: Tasks | None = None,
+                 recheck=None):
+        """``recheck``: called by "Check again" (the window runs the checks anew)."""
         super().__init__(parent)
         self.setWindowTitle("Is this computer ready?")
         layout = QVBoxLayout(self)
@@ -155,6 +157,10 @@ class ReadinessDialog(QDialog):
             layout.addWidget(self.guide)
         buttons = QDialogButtonBox(QDialogButtonBox.Close)
         buttons.rejected.connect(self.reject)
+        self.recheck = None
+        if recheck is not None:
+            self.recheck = buttons.addButton("Check again", QDialogButtonBox.ActionRole)
+            self.recheck.clicked.connect(recheck)
         layout.addWidget(buttons)
         self._fit()
 
@@ -179,10 +185,10 @@ class ReadinessDialog(QDialog):
         rows = sum(max(tree.sizeHintForIndex(model.index(row, column)).height()
                        for column in range(4)) + 1
                    for row in range(tree.topLevelItemCount()))
-        height = (rows + tree.header().sizeHint().height() + 2 * tree.frameWidth()
-                  + self.summary.sizeHint().height() + 96)
-        tree.setMinimumHeight(min(height - self.summary.sizeHint().height() - 96,
-                                  room_height - 140))
+        others = self.summary.sizeHint().height() + 96 + (  # the guide below the table:
+            self.guide.sizeHint().height() + 12 if self.guide is not None else 0)  # its room
+        height = rows + tree.header().sizeHint().height() + 2 * tree.frameWidth() + others
+        tree.setMinimumHeight(max(min(height - others, room_height - others - 44), 120))
         self.resize(min(width, room_width), min(height, room_height))
 
 
