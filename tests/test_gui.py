@@ -1277,3 +1277,20 @@ def test_the_host_check_can_check_again_and_its_guide_has_its_own_room(window, q
     qtbot.waitUntil(lambda: window.readiness is not first, timeout=10000)
     assert not first.isVisible() and window.readiness.isVisible()
     window.readiness.close()
+
+
+def test_the_details_follow_what_the_snapshots_panel_changed(window, qtbot):
+    """Issue 29 item 8: after a snapshot was taken in the panel, the details still said
+    "Snapshots: none" until the VM was selected again. A change in the panel reads the
+    details anew."""
+    window.select("beta")
+    qtbot.waitUntil(lambda: window.details.shown == "beta", timeout=5000)
+    window.commands.on_snapshots()
+    qtbot.waitUntil(lambda: getattr(window, "snapshots_panel", None) is not None, timeout=5000)
+    with guard.allowed():  # as the panel's take does, through libvirt
+        window.connection.execute(lambda c: c.lookupByName("beta").snapshotCreateXML(
+            "<domainsnapshot><name>before-upgrade</name></domainsnapshot>", 0))
+    assert "before-upgrade" not in window.details.toPlainText()
+    window.snapshots_panel.changed.emit()  # what the panel says after each of its actions
+    qtbot.waitUntil(lambda: "before-upgrade" in window.details.toPlainText(), timeout=5000)
+    window.snapshots_panel.close()

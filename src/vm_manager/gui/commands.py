@@ -164,6 +164,7 @@ class Commands:
             window = self.window
             window.snapshots_panel = SnapshotsPanel(ctx, name, listing, tasks=window.tasks,
                                                   parent=self.window)
+            window.snapshots_panel.changed.connect(window._details_timer.start)  # read anew
             self.window.snapshots_panel.show()
 
         self._prepare(f"Reading the snapshots of {name}",

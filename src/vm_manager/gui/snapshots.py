@@ -4,6 +4,7 @@ action of the CLI, on a worker."""
 
 from __future__ import annotations
 
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -16,11 +17,13 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from .texts import local_times
+from .texts import local_times, said
 from .widgets import Tasks, ask, screen_room
 
 
 class SnapshotsPanel(QDialog):
+    changed = Signal()  # a snapshot was taken, reverted to or deleted: the details are stale
+
     def __init__(self, ctx, vm_name: str, snapshots, tasks: Tasks | None = None, parent=None):
         """``snapshots``: the VM's list (``actions.snapshots.list_snapshots``), read on a
         worker before the panel opens."""
@@ -100,10 +103,11 @@ class SnapshotsPanel(QDialog):
             self.setEnabled(True)
             self.status.setText(message)
             self.show_list(listing)
+            self.changed.emit()
 
         def failed(error: BaseException) -> None:
             self.setEnabled(True)
-            self.status.setText(f"{label} failed: {error}")
+            self.status.setText(f"{label} failed: {said(error)}")
 
         self.tasks.run(run, done, failed)
 

@@ -56,7 +56,7 @@ FIELD_LABELS = {
     "product key": "Product key", "unattended.lg_host_installer": "Looking Glass host installer",
     "unattended.winfsp_installer": "WinFsp installer", "shares.path": "Shared folder",
     "unattended.gpu_driver_installer": "GPU driver", "cloud_image_path": "Cloud image",
-    "unattended.ssh_key_path": "SSH public key",
+    "unattended.ssh_key_path": "SSH public key", "SNAP": "Snapshot name",
 }
 
 
