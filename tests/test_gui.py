@@ -459,9 +459,9 @@ def test_settings_dialog_rewrites_a_stopped_vm(qtbot, make_host, tmp_path):
         conn.close()
 
 
-def test_usb_panel_reverts_a_refused_attach(qtbot, three_vm_uri, tmp_path):
-    from PySide6.QtCore import Qt
-
+@pytest.fixture
+def usb_panel(qtbot, three_vm_uri, tmp_path):
+    """The USB panel of alpha (running) on a host with one USB device plugged in."""
     from vm_manager.actions import usb
     from vm_manager.gui.dialogs import USBPanel
     from support.fakes import FakeUSBDevice, add_usb_devices
@@ -473,34 +473,31 @@ def test_usb_panel_reverts_a_refused_attach(qtbot, three_vm_uri, tmp_path):
         devices, attached = usb.list_usb(ctx), usb.attached(ctx, "alpha")
     panel = USBPanel(ctx, "alpha", devices, attached)
     qtbot.addWidget(panel)
+    yield panel
+    with guard.allowed():
+        conn.close()
+
+
+def test_usb_panel_reverts_a_refused_attach(qtbot, usb_panel):
+    from PySide6.QtCore import Qt
+
+    panel = usb_panel
     item = panel.list.item(0)
     assert item.checkState() == Qt.Unchecked
     item.setCheckState(Qt.Checked)  # the test driver cannot hot-plug
     qtbot.waitUntil(lambda: bool(panel.errors), timeout=5000)
     assert panel.errors and item.checkState() == Qt.Unchecked
-    with guard.allowed():
-        conn.close()
 
 
 @pytest.mark.parametrize("way", ["close button", "Escape", "window manager"])
-def test_the_usb_panel_closes_every_way(qtbot, three_vm_uri, tmp_path, way):
+def test_the_usb_panel_closes_every_way(qtbot, usb_panel, way):
     """Issue 29 item 1: the USB dialog never closed (an attribute named ``done`` hid
     QDialog.done, and every way of closing raised TypeError). It closes by its Close
     button, by Escape and by the window manager, after a device was ticked too."""
     from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QDialogButtonBox
 
-    from vm_manager.actions import usb
-    from vm_manager.gui.dialogs import USBPanel
-    from support.fakes import FakeUSBDevice, add_usb_devices
-
-    root = add_usb_devices(tmp_path / "usb", [FakeUSBDevice(1, "2", "046d", "c077")])
-    with guard.allowed():
-        conn = LibvirtConnection(three_vm_uri).open()
-        ctx = Context(connection=conn, host_root=root)
-        devices, attached = usb.list_usb(ctx), usb.attached(ctx, "alpha")
-    panel = USBPanel(ctx, "alpha", devices, attached)
-    qtbot.addWidget(panel)
+    panel = usb_panel
     panel.show()
     qtbot.waitExposed(panel)
     panel.list.item(0).setCheckState(Qt.Checked)  # refused by the test driver: answered
@@ -513,8 +510,6 @@ def test_the_usb_panel_closes_every_way(qtbot, three_vm_uri, tmp_path, way):
         else:
             panel.close()
     assert not panel.isVisible()
-    with guard.allowed():
-        conn.close()
 
 
 def test_forced_stop_made_elsewhere_is_notified(window, qtbot):
