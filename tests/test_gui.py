@@ -1050,7 +1050,7 @@ def test_show_display_is_offered_only_for_looking_glass_vms_on_this_computer(win
     window.model.reset_host(window.uri, [*local, glass])
     window.select("glass")
     display = window.actions_by_key["display"]
-    assert display.isEnabled() and display.toolTip() == display.text()
+    assert display.isEnabled() and "Looking Glass window" in display.toolTip()
     window.select("far", remote)
     assert window.uri == remote
     assert not display.isEnabled() and "use Console" in display.toolTip()
@@ -1289,3 +1289,15 @@ def test_the_details_follow_what_the_snapshots_panel_changed(window, qtbot):
     window.snapshots_panel.changed.emit()  # what the panel says after each of its actions
     qtbot.waitUntil(lambda: "before-upgrade" in window.details.toPlainText(), timeout=5000)
     window.snapshots_panel.close()
+
+
+def test_a_disabled_action_says_why_and_an_enabled_one_what_it_does(window):
+    """Issue 29 item 8: tooltips repeated the labels and a greyed button never said why."""
+    window.select("alpha")  # running
+    start, stop = window.actions_by_key["start"], window.actions_by_key["stop"]
+    assert not start.isEnabled() and start.toolTip() == "Not while alpha is running"
+    assert stop.isEnabled() and "shut down" in stop.toolTip()
+    settings = window.actions_by_key["settings"]
+    assert not settings.isEnabled() and "stopped VM" in settings.toolTip()
+    assert all(action.toolTip() != action.text() for action in window.actions_by_key.values())
+

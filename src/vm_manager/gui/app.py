@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (QApplication, QLabel, QMainWindow, QSplitter, QSt
 os.environ.setdefault("QT_NO_GLIB", "1")
 
 from ..actions import Context  # noqa: E402
-from ..actions.power import actionable_state, allowed_operations  # noqa: E402
 from ..base.primitives import VMState, host_name  # noqa: E402
 from ..base.log import get_logger  # noqa: E402
 from .widgets import Banner, EventBridge, Tasks, app_settings, notify_desktop, quit_on_signals  # noqa: E402,E501
@@ -39,30 +38,11 @@ from .connections import Connections  # noqa: E402
 from .details import DetailsPane, EmptyState  # noqa: E402
 from .live import LiveParts  # noqa: E402
 from .icons import icon  # noqa: E402
-from .menus import MENU_ONLY, build_menus  # noqa: E402
-from .texts import display_unavailable, said  # noqa: E402
+from .menus import ACTIONS, MENU_ONLY, build_menus, update_actions  # noqa: E402
+from .texts import said  # noqa: E402
 
 log = get_logger(__name__)
 
-# action key -> (label, state-machine operation, shortcut)
-ACTIONS = {
-    "start": ("Start", "start", "Ctrl+Return"),
-    "stop": ("Stop", "stop", "Ctrl+E"),
-    "force_stop": ("Force stop…", "force-stop", "Ctrl+Shift+E"),
-    "pause": ("Pause", "pause", "Ctrl+P"),
-    "resume": ("Resume", "resume", "Ctrl+Shift+P"),
-    "reboot": ("Reboot", "reboot", "Ctrl+Shift+R"),
-    "display": ("Show display", None, "Ctrl+D"),
-    "console": ("Console", None, "Ctrl+Shift+C"),
-    "delete": ("Delete…", "delete", QKeySequence.Delete),
-    "refresh": ("Refresh", None, QKeySequence.Refresh),
-    "settings": ("Settings…", None, "Ctrl+,"),
-    "usb": ("USB…", None, "Ctrl+U"),
-    "snapshots": ("Snapshots…", None, "Ctrl+Shift+S"),
-    "create": ("New VM…", None, QKeySequence.New),
-    "readiness": ("Host check…", None, "Ctrl+H"),
-}
-ALWAYS_ENABLED = {"refresh", "readiness"}
 DETAILS_WIDTH = 340  # the details pane beside the list, where the screen has room
 
 
@@ -146,7 +126,7 @@ class MainWindow(QMainWindow):
         toolbar.setToolButtonStyle(Qt.ToolButtonTextUnderIcon)
         self.setWindowIcon(icon("vm"))
         self.actions_by_key: dict[str, QAction] = {}
-        for key, (label, _, shortcut) in ACTIONS.items():
+        for key, (label, _, shortcut, _does) in ACTIONS.items():
             action = QAction(icon(key), label, self)
             action.setShortcut(QKeySequence(shortcut))
             action.triggered.connect(getattr(self.commands, f"on_{key}"))
@@ -340,32 +320,7 @@ class MainWindow(QMainWindow):
         self.table.select(name, host)
 
     def update_actions(self) -> None:
-        row = self.table.selected_row()
-        here = self.uri in self.live and self.uri not in self.problems
-        connected = row is not None and row.host in self.live and row.host not in self.problems
-        state = row and actionable_state(self.contexts.get(row.host), row.name, row.state)
-        allowed = set(allowed_operations(state)) if connected else set()
-        busy = row is not None and row.key in self.busy
-        for key, (_, operation, _) in ACTIONS.items():
-            action = self.actions_by_key[key]
-            if key in ALWAYS_ENABLED:
-                action.setEnabled(True)
-            elif key == "create":
-                action.setEnabled(here)
-            elif key in ("console", "snapshots"):  # the viewer waits for the VM to start;
-                action.setEnabled(connected)  # the panel lists for any state
-            elif key == "display":
-                why = display_unavailable(row)
-                action.setEnabled(connected and state == VMState.RUNNING and why is None)
-                action.setToolTip(why or action.text())
-            elif key == "usb":
-                action.setEnabled(connected and state == VMState.RUNNING)
-            elif key == "settings":
-                action.setEnabled(connected and state == VMState.SHUTOFF and not busy)
-            elif busy and key != "force_stop":
-                action.setEnabled(False)
-            else:
-                action.setEnabled(operation in allowed)
+        update_actions(self)
 
     def _run(self, name: str, label: str, call: Callable[[], object]) -> None:
         """An action on ``name`` of the current host on a worker; the VM shows busy until
