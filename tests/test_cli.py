@@ -232,9 +232,10 @@ def test_gpu_list_and_doctor_run_without_libvirt_python(tmp_path):
 
 @pytest.mark.parametrize("argv, exit_code", [
     (["info", "nope"], EXIT_NOT_FOUND),  # an error: {"error", "field", "exit"}
-    (["snapshot", "revert", "beta", "s0", "--yes"], EXIT_USAGE),
-    (["snapshot", "delete", "beta", "s0", "--yes"], EXIT_USAGE),
-    (["shm-permissions", "beta"], EXIT_OK),  # printed text: {"message"}
+    (["snapshot", "revert", "beta", "s0", "--yes"], EXIT_USAGE),  # argparse's error
+    (["snapshot", "revert", "beta", "s0"], EXIT_NOT_FOUND),  # no such snapshot
+    (["snapshot", "delete", "beta", "s0"], EXIT_NOT_FOUND),
+    (["shm-permissions", "beta"], EXIT_USAGE),  # beta has no Looking Glass
     (["templates", "show", "windows11-basic"], EXIT_OK),  # a template: {"message"}
     (["templates", "show", "nope"], None),
     (["create", "x", "--memory", "lots"], EXIT_USAGE),

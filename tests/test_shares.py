@@ -121,6 +121,8 @@ def test_duplicate_tags_unknown_shares_and_vms(world, vm, folder, tmp_path):
     other.mkdir()
     code, _, err = run(world, "share", "add", vm, str(other), "--tag", "data")
     assert code == 2 and "already shares a folder as 'data'" in err
+    code, _, err = run(world, "share", "add", vm, str(folder))  # the same folder again
+    assert code == 2 and "is shared already, as 'data'" in err and "another tag" not in err
     code, _, err = run(world, "share", "remove", vm, "nope")
     assert code == 2 and "shares no folder 'nope' (its shares: data)" in err
     assert run(world, "share", "list", "ghost")[0] == 3

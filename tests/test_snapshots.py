@@ -162,7 +162,8 @@ def test_the_cli_and_the_vm_delete_know_snapshots(vm):
     assert json.loads(out)["snapshots"] == 2
     assert run("snapshot", "create", "win", "bad name")[0] == 2
     assert run("snapshot", "create", "nope", "s")[0] == 3
-    assert run("snapshot", "revert", "win", "missing")[0] == 2
+    assert run("snapshot", "revert", "win", "missing")[0] == 3  # not found, as a VM
+    assert run("snapshot", "delete", "win", "missing")[0] == 3
     code, _, err = run("delete", "win", "--yes")
     assert code == 2 and "has snapshots (" in err and "--delete-disks" in err
     assert "s1" in err and "by-virsh" in err

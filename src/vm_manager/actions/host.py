@@ -141,14 +141,21 @@ def shm_permissions(ctx: Context, vm: str, user: str | None = None,
     """The systemd-tmpfiles rule for ``/dev/shm/looking-glass-<vm>``: the desktop user's,
     0600, plus an ACL entry for QEMU's user; written, and applied at once, only with
     ``apply``."""
+    from ..base.domain_xml import read_domain
+    from ..base.errors import InvalidConfig
     from ..doctor.host_check import desktop_user
-    from ..passthrough.ivshmem import write_tmpfiles_rule
+    from ..passthrough.ivshmem import shm_name, write_tmpfiles_rule
     from ..passthrough.pci import host_root
 
     ctx.require_local("shm-permissions", "the rule goes into the other machine's"
                       " /etc/tmpfiles.d; run it there")
     connection = ctx.connection  # a rule for a VM that does not exist is an error (exit 3)
-    connection.execute(lambda conn: connection.lookup(conn, vm).name())
+    xml = connection.execute(lambda conn: connection.lookup(conn, vm).XMLDesc(0),
+                             idempotent=True)
+    if read_domain(xml).shmem(shm_name(vm)) is None:  # (a walk got a rule for such a VM)
+        raise InvalidConfig("NAME", f"{vm} has no Looking Glass shared memory: there is"
+                            " nothing to give anyone (Looking Glass needs a passed-through"
+                            " GPU: neuron-vm configure NAME --gpu ADDR --looking-glass)")
     root = host_root(ctx.host_root)
     path, text = write_tmpfiles_rule(vm, user or desktop_user(), root, apply=apply)
     ran = None

@@ -69,7 +69,8 @@ def add(ctx: Context, vm: str, path: str, tag: str | None = None, readonly: bool
 
     share = ShareConfig(path, tag, readonly)
     current = _saved(ctx, vm)
-    if any(item.tag == share.tag for item in current):
+    # the same folder again is said by planning ("shared already"), not "give another tag"
+    if any(item.tag == share.tag and item.path != share.path for item in current):
         raise InvalidConfig("shares.tag", f"{vm} already shares a folder as {share.tag!r}:"
                             " give another tag")
     outcome = _change(ctx, vm, [*current, share])

@@ -50,6 +50,12 @@ class InvalidConfig(VMManagerError):
         super().__init__(f"{self.field}: {self.message}")
 
 
+class NotFound(InvalidConfig):
+    """What a command names (a snapshot) does not exist: exit 3, as a missing VM."""
+
+    exit_code = 3
+
+
 def _shorten_quoted(text: str, keep: int = 40, limit: int = 600) -> str:
     """A message echoes what the user typed; a 100,000-character value is cut to its start
     and its length (any unbroken run of 60+ characters), and the whole message to 600."""

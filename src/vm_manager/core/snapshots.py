@@ -43,7 +43,7 @@ import libvirt
 
 from ..base.connection import LibvirtConnection
 from ..base.domain_xml import read_domain
-from ..base.errors import InvalidConfig, LifecycleError, OperationFailed, VMManagerError
+from ..base.errors import InvalidConfig, LifecycleError, NotFound, OperationFailed, VMManagerError
 from ..base.log import get_logger
 from ..base.values import parse_text
 
@@ -293,7 +293,7 @@ class SnapshotManager:
                                  " shut off (stop it, or give --force)")
         snap = next((s for s in self.list(vm) if s.name == name), None)
         if snap is None:
-            raise InvalidConfig("SNAP", f"{vm} has no snapshot {name!r}")
+            raise NotFound("SNAP", f"{vm} has no snapshot {name!r}")
         missing = [kind for kind in snap.files if not (self.folder(vm) / name / kind).exists()]
         if missing:
             raise OperationFailed(f"the {' and '.join(missing)} copies of {name!r} are missing"
@@ -346,7 +346,7 @@ class SnapshotManager:
         if not _safety:
             check_snapshot_name(name)
             if not any(s.name == name for s in self.list(vm)):
-                raise InvalidConfig("SNAP", f"{vm} has no snapshot {name!r}")
+                raise NotFound("SNAP", f"{vm} has no snapshot {name!r}")
         self._delete_disk_snapshot(vm, name)
         shutil.rmtree(self.folder(vm) / name, ignore_errors=True)
         self._drop_empty_folder(vm)
