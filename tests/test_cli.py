@@ -329,3 +329,28 @@ def test_a_vm_created_on_the_test_driver_says_its_files_stay(tmp_path, monkeypat
     assert "warning: libvirt's test driver keeps this VM only while this connection is open" \
         in out and str(tmp_path / "images") in out  # the plan's warnings
     assert (tmp_path / "images" / "t1.qcow2").exists()
+
+
+def test_configure_moves_a_vm_to_another_network_with_the_same_mac(make_host, tmp_path,
+                                                                   monkeypatch):
+    """`configure --network` (issue 29 item 6, the Settings field's CLI twin): the NIC moves
+    with its MAC; a network libvirt does not have is exit 2; `none` takes the NIC away."""
+    import re
+
+    from support.fakes import FakeHost  # noqa: F401 - make_host's fields
+    from vm_manager.base.connection import LibvirtConnection
+
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    with LibvirtConnection(make_host(networks=("default", "lan"))) as conn:
+        def nics():
+            xml = conn.execute(lambda c: c.lookupByName("m").XMLDesc(0))
+            return re.findall(r"<mac address='([^']+)'/>\s*<source network='([^']+)'", xml)
+
+        assert run(["create", "m", "--template", "linux", "--disk-size", "1"], conn)[0] == 0
+        (mac, _), = nics()
+        code, out, err = run(["configure", "m", "--network", "lan"], conn)
+        assert code == 0 and nics() == [(mac, "lan")], (out, err)
+        code, _, err = run(["configure", "m", "--network", "nowhere"], conn)
+        assert code == 2 and "--network" in err and nics() == [(mac, "lan")]
+        assert run(["configure", "m", "--network", "none"], conn)[0] == 0 and nics() == []

@@ -417,13 +417,13 @@ def test_readiness_page_shows_checks_with_fixes(qtbot):
 
 # --- settings, USB panel, notifications -------------------------------------------------------
 
-def settings_world(make_host, tmp_path, config, host_root):
-    """A test-driver host with ``config`` made by the creator, and what the window's worker
-    would read before opening the settings dialog."""
+def settings_world(make_host, tmp_path, config, host_root, networks=("default",)):
+    """A test-driver host (with ``networks``) with ``config`` made by the creator, and what
+    the window's worker would read before opening the settings dialog."""
     from vm_manager.actions import host
 
     with guard.allowed():
-        conn = LibvirtConnection(make_host()).open()
+        conn = LibvirtConnection(make_host(networks=networks)).open()
         ctx = Context(connection=conn, store=VMStore(tmp_path / "config"),
                       images_dir=tmp_path / "images", host_root=host_root)
         ctx.creator().create(config, usb_later=True)  # one device is configured, unplugged
@@ -1301,3 +1301,39 @@ def test_a_disabled_action_says_why_and_an_enabled_one_what_it_does(window):
     assert not settings.isEnabled() and "stopped VM" in settings.toolTip()
     assert all(action.toolTip() != action.text() for action in window.actions_by_key.values())
 
+
+
+def test_settings_moves_a_vm_to_another_network_keeping_its_card(qtbot, make_host, tmp_path):
+    """Issue 29 item 6: Settings had no network field. It has the wizard's network list;
+    a VM moved to another network keeps its NIC's MAC (the guest sees the same card), and
+    "No network" takes the NIC away."""
+    import re
+
+    from vm_manager.gui.dialogs import SettingsDialog
+
+    conn, ctx, saved, devices = settings_world(make_host, tmp_path, VMConfig(
+        name="n", vm_type="linux", memory_mb="2G", vcpus=2, disk_size_gb=1,
+        network="default", domain_type="qemu"), tmp_path / "no-gpus", ("default", "lan"))
+
+    def nics():
+        with guard.allowed():
+            xml = conn.execute(lambda c: c.lookupByName("n").XMLDesc(0))
+        return re.findall(r"<mac address='([^']+)'/>\s*<source network='([^']+)'", xml)
+
+    (mac, network), = nics()
+    assert network == "default"
+    dialog = SettingsDialog(ctx, saved, devices)
+    qtbot.addWidget(dialog)
+    assert dialog.network.value() == "default"
+    dialog.network.combo.setCurrentIndex(dialog.network.combo.findData("lan"))
+    dialog.apply()
+    qtbot.waitUntil(lambda: dialog.result is not None, timeout=5000)
+    assert nics() == [(mac, "lan")] and ctx.store.load("n").network == "lan"
+    dialog = SettingsDialog(ctx, ctx.store.load("n"), devices)
+    qtbot.addWidget(dialog)
+    dialog.network.combo.setCurrentIndex(dialog.network.combo.findData("none"))
+    dialog.apply()
+    qtbot.waitUntil(lambda: dialog.result is not None, timeout=5000)
+    assert nics() == [] and ctx.store.load("n").network == "none"
+    with guard.allowed():
+        conn.close()

@@ -208,6 +208,7 @@ class SettingsChange:
     looking_glass: bool | None = None
     shares: tuple[dict, ...] | None = None  # {"path", "tag", "readonly"}: the whole list
     domain_type: str | None = None  # "kvm", or "qemu" (software emulation)
+    network: str | None = None  # a libvirt network's name, or "none"
     force: bool = False
 
     @property
@@ -216,7 +217,7 @@ class SettingsChange:
         start (its definition changes; what runs now cannot)."""
         return (self.shares is not None and self.memory is None and self.vcpus is None
                 and self.gpu == KEEP and self.usb is None and self.looking_glass is None
-                and self.domain_type is None)
+                and self.domain_type is None and self.network is None)
 
 
 @dataclass
@@ -238,6 +239,8 @@ def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
         data["vcpus"] = change.vcpus
     if change.domain_type is not None:
         data["domain_type"] = change.domain_type
+    if change.network is not None:
+        data["network"] = change.network
     if change.gpu != KEEP:
         current = config.gpu_passthrough
         if change.gpu is None:

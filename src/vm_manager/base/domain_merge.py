@@ -247,17 +247,24 @@ def _merge_devices(cur, old, new, changes: list[str], missing: list[str]) -> Non
     claimed: list = []  # the elements themselves: an lxml proxy's id() is reused once freed
     for element in kept:  # what stays is matched first, so a removal never takes it
         _claim(cur, element, claimed)
+    macs = []  # a NIC moved to another network keeps its MAC: the guest sees the same card
     for element in dropped:
         mine = _claim(cur, element, claimed)
         if mine is None:
             missing.append(_label(element))
             continue
+        if mine.tag == "interface" and mine.find("mac") is not None:
+            macs.append(copy.deepcopy(mine.find("mac")))
         cur.remove(mine)
         changes.append(f"removed {_describe(element)}")
     for element in added:
         if _claim(cur, element, claimed) is not None:
             continue  # it is there already (attached by hand, say)
         fresh = copy.deepcopy(element)
+        if fresh.tag == "interface" and fresh.find("mac") is None and macs:
+            mac = macs.pop(0)
+            fresh.insert(0, mac)
+            mac.tail, fresh.text = fresh.text, fresh.text
         same = [child for child in _elements(cur) if child.tag == element.tag]
         if same and same[-1] is not _elements(cur)[-1]:  # beside its kind
             same[-1].addnext(fresh)

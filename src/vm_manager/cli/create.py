@@ -117,6 +117,9 @@ def register(commands, common, subcommand) -> None:
     usb.add_argument("--no-usb", action="store_true", help="no USB devices")
     configure.add_argument("--looking-glass", action=argparse.BooleanOptionalAction,
                            default=None, help="show the GPU's screen through Looking Glass")
+    configure.add_argument("--network", metavar="NAME|none",
+                           help="the libvirt network it is on (none: no network); its NIC"
+                           " keeps its MAC")
     configure.add_argument("--domain-type", choices=("kvm", "qemu"),
                            help="kvm, or qemu: software emulation (slow; where KVM cannot"
                            " run VMs)")
@@ -307,7 +310,8 @@ def cmd_configure(ctx: CommandContext) -> int:
         usb = () if args.no_usb else (tuple(usb_ids(args.usb)) if args.usb else None)
         change = create.SettingsChange(memory=args.memory, vcpus=args.cpus, gpu=gpu, usb=usb,
                                        looking_glass=args.looking_glass,
-                                       domain_type=args.domain_type, force=args.force)
+                                       domain_type=args.domain_type,
+                                       network=args.network, force=args.force)
         outcome = create.reconfigure(ctx.actions, args.name, change)
     from ..base.primitives import plural
 

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 from ..base.primitives import plural
 from .texts import NO_USB, SPEEDS, empty_row, for_people, gpu_label, said, usb_label
 from .widgets import Tasks, check_item, error_label, fit_list, screen_room
+from .networks import NetworkPicker
 from .wizard import CreateWizard
 
 __all__ = ["CreateWizard", "DeleteDialog", "ReadinessDialog", "SettingsDialog", "USBPanel"]
@@ -233,6 +234,8 @@ class SettingsDialog(QDialog):
         if current:
             index = self.gpu.findData(current)
             self.gpu.setCurrentIndex(index if index >= 0 else 0)
+        self.network = NetworkPicker(ctx, devices.networks, self.tasks,
+                                     current=config.network or "none")
         self.speed = QComboBox()
         for value, label in SPEEDS:
             self.speed.addItem(label, value)
@@ -280,6 +283,7 @@ class SettingsDialog(QDialog):
         form.addRow("Memory", self.memory)
         form.addRow("vCPUs", self.vcpus)
         form.addRow("Speed", self.speed)
+        form.addRow("Network", self.network)
         form.addRow("GPU", self.gpu)
         form.addRow(self.looking_glass)
         form.addRow("USB devices", self.usb)
@@ -337,13 +341,17 @@ class SettingsDialog(QDialog):
         return SettingsChange(memory=self.memory.text().strip(), vcpus=self.vcpus.value(),
                               gpu=self.gpu.currentData(), usb=usb,
                               looking_glass=self.looking_glass.isChecked(), shares=shares,
-                              domain_type=self.speed.currentData())
+                              domain_type=self.speed.currentData(),
+                              network=self.network.value())
 
     def apply(self) -> None:
         from ..actions import create
         from ..base.errors import VMManagerError
 
         change = self.change()
+        if self.network.problem() and change.network != self.base.network:
+            self.error.setText(f"Network: {self.network.problem()}")
+            return
         try:
             create.apply_change(self.base, change)  # pure: a bad value is told at once
         except VMManagerError as error:
