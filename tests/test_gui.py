@@ -127,6 +127,28 @@ def test_illegal_outcome_is_reported_not_raised(window, qtbot):
     assert "in progress" in window.last_error
 
 
+def test_a_failed_action_stays_in_the_details_until_one_succeeds(window, qtbot):
+    """Issue 29 item 3: a failure showed only in the status bar, and went with the next
+    message. It stays at the top of the VM's details, with its words, until an action on
+    the VM succeeds."""
+    window.select("beta")
+    qtbot.waitUntil(lambda: window.details.shown == "beta", timeout=5000)
+    states = window.hosts.lifecycle.states
+    with guard.allowed():
+        ticket = states.begin("beta", "start", timeout=30)  # someone else is starting it
+    window.commands.on_start()
+    qtbot.waitUntil(lambda: "The last action failed" in window.details.toPlainText(),
+                    timeout=5000)
+    assert "in progress" in window.details.toPlainText()
+    window.statusBar().showMessage("something else")  # the status bar moves on; it stays
+    with guard.allowed():
+        states.end(ticket)
+    window.commands.on_start()
+    qtbot.waitUntil(lambda: state_of(window, "beta") == S.RUNNING, timeout=5000)
+    qtbot.waitUntil(lambda: "The last action failed" not in window.details.toPlainText(),
+                    timeout=5000)
+
+
 def test_delete_dialog_defaults(qtbot, make_host, tmp_path, monkeypatch):
     from vm_manager.actions import delete
 

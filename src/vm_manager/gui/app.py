@@ -74,6 +74,7 @@ class MainWindow(QMainWindow):
         self.pool = self.tasks.pool
         self.busy: set[tuple[str, str]] = set()  # (host, name) of VMs waiting on an action
         self.last_error: str | None = None
+        self.failures: dict[tuple[str, str], str] = {}  # (host, VM): its last action's error
         self.notifications: list[tuple[str, str]] = []  # (title, text), also for tests
         self._reload_timer = QTimer(self)
         self._reload_timer.setSingleShot(True)
@@ -331,10 +332,11 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"{label} {name}…")
 
         def done(result) -> None:
+            self.failures.pop(key, None)
             self._finished(key, f"{name}: {getattr(result, 'message', 'done')}")
 
-        def failed(error: BaseException) -> None:
-            self.last_error = said(error)
+        def failed(error: BaseException) -> None:  # said in its details until one succeeds
+            self.last_error = self.failures[key] = said(error)
             self._finished(key, f"{name}: {self.last_error}")
 
         self.tasks.run(call, done, failed)
@@ -343,6 +345,7 @@ class MainWindow(QMainWindow):
         self.busy.discard(key)
         self.statusBar().showMessage(message)
         self.update_actions()
+        self._details_timer.start()
 
     # --- window state -------------------------------------------------------------------------
 

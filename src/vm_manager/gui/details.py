@@ -23,11 +23,17 @@ class DetailsPane(QTextBrowser):
         self.shown = None
         self.setHtml(f"<p><i>{html.escape(text)}</i></p>")
 
-    def show_details(self, details) -> None:
+    def show_details(self, details, failure: str | None = None) -> None:
+        """``failure``: what the last action on this VM said when it failed (kept in view,
+        with its fix, until an action on it succeeds: issue 29, item 3)."""
         from .texts import for_people, local_times
+        from .widgets import ERROR_COLOR, dark_palette
 
         self.shown = details.name
         parts = [f"<h3>{html.escape(details.name)}</h3>"]
+        if failure:
+            parts.append(f"<p style='color: {ERROR_COLOR[dark_palette()]}'><b>The last action"
+                         f" failed</b><br>{html.escape(failure)}</p>")
         for section in details.sections:
             parts.append(f"<p><b>{html.escape(section.title)}</b></p><table cellspacing='2'>")
             for label, value in section.rows:

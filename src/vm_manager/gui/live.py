@@ -111,7 +111,7 @@ class LiveParts:
 
         def shown(found) -> None:
             if self.window._is_selected(*key):  # not a stale answer
-                self.window.details.show_details(found)
+                self.window.details.show_details(found, self.window.failures.get(key))
 
         def failed(error: BaseException) -> None:
             if self.window._is_selected(*key):
