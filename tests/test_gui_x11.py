@@ -110,3 +110,67 @@ def test_the_app_starts_on_x11_and_shows_a_usable_window(xserver, three_vm_uri, 
         app.wait(timeout=10)
     assert app.returncode == 0, log.read_text()
     assert "Could not load the Qt platform plugin" not in log.read_text()
+
+
+def _window(env, title: str) -> str:
+    found = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--name", title],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, f"no window named {title!r}"
+    return found.stdout.split()[-1]
+
+
+def _shoot(env, window: str, shot: Path) -> None:
+    grabbed = subprocess.run([sys.executable, "-c", GRAB, window, str(shot)], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert grabbed.returncode == 0, grabbed.stderr
+    assert int(grabbed.stdout.split()[2]) > 20  # drawn, not blank
+
+
+def test_the_journey_by_keyboard_on_x11(xserver, three_vm_uri, tmp_path):
+    """Issue 29: the desktop app walked with real key presses on a real X display, as a
+    keyboard user would: the window, the New VM wizard (Ctrl+N, Escape), the Host check
+    (Ctrl+H, Escape: it closes), the VM menu (Alt+V), and Quit (Ctrl+Q: the app ends,
+    exit 0). A screenshot of each is kept in the test's folder."""
+    gui = Path(sys.executable).with_name("neuron-vm-gui")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QT_")}
+    env.update(DISPLAY=xserver, QT_QPA_PLATFORM="xcb", XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+               NEURONOS_CONFIG_DIR=str(tmp_path / "config"),
+               NEURONOS_IMAGES_DIR=str(tmp_path / "images"))
+    log = tmp_path / "gui.log"
+
+    def keys(window: str, *combo: str) -> None:
+        subprocess.run(["xdotool", "windowfocus", "--sync", window, "key", "--clearmodifiers",
+                        *combo], env=env, check=True, timeout=30)
+
+    def gone(title: str) -> bool:
+        for _ in range(100):
+            if subprocess.run(["xdotool", "search", "--onlyvisible", "--name", title], env=env,
+                              capture_output=True).returncode != 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    with open(log, "w") as output:
+        app = subprocess.Popen([str(gui), "--connect", three_vm_uri], env=env, stdout=output,
+                               stderr=subprocess.STDOUT)
+    try:
+        main = _window(env, TITLE)
+        _shoot(env, main, tmp_path / "1-window.png")
+        keys(main, "ctrl+n")
+        wizard = _window(env, "New virtual machine")
+        _shoot(env, wizard, tmp_path / "2-wizard.png")
+        keys(wizard, "Escape")
+        assert gone("New virtual machine"), log.read_text()
+        keys(main, "ctrl+h")
+        check = _window(env, "Is this computer ready")
+        _shoot(env, check, tmp_path / "3-host-check.png")
+        keys(check, "Escape")
+        assert gone("Is this computer ready"), log.read_text()
+        keys(main, "ctrl+q")
+        assert app.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if app.poll() is None:
+            app.terminate()
+            app.wait(timeout=10)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "1-window.png", "2-wizard.png", "3-host-check.png"]
