@@ -232,3 +232,50 @@ def test_the_time_zone_is_picked_from_windows_zones_with_this_computers_first(op
     wiz.setup_page.unattended.setChecked(True)
     data = wiz.setup_page.config_data("windows11")
     assert data["unattended"]["timezone"] == "Tokyo Standard Time"
+
+
+PAGES = {"system": "system_page", "devices": "devices_page", "setup": "setup_page",
+         "summary": "summary_page"}
+
+
+@pytest.mark.parametrize("moves, where, can_go_on", [
+    ((), "system", True),
+    (("next",), "devices", True),
+    (("next", "next"), "setup", False),  # Windows set up by itself: no password yet
+    (("next", "next", "back"), "devices", True),  # the setup page's error stays there
+    (("next", "next", "back", "back"), "system", True),
+    (("next", "next", "untick"), "setup", True),
+    (("next", "next", "untick", "back", "next"), "setup", True),  # the untick is kept
+    (("next", "next", "password", "next"), "summary", True),
+    (("next", "next", "untick", "next"), "summary", True),  # installed by hand: no password
+    (("next", "next", "untick", "next", "back", "back", "back"), "system", True),
+])
+def test_back_and_next_as_a_table(open_wizard, qtbot, tmp_path, moves, where, can_go_on):
+    """Issue 29 item 4: the wizard's Back/Next paths, each ending on the page it should
+    with Next (Create on the summary) enabled as its own fields allow."""
+    from support.media import virtio_win_iso, windows_iso
+
+    wiz, _ = open_wizard()
+    page = wiz.system_page
+    page.name.setText("win")
+    page.iso.setText(str(windows_iso(tmp_path / "Win11_24H2_English_x64.iso")))
+    page.virtio_iso.setText(str(virtio_win_iso(tmp_path / "virtio-win.iso")))
+    page.network.setCurrentIndex(page.network.findData("none"))
+    setup = wiz.setup_page
+    for move in moves:
+        if move == "next":
+            wiz.next()
+        elif move == "back":
+            wiz.back()
+        elif move == "untick":
+            setup.unattended.setChecked(False)
+        else:  # a password, typed twice
+            setup.password.setText("Sw0rdfish")
+            setup.again.setText("Sw0rdfish")
+    assert wiz.currentPage() is getattr(wiz, PAGES[where])
+    if where == "summary":  # Create waits for the plan (made on a worker)
+        summary = wiz.summary_page
+        qtbot.waitUntil(lambda: summary.plan_text.text() != "Checking…", timeout=10000)
+        assert summary.isComplete() is can_go_on, summary.plan_text.text()
+        return
+    assert wiz.currentPage().isComplete() is can_go_on, wiz.currentPage().error.text()
