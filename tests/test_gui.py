@@ -1359,3 +1359,44 @@ def test_settings_moves_a_vm_to_another_network_keeping_its_card(qtbot, make_hos
     assert nics() == [] and ctx.store.load("n").network == "none"
     with guard.allowed():
         conn.close()
+
+
+def test_settings_change_a_vm_whose_setup_has_not_started(qtbot, make_host, tmp_path,
+                                                          monkeypatch):
+    """Issue 29 item 6: while an unattended setup was at "created" every change in Settings
+    was refused (delete and make it again was the only way). A change is made; the setup's
+    media and record stay."""
+    import io
+
+    from support.media import virtio_win_iso, windows_iso
+    from vm_manager.actions import host
+    from vm_manager.cli import main
+    from vm_manager.gui.dialogs import SettingsDialog
+
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    password = tmp_path / "password"
+    password.write_text("Sw0rdfish\n")
+    password.chmod(0o600)
+    with guard.allowed():
+        conn = LibvirtConnection(make_host()).open()
+        code = main(["create", "w11", "--template", "windows11", "--iso",
+                     str(windows_iso(tmp_path / "Win11_24H2_English_x64.iso")),
+                     "--virtio-iso", str(virtio_win_iso(tmp_path / "virtio-win.iso")),
+                     "--network", "none", "--unattended", "--user", "anna",
+                     "--password-file", str(password)], connection=conn,
+                    out=io.StringIO(), err=io.StringIO())
+        assert code == 0
+        ctx = Context(connection=conn, store=VMStore(tmp_path / "config"),
+                      images_dir=tmp_path / "images")
+        saved, devices = ctx.settings("w11"), host.devices(ctx)
+    dialog = SettingsDialog(ctx, saved, devices)
+    qtbot.addWidget(dialog)
+    dialog.memory.setText("6G")
+    dialog.apply()
+    qtbot.waitUntil(lambda: dialog.result is not None or dialog.buttons.isEnabled(),
+                    timeout=5000)
+    assert dialog.result is not None, dialog.error.text()
+    with guard.allowed():
+        xml = conn.execute(lambda c: c.lookupByName("w11").XMLDesc(0))
+        conn.close()
+    assert "6291456" in xml and 'stage="created"' in xml.replace("'", '"') and "w11-setup.iso" in xml
