@@ -62,6 +62,8 @@ class HostFacts:
     remote: bool = False  # another computer's libvirt: its files are known only as volumes
     definition: DomainInfo | None = None  # a VM being changed: the definition libvirt holds
     kvm_problem: str | None = None  # why KVM cannot run VMs here, when it cannot
+    # (Secure Boot, Microsoft's keys) pairs this host's UEFI builds offer; None: not known
+    uefi_builds: frozenset[tuple[bool, bool]] | None = None
 
     def path(self, path: str | Path) -> PathFact:
         return self.paths.get(str(path), PathFact("missing"))
@@ -112,6 +114,7 @@ def gather_host_facts(
         domain_names=frozenset(names),
         pci=host.pci() if wants_pci else None,
         uefi_firmware=host.firmware(caps),
+        uefi_builds=None if host.remote else _uefi_builds(host),
         networks=networks,
         usb_present=host.usb_present() if config is not None and config.usb_devices else None,
         paths=paths,
@@ -191,6 +194,12 @@ def _with_disk_users(connection: LibvirtConnection, config: VMConfig,
     if user is None:
         return paths
     return {**paths, config.disk_path: replace(fact, in_use=f"VM {user!r} uses it")}
+
+
+def _uefi_builds(host) -> frozenset[tuple[bool, bool]]:
+    from ..doctor.host_check import uefi_builds
+
+    return uefi_builds(host.root)
 
 
 def _read_libvirt(conn: libvirt.virConnect):

@@ -21,6 +21,7 @@ from ..templates.names import template_name
 from .disks import DiskPlan, image_format, plan_disk, regular_file
 from ..base.errors import InvalidConfig
 from .host import INPUT_FILES
+from .firmware import check_firmware, secure_boot
 from .host_facts import HostFacts
 from .setup_plan import SetupPlan, ShareSpec, plan_setup, plan_shares  # noqa: F401
 from ..base.vm_config import DomainType, PCIAddress, VMConfig, VMType
@@ -262,10 +263,7 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
         known = ", ".join(sorted(facts.networks)) or "none at all"
         raise InvalidConfig("network", f"there is no libvirt network {config.network!r} on"
                             f" this host (there are: {known}); or use none")
-    uefi = config.vm_type is not VMType.LINUX or config.kernel_path is None
-    if uefi and not facts.uefi_firmware and facts.uri.startswith("qemu"):
-        warnings.append("no UEFI firmware (OVMF) is installed on this host: the VM will not"
-                        " start until it is (sudo apt install ovmf; Arch: edk2-ovmf)")
+    check_firmware(config, facts, warnings)
     gpu = _plan_gpu(config, facts, warnings) if changed("gpu_passthrough") else \
         _gpu_as_made(config, facts)
     shares = plan_shares(config, facts, warnings) if changed("shares") else \
@@ -446,5 +444,5 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
         if setup else None,
         seed=DiskSpec(setup.medium, "raw", "virtio", "vdb", None)  # an ISO NeuronOS writes
         if setup and setup.kind == "cloud-init" else None,
-        secure_boot=config.secure_boot,
+        secure_boot=secure_boot(config),
     )

@@ -161,6 +161,21 @@ def uefi_descriptors(root: Path | str) -> tuple[str, ...]:
     return tuple(uefi)
 
 
+def uefi_builds(root: Path | str) -> frozenset[tuple[bool, bool]]:
+    """The (Secure Boot, Microsoft's keys enrolled) pairs the UEFI builds of the host's
+    firmware descriptors offer (their ``features``: ``secure-boot``, ``enrolled-keys``)."""
+    builds = set()
+    for path in sorted(firmware_dir(Path(root)).glob("*.json")):
+        try:
+            data = json.loads(_read(path))
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "uefi" in data.get("interface-types", []):
+            features = set(data.get("features") or ())
+            builds.add(("secure-boot" in features, "enrolled-keys" in features))
+    return frozenset(builds)
+
+
 def check_firmware(root: Path) -> Check:
     folder = firmware_dir(root)
     uefi = uefi_descriptors(root)
