@@ -35,6 +35,17 @@ PACKAGES=(
   "${QT_PACKAGES[@]}"
 )
 
+# Debian 13 splits QEMU's SPICE module (without it libvirt refuses every NeuronOS VM: "spice
+# graphics are not supported with this QEMU") and virtiofsd into packages of their own;
+# Debian 12 has neither name (its QEMU holds both), so each is added only where it exists.
+# virtiofsd only where QEMU brings none of its own (the launcher was run on QEMU 7.2's).
+if apt-cache show qemu-system-modules-spice >/dev/null 2>&1; then
+  PACKAGES+=(qemu-system-modules-spice)
+fi
+if [ ! -e /usr/lib/qemu/virtiofsd ] && apt-cache show virtiofsd >/dev/null 2>&1; then
+  PACKAGES+=(virtiofsd)
+fi
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)

@@ -204,3 +204,35 @@ def test_doctor_runs_on_this_machine():
     """Read-only on the real host: every check answers with a known status."""
     checks = hc.run_checks("/", uri="test:///default")
     assert len(checks) >= 10 and all(c.status in ("ok", "warn", "fail") for c in checks)
+
+
+# Debian 13's QEMU without qemu-system-modules-spice: libvirt 11.3's domain capabilities list
+# no spice among the display types (issue 30: define then fails "spice graphics are not
+# supported with this QEMU")
+DOMCAPS_NO_SPICE = """<domainCapabilities><path>/usr/bin/qemu-system-x86_64</path>
+<domain>kvm</domain><machine>pc-q35-10.0</machine><arch>x86_64</arch>
+<devices><graphics supported='yes'><enum name='type'><value>sdl</value><value>vnc</value>
+<value>egl-headless</value><value>dbus</value></enum></graphics></devices>
+</domainCapabilities>"""
+
+
+def test_spice_missing_from_qemu_is_said_with_its_package():
+    from vm_manager.base.domcaps import read_domain_capabilities
+
+    displays = read_domain_capabilities(DOMCAPS_NO_SPICE).graphics
+    assert displays == ("sdl", "vnc", "egl-headless", "dbus")
+    check, = hc.check_spice(displays)
+    assert check.status == hc.FAIL and "qemu-system-modules-spice" in check.fix
+    assert "qemu-ui-spice-core" in check.fix  # Arch's split package
+    assert hc.check_spice(("vnc", "spice"))[0].status == hc.OK
+    assert hc.check_spice(None) == ()  # not QEMU, or not said: nothing to say
+
+
+@pytest.mark.parametrize("path", ["usr/libexec/virtiofsd", "usr/lib/virtiofsd",
+                                  "usr/lib/qemu/virtiofsd"])
+def test_a_virtiofsd_is_found_where_each_distribution_puts_it(tmp_path, path):
+    assert hc.check_virtiofsd(tmp_path)[0].status == hc.WARN  # none: said, with the fix
+    assert "sudo apt install virtiofsd" in hc.check_virtiofsd(tmp_path)[0].fix
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text("")
+    assert hc.check_virtiofsd(tmp_path) == []  # there: nothing to say

@@ -4,7 +4,9 @@ what a hypervisor on a host can give a q35 x86_64 guest, as NeuronOS plans and c
 Facts from libvirt's "formatdomaincaps" docs, checked on libvirt 9.0 and 11.3: the firmware
 images are ``os/loader/value`` (``enum name='secure'`` lists ``yes`` when a Secure Boot
 build is there), Hyper-V enlightenments ``features/hyperv/enum[@name='features']/value``,
-TPM backends ``devices/tpm/enum[@name='backendModel']/value`` (``emulator``: swtpm).
+TPM backends ``devices/tpm/enum[@name='backendModel']/value`` (``emulator``: swtpm),
+display types ``devices/graphics/enum[@name='type']/value`` (``spice`` only where QEMU has its
+SPICE module: Debian 13 ships it apart, as qemu-system-modules-spice).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class DomainCapabilities:
     secure_boot: bool = False  # a Secure Boot build among them
     hyperv: frozenset[str] | None = None  # None: the capabilities do not list them
     tpm_backends: tuple[str, ...] = ()  # "emulator" when swtpm is there
+    graphics: tuple[str, ...] | None = None  # display types (None: not listed)
 
 
 def read_domain_capabilities(xml: str) -> DomainCapabilities:
@@ -33,4 +36,7 @@ def read_domain_capabilities(xml: str) -> DomainCapabilities:
     tpm = root.find("devices/tpm")
     backends = tuple(v.text for v in tpm.findall("enum[@name='backendModel']/value")
                      if v.text) if tpm is not None and tpm.get("supported") == "yes" else ()
-    return DomainCapabilities(firmware, secure, features, backends)
+    graphics = root.find("devices/graphics")
+    displays = tuple(v.text for v in graphics.findall("enum[@name='type']/value") if v.text) \
+        if graphics is not None else None
+    return DomainCapabilities(firmware, secure, features, backends, displays)

@@ -243,9 +243,9 @@ def check_libvirt(uri: str) -> tuple[Check, ...]:
                 network = "active" if net.isActive() else "inactive"
             except Exception:  # noqa: BLE001 - missing network
                 network = "missing"
-            return version, hyper, network, _stale_pools(conn, uri)
+            return version, hyper, network, _stale_pools(conn, uri), _displays(conn, uri)
 
-        version, hyper, network, stale = connection.execute(facts)
+        version, hyper, network, stale, displays = connection.execute(facts)
     except OperationFailed as error:
         return (Check("libvirtd", FAIL, str(error)), Check("default network", WARN, "unknown"))
     finally:
@@ -268,13 +268,55 @@ def check_libvirt(uri: str) -> tuple[Check, ...]:
             "sudo virsh net-start default && sudo virsh net-autostart default, or create VMs"
             " with --network none",
         )
+    found = (libvirt_check, net_check, *check_spice(displays))
     if stale:  # shown only when there is something to say
-        return libvirt_check, net_check, Check(
+        return *found, Check(
             "storage pools", WARN, "NeuronOS's pools of folders that are gone:"
             f" {', '.join(stale)} (a new disk in such a folder makes the folder again)",
             "; ".join(f"sudo virsh pool-destroy {name}; sudo virsh pool-undefine {name}"
                       for name in stale.values()))
-    return libvirt_check, net_check
+    return found
+
+
+def check_spice(displays: tuple[str, ...] | None) -> tuple[Check, ...]:
+    """SPICE among QEMU's display types (every NeuronOS VM's own screen is SPICE; Debian 13
+    ships it as its own package, and without it libvirt refuses to define the VM: "spice
+    graphics are not supported with this QEMU"); nothing when not known."""
+    if displays is None:
+        return ()
+    if "spice" in displays:
+        return (Check("SPICE graphics", OK, "offered by QEMU"),)
+    return (Check("SPICE graphics", FAIL, "QEMU here has no SPICE: NeuronOS VMs cannot be"
+                  " defined", "sudo apt install qemu-system-modules-spice (Debian 13+); Arch:"
+                  " sudo pacman -S qemu-ui-spice-core qemu-chardev-spice qemu-audio-spice"
+                  " qemu-hw-display-qxl"),)
+
+
+def _displays(conn, uri: str) -> tuple[str, ...] | None:
+    """The display types QEMU's domain capabilities list (None: not QEMU, or not said)."""
+    from ..base.domcaps import read_domain_capabilities
+
+    if not uri.startswith("qemu"):
+        return None
+    for virttype in ("kvm", "qemu"):
+        try:
+            xml = conn.getDomainCapabilities(None, "x86_64", "q35", virttype, 0)
+        except Exception:  # noqa: BLE001 - this virt type is not offered: try the next
+            continue
+        return read_domain_capabilities(xml).graphics
+    return None
+
+
+def check_virtiofsd(root: Path) -> list[Check]:
+    """A virtiofsd for shared folders (NeuronOS's launcher runs it: QEMU's own on Debian
+    12, its own package on Debian 13 and Arch); said only when it is missing."""
+    from ..core.virtiofs_launcher import REAL_VIRTIOFSD
+
+    if any((root / path.lstrip("/")).exists() for path in REAL_VIRTIOFSD):
+        return []
+    return [Check("virtiofsd (shared folders)", WARN, "not installed: only shared folders"
+                  " need it", "sudo apt install virtiofsd (Debian 13+); Arch: sudo pacman -S"
+                  " virtiofsd")]
 
 
 def _stale_pools(conn, uri: str) -> dict[str, str]:
@@ -397,7 +439,7 @@ def run_checks(root: Path | str | None = None, uri: str | None = None,
     if remapping is not None:
         checks.append(remapping)
     checks += [check_vfio(base), check_firmware(base), check_swtpm(base),
-               check_console_viewer(base, environ)]
+               *check_virtiofsd(base), check_console_viewer(base, environ)]
     checks += list(check_libvirt(resolve_uri(uri)))
     checks += [check_groups(base, desktop_user(environ)), check_looking_glass_client(environ),
                check_shared_memory(base), check_desktop_libraries()]
