@@ -231,6 +231,9 @@ def test_spice_missing_from_qemu_is_said_with_its_package():
 @pytest.mark.parametrize("path", ["usr/libexec/virtiofsd", "usr/lib/virtiofsd",
                                   "usr/lib/qemu/virtiofsd"])
 def test_a_virtiofsd_is_found_where_each_distribution_puts_it(tmp_path, path):
+    from vm_manager.core.virtiofs_launcher import REAL_VIRTIOFSD
+
+    assert hc.VIRTIOFSD_PATHS == REAL_VIRTIOFSD  # where the launcher looks
     assert hc.check_virtiofsd(tmp_path)[0].status == hc.WARN  # none: said, with the fix
     assert "sudo apt install virtiofsd" in hc.check_virtiofsd(tmp_path)[0].fix
     (tmp_path / path).parent.mkdir(parents=True)

@@ -307,12 +307,15 @@ def _displays(conn, uri: str) -> tuple[str, ...] | None:
     return None
 
 
+# Where the launcher looks for the real virtiofsd (core/virtiofs_launcher.REAL_VIRTIOFSD: it
+# imports nothing of the package, and a test keeps the two equal)
+VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/virtiofsd", "/usr/lib/qemu/virtiofsd")
+
+
 def check_virtiofsd(root: Path) -> list[Check]:
     """A virtiofsd for shared folders (NeuronOS's launcher runs it: QEMU's own on Debian
     12, its own package on Debian 13 and Arch); said only when it is missing."""
-    from ..core.virtiofs_launcher import REAL_VIRTIOFSD
-
-    if any((root / path.lstrip("/")).exists() for path in REAL_VIRTIOFSD):
+    if any((root / path.lstrip("/")).exists() for path in VIRTIOFSD_PATHS):
         return []
     return [Check("virtiofsd (shared folders)", WARN, "not installed: only shared folders"
                   " need it", "sudo apt install virtiofsd (Debian 13+); Arch: sudo pacman -S"
