@@ -49,7 +49,7 @@ SEED_MARKER = "NEURONOS-SEED instance-id:"
 STAGE_FILE = "/run/neuronos-stage"
 BUSYBOX_PACKAGE = "busybox-static"
 AGENT_PACKAGE = "qemu-guest-agent"
-FORMAT = "11"  # bump when the initramfs layout changes, to rebuild cached copies
+FORMAT = "12"  # bump when the initramfs layout changes, to rebuild cached copies
 # loaded in this order (each after what it depends on: the modules' own "depends=")
 MODULES = ("input/evdev", "acpi/button", "virtio/virtio_ring", "virtio/virtio",
            "virtio/virtio_pci_modern_dev", "virtio/virtio_pci_legacy_dev", "virtio/virtio_pci",
@@ -69,7 +69,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /run /mnt/seed
-for module in {" ".join(m.rsplit("/", 1)[-1] for m in MODULES)} $(cat /lib/modules/extra); do
+for module in $(cat /lib/modules/order); do  # those the kernel does not have built in
   insmod /lib/modules/$module.ko
 done
 mkdir -p /etc/acpi/PWRF
@@ -213,10 +213,9 @@ def _cpio_newc(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
     return out.getvalue()
 
 
-def _initramfs(busybox: bytes, modules: dict[str, bytes], files: dict[str, bytes],
-               extra: tuple[str, ...] = ()) -> bytes:
-    """``modules``: name -> .ko; ``files``: absolute path -> content (qemu-ga and the
-    libraries it links, at the paths its loader looks in)."""
+def _initramfs(busybox: bytes, modules: dict[str, bytes], files: dict[str, bytes]) -> bytes:
+    """``modules``: name -> .ko, in the order they are loaded; ``files``: absolute path ->
+    content (qemu-ga and the libraries it links, at the paths its loader looks in)."""
     directory, regular, executable = 0o040755, 0o100644, 0o100755
     folders = {"bin", "dev", "proc", "sys", "etc", "etc/acpi", "etc/acpi/PWRF", "lib",
                "lib/modules", "tmp", "var", "var/log", "var/run", "run", "mnt"}
@@ -229,7 +228,7 @@ def _initramfs(busybox: bytes, modules: dict[str, bytes], files: dict[str, bytes
         ("bin/busybox", executable, busybox, (0, 0)),
         ("bin/sh", 0o120777, b"busybox", (0, 0)),
         ("init", executable, INIT_SCRIPT.encode(), (0, 0)),
-        ("lib/modules/extra", regular, " ".join(extra).encode(), (0, 0)),
+        ("lib/modules/order", regular, " ".join(modules).encode(), (0, 0)),
         ("etc/acpi/PWRF/00000080", executable, POWER_BUTTON_SCRIPT.encode(), (0, 0)),
     ]
     entries += [(f"lib/modules/{name}.ko", regular, data, (0, 0))
@@ -278,12 +277,10 @@ def build(cache_dir: Path | None = None, flavour: str = "cloud") -> TinyGuest:
             _run(["dpkg-deb", "-x", str(deb), str(root)])
         vmlinuz = next((root / "boot").glob("vmlinuz-*"))
         version = vmlinuz.name[len("vmlinuz-"):]
-        modules = root / "lib" / "modules" / version / "kernel" / "drivers"
         image = _initramfs(
-            busybox=(root / "bin" / "busybox").read_bytes(),
-            modules={path.rsplit("/", 1)[-1]: (modules / f"{path}.ko").read_bytes()
-                     for path in (*MODULES, *extra)},
-            extra=tuple(path.rsplit("/", 1)[-1] for path in extra),
+            busybox=_first(root, "bin/busybox", "usr/bin/busybox").read_bytes(),
+            modules=_modules(_first(root, f"lib/modules/{version}",
+                                    f"usr/lib/modules/{version}"), (*MODULES, *extra)),
             files=_agent_files(root),
         )
         for target, write in ((kernel, None), (initrd, image)):
@@ -300,6 +297,38 @@ def build(cache_dir: Path | None = None, flavour: str = "cloud") -> TinyGuest:
             break
         os.chmod(folder, folder.stat().st_mode | 0o011)  # let QEMU's user traverse
     return TinyGuest(kernel, initrd, version)
+
+
+def _first(root: Path, *paths: str) -> Path:
+    """The first of ``paths`` under ``root`` that exists: Debian 12 keeps busybox and the
+    modules under /bin and /lib, Debian 13 (merged /usr) under /usr/bin and /usr/lib."""
+    for path in paths:
+        if (root / path).exists():
+            return root / path
+    raise FileNotFoundError(f"none of {', '.join(paths)} in the packages unpacked at {root}")
+
+
+def _modules(folder: Path, wanted) -> dict[str, bytes]:
+    """name -> the module's code, for each of ``wanted`` (paths under kernel/drivers) the
+    kernel does not have built in (its ``modules.builtin``: Debian 13's 6.12 cloud kernel
+    has virtio, virtio_pci, virtio_console, fuse and virtiofs built in); ``.ko`` as Debian
+    12 ships it, ``.ko.xz`` as Debian 13 does."""
+    import lzma
+    import posixpath
+
+    builtin = set((folder / "modules.builtin").read_text().split()) \
+        if (folder / "modules.builtin").exists() else set()
+    found = {}
+    for path in wanted:
+        relative = posixpath.normpath(f"kernel/drivers/{path}")
+        name = relative.rsplit("/", 1)[-1]
+        if (folder / f"{relative}.ko").exists():
+            found[name] = (folder / f"{relative}.ko").read_bytes()
+        elif (folder / f"{relative}.ko.xz").exists():
+            found[name] = lzma.decompress((folder / f"{relative}.ko.xz").read_bytes())
+        elif f"{relative}.ko" not in builtin:
+            raise FileNotFoundError(f"{relative}.ko is neither in {folder} nor built in")
+    return found
 
 
 def wait_for_console(path: Path, marker: str, count: int = 1, timeout: float = 60.0) -> float:
