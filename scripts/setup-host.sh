@@ -88,8 +88,11 @@ else
   "${SUDO[@]}" mkdir -p /var/log/libvirt /run/libvirt
   # Tests and the demo never use the default NAT network: keep libvirtd from autostarting it.
   "${SUDO[@]}" rm -f /etc/libvirt/qemu/networks/autostart/default.xml
-  pgrep -x virtlogd >/dev/null || "${SUDO[@]}" virtlogd -d
-  pgrep -x libvirtd >/dev/null || "${SUDO[@]}" libvirtd -d
+  # by their pid files, not by process name: in a chroot (the newest platform's, issue 30)
+  # the host's daemons are in the process list too
+  running() { [ -f "/run/$1.pid" ] && "${SUDO[@]}" kill -0 "$(cat "/run/$1.pid")" 2>/dev/null; }
+  running virtlogd || "${SUDO[@]}" virtlogd -d
+  running libvirtd || "${SUDO[@]}" libvirtd -d
 fi
 for _ in $(seq 1 300); do
   daemon_answers && break
