@@ -12,6 +12,7 @@
 #
 #   bash scripts/newest-platform.sh            set it up, then `make test` inside it (CI=true)
 #   bash scripts/newest-platform.sh shell      a shell inside it (the same mounts)
+#   bash scripts/newest-platform.sh prepare    its daemons up and its venv made, no tests
 #   bash scripts/newest-platform.sh clean      stop its daemons and unmount (the chroot stays)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,9 @@ mount_all() {
   mounted run || mount -t tmpfs -o mode=0755,nosuid run "$ROOT/run"
   mkdir -p "$ROOT/run/lock" "$ROOT/run/libvirt"
   cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  # the host's CA bundle: pip inside reaches PyPI as the host does (through a proxy that
+  # signs with its own CA, where the machine has one)
+  cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/host-ca-certificates.crt"
 }
 
 stop_daemons() {
@@ -77,8 +81,10 @@ unmount_all() {
   return 0
 }
 
+HOST_CA=/etc/ssl/host-ca-certificates.crt
 inside() { chroot "$ROOT" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
-  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PIP_CERT=$HOST_CA \
+  REQUESTS_CA_BUNDLE=$HOST_CA SSL_CERT_FILE=$HOST_CA "$@"; }
 
 make_root() {
   stamp="$ROOT/.neuronos-newest"
@@ -126,6 +132,12 @@ case "${1:-test}" in
     make_root
     mount_all
     inside bash -l
+    ;;
+  prepare)  # the chroot, this tree in it, its daemons up and its venv made; no tests
+    make_root
+    mount_all
+    copy_tree
+    inside bash -c 'cd /root/neuronos && bash scripts/setup-host.sh'
     ;;
   test)
     started=$(date +%s)
