@@ -91,22 +91,28 @@ def test_the_real_daemon_gives_each_vm_the_firmware_it_states(system_daemon, tmp
     from vm_manager.cli import main
     from support.domains import remove_domain
 
-    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    import shutil
+
+    tag = uuid.uuid4().hex[:6]
+    images = Path(f"/var/lib/libvirt/images/neuron-fw-{tag}")  # QEMU's user reads it
+    images.mkdir(parents=True)
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(images))
     monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
-    opencore = tmp_path / "OpenCore.qcow2"
+    opencore = images / "OpenCore.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(opencore), "64M"],
                    check=True)
-    tag = uuid.uuid4().hex[:6]
-    cases = [(f"neuron-fw-mac-{tag}", ["--template", "macos", "--opencore", str(opencore)],
+    cases = [(f"neuron-fw-mac-{tag}", ["--template", "macos", "--opencore", str(opencore),
+                                       "--memory", "4G", "--cpus", "2", "--disk-size", "64"],
               False),
-             (f"neuron-fw-off-{tag}", ["--template", "linux", "--secure-boot", "off"], False),
-             (f"neuron-fw-on-{tag}", ["--template", "linux"], True)]
+             (f"neuron-fw-off-{tag}", ["--template", "linux", "--secure-boot", "off",
+                                       "--disk-size", "1"], False),
+             (f"neuron-fw-on-{tag}", ["--template", "linux", "--disk-size", "1"], True)]
     conn = LibvirtConnection(system_daemon).open()
     try:
         for name, argv, secure in cases:
             err = io.StringIO()
             code = main(["create", name, *argv, "--network", "none", "--domain-type", "qemu",
-                         "--memory", "1G", "--cpus", "1", "--disk-size", "1", "--force"],
+                         "--force"],
                         connection=conn, out=io.StringIO(), err=err)
             assert code == 0, err.getvalue()
             conn.execute(lambda c, n=name: c.lookupByName(n).createWithFlags(1))  # paused
@@ -119,3 +125,4 @@ def test_the_real_daemon_gives_each_vm_the_firmware_it_states(system_daemon, tmp
         for name, _, _ in cases:
             remove_domain(conn, name)
         conn.close()
+        shutil.rmtree(images, ignore_errors=True)
