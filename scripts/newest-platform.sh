@@ -13,6 +13,7 @@
 #   bash scripts/newest-platform.sh            set it up, then `make test` inside it (CI=true)
 #   bash scripts/newest-platform.sh shell      a shell inside it (the same mounts)
 #   bash scripts/newest-platform.sh prepare    its daemons up and its venv made, no tests
+#   bash scripts/newest-platform.sh run CMD... one command inside
 #   bash scripts/newest-platform.sh clean      stop its daemons and unmount (the chroot stays)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ PACKAGES=(
   virt-viewer python3-venv python3-dev gcc make openssl pkexec
   # what .ci/run adds for the tests
   xvfb xdotool xorriso openssh-server openssh-client debootstrap mtools dosfstools fdisk
-  ca-certificates git procps iproute2 kmod
+  ca-certificates git procps iproute2 kmod e2fsprogs
 )
 say() { printf '==> newest platform: %s\n' "$*"; }
 
@@ -82,9 +83,19 @@ unmount_all() {
 }
 
 HOST_CA=/etc/ssl/host-ca-certificates.crt
-inside() { chroot "$ROOT" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
-  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PIP_CERT=$HOST_CA \
-  REQUESTS_CA_BUNDLE=$HOST_CA SSL_CERT_FILE=$HOST_CA "$@"; }
+# A command in it: in a private mount namespace whose root IS the chroot (pivot_root, not
+# chroot(2): the kernel refuses user namespaces to a chrooted process, and NeuronOS's
+# virtiofsd launcher makes one), with nothing of the host's environment.
+inside() {
+  mkdir -p "$ROOT/.old-root"
+  unshare --mount --propagation private --fork -- /bin/sh -c '
+    root=$1; shift
+    mount --rbind "$root" "$root" && cd "$root" && pivot_root . .old-root &&
+      umount -l /.old-root && cd / && exec "$@"' inside "$ROOT" \
+    /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PIP_CERT=$HOST_CA \
+    REQUESTS_CA_BUNDLE=$HOST_CA SSL_CERT_FILE=$HOST_CA "$@"
+}
 
 make_root() {
   stamp="$ROOT/.neuronos-newest"
@@ -138,6 +149,11 @@ case "${1:-test}" in
     mount_all
     copy_tree
     inside bash -c 'cd /root/neuronos && bash scripts/setup-host.sh'
+    ;;
+  run)  # one command inside (its daemons must be up: prepare)
+    shift
+    mount_all
+    inside "$@"
     ;;
   test)
     started=$(date +%s)

@@ -201,7 +201,8 @@ def test_secure_boot_off_is_for_linux_only(world, isos, cloud):
     assert "<feature enabled='no' name='secure-boot'/>" in out
     assert "<feature enabled='no' name='enrolled-keys'/>" in out
     code, out, _ = run(world, *linux_args(base, key, "--print-xml"))
-    assert code == 0 and "secure-boot" not in out  # libvirt picks Secure Boot with MS keys
+    assert code == 0 and "<feature enabled='yes' name='secure-boot'/>" in out  # stated
+    assert "<feature enabled='yes' name='enrolled-keys'/>" in out  # (issue 30)
 
 
 def test_relative_paths_are_taken_from_the_current_folder(world, cloud, tmp_path,
