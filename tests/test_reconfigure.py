@@ -272,7 +272,7 @@ def _cli(*argv):
                                                          else a for a in argv])
 
 
-# row -> (what is done first, unchecked; the command; the parts it may change)
+# row -> (what is done first; the command; the parts it may change)
 COMMANDS = {
     "configure --memory": (None, _cli("configure", "@VM@", "--memory", "1536M"),
                            {"memory", "currentMemory"}),
@@ -313,7 +313,10 @@ def test_every_command_that_rewrites_a_definition_keeps_the_rest(world, monkeypa
     assert code == 0, err
     world.hand_edit(name)
     if first is not None:
-        first(world, monkeypatch, name, qtbot)
+        made = first(world, monkeypatch, name, qtbot)
+        for step in made if isinstance(made, list) else [made]:
+            if isinstance(step, tuple):  # a command line's (code, out, err)
+                assert step[0] == 0, f"{row}, before: {step[2]}"
     before = world.xml(name)
     done = command(world, monkeypatch, name, qtbot)
     if isinstance(done, tuple):

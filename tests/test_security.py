@@ -534,25 +534,28 @@ def test_the_root_helper_is_out_of_the_users_reach_and_takes_only_its_operations
     marker = tmp_path / "owned"
     (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
 
-    def helper(*argv, uid="1000", **extra):
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "evil"),
-               "PKEXEC_UID": uid, **extra}
-        return subprocess.run([str(root_helper), *argv], env=env, capture_output=True,
-                              text=True, timeout=60)
+    import pwd
 
-    for argv in ([], ["rm", "-rf", "/"], ["groups", "mallory"], ["shm-rule"],
-                 ["shm-rule", "../../etc/shadow"], ["gpu-prepare", "01:00.0;reboot"],
-                 ["gpu-unprepare", "now"]):
-        result = helper(*argv)
-        assert result.returncode == 2, (argv, result.stdout, result.stderr)
-    assert "not a valid name" in helper("shm-rule", "../../etc/shadow").stderr
-    assert helper("groups", uid="0").returncode != 0  # never for root itself
-    assert "through pkexec" in helper("groups", uid="").stderr
-    assert "through pkexec" in helper("groups", uid="", SUDO_UID="0").stderr
-    with local_user("nhelp") as person:  # root itself, through sudo: for the user behind it
-        import pwd
+    with local_user("nhelp") as person:  # the desktop user polkit asks about
+        uid = str(pwd.getpwnam(person).pw_uid)
 
-        result = helper("groups", uid="", SUDO_UID=str(pwd.getpwnam(person).pw_uid))
+        def helper(*argv, uid=uid, **extra):
+            env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "evil"),
+                   "PKEXEC_UID": uid, **extra}
+            return subprocess.run([str(root_helper), *argv], env=env, capture_output=True,
+                                  text=True, timeout=60)
+
+        for argv in ([], ["rm", "-rf", "/"], ["groups", "mallory"], ["shm-rule"],
+                     ["shm-rule", "../../etc/shadow"], ["gpu-prepare", "01:00.0;reboot"],
+                     ["gpu-unprepare", "now"]):
+            result = helper(*argv)
+            assert result.returncode == 2, (argv, result.stdout, result.stderr)
+        assert "not a valid name" in helper("shm-rule", "../../etc/shadow").stderr
+        assert helper("groups", uid="0").returncode != 0  # never for root itself
+        assert "through pkexec" in helper("groups", uid="").stderr
+        assert "through pkexec" in helper("groups", uid="", SUDO_UID="0").stderr
+        # root itself, through sudo: for the user behind it
+        result = helper("groups", uid="", SUDO_UID=uid)
         assert result.returncode == 0, result.stderr
         groups = subprocess.run(["id", "-nG", person], capture_output=True, text=True).stdout
         assert {"libvirt", "kvm"} <= set(groups.split()), groups

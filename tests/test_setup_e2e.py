@@ -441,8 +441,11 @@ def virtiofsd_uids(*folders: Path) -> dict[str, int]:
             continue
         if not argv[0].endswith(b"virtiofsd") or b"python" in argv[0]:
             continue
-        for folder in folders:
-            if any(f"source={folder}".encode() in arg for arg in argv):
+        for folder in folders:  # QEMU's virtiofsd: -o source=DIR; the Rust one: --shared-dir
+            shared = [f"source={folder}".encode(), f"--shared-dir={folder}".encode()]
+            if any(want in arg for arg in argv for want in shared) or any(
+                    a == b"--shared-dir" and b == str(folder).encode()
+                    for a, b in zip(argv, argv[1:])):
                 uid = int(next(line for line in status.splitlines()
                                if line.startswith("Uid:")).split()[1])
                 found[str(folder)] = min(found.get(str(folder), uid), uid)

@@ -203,7 +203,7 @@ class WrappingDelegate(QStyledItemDelegate):
         text = index.data() or ""
         rect = option.fontMetrics.boundingRect(QRect(0, 0, width, 100000), Qt.TextWordWrap,
                                                text)
-        return QSize(hint.width(), max(hint.height(), rect.height() + 8))
+        return QSize(hint.width(), max(hint.height(), rect.height() + 6))
 
 
 class SettingsDialog(QDialog):
