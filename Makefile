@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench screenshots clean
+.PHONY: setup demo test test-newest bench screenshots clean
 
 ## setup: Debian packages, /dev/kvm group, libvirtd running, .venv with the package
 setup:
@@ -18,6 +18,11 @@ demo: setup
 test: $(PY)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-newest: the whole suite again on Debian 13's libvirt 11 and QEMU 10, in a chroot of
+## its own (root; the chroot is kept in /var/cache/neuronos/debian-13 between runs)
+test-newest:
+	bash scripts/newest-platform.sh test
 
 $(PY):
 	bash scripts/setup-host.sh
