@@ -202,10 +202,9 @@ class SnapshotManager:
     def _create(self, vm: str, name: str, description: str) -> Snapshot:
         domain, active, snapshots = self._domain(vm)
         if active:
-            raise LifecycleError(f"{vm} is running: shut it down first (snapshots hold the"
-                                 " disks, UEFI variables and TPM state together, taken while"
-                                 " the VM is off; this libvirt cannot revert snapshots of a"
-                                 " running UEFI VM)")
+            raise LifecycleError(f"{vm} is running: shut it down first (a snapshot holds the"
+                                 " disks, UEFI variables and TPM state together, which can be"
+                                 " copied together only while the VM is off)")
         if any(ET.fromstring(x).findtext("name") == name for x in snapshots):
             raise InvalidConfig("SNAP", f"{vm} already has a snapshot named {name!r}")
         self._check_disks(domain)
