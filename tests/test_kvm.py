@@ -103,6 +103,45 @@ def test_planning_uses_software_emulation_where_kvm_cannot_run_vms():
                for w in plan.warnings), plan.warnings
 
 
+def test_asking_for_kvm_where_it_cannot_run_is_refused_not_ignored():
+    """A walk chose "Fast: KVM" in Settings on a host without it: the dialog closed, the
+    VM stayed emulated and its settings said kvm. Changing a VM to KVM there is refused,
+    naming the field and why; a new VM made with the default falls back, said."""
+    import dataclasses
+
+    from vm_manager.core.host import PathFact
+    from vm_manager.core.host_facts import HostFacts
+    from vm_manager.core.planning import plan_creation
+    from vm_manager.base.errors import InvalidConfig
+    from vm_manager.base.vm_config import VMConfig
+
+    emulated = VMConfig(name="v", vm_type="linux", memory_mb="1G", vcpus=1, disk_size_gb=0,
+                        kernel_path="/boot/vmlinuz", network="none", domain_type="qemu")
+    facts = HostFacts(uri="qemu:///system", kvm_usable=False, hyperv_features=None,
+                      resources=None, kvm_problem="its KVM lacks System Management Mode",
+                      paths={"/boot/vmlinuz": PathFact("file", real="/boot/vmlinuz")},
+                      domain_names=frozenset({"v"}))
+    wants_kvm = dataclasses.replace(emulated, domain_type="kvm")
+    with pytest.raises(InvalidConfig) as refused:
+        plan_creation(wants_kvm, facts, existing=True, previous=emulated)
+    assert refused.value.field == "domain_type" and "System Management" in refused.value.message
+    assert plan_creation(wants_kvm, dataclasses.replace(facts, domain_names=frozenset())
+                         ).domain_type == "qemu"  # a new VM: falls back, with a warning
+
+
+def test_the_apps_speed_choice_offers_kvm_only_where_it_runs(qtbot):
+    from types import SimpleNamespace
+
+    from vm_manager.gui.texts import speed_box
+
+    box = speed_box(SimpleNamespace(kvm=False, kvm_problem="no vmx"), "kvm")
+    assert box.currentData() == "qemu" and not box.model().item(0).isEnabled()
+    assert "no vmx" in box.toolTip()
+    box = speed_box(SimpleNamespace(kvm=True, kvm_problem=None), "qemu")
+    assert box.currentData() == "qemu" and box.model().item(0).isEnabled()
+    assert speed_box(SimpleNamespace(kvm=None, kvm_problem=None)).currentData() == "kvm"
+
+
 def test_configure_changes_the_speed_of_a_vm(make_host, tmp_path, monkeypatch):
     """`configure --domain-type` rewrites <domain type> and the CPU model of a stopped VM
     (the desktop app's Settings → Speed does the same); asking again changes nothing."""

@@ -234,10 +234,12 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     warnings: list[str] = []
     domain_type = config.domain_type.value
     if config.domain_type is DomainType.KVM and facts.kvm_usable is False:
+        if existing and changed("domain_type"):  # asked for: never silently left as it was
+            raise InvalidConfig("domain_type", f"KVM cannot run VMs on this host"
+                                f" ({facts.kvm_problem or 'no KVM'}): keep software emulation")
         domain_type = DomainType.QEMU.value
         warnings.append(f"KVM cannot run VMs on this host ({facts.kvm_problem or 'no KVM'}):"
                         " this VM uses software emulation (slow)")
-        log.warning("KVM is not usable here; %s will use software emulation", name)
     if facts.uri.startswith("test:") and not existing:
         warnings.append("libvirt's test driver keeps this VM only while this connection is"
                         " open; the disk, setup medium and settings it makes are real files"

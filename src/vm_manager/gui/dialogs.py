@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..base.primitives import plural
-from .texts import NO_USB, SPEEDS, empty_row, for_people, gpu_label, said, usb_label
+from .texts import NO_USB, empty_row, for_people, gpu_label, said, speed_box, usb_label
 from .widgets import Tasks, check_item, error_label, fit_list, screen_room
 from .networks import NetworkPicker
 from .wizard import CreateWizard
@@ -236,12 +236,7 @@ class SettingsDialog(QDialog):
             self.gpu.setCurrentIndex(index if index >= 0 else 0)
         self.network = NetworkPicker(ctx, devices.networks, self.tasks,
                                      current=config.network or "none")
-        self.speed = QComboBox()
-        for value, label in SPEEDS:
-            self.speed.addItem(label, value)
-        self.speed.setCurrentIndex(max(0, self.speed.findData(config.domain_type.value)))
-        if devices.kvm is False:
-            self.speed.setToolTip(f"KVM cannot run VMs on this computer: {devices.kvm_problem}.")
+        self.speed = speed_box(devices, config.domain_type.value)
         self.looking_glass = QCheckBox("Looking Glass")
         self.looking_glass.setChecked(config.looking_glass.enabled)
         self.looking_glass.setToolTip("Shows the passed-through GPU's screen in a window")

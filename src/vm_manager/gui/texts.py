@@ -112,6 +112,26 @@ SPEEDS = (("kvm", "Fast: KVM (the processor's own virtualization)"),
           ("qemu", "Slow: software emulation (no KVM on this computer)"))
 
 
+def speed_box(devices, current: str | None = None):
+    """The Speed choice: KVM offered only where it runs VMs (a walk chose it in Settings on
+    a host without it, and the VM silently stayed emulated), chosen when it does."""
+    from PySide6.QtWidgets import QComboBox
+
+    box = QComboBox()
+    for value, label in SPEEDS:
+        box.addItem(label, value)
+    no_kvm = devices.kvm is False
+    if no_kvm:
+        box.model().item(0).setEnabled(False)
+        box.setToolTip(f"KVM cannot run VMs on this computer: {devices.kvm_problem}.")
+    else:
+        box.setToolTip("KVM runs the VM on the processor itself; without it (no VT-x /"
+                       " AMD-V, or inside another VM) QEMU emulates it, many times slower")
+    wanted = "qemu" if no_kvm else (current or "kvm")
+    box.setCurrentIndex(max(0, box.findData(wanted)))
+    return box
+
+
 def display_unavailable(row) -> str | None:
     """Why Show display (Looking Glass) is not offered for the VM of ``row``; None when
     it is (it may still wait for the VM to run)."""

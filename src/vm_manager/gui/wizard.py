@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from .networks import NetworkPicker
-from .texts import NO_USB, SPEEDS, empty_row, gpu_label, no_gpu_reason, usb_label
+from .texts import NO_USB, empty_row, gpu_label, no_gpu_reason, speed_box, usb_label
 from .widgets import CheckedPage, Tasks, check_item, error_label, fit_to_screen, with_browse
 from .wizard_setup import SetupPage
 
@@ -132,14 +132,7 @@ class _SystemPage(CheckedPage):
         for value, label in TEMPLATES:
             self.template.addItem(label, value)
         self.name = QLineEdit()
-        self.speed = QComboBox()
-        for value, label in SPEEDS:
-            self.speed.addItem(label, value)
-        self.speed.setCurrentIndex(1 if devices.kvm is False else 0)
-        self.speed.setToolTip(
-            f"KVM cannot run VMs on this computer: {devices.kvm_problem}." if devices.kvm
-            is False else "KVM runs the VM on the processor itself; without it (no VT-x /"
-            " AMD-V, or inside another VM) QEMU emulates it, many times slower")
+        self.speed = speed_box(devices)
         self.memory = QLineEdit()
         self.vcpus = QSpinBox()
         self.vcpus.setRange(1, 512)
