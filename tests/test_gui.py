@@ -1400,3 +1400,24 @@ def test_settings_change_a_vm_whose_setup_has_not_started(qtbot, make_host, tmp_
         xml = conn.execute(lambda c: c.lookupByName("w11").XMLDesc(0))
         conn.close()
     assert "6291456" in xml and 'stage="created"' in xml.replace("'", '"') and "w11-setup.iso" in xml
+
+
+def test_deleting_the_last_vm_brings_the_empty_window_back(qtbot, make_host, tmp_path):
+    """A walk deleted the only VM: the list emptied but its details stayed on screen and
+    "No virtual machines yet" did not come back until F5."""
+    from support.fakes import FakeDomain
+
+    with guard.allowed():
+        conn = LibvirtConnection(make_host([FakeDomain("solo")]))
+    win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.model.rowCount() == 1, timeout=5000)
+    win.select("solo")
+    qtbot.waitUntil(lambda: win.details.shown == "solo", timeout=5000)
+    with guard.allowed():
+        win.hosts.lifecycle.states.read_libvirt("solo")  # known to it, as once acted on
+        conn.execute(lambda c: c.lookupByName("solo").undefine())  # libvirt's event follows
+    qtbot.waitUntil(lambda: win.list_stack.currentWidget() is win.empty, timeout=5000)
+    assert win.details.shown is None and "solo" not in win.details.toPlainText()
+    win.close()

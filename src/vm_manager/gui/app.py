@@ -286,6 +286,11 @@ class MainWindow(QMainWindow):
             self.notify(f"{name}{where} {what}", reason)
         if state == VMState.UNDEFINED:
             self.model.remove(uri, name)
+            if self.details.shown == name and not self._is_selected(uri, name):
+                self.details.show_hint("Select a VM to see its details.")  # it is gone
+            if not self.model.rows:  # the last one: the empty window and its button again
+                self.list_stack.setCurrentWidget(self.empty)
+                self.details.show_hint("Create a VM to see its details here.")
         elif not self.model.update_state(uri, name, state, reason):
             self._reload_hosts.add(uri)  # a VM we did not know: list that host again, once
             self._reload_timer.start()
