@@ -169,6 +169,9 @@ def test_delete_dialog_defaults(qtbot, make_host, tmp_path, monkeypatch):
         dialog = DeleteDialog(preview, "d")  # what the window's worker reads first
         qtbot.addWidget(dialog)
         assert dialog.disks_box.isChecked() is False and dialog.delete_disks is False
+        from PySide6.QtWidgets import QDialogButtonBox  # Enter is Cancel, never Delete
+        cancel = dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.Cancel)
+        assert cancel.isDefault() and not dialog.ok_button.isDefault()
         items = [dialog.disk_list.item(i) for i in range(dialog.disk_list.count())]
         texts = [item.text() for item in items]
         assert texts[0].startswith("keep: ") and str(own) in texts[0]
@@ -712,14 +715,16 @@ def test_the_host_check_is_readable_without_scrolling(qtbot):
 @pytest.mark.parametrize("broken, words", [
     ((), "VMs run here with KVM. Everything a GPU needs is in place too."),
     (("IOMMU",), "VMs run here with KVM. 1 check needs fixing before a VM can have a GPU."),
-    (("KVM",), "VMs run here, but slowly (no KVM). 1 check needs fixing"),
-    (("CPU virtualization", "IOMMU"), "VMs run here, but slowly (no KVM). 2 checks need"),
+    (("KVM",), "VMs run here, but slowly (no KVM: software emulation, many times slower)."
+     " 1 check needs fixing"),
+    (("CPU virtualization", "IOMMU"), "VMs run here, but slowly (no KVM: software emulation,"
+     " many times slower). 2 checks need"),
 ])
 def test_the_host_checks_headline_says_whether_vms_run_first(broken, words):
     """Issue 29 item 7: the headline only counted what a GPU needs; it now says first
     whether ordinary VMs run here, and how fast."""
     from vm_manager.doctor.host_check import Check
-    from vm_manager.gui.dialogs import readiness_headline
+    from vm_manager.actions.host import verdict as readiness_headline
 
     checks = [Check(name, "fail" if name in broken else "ok", "")
               for name in ("CPU virtualization", "/dev/kvm", "KVM", "IOMMU", "vfio-pci")]

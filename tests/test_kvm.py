@@ -205,3 +205,36 @@ def test_a_vm_kvm_cannot_run_is_said_in_words_with_its_fix(system_daemon, tiny_g
     finally:
         cli("delete", name, "--yes", "--force")
         conn.close()
+
+
+def test_a_stopped_network_is_warned_at_create_and_said_in_words_at_start(
+        system_daemon, tiny_guest, tmp_path, monkeypatch):
+    """A walk made VMs on libvirt's `default` network while it did not run: `create` said
+    nothing, and the start failed with libvirt's "network 'default' is not active". Now
+    `create` warns, and the start says it in words with both ways out."""
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    name = f"neuron-net-{uuid.uuid4().hex[:8]}"
+    conn = LibvirtConnection(system_daemon).open()
+
+    def cli(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        return main(list(argv), connection=conn, out=out, err=err), out.getvalue(), \
+            err.getvalue()
+
+    network = f"neuron-stopped-{uuid.uuid4().hex[:6]}"  # defined, never started
+    conn.execute(lambda c: c.networkDefineXML(
+        f"<network><name>{network}</name><bridge name='nst{network[-6:]}'/></network>"))
+    try:
+        code, out, err = cli("create", name, "--template", "linux", "--network", network,
+                             "--domain-type", "qemu", "--memory", "512M", "--cpus", "1",
+                             "--disk-size", "0", "--kernel", str(tiny_guest.kernel),
+                             "--initrd", str(tiny_guest.initrd))
+        assert code == 0 and f"the network {network!r} is not running" in out + err, (out, err)
+        code, _, err = cli("start", name)
+        assert code == 1 and f"its network {network} is not running" in err, err
+        assert f"sudo virsh net-start {network}" in err and "--network none" in err
+    finally:
+        cli("delete", name, "--yes", "--force")
+        conn.execute(lambda c: c.networkLookupByName(network).undefine())
+        conn.close()

@@ -133,9 +133,22 @@ def start(ctx: Context, name: str, **options):
     its fix (software emulation) instead of QEMU's own message."""
     from ..base.errors import OperationFailed
 
+    import re
+
     try:
         return ctx.lifecycle.start(name, **options)
     except OperationFailed as error:
+        network = re.search(r"network '([^']+)' is not active", str(error))
+        if network:  # (a walk: libvirt's own words, no fix)
+            raise OperationFailed(
+                f"{name} could not start: its network {network.group(1)} is not running;"
+                f" start it (sudo virsh net-start {network.group(1)}), or give {name} no"
+                f" network (neuron-vm configure {name} --network none)") from error
+        if "Cannot allocate memory" in str(error):
+            raise OperationFailed(
+                f"{name} could not start: this computer has not that much free memory for"
+                f" it; give it less (neuron-vm configure {name} --memory SIZE) or close"
+                " other programs") from error
         if not any(words in str(error) for words in KVM_FAILURES):
             raise
         raise OperationFailed(

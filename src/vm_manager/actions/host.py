@@ -167,3 +167,21 @@ def shm_permissions(ctx: Context, vm: str, user: str | None = None,
         subprocess.run(command, check=False)
         ran = " ".join(command)
     return ShmPermissions(path, text, apply, ran)
+
+
+def verdict(checks) -> str:
+    """The host check in one line, for the CLI and the window alike: whether ordinary VMs
+    run here (and how fast), then what GPU passthrough still needs (a walk read "3 failed"
+    on a host where VMs run)."""
+    from ..base.primitives import plural
+
+    failed = sum(check.status == "fail" for check in checks)
+    no_kvm = any(check.status == "fail" and check.name in ("CPU virtualization", "/dev/kvm",
+                                                           "KVM") for check in checks)
+    vms = ("VMs run here, but slowly (no KVM: software emulation, many times slower)."
+           if no_kvm else "VMs run here with KVM.")
+    if not failed:
+        return f"{vms} Everything a GPU needs is in place too."
+    need = "needs" if failed == 1 else "need"
+    return f"{vms} {plural(failed, 'check')} {need} fixing before a VM can have a GPU."
+

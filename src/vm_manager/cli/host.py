@@ -56,6 +56,7 @@ def cmd_doctor(ctx: CommandContext) -> int:
 
         warned = sum(check.status == "warn" for check in checks)
         ctx.print(f"{plural(len(checks), 'check')}: {failed} failed, {plural(warned, 'warning')}")
+        ctx.print(host.verdict(checks))
     return EXIT_FAILED if failed else EXIT_OK
 
 

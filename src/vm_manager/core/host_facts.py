@@ -57,6 +57,7 @@ class HostFacts:
     uefi_firmware: tuple[str, ...] = ()
     paths: dict[str, PathFact] = field(default_factory=dict)
     networks: frozenset[str] | None = None  # libvirt's network names (None: not read)
+    networks_stopped: frozenset[str] | None = None  # those of them that do not run now
     usb_present: frozenset[tuple[str, str]] | None = None  # (vendor, product) plugged in now
     guest_media: GuestMediaFacts | None = None  # read for an unattended setup
     remote: bool = False  # another computer's libvirt: its files are known only as volumes
@@ -85,8 +86,8 @@ def gather_host_facts(
     ``pci``: read PCI devices and IOMMU groups (default: when the config passes a GPU).
     ``previous``: a VM's settings before a change; the files they name are read too."""
     host = host or host_for(connection.uri, connection, host_root, qemu_img)
-    kvm_caps, any_caps, version, names, networks = connection.execute(_read_libvirt,
-                                                                      idempotent=True)
+    kvm_caps, any_caps, version, names, (networks, stopped) = connection.execute(
+        _read_libvirt, idempotent=True)
     memory_mb, cpus = connection.host_info()
     caps = read_domain_capabilities(any_caps) if any_caps else None
     driver = connection.uri.split(":", 1)[0]
@@ -116,6 +117,7 @@ def gather_host_facts(
         uefi_firmware=host.firmware(caps),
         uefi_builds=None if host.remote else _uefi_builds(host),
         networks=networks,
+        networks_stopped=stopped,
         usb_present=host.usb_present() if config is not None and config.usb_devices else None,
         paths=paths,
         guest_media=(_guest_media(config, paths, host.opener(), host_root)
@@ -214,11 +216,13 @@ def _read_libvirt(conn: libvirt.virConnect):
     kvm = caps("kvm")
     names = [dom.name() for dom in conn.listAllDomains(0)]
     try:
-        networks = frozenset(net.name() for net in conn.listAllNetworks(0))
+        listed = conn.listAllNetworks(0)
+        networks = frozenset(net.name() for net in listed)
+        stopped = frozenset(net.name() for net in listed if not net.isActive())
     except libvirt.libvirtError:
         if not conn.isAlive():
             raise
-        networks = None  # a driver without networks: not checked
-    return kvm, kvm or caps("qemu"), conn.getLibVersion(), names, networks
+        networks = stopped = None  # a driver without networks: not checked
+    return kvm, kvm or caps("qemu"), conn.getLibVersion(), names, (networks, stopped)
 
 

@@ -265,6 +265,9 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
         known = ", ".join(sorted(facts.networks)) or "none at all"
         raise InvalidConfig("network", f"there is no libvirt network {config.network!r} on"
                             f" this host (there are: {known}); or use none")
+    if changed("network") and config.network in (facts.networks_stopped or ()):
+        warnings.append(f"the network {config.network!r} is not running: {name} cannot start"
+                        f" until it is (sudo virsh net-start {config.network}), or use none")
     check_firmware(config, facts, warnings)
     gpu = _plan_gpu(config, facts, warnings) if changed("gpu_passthrough") else \
         _gpu_as_made(config, facts)
@@ -419,15 +422,10 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
         kernel = KernelSpec(config.kernel_path, config.initrd_path, config.kernel_cmdline)
     opencore = config.opencore_path
     return TemplateContext(
-        name=config.name,
-        uuid=vm_uuid,
+        name=config.name, uuid=vm_uuid, template=template, vm_type=config.vm_type.value,
         title=f"{config.name} ({config.vm_type.label}, NeuronOS)",  # viewers' window title
-        vm_type=config.vm_type.value,
-        template=template,
-        memory_mb=config.memory_mb,
-        vcpus=config.vcpus,
-        domain_type=domain_type,
-        cpu_mode=cpu_mode(domain_type),
+        memory_mb=config.memory_mb, vcpus=config.vcpus,
+        domain_type=domain_type, cpu_mode=cpu_mode(domain_type),
         disk=disk_spec,
         cdroms=tuple(cdroms),
         network=network,

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 from ..base.primitives import plural
 from .texts import NO_USB, empty_row, for_people, gpu_label, said, speed_box, usb_label
 from .widgets import Tasks, check_item, error_label, fit_list, screen_room
+from ..actions.host import verdict
 from .networks import NetworkPicker
 from .wizard import CreateWizard
 
@@ -67,6 +68,8 @@ class DeleteDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         self.ok_button = buttons.button(QDialogButtonBox.Ok)
         self.ok_button.setText("Delete")
+        self.ok_button.setAutoDefault(False)  # Enter never deletes: Cancel is the default
+        buttons.button(QDialogButtonBox.Cancel).setDefault(True)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
@@ -111,18 +114,6 @@ class DeleteDialog(QDialog):
         self.ok_button.setEnabled(not blocked)
 
 
-def readiness_headline(checks) -> str:
-    """Whether ordinary VMs run here (and how fast), then what GPU passthrough still needs."""
-    failed = sum(check.status == "fail" for check in checks)
-    no_kvm = any(check.status == "fail" and check.name in ("CPU virtualization", "/dev/kvm",
-                                                           "KVM") for check in checks)
-    vms = "VMs run here, but slowly (no KVM)." if no_kvm else "VMs run here with KVM."
-    if not failed:
-        return f"{vms} Everything a GPU needs is in place too."
-    need = "needs" if failed == 1 else "need"
-    return f"{vms} {plural(failed, 'check')} {need} fixing before a VM can have a GPU."
-
-
 class ReadinessDialog(QDialog):
     """``neuron-vm doctor`` as a page: each check with its status and its one-line fix, and
     below it the guide (``fixes``: buttons for what the app can fix, words for the rest)."""
@@ -135,7 +126,7 @@ class ReadinessDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Is this computer ready?")
         layout = QVBoxLayout(self)
-        self.summary = QLabel(readiness_headline(checks))
+        self.summary = QLabel(verdict(checks))
         self.summary.setWordWrap(True)
         layout.addWidget(self.summary)
         self.tree = QTreeWidget()

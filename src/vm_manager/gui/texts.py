@@ -71,6 +71,8 @@ def field_label(field: str | None) -> str:
 # What the CLI's messages tell a user to type, in the app's words (issue 29, item 5)
 CLI_PATTERNS = (  # (regular expression, the app's words)
     (r",? or neuron-vm configure \S+ --domain-type qemu", ""),
+    (r" \(neuron-vm configure \S+ --network none\)", " (Settings → Network: No network)"),
+    (r" \(neuron-vm configure \S+ --memory SIZE\)", " (Settings → Memory)"),
     (r" ?\(`neuron-vm start [^`]*`\)", ""),  # "start it (`neuron-vm start x`): ..."
     (r"`neuron-vm start [^`]*`", "Start"),
     (r"\(create it with --gpu ADDR --looking-glass\)",
