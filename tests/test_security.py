@@ -345,6 +345,7 @@ def test_system_files_are_refused_to_root_too(make_host, tmp_path, monkeypatch):
                 assert code == 2 and err.startswith(f"neuron-vm: {flag}") and words in err, \
                     (flag, path, err)
             for extra in (["--iso", "/usr/share/common-licenses/GPL-3"],
+                          ["--serial-log", "/var/cache/neuronos/demo-serial.log"],  # make demo
                           ["--serial-log", f"/var/log/neuronos-{uuids.uuid4().hex[:8]}.log"],
                           ["--disk", str(theirs)], ["--disk", str(rooms)]):
                 code, err = create(*extra)

@@ -215,6 +215,9 @@ def not_owned_by(folder: Path, user: str) -> str | None:
 # images folders among them (/var/lib/libvirt/images) are the VMs' own.
 SYSTEM_FOLDERS = ("/etc", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
                   "/libx32", "/var", "/run")
+# ...but these of /var are not the system's: NeuronOS's own cache (the demo's tiny guest and
+# its console log) and the folder for everyone's temporary files
+NOT_SYSTEM = ("/var/cache/neuronos", "/var/tmp")
 
 
 def within(path: str, folder: str) -> bool:
@@ -226,7 +229,7 @@ def system_file_problem(real: str, want: int, exempt: tuple[str, ...] = ()) -> s
     disk, medium or log, whoever the desktop user is, root included; None when it may.
     ``exempt``: the images folders (inside /var, they are the VMs' own)."""
     inside = next((folder for folder in SYSTEM_FOLDERS if within(real, folder)), None)
-    if inside is None or any(within(real, folder) for folder in exempt):
+    if inside is None or any(within(real, folder) for folder in (*exempt, *NOT_SYSTEM)):
         return None
     try:
         info = os.stat(real)
