@@ -668,7 +668,9 @@ def test_remembered_geometry_wins(qtbot, three_vm_uri, tmp_path):
     assert sizes[1] == sizes[0] == (700, 330)
 
 
-def test_one_vm_is_one_vm(qtbot, make_host, tmp_path):
+@pytest.fixture
+def solo_window(qtbot, make_host, tmp_path):
+    """(window, connection): a shown window over a host with one shut-off VM, "solo"."""
     from support.fakes import FakeDomain
 
     with guard.allowed():
@@ -677,8 +679,13 @@ def test_one_vm_is_one_vm(qtbot, make_host, tmp_path):
     qtbot.addWidget(win)
     win.show()
     qtbot.waitUntil(lambda: win.model.rowCount() == 1, timeout=5000)
-    assert win.statusBar().currentMessage().startswith("1 VM on ")
+    yield win, conn
     win.close()
+
+
+def test_one_vm_is_one_vm(solo_window):
+    win, _ = solo_window
+    assert win.statusBar().currentMessage().startswith("1 VM on ")
 
 
 def test_the_host_check_is_readable_without_scrolling(qtbot):
@@ -1407,17 +1414,10 @@ def test_settings_change_a_vm_whose_setup_has_not_started(qtbot, make_host, tmp_
     assert "6291456" in xml and 'stage="created"' in xml.replace("'", '"') and "w11-setup.iso" in xml
 
 
-def test_deleting_the_last_vm_brings_the_empty_window_back(qtbot, make_host, tmp_path):
+def test_deleting_the_last_vm_brings_the_empty_window_back(qtbot, solo_window):
     """A walk deleted the only VM: the list emptied but its details stayed on screen and
     "No virtual machines yet" did not come back until F5."""
-    from support.fakes import FakeDomain
-
-    with guard.allowed():
-        conn = LibvirtConnection(make_host([FakeDomain("solo")]))
-    win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitUntil(lambda: win.model.rowCount() == 1, timeout=5000)
+    win, conn = solo_window
     win.select("solo")
     qtbot.waitUntil(lambda: win.details.shown == "solo", timeout=5000)
     with guard.allowed():
@@ -1425,4 +1425,3 @@ def test_deleting_the_last_vm_brings_the_empty_window_back(qtbot, make_host, tmp
         conn.execute(lambda c: c.lookupByName("solo").undefine())  # libvirt's event follows
     qtbot.waitUntil(lambda: win.list_stack.currentWidget() is win.empty, timeout=5000)
     assert win.details.shown is None and "solo" not in win.details.toPlainText()
-    win.close()

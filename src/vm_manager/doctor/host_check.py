@@ -147,33 +147,30 @@ def firmware_dir(root: Path) -> Path:
     return root / "usr" / "share" / "qemu" / "firmware"
 
 
-def uefi_descriptors(root: Path | str) -> tuple[str, ...]:
-    """File names of QEMU's firmware descriptors that offer UEFI (what libvirt picks OVMF
-    from for ``<os firmware='efi'>``, DESIGN.md 5)."""
-    uefi = []
+def _uefi_descriptors(root: Path | str) -> list[tuple[str, dict]]:
+    """(file name, content) of each of QEMU's firmware descriptors that offers UEFI (what
+    libvirt picks OVMF from for ``<os firmware='efi'>``, DESIGN.md 5)."""
+    found = []
     for path in sorted(firmware_dir(Path(root)).glob("*.json")):
         try:
             data = json.loads(_read(path))
         except ValueError:
             continue
         if isinstance(data, dict) and "uefi" in data.get("interface-types", []):
-            uefi.append(path.name)
-    return tuple(uefi)
+            found.append((path.name, data))
+    return found
+
+
+def uefi_descriptors(root: Path | str) -> tuple[str, ...]:
+    """The file names of the host's UEFI firmware descriptors."""
+    return tuple(name for name, _ in _uefi_descriptors(root))
 
 
 def uefi_builds(root: Path | str) -> frozenset[tuple[bool, bool]]:
     """The (Secure Boot, Microsoft's keys enrolled) pairs the UEFI builds of the host's
     firmware descriptors offer (their ``features``: ``secure-boot``, ``enrolled-keys``)."""
-    builds = set()
-    for path in sorted(firmware_dir(Path(root)).glob("*.json")):
-        try:
-            data = json.loads(_read(path))
-        except ValueError:
-            continue
-        if isinstance(data, dict) and "uefi" in data.get("interface-types", []):
-            features = set(data.get("features") or ())
-            builds.add(("secure-boot" in features, "enrolled-keys" in features))
-    return frozenset(builds)
+    features = [set(data.get("features") or ()) for _, data in _uefi_descriptors(root)]
+    return frozenset(("secure-boot" in each, "enrolled-keys" in each) for each in features)
 
 
 def check_firmware(root: Path) -> Check:
