@@ -39,14 +39,15 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-FORMAT = "2"  # bump when the image's recipe changes, to rebuild cached copies
+FORMAT = "3"  # bump when the image's recipe changes, to rebuild cached copies
 IMAGE_NAME = "debian-cloud-test.qcow2"
 LOCALE_ERROR_NAME = "debian-cloud-locale-error.qcow2"
 PACKAGES = ("linux-image-cloud-amd64", "systemd-sysv", "udev", "dbus", "cloud-init",
             "python3-cffi-backend",  # named, or python3-cryptography's dependency fails
             "qemu-guest-agent", "openssh-server", "ifupdown", "isc-dhcp-client",
             "grub-efi-amd64-bin", "grub-efi-amd64-signed", "shim-signed", "sudo", "netbase",
-            "iproute2", "ca-certificates", "locales")
+            "iproute2", "ca-certificates", "locales",
+            "e2fsprogs")  # cloud-init's resize2fs: in minbase up to Debian 12, named since 13
 TOOLS = {"debootstrap": "debootstrap", "mformat": "mtools", "mkfs.fat": "dosfstools",
          "sfdisk": "fdisk", "mke2fs": "e2fsprogs", "qemu-img": "qemu-utils"}
 DISK_MIB, ESP_START_MIB, ESP_MIB = 3072, 1, 127
