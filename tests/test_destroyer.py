@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 
 import pytest
 
@@ -153,6 +154,66 @@ def test_an_unknown_backing_chain_keeps_the_disks(world, why):
     assert names(conn) == {"other"}
 
 
+def snapshot_xml(name, overlay, source, uuid, memory=None, state="shutoff"):
+    """A snapshot as `virsh snapshot-create-as --disk-only` (or with --memspec) leaves it:
+    the overlay it made, the VM's disk as it was inside its <domain>."""
+    mem = (f"<memory snapshot='external' file='{memory}'/>" if memory else
+           "<memory snapshot='no'/>")
+    return (f"<domainsnapshot><name>{name}</name><state>{state}</state><creationTime>"
+            f"1733443200</creationTime>{mem}<disks>"
+            f"<disk name='vda' snapshot='external' type='file'><source file='{overlay}'/>"
+            f"</disk></disks><domain type='test'><name>ext</name><uuid>{uuid}</uuid>"
+            "<memory unit='MiB'>512"
+            "</memory><os><type>hvm</type></os><devices>"
+            f"{disk_xml(source)}</devices></domain></domainsnapshot>")
+
+
+def test_external_snapshot_files_are_listed_and_deleted_with_the_disks(world, tmp_path):
+    """A VM with external snapshots made outside NeuronOS (virsh): its disk is the top of a
+    chain. `--delete-disks` lists and deletes every file its snapshots made (the images
+    below, an overlay no longer in the chain, a memory file) and keeps the cloud image its
+    first disk was made on (outside the images folder, or in it: no snapshot made it)."""
+    import libvirt
+
+    conn, images, shm, store, destroyer = world
+    cloud = qcow2(tmp_path / "cloud.qcow2")
+    cloud_inside = qcow2(images / "cloud-inside.qcow2")
+    base = qcow2(images / "ext.qcow2", backing=cloud)
+    over1 = qcow2(images / "ext.s1", backing=base)
+    top = qcow2(images / "ext.s2", backing=over1)
+    left = qcow2(images / "ext.s0", backing=base)  # a branch a revert left
+    memory = images / "ext.s2.mem"
+    memory.write_bytes(b"QEVM")
+    other_disk = qcow2(images / "second.qcow2", backing=cloud_inside)
+    dom = define(conn, "ext", [disk_xml(top), disk_xml(other_disk, target="vdb")])
+    uuid = dom.UUIDString()
+    for xml in (snapshot_xml("s0", left, base, uuid), snapshot_xml("s1", over1, base, uuid),
+                snapshot_xml("s2", top, over1, uuid, memory=memory, state="running")):
+        dom.snapshotCreateXML(xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)
+
+    keep_plan, plan = destroyer.plan_both("ext")
+    decisions = {d.path: d for d in plan.disks}
+    assert set(decisions) == {str(p) for p in (top, other_disk, over1, base, cloud,
+                                               cloud_inside, left, memory)}
+    for path, kind in ((over1, "snapshot overlay"), (base, "image below"),
+                       (left, "snapshot overlay"), (memory, "snapshot memory")):
+        assert decisions[str(path)].delete and decisions[str(path)].device == kind, path
+    assert "snapshot 's0'" in decisions[str(left)].reason
+    assert "snapshot 's2'" in decisions[str(memory)].reason
+    assert not decisions[str(cloud)].delete and "outside" in decisions[str(cloud)].reason
+    assert not decisions[str(cloud_inside)].delete
+    assert "no snapshot of this VM made it" in decisions[str(cloud_inside)].reason
+    assert not any(d.delete for d in keep_plan.disks)  # refused anyway: it has snapshots
+    text = "\n".join(plan.describe())
+    assert f"DELETE snapshot memory {memory}" in text and f"keep   image below {cloud}" in text
+
+    result = destroyer.destroy("ext", delete_disks=True)
+    for gone in (top, other_disk, over1, base, left, memory):
+        assert not gone.exists() and str(gone) in result.removed, gone
+    assert cloud.exists() and cloud_inside.exists() and not result.failed
+    assert "ext" not in names(conn)
+
+
 def test_the_opencore_image_the_user_gave_is_kept(world):
     """A macOS VM boots through the user's OpenCore image: `--delete-disks` removes the VM's
     own disk but keeps that image (it boots every macOS VM made with it), even in the
@@ -202,3 +263,94 @@ def test_cli_delete(world, monkeypatch):
     assert code == 0 and "kept" in out and own.exists() and "c" not in names(conn)
     code, _, _ = cli(["delete", "c", "--yes"], conn)
     assert code == 3
+
+
+@pytest.mark.daemon
+def test_on_the_real_daemon_virsh_snapshot_chains_are_deleted_whole(system_daemon, tiny_guest,
+                                                                    tmp_path):
+    """Snapshots made with virsh on the real daemon: a disk-only one of the shut-off VM and
+    one with its memory while the tiny guest runs (TCG); where libvirt reverts external
+    snapshots (9.9 and newer), a revert to the first one too, which leaves an overlay of its
+    own. `neuron-vm delete --delete-disks` names every file they made and removes them all:
+    nothing of the VM is left in the images folder."""
+    import os
+    import uuid
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    from support.domains import domain_xml, remove_domain
+
+    images = Path("/var/lib/libvirt/images")
+    name = f"neuron-chain-{uuid.uuid4().hex[:6]}"
+    disk = images / f"{name}.qcow2"
+    qcow2(disk)
+    root = ET.fromstring(domain_xml(name, tiny_guest, tmp_path / "serial.log"))
+    root.find("devices").append(ET.fromstring(
+        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"))
+    virsh = ["virsh", "-q", "-c", system_daemon]
+
+    def run(*argv):
+        done = subprocess.run([*virsh, *argv], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"virsh {' '.join(argv)}: {done.stderr}"
+        return done.stdout
+
+    def ours() -> set[str]:
+        return {str(path) for path in images.iterdir() if path.name.startswith(name)}
+
+    conn = LibvirtConnection(system_daemon)
+    try:
+        conn.execute(lambda c: c.defineXML(ET.tostring(root, encoding="unicode")))
+        run("snapshot-create-as", name, "s1", "--disk-only")
+        run("start", name)
+        memory = images / f"{name}.s2.mem"
+        run("snapshot-create-as", name, "s2", "--memspec",
+            f"file={memory},snapshot=external", "--diskspec", "vda,snapshot=external")
+        assert memory.exists()
+        version = conn.execute(lambda c: c.getLibVersion())
+        if version >= 9_009_000:  # libvirt reverts external snapshots from 9.9 on
+            run("destroy", name)
+            run("snapshot-revert", name, "s1")
+        files = ours()
+        assert len(files) >= 4 and str(disk) in files, files  # base, 2 overlays, memory
+        out = subprocess.run([sys.executable, "-m", "vm_manager", "delete", name, "-c",
+                              system_daemon, "--delete-disks", "--dry-run"],
+                             capture_output=True, text=True, timeout=120).stdout
+        deleted = [line for line in out.splitlines() if line.startswith("  DELETE ")]
+        for path in files:
+            assert any(f" {path} (" in line for line in deleted), (path, out)
+        done = subprocess.run([sys.executable, "-m", "vm_manager", "delete", name, "-c",
+                               system_daemon, "--delete-disks", "--yes", "--force"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert ours() == set(), (ours(), done.stdout)
+        print(f"libvirt {version}: deleted {len(files)} files: {sorted(files)}")
+    finally:
+        try:
+            remove_domain(conn, name)
+        finally:
+            conn.close()
+            for path in ours():
+                os.unlink(path)
+
+
+def test_a_snapshots_files_are_read_from_its_xml():
+    """What `virsh snapshot-dumpxml` shows on libvirt 11.3 after a revert to an external
+    snapshot with memory: the overlay it made, the overlay the revert made (revertDisks), its
+    memory file and the disk it stood on; a CD-ROM of its domain is nobody's file."""
+    from vm_manager.base.snapshot_xml import read_snapshot
+
+    xml = ("<domainsnapshot><name>s2</name><state>running</state><creationTime>1"
+           "</creationTime><memory snapshot='external' file='/i/vm.s2.mem'/><disks>"
+           "<disk name='vda' snapshot='external' type='file'><driver type='qcow2'/>"
+           "<source file='/i/vm.s2'/></disk><disk name='sda' snapshot='no'/></disks>"
+           "<revertDisks><disk name='vda' snapshot='external' type='file'><source"
+           " file='/i/vm.1796534913'/></disk></revertDisks><domain type='kvm'><name>vm"
+           "</name><devices>" + disk_xml("/i/vm.s1") + disk_xml(
+               "/i/win.iso", device="cdrom", target="sda") + "</devices></domain>"
+           "</domainsnapshot>")
+    snap = read_snapshot(xml)
+    assert snap.name == "s2" and snap.memory == "/i/vm.s2.mem"
+    assert snap.overlays == ["/i/vm.s2", "/i/vm.1796534913"] and snap.sources == ["/i/vm.s1"]
+    assert read_snapshot("<domainsnapshot><name>i</name><memory snapshot='internal'/>"
+                         "</domainsnapshot>").memory is None

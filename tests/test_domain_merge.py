@@ -217,3 +217,22 @@ def test_shares_through_the_launcher_changes_only_the_virtiofs_binaries():
     assert "xattr=" in after
     strip = re.compile(r"<binary[^>]*/>")
     assert strip.sub("", after).replace('"', "'") == strip.sub("", before)
+
+
+def test_disks_from_a_revert_takes_the_new_overlay_and_keeps_the_rest():
+    """libvirt's revert of an external snapshot gives the disk a new overlay in the
+    snapshot's old definition: the definition of now takes that source and format only
+    (cache mode, memory and the rest stay as they are now)."""
+    from vm_manager.base.domain_merge import disks_from
+
+    reverted = CURRENT.replace("/var/lib/libvirt/images/win.qcow2",
+                               "/var/lib/libvirt/images/win.1733443200").replace(
+        "<memory unit='KiB'>4194304</memory>", "<memory unit='KiB'>1048576</memory>")
+    merged = etree.fromstring(disks_from(CURRENT, reverted).encode())
+    assert merged.find("devices/disk/source").get("file") == \
+        "/var/lib/libvirt/images/win.1733443200"
+    assert merged.find("devices/disk/driver").attrib == {
+        "name": "qemu", "type": "qcow2", "cache": "writeback", "discard": "unmap"}
+    assert merged.findtext("memory") == "4194304"
+    assert disks_from(CURRENT, CURRENT) == etree.tostring(etree.fromstring(CURRENT.encode()),
+                                                          encoding="unicode")

@@ -26,7 +26,7 @@ from support.tiny_guest import STAGE_FILE
 
 pytestmark = pytest.mark.daemon
 # /run/cloud-init/result.json as Debian 12's cloud-init 22.4 wrote it on the real test guest
-# whose en_US.UTF-8 locale was not generated (tests/support/cloud_guest.py, locale_error)
+# (tests/support/cloud_guest.py)
 CLEAN_RESULT = json.dumps({"v1": {
     "datasource": "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]", "errors": []}}, indent=1)
 

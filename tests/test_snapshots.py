@@ -430,3 +430,69 @@ def test_libvirts_state_folders_follow_the_connection(tmp_path, monkeypatch):
     assert state_dirs("qemu:///system") == (Path("/var/lib/libvirt/qemu/nvram"),
                                             Path("/var/lib/libvirt/swtpm"))
     assert state_dirs("qemu+ssh://box/system", tmp_path)[1] == tmp_path / "swtpm"
+
+
+@pytest.mark.daemon
+def test_a_virsh_external_snapshot_reverts_where_libvirt_can_and_is_refused_where_not(
+        system_daemon, tiny_guest, tmp_path):
+    """`virsh snapshot-create-as --disk-only` of a shut-off VM, then data written and a
+    setting changed: on libvirt 9.9 and newer `neuron-vm snapshot revert` gives the disk the
+    snapshot's content (libvirt's new overlay) and keeps the setting of now; on an older
+    libvirt it is refused naming the version, and nothing changes."""
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from support.domains import domain_xml
+
+    images = Path("/var/lib/libvirt/images")
+    name = f"neuron-extsnap-{uuid.uuid4().hex[:6]}"
+    disk = images / f"{name}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+
+    def io(path, command):
+        return subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, str(path)],
+                              capture_output=True, text=True)
+
+    assert io(disk, "write -P 0xaa 0 1M").returncode == 0
+    root = ET.fromstring(domain_xml(name, tiny_guest, tmp_path / "serial.log"))
+    root.find("devices").append(ET.fromstring(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"))
+    virsh = ["virsh", "-q", "-c", system_daemon]
+    conn = LibvirtConnection(system_daemon)
+    try:
+        conn.execute(lambda c: c.defineXML(ET.tostring(root, encoding="unicode")))
+        subprocess.run([*virsh, "snapshot-create-as", name, "s1", "--disk-only"], check=True,
+                       capture_output=True)
+        top = images / f"{name}.s1"
+        assert io(top, "write -P 0xbb 0 1M").returncode == 0
+        subprocess.run([*virsh, "desc", name, "--config", "--title", "changed after s1"],
+                       check=True, capture_output=True)
+        before = conn.execute(lambda c: c.lookupByName(name).XMLDesc(2))
+        done = subprocess.run([sys.executable, "-m", "vm_manager", "snapshot", "revert", name,
+                               "s1", "-c", system_daemon], capture_output=True, text=True,
+                              timeout=120)
+        after = conn.execute(lambda c: c.lookupByName(name).XMLDesc(2))
+        from vm_manager.base.domain_xml import read_domain
+
+        [now] = [d.source for d in read_domain(after).disks if d.device == "disk"]
+        version = conn.execute(lambda c: c.getLibVersion())
+        if version >= 9_009_000:
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert now not in (str(disk), str(top)), now  # libvirt's new overlay
+            assert "Pattern verification failed" not in io(now, "read -P 0xaa 0 1M").stdout
+            assert "<title>changed after s1</title>" in after
+        else:
+            assert done.returncode == 1, done.stdout + done.stderr
+            from vm_manager.base.primitives import dotted_version
+
+            assert f"libvirt {dotted_version(version)} cannot revert those (9.9 and newer"\
+                " can); nothing was changed" in done.stderr, done.stderr
+            assert after == before and now == str(top)
+            assert "Pattern verification failed" not in io(top, "read -P 0xbb 0 1M").stdout
+        print(f"libvirt {version}: {done.stdout}{done.stderr}")
+    finally:
+        remove_domain(conn, name)
+        conn.close()
+        for path in images.glob(f"{name}*"):
+            path.unlink()

@@ -14,10 +14,14 @@ isolated: the agent is in the image, so the seed's ``packages: [qemu-guest-agent
 nothing to fetch). Under TCG it reaches cloud-init's final stage 60-90 s after start.
 
 Two images come from one debootstrap tree: ``image`` has the locale cloud-init's Debian
-defaults set (``en_US.UTF-8``) generated, so cloud-init finishes cleanly; ``locale_error``
-is the tree as debootstrap leaves it, where cloud-init's own ``locale`` module fails
-(``update-locale ... LANG=en_US.UTF-8``, exit 255: seen on the first real run): a real
-cloud-init error, whose words must reach ``setup-status``.
+defaults set (``en_US.UTF-8``) generated, so cloud-init finishes cleanly; ``script_error``
+is the same tree with one image script that fails, the way vendors ship per-instance
+scripts: cloud-init runs every executable in ``/var/lib/cloud/scripts/per-instance`` once
+per instance (its ``scripts_per_instance`` module, final stage) and a failing one is the
+module's error, ``Runparts: 1 failures (NAME) in 1 attempted commands`` (cloudinit/subp.py
+``runparts``, the same words in cloud-init 22.4 of Debian 12 and 25.1 of Debian 13): a real
+cloud-init error, whose words must reach ``setup-status``. (The first such image left the
+locale ungenerated, which fails cloud-init 22.4's ``locale`` module but not 25.1's.)
 
 Cached in ``$NEURONOS_CACHE_DIR/cloud-guest`` (``/var/cache/neuronos/cloud-guest`` as root)
 with a stamp; ``python tests/support/cloud_guest.py`` builds it and prints its path. Nothing
@@ -39,9 +43,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-FORMAT = "3"  # bump when the image's recipe changes, to rebuild cached copies
+FORMAT = "4"  # bump when the image's recipe changes, to rebuild cached copies
 IMAGE_NAME = "debian-cloud-test.qcow2"
-LOCALE_ERROR_NAME = "debian-cloud-locale-error.qcow2"
+SCRIPT_ERROR_NAME = "debian-cloud-script-error.qcow2"
+FAILING_SCRIPT = "neuronos-test-fails"  # in /var/lib/cloud/scripts/per-instance
 PACKAGES = ("linux-image-cloud-amd64", "systemd-sysv", "udev", "dbus", "cloud-init",
             "python3-cffi-backend",  # named, or python3-cryptography's dependency fails
             "qemu-guest-agent", "openssh-server", "ifupdown", "isc-dhcp-client",
@@ -154,7 +159,7 @@ def _esp(root: Path, target: Path, root_uuid: str) -> None:
 @dataclass(frozen=True)
 class CloudGuest:
     image: Path  # cloud-init finishes cleanly
-    locale_error: Path  # cloud-init finishes with its locale module's error
+    script_error: Path  # cloud-init finishes with its per-instance script's error
 
 
 def _disk(root: Path, work: Path, root_uuid: str, target: Path) -> None:
@@ -184,9 +189,9 @@ def _disk(root: Path, work: Path, root_uuid: str, target: Path) -> None:
 def build(cache_dir: Path | None = None) -> CloudGuest:
     """Build (or reuse) both images."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    guest = CloudGuest(cache_dir / IMAGE_NAME, cache_dir / LOCALE_ERROR_NAME)
+    guest = CloudGuest(cache_dir / IMAGE_NAME, cache_dir / SCRIPT_ERROR_NAME)
     stamp = cache_dir / "STAMP"
-    if guest.image.exists() and guest.locale_error.exists() and stamp.exists() \
+    if guest.image.exists() and guest.script_error.exists() and stamp.exists() \
             and stamp.read_text().split()[:1] == [FORMAT]:
         return guest
     missing = missing_tools()
@@ -206,12 +211,17 @@ def build(cache_dir: Path | None = None) -> CloudGuest:
             if not (root / link).exists():
                 found = sorted((root / "boot").glob(f"{link}-*"))
                 (root / link).symlink_to(f"boot/{found[-1].name}")
-        _disk(root, work, root_uuid, guest.locale_error)
         locale_gen = root / "etc/locale.gen"
         locale_gen.write_text(locale_gen.read_text().replace("# en_US.UTF-8 UTF-8",
                                                              "en_US.UTF-8 UTF-8"))
         _run(["chroot", str(root), "locale-gen"])  # no /dev, /proc or /run needed
         _disk(root, work, root_uuid, guest.image)
+        scripts = root / "var/lib/cloud/scripts/per-instance"
+        scripts.mkdir(parents=True, exist_ok=True)
+        script = scripts / FAILING_SCRIPT
+        script.write_text("#!/bin/sh\necho 'this test image fails on purpose' >&2\nexit 3\n")
+        script.chmod(0o755)
+        _disk(root, work, root_uuid, guest.script_error)
     stamp.write_text(f"{FORMAT} {codename}\n")
     for folder in (cache_dir, *cache_dir.parents):
         if folder == Path("/") or folder.stat().st_uid != os.geteuid():
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     guest = build(args.cache_dir)
-    print(f"image {guest.image}\nlocale-error {guest.locale_error}")
+    print(f"image {guest.image}\nscript-error {guest.script_error}")
     return 0
 
 

@@ -74,6 +74,31 @@ def set_disk_format(current: str, source: str, fmt: str) -> str:
     return _text(cur)
 
 
+def disks_from(current: str, reverted: str) -> str:
+    """``current`` with each disk's source, format and backing chain as ``reverted`` has
+    them for the same target (what libvirt's revert of an external snapshot changes: new
+    overlays); every other setting, the disk's cache mode too, stays as ``current`` has
+    it."""
+    cur, new = _parse(current), _parse(reverted)
+    by_target = {disk.find("target").get("dev"): disk for disk in new.iterfind("devices/disk")
+                 if disk.find("target") is not None}
+    for disk in cur.iterfind("devices/disk"):
+        target = disk.find("target")
+        other = by_target.get(target.get("dev")) if target is not None else None
+        if other is None or disk.get("device", "disk") != "disk":  # media stay as they are
+            continue
+        for tag in ("source", "backingStore"):
+            mine, theirs = disk.find(tag), other.find(tag)
+            if theirs is not None and mine is not None:
+                _replace(disk, mine, copy.deepcopy(theirs))
+            elif mine is not None:
+                disk.remove(mine)
+        driver, fmt = disk.find("driver"), other.find("driver")
+        if driver is not None and fmt is not None and fmt.get("type"):
+            driver.set("type", fmt.get("type"))  # the user's cache mode stays
+    return _text(cur)
+
+
 def spice_without_port(current: str) -> str:
     """``current`` with every SPICE server's network port taken away (``<listen
     type='none'/>``: libvirt hands out its connections, issue 28); nothing else changes."""

@@ -94,6 +94,12 @@ def validate_name(value: Any, field_name: str = "name") -> str:
     return value
 
 
+def dotted_version(number: int) -> str:
+    """libvirt's version number (major * 1,000,000 + minor * 1,000 + release) as people
+    write it: 9009000 -> "9.9.0"."""
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+
+
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     """``1 VM``, ``2 VMs``, ``1 check``, ``0 warnings``."""
     return f"{count} {noun if count == 1 else (plural_form or noun + 's')}"

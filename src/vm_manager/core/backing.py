@@ -4,7 +4,8 @@ VM uses this disk" rule: a disk, and every image below it in its backing chain. 
 comes from libvirt's volume descriptions when a pool holds the image (local and remote alike), else from the image
 itself (``qemu-img``, this machine only). A chain that cannot be read is said so
 (``ChainUnknown``), never taken for an empty one: the destroyer then keeps the disks it
-would have deleted.
+would have deleted. ``chain_files`` lists the rest of a VM's own files for its delete plan:
+the images below its disks and what the snapshots libvirt knows made (overlays, memory).
 """
 
 from __future__ import annotations
@@ -143,3 +144,64 @@ def _volume_chain(connection: LibvirtConnection, path: str) -> list[str] | None:
         return chain
 
     return connection.execute(walk, idempotent=True)
+
+
+@dataclass(frozen=True)
+class ChainFile:
+    """A file of a VM that is not one of its disks: an image below a disk, an overlay an
+    external snapshot (or a revert to one) made, a snapshot's saved memory."""
+
+    path: str
+    kind: str  # "image below", "snapshot overlay", "snapshot memory"
+    made_by: str | None  # what of this VM made it; None: nothing says this VM did
+
+
+def chain_files(connection: LibvirtConnection, disks: list[str], snapshot_xmls: list[str],
+                qemu_img: str = "qemu-img") -> tuple[list[ChainFile], list[str]]:
+    """Every file of a VM's disk chains and of the snapshots libvirt knows for it, but its
+    disks (``disks``: their sources), each once; and what could not be read. An image below
+    a disk that no snapshot of this VM names (a cloud image, a base image the user gave) is
+    listed with ``made_by`` None: it is not this VM's to delete."""
+    from ..base.snapshot_xml import read_snapshot
+
+    own: dict[str, tuple[str, str]] = {}
+    snaps = [read_snapshot(xml) for xml in snapshot_xmls]
+    for snap in snaps:  # what a snapshot made names a file first, what it stood on after
+        for path in snap.overlays:
+            own.setdefault(os.path.realpath(path), (
+                "snapshot overlay", f"made by its snapshot {snap.name!r} (or a revert to it)"))
+        if snap.memory:
+            own.setdefault(os.path.realpath(snap.memory), (
+                "snapshot memory", f"the memory its snapshot {snap.name!r} saved"))
+    for snap in snaps:
+        for path in snap.sources:
+            own.setdefault(os.path.realpath(path), (
+                "image below", f"its disk as it was when its snapshot {snap.name!r} was taken"))
+    seen = {os.path.realpath(path) for path in disks}
+    files: list[ChainFile] = []
+    unread: list[str] = []
+    for disk in disks:
+        try:
+            below = backing_chain(connection, disk, qemu_img)
+        except ChainUnknown as error:
+            unread.append(f"the images below {disk} could not be read ({error})")
+            below = []
+        for path in below:
+            real = os.path.realpath(path)
+            if real not in seen:
+                seen.add(real)
+                kind, made_by = own.get(real, ("image below", None))
+                files.append(ChainFile(path, kind, made_by))
+    for real, (kind, made_by) in own.items():
+        if real not in seen and _exists(connection, real):
+            seen.add(real)
+            files.append(ChainFile(real, kind, made_by))
+    return files, unread
+
+
+def _exists(connection: LibvirtConnection, path: str) -> bool:
+    """Whether the file is there: on this machine, or in a pool of the remote host."""
+    if not is_remote(connection.uri):
+        return os.path.lexists(path)
+    return connection.execute(lambda conn: storage.lookup_volume(conn, path) is not None,
+                              idempotent=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import InvalidConfig
+from ..base.primitives import dotted_version
 from ..guest.windows_answers import AnswerValues, answer_values
 from .disks import regular_file
 from .host import setup_medium_path
@@ -270,4 +271,4 @@ def plan_shares(config: VMConfig, facts: HostFacts, warnings: list[str]
 def _version(number: int | None) -> str:
     if not number:
         return "a libvirt of unknown version"
-    return f"libvirt {number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+    return f"libvirt {dotted_version(number)}"

@@ -1,26 +1,26 @@
 """Snapshots that are a VM's whole state: its disks, its UEFI variables (NVRAM) and its TPM
 state together (DESIGN.md 8).
 
-libvirt 9.0 snapshots a shut-off VM's qcow2 disks (internal snapshots) but restores neither
-the NVRAM vars file nor the swtpm state, and refuses internal snapshots of a running UEFI
-VM. So here, on any libvirt:
+libvirt snapshots a shut-off VM's qcow2 disks (internal snapshots) but restores neither the
+NVRAM vars file nor the swtpm state (up to 11.x at least), and a running UEFI VM gets only
+external snapshots (revertible from libvirt 9.9 on). So here, on any libvirt:
 
 - A snapshot is taken of a SHUT-OFF VM only: libvirt's offline internal snapshot of every
   disk (qcow2 only; a raw disk is refused with the reason) plus copies of the NVRAM file and
   the TPM state folder, in ``<images>/<vm>.snapshots/<snap>/`` with ``snapshot.json`` (name,
-  time, description, files, method). A running VM is refused, by choice (issue 15 allows
-  it): libvirt 9.0 makes only external disk-only snapshots of a running UEFI VM and can
-  neither revert nor delete them, so restoring one means re-pointing disks at overlays and
-  merging chains by hand, and a TPM state that does not match its disk can make Windows ask
-  for its BitLocker recovery key. A shut-off snapshot captures the three together and takes
-  well under a second (bench/snapshots.py). A GPU VM is no different: no memory state is
-  ever saved.
+  time, description, files, method). A running VM is refused, by choice: its disks, memory
+  and TPM state would have to be caught at one instant, and a TPM state that does not match
+  its disk can make Windows ask for its BitLocker recovery key. A shut-off snapshot takes
+  well under a second (bench/snapshots.py). A GPU VM is no different: no memory is saved.
 - Revert (VM shut off) restores the disks (libvirt), then the NVRAM, then the TPM state. It
   first takes a safety snapshot of the current state the same way; if any step fails,
   everything is reverted to that, so a failed revert changes nothing. The safety snapshot
-  is deleted at the end.
-- Delete removes one snapshot's internal disk snapshot (libvirt) and its folder; other
-  snapshots and the current state are untouched.
+  is deleted at the end. An external snapshot made outside NeuronOS (``virsh
+  snapshot-create-as --disk-only`` or ``--memspec``) is reverted by libvirt alone where it
+  can (9.9 and newer: new overlays on the snapshot's images), keeping the VM's settings of
+  now; an older libvirt is refused before anything changes, naming its version.
+- Delete removes one snapshot (libvirt: an internal one from the qcow2, an external one
+  merged back) and its folder; other snapshots and the current state are untouched.
 - ``list`` shows libvirt's snapshots, those made with virsh too (marked "disks only").
 """
 
@@ -45,7 +45,9 @@ from ..base.connection import LibvirtConnection
 from ..base.domain_xml import read_domain
 from ..base.errors import InvalidConfig, LifecycleError, NotFound, OperationFailed, VMManagerError
 from ..base.log import get_logger
+from ..base.primitives import dotted_version
 from ..base.values import parse_text
+from .state_copies import copy_state, remove_state, restore_copy, size_of
 
 log = get_logger(__name__)
 
@@ -53,6 +55,7 @@ SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LIBVIRT_STATE = Path("/var/lib/libvirt")  # swtpm/<uuid>/ and qemu/nvram/<name>_VARS.fd
 METHOD = "offline: internal qcow2 disk snapshots (libvirt) + NVRAM and TPM copies"
 SAFETY_PREFIX = "neuronos-pre-revert-"
+EXTERNAL_REVERT_SINCE = 9_009_000  # libvirt 9.9.0 reverts external snapshots (its NEWS)
 
 
 @dataclass
@@ -243,7 +246,7 @@ class SnapshotManager:
     def _take(self, vm: str, domain, name: str, description: str) -> Snapshot:
         target = self.folder(vm) / name
         files = self._state_files(domain)
-        need = sum(_size(path) for _, path in files) + (1 << 20)
+        need = sum(size_of(path) for _, path in files) + (1 << 20)
         self.folder(vm).mkdir(mode=0o700, exist_ok=True)
         free = shutil.disk_usage(self.folder(vm)).free
         if free < need:
@@ -256,7 +259,7 @@ class SnapshotManager:
         try:
             partial.mkdir(mode=0o700)
             for kind, path in files:
-                _copy(path, partial / kind)
+                copy_state(path, partial / kind)
             xml = ET.Element("domainsnapshot")
             ET.SubElement(xml, "name").text = name
             ET.SubElement(xml, "description").text = description
@@ -266,7 +269,7 @@ class SnapshotManager:
                 ET.tostring(xml, encoding="unicode"), 0))
             snap = Snapshot(name, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             description, METHOD, [kind for kind, _ in files],
-                            sum(_size(partial / kind) for kind, _ in files), True)
+                            sum(size_of(partial / kind) for kind, _ in files), True)
             (partial / "snapshot.json").write_text(json.dumps(snap.to_dict(), indent=2))
             os.replace(partial, target)
         except BaseException:
@@ -286,13 +289,16 @@ class SnapshotManager:
             return self._revert(vm, name)
 
     def _revert(self, vm: str, name: str) -> Snapshot:
-        domain, active, _ = self._domain(vm)
+        domain, active, snapshots = self._domain(vm)
         if active:
             raise LifecycleError(f"{vm} is running: a snapshot is restored only while it is"
                                  " shut off (stop it, or give --force)")
         snap = next((s for s in self.list(vm) if s.name == name), None)
         if snap is None:
             raise NotFound("SNAP", f"{vm} has no snapshot {name!r}")
+        if _external(snapshots, name):
+            self._revert_external(vm, name)
+            return snap
         missing = [kind for kind in snap.files if not (self.folder(vm) / name / kind).exists()]
         if missing:
             raise OperationFailed(f"the {' and '.join(missing)} copies of {name!r} are missing"
@@ -331,9 +337,30 @@ class SnapshotManager:
         saved = self.folder(vm) / name
         for kind, path in files:
             if snap is not None and kind in snap.files:
-                _restore_copy(saved / kind, path)
+                restore_copy(saved / kind, path)
             elif snap is not None and snap.complete:  # none yet when it was taken: none now
-                _remove_state(path)
+                remove_state(path)
+
+    def _revert_external(self, vm: str, name: str) -> None:
+        """libvirt's own revert (new overlays on the snapshot's images); the VM keeps its
+        settings of now, with the disks libvirt's revert gave it."""
+        from ..base.domain_merge import disks_from
+
+        version = self.connection.execute(lambda c: c.getLibVersion(), idempotent=True)
+        if version < EXTERNAL_REVERT_SINCE:
+            raise OperationFailed(
+                f"{name!r} is an external snapshot, made outside NeuronOS (its disks went on"
+                f" in new files): libvirt {dotted_version(version)} cannot revert those (9.9"
+                " and newer can); nothing was changed")
+
+        def revert(conn):
+            dom = self.connection.lookup(conn, vm)
+            definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            dom.revertToSnapshot(dom.snapshotLookupByName(name, 0), 0)
+            conn.defineXML(disks_from(definition, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+
+        self.connection.execute(revert)
+        log.info("%s reverted to its external snapshot %s by libvirt", vm, name)
 
     # --- deleting ---------------------------------------------------------------------------
 
@@ -372,6 +399,15 @@ class SnapshotManager:
             raise
 
 
+def _external(snapshots: list[str], name: str) -> bool:
+    """Whether libvirt's snapshot ``name`` is an external one (new files for its disks or
+    its memory), as ``virsh snapshot-create-as --disk-only`` makes them."""
+    from ..base.snapshot_xml import read_snapshot
+
+    return any(snap.name == name and bool(snap.overlays or snap.memory)
+               for snap in map(read_snapshot, snapshots))
+
+
 def snapshots_folder(domain, images_dir: Path) -> Path:
     """The folder of a VM's snapshot copies: ``NAME.snapshots`` next to its first disk file
     (where NeuronOS made it), else in ``images_dir``."""
@@ -381,59 +417,5 @@ def snapshots_folder(domain, images_dir: Path) -> Path:
     return folder / f"{domain.name}.snapshots"
 
 
-def _remove_state(path: Path) -> None:
-    """The NVRAM file or TPM state a snapshot taken before them did not have (libvirt makes
-    the NVRAM from its template at the next start, swtpm a fresh TPM)."""
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def _mib(size: int) -> str:
     return f"{size / 1048576:.1f} MiB"  # 1.55 MiB is not "1 MiB"
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.exists() else 0
-
-
-def _copy(source: Path, target: Path) -> None:
-    """A byte copy keeping modes and owners (QEMU's user must still open the restored
-    files)."""
-    if source.is_dir():
-        shutil.copytree(source, target, symlinks=False, copy_function=_copy_file)
-        _copy_owner(source, target)
-    else:
-        _copy_file(source, target)
-
-
-def _copy_file(source, target) -> None:
-    shutil.copy2(source, target)
-    _copy_owner(Path(source), Path(target))
-
-
-def _copy_owner(source: Path, target: Path) -> None:
-    info = source.stat()
-    try:
-        os.chown(target, info.st_uid, info.st_gid)
-    except PermissionError:
-        pass  # not root: the files stay this user's
-
-
-def _restore_copy(saved: Path, target: Path) -> None:
-    """Put ``saved`` in place of ``target`` (a file or a folder): the new one is complete
-    beside it before the old one goes."""
-    fresh = target.with_name(f".{target.name}.restore")
-    shutil.rmtree(fresh, ignore_errors=True) if fresh.is_dir() else fresh.unlink(missing_ok=True)
-    _copy(saved, fresh)
-    if target.is_dir():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(fresh, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(fresh, target)

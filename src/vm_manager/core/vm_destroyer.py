@@ -25,7 +25,8 @@ import libvirt
 from ..base.connection import LibvirtConnection, _is_connection_error, get_connection
 from ..base.domain_xml import Disk, read_domain
 from .host import images_dir, setup_medium_path
-from .backing import paths_used_by
+from .backing import ChainFile, chain_files, paths_used_by
+from ..base.snapshot_xml import read_snapshot
 from ..base.errors import (ConnectionFailed, InvalidConfig, LifecycleError, OperationFailed,
                      StoreError, VMNotFound)
 from ..base.primitives import VMState
@@ -67,6 +68,7 @@ class DestroyPlan:
     snapshot_folder: str | None = None  # NeuronOS's NVRAM/TPM copies, removed with the disks
     shm_rule: str | None = None  # its tmpfiles rule: the next VM of this name is not theirs
     firmware_files: list[str] = field(default_factory=list)  # its NVRAM file, TPM folder
+    chain_unread: list[str] = field(default_factory=list)  # images below that stay unknown
 
     @property
     def blocked_reason(self) -> str | None:
@@ -97,6 +99,8 @@ class DestroyPlan:
         for disk in self.disks:
             action = "DELETE" if disk.delete else "keep  "
             lines.append(f"  {action} {disk.device} {disk.path} ({disk.reason})")
+        for unread in self.chain_unread:
+            lines.append(f"  keep   whatever is below: {unread}")
         if self.snapshots:
             lines.append(f"  {'DELETE' if self.delete_disks else 'refused:'} snapshots"
                          f" {', '.join(self.snapshots)}"
@@ -121,6 +125,7 @@ class DestroyPlan:
             "firmware_state": self.firmware_state,
             "snapshots": self.snapshots,
             "firmware_files": self.firmware_files,
+            "chain_unread": self.chain_unread,
         }
 
 
@@ -191,18 +196,22 @@ class VMDestroyer:
             for other in conn.listAllDomains(0):
                 if other.name() != name:
                     others[other.name()] = other.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-            snaps = [snap.getName() for snap in dom.listAllSnapshots(0)]
+            snaps = [snap.getXMLDesc(0) for snap in dom.listAllSnapshots(0)]
             return (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.state()[0], others,
                     conn.getLibVersion(), snaps)
 
-        xml, state_code, others, lib_version, snaps = self.connection.execute(read,
-                                                                            idempotent=True)
+        xml, state_code, others, lib_version, snap_xmls = self.connection.execute(
+            read, idempotent=True)
+        snaps = [read_snapshot(snap).name for snap in snap_xmls]
         state = VMState.from_libvirt(state_code)
         managed = (self._images_dir or images_dir(self.connection.uri)).resolve()
         used_by, unread = paths_used_by(self.connection, others, self.qemu_img)
         domain = read_domain(xml)
         domain_disks = [disk for disk in domain.disks if disk.source]  # not empty
         given = self._given_images(name, domain.uuid)
+        extra, chain_unread = chain_files(
+            self.connection, [disk.source for disk in domain_disks if disk.type == "file"
+                              and disk.device == "disk"], snap_xmls, self.qemu_img)
         tpm_flags = lib_version >= TPM_FLAGS_SINCE
 
         from ..base.primitives import is_remote
@@ -237,7 +246,10 @@ class VMDestroyer:
             plans.append(DestroyPlan(
                 name=name, state=state, delete_disks=delete_disks,
                 disks=[self._decide(disk, delete_disks, managed, used_by, name, unread,
-                                    given) for disk in domain_disks],
+                                    given) for disk in domain_disks]
+                + [self._decide_file(file, delete_disks, managed, used_by, unread, given)
+                   for file in extra],
+                chain_unread=chain_unread,
                 settings_file=str(settings) if settings and self.store.belongs(
                     name, domain.uuid) else None,  # never another VM's of this name
                 shm_file=str(shm) if shm and shm.exists() else None,
@@ -293,6 +305,33 @@ class VMDestroyer:
         if unread:  # another VM's disk may build on this one: nothing says it does not
             return keep(f"{unread[0]}, so it may build on this disk")
         return DiskDecision(path, device, True, "owned by this VM")
+
+    @staticmethod
+    def _decide_file(file: ChainFile, delete_disks: bool, managed: Path,
+                     used_by: dict[str, str], unread: list[str],
+                     given: dict[str, str]) -> DiskDecision:
+        """An image below a disk, or a snapshot's overlay or memory: deleted with the disks
+        when this VM made it, in the managed folder, and nothing else uses it."""
+        real = os.path.realpath(file.path)
+
+        def keep(reason: str) -> DiskDecision:
+            return DiskDecision(file.path, file.kind, False, reason)
+
+        if real in used_by:
+            return keep(f"also used by VM {used_by[real]!r}")
+        if real in given:
+            return keep(given[real])
+        if managed not in Path(real).parents:
+            return keep(f"outside the managed images folder {managed}")
+        if file.made_by is None:
+            return keep("its disk builds on it, but no snapshot of this VM made it (a cloud"
+                        " or base image is yours)")
+        if not delete_disks:
+            return keep(f"{file.made_by}; kept unless you ask to delete the disks"
+                        " (--delete-disks)")
+        if unread:
+            return keep(f"{unread[0]}, so it may build on this file")
+        return DiskDecision(file.path, file.kind, True, file.made_by)
 
     # --- destroy ----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..base.access import desktop_user  # noqa: F401 (callers import it from here)
 from ..base import guard
 from ..base.errors import LookingGlassError
-from ..base.primitives import plural
+from ..base.primitives import dotted_version, plural
 from ..passthrough.pci import host_root, iommu_groups
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -248,12 +248,9 @@ def check_libvirt(uri: str) -> tuple[Check, ...]:
     finally:
         connection.close()
 
-    def dotted(number: int) -> str:
-        return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
-
-    detail = f"reachable at {uri}: libvirt {dotted(version)}"
+    detail = f"reachable at {uri}: libvirt {dotted_version(version)}"
     if hyper:
-        detail += f", hypervisor {dotted(hyper)}"
+        detail += f", hypervisor {dotted_version(hyper)}"
     libvirt_check = Check("libvirtd", OK, detail)
     if network == "active":
         net_check = Check("default network", OK, "active")

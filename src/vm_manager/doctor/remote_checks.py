@@ -15,6 +15,7 @@ import libvirt
 from ..base.connection import LibvirtConnection
 from ..base.domcaps import read_domain_capabilities
 from ..base.errors import ConnectionFailed, OperationFailed
+from ..base.primitives import dotted_version
 from .host_check import FAIL, OK, WARN, Check, check_console_viewer, check_desktop_libraries
 
 UNKNOWN = "unknown"
@@ -62,7 +63,7 @@ def _read(conn: libvirt.virConnect) -> dict:
 
 def _judge(uri: str, facts: dict, groups: dict) -> list[Check]:
     version = facts["version"]
-    dotted = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
+    dotted = dotted_version(version)
     on = f"on {facts['host']}"
     checks = [Check("libvirtd", OK, f"reachable at {uri}: libvirt {dotted}")]
     domcaps = facts["kvm"] or facts["qemu"]
