@@ -164,7 +164,7 @@ case "${1:-test}" in
     say "setup took $(( $(date +%s) - started )) s; libvirt $(inside dpkg-query -W -f='${Version}' libvirt-daemon), QEMU $(inside dpkg-query -W -f='${Version}' qemu-system-x86)"
     set +e
     inside bash -c 'cd /root/neuronos && export CI=true PIP_DISABLE_PIP_VERSION_CHECK=1 &&
-      make demo && make test PYTEST_ARGS="-p no:cacheprovider"'
+      make demo && make test PYTEST_ARGS="-p no:cacheprovider --durations=15"'
     status=$?
     set -e
     say "finished in $(( $(date +%s) - started )) s with status $status"
