@@ -35,7 +35,7 @@ pytestmark = pytest.mark.daemon
 STEPS = (
     ("nothing", ["configure"], set()),
     ("memory", ["configure", "--memory", "@MORE@", "--force"], {"memory", "currentMemory"}),
-    ("cpus", ["configure", "--cpus", "3", "--force"], {"vcpu"}),
+    ("cpus", ["configure", "--cpus", "3", "--force"], {"vcpu", "cpu"}),  # its topology
     ("usb", ["configure", "--usb", "046d:c077"], {"hostdev:usb"}),
     ("no usb", ["configure", "--no-usb"], {"hostdev:usb"}),
     ("gpu", ["configure", "--gpu", "01:00.0"],

@@ -69,7 +69,7 @@ def _system(ctx: Context, info: dict[str, Any]) -> Section:
     state = info.get("state")
     shown = VMState(state).label if state in {s.value for s in VMState} else state or "?"
     rows = [("System", label), ("State", shown),
-            ("vCPUs", str(info.get("vcpus"))),
+            ("vCPUs", str(info.get("vcpus"))), ("CPU", _cpu(info.get("cpu") or {})),
             ("Memory", _size((info.get("memory_mb") or 0) * 1048576)),
             ("Machine", f"{os_info.get('machine') or '?'}"
              f" ({'KVM' if info.get('domain_type') == 'kvm' else info.get('domain_type')})")]
@@ -81,6 +81,29 @@ def _system(ctx: Context, info: dict[str, Any]) -> Section:
     if not info.get("settings"):
         rows.append(("Settings", "not made by NeuronOS (change it with virt-manager)"))
     return Section("System", tuple(rows))
+
+
+def _cpu(cpu: dict[str, Any]) -> str:
+    """``1 socket, 4 cores x 2 threads; on host CPUs 2-9 (QEMU's own threads on 0-1)``."""
+    from ..base.primitives import plural
+    from ..passthrough.cpu_topology import format_cpulist, parse_cpulist
+
+    topology = cpu.get("topology")
+    if not topology:
+        return "each vCPU a socket of its own (`neuron-vm tune --apply` makes them one)"
+    sockets, _, cores, threads = topology
+    text = (f"{plural(sockets, 'socket')}, {plural(cores, 'core')} x"
+            f" {plural(threads, 'thread')}")
+    pins = cpu.get("pins") or []
+    if not pins:
+        return text + "; not pinned"
+    try:
+        used = format_cpulist(set().union(*(parse_cpulist(cpuset) for _, cpuset in pins)))
+    except ValueError:
+        used = ", ".join(cpuset for _, cpuset in pins)
+    emulator = f" (QEMU's own threads on {cpu['emulator']})" if cpu.get("emulator") else ""
+    node = f", memory on NUMA node {cpu['memory_nodes']}" if cpu.get("memory_nodes") else ""
+    return f"{text}; on host CPUs {used}{emulator}{node}"
 
 
 def _firmware(info: dict[str, Any]) -> Section:

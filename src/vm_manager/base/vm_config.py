@@ -112,6 +112,7 @@ class GPUPassthroughConfig:
     rom_file: str | None = None
     nvidia_compat: bool = False  # <kvm hidden>, Hyper-V vendor_id: harmless, rarely needed
     allow_boot_gpu: bool = False  # explicit single-GPU opt-in
+    tune_cpus: bool = True  # vCPUs pinned from the host's topology (create --no-tune: off)
 
     def __post_init__(self) -> None:
         self.pci_address = str(PCIAddress.parse(self.pci_address, "gpu.pci_address"))

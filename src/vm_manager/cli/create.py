@@ -149,6 +149,9 @@ def _gpu_options(parser) -> None:
                         help="single-GPU mode: allow the GPU the host boots on")
     parser.add_argument("--nvidia-compat", action="store_true",
                         help="hide KVM and set a Hyper-V vendor id (old NVIDIA drivers)")
+    parser.add_argument("--no-tune", action="store_true",
+                        help="do not pin the GPU VM's vCPUs to host cores (`neuron-vm tune`"
+                        " shows the plan)")
 
 
 @contextlib.contextmanager
@@ -239,10 +242,12 @@ def request_from_args(args: argparse.Namespace, uri: str | None = None):
     if args.gpu is not None:  # '' is not "no GPU": it is a bad address
         data["gpu_passthrough"] = {"pci_address": args.gpu, "rom_file": args.gpu_rom,
                                    "nvidia_compat": args.nvidia_compat,
-                                   "allow_boot_gpu": args.allow_boot_gpu}
+                                   "allow_boot_gpu": args.allow_boot_gpu,
+                                   "tune_cpus": not args.no_tune}
     else:
         for flag, given in (("--gpu-rom", args.gpu_rom), ("--nvidia-compat", args.nvidia_compat),
-                            ("--allow-boot-gpu", args.allow_boot_gpu)):
+                            ("--allow-boot-gpu", args.allow_boot_gpu),
+                            ("--no-tune", args.no_tune)):
             if given:
                 raise InvalidConfig(flag, "goes with --gpu PCI_ADDR (there is no GPU to"
                                     " apply it to)")

@@ -1,4 +1,5 @@
-"""``gpu list|plan|prepare|unprepare|detach|reattach`` and ``usb list|attach|detach``."""
+"""``gpu list|plan|prepare|unprepare|detach|reattach``, ``usb list|attach|detach`` and
+``tune`` (where a VM's vCPUs run)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ def register(commands, common, subcommand) -> None:
                        ("reattach", "give one function back to its host driver")):
         sub = subcommand(actions, name, text, cmd_gpu_node)
         sub.add_argument("address", metavar="ADDR")
+
+    tune = commands.add_parser(
+        "tune", parents=[common], help="where a VM's vCPUs run: the plan and why (--apply"
+        " writes it)", description="Plans the VM's CPU topology and, for a GPU VM, which host"
+        " cores its vCPUs and QEMU's own threads run on, from this computer's CPUs (sysfs"
+        " under $NEURONOS_HOST_ROOT). Nothing changes without --apply; the VM must be"
+        " stopped then, and its next start has it.")
+    tune.add_argument("name", metavar="NAME")
+    tune.add_argument("--apply", action="store_true", help="write the plan into the VM")
+    tune.set_defaults(run=cmd_tune)
 
     usb = commands.add_parser(
         "usb", parents=[common], help="USB devices: list, attach to / detach from a VM",
@@ -141,4 +152,30 @@ def cmd_usb_change(ctx: CommandContext) -> int:
     if outcome.warning:
         ctx.warn(outcome.warning)
     ctx.print(outcome.describe())
+    return EXIT_OK
+
+
+def cmd_tune(ctx: CommandContext) -> int:
+    from ..actions import tune
+
+    report = tune.report(ctx.actions, ctx.args.name)
+    if ctx.args.apply and not report.current:
+        outcome = tune.apply(ctx.actions, ctx.args.name)
+        report = tune.report(ctx.actions, ctx.args.name)
+        if not ctx.json:
+            for change in outcome.result.changes:
+                ctx.print(f"changed: {change}")
+    if ctx.json:
+        ctx.print_json(report.to_dict())
+        return EXIT_OK
+    ctx.print(f"{report.name} on this host: {report.host}")
+    for line in report.plan.describe():
+        ctx.print(f"  {line}")
+    if not report.applies and report.plan.pinned:
+        ctx.print("  (pinning is for GPU VMs; this VM gets the topology only)")
+    if report.current:
+        ctx.print(f"{report.name}: its definition holds this plan")
+    elif not ctx.args.apply:
+        ctx.print(f"{report.name}: its definition differs; `neuron-vm tune {report.name}"
+                  " --apply` writes the plan (the VM stopped)")
     return EXIT_OK

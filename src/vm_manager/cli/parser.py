@@ -99,7 +99,7 @@ GROUPS = {
     "guest": ("setup-status", "setup-restart", "console"),
     "snapshot": ("snapshot",),
     "shares": ("share",),
-    "devices": ("gpu", "usb"),
+    "devices": ("gpu", "usb", "tune"),
     "host": ("doctor", "shm-permissions", "templates"),
 }
 COMMANDS = tuple(command for commands in GROUPS.values() for command in commands)

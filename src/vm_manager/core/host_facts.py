@@ -24,6 +24,7 @@ from .host import SYSTEM_IMAGES_DIR, Host, PathFact, host_for, images_dir
 if TYPE_CHECKING:
     from ..guest.windows import InstallerInfo, VirtioInfo
     from ..base.domain_xml import DomainInfo
+    from ..passthrough.cpu_topology import CPUTopology
     from ..passthrough.pci import PCISnapshot
 
 log = get_logger(__name__)
@@ -65,6 +66,8 @@ class HostFacts:
     kvm_problem: str | None = None  # why KVM cannot run VMs here, when it cannot
     # (Secure Boot, Microsoft's keys) pairs this host's UEFI builds offer; None: not known
     uefi_builds: frozenset[tuple[bool, bool]] | None = None
+    cpu_topology: CPUTopology | None = None  # read for a GPU VM (its vCPUs are pinned)
+    gpu_numa_node: int | None = None  # the NUMA node of that GPU (None: not said)
 
     def path(self, path: str | Path) -> PathFact:
         return self.paths.get(str(path), PathFact("missing"))
@@ -100,6 +103,14 @@ def gather_host_facts(
             paths.update(host.path_facts(each, folder))
     if config is not None and config.disk_path and not config.disk_device:
         paths = _with_disk_users(connection, config, paths, qemu_img)
+    cpu_topology = gpu_node = None
+    gpu = (config.gpu_passthrough if config else None) or (previous.gpu_passthrough
+                                                           if previous else None)
+    if gpu is not None and not host.remote:  # this computer's sysfs
+        from ..passthrough.cpu_topology import device_numa_node, read_cpu_topology
+
+        cpu_topology = read_cpu_topology(host.root)
+        gpu_node = device_numa_node(gpu.pci_address, host.root)
     kvm_problem = None
     if driver != "test":
         kvm_problem = (host.kvm_problem() if kvm_caps is not None else
@@ -123,6 +134,8 @@ def gather_host_facts(
         guest_media=(_guest_media(config, paths, host.opener(), host_root)
                      if config and config.unattended else None),
         remote=host.remote,
+        cpu_topology=cpu_topology,
+        gpu_numa_node=gpu_node,
     )
 
 

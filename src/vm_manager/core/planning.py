@@ -23,27 +23,14 @@ from ..base.errors import InvalidConfig
 from .host import INPUT_FILES
 from .firmware import check_firmware, secure_boot
 from .host_facts import HostFacts
+from .hyperv import HypervFeature, hyperv_features
+from .cpu_plan import CPUPlan, cpu_for
 from .setup_plan import SetupPlan, ShareSpec, plan_setup, plan_shares  # noqa: F401
 from ..base.vm_config import DomainType, PCIAddress, VMConfig, VMType
 from ..base.log import get_logger
 
 log = get_logger(__name__)
 
-# Hyper-V enlightenments for Windows (DESIGN.md 5), in the order libvirt documents them.
-HYPERV_WANTED: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("relaxed", ()),
-    ("vapic", ()),
-    ("spinlocks", (("retries", "8191"),)),
-    ("vpindex", ()),
-    ("runtime", ()),
-    ("synic", ()),
-    ("stimer", ()),
-    ("frequencies", ()),
-    ("tlbflush", ()),
-    ("ipi", ()),
-)
-HYPERV_FALLBACK = frozenset({"relaxed", "vapic", "spinlocks"})  # safe when caps are unknown
-NVIDIA_VENDOR_ID = "NeuronOS"  # Hyper-V vendor_id: at most 12 characters
 
 
 # --- the values the templates see -----------------------------------------------------------
@@ -70,12 +57,6 @@ class CDROMSpec:
 class NetworkSpec:
     name: str
     model: str
-
-
-@dataclass(frozen=True)
-class HypervFeature:
-    name: str
-    attrs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +128,7 @@ class TemplateContext:
     seed: DiskSpec | None = None  # a cloud-init seed, a read-only virtio disk
     shares: tuple[ShareSpec, ...] = ()  # virtiofs folders (memory backing: shared memfd)
     secure_boot: bool = True  # False: UEFI without Secure Boot (Linux images without shim)
+    cpu: CPUPlan | None = None  # topology and pinning (None: one socket of single cores)
 
     def as_mapping(self) -> dict[str, Any]:
         """The template variables (nested values stay typed objects)."""
@@ -190,6 +172,9 @@ class CreationPlan:
                      "network: none")
         if ctx.gpu:
             lines.append(f"GPU passthrough: {', '.join(str(f) for f in ctx.gpu.functions)}")
+        if ctx.cpu and ctx.cpu.pinned:
+            lines.append(f"CPU: vCPUs on host CPUs {ctx.cpu.host_cpus}, QEMU's own threads on"
+                         f" {ctx.cpu.emulator_cpus} (`neuron-vm tune` says why)")
         lines.extend(f"USB: {usb.vendor_id}:{usb.product_id}" for usb in ctx.usb)
         lines.extend(f"shared folder: {share.source} as {share.tag!r} (virtiofs"
                      f"{', read-only' if share.readonly else ''})" for share in ctx.shares)
@@ -281,6 +266,8 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     vm_uuid = vm_uuid or str(uuid_module.uuid4())
     context = replace(_context(config, chosen, domain_type, vm_uuid, disk, facts, gpu, setup),
                       shares=shares, opencore_format=opencore_format or None)
+    if gpu is not None and context.cpu.problem:
+        warnings.append(f"the vCPUs are not pinned: {context.cpu.problem}")
     return CreationPlan(config, chosen, domain_type, vm_uuid, disk, facts.images_dir, context,
                         warnings, setup)
 
@@ -357,23 +344,6 @@ def _shares_as_made(config: VMConfig, facts: HostFacts) -> tuple[ShareSpec, ...]
                            share.tag, share.readonly) for share in config.shares)
 
 
-def _hyperv(config: VMConfig, available: frozenset[str] | None) -> tuple[HypervFeature, ...]:
-    if config.vm_type not in (VMType.WINDOWS11, VMType.WINDOWS10):
-        return ()
-    chosen = {n for n, _ in HYPERV_WANTED if (available is None and n in HYPERV_FALLBACK)
-              or (available is not None and n in available)}
-    # dependencies (QEMU): synic needs vpindex, stimer needs synic
-    if "vpindex" not in chosen:
-        chosen.discard("synic")
-    if "synic" not in chosen:
-        chosen.discard("stimer")
-    features = [HypervFeature(n, attrs) for n, attrs in HYPERV_WANTED if n in chosen]
-    gpu = config.gpu_passthrough
-    if gpu is not None and gpu.nvidia_compat and (available is None or "vendor_id" in available):
-        features.append(HypervFeature("vendor_id", (("value", NVIDIA_VENDOR_ID),)))
-    return tuple(features)
-
-
 def cpu_mode(domain_type: str) -> str:
     return "host-passthrough" if domain_type == "kvm" else "maximum"
 
@@ -430,7 +400,7 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
         cdroms=tuple(cdroms),
         network=network,
         video_model={VMType.LINUX: "virtio", VMType.MACOS: "vga"}.get(config.vm_type, "qxl"),
-        hyperv=_hyperv(config, facts.hyperv_features),
+        hyperv=hyperv_features(config, facts.hyperv_features),
         kernel=kernel,
         serial_log=config.serial_log_path,
         opencore_path=opencore,
@@ -445,4 +415,5 @@ def _context(config: VMConfig, template: str, domain_type: str, vm_uuid: str,
         seed=DiskSpec(setup.medium, "raw", "virtio", "vdb", None)  # an ISO NeuronOS writes
         if setup and setup.kind == "cloud-init" else None,
         secure_boot=secure_boot(config),
+        cpu=cpu_for(config, facts),
     )

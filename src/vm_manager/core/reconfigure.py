@@ -19,6 +19,7 @@ import libvirt
 
 from .disks import disk_repairs
 from ..base.domain_merge import merge_definition, set_disk_format
+from .cpu_plan import defined_cpu
 from .planning import as_defined
 from ..base.domain_xml import read_domain
 from ..base.errors import ConnectionFailed, InvalidConfig, LifecycleError, VMCreationError
@@ -71,6 +72,8 @@ def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
     made = creator.plan(previous, existing=True, vm_uuid=vm_uuid, facts=facts, lenient=True)
     if definition.domain_type in ("kvm", "qemu"):  # as it is defined, whatever the host
         made = as_defined(made, definition.domain_type)  # can do now (issue 29)
+    made = replace(made, context=replace(made.context, cpu=defined_cpu(  # its CPU as defined:
+        definition.cpu, made.context.vcpus)))  # an older VM gets its topology (issue 31)
     change = merge_definition(old_xml, creator.render(made), creator.render(plan))
     warnings = tuple(w for w in plan.warnings if w not in made.warnings)  # the change's own
     xml, changes = change.xml, list(change.changes)

@@ -1,0 +1,216 @@
+"""CPU topology and pinning planned from the host (issue 31): the sysfs reader on trees shaped
+like the kernel's (tests/support/cpu_trees.py) and on this machine's real /sys, read only;
+the pure plan of each shape as a table."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.cpu_trees import SHAPES, build
+from vm_manager.core.cpu_plan import plan_cpus, topology_only
+from vm_manager.passthrough.cpu_topology import (device_numa_node, format_cpulist,
+                                                  parse_cpulist, read_cpu_topology)
+
+
+def host(tmp_path, shape):
+    return read_cpu_topology(build(tmp_path / shape, SHAPES[shape]))
+
+
+@pytest.mark.parametrize("shape, described", [
+    ("i9-13900k", "24 cores: 8 P-cores, 16 E-cores, 32 CPUs (SMT), 1 L3 cache (36 MiB),"
+                  " 1 NUMA node"),
+    ("7950x3d", "16 cores, 32 CPUs (SMT), 2 L3 caches (96 MiB, 32 MiB), 1 NUMA node"),
+    ("5800x", "8 cores, 16 CPUs (SMT), 1 L3 cache (32 MiB), 1 NUMA node"),
+    ("threadripper", "16 cores, 32 CPUs (SMT), 4 L3 caches (8 MiB, 8 MiB, 8 MiB, 8 MiB),"
+                     " 2 NUMA nodes"),
+    ("laptop", "4 cores, 4 CPUs, 1 L3 cache (6 MiB), 1 NUMA node"),
+    ("cloud", "1 core, 2 CPUs (SMT), 1 L3 cache (36608 KiB), 1 NUMA node"),
+])
+def test_each_shape_reads_as_the_part_it_is(tmp_path, shape, described):
+    topology = host(tmp_path, shape)
+    assert topology.describe() == described
+
+
+def test_the_tree_gives_cores_caches_nodes_and_the_gpus_node(tmp_path):
+    topology = host(tmp_path, "threadripper")
+    assert topology.cores[0].cpus == (0, 16) and topology.cores[8].node == 1
+    assert [format_cpulist(l3.cpus) for l3 in topology.l3] == [
+        "0-3,16-19", "4-7,20-23", "8-11,24-27", "12-15,28-31"]
+    assert device_numa_node("0000:41:00.0", tmp_path / "threadripper") == 1
+    assert device_numa_node("0000:01:00.0", build(tmp_path / "x", SHAPES["5800x"])) is None
+    assert device_numa_node("0000:99:00.0", tmp_path / "x") is None  # no such device
+    assert read_cpu_topology(tmp_path / "empty") is None
+
+
+def _pins(text: str) -> tuple[tuple[int, int], ...]:
+    """``"0-1:2-3"`` -> the vCPUs in order onto those host CPUs."""
+    cpus = [int(cpu) for cpu in text.split(",")]
+    return tuple(enumerate(cpus))
+
+
+# shape, vCPUs, GPU node -> (cores, threads, host CPUs in vCPU order, emulator CPUs, NUMA
+# node) or the problem's words
+PLANS = [
+    ("i9-13900k", 8, None, (4, 2, "2,3,4,5,6,7,8,9", "0-1,10-31", None)),
+    ("i9-13900k", 16, None, "need 8 whole cores of one L3 cache beside the host's first core;"
+                            " this host has at most 7 (ask for at most 14 vCPUs)"),
+    ("7950x3d", 8, None, (4, 2, "1,17,2,18,3,19,4,20", "0,5-16,21-31", None)),
+    ("7950x3d", 16, None, (8, 2, "8,24,9,25,10,26,11,27,12,28,13,29,14,30,15,31",
+                           "0-7,16-23", None)),
+    ("5800x", 8, None, (4, 2, "1,9,2,10,3,11,4,12", "0,5-8,13-15", None)),
+    ("5800x", 14, None, (7, 2, "1,9,2,10,3,11,4,12,5,13,6,14,7,15", "0,8", None)),
+    ("5800x", 16, None, "ask for at most 14 vCPUs"),
+    ("5800x", 5, None, "5 vCPUs are not whole cores of 2 threads: ask for 4 or 6"),
+    ("threadripper", 8, 1, (4, 2, "8,24,9,25,10,26,11,27", "0-7,12-23,28-31", 1)),
+    ("threadripper", 8, 0, (4, 2, "4,20,5,21,6,22,7,23", "0-3,8-19,24-31", 0)),
+    ("threadripper", 8, None, (4, 2, "4,20,5,21,6,22,7,23", "0-3,8-19,24-31", 0)),
+    ("laptop", 2, None, (2, 1, "1,2", "0,3", None)),
+    ("laptop", 4, None, "this host has at most 3 (ask for at most 3 vCPUs)"),
+    ("cloud", 2, None, "this host has 1 core: nothing is left to pin beside the first"),
+]
+
+
+@pytest.mark.parametrize("shape, vcpus, gpu_node, expected", PLANS)
+def test_the_plan_of_each_host(tmp_path, shape, vcpus, gpu_node, expected):
+    plan = plan_cpus(host(tmp_path, shape), vcpus, gpu_node)
+    if isinstance(expected, str):
+        assert not plan.pinned and expected in plan.problem, plan.problem
+        assert (plan.cores, plan.threads) == (vcpus, 1)  # the topology all the same
+        return
+    cores, threads, pinned, emulator, node = expected
+    assert (plan.cores, plan.threads) == (cores, threads)
+    assert plan.pins == _pins(pinned)
+    assert plan.emulator_cpus == emulator and plan.node == node
+    assert plan.problem is None and plan.reasons
+    used = {cpu for _, cpu in plan.pins}
+    assert not used & set(plan.emulator) and 0 not in used  # the host keeps its first core
+
+
+def test_the_reasons_name_the_choices(tmp_path):
+    x3d = plan_cpus(host(tmp_path, "7950x3d"), 8)
+    assert any("one L3 cache of 96 MiB (the larger one)" in why for why in x3d.reasons)
+    intel = plan_cpus(host(tmp_path, "i9-13900k"), 8)
+    assert any("P-cores only" in why for why in intel.reasons)
+    numa = plan_cpus(host(tmp_path, "threadripper"), 8, gpu_node=1)
+    assert "why: NUMA node 1: the GPU's" in numa.describe()
+    assert "memory: NUMA node 1" in numa.describe()
+
+
+def test_windows_11_pro_with_4_vcpus_gets_one_socket():
+    """Windows 11 Pro uses at most 2 sockets (Home 1): 4 vCPUs are 4 cores of one socket."""
+    plan = topology_only(4)
+    assert plan.to_dict() == {"vcpus": 4, "sockets": 1, "dies": 1, "cores": 4,
+                                   "threads": 1, "pins": [], "emulator": None, "node": None,
+                                   "reasons": [], "problem": None}
+
+
+@pytest.mark.parametrize("text, cpus", [("0-3,8,10-11", {0, 1, 2, 3, 8, 10, 11}), ("5", {5}),
+                                        ("", set()), ("0-1\n", {0, 1})])
+def test_cpulists_both_ways(text, cpus):
+    assert parse_cpulist(text) == cpus
+    if cpus:
+        assert parse_cpulist(format_cpulist(cpus)) == cpus
+
+
+def test_on_this_machines_real_sys_read_only():
+    topology = read_cpu_topology("/")
+    if topology is None:
+        pytest.skip("this machine has no /sys CPU topology")
+    import os
+
+    assert topology.cpus == os.cpu_count()  # every online CPU in one core or another
+    plan = plan_cpus(topology, 2)
+    print(topology.describe(), plan.describe())
+    assert plan.cores * plan.threads == 2
+
+
+# --- the faces: create pins a GPU VM, tune shows and applies, configure fixes older VMs -----
+
+@pytest.fixture
+def gpu_host(tmp_path, make_host, monkeypatch):
+    """The test driver, and a host root with an NVIDIA card at 01:00.0 on an i9-13900K."""
+    from support.fakes import add_pci_devices, nvidia_turing_gpu
+    from vm_manager.base.connection import LibvirtConnection
+
+    root = add_pci_devices(tmp_path / "host", nvidia_turing_gpu())
+    build(root, SHAPES["i9-13900k"])
+    monkeypatch.setenv("NEURONOS_HOST_ROOT", str(root))
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    conn = LibvirtConnection(make_host(cpus=32, memory_mb=65536)).open()
+    yield conn
+    conn.close()
+
+
+def run(conn, *argv):
+    import io
+
+    from vm_manager.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    return main(list(argv), connection=conn, out=out, err=err), out.getvalue(), err.getvalue()
+
+
+def cpu_of(conn, name):
+    from vm_manager.base.domain_xml import read_domain
+
+    return read_domain(conn.execute(lambda c: c.lookupByName(name).XMLDesc(0))).cpu
+
+
+def test_create_pins_a_gpu_vm_and_tune_says_why(gpu_host):
+    conn = gpu_host
+    code, out, err = run(conn, "create", "g", "--template", "linux", "--gpu", "01:00.0",
+                         "--cpus", "8", "--memory", "4G", "--disk-size", "8G",
+                         "--domain-type", "qemu", "--network", "none")
+    assert code == 0, err
+    assert "CPU: vCPUs on host CPUs 2-9, QEMU's own threads on 0-1,10-31" in out
+    cpu = cpu_of(conn, "g")
+    assert cpu.topology == (1, 1, 4, 2)
+    assert cpu.pins == tuple((vcpu, str(vcpu + 2)) for vcpu in range(8))
+    assert cpu.emulator == "0-1,10-31" and cpu.memory_nodes is None
+    code, out, _ = run(conn, "tune", "g")
+    assert code == 0 and "24 cores: 8 P-cores, 16 E-cores" in out
+    assert "P-cores only" in out and "g: its definition holds this plan" in out
+    code, out, _ = run(conn, "tune", "g", "--json")
+    assert code == 0 and '"current": true' in out
+    code, out, _ = run(conn, "info", "g")
+    assert "1 socket, 4 cores x 2 threads; on host CPUs 2-9 (QEMU's own threads on" \
+        " 0-1,10-31)" in out, out
+
+
+def test_no_tune_leaves_the_topology_and_tune_apply_pins(gpu_host):
+    conn = gpu_host
+    code, _, err = run(conn, "create", "n", "--template", "linux", "--gpu", "01:00.0",
+                       "--no-tune", "--cpus", "4", "--memory", "4G", "--disk-size", "8G",
+                       "--domain-type", "qemu", "--network", "none")
+    assert code == 0, err
+    assert cpu_of(conn, "n").topology == (1, 1, 4, 1) and cpu_of(conn, "n").pins == ()
+    code, out, _ = run(conn, "tune", "n")
+    assert "its definition differs; `neuron-vm tune n --apply`" in out
+    assert cpu_of(conn, "n").pins == ()  # nothing without --apply
+    code, out, err = run(conn, "tune", "n", "--apply")
+    assert code == 0, err
+    assert "changed:" in out and "its definition holds this plan" in out
+    assert cpu_of(conn, "n").topology == (1, 1, 2, 2)
+    assert [cpu for _, cpu in cpu_of(conn, "n").pins] == ["2", "3", "4", "5"]
+    assert run(conn, "create", "x", "--template", "linux", "--no-tune")[0] == 2  # no GPU
+
+
+def test_configure_gives_an_older_vm_its_topology(gpu_host):
+    """A VM defined before topologies (each vCPU a socket): any configure adds the one
+    socket, and changes nothing else it was not asked."""
+    conn = gpu_host
+    code, _, err = run(conn, "create", "old", "--template", "windows11", "--cpus", "4",
+                       "--memory", "4G", "--disk-size", "64G", "--domain-type", "qemu",
+                       "--network", "none")
+    assert code == 0, err
+    xml = conn.execute(lambda c: c.lookupByName("old").XMLDesc(2))
+    import re
+
+    older = re.sub(r"<cpu mode='maximum'>\s*<topology[^>]*/>\s*</cpu>",
+                   "<cpu mode='maximum'/>", xml)
+    assert older != xml
+    conn.execute(lambda c: c.defineXML(older))
+    assert cpu_of(conn, "old").topology is None
+    code, out, err = run(conn, "configure", "old", "--memory", "5G")
+    assert code == 0, err
+    assert cpu_of(conn, "old").topology == (1, 1, 4, 1)  # Windows 11 Pro sees 4 CPUs
