@@ -99,7 +99,8 @@ def test_the_faces_allow_list_forbids_every_other_package():
                 if (path / "__init__.py").exists()}
     allowed = {"vm_manager.actions", "vm_manager.base", "vm_manager.cli", "vm_manager.gui"}
     assert packages - allowed <= set(faces["forbidden_modules"])
-    values = {"errors", "values", "primitives", "vm_config", "guest_config", "log", "guard"}
+    values = {"errors", "values", "primitives", "vm_config", "device_config", "guest_config",
+              "log", "guard"}
     base = {f"vm_manager.base.{path.stem}" for path in (SOURCE / "base").glob("*.py")
             if path.stem != "__init__"}
     assert base - {f"vm_manager.base.{v}" for v in values} <= set(faces["forbidden_modules"])

@@ -192,7 +192,12 @@ def test_no_tune_leaves_the_topology_and_tune_apply_pins(gpu_host):
     assert "changed:" in out and "its definition holds this plan" in out
     assert cpu_of(conn, "n").topology == (1, 1, 2, 2)
     assert [cpu for _, cpu in cpu_of(conn, "n").pins] == ["2", "3", "4", "5"]
-    assert run(conn, "create", "x", "--template", "linux", "--no-tune")[0] == 2  # no GPU
+    code, _, err = run(conn, "create", "p", "--template", "linux", "--tune", "--cpus", "2",
+                       "--memory", "1G", "--disk-size", "8G", "--domain-type", "qemu",
+                       "--network", "none")  # any VM may be pinned when asked
+    assert code == 0, err
+    assert cpu_of(conn, "p").topology == (1, 1, 1, 2) and len(cpu_of(conn, "p").pins) == 2
+    assert run(conn, "create", "q", "--template", "linux", "--tune", "--no-tune")[0] == 2
 
 
 def test_configure_gives_an_older_vm_its_topology(gpu_host):
@@ -214,3 +219,55 @@ def test_configure_gives_an_older_vm_its_topology(gpu_host):
     code, out, err = run(conn, "configure", "old", "--memory", "5G")
     assert code == 0, err
     assert cpu_of(conn, "old").topology == (1, 1, 4, 1)  # Windows 11 Pro sees 4 CPUs
+
+
+@pytest.mark.daemon
+def test_on_the_real_daemon_a_running_guest_runs_where_the_plan_says(system_daemon, tiny_guest,
+                                                                     tmp_path, monkeypatch):
+    """`create --tune` of the tiny guest (TCG) on qemu:///system, started: `virsh vcpupin`,
+    `virsh emulatorpin` and the live XML show the plan this host's /sys gives (where this
+    machine has no core beside the first to pin to, a 2-core tree of its own CPUs 0-1
+    stands in for its /sys)."""
+    import subprocess
+    import sys
+    import uuid
+
+    from vm_manager.base.domain_xml import read_domain
+
+    topology = read_cpu_topology("/")
+    plan = plan_cpus(topology, 1)
+    if not plan.pinned:
+        from support.cpu_trees import Shape
+
+        root = build(tmp_path / "host", Shape("2 cores", ((0,), (1,)), (("0-1", "6144K"),)))
+        monkeypatch.setenv("NEURONOS_HOST_ROOT", str(root))
+        plan = plan_cpus(read_cpu_topology(root), 1)
+    assert plan.pinned
+    name = f"neuron-pin-{uuid.uuid4().hex[:6]}"
+    env = {**__import__("os").environ, "NEURONOS_CONFIG_DIR": str(tmp_path / "config")}
+
+    def neuron_vm(*argv):
+        return subprocess.run([sys.executable, "-m", "vm_manager", *argv, "-c", system_daemon],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    def virsh(*argv):
+        return subprocess.run(["virsh", "-q", "-c", system_daemon, *argv], capture_output=True,
+                              text=True, timeout=60).stdout
+
+    try:
+        made = neuron_vm("create", name, "--template", "linux", "--kernel",
+                         str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+                         "--cmdline", "console=ttyS0 quiet panic=-1", "--disk-size", "0",
+                         "--memory", "512M", "--cpus", "1", "--tune", "--domain-type", "qemu",
+                         "--network", "none", "--start")
+        assert made.returncode == 0, made.stdout + made.stderr
+        live = read_domain(virsh("dumpxml", name)).cpu
+        assert live.topology == (1, 1, plan.cores, plan.threads)
+        assert live.pins == tuple((vcpu, str(cpu)) for vcpu, cpu in plan.pins)
+        assert live.emulator == plan.emulator_cpus
+        pinned = virsh("vcpupin", name).split()
+        assert pinned == ["0", str(plan.pins[0][1])], pinned
+        assert virsh("emulatorpin", name).split()[-1] == plan.emulator_cpus
+        print(f"{topology.describe() if topology else 'no /sys'}: {plan.describe()}")
+    finally:
+        neuron_vm("delete", name, "--force", "--yes")

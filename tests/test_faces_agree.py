@@ -107,7 +107,7 @@ def test_a_settings_change_keeps_the_gpu_options_in_both_faces(qtbot, make_host,
     assert cli_saved["memory_mb"] == 6144
     assert cli_saved["gpu_passthrough"] == {"pci_address": "0000:01:00.0",
                                             "rom_file": str(rom), "nvidia_compat": True,
-                                            "allow_boot_gpu": True, "tune_cpus": True}
+                                            "allow_boot_gpu": True}
     assert f"<rom bar='on' file='{rom}'/>" in cli_xml and "<hidden state='on'/>" in cli_xml
     assert cli_xml.count("<hostdev mode='subsystem' type='pci' managed='yes'>") == 4
 

@@ -19,7 +19,7 @@ class TuneReport:
     host: str  # this host's CPUs in words
     plan: CPUPlan  # what the VM gets on this host
     defined: CPUInfo  # what its definition holds now
-    applies: bool  # the plan pins (a GPU VM without --no-tune); else only its topology
+    applies: bool  # the VM is pinned (a GPU VM unless --no-tune, or --tune); else topology
 
     @property
     def current(self) -> bool:
@@ -61,12 +61,12 @@ def report(ctx: Context, name: str) -> TuneReport:
     node = device_numa_node(gpu.pci_address, ctx.host_root) if gpu else None
     plan = plan_cpus(topology, config.vcpus, node)
     return TuneReport(name, topology.describe() if topology else "unknown (no sysfs)", plan,
-                      read_domain(xml).cpu, bool(gpu and gpu.tune_cpus))
+                      read_domain(xml).cpu, config.tune.pins(gpu is not None))
 
 
 def apply(ctx: Context, name: str):
     """Write the plan into the VM's definition (stopped; its next start has it): its
-    topology always, its pinning when it has a GPU (and ``tune_cpus`` back on). Returns
+    topology and its pinning (``tune.pin`` on, whatever it was). Returns
     ``ReconfigureOutcome``."""
     from ..base.errors import InvalidConfig
     from .create import ReconfigureOutcome
@@ -74,8 +74,6 @@ def apply(ctx: Context, name: str):
     config = ctx.settings(name)
     if config is None:
         raise InvalidConfig("NAME", f"{name} was not made by NeuronOS")
-    new = config
-    if config.gpu_passthrough is not None:
-        new = replace(config, gpu_passthrough=replace(config.gpu_passthrough, tune_cpus=True))
+    new = replace(config, tune=replace(config.tune, pin=True))
     result = ctx.creator().reconfigure(new, previous=config)
     return ReconfigureOutcome(result, new)

@@ -24,6 +24,13 @@ from .guest_config import (  # noqa: F401 (re-exported)
     check_account_name,
     check_linux_user,
 )
+from .device_config import (  # noqa: F401 (re-exported)
+    HUGEPAGE_SIZES,
+    GPUPassthroughConfig,
+    LookingGlassConfig,
+    TuneConfig,
+    USBDeviceConfig,
+)
 from .primitives import NAME_PATTERN, NAME_RULE, VMState, validate_name  # noqa: F401 (re-exported)
 from .values import (  # noqa: F401 (PCIAddress, SIZE_RULE, parse_size_mb: re-exported)
     SIZE_RULE,
@@ -104,81 +111,6 @@ class DomainType(str, Enum):
 # --- the dataclasses ----------------------------------------------------------------------
 
 
-@dataclass
-class GPUPassthroughConfig:
-    """The GPU to hand to the guest. Every function of its slot goes with it."""
-
-    pci_address: str
-    rom_file: str | None = None
-    nvidia_compat: bool = False  # <kvm hidden>, Hyper-V vendor_id: harmless, rarely needed
-    allow_boot_gpu: bool = False  # explicit single-GPU opt-in
-    tune_cpus: bool = True  # vCPUs pinned from the host's topology (create --no-tune: off)
-
-    def __post_init__(self) -> None:
-        self.pci_address = str(PCIAddress.parse(self.pci_address, "gpu.pci_address"))
-        self.rom_file = parse_path(self.rom_file, "gpu.rom_file")
-        self.nvidia_compat = parse_bool(self.nvidia_compat, "gpu.nvidia_compat")
-        self.allow_boot_gpu = parse_bool(self.allow_boot_gpu, "gpu.allow_boot_gpu")
-
-    @property
-    def address(self) -> PCIAddress:
-        return PCIAddress.parse(self.pci_address)
-
-
-@dataclass
-class USBDeviceConfig:
-    """A USB device by vendor/product; bus and port tell two identical devices apart."""
-
-    vendor_id: str
-    product_id: str
-    bus: int | None = None
-    port: str | None = None  # sysfs port path, e.g. "1.4"
-    name: str | None = None  # for display only
-
-    def __post_init__(self) -> None:
-        self.vendor_id = parse_hex_id(self.vendor_id, "usb.vendor_id")
-        self.product_id = parse_hex_id(self.product_id, "usb.product_id")
-        if self.bus is not None:
-            self.bus = parse_int(self.bus, "usb.bus")
-            if not 1 <= self.bus <= 255:
-                raise InvalidConfig("usb.bus", f"{self.bus} is not a USB bus number (1-255)")
-        if self.port is not None and not (
-            isinstance(self.port, str) and re.fullmatch(r"\d{1,3}(\.\d{1,3}){0,6}", self.port)
-        ):
-            raise InvalidConfig("usb.port", f"{self.port!r} is not a port path (e.g. 1.4)")
-        if self.name is not None and not isinstance(self.name, str):
-            raise InvalidConfig("usb.name", f"expected text, got {self.name!r}")
-
-
-@dataclass
-class LookingGlassConfig:
-    """Looking Glass display: shared-memory frames from the guest's GPU."""
-
-    enabled: bool = False
-    width: int = 2560
-    height: int = 1440
-    hdr: bool = False
-    shm_size_mb: int | None = None  # None: computed from the resolution
-    use_kvmfr: bool = False  # /dev/kvmfr0 instead of /dev/shm/looking-glass-<vm>
-
-    def __post_init__(self) -> None:
-        self.enabled = parse_bool(self.enabled, "looking_glass.enabled")
-        self.hdr = parse_bool(self.hdr, "looking_glass.hdr")
-        self.use_kvmfr = parse_bool(self.use_kvmfr, "looking_glass.use_kvmfr")
-        for name in ("width", "height"):
-            value = parse_int(getattr(self, name), f"looking_glass.{name}")
-            if not 320 <= value <= 16384:
-                raise InvalidConfig(f"looking_glass.{name}", f"{value} is outside 320-16384")
-            setattr(self, name, value)
-        if self.shm_size_mb is not None:
-            size = parse_size_mb(self.shm_size_mb, "looking_glass.shm_size_mb")
-            if size & (size - 1):  # QEMU requires a power of two (DESIGN.md 4.2)
-                raise InvalidConfig(
-                    "looking_glass.shm_size_mb", f"{size} MiB is not a power of two (32, 64, ...)"
-                )
-            self.shm_size_mb = size
-
-
 @dataclass(frozen=True)
 class HostResources:
     """What the host can give: total memory and logical CPUs (``virConnect.getInfo``)."""
@@ -217,6 +149,7 @@ class VMConfig:
     looking_glass: LookingGlassConfig = field(default_factory=LookingGlassConfig)
     unattended: UnattendedConfig | None = None  # set the guest up without questions
     secure_boot: bool = True  # False: Linux only, for an image that does not boot via shim
+    tune: TuneConfig = field(default_factory=TuneConfig)  # pinning, huge pages, isolation
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -273,12 +206,12 @@ class VMConfig:
         ]
         if not all(isinstance(item, USBDeviceConfig) for item in self.usb_devices):
             raise InvalidConfig("usb_devices", "expected a list of USB devices")
-        if isinstance(self.looking_glass, dict):
-            self.looking_glass = _from_mapping(
-                LookingGlassConfig, self.looking_glass, "looking_glass"
-            )
-        elif not isinstance(self.looking_glass, LookingGlassConfig):
-            raise InvalidConfig("looking_glass", "expected Looking Glass settings")
+        for name, kind, what in (("looking_glass", LookingGlassConfig, "Looking Glass settings"),
+                                 ("tune", TuneConfig, "CPU and memory tuning settings")):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, _from_mapping(kind, getattr(self, name), name))
+            elif not isinstance(getattr(self, name), kind):
+                raise InvalidConfig(name, f"expected {what}")
         if not isinstance(self.shares, list):
             raise InvalidConfig("shares", "expected a list of shared folders")
         self.shares = [_from_mapping(ShareConfig, item, "shares") if isinstance(item, dict)

@@ -40,6 +40,7 @@ FLAG_FOR_FIELD = {
     "unattended.bypass_hardware_checks": "--bypass-hardware-checks",
     "secure_boot": "--secure-boot", "unattended.stage_timeout_s": "--stage-timeout",
     "usb_devices": "--usb", "usb.vendor_id": "--usb", "usb.product_id": "--usb",
+    "tune.pin": "--tune",
 }
 
 
@@ -64,6 +65,12 @@ def register(commands, common, subcommand) -> None:
     create.add_argument("--virtio-iso", metavar="PATH",
                         help="virtio-win drivers ISO (Windows; enables virtio disk and NIC)")
     _gpu_options(create)
+    tune = create.add_mutually_exclusive_group()
+    tune.add_argument("--tune", dest="pin", action="store_const", const=True,
+                      help="pin the vCPUs to whole host cores (a GPU VM gets it unasked;"
+                      " `neuron-vm tune NAME` shows the plan and why)")
+    tune.add_argument("--no-tune", dest="pin", action="store_const", const=False,
+                      help="do not pin a GPU VM's vCPUs")
     create.add_argument("--usb", action="append", metavar="VID:PID", help="pass a USB device")
     create.add_argument("--share", action="append", metavar="HOST_DIR[=TAG]",
                         help="share a host folder over virtiofs (the guest mounts it by TAG,"
@@ -149,9 +156,6 @@ def _gpu_options(parser) -> None:
                         help="single-GPU mode: allow the GPU the host boots on")
     parser.add_argument("--nvidia-compat", action="store_true",
                         help="hide KVM and set a Hyper-V vendor id (old NVIDIA drivers)")
-    parser.add_argument("--no-tune", action="store_true",
-                        help="do not pin the GPU VM's vCPUs to host cores (`neuron-vm tune`"
-                        " shows the plan)")
 
 
 @contextlib.contextmanager
@@ -236,18 +240,17 @@ def request_from_args(args: argparse.Namespace, uri: str | None = None):
         "serial_log_path": args.serial_log, "unattended": unattended_from_args(args),
         "cloud_image_path": args.cloud_image,
         "secure_boot": None if args.secure_boot is None else args.secure_boot == "on",
+        "tune": {"pin": args.pin},
         "shares": [_share(item, False) for item in args.share or ()]
         + [_share(item, True) for item in args.read_only_share or ()],
     }
     if args.gpu is not None:  # '' is not "no GPU": it is a bad address
         data["gpu_passthrough"] = {"pci_address": args.gpu, "rom_file": args.gpu_rom,
                                    "nvidia_compat": args.nvidia_compat,
-                                   "allow_boot_gpu": args.allow_boot_gpu,
-                                   "tune_cpus": not args.no_tune}
+                                   "allow_boot_gpu": args.allow_boot_gpu}
     else:
         for flag, given in (("--gpu-rom", args.gpu_rom), ("--nvidia-compat", args.nvidia_compat),
-                            ("--allow-boot-gpu", args.allow_boot_gpu),
-                            ("--no-tune", args.no_tune)):
+                            ("--allow-boot-gpu", args.allow_boot_gpu)):
             if given:
                 raise InvalidConfig(flag, "goes with --gpu PCI_ADDR (there is no GPU to"
                                     " apply it to)")

@@ -172,7 +172,8 @@ def cmd_tune(ctx: CommandContext) -> int:
     for line in report.plan.describe():
         ctx.print(f"  {line}")
     if not report.applies and report.plan.pinned:
-        ctx.print("  (pinning is for GPU VMs; this VM gets the topology only)")
+        ctx.print("  (not pinned now: a GPU VM is, any other with `--apply`; until then it"
+                  " has the topology only)")
     if report.current:
         ctx.print(f"{report.name}: its definition holds this plan")
     elif not ctx.args.apply:

@@ -59,7 +59,7 @@ class CPUPlan:
     def describe(self) -> list[str]:
         lines = [f"topology: 1 socket, {self.cores} core{'s' if self.cores != 1 else ''}"
                  f" x {self.threads} thread{'s' if self.threads != 1 else ''}"
-                 f" ({self.vcpus} vCPUs)"]
+                 f" ({self.vcpus} vCPU{'s' if self.vcpus != 1 else ''})"]
         if self.pins:
             lines.append("vCPUs -> host CPUs: " + ", ".join(f"{v}->{c}" for v, c in self.pins))
             lines.append(f"QEMU's own threads (emulator, I/O): host CPUs {self.emulator_cpus}")
@@ -78,10 +78,10 @@ class CPUPlan:
 
 
 def cpu_for(config: VMConfig, facts: HostFacts) -> CPUPlan:
-    """What a VM gets: a GPU VM its pinning plan (unless ``--no-tune``), every other VM, and
-    a GPU VM on a host whose topology is unknown, one socket of single cores."""
-    gpu = config.gpu_passthrough
-    if gpu is None or not gpu.tune_cpus:
+    """What a VM gets: its pinning plan when it is pinned (a GPU VM unless ``--no-tune``, any
+    VM with ``--tune``), else, and on a host whose topology is unknown, one socket of
+    single cores."""
+    if not config.tune.pins(config.gpu_passthrough is not None):
         return topology_only(config.vcpus)
     if facts.cpu_topology is None:
         return topology_only(config.vcpus, "this host's CPU topology was not read (another"

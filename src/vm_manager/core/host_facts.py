@@ -66,7 +66,7 @@ class HostFacts:
     kvm_problem: str | None = None  # why KVM cannot run VMs here, when it cannot
     # (Secure Boot, Microsoft's keys) pairs this host's UEFI builds offer; None: not known
     uefi_builds: frozenset[tuple[bool, bool]] | None = None
-    cpu_topology: CPUTopology | None = None  # read for a GPU VM (its vCPUs are pinned)
+    cpu_topology: CPUTopology | None = None  # read for a pinned VM (GPU VMs by default)
     gpu_numa_node: int | None = None  # the NUMA node of that GPU (None: not said)
 
     def path(self, path: str | Path) -> PathFact:
@@ -104,13 +104,14 @@ def gather_host_facts(
     if config is not None and config.disk_path and not config.disk_device:
         paths = _with_disk_users(connection, config, paths, qemu_img)
     cpu_topology = gpu_node = None
-    gpu = (config.gpu_passthrough if config else None) or (previous.gpu_passthrough
-                                                           if previous else None)
-    if gpu is not None and not host.remote:  # this computer's sysfs
+    pinned = [each for each in (config, previous)
+              if each is not None and each.tune.pins(each.gpu_passthrough is not None)]
+    if pinned and not host.remote:  # this computer's sysfs
         from ..passthrough.cpu_topology import device_numa_node, read_cpu_topology
 
         cpu_topology = read_cpu_topology(host.root)
-        gpu_node = device_numa_node(gpu.pci_address, host.root)
+        gpu = pinned[0].gpu_passthrough
+        gpu_node = device_numa_node(gpu.pci_address, host.root) if gpu else None
     kvm_problem = None
     if driver != "test":
         kvm_problem = (host.kvm_problem() if kvm_caps is not None else

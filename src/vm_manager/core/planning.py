@@ -266,7 +266,7 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
     vm_uuid = vm_uuid or str(uuid_module.uuid4())
     context = replace(_context(config, chosen, domain_type, vm_uuid, disk, facts, gpu, setup),
                       shares=shares, opencore_format=opencore_format or None)
-    if gpu is not None and context.cpu.problem:
+    if config.tune.pins(gpu is not None) and context.cpu.problem:
         warnings.append(f"the vCPUs are not pinned: {context.cpu.problem}")
     return CreationPlan(config, chosen, domain_type, vm_uuid, disk, facts.images_dir, context,
                         warnings, setup)
