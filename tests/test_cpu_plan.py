@@ -4,6 +4,8 @@ the pure plan of each shape as a table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from support.cpu_trees import SHAPES, build
@@ -269,5 +271,105 @@ def test_on_the_real_daemon_a_running_guest_runs_where_the_plan_says(system_daem
         assert pinned == ["0", str(plan.pins[0][1])], pinned
         assert virsh("emulatorpin", name).split()[-1] == plan.emulator_cpus
         print(f"{topology.describe() if topology else 'no /sys'}: {plan.describe()}")
+    finally:
+        neuron_vm("delete", name, "--force", "--yes")
+
+
+# --- huge pages ------------------------------------------------------------------------------
+
+LINUX_1G = ("create", "h", "--template", "linux", "--memory", "1G", "--cpus", "2",
+            "--disk-size", "8G", "--domain-type", "qemu", "--network", "none")
+
+
+@pytest.mark.parametrize("pools, flag, code, words", [
+    ({2048: (512, 512), 1048576: (0, 0)}, "2M", 0, None),
+    ({2048: (100, 100)}, "2M", 0, "the VM takes 512 huge pages of 2M at each start and this host"
+     " has 100 free now; it will not start until it has them: reserve them: `echo 512 | sudo"
+     " tee /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`"),
+    ({2048: (0, 0), 1048576: (0, 0)}, "1G", 0, "1 GiB pages are reserved at boot: add"
+     " `hugepagesz=1G hugepages=1` to the kernel command line"),
+    ({2048: (512, 512)}, "1G", 2, "--hugepages (tune.hugepages): this host offers no 1G pages"
+     " (it offers: 2M); 1G pages need a CPU with pdpe1gb"),
+    ({2048: (512, 512)}, "4M", 2, "--hugepages (tune.hugepages): '4M': expected 2M or 1G"),
+])
+def test_huge_pages_are_planned_against_the_hosts_pools(gpu_host, tmp_path, monkeypatch, pools,
+                                                        flag, code, words):
+    import os
+
+    from support.cpu_trees import hugepages
+
+    hugepages(Path(os.environ["NEURONOS_HOST_ROOT"]), pools)
+    conn = gpu_host
+    done, out, err = run(conn, *LINUX_1G, "--hugepages", flag)
+    assert done == code, out + err
+    if words:
+        assert words in out + err, out + err
+    if code == 0:
+        from vm_manager.base.domain_xml import read_domain
+
+        xml = conn.execute(lambda c: c.lookupByName("h").XMLDesc(0))
+        assert read_domain(xml).hugepages_kib == {"2M": 2048, "1G": 1048576}[flag]
+        assert run(conn, "configure", "h", "--hugepages", "none")[0] == 0
+        xml = conn.execute(lambda c: c.lookupByName("h").XMLDesc(0))
+        assert read_domain(xml).hugepages_kib is None and "memoryBacking" not in xml
+
+
+def test_memory_that_is_not_whole_pages_is_refused(gpu_host):
+    import os
+
+    from support.cpu_trees import hugepages
+
+    hugepages(Path(os.environ["NEURONOS_HOST_ROOT"]), {1048576: (4, 4)})
+    code, _, err = run(gpu_host, *[a if a != "1G" else "1536M" for a in LINUX_1G],
+                       "--hugepages", "1G")
+    assert code == 2 and "1536 MiB is not whole 1G pages: give the memory in steps of 1024" \
+        " MiB" in err, err
+
+
+@pytest.mark.daemon
+def test_on_the_real_daemon_a_vm_without_its_huge_pages_is_not_started(system_daemon,
+                                                                       tiny_guest, tmp_path):
+    """libvirt takes the definition with huge pages; a start where the host has none free
+    (or no hugetlbfs) is refused in words with the fix, before QEMU runs, and the VM stays
+    off; `configure --hugepages none` and it starts."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from support.cpu_trees import hugepages
+
+    name = f"neuron-huge-{uuid.uuid4().hex[:6]}"
+    root = hugepages(build(tmp_path / "host", SHAPES["laptop"]), {2048: (0, 0)})
+
+    def neuron_vm(*argv, host_root=None):
+        env = {**os.environ, "NEURONOS_CONFIG_DIR": str(tmp_path / "config")}
+        if host_root:
+            env["NEURONOS_HOST_ROOT"] = str(host_root)
+        return subprocess.run([sys.executable, "-m", "vm_manager", *argv, "-c", system_daemon],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    try:
+        made = neuron_vm("create", name, "--template", "linux", "--kernel",
+                         str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+                         "--cmdline", "console=ttyS0 quiet panic=-1", "--disk-size", "0",
+                         "--memory", "512M", "--domain-type", "qemu", "--network", "none",
+                         "--hugepages", "2M", host_root=root)
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert "the VM takes 256 huge pages of 2M" in made.stdout + made.stderr
+        started = neuron_vm("start", name, host_root=root)
+        assert started.returncode != 0
+        assert f"{name} was not started: its memory is in 2 MiB huge pages and it needs 256" \
+            " free, this computer has 0; reserve them: `echo 256 | sudo tee" in started.stderr
+        if not any(line.split()[2:3] == ["hugetlbfs"]
+                   for line in Path("/proc/mounts").read_text().splitlines()):
+            started = neuron_vm("start", name)  # this machine's own /proc/mounts
+            assert "no hugetlbfs is mounted" in started.stderr, started.stderr
+        state = subprocess.run(["virsh", "-c", system_daemon, "domstate", name],
+                               capture_output=True, text=True).stdout.strip()
+        assert state == "shut off"
+        assert neuron_vm("configure", name, "--hugepages", "none").returncode == 0
+        started = neuron_vm("start", name)
+        assert started.returncode == 0, started.stderr
     finally:
         neuron_vm("delete", name, "--force", "--yes")

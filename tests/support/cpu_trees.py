@@ -130,3 +130,26 @@ def build(root: Path, shape: Shape) -> Path:
         device.mkdir(parents=True, exist_ok=True)
         (device / "numa_node").write_text(f"{node}\n")
     return root
+
+
+def hugepages(root: Path, pools: dict[int, tuple[int, int]],
+              nodes: dict[int, dict[int, int]] | None = None, mounted: bool = True) -> Path:
+    """Huge page pools as the kernel shows them: size (KiB) -> (nr_hugepages,
+    free_hugepages) under /sys/kernel/mm/hugepages, free pages per node (node -> size ->
+    free), and a hugetlbfs in /proc/mounts (as systemd's dev-hugepages.mount leaves it)."""
+    for kib, (total, free) in pools.items():
+        folder = root / "sys/kernel/mm/hugepages" / f"hugepages-{kib}kB"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "nr_hugepages").write_text(f"{total}\n")
+        (folder / "free_hugepages").write_text(f"{free}\n")
+    for node, sizes in (nodes or {}).items():
+        for kib, free in sizes.items():
+            folder = root / f"sys/devices/system/node/node{node}/hugepages/hugepages-{kib}kB"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "free_hugepages").write_text(f"{free}\n")
+    (root / "proc").mkdir(parents=True, exist_ok=True)
+    (root / "proc/mounts").write_text(
+        "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
+        + ("hugetlbfs /dev/hugepages hugetlbfs rw,nosuid,nodev,relatime,pagesize=2M 0 0\n"
+           if mounted else ""))
+    return root

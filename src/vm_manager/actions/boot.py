@@ -77,6 +77,7 @@ def prepare(ctx: Context, name: str) -> list[str]:
                     f"{name} was not started: its shared folder {share.source} (tag"
                     f" {share.target}) cannot be shared: {problem}; fix the folder,"
                     f" or remove it (neuron-vm share remove {name} {share.target})")
+    _check_hugepages(ctx, name, domain)
     try:
         shm = ivshmem.shm_name(name)
     except InvalidConfig:
@@ -86,6 +87,37 @@ def prepare(ctx: Context, name: str) -> list[str]:
         log.info("%s", ivshmem.claim_shared_memory(path, ivshmem.user_credentials(user),
                                                    ivshmem.qemu_account()))
     return done
+
+
+def _check_hugepages(ctx: Context, name: str, domain) -> None:
+    """A VM whose memory is in huge pages starts only when the host has enough of them
+    free: said with the fix, never as QEMU's "unable to map backing store"."""
+    from ..base.errors import OperationFailed
+    from ..passthrough.hugepages import (hugetlbfs_mounted, pages_needed, read_hugepages,
+                                         reserve_fix)
+
+    kib = domain.hugepages_kib
+    if not kib or not ctx.uri.startswith("qemu") or not domain.memory_mib:
+        return
+    if not hugetlbfs_mounted(ctx.host_root):
+        raise OperationFailed(
+            f"{name} was not started: its memory is in huge pages and no hugetlbfs is mounted"
+            " (systemd mounts one at /dev/hugepages at boot; here: `sudo mount -t hugetlbfs"
+            " hugetlbfs /dev/hugepages`, then `sudo systemctl restart libvirtd`); or start it"
+            f" without them: `neuron-vm configure {name} --hugepages none`")
+    pool = read_hugepages(ctx.host_root).get(kib)
+    size = f"{kib // 1024} MiB" if kib < 1048576 else f"{kib // 1048576} GiB"
+    need = pages_needed(int(domain.memory_mib), kib)
+    nodes = domain.cpu.memory_nodes
+    free = 0 if pool is None else pool.free_by_node.get(int(nodes), pool.free) \
+        if nodes and nodes.isdigit() else pool.free
+    if free >= need:
+        return
+    fix = (reserve_fix(kib, pool.total + need - free) if pool is not None else
+           f"this computer offers no {size} pages")
+    raise OperationFailed(f"{name} was not started: its memory is in {size} huge pages and it"
+                          f" needs {need} free, this computer has {free}; {fix}; or start it"
+                          f" without them: `neuron-vm configure {name} --hugepages none`")
 
 
 def _change(ctx: Context, name: str, rewrite, said: str) -> str:

@@ -209,6 +209,7 @@ class SettingsChange:
     shares: tuple[dict, ...] | None = None  # {"path", "tag", "readonly"}: the whole list
     domain_type: str | None = None  # "kvm", or "qemu" (software emulation)
     network: str | None = None  # a libvirt network's name, or "none"
+    hugepages: str | None = None  # "2M", "1G", or "none" (back to ordinary pages)
     force: bool = False
 
     @property
@@ -217,7 +218,8 @@ class SettingsChange:
         start (its definition changes; what runs now cannot)."""
         return (self.shares is not None and self.memory is None and self.vcpus is None
                 and self.gpu == KEEP and self.usb is None and self.looking_glass is None
-                and self.domain_type is None and self.network is None)
+                and self.domain_type is None and self.network is None
+                and self.hugepages is None)
 
 
 @dataclass
@@ -241,6 +243,9 @@ def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
         data["domain_type"] = change.domain_type
     if change.network is not None:
         data["network"] = change.network
+    if change.hugepages is not None:
+        data["tune"] = {**data["tune"], "hugepages": None if change.hugepages == "none" else
+                        change.hugepages}
     if change.gpu != KEEP:
         current = config.gpu_passthrough
         if change.gpu is None:

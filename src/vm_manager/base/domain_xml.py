@@ -99,6 +99,7 @@ class DomainInfo:
     setup: SetupInfo | None = None
     serial_log: str | None = None  # <serial type='file'>: the guest's console, in a file
     cpu: CPUInfo = CPUInfo()
+    hugepages_kib: int | None = None  # <memoryBacking><hugepages>: the page size
 
     @property
     def spice_port(self) -> int | None:
@@ -173,7 +174,20 @@ def read_domain(xml: str) -> DomainInfo:
         filesystems=tuple(_filesystem(item) for item in devices.findall("filesystem")),
         setup=_setup(root.find(f"metadata/{{{SETUP_NS}}}setup")),
         cpu=_cpu(root),
+        hugepages_kib=_hugepages(root.find("memoryBacking/hugepages")),
     )
+
+
+def _hugepages(element: ET.Element | None) -> int | None:
+    """The huge page size in KiB (``<hugepages/>`` alone: the host's default, 2 MiB)."""
+    if element is None:
+        return None
+    page = element.find("page")
+    if page is None:
+        return 2048
+    size = _int(page.get("size"))
+    factor = UNITS_MIB.get((page.get("unit") or "KiB").lower())
+    return round(size * factor * 1024) if size is not None and factor else None
 
 
 def _cpu(root: ET.Element) -> CPUInfo:

@@ -40,7 +40,7 @@ FLAG_FOR_FIELD = {
     "unattended.bypass_hardware_checks": "--bypass-hardware-checks",
     "secure_boot": "--secure-boot", "unattended.stage_timeout_s": "--stage-timeout",
     "usb_devices": "--usb", "usb.vendor_id": "--usb", "usb.product_id": "--usb",
-    "tune.pin": "--tune",
+    "tune.pin": "--tune", "tune.hugepages": "--hugepages",
 }
 
 
@@ -71,6 +71,9 @@ def register(commands, common, subcommand) -> None:
                       " `neuron-vm tune NAME` shows the plan and why)")
     tune.add_argument("--no-tune", dest="pin", action="store_const", const=False,
                       help="do not pin a GPU VM's vCPUs")
+    create.add_argument("--hugepages", metavar="2M|1G",
+                        help="the guest's memory in huge pages of this size (reserved by root:"
+                        " the plan says how when the host has too few)")
     create.add_argument("--usb", action="append", metavar="VID:PID", help="pass a USB device")
     create.add_argument("--share", action="append", metavar="HOST_DIR[=TAG]",
                         help="share a host folder over virtiofs (the guest mounts it by TAG,"
@@ -130,6 +133,9 @@ def register(commands, common, subcommand) -> None:
     configure.add_argument("--domain-type", choices=("kvm", "qemu"),
                            help="kvm, or qemu: software emulation (slow; where KVM cannot"
                            " run VMs)")
+    configure.add_argument("--hugepages", metavar="2M|1G|none",
+                           help="the guest's memory in huge pages of this size (none: back"
+                           " to ordinary pages)")
     configure.add_argument("--force", action="store_true",
                            help="allow more memory or vCPUs than the host has")
     configure.set_defaults(run=cmd_configure)
@@ -240,7 +246,7 @@ def request_from_args(args: argparse.Namespace, uri: str | None = None):
         "serial_log_path": args.serial_log, "unattended": unattended_from_args(args),
         "cloud_image_path": args.cloud_image,
         "secure_boot": None if args.secure_boot is None else args.secure_boot == "on",
-        "tune": {"pin": args.pin},
+        "tune": {"pin": args.pin, "hugepages": args.hugepages},
         "shares": [_share(item, False) for item in args.share or ()]
         + [_share(item, True) for item in args.read_only_share or ()],
     }
@@ -319,7 +325,8 @@ def cmd_configure(ctx: CommandContext) -> int:
         change = create.SettingsChange(memory=args.memory, vcpus=args.cpus, gpu=gpu, usb=usb,
                                        looking_glass=args.looking_glass,
                                        domain_type=args.domain_type,
-                                       network=args.network, force=args.force)
+                                       network=args.network, hugepages=args.hugepages,
+                                       force=args.force)
         outcome = create.reconfigure(ctx.actions, args.name, change)
     from ..base.primitives import plural
 

@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING
 
 from ..passthrough.cpu_topology import Core, CPUTopology, format_cpulist, parse_cpulist
 
+from ..base.errors import InvalidConfig
+from ..passthrough.hugepages import pages_needed, reserve_fix
+
 if TYPE_CHECKING:
     from ..base.domain_xml import CPUInfo
     from ..base.vm_config import VMConfig
@@ -87,6 +90,40 @@ def cpu_for(config: VMConfig, facts: HostFacts) -> CPUPlan:
         return topology_only(config.vcpus, "this host's CPU topology was not read (another"
                              " computer's libvirt, or no sysfs)")
     return plan_cpus(facts.cpu_topology, config.vcpus, facts.gpu_numa_node)
+
+
+def check_hugepages(config: VMConfig, facts: HostFacts, node: int | None,
+                    warnings: list[str]) -> int | None:
+    """The huge page size (KiB) of the VM's memory, checked against what the host offers
+    (None: none asked). A size the host does not offer, or memory that is not whole pages,
+    is refused; fewer free pages than it needs now is a warning with the fix (pages are
+    taken at each start, and the start checks again)."""
+    from ..base.vm_config import HUGEPAGE_SIZES
+
+    size = config.tune.hugepages
+    if size is None:
+        return None
+    kib = HUGEPAGE_SIZES[size]
+    if config.memory_mb * 1024 % kib:
+        raise InvalidConfig("tune.hugepages", f"{config.memory_mb} MiB is not whole {size}"
+                            f" pages: give the memory in steps of {kib // 1024} MiB")
+    if facts.hugepages is None:
+        return kib  # another computer's: its pages are checked when it starts
+    pool = facts.hugepages.get(kib)
+    if pool is None:
+        offered = ", ".join(f"{k // 1024}M" if k < 1048576 else f"{k // 1048576}G"
+                            for k in sorted(facts.hugepages)) or "none"
+        cpu = "; 1G pages need a CPU with pdpe1gb" if size == "1G" else ""
+        raise InvalidConfig("tune.hugepages", f"this host offers no {size} pages (it offers:"
+                            f" {offered}){cpu}")
+    need = pages_needed(config.memory_mb, kib)
+    free = pool.free_by_node.get(node, pool.free) if node is not None else pool.free
+    if free < need:
+        where = f" on NUMA node {node}" if node is not None else ""
+        warnings.append(f"the VM takes {need} huge pages of {size} at each start and this host"
+                        f" has {free} free{where} now; it will not start until it has them:"
+                        f" {reserve_fix(kib, pool.total + need - free)}")
+    return kib
 
 
 def defined_cpu(info: CPUInfo, vcpus: int) -> CPUPlan | None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..guest.windows import InstallerInfo, VirtioInfo
     from ..base.domain_xml import DomainInfo
     from ..passthrough.cpu_topology import CPUTopology
+    from ..passthrough.hugepages import HugePagePool
     from ..passthrough.pci import PCISnapshot
 
 log = get_logger(__name__)
@@ -68,6 +69,7 @@ class HostFacts:
     uefi_builds: frozenset[tuple[bool, bool]] | None = None
     cpu_topology: CPUTopology | None = None  # read for a pinned VM (GPU VMs by default)
     gpu_numa_node: int | None = None  # the NUMA node of that GPU (None: not said)
+    hugepages: dict[int, HugePagePool] | None = None  # size (KiB) -> pool; read when asked
 
     def path(self, path: str | Path) -> PathFact:
         return self.paths.get(str(path), PathFact("missing"))
@@ -112,6 +114,11 @@ def gather_host_facts(
         cpu_topology = read_cpu_topology(host.root)
         gpu = pinned[0].gpu_passthrough
         gpu_node = device_numa_node(gpu.pci_address, host.root) if gpu else None
+    hugepages = None
+    if config is not None and config.tune.hugepages and not host.remote:
+        from ..passthrough.hugepages import read_hugepages
+
+        hugepages = read_hugepages(host.root)
     kvm_problem = None
     if driver != "test":
         kvm_problem = (host.kvm_problem() if kvm_caps is not None else
@@ -137,6 +144,7 @@ def gather_host_facts(
         remote=host.remote,
         cpu_topology=cpu_topology,
         gpu_numa_node=gpu_node,
+        hugepages=hugepages,
     )
 
 

@@ -24,7 +24,7 @@ from .host import INPUT_FILES
 from .firmware import check_firmware, secure_boot
 from .host_facts import HostFacts
 from .hyperv import HypervFeature, hyperv_features
-from .cpu_plan import CPUPlan, cpu_for
+from .cpu_plan import CPUPlan, check_hugepages, cpu_for
 from .setup_plan import SetupPlan, ShareSpec, plan_setup, plan_shares  # noqa: F401
 from ..base.vm_config import DomainType, PCIAddress, VMConfig, VMType
 from ..base.log import get_logger
@@ -129,6 +129,7 @@ class TemplateContext:
     shares: tuple[ShareSpec, ...] = ()  # virtiofs folders (memory backing: shared memfd)
     secure_boot: bool = True  # False: UEFI without Secure Boot (Linux images without shim)
     cpu: CPUPlan | None = None  # topology and pinning (None: one socket of single cores)
+    hugepages_kib: int | None = None  # the guest's memory in huge pages of this size
 
     def as_mapping(self) -> dict[str, Any]:
         """The template variables (nested values stay typed objects)."""
@@ -172,6 +173,9 @@ class CreationPlan:
                      "network: none")
         if ctx.gpu:
             lines.append(f"GPU passthrough: {', '.join(str(f) for f in ctx.gpu.functions)}")
+        if ctx.hugepages_kib:
+            lines.append(f"memory: in huge pages of {ctx.hugepages_kib // 1024} MiB (taken at"
+                         " each start)")
         if ctx.cpu and ctx.cpu.pinned:
             lines.append(f"CPU: vCPUs on host CPUs {ctx.cpu.host_cpus}, QEMU's own threads on"
                          f" {ctx.cpu.emulator_cpus} (`neuron-vm tune` says why)")
@@ -268,6 +272,8 @@ def plan_creation(config: VMConfig, facts: HostFacts, *, template: str | None = 
                       shares=shares, opencore_format=opencore_format or None)
     if config.tune.pins(gpu is not None) and context.cpu.problem:
         warnings.append(f"the vCPUs are not pinned: {context.cpu.problem}")
+    context = replace(context, hugepages_kib=check_hugepages(config, facts, context.cpu.node,
+                                                             warnings))
     return CreationPlan(config, chosen, domain_type, vm_uuid, disk, facts.images_dir, context,
                         warnings, setup)
 
