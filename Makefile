@@ -38,6 +38,7 @@ bench: $(PY)
 	$(PY) bench/shares.py
 	$(PY) bench/gui_scale.py
 	$(PY) bench/remote_media.py
+	$(PY) bench/cpu_plan.py
 
 ## screenshots: render the GUI's windows to docs/screenshots (offscreen)
 screenshots: $(PY)

@@ -23,8 +23,7 @@ def host(tmp_path, shape):
                   " 1 NUMA node"),
     ("7950x3d", "16 cores, 32 CPUs (SMT), 2 L3 caches (96 MiB, 32 MiB), 1 NUMA node"),
     ("5800x", "8 cores, 16 CPUs (SMT), 1 L3 cache (32 MiB), 1 NUMA node"),
-    ("threadripper", "16 cores, 32 CPUs (SMT), 4 L3 caches (8 MiB, 8 MiB, 8 MiB, 8 MiB),"
-                     " 2 NUMA nodes"),
+    ("threadripper", "16 cores, 32 CPUs (SMT), 4 L3 caches (4 x 8 MiB), 2 NUMA nodes"),
     ("laptop", "4 cores, 4 CPUs, 1 L3 cache (6 MiB), 1 NUMA node"),
     ("cloud", "1 core, 2 CPUs (SMT), 1 L3 cache (36608 KiB), 1 NUMA node"),
 ])

@@ -72,7 +72,9 @@ class CPUTopology:
         if self.hybrid:
             kinds = (f": {sum(c.kind == 'P' for c in self.cores)} P-cores,"
                      f" {sum(c.kind == 'E' for c in self.cores)} E-cores")
-        caches = ", ".join(_size(domain.size_kib) for domain in self.l3)
+        sizes = [_size(domain.size_kib) for domain in self.l3]
+        caches = (f"{len(sizes)} x {sizes[0]}" if len(sizes) > 2 and len(set(sizes)) == 1
+                  else ", ".join(sizes))
         return (f"{len(self.cores)} core{'s' if len(self.cores) != 1 else ''}{kinds},"
                 f" {self.cpus} CPUs{smt},"
                 f" {len(self.l3)} L3 cache{'s' if len(self.l3) != 1 else ''}"
