@@ -372,3 +372,48 @@ def test_on_the_real_daemon_a_vm_without_its_huge_pages_is_not_started(system_da
         assert started.returncode == 0, started.stderr
     finally:
         neuron_vm("delete", name, "--force", "--yes")
+
+
+def test_the_settings_dialog_shows_the_plan_and_changes_pinning_and_pages(qtbot, make_host,
+                                                                         tmp_path):
+    """Settings of a GPU VM on an i9-13900K: the plan in words (the reasons as tip);
+    unticking the pinning and choosing 2 MiB pages rewrites the definition so."""
+    from support.cpu_trees import hugepages
+    from support.fakes import add_pci_devices, nvidia_turing_gpu
+    from vm_manager.actions import Context, host
+    from vm_manager.base import guard
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.domain_xml import read_domain
+    from vm_manager.base.store import VMStore
+    from vm_manager.base.vm_config import VMConfig
+    from vm_manager.gui.dialogs import SettingsDialog
+
+    root = add_pci_devices(tmp_path / "host", nvidia_turing_gpu())
+    hugepages(build(root, SHAPES["i9-13900k"]), {2048: (2048, 2048)})
+    with guard.allowed():
+        conn = LibvirtConnection(make_host(cpus=32, memory_mb=65536)).open()
+        ctx = Context(connection=conn, store=VMStore(tmp_path / "config"),
+                      images_dir=tmp_path / "images", host_root=root)
+        ctx.creator().create(VMConfig(name="g", vm_type="linux", vcpus=8, memory_mb=4096,
+                                      disk_size_gb=1, network="none", domain_type="qemu",
+                                      gpu_passthrough={"pci_address": "01:00.0"}))
+        saved, devices = ctx.store.load("g"), host.devices(ctx)
+    dialog = SettingsDialog(ctx, saved, devices)
+    qtbot.addWidget(dialog)
+    assert dialog.pin.isChecked() and dialog.hugepages.currentData() == "none"
+    qtbot.waitUntil(lambda: "On this computer" in dialog.where.text(), timeout=5000)
+    assert dialog.where.text() == ("On this computer: host CPUs 2-9, QEMU's own threads on"
+                                   " 0-1,10-31")
+    assert "P-cores only" in dialog.where.toolTip()
+    dialog.pin.setChecked(False)
+    dialog.hugepages.setCurrentIndex(dialog.hugepages.findData("2M"))
+    dialog.apply()
+    qtbot.waitUntil(lambda: dialog.result is not None or "Saving" not in dialog.error.text(),
+                    timeout=5000)
+    assert dialog.result is not None, dialog.error.text()
+    with guard.allowed():
+        info = read_domain(conn.execute(lambda c: c.lookupByName("g").XMLDesc(0)))
+        assert ctx.store.load("g").tune.pin is False
+        conn.close()
+    assert info.cpu.pins == () and info.cpu.topology == (1, 1, 8, 1)
+    assert info.hugepages_kib == 2048

@@ -210,6 +210,7 @@ class SettingsChange:
     domain_type: str | None = None  # "kvm", or "qemu" (software emulation)
     network: str | None = None  # a libvirt network's name, or "none"
     hugepages: str | None = None  # "2M", "1G", or "none" (back to ordinary pages)
+    pin: bool | None = None  # vCPUs pinned to host cores (``neuron-vm tune``)
     force: bool = False
 
     @property
@@ -219,7 +220,7 @@ class SettingsChange:
         return (self.shares is not None and self.memory is None and self.vcpus is None
                 and self.gpu == KEEP and self.usb is None and self.looking_glass is None
                 and self.domain_type is None and self.network is None
-                and self.hugepages is None)
+                and self.hugepages is None and self.pin is None)
 
 
 @dataclass
@@ -246,6 +247,8 @@ def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
     if change.hugepages is not None:
         data["tune"] = {**data["tune"], "hugepages": None if change.hugepages == "none" else
                         change.hugepages}
+    if change.pin is not None:
+        data["tune"] = {**data["tune"], "pin": change.pin}
     if change.gpu != KEEP:
         current = config.gpu_passthrough
         if change.gpu is None:

@@ -31,8 +31,10 @@ from PySide6.QtWidgets import (
 )
 
 from ..base.primitives import plural
-from .texts import NO_USB, empty_row, for_people, gpu_label, said, speed_box, usb_label
+from .texts import (NO_USB, empty_row, for_people, gpu_label, plan_words, said, speed_box,
+                    usb_label)
 from .widgets import Tasks, check_item, error_label, fit_list, screen_room
+from ..actions import tune
 from ..actions.host import verdict
 from .networks import NetworkPicker
 from .wizard import CreateWizard
@@ -247,6 +249,17 @@ class SettingsDialog(QDialog):
             self.usb.addItem(check_item(f"{key[0]}:{key[1]}  (not plugged in)", key, True))
         if not self.usb.count():
             self.usb.addItem(empty_row(NO_USB))
+        self.pin = QCheckBox("Pin its vCPUs to whole cores of this computer")
+        self.pin.setChecked(config.tune.pins(config.gpu_passthrough is not None))
+        self.where = QLabel("Reading this computer's CPUs…")
+        self.where.setWordWrap(True)
+        self.hugepages = QComboBox()
+        for label, value in (("Ordinary pages", "none"), ("2 MiB huge pages", "2M"),
+                             ("1 GiB huge pages", "1G")):
+            self.hugepages.addItem(label, value)
+        self.hugepages.setCurrentIndex(self.hugepages.findData(config.tune.hugepages or "none"))
+        self.tasks.run(lambda: tune.report(ctx, config.name), self._show_plan,
+                       lambda error: self.where.setText(said(error)))
         self.error = error_label()
         self.shares = QListWidget()
         self.shares.setAccessibleName("Shared folders")
@@ -268,6 +281,9 @@ class SettingsDialog(QDialog):
         hint.setWordWrap(True)
         form.addRow("Memory", self.memory)
         form.addRow("vCPUs", self.vcpus)
+        form.addRow("CPU pinning", self.pin)
+        form.addRow("", self.where)
+        form.addRow("Memory pages", self.hugepages)
         form.addRow("Speed", self.speed)
         form.addRow("Network", self.network)
         form.addRow("GPU", self.gpu)
@@ -324,11 +340,21 @@ class SettingsDialog(QDialog):
                     if self.usb.item(i).checkState() == Qt.Checked)
         shares = tuple(self.shares.item(i).data(Qt.UserRole)
                        for i in range(self.shares.count()))
+        tune = self.base.tune
+        pin = self.pin.isChecked()
+        pages = self.hugepages.currentData()
         return SettingsChange(memory=self.memory.text().strip(), vcpus=self.vcpus.value(),
                               gpu=self.gpu.currentData(), usb=usb,
                               looking_glass=self.looking_glass.isChecked(), shares=shares,
                               domain_type=self.speed.currentData(),
-                              network=self.network.value())
+                              network=self.network.value(),
+                              pin=None if pin == tune.pins(self.base.gpu_passthrough is not None)
+                              else pin,
+                              hugepages=None if pages == (tune.hugepages or "none") else pages)
+
+    def _show_plan(self, report) -> None:
+        self.where.setText(plan_words(report))
+        self.where.setToolTip("\n".join([report.host, *report.plan.describe()]))
 
     def apply(self) -> None:
         from ..actions import create

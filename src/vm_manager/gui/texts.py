@@ -165,3 +165,12 @@ def local_times(text: str) -> str:
 
     return re.sub(UTC_STAMP, local, text)
 
+
+
+def plan_words(report) -> str:
+    """Where a VM's vCPUs run on this computer, in one line (``actions.tune.report``)."""
+    plan = report.plan
+    if plan.pinned:
+        return (f"On this computer: host CPUs {plan.host_cpus}, QEMU's own threads on"
+                f" {plan.emulator_cpus}")
+    return f"Not pinned: {plan.problem}" if plan.problem else "Not pinned"
