@@ -193,6 +193,9 @@ def test_no_tune_leaves_the_topology_and_tune_apply_pins(gpu_host):
     assert "changed:" in out and "its definition holds this plan" in out
     assert cpu_of(conn, "n").topology == (1, 1, 2, 2)
     assert [cpu for _, cpu in cpu_of(conn, "n").pins] == ["2", "3", "4", "5"]
+    code, _, err = run(conn, "configure", "n", "--no-tune")
+    assert code == 0, err
+    assert cpu_of(conn, "n").topology == (1, 1, 4, 1) and cpu_of(conn, "n").pins == ()
     code, _, err = run(conn, "create", "p", "--template", "linux", "--tune", "--cpus", "2",
                        "--memory", "1G", "--disk-size", "8G", "--domain-type", "qemu",
                        "--network", "none")  # any VM may be pinned when asked

@@ -133,6 +133,11 @@ def register(commands, common, subcommand) -> None:
     configure.add_argument("--domain-type", choices=("kvm", "qemu"),
                            help="kvm, or qemu: software emulation (slow; where KVM cannot"
                            " run VMs)")
+    pinning = configure.add_mutually_exclusive_group()
+    pinning.add_argument("--tune", dest="pin", action="store_const", const=True,
+                         help="pin the vCPUs to whole host cores (`neuron-vm tune` shows where)")
+    pinning.add_argument("--no-tune", dest="pin", action="store_const", const=False,
+                         help="unpin them (the topology stays)")
     configure.add_argument("--hugepages", metavar="2M|1G|none",
                            help="the guest's memory in huge pages of this size (none: back"
                            " to ordinary pages)")
@@ -326,7 +331,7 @@ def cmd_configure(ctx: CommandContext) -> int:
                                        looking_glass=args.looking_glass,
                                        domain_type=args.domain_type,
                                        network=args.network, hugepages=args.hugepages,
-                                       force=args.force)
+                                       pin=args.pin, force=args.force)
         outcome = create.reconfigure(ctx.actions, args.name, change)
     from ..base.primitives import plural
 
