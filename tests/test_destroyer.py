@@ -354,3 +354,15 @@ def test_a_snapshots_files_are_read_from_its_xml():
     assert snap.overlays == ["/i/vm.s2", "/i/vm.1796534913"] and snap.sources == ["/i/vm.s1"]
     assert read_snapshot("<domainsnapshot><name>i</name><memory snapshot='internal'/>"
                          "</domainsnapshot>").memory is None
+
+
+def test_a_vm_without_uefi_or_tpm_has_no_such_line_in_its_plan(world):
+    """A direct-kernel-boot VM (no firmware, no TPM) is not told it loses UEFI variables and
+    a TPM state it never had; a UEFI VM is."""
+    conn, images, shm, store, destroyer = world
+    define(conn, "plain", [disk_xml(qcow2(images / "plain.qcow2"))])
+    assert not any("UEFI" in line for line in destroyer.plan("plain", True).describe())
+    xml = ("<domain type='test'><name>efi</name><memory unit='MiB'>512</memory><os"
+           " firmware='efi'><type>hvm</type></os><devices/></domain>")
+    conn.execute(lambda c: c.defineXML(xml))
+    assert "  UEFI variables and TPM state: deleted" in destroyer.plan("efi", True).describe()

@@ -69,6 +69,7 @@ class DestroyPlan:
     shm_rule: str | None = None  # its tmpfiles rule: the next VM of this name is not theirs
     firmware_files: list[str] = field(default_factory=list)  # its NVRAM file, TPM folder
     chain_unread: list[str] = field(default_factory=list)  # images below that stay unknown
+    has_firmware_state: bool = True  # UEFI variables or a TPM (a kernel-boot VM has none)
 
     @property
     def blocked_reason(self) -> str | None:
@@ -95,7 +96,8 @@ class DestroyPlan:
                          " (graceful, forced after the timeout)")
         lines.append("  remove its libvirt definition (snapshot and checkpoint metadata too)")
         files = f" ({', '.join(self.firmware_files)})" if self.firmware_files else ""
-        lines.append(f"  UEFI variables and TPM state{files}: {self.firmware_state}")
+        if self.has_firmware_state:
+            lines.append(f"  UEFI variables and TPM state{files}: {self.firmware_state}")
         for disk in self.disks:
             action = "DELETE" if disk.delete else "keep  "
             lines.append(f"  {action} {disk.device} {disk.path} ({disk.reason})")
@@ -250,6 +252,8 @@ class VMDestroyer:
                 + [self._decide_file(file, delete_disks, managed, used_by, unread, given)
                    for file in extra],
                 chain_unread=chain_unread,
+                has_firmware_state=bool(domain.os.firmware == "efi" or domain.os.loader
+                                        or domain.os.nvram or domain.tpm or firmware_files),
                 settings_file=str(settings) if settings and self.store.belongs(
                     name, domain.uuid) else None,  # never another VM's of this name
                 shm_file=str(shm) if shm and shm.exists() else None,

@@ -56,9 +56,9 @@ class DeleteDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel(f"Delete the VM <b>{name}</b>?"))
         deletable = [d for d in self.full_plan.disks if d.delete]
-        self.disks_box = QCheckBox(
-            f"Also delete its disk{'s' if len(deletable) != 1 else ''}, UEFI variables and TPM"
-            " state (cannot be undone)")
+        firmware = ", UEFI variables and TPM state" if self.full_plan.has_firmware_state else ""
+        self.disks_box = QCheckBox(f"Also delete its disk{'s' if len(deletable) != 1 else ''}"
+                                   f"{firmware} (cannot be undone)")
         self.disks_box.setChecked(False)
         self.disks_box.setEnabled(bool(deletable))
         self.disks_box.toggled.connect(self._refresh)
