@@ -420,3 +420,117 @@ def test_the_settings_dialog_shows_the_plan_and_changes_pinning_and_pages(qtbot,
         conn.close()
     assert info.cpu.pins == () and info.cpu.topology == (1, 1, 8, 1)
     assert info.hugepages_kib == 2048
+
+
+# --- the host kept off the VM's cores while it runs (--isolate) --------------------------
+
+@pytest.fixture
+def systemd(tmp_path, monkeypatch):
+    """The systemctl stand-in first on PATH; returns a reader of the units' AllowedCPUs."""
+    import json
+
+    from support.fake_systemctl import install
+
+    state = tmp_path / "systemd.json"
+    for key, value in install(tmp_path / "bin", state).items():
+        monkeypatch.setenv(key, value)
+    return lambda: json.loads(state.read_text()) if state.exists() else {}
+
+
+def test_isolation_records_first_and_gives_everything_back(systemd, tmp_path, monkeypatch):
+    from vm_manager.base.errors import OperationFailed
+    from vm_manager.core.cpu_isolation import CPUIsolation
+
+    isolation = CPUIsolation(tmp_path / "records", online="0-31")
+    isolation.apply("g", "u-1", "0-1,10-31")
+    assert systemd() == {"system.slice": "0-1,10-31", "user.slice": "0-1,10-31",
+                         "init.scope": "0-1,10-31"}
+    assert isolation.recorded() == ["u-1"]
+    assert isolation.restore("u-1") == []
+    assert systemd() == dict.fromkeys(("system.slice", "user.slice", "init.scope"), "0-31")
+    assert isolation.recorded() == []
+    # a refusal half-way (polkit dismissed at the third unit): the first two are put back
+    monkeypatch.setenv("FAKE_SYSTEMD_FAIL", "init.scope")
+    with pytest.raises(OperationFailed, match="init.scope AllowedCPUs=0-1,10-31 failed.*"
+                                              "Access denied"):
+        isolation.apply("g", "u-1", "0-1,10-31")
+    assert set(systemd().values()) == {"0-31"} and isolation.recorded() == []
+    # a NeuronOS that died while two VMs ran: the one still running keeps its isolation
+    isolation.apply("a", "u-a", "0-3")
+    isolation.apply("b", "u-b", "0-1")
+    assert isolation.restore_stale({"u-b"}) == []
+    assert isolation.recorded() == ["u-b"]
+
+
+def test_without_systemd_isolation_is_refused_in_words(tmp_path, monkeypatch):
+    from vm_manager.base.errors import OperationFailed
+    from vm_manager.core.cpu_isolation import CPUIsolation
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no systemctl anywhere
+    with pytest.raises(OperationFailed, match="needs systemd"):
+        CPUIsolation(tmp_path / "records").apply("g", "u-1", "0")
+    assert CPUIsolation(tmp_path / "records").recorded() == []
+
+
+def test_isolate_needs_pinned_vcpus(gpu_host):
+    code, _, err = run(gpu_host, "create", "i", "--template", "linux", "--isolate",
+                       "--disk-size", "8G", "--domain-type", "qemu", "--network", "none")
+    assert code == 2 and "--isolate (tune.isolate): keeps the host's processes off the VM's" \
+        " cores: its vCPUs must be pinned" in err, err
+
+
+@pytest.mark.daemon
+def test_on_the_real_daemon_the_host_keeps_off_a_running_vms_cores(system_daemon, tiny_guest,
+                                                                   tmp_path, systemd):
+    """`create --tune --isolate` of the tiny guest: `start` limits system.slice, user.slice
+    and init.scope to the CPUs it does not get (systemd stand-in: no systemd here), `stop`
+    gives them back; stopped behind NeuronOS's back (virsh destroy, as if NeuronOS had died),
+    the next start gives them back before anything else."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from support.cpu_trees import Shape
+
+    root = build(tmp_path / "host", Shape("2 cores", ((0,), (1,)), (("0-1", "6144K"),)))
+    name = f"neuron-alone-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "NEURONOS_CONFIG_DIR": str(tmp_path / "config"),
+           "NEURONOS_HOST_ROOT": str(root)}
+
+    def neuron_vm(*argv):
+        return subprocess.run([sys.executable, "-m", "vm_manager", *argv, "-c", system_daemon],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    records = tmp_path / "config" / "cpu-isolation"
+    try:
+        made = neuron_vm("create", name, "--template", "linux", "--kernel",
+                         str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+                         "--cmdline", "console=ttyS0 quiet panic=-1", "--disk-size", "0",
+                         "--memory", "512M", "--cpus", "1", "--tune", "--isolate",
+                         "--domain-type", "qemu", "--network", "none")
+        assert made.returncode == 0, made.stdout + made.stderr
+        started = neuron_vm("start", name)
+        assert started.returncode == 0, started.stderr
+        assert f"while {name} runs, the host's own processes keep to CPUs 0" in started.stderr
+        assert systemd() == dict.fromkeys(("system.slice", "user.slice", "init.scope"), "0")
+        assert len(list(records.glob("*.json"))) == 1
+        info = neuron_vm("info", name).stdout
+        assert "the host's own processes kept off them while it runs" in info
+        assert neuron_vm("stop", name, "--force").returncode == 0
+        every = Path("/sys/devices/system/cpu/online").read_text().strip()
+        assert systemd() == dict.fromkeys(("system.slice", "user.slice", "init.scope"), every)
+        assert list(records.glob("*.json")) == []
+        assert neuron_vm("start", name).returncode == 0
+        subprocess.run(["virsh", "-c", system_daemon, "destroy", name], check=True,
+                       capture_output=True)  # NeuronOS is not told
+        assert set(systemd().values()) == {"0"}  # still limited: nobody gave them back
+        again = neuron_vm("start", name)
+        assert again.returncode == 0, again.stderr
+        log = Path(f"{tmp_path}/systemd.json.log").read_text().splitlines()
+        back = [i for i, line in enumerate(log) if line.endswith(f"AllowedCPUs={every}")]
+        limited = [i for i, line in enumerate(log) if line.endswith("AllowedCPUs=0")]
+        assert back and back[-1] < limited[-1]  # given back first, then limited again
+    finally:
+        neuron_vm("delete", name, "--force", "--yes")
+        neuron_vm("start", "--help")

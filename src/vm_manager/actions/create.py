@@ -185,9 +185,15 @@ def create(ctx: Context, request: CreateRequest, plan: CreationPlan | None = Non
     started = None
     if request.start:
         from .boot import prepare, start
+        from .tune import isolate_started
 
         prepare(ctx, result.name)
         started = start(ctx, result.name)
+        note = isolate_started(ctx, result.name)
+        if note:
+            from ..base.log import get_logger
+
+            get_logger(__name__).warning("%s", note)
     if started is not None:
         from . import setup
 
@@ -211,6 +217,7 @@ class SettingsChange:
     network: str | None = None  # a libvirt network's name, or "none"
     hugepages: str | None = None  # "2M", "1G", or "none" (back to ordinary pages)
     pin: bool | None = None  # vCPUs pinned to host cores (``neuron-vm tune``)
+    isolate: bool | None = None  # the host's processes kept off its cores while it runs
     force: bool = False
 
     @property
@@ -220,7 +227,7 @@ class SettingsChange:
         return (self.shares is not None and self.memory is None and self.vcpus is None
                 and self.gpu == KEEP and self.usb is None and self.looking_glass is None
                 and self.domain_type is None and self.network is None
-                and self.hugepages is None and self.pin is None)
+                and self.hugepages is None and self.pin is None and self.isolate is None)
 
 
 @dataclass
@@ -247,8 +254,9 @@ def apply_change(config: VMConfig, change: SettingsChange) -> VMConfig:
     if change.hugepages is not None:
         data["tune"] = {**data["tune"], "hugepages": None if change.hugepages == "none" else
                         change.hugepages}
-    if change.pin is not None:
-        data["tune"] = {**data["tune"], "pin": change.pin}
+    for key in ("pin", "isolate"):
+        if getattr(change, key) is not None:
+            data["tune"] = {**data["tune"], key: getattr(change, key)}
     if change.gpu != KEEP:
         current = config.gpu_passthrough
         if change.gpu is None:

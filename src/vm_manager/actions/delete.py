@@ -39,5 +39,12 @@ def preview(ctx: Context, name: str) -> DeletePreview:
 def delete(ctx: Context, request: DeleteRequest) -> DestroyResult:
     """Stop (only with ``force``), undefine, and remove what the plan says; a disk that must
     be kept is kept, with the reason, whatever was asked."""
-    return ctx.destroyer().destroy(request.name, delete_disks=request.delete_disks,
-                                   force=request.force, stop_timeout=request.stop_timeout)
+    from . import tune
+
+    connection = ctx.connection
+    uuid = connection.execute(lambda conn: connection.lookup(conn, request.name).UUIDString(),
+                              idempotent=True)
+    result = ctx.destroyer().destroy(request.name, delete_disks=request.delete_disks,
+                                     force=request.force, stop_timeout=request.stop_timeout)
+    tune.release(ctx, uuid=uuid)  # a VM stopped to be deleted gives the host its CPUs back
+    return result

@@ -69,7 +69,8 @@ def _system(ctx: Context, info: dict[str, Any]) -> Section:
     state = info.get("state")
     shown = VMState(state).label if state in {s.value for s in VMState} else state or "?"
     rows = [("System", label), ("State", shown),
-            ("vCPUs", str(info.get("vcpus"))), ("CPU", _cpu(info.get("cpu") or {})),
+            ("vCPUs", str(info.get("vcpus"))),
+            ("CPU", _cpu(info.get("cpu") or {}, (info.get("settings") or {}).get("tune") or {})),
             ("Memory", _size((info.get("memory_mb") or 0) * 1048576)),
             ("Machine", f"{os_info.get('machine') or '?'}"
              f" ({'KVM' if info.get('domain_type') == 'kvm' else info.get('domain_type')})")]
@@ -83,7 +84,7 @@ def _system(ctx: Context, info: dict[str, Any]) -> Section:
     return Section("System", tuple(rows))
 
 
-def _cpu(cpu: dict[str, Any]) -> str:
+def _cpu(cpu: dict[str, Any], tune: dict[str, Any]) -> str:
     """``1 socket, 4 cores x 2 threads; on host CPUs 2-9 (QEMU's own threads on 0-1)``."""
     from ..base.primitives import plural
     from ..passthrough.cpu_topology import format_cpulist, parse_cpulist
@@ -103,7 +104,9 @@ def _cpu(cpu: dict[str, Any]) -> str:
         used = ", ".join(cpuset for _, cpuset in pins)
     emulator = f" (QEMU's own threads on {cpu['emulator']})" if cpu.get("emulator") else ""
     node = f", memory on NUMA node {cpu['memory_nodes']}" if cpu.get("memory_nodes") else ""
-    return f"{text}; on host CPUs {used}{emulator}{node}"
+    alone = "; the host's own processes kept off them while it runs" if tune.get("isolate") \
+        else ""
+    return f"{text}; on host CPUs {used}{emulator}{node}{alone}"
 
 
 def _firmware(info: dict[str, Any]) -> Section:

@@ -45,9 +45,13 @@ def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartO
         display.config_for(ctx, request.name)  # InvalidConfig before booting anything
     from . import setup
 
-    prepared = tuple(boot.prepare(ctx, request.name))
+    from . import tune
+
+    prepared = tuple(tune.restore_stale(ctx)) + tuple(boot.prepare(ctx, request.name))
     result = boot.start(ctx, request.name, paused=request.paused, wait=request.wait,
                         timeout=request.timeout)
+    isolated = tune.isolate_started(ctx, request.name)
+    prepared += (isolated,) if isolated else ()
     progress = None if request.paused or not request.wait else \
         setup.after_start(ctx, request.name)
     session = None
@@ -61,8 +65,12 @@ def stop(ctx: Context, name: str, force: bool = False, timeout: float = 60.0
     """ACPI shutdown, forced after ``timeout`` (the result says so); ``force``: at once."""
     from ..core.vm_lifecycle import ShutdownMethod
 
+    from . import tune
+
     method = ShutdownMethod.FORCE if force else ShutdownMethod.GRACEFUL
-    return ctx.lifecycle.stop(name, method=method, timeout=timeout)
+    result = ctx.lifecycle.stop(name, method=method, timeout=timeout)
+    tune.release(ctx, name)  # what could not be given back is logged with its command
+    return result
 
 
 def pause(ctx: Context, name: str) -> OperationResult:

@@ -66,14 +66,72 @@ def report(ctx: Context, name: str) -> TuneReport:
 
 def apply(ctx: Context, name: str):
     """Write the plan into the VM's definition (stopped; its next start has it): its
-    topology and its pinning (``tune.pin`` on, whatever it was). Returns
-    ``ReconfigureOutcome``."""
+    topology and its pinning (``tune.pin`` on, whatever it was). Returns the change
+    (a ``CreationResult``: its ``changes`` in words)."""
     from ..base.errors import InvalidConfig
-    from .create import ReconfigureOutcome
 
     config = ctx.settings(name)
     if config is None:
         raise InvalidConfig("NAME", f"{name} was not made by NeuronOS")
     new = replace(config, tune=replace(config.tune, pin=True))
-    result = ctx.creator().reconfigure(new, previous=config)
-    return ReconfigureOutcome(result, new)
+    return ctx.creator().reconfigure(new, previous=config)
+
+
+# --- the host kept off the VM's cores while it runs (core/cpu_isolation.py) ---------------
+
+def isolation(ctx: Context):
+    from ..core.cpu_isolation import CPUIsolation
+    from .context import settings_folder
+
+    return CPUIsolation(settings_folder() / "cpu-isolation")
+
+
+def restore_stale(ctx: Context) -> list[str]:
+    """Give the host back every CPU a VM that no longer runs kept from it (a NeuronOS that
+    died while it ran, a VM stopped behind its back); what could not be, in words."""
+    from ..base.primitives import is_remote
+
+    if is_remote(ctx.uri) or not isolation(ctx).recorded():
+        return []
+    connection = ctx.connection
+    running = set(connection.execute(lambda conn: [
+        dom.UUIDString() for dom in conn.listAllDomains(1)], idempotent=True))  # ACTIVE
+    return isolation(ctx).restore_stale(running)
+
+
+def isolate_started(ctx: Context, name: str) -> str | None:
+    """Once VM ``name`` runs with ``--isolate``: the host's units limited to the CPUs it does
+    not get (its emulator pin). Returns what to tell the user; a failure is told, never
+    stops the VM."""
+    from ..base.domain_xml import read_domain
+    from ..base.errors import OperationFailed
+    from ..base.primitives import is_remote
+
+    config = ctx.settings(name)
+    if config is None or not config.tune.isolate or is_remote(ctx.uri):
+        return None
+    connection = ctx.connection
+    xml, uuid = connection.execute(lambda conn: (lambda dom: (dom.XMLDesc(0), dom.UUIDString()))(
+        connection.lookup(conn, name)), idempotent=True)
+    host_cpus = read_domain(xml).cpu.emulator
+    if not host_cpus:
+        return f"{name} runs unpinned, so the host was not kept off its cores"
+    try:
+        isolation(ctx).apply(name, uuid, host_cpus)
+    except OperationFailed as error:
+        return f"{name} runs, but the host could not be kept off its cores: {error}"
+    return f"while {name} runs, the host's own processes keep to CPUs {host_cpus}"
+
+
+def release(ctx: Context, name: str | None = None, uuid: str | None = None) -> list[str]:
+    """After VM ``name`` (or the VM ``uuid``) stopped: the host's CPUs back (nothing when
+    none were kept)."""
+    from ..base.primitives import is_remote
+
+    if is_remote(ctx.uri):
+        return []
+    if uuid is None:
+        connection = ctx.connection
+        uuid = connection.execute(lambda conn: connection.lookup(conn, name).UUIDString(),
+                                  idempotent=True)
+    return isolation(ctx).restore(uuid)

@@ -242,6 +242,9 @@ class VMConfig:
         _check_range("memory_mb", self.memory_mb, minimum.memory_mb, MAX_MEMORY_MB, "MiB",
                      label, gib=True)
         _check_range("vcpus", self.vcpus, minimum.vcpus, MAX_VCPUS, "vCPUs", label)
+        if self.tune.isolate and not self.tune.pins(self.gpu_passthrough is not None):
+            raise InvalidConfig("tune.isolate", "keeps the host's processes off the VM's cores:"
+                                " its vCPUs must be pinned (a GPU VM is, any VM with --tune)")
         if self.disk_size_gb == 0:
             if self.vm_type is not VMType.LINUX or self.kernel_path is None:
                 raise InvalidConfig(

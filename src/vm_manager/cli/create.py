@@ -40,7 +40,7 @@ FLAG_FOR_FIELD = {
     "unattended.bypass_hardware_checks": "--bypass-hardware-checks",
     "secure_boot": "--secure-boot", "unattended.stage_timeout_s": "--stage-timeout",
     "usb_devices": "--usb", "usb.vendor_id": "--usb", "usb.product_id": "--usb",
-    "tune.pin": "--tune", "tune.hugepages": "--hugepages",
+    "tune.pin": "--tune", "tune.hugepages": "--hugepages", "tune.isolate": "--isolate",
 }
 
 
@@ -71,6 +71,9 @@ def register(commands, common, subcommand) -> None:
                       " `neuron-vm tune NAME` shows the plan and why)")
     tune.add_argument("--no-tune", dest="pin", action="store_const", const=False,
                       help="do not pin a GPU VM's vCPUs")
+    create.add_argument("--isolate", action="store_true",
+                        help="while it runs, keep the host's own processes off its cores"
+                        " (systemd AllowedCPUs; needs pinned vCPUs)")
     create.add_argument("--hugepages", metavar="2M|1G",
                         help="the guest's memory in huge pages of this size (reserved by root:"
                         " the plan says how when the host has too few)")
@@ -138,6 +141,11 @@ def register(commands, common, subcommand) -> None:
                          help="pin the vCPUs to whole host cores (`neuron-vm tune` shows where)")
     pinning.add_argument("--no-tune", dest="pin", action="store_const", const=False,
                          help="unpin them (the topology stays)")
+    isolate = configure.add_mutually_exclusive_group()
+    isolate.add_argument("--isolate", dest="isolate", action="store_const", const=True,
+                         help="while it runs, keep the host's own processes off its cores")
+    isolate.add_argument("--no-isolate", dest="isolate", action="store_const", const=False,
+                         help="let them share its cores again")
     configure.add_argument("--hugepages", metavar="2M|1G|none",
                            help="the guest's memory in huge pages of this size (none: back"
                            " to ordinary pages)")
@@ -251,7 +259,7 @@ def request_from_args(args: argparse.Namespace, uri: str | None = None):
         "serial_log_path": args.serial_log, "unattended": unattended_from_args(args),
         "cloud_image_path": args.cloud_image,
         "secure_boot": None if args.secure_boot is None else args.secure_boot == "on",
-        "tune": {"pin": args.pin, "hugepages": args.hugepages},
+        "tune": {"pin": args.pin, "hugepages": args.hugepages, "isolate": args.isolate},
         "shares": [_share(item, False) for item in args.share or ()]
         + [_share(item, True) for item in args.read_only_share or ()],
     }
@@ -331,7 +339,7 @@ def cmd_configure(ctx: CommandContext) -> int:
                                        looking_glass=args.looking_glass,
                                        domain_type=args.domain_type,
                                        network=args.network, hugepages=args.hugepages,
-                                       pin=args.pin, force=args.force)
+                                       pin=args.pin, isolate=args.isolate, force=args.force)
         outcome = create.reconfigure(ctx.actions, args.name, change)
     from ..base.primitives import plural
 

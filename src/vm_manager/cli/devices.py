@@ -163,7 +163,7 @@ def cmd_tune(ctx: CommandContext) -> int:
         outcome = tune.apply(ctx.actions, ctx.args.name)
         report = tune.report(ctx.actions, ctx.args.name)
         if not ctx.json:
-            for change in outcome.result.changes:
+            for change in outcome.changes:
                 ctx.print(f"changed: {change}")
     if ctx.json:
         ctx.print_json(report.to_dict())

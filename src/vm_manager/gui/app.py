@@ -200,6 +200,11 @@ class MainWindow(QMainWindow):
                     and current() else None)
                 setup.follow_all(ctx, lambda change: self.bridge.setup_changed.emit(
                     uri, change.name, change.new) if current() else None)
+                from ..actions import tune
+
+                lifecycle.subscribe(lambda change: self.pool.submit(
+                    tune.release, ctx, change.name) if change.new is VMState.SHUTOFF else None)
+                tune.restore_stale(ctx)  # a VM that stopped while no NeuronOS ran
                 self._following[uri] = lifecycle
             inventory = vms.list_vms(ctx)
             from ..actions import host
