@@ -186,7 +186,8 @@ def test_no_tune_leaves_the_topology_and_tune_apply_pins(gpu_host):
     assert code == 0, err
     assert cpu_of(conn, "n").topology == (1, 1, 4, 1) and cpu_of(conn, "n").pins == ()
     code, out, _ = run(conn, "tune", "n")
-    assert "its definition differs; `neuron-vm tune n --apply`" in out
+    assert "(not pinned now: you turned the pinning off; it has the topology alone)" in out
+    assert "n: its definition holds the topology; `neuron-vm tune n --apply` pins it" in out
     assert cpu_of(conn, "n").pins == ()  # nothing without --apply
     code, out, err = run(conn, "tune", "n", "--apply")
     assert code == 0, err
@@ -196,6 +197,15 @@ def test_no_tune_leaves_the_topology_and_tune_apply_pins(gpu_host):
     code, _, err = run(conn, "configure", "n", "--no-tune")
     assert code == 0, err
     assert cpu_of(conn, "n").topology == (1, 1, 4, 1) and cpu_of(conn, "n").pins == ()
+    code, _, err = run(conn, "create", "plain", "--template", "linux", "--cpus", "2",
+                       "--memory", "1G", "--disk-size", "8G", "--domain-type", "qemu",
+                       "--network", "none")  # no GPU: not pinned unasked
+    assert code == 0, err
+    code, out, _ = run(conn, "tune", "plain")
+    assert "only GPU VMs are unasked" in out and cpu_of(conn, "plain").pins == ()
+    code, out, err = run(conn, "tune", "plain", "--apply")  # its topology already matched
+    assert code == 0 and "plain: its definition holds this plan" in out, out + err
+    assert [cpu for _, cpu in cpu_of(conn, "plain").pins] == ["2", "3"]
     code, _, err = run(conn, "create", "p", "--template", "linux", "--tune", "--cpus", "2",
                        "--memory", "1G", "--disk-size", "8G", "--domain-type", "qemu",
                        "--network", "none")  # any VM may be pinned when asked
@@ -534,3 +544,20 @@ def test_on_the_real_daemon_the_host_keeps_off_a_running_vms_cores(system_daemon
     finally:
         neuron_vm("delete", name, "--force", "--yes")
         neuron_vm("start", "--help")
+
+
+def test_tune_apply_pins_a_vm_whose_topology_already_matched(gpu_host, tmp_path, monkeypatch):
+    """A 1-vCPU VM on a 4-core laptop: its topology (1 core x 1 thread) is the plan's, only
+    the pins are missing: `tune --apply` writes them (a walk found it said "holds this
+    plan" and changed nothing)."""
+    monkeypatch.setenv("NEURONOS_HOST_ROOT", str(build(tmp_path / "laptop", SHAPES["laptop"])))
+    conn = gpu_host
+    code, _, err = run(conn, "create", "one", "--template", "linux", "--cpus", "1",
+                       "--memory", "1G", "--disk-size", "8G", "--domain-type", "qemu",
+                       "--network", "none")
+    assert code == 0, err
+    code, out, _ = run(conn, "tune", "one")
+    assert "its definition holds the topology; `neuron-vm tune one --apply` pins it" in out
+    code, out, err = run(conn, "tune", "one", "--apply")
+    assert code == 0 and "one: its definition holds this plan" in out, out + err
+    assert cpu_of(conn, "one").pins == ((0, "1"),) and cpu_of(conn, "one").emulator == "0,2-3"

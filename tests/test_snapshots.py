@@ -496,3 +496,47 @@ def test_a_virsh_external_snapshot_reverts_where_libvirt_can_and_is_refused_wher
         conn.close()
         for path in images.glob(f"{name}*"):
             path.unlink()
+
+
+def test_a_revert_brings_back_nvram_and_tpm_the_vm_has_lost_since(vm):
+    """The VM has no vars file and no TPM state now (a revert to a snapshot from before its
+    first boot took them): a revert to a snapshot that holds them puts them back (a walk
+    found it said "disks, nvram, tpm" and wrote neither)."""
+    manager, conn, nvram, tpm, images = vm
+    manager.create("win", "booted")
+    held = (digest(nvram), digest(tpm))
+    nvram.unlink()
+    shutil.rmtree(tpm)
+    snap = manager.revert("win", "booted")
+    assert snap.files == ["nvram", "tpm"]
+    assert (digest(nvram), digest(tpm)) == held
+
+
+def test_an_internal_snapshot_below_a_virsh_overlay_is_not_reverted(vm):
+    """`virsh snapshot-create-as --disk-only` after a NeuronOS snapshot: the disk is a new
+    overlay on the file that holds the snapshot. Reverting would rewrite that file under
+    the overlay (the guest would see then and now mixed): refused, nothing changed."""
+    import libvirt
+
+    manager, conn, nvram, tpm, images = vm
+    manager.create("win", "s1")
+    base = images / "win.qcow2"
+    overlay = images / "win.ext1"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
+                    str(overlay)], check=True)
+    dom = conn.execute(lambda c: c.lookupByName("win"))
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    conn.execute(lambda c: c.defineXML(xml.replace(f"file='{base}'", f"file='{overlay}'")))
+    dom = conn.execute(lambda c: c.lookupByName("win"))
+    dom.snapshotCreateXML(
+        f"<domainsnapshot><name>ext1</name><state>shutoff</state><creationTime>1</creationTime>"
+        f"<memory snapshot='no'/><disks><disk name='vda' snapshot='external' type='file'>"
+        f"<source file='{overlay}'/></disk></disks>{xml}</domainsnapshot>",
+        libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)
+    before = (digest(base), digest(overlay), digest(nvram))
+    with pytest.raises(OperationFailed, match=r"external snapshot, ext1, put a new file on top\)"
+                                              r": reverting would change the image under it;"
+                                              r" nothing was changed"):
+        manager.revert("win", "s1")
+    assert (digest(base), digest(overlay), digest(nvram)) == before
+    assert f"file='{overlay}'" in conn.execute(lambda c: c.lookupByName("win").XMLDesc(2))

@@ -11,6 +11,7 @@ from .context import Context
 if TYPE_CHECKING:
     from ..base.domain_xml import CPUInfo
     from ..core.cpu_plan import CPUPlan
+    from ..passthrough.cpu_topology import CPUTopology
 
 
 @dataclass(frozen=True)
@@ -20,15 +21,23 @@ class TuneReport:
     plan: CPUPlan  # what the VM gets on this host
     defined: CPUInfo  # what its definition holds now
     applies: bool  # the VM is pinned (a GPU VM unless --no-tune, or --tune); else topology
+    turned_off: bool = False  # unpinned because the user said so (--no-tune)
+    topology: CPUTopology | None = None  # this host's, for plans of other vCPU counts
+    gpu_node: int | None = None
+
+    def plan_for(self, vcpus: int) -> CPUPlan:
+        """The plan for another vCPU count (the Settings dialog's field), pure."""
+        from ..core.cpu_plan import plan_cpus
+
+        return plan_cpus(self.topology, vcpus, self.gpu_node)
 
     @property
     def current(self) -> bool:
         """The definition already holds the plan."""
-        from ..core.cpu_plan import defined_cpu
+        from ..core.cpu_plan import defined_cpu, topology_only
 
         held = defined_cpu(self.defined, self.plan.vcpus)
-        wanted = self.plan if self.applies else replace(self.plan, pins=(), emulator=(),
-                                                        node=None)
+        wanted = self.plan if self.applies else topology_only(self.plan.vcpus)
         return held is not None and (held.cores, held.threads, held.pins, held.emulator,
                                      held.node) == (wanted.cores, wanted.threads, wanted.pins,
                                                     wanted.emulator, wanted.node)
@@ -61,7 +70,8 @@ def report(ctx: Context, name: str) -> TuneReport:
     node = device_numa_node(gpu.pci_address, ctx.host_root) if gpu else None
     plan = plan_cpus(topology, config.vcpus, node)
     return TuneReport(name, topology.describe() if topology else "unknown (no sysfs)", plan,
-                      read_domain(xml).cpu, config.tune.pins(gpu is not None))
+                      read_domain(xml).cpu, config.tune.pins(gpu is not None),
+                      config.tune.pin is False, topology, node)
 
 
 def apply(ctx: Context, name: str):

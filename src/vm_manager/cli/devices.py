@@ -159,7 +159,7 @@ def cmd_tune(ctx: CommandContext) -> int:
     from ..actions import tune
 
     report = tune.report(ctx.actions, ctx.args.name)
-    if ctx.args.apply and not report.current:
+    if ctx.args.apply and not (report.current and report.applies):
         outcome = tune.apply(ctx.actions, ctx.args.name)
         report = tune.report(ctx.actions, ctx.args.name)
         if not ctx.json:
@@ -172,10 +172,13 @@ def cmd_tune(ctx: CommandContext) -> int:
     for line in report.plan.describe():
         ctx.print(f"  {line}")
     if not report.applies and report.plan.pinned:
-        ctx.print("  (not pinned now: a GPU VM is, any other with `--apply`; until then it"
-                  " has the topology only)")
-    if report.current:
+        why = "you turned the pinning off" if report.turned_off else "only GPU VMs are unasked"
+        ctx.print(f"  (not pinned now: {why}; it has the topology alone)")
+    if report.current and (report.applies or not report.plan.pinned):
         ctx.print(f"{report.name}: its definition holds this plan")
+    elif report.current:
+        ctx.print(f"{report.name}: its definition holds the topology; `neuron-vm tune"
+                  f" {report.name} --apply` pins it as above")
     elif not ctx.args.apply:
         ctx.print(f"{report.name}: its definition differs; `neuron-vm tune {report.name}"
                   " --apply` writes the plan (the VM stopped)")

@@ -173,8 +173,8 @@ def chain_files(connection: LibvirtConnection, disks: list[str], snapshot_xmls: 
         if snap.memory:
             own.setdefault(os.path.realpath(snap.memory), (
                 "snapshot memory", f"the memory its snapshot {snap.name!r} saved"))
-    for snap in snaps:
-        for path in snap.sources:
+    for snap in snaps:  # an internal snapshot lives in the disk itself: nothing below
+        for path in (snap.sources if snap.overlays or snap.memory else ()):
             own.setdefault(os.path.realpath(path), (
                 "image below", f"its disk as it was when its snapshot {snap.name!r} was taken"))
     seen = {os.path.realpath(path) for path in disks}

@@ -92,10 +92,12 @@ def state_dirs(uri: str, root: Path = LIBVIRT_STATE, home: Path | None = None,
     return Path(root) / "qemu" / "nvram", Path(root) / "swtpm"
 
 
-def state_files(domain, nvram_dir: Path, tpm_dir: Path) -> list[tuple[str, Path]]:
+def state_files(domain, nvram_dir: Path, tpm_dir: Path,
+                existing: bool = True) -> list[tuple[str, Path]]:
     """(kind, path) of the NVRAM file and the TPM state folder the VM has (libvirt's
-    folders: ``state_dirs``). Raises ``InvalidConfig`` for an NVRAM path the XML names
-    outside libvirt's NVRAM folder (a path in the XML is not trusted)."""
+    folders: ``state_dirs``); ``existing=False``: where they go, there or not (a revert
+    puts back what the VM has lost since). Raises ``InvalidConfig`` for an NVRAM path the
+    XML names outside libvirt's NVRAM folder (a path in the XML is not trusted)."""
     files = []
     # libvirt 9.0 writes <nvram> only into the live XML of a firmware='efi' domain; the
     # file is its documented default, $LOCALSTATEDIR/lib/libvirt/qemu/nvram/NAME_VARS.fd
@@ -105,10 +107,10 @@ def state_files(domain, nvram_dir: Path, tpm_dir: Path) -> list[tuple[str, Path]
         raise InvalidConfig("NAME", f"{domain.name}'s NVRAM file {nvram} is not a file in"
                             f" libvirt's NVRAM folder {folder}: NeuronOS neither copies"
                             " nor writes it back, so it takes no snapshot of this VM")
-    if nvram.exists():
+    if nvram.exists() or not existing:
         files.append(("nvram", nvram))
     tpm = tpm_dir / (domain.uuid or "")
-    if domain.tpm is not None and domain.uuid and tpm.is_dir():
+    if domain.tpm is not None and domain.uuid and (tpm.is_dir() or not existing):
         files.append(("tpm", tpm))
     return files
 
@@ -182,9 +184,13 @@ class SnapshotManager:
                 continue
             stamp = int(root.findtext("creationTime") or 0)
             saved = self._saved(vm, name)
-            out.append(saved or Snapshot(name, time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                            time.gmtime(stamp)),
-                                         root.findtext("description") or ""))
+            memory = root.find("memory")
+            held = "disks and memory" if memory is not None and memory.get("snapshot") == \
+                "external" else "disks only"
+            out.append(saved or Snapshot(
+                name, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp)),
+                root.findtext("description") or "",
+                f"{held} (made outside NeuronOS: no NVRAM or TPM copy)"))
         return sorted(out, key=lambda snap: snap.created)
 
     def _saved(self, vm: str, name: str) -> Snapshot | None:
@@ -299,6 +305,7 @@ class SnapshotManager:
         if _external(snapshots, name):
             self._revert_external(vm, name)
             return snap
+        _check_same_disks(domain, snapshots, name)
         missing = [kind for kind in snap.files if not (self.folder(vm) / name / kind).exists()]
         if missing:
             raise OperationFailed(f"the {' and '.join(missing)} copies of {name!r} are missing"
@@ -322,7 +329,8 @@ class SnapshotManager:
         return snap
 
     def _restore(self, vm: str, domain, name: str, snap: Snapshot | None) -> None:
-        files = self._state_files(domain)  # refused (a planted path) before anything changes
+        # where the copies go, there now or not; a planted path is refused before any change
+        files = state_files(domain, self.nvram_dir, self.tpm_dir, existing=False)
 
         def revert(conn):
             dom = self.connection.lookup(conn, vm)
@@ -406,6 +414,25 @@ def _external(snapshots: list[str], name: str) -> bool:
 
     return any(snap.name == name and bool(snap.overlays or snap.memory)
                for snap in map(read_snapshot, snapshots))
+
+
+def _check_same_disks(domain, snapshots: list[str], name: str) -> None:
+    """An internal snapshot lives in the disk files it was taken of: when an external
+    snapshot (virsh) has since put a new file on top, reverting would rewrite the image
+    under it and the guest would see then and now mixed. Refused, nothing changed."""
+    from ..base.snapshot_xml import read_snapshot
+
+    for snap in map(read_snapshot, snapshots):
+        now = {disk.source for disk in domain.disks if disk.device == "disk"}
+        if snap.name == name and snap.sources and not set(snap.sources) <= now:
+            newer = [other.name for other in map(read_snapshot, snapshots)
+                     if other.overlays or other.memory]
+            raise OperationFailed(
+                f"{name!r} is in {', '.join(snap.sources)}, which the VM's disk now builds on"
+                f" (an external snapshot, {', '.join(newer) or 'made with virsh'}, put a new"
+                " file on top): reverting would change the image under it; nothing was"
+                " changed (delete the newer external snapshot first: `neuron-vm snapshot"
+                " delete` merges it back)")
 
 
 def snapshots_folder(domain, images_dir: Path) -> Path:
