@@ -418,6 +418,11 @@ def test_the_settings_dialog_shows_the_plan_and_changes_pinning_and_pages(qtbot,
     assert dialog.where.text() == ("On this computer: host CPUs 2-9, QEMU's own threads on"
                                    " 0-1,10-31")
     assert "P-cores only" in dialog.where.toolTip()
+    dialog.vcpus.setValue(7)  # the line follows the field (a walk found it stale)
+    assert dialog.where.text() == ("Not pinned: 7 vCPUs are not whole cores of 2 threads: ask"
+                                   " for 6 or 8")
+    dialog.vcpus.setValue(8)
+    assert dialog.vcpus.minimum() == 1  # Linux's minimum; Windows 11's is 2
     dialog.pin.setChecked(False)
     dialog.hugepages.setCurrentIndex(dialog.hugepages.findData("2M"))
     dialog.apply()

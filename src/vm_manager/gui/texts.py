@@ -167,9 +167,8 @@ def local_times(text: str) -> str:
 
 
 
-def plan_words(report) -> str:
-    """Where a VM's vCPUs run on this computer, in one line (``actions.tune.report``)."""
-    plan = report.plan
+def plan_words(plan) -> str:
+    """Where a VM's vCPUs run on this computer, in one line (a ``CPUPlan``)."""
     if plan.pinned:
         return (f"On this computer: host CPUs {plan.host_cpus}, QEMU's own threads on"
                 f" {plan.emulator_cpus}")
