@@ -238,3 +238,41 @@ def test_a_stopped_network_is_warned_at_create_and_said_in_words_at_start(
         cli("delete", name, "--yes", "--force")
         conn.execute(lambda c: c.networkLookupByName(network).undefine())
         conn.close()
+
+
+@pytest.mark.daemon
+def test_a_gpu_vm_on_a_computer_without_iommu_is_said_in_words(system_daemon, tiny_guest,
+                                                               tmp_path):
+    """libvirt refuses a PCI hostdev where no IOMMU is on ("unsupported configuration: host
+    doesn't support passthrough of host PCI devices", seen in a walk): the start says what
+    it means and both ways out."""
+    import subprocess
+    import sys
+
+    from support.fakes import add_pci_devices, nvidia_turing_gpu
+
+    root = add_pci_devices(tmp_path / "host", nvidia_turing_gpu())
+    name = f"neuron-nogpu-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "NEURONOS_HOST_ROOT": str(root),
+           "NEURONOS_CONFIG_DIR": str(tmp_path / "config")}
+
+    def neuron_vm(*argv):
+        return subprocess.run([sys.executable, "-m", "vm_manager", *argv, "-c", system_daemon],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    try:
+        made = neuron_vm("create", name, "--template", "linux", "--kernel",
+                         str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+                         "--disk-size", "0", "--memory", "512M", "--gpu", "01:00.0",
+                         "--no-tune", "--domain-type", "qemu", "--network", "none")
+        assert made.returncode == 0, made.stdout + made.stderr
+        started = neuron_vm("start", name)
+        assert started.returncode != 0
+        if Path("/sys/kernel/iommu_groups").is_dir() and any(
+                Path("/sys/kernel/iommu_groups").iterdir()):
+            pytest.skip("this machine has an IOMMU: libvirt fails otherwise here")
+        assert "this computer cannot pass its GPU (a PCI device) to a VM: its IOMMU is off" \
+            in started.stderr, started.stderr
+        assert "unsupported configuration" not in started.stderr
+    finally:
+        neuron_vm("delete", name, "--force", "--yes")

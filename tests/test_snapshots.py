@@ -540,3 +540,46 @@ def test_an_internal_snapshot_below_a_virsh_overlay_is_not_reverted(vm):
         manager.revert("win", "s1")
     assert (digest(base), digest(overlay), digest(nvram)) == before
     assert f"file='{overlay}'" in conn.execute(lambda c: c.lookupByName("win").XMLDesc(2))
+
+
+@pytest.mark.daemon
+def test_an_external_snapshot_under_a_newer_one_is_not_deleted(system_daemon, tiny_guest,
+                                                               tmp_path):
+    """Two `virsh snapshot-create-as --disk-only` in a row: deleting the older one says to
+    delete the newer first (libvirt's own words were "could not find base disk source in
+    disk source chain"); the newer one, then the older, go."""
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from support.domains import domain_xml
+
+    images = Path("/var/lib/libvirt/images")
+    name = f"neuron-extdel-{uuid.uuid4().hex[:6]}"
+    disk = images / f"{name}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    root = ET.fromstring(domain_xml(name, tiny_guest, tmp_path / "serial.log"))
+    root.find("devices").append(ET.fromstring(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"))
+    conn = LibvirtConnection(system_daemon)
+
+    def neuron_vm(*argv):
+        return subprocess.run([sys.executable, "-m", "vm_manager", *argv, "-c", system_daemon],
+                              capture_output=True, text=True, timeout=120)
+
+    try:
+        conn.execute(lambda c: c.defineXML(ET.tostring(root, encoding="unicode")))
+        for snap in ("v1", "v2"):
+            subprocess.run(["virsh", "-c", system_daemon, "snapshot-create-as", name, snap,
+                            "--disk-only"], check=True, capture_output=True)
+        refused = neuron_vm("snapshot", "delete", name, "v1")
+        assert refused.returncode != 0
+        assert "'v1' is an external snapshot with newer ones on top (v2): delete those first" \
+            in refused.stderr, refused.stderr
+        listed = neuron_vm("snapshot", "list", name, "--json").stdout
+        assert '"v1"' in listed and '"v2"' in listed
+    finally:
+        remove_domain(conn, name)
+        conn.close()
+        for path in images.glob(f"{name}*"):
+            path.unlink()

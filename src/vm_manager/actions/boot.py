@@ -181,6 +181,12 @@ def start(ctx: Context, name: str, **options):
                 f"{name} could not start: this computer has not that much free memory for"
                 f" it; give it less (neuron-vm configure {name} --memory SIZE) or close"
                 " other programs") from error
+        if "host doesn't support passthrough of host PCI devices" in str(error):
+            raise OperationFailed(  # libvirt's words when no IOMMU is on (a walk)
+                f"{name} could not start: this computer cannot pass its GPU (a PCI device) to"
+                " a VM: its IOMMU is off or missing (`neuron-vm doctor`, or the app's Host"
+                " check, says which and how to turn it on); or start it without the GPU:"
+                f" neuron-vm configure {name} --gpu none") from error
         if not any(words in str(error) for words in KVM_FAILURES):
             raise
         raise OperationFailed(

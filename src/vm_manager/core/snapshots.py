@@ -47,12 +47,12 @@ from ..base.errors import InvalidConfig, LifecycleError, NotFound, OperationFail
 from ..base.log import get_logger
 from ..base.primitives import dotted_version
 from ..base.values import parse_text
-from .state_copies import copy_state, remove_state, restore_copy, size_of
+from .state_copies import (  # noqa: F401 (state_dirs, state_files: imported from here)
+    LIBVIRT_STATE, copy_state, remove_state, restore_copy, size_of, state_dirs, state_files)
 
 log = get_logger(__name__)
 
 SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-LIBVIRT_STATE = Path("/var/lib/libvirt")  # swtpm/<uuid>/ and qemu/nvram/<name>_VARS.fd
 METHOD = "offline: internal qcow2 disk snapshots (libvirt) + NVRAM and TPM copies"
 SAFETY_PREFIX = "neuronos-pre-revert-"
 EXTERNAL_REVERT_SINCE = 9_009_000  # libvirt 9.9.0 reverts external snapshots (its NEWS)
@@ -79,40 +79,6 @@ def check_snapshot_name(name: str) -> str:
     if name.startswith(SAFETY_PREFIX) or name in (".", ".."):
         raise InvalidConfig("SNAP", f"{name!r} is reserved")
     return name
-
-
-def state_dirs(uri: str, root: Path = LIBVIRT_STATE, home: Path | None = None,
-               ) -> tuple[Path, Path]:
-    """libvirt's NVRAM folder and swtpm storage folder for ``uri`` (its qemu_conf.c):
-    ``root``/qemu/nvram and ``root``/swtpm on a system daemon; ~/.config/libvirt/qemu/nvram
-    and .../qemu/swtpm on a session one (XDG_CONFIG_HOME where set)."""
-    if uri.split("?", 1)[0].rstrip("/").endswith("/session"):
-        config = Path(os.environ.get("XDG_CONFIG_HOME") or (home or Path.home()) / ".config")
-        return config / "libvirt" / "qemu" / "nvram", config / "libvirt" / "qemu" / "swtpm"
-    return Path(root) / "qemu" / "nvram", Path(root) / "swtpm"
-
-
-def state_files(domain, nvram_dir: Path, tpm_dir: Path,
-                existing: bool = True) -> list[tuple[str, Path]]:
-    """(kind, path) of the NVRAM file and the TPM state folder the VM has (libvirt's
-    folders: ``state_dirs``); ``existing=False``: where they go, there or not (a revert
-    puts back what the VM has lost since). Raises ``InvalidConfig`` for an NVRAM path the
-    XML names outside libvirt's NVRAM folder (a path in the XML is not trusted)."""
-    files = []
-    # libvirt 9.0 writes <nvram> only into the live XML of a firmware='efi' domain; the
-    # file is its documented default, $LOCALSTATEDIR/lib/libvirt/qemu/nvram/NAME_VARS.fd
-    folder = nvram_dir
-    nvram = Path(domain.os.nvram) if domain.os.nvram else folder / f"{domain.name}_VARS.fd"
-    if nvram.parent != folder or nvram.is_symlink():  # a path in the XML is not trusted
-        raise InvalidConfig("NAME", f"{domain.name}'s NVRAM file {nvram} is not a file in"
-                            f" libvirt's NVRAM folder {folder}: NeuronOS neither copies"
-                            " nor writes it back, so it takes no snapshot of this VM")
-    if nvram.exists() or not existing:
-        files.append(("nvram", nvram))
-    tpm = tpm_dir / (domain.uuid or "")
-    if domain.tpm is not None and domain.uuid and (tpm.is_dir() or not existing):
-        files.append(("tpm", tpm))
-    return files
 
 
 class SnapshotManager:
@@ -381,9 +347,23 @@ class SnapshotManager:
             check_snapshot_name(name)
             if not any(s.name == name for s in self.list(vm)):
                 raise NotFound("SNAP", f"{vm} has no snapshot {name!r}")
+            self._check_no_newer_external(vm, name)
         self._delete_disk_snapshot(vm, name)
         shutil.rmtree(self.folder(vm) / name, ignore_errors=True)
         self._drop_empty_folder(vm)
+
+    def _check_no_newer_external(self, vm: str, name: str) -> None:
+        """libvirt merges an external snapshot away only when none is on top of it (else
+        "could not find base disk source in disk source chain", seen in a walk)."""
+        def children(conn):
+            snap = self.connection.lookup(conn, vm).snapshotLookupByName(name, 0)
+            return snap.getXMLDesc(0), [child.getName() for child in snap.listAllChildren(0)]
+
+        xml, newer = self.connection.execute(children, idempotent=True)
+        if newer and _external([xml], name):
+            raise OperationFailed(f"{name!r} is an external snapshot with newer ones on top"
+                                  f" ({', '.join(newer)}): delete those first, the newest"
+                                  " first; nothing was changed")
 
     def _drop_empty_folder(self, vm: str) -> None:
         try:
