@@ -354,3 +354,35 @@ def test_configure_moves_a_vm_to_another_network_with_the_same_mac(make_host, tm
         code, _, err = run(["configure", "m", "--network", "nowhere"], conn)
         assert code == 2 and "--network" in err and nics() == [(mac, "lan")]
         assert run(["configure", "m", "--network", "none"], conn)[0] == 0 and nics() == []
+
+
+def test_the_systems_defaults_fit_a_small_host_as_the_wizard_fills_them(make_host, tmp_path,
+                                                                        monkeypatch):
+    """On a 2-CPU, 6 GiB host, `create --template windows11` with no --cpus or --memory is
+    not refused for the Windows 11 default of 4 vCPUs (a walk): it gets 2, and 4 GiB (a
+    quarter of the host left, never below Windows 11's minimum), what the wizard fills in."""
+    import io
+    import json
+
+    from vm_manager.base.connection import LibvirtConnection
+    from vm_manager.base.vm_config import HostResources, VMConfig
+    from vm_manager.cli import main
+
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    conn = LibvirtConnection(make_host(cpus=2, memory_mb=6144)).open()
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["create", "w", "--template", "windows11", "--disk-size", "64G",
+                 "--domain-type", "qemu", "--network", "none"], connection=conn, out=out,
+                err=err)
+    assert code == 0, err.getvalue()
+    out = io.StringIO()
+    main(["info", "w", "--json"], connection=conn, out=out, err=io.StringIO())
+    info = json.loads(out.getvalue())
+    assert (info["vcpus"], info["memory_mb"]) == (2, 4096)
+    assert VMConfig.defaults_within("windows11", HostResources(6144, 2)) == (4096, 2)
+    from vm_manager.base.vm_config import DEFAULTS, VMType
+
+    big = DEFAULTS[VMType.LINUX]  # a big host gives the system's own defaults
+    assert VMConfig.defaults_within("linux", HostResources(65536, 32)) == (big.memory_mb,
+                                                                          big.vcpus)
+    conn.close()

@@ -159,6 +159,22 @@ def parse_template(text: str) -> tuple[str, str | None]:
     return kind, template_name(kind, variant == "passthrough")
 
 
+def within_host(ctx: Context, request: CreateRequest, memory: bool,
+                vcpus: bool) -> CreateRequest:
+    """``request`` with the system's default memory and/or vCPUs (those not given) fitted to
+    this host, as the wizard fills them in (``VMConfig.defaults_within``)."""
+    import dataclasses
+
+    from ..base.vm_config import HostResources, VMConfig
+
+    config = request.config
+    fitted = VMConfig.defaults_within(config.vm_type, HostResources(
+        *ctx.connection.host_info()))
+    changes = {**({"memory_mb": fitted[0]} if memory else {}),
+               **({"vcpus": fitted[1]} if vcpus else {})}
+    return dataclasses.replace(request, config=dataclasses.replace(config, **changes))
+
+
 def preview(ctx: Context, request: CreateRequest) -> CreationPlan:
     """Everything ``create`` would do (host facts read once, a pure plan); changes nothing.
     Raises ``InvalidConfig`` naming the field for anything the host cannot do."""

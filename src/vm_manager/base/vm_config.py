@@ -316,6 +316,20 @@ class VMConfig:
             raise InvalidConfig("unattended.lg_host_installer", "the Looking Glass host goes"
                                 " with --looking-glass")
 
+    @staticmethod
+    def defaults_within(vm_type: Any, host: HostResources | None) -> tuple[int, int]:
+        """The system's default memory (MiB) and vCPUs, within this host: a quarter of its
+        memory (whole GiB) left to it and no more vCPUs than its CPUs, never below the
+        system's minimum. What the CLI and the wizard fill in when nothing is given."""
+        kind = parse_enum(VMType, vm_type, "vm_type")
+        default, least = DEFAULTS[kind], MINIMUMS[kind]
+        memory, vcpus = default.memory_mb, default.vcpus
+        if host is not None and host.memory_mb:
+            memory = max(least.memory_mb, min(memory, host.memory_mb * 3 // 4 // 1024 * 1024))
+        if host is not None and host.cpus:
+            vcpus = max(least.vcpus, min(vcpus, host.cpus))
+        return memory, vcpus
+
     def check_host_limits(self, host: HostResources, force: bool = False,
                           which: tuple[str, ...] = ("memory_mb", "vcpus")) -> None:
         """Refuse more memory or vCPUs than the host has, unless ``force``; ``which``: the

@@ -286,6 +286,9 @@ def cmd_create(ctx: CommandContext) -> int:
     args = ctx.args
     with flags_in_errors():
         request = request_from_args(args, ctx.actions.uri)
+        if args.memory is None or args.cpus is None:  # the system's defaults, within the host
+            request = create.within_host(ctx.actions, request, args.memory is None,
+                                         args.cpus is None)
         if args.print_xml:
             ctx.write(create.print_xml(ctx.actions, request))
             return EXIT_OK

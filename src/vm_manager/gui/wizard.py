@@ -194,17 +194,13 @@ class _SystemPage(CheckedPage):
     def _apply_defaults(self, *_args) -> None:
         """The chosen system's defaults, within this computer (unless typed over), and only
         its own fields shown (virtio drivers for Windows, OpenCore for macOS)."""
-        from ..base.vm_config import DEFAULTS, MINIMUMS, VMType
+        from ..base.vm_config import DEFAULTS, HostResources, VMConfig, VMType
 
         kind = self.template.currentData()
-        default, least = DEFAULTS[VMType(kind)], MINIMUMS[VMType(kind)]
+        default = DEFAULTS[VMType(kind)]
         devices = self.wizard_.devices
-        memory, vcpus = default.memory_mb, default.vcpus
-        if devices.memory_mb:  # leave the host a quarter (whole GiB), never below the least
-            memory = max(least.memory_mb, min(memory, devices.memory_mb * 3 // 4 // 1024
-                                              * 1024))
-        if devices.cpus:
-            vcpus = max(least.vcpus, min(vcpus, devices.cpus))
+        memory, vcpus = VMConfig.defaults_within(kind, HostResources(
+            devices.memory_mb or 0, devices.cpus or 0))  # the CLI's too
         self._applying = True
         if "memory" not in self.edited:
             self.memory.setText(_gib(memory))
