@@ -364,13 +364,16 @@ class VMConfig:
 
 def _check_range(field_name: str, value: int, low: int, high: int, unit: str, label: str,
                  gib: bool = False) -> None:
+    def of(count: int) -> str:  # "1 vCPU", "2 vCPUs"; MiB stays MiB
+        return f"{count} {unit[:-1] if unit.endswith('s') and count == 1 else unit}"
+
     if value < low:
         extra = f" ({low // 1024} GiB)" if gib and low >= 1024 else ""
         raise InvalidConfig(
-            field_name, f"{value} {unit} is below the minimum for {label}: {low} {unit}{extra}"
+            field_name, f"{of(value)} is below the minimum for {label}: {of(low)}{extra}"
         )
     if value > high:
-        raise InvalidConfig(field_name, f"{value} {unit} is above the maximum of {high} {unit}")
+        raise InvalidConfig(field_name, f"{of(value)} is above the maximum of {of(high)}")
 
 
 def _to_plain(value: Any) -> Any:

@@ -120,7 +120,8 @@ def check_hugepages(config: VMConfig, facts: HostFacts, node: int | None,
     free = pool.free_by_node.get(node, pool.free) if node is not None else pool.free
     if free < need:
         where = f" on NUMA node {node}" if node is not None else ""
-        warnings.append(f"the VM takes {need} huge pages of {size} at each start and this host"
+        warnings.append(f"the VM takes {need} huge page{'s' if need != 1 else ''} of {size} at"
+                        f" each start and this host"
                         f" has {free} free{where} now; it will not start until it has them:"
                         f" {reserve_fix(kib, pool.total + need - free)}")
     return kib

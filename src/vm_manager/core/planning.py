@@ -20,6 +20,7 @@ from ..passthrough.ivshmem import shm_name, shm_size_mb
 from ..templates.names import template_name
 from .disks import DiskPlan, image_format, plan_disk, regular_file
 from ..base.errors import InvalidConfig
+from ..base.primitives import plural
 from .host import INPUT_FILES
 from .firmware import check_firmware, secure_boot
 from .host_facts import HostFacts
@@ -154,7 +155,7 @@ class CreationPlan:
         ctx = self.context
         lines = [
             f"VM {self.config.name!r}: {self.config.vm_type.label}, template {self.template},"
-            f" {self.config.memory_mb} MiB, {self.config.vcpus} vCPUs, domain type"
+            f" {self.config.memory_mb} MiB, {plural(self.config.vcpus, 'vCPU')}, domain type"
             f" {self.domain_type}",
         ]
         if self.disk is None:

@@ -111,6 +111,7 @@ class Commands:
     def on_settings(self) -> None:
         from ..actions import host
         from .dialogs import SettingsDialog
+        from .texts import for_people
 
         name, ctx = self.window.selected_name(), self.window.ctx
         if not name:
@@ -129,6 +130,10 @@ class Commands:
             dialog.deleteLater()
             if changed:
                 self.window.load()
+                warnings = getattr(dialog.result, "warnings", ())
+                if warnings:  # what the change brings (the CLI prints them as warnings)
+                    QMessageBox.warning(self.window, f"Settings of {name}",
+                                        "\n\n".join(for_people(w) for w in warnings))
 
         self._prepare(f"Reading the settings of {name}",
                       lambda: (ctx.settings(name), host.devices(ctx)), show)

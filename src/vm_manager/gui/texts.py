@@ -81,6 +81,9 @@ CLI_PATTERNS = (  # (regular expression, the app's words)
     (r"\((?:needs )?--delete-disks\)", "(tick “Also delete its disks”)"),
     (r" or set NEURONOS_LG_CLIENT to its path", ""),
     (r" \(`tzutil /l` lists them\)", ""),
+    (r"`neuron-vm configure \S+ --hugepages none`", "Settings → Memory pages: Ordinary pages"),
+    (r"neuron-vm configure \S+ --gpu none", "Settings → GPU: No GPU"),
+    (r" \(`neuron-vm tune` says why\)", ""),
 )
 CLI_WORDS = (
     ("allow it with --force", "allow it with “Allow more memory or vCPUs than this computer"
