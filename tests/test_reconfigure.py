@@ -224,8 +224,10 @@ def test_each_change_touches_only_what_it_asks(world, monkeypatch, kind):
         assert setup_record(after) == record, f"{kind}, step {step}: the setup record changed"
         assert devices(after, "rng"), f"{kind}, step {step}: the hand-made rng is gone"
         before = after
-    # in the end: the memory and vCPUs it was given (and root ports libvirt added and keeps)
-    assert differences(first, before) - {"controller"} == {"memory", "currentMemory", "vcpu"}
+    # in the end: the memory and vCPUs it was given, with their topology (and root ports
+    # libvirt added and keeps)
+    assert differences(first, before) - {"controller"} == {"memory", "currentMemory", "vcpu",
+                                                           "cpu"}
 
 
 # --- every command that rewrites a definition ------------------------------------------------
