@@ -64,6 +64,7 @@ mount_all() {
   cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
   # the host's CA bundle: pip inside reaches PyPI as the host does (through a proxy that
   # signs with its own CA, where the machine has one)
+  mkdir -p "$ROOT/etc/ssl"  # a fresh debootstrap (minbase) has no /etc/ssl yet
   cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/host-ca-certificates.crt"
 }
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 import sys
+import threading
 import uuid
 
 import pytest
@@ -84,6 +85,77 @@ def test_guest_that_ignores_acpi_is_forced_after_the_timeout(system, define):
     assert result.state == S.SHUTOFF
     assert result.elapsed_s >= 3
     assert "forced" in result.message
+
+
+def test_a_qemu_that_no_longer_answers_is_still_stopped(system, define):
+    """A QEMU whose monitor never answers (seen in CI: a TCG QEMU hung during a boot, and
+    libvirt waited for its answer to the power button for ever, holding delete --force):
+    here a stopped process (SIGSTOP). A graceful stop with a 5 s timeout powers it off by
+    force, and a force-stop is never held behind the hung request."""
+    name, _ = define(lambda n, s: no_os_domain_xml(n))
+    system.start(name, timeout=BOOT_TIMEOUT)
+    pid = int(open(f"/run/libvirt/qemu/{name}.pid").read())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        result = system.stop(name, timeout=5)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert result.forced is True and result.state == S.SHUTOFF
+    assert system.get_state(name) == S.SHUTOFF
+    # the same with a force-stop while another graceful request hangs in this process
+    system.start(name, timeout=BOOT_TIMEOUT)
+    pid = int(open(f"/run/libvirt/qemu/{name}.pid").read())
+    os.kill(pid, signal.SIGSTOP)
+    outcome: list[object] = []
+
+    def graceful_stop():
+        try:
+            outcome.append(system.stop(name, timeout=600).state)
+        except LifecycleError as error:
+            outcome.append(error)
+
+    stopping = threading.Event()
+    token = system.states.subscribe(
+        lambda change: stopping.set() if change.name == name and change.new == S.STOPPING
+        else None)
+    graceful = threading.Thread(target=graceful_stop, daemon=True)
+    graceful.start()
+    assert stopping.wait(30), "the graceful stop never began"
+    system.states.unsubscribe(token)
+    try:
+        assert system.stop(name, method=ShutdownMethod.FORCE).state == S.SHUTOFF
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    graceful.join(60)
+    assert not graceful.is_alive(), "the graceful stop still waits on a QEMU that is gone"
+    # it ended: cut short by the force-stop, or it saw the VM off
+    assert outcome and (outcome[0] == S.SHUTOFF or "cut short" in str(outcome[0])), outcome
+
+
+def test_a_hung_qemu_is_told_from_a_quiet_guest(system, define, tmp_path):
+    """The cloud-guest tests' watch (tests/support/qemu_watch.py) takes a silent console
+    for a hung QEMU only when QEMU's monitor does not answer: a quiet guest is waited for."""
+    from support.qemu_watch import QemuHung, Watch
+
+    name, _ = define(lambda n, s: no_os_domain_xml(n))  # no console: always silent
+    system.start(name, timeout=BOOT_TIMEOUT)
+    watch = Watch(name, tmp_path / "never-written.log", silence=0, probe_s=10)
+    watch.check()  # its monitor answers: no QemuHung
+    pid = int(open(f"/run/libvirt/qemu/{name}.pid").read())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(QemuHung, match="did not answer query-status") as hung:
+            watch.check()
+        assert f"QEMU pid {pid}: " in str(hung.value) and " T wchan=" in str(hung.value)
+    finally:
+        system.stop(name, method=ShutdownMethod.FORCE)
+        os.kill(pid, signal.SIGCONT) if os.path.exists(f"/proc/{pid}") else None
 
 
 def test_start_paused_then_resume(system, define, tiny_guest):

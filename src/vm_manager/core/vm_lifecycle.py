@@ -11,6 +11,7 @@ through the state machine's condition variable, never by polling ``state()``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -137,19 +138,32 @@ class VMLifecycleManager:
             return self._request(
                 name, "force-stop", FORCE_TIMEOUT_S,
                 lambda dom: dom.destroy(), _is_stopped,
-                done="powered off by force", method="force", forced=True,
+                done="powered off by force", method="force", forced=True, locked=False,
             )
         ticket = self.states.begin(name, "stop", timeout + FORCE_TIMEOUT_S + DEADLINE_SLACK_S)
         started = time.monotonic()
         forced = False
         try:
-            version = self._call(ticket, lambda dom: dom.shutdown(), _is_stopped)
-            state = self.states.wait_for(name, _is_stopped, timeout, version, ticket)
+            # libvirt waits for QEMU's answer to the power button without a deadline: a QEMU
+            # that hangs (its monitor never answers) would hold this stop, and a delete
+            # --force behind it, for ever. The request gets the timeout too.
+            version = _within(timeout, lambda: self._call(
+                ticket, lambda dom: dom.shutdown(), _is_stopped))
+            state = None
+            if version is _HUNG:
+                log.warning("%s: QEMU did not answer the power button within %.0f s; forcing"
+                            " it off", name, timeout)
+            else:
+                left = max(0.0, timeout - (time.monotonic() - started))
+                state = self.states.wait_for(name, _is_stopped, left, version, ticket)
             if state is None:
                 self._raise_if_superseded(ticket)
                 log.info("%s ignored ACPI shutdown for %.0f s; forcing it off", name, timeout)
                 forced = True
-                version = self._call(ticket, lambda dom: dom.destroy(), _is_stopped)
+                # not behind the hung request's lock: libvirt kills QEMU before it takes
+                # the domain's job, so a destroy ends a request that waits on a hung QEMU
+                version = self._call(ticket, lambda dom: dom.destroy(), _is_stopped,
+                                     locked=False)
                 state = self.states.wait_for(
                     name, _is_stopped, FORCE_TIMEOUT_S, version, ticket
                 )
@@ -210,6 +224,7 @@ class VMLifecycleManager:
         ticket: Ticket,
         action: Callable[[libvirt.virDomain], object],
         already_done: Callable[[VMState], bool] | None,
+        locked: bool = True,
     ) -> int:
         """Run ``action`` on the domain; return the state version to wait beyond.
 
@@ -219,7 +234,7 @@ class VMLifecycleManager:
         a ``LifecycleError`` naming that state.
         """
         name, operation = ticket.name, ticket.operation
-        with self._call_lock(name):
+        with self._call_lock(name) if locked else contextlib.nullcontext():
             self._raise_if_superseded(ticket)
             version = self.states.version(name)
             try:
@@ -258,11 +273,12 @@ class VMLifecycleManager:
         done: str,
         method: str | None = None,
         forced: bool = False,
+        locked: bool = True,
     ) -> OperationResult:
         ticket = self.states.begin(name, operation, timeout + DEADLINE_SLACK_S)
         started = time.monotonic()
         try:
-            version = self._call(ticket, action, reached)
+            version = self._call(ticket, action, reached, locked)
             if reached is not None:
                 state = self.states.wait_for(name, reached, timeout, version, ticket)
                 if state is None:
@@ -281,6 +297,32 @@ class VMLifecycleManager:
             name, operation, state, time.monotonic() - started,
             forced=forced, method=method, message=done,
         )
+
+
+_HUNG = object()
+
+
+def _within(timeout: float, call: Callable[[], object]) -> object:
+    """``call()`` on a helper thread: its result (or its error), or ``_HUNG`` when it has not
+    returned within ``timeout`` seconds (it goes on in the background, and ends with the
+    domain)."""
+    box: dict[str, object] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="libvirt-request", daemon=True).start()
+    if not done.wait(timeout):
+        return _HUNG
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]
 
 
 def _describe(error: BaseException) -> str:
