@@ -126,6 +126,22 @@ make_root() {
   echo "$FORMAT ${PACKAGES[*]}" > "$stamp"
 }
 
+reset_state() {
+  # what a run left behind (a run cut short leaves VMs defined, networks, pools, images and
+  # NVRAM): each run starts from an empty libvirt, as a fresh machine does; the built guests
+  # in /var/cache/neuronos stay. Only while its daemons are down (before `prepare`/`test`
+  # starts them).
+  rm -f "$ROOT"/etc/libvirt/qemu/*.xml "$ROOT"/etc/libvirt/qemu/autostart/*.xml \
+    "$ROOT"/etc/libvirt/storage/*.xml "$ROOT"/etc/libvirt/storage/autostart/*.xml
+  find "$ROOT/etc/libvirt/qemu/networks" -maxdepth 2 -name '*.xml' ! -name default.xml -delete
+  rm -rf "$ROOT"/var/lib/libvirt/images/* "$ROOT"/var/lib/libvirt/qemu/nvram/* \
+    "$ROOT"/var/lib/libvirt/qemu/snapshot/* "$ROOT"/var/lib/libvirt/qemu/checkpoint/* \
+    "$ROOT"/var/lib/libvirt/qemu/domain-* "$ROOT"/var/lib/libvirt/swtpm/* \
+    "$ROOT"/var/log/libvirt/qemu/* "$ROOT"/tmp/pytest-of-* "$ROOT"/root/.config/neuronos
+  [ ! -f "$ROOT/var/log/libvirt/libvirtd.log" ] ||
+    mv "$ROOT/var/log/libvirt/libvirtd.log" "$ROOT/var/log/libvirt/libvirtd.log.1"
+}
+
 copy_tree() {
   # the checkout as git knows it (tracked files and untracked ones git does not ignore)
   rm -rf "$ROOT/root/neuronos"
@@ -159,6 +175,8 @@ case "${1:-test}" in
   test)
     started=$(date +%s)
     make_root
+    stop_daemons  # a run cut short may have left them up
+    reset_state
     mount_all
     trap 'stop_daemons; unmount_all' EXIT
     copy_tree

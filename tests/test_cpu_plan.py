@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from support.cpu_trees import SHAPES, build
 from vm_manager.core.cpu_plan import plan_cpus, topology_only
@@ -157,6 +158,14 @@ def cpu_of(conn, name):
     return read_domain(conn.execute(lambda c: c.lookupByName(name).XMLDesc(0))).cpu
 
 
+def disk_threads(conn, name: str) -> dict:
+    """Each disk's target and the I/O thread its driver names (None: none)."""
+    root = etree.fromstring(conn.execute(lambda c: c.lookupByName(name).XMLDesc(2)).encode())
+    assert (root.find("iothreads") is not None) == bool(root.findall("cputune/iothreadpin"))
+    return {disk.find("target").get("dev"): disk.find("driver").get("iothread")
+            for disk in root.iterfind("devices/disk[@device='disk']")}
+
+
 def test_create_pins_a_gpu_vm_and_tune_says_why(gpu_host):
     conn = gpu_host
     code, out, err = run(conn, "create", "g", "--template", "linux", "--gpu", "01:00.0",
@@ -168,6 +177,9 @@ def test_create_pins_a_gpu_vm_and_tune_says_why(gpu_host):
     assert cpu.topology == (1, 1, 4, 2)
     assert cpu.pins == tuple((vcpu, str(vcpu + 2)) for vcpu in range(8))
     assert cpu.emulator == "0-1,10-31" and cpu.memory_nodes is None
+    # disk I/O on an I/O thread of its own, pinned beside QEMU's own threads
+    assert cpu.io_threads == "0-1,10-31"
+    assert disk_threads(conn, "g") == {"vda": "1"}
     code, out, _ = run(conn, "tune", "g")
     assert code == 0 and "24 cores: 8 P-cores, 16 E-cores" in out
     assert "P-cores only" in out and "g: its definition holds this plan" in out
@@ -175,7 +187,7 @@ def test_create_pins_a_gpu_vm_and_tune_says_why(gpu_host):
     assert code == 0 and '"current": true' in out
     code, out, _ = run(conn, "info", "g")
     assert "1 socket, 4 cores x 2 threads; on host CPUs 2-9 (QEMU's own threads on" \
-        " 0-1,10-31)" in out, out
+        " 0-1,10-31, disk I/O too)" in out, out
 
 
 def test_no_tune_leaves_the_topology_and_tune_apply_pins(gpu_host):
@@ -194,9 +206,12 @@ def test_no_tune_leaves_the_topology_and_tune_apply_pins(gpu_host):
     assert "changed:" in out and "its definition holds this plan" in out
     assert cpu_of(conn, "n").topology == (1, 1, 2, 2)
     assert [cpu for _, cpu in cpu_of(conn, "n").pins] == ["2", "3", "4", "5"]
+    assert disk_threads(conn, "n") == {"vda": "1"}  # the disk follows onto the I/O thread
     code, _, err = run(conn, "configure", "n", "--no-tune")
     assert code == 0, err
     assert cpu_of(conn, "n").topology == (1, 1, 4, 1) and cpu_of(conn, "n").pins == ()
+    assert disk_threads(conn, "n") == {"vda": None}  # libvirt refuses a disk on no thread
+    assert cpu_of(conn, "n").io_threads is None
     code, _, err = run(conn, "create", "plain", "--template", "linux", "--cpus", "2",
                        "--memory", "1G", "--disk-size", "8G", "--domain-type", "qemu",
                        "--network", "none")  # no GPU: not pinned unasked
@@ -271,17 +286,28 @@ def test_on_the_real_daemon_a_running_guest_runs_where_the_plan_says(system_daem
     try:
         made = neuron_vm("create", name, "--template", "linux", "--kernel",
                          str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
-                         "--cmdline", "console=ttyS0 quiet panic=-1", "--disk-size", "0",
+                         "--cmdline", "console=ttyS0 quiet panic=-1", "--disk-size", "1G",
                          "--memory", "512M", "--cpus", "1", "--tune", "--domain-type", "qemu",
                          "--network", "none", "--start")
         assert made.returncode == 0, made.stdout + made.stderr
         live = read_domain(virsh("dumpxml", name)).cpu
         assert live.topology == (1, 1, plan.cores, plan.threads)
         assert live.pins == tuple((vcpu, str(cpu)) for vcpu, cpu in plan.pins)
-        assert live.emulator == plan.emulator_cpus
+        assert live.emulator == plan.emulator_cpus == live.io_threads
         pinned = virsh("vcpupin", name).split()
         assert pinned == ["0", str(plan.pins[0][1])], pinned
         assert virsh("emulatorpin", name).split()[-1] == plan.emulator_cpus
+        # QEMU's I/O thread runs there too, and the disk is on it
+        assert virsh("iothreadinfo", name).split() == ["1", plan.emulator_cpus]
+        root = etree.fromstring(virsh("dumpxml", name).encode())
+        assert root.find("devices/disk/driver").get("iothread") == "1"
+        # unpinned on the real QEMU driver (which refuses a disk on a thread that is gone)
+        assert neuron_vm("stop", name, "--force").returncode == 0
+        unpinned = neuron_vm("configure", name, "--no-tune")
+        assert unpinned.returncode == 0, unpinned.stdout + unpinned.stderr
+        root = etree.fromstring(virsh("dumpxml", "--inactive", name).encode())
+        assert root.find("iothreads") is None and root.find("cputune") is None
+        assert root.find("devices/disk/driver").get("iothread") is None
         print(f"{topology.describe() if topology else 'no /sys'}: {plan.describe()}")
     finally:
         neuron_vm("delete", name, "--force", "--yes")

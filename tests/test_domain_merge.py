@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from vm_manager.base.domain_merge import merge_definition, set_disk_format
+from vm_manager.base.domain_merge import disks_on_iothread, merge_definition, set_disk_format
 from vm_manager.base.domain_xml import DomainXMLError
 
 # What libvirt holds: its own units, addresses and aliases, a disk with the user's cache
@@ -236,3 +236,32 @@ def test_disks_from_a_revert_takes_the_new_overlay_and_keeps_the_rest():
     assert merged.findtext("memory") == "4194304"
     assert disks_from(CURRENT, CURRENT) == etree.tostring(etree.fromstring(CURRENT.encode()),
                                                           encoding="unicode")
+
+
+def _disks(threads: str, *disks: str) -> str:
+    return f"<domain>{threads}<devices>{''.join(disks)}</devices></domain>"
+
+
+VIRTIO = ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'{}/>"
+          "<target dev='vda' bus='virtio'/></disk>")
+SATA = "<disk type='file' device='disk'><driver name='qemu'/><target dev='sda' bus='sata'/></disk>"
+CDROM = ("<disk type='file' device='cdrom'><driver name='qemu'/>"
+         "<target dev='sdb' bus='sata'/></disk>")
+
+
+@pytest.mark.parametrize("threads, disk, expected", [
+    ("<iothreads>1</iothreads>", VIRTIO.format(""), "1"),  # a pinned VM: onto its thread
+    ("<iothreads>2</iothreads>", VIRTIO.format(" iothread='2'"), "2"),  # by hand: kept
+    ("", VIRTIO.format(" iothread='1'"), None),  # unpinned: libvirt refuses a gone thread
+    ("<iothreads>1</iothreads>", SATA, None),  # only virtio disks run on an I/O thread
+    ("<iothreads>1</iothreads>", CDROM, None),
+])
+def test_disks_follow_the_io_thread(threads, disk, expected):
+    xml = disks_on_iothread(_disks(threads, disk))
+    assert etree.fromstring(xml).find("devices/disk/driver").get("iothread") == expected
+    assert disks_on_iothread(xml) == xml  # once is enough
+
+
+def test_disks_without_a_change_are_the_same_text():
+    xml = _disks("", SATA)
+    assert disks_on_iothread(xml) is xml

@@ -102,7 +102,11 @@ def _cpu(cpu: dict[str, Any], tune: dict[str, Any]) -> str:
         used = format_cpulist(set().union(*(parse_cpulist(cpuset) for _, cpuset in pins)))
     except ValueError:
         used = ", ".join(cpuset for _, cpuset in pins)
-    emulator = f" (QEMU's own threads on {cpu['emulator']})" if cpu.get("emulator") else ""
+    emulator = f" (QEMU's own threads on {cpu['emulator']}" if cpu.get("emulator") else ""
+    if emulator:
+        io = cpu.get("io_threads")
+        emulator += (", disk I/O too)" if io == cpu["emulator"] else
+                     f", disk I/O on {io})" if io else ")")
     node = f", memory on NUMA node {cpu['memory_nodes']}" if cpu.get("memory_nodes") else ""
     alone = "; the host's own processes kept off them while it runs" if tune.get("isolate") \
         else ""

@@ -99,6 +99,30 @@ def disks_from(current: str, reverted: str) -> str:
     return _text(cur)
 
 
+def disks_on_iothread(current: str) -> str:
+    """``current`` with its virtio disks on I/O thread 1 when it has ``<iothreads>`` (a
+    pinned VM: the thread is pinned beside QEMU's own), and without a disk ``iothread``
+    when it has none (libvirt refuses a disk on a thread that is not there). A disk put on
+    a thread by hand keeps it. Disks are never rendered with it: a change of pinning then
+    leaves every disk where it is, but for this attribute."""
+    cur = _parse(current)
+    threads = cur.find("iothreads")
+    has = threads is not None and (threads.text or "").strip() not in ("", "0")
+    changed = False
+    for disk in cur.iterfind("devices/disk"):
+        driver, target = disk.find("driver"), disk.find("target")
+        if driver is None or target is None:
+            continue
+        if not has and driver.get("iothread") is not None:
+            driver.attrib.pop("iothread")
+            changed = True
+        elif has and driver.get("iothread") is None and target.get("bus") == "virtio" \
+                and disk.get("device", "disk") == "disk":
+            driver.set("iothread", "1")
+            changed = True
+    return _text(cur) if changed else current
+
+
 def spice_without_port(current: str) -> str:
     """``current`` with every SPICE server's network port taken away (``<listen
     type='none'/>``: libvirt hands out its connections, issue 28); nothing else changes."""

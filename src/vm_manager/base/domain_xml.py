@@ -70,6 +70,7 @@ class CPUInfo:
     pins: tuple[tuple[int, str], ...] = ()  # <vcpupin>: (vCPU, host cpuset)
     emulator: str | None = None  # <emulatorpin cpuset>
     memory_nodes: str | None = None  # <numatune><memory nodeset>
+    io_threads: str | None = None  # <iothreadpin cpuset> (of the first pinned I/O thread)
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,11 @@ def _cpu(root: ET.Element) -> CPUInfo:
     pins = tuple((_int(pin.get("vcpu")) or 0, pin.get("cpuset") or "")
                  for pin in root.findall("cputune/vcpupin"))
     emulator, memory = root.find("cputune/emulatorpin"), root.find("numatune/memory")
+    io = root.find("cputune/iothreadpin")
     return CPUInfo(cpu.get("mode") if cpu is not None else None, counts, pins,
                    emulator.get("cpuset") if emulator is not None else None,
-                   memory.get("nodeset") if memory is not None else None)
+                   memory.get("nodeset") if memory is not None else None,
+                   io.get("cpuset") if io is not None else None)
 
 
 def _setup(element: ET.Element | None) -> SetupInfo | None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import libvirt
 
 from .disks import disk_repairs
-from ..base.domain_merge import merge_definition, set_disk_format
+from ..base.domain_merge import disks_on_iothread, merge_definition, set_disk_format
 from .cpu_plan import defined_cpu
 from .planning import as_defined
 from ..base.domain_xml import read_domain
@@ -77,6 +77,8 @@ def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
     change = merge_definition(old_xml, creator.render(made), creator.render(plan))
     warnings = tuple(w for w in plan.warnings if w not in made.warnings)  # the change's own
     xml, changes = change.xml, list(change.changes)
+    if changes:  # the disks follow the I/O thread the change adds or removes
+        xml = disks_on_iothread(xml)
     for repair in disk_repairs(config, facts):
         xml = set_disk_format(xml, repair.path, repair.actual)
         changes.append(repair.repaired())

@@ -24,6 +24,7 @@ import libvirt
 
 from ..base import guard
 from ..base.connection import LibvirtConnection, get_connection
+from ..base.domain_merge import disks_on_iothread
 from ..base.errors import (
     InvalidConfig,
     OperationFailed,
@@ -121,7 +122,12 @@ class VMCreator:
         return plan
 
     def render(self, plan: CreationPlan) -> str:
+        """The templates' rendering (what a change compares: ``reconfigure``)."""
         return self.loader.render(plan.template, plan.context.as_mapping())
+
+    def definition(self, plan: CreationPlan) -> str:
+        """What ``create`` defines: the rendering, its virtio disks on the VM's I/O thread."""
+        return disks_on_iothread(self.render(plan))
 
     def print_xml(self, config: VMConfig, *, force: bool = False,
                   template: str | None = None, usb_later: bool = False,
@@ -129,8 +135,8 @@ class VMCreator:
         """The XML ``create`` would define, validated; changes nothing."""
         from ..templates.validator import validate_xml
 
-        xml = self.render(self.plan(config, force=force, template=template,
-                                    usb_later=usb_later, product_key=product_key))
+        xml = self.definition(self.plan(config, force=force, template=template,
+                                        usb_later=usb_later, product_key=product_key))
         validate_xml(xml)
         return xml
 
@@ -185,7 +191,7 @@ class VMCreator:
                     plan.setup.medium, claimed, "medium")))
                 self._setup_medium(plan, secrets, claimed)
             enter("render")
-            xml = self.render(_with_created_step(plan))
+            xml = self.definition(_with_created_step(plan))
             enter("validate")
             validate_xml(xml)
             enter("define")
