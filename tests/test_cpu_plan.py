@@ -399,10 +399,10 @@ def test_on_the_real_daemon_a_vm_without_its_huge_pages_is_not_started(system_da
         assert started.returncode != 0
         assert f"{name} was not started: its memory is in 2 MiB huge pages and it needs 256" \
             " free, this computer has 0; reserve them: `echo 256 | sudo tee" in started.stderr
-        if not any(line.split()[2:3] == ["hugetlbfs"]
-                   for line in Path("/proc/mounts").read_text().splitlines()):
-            started = neuron_vm("start", name)  # this machine's own /proc/mounts
-            assert "no hugetlbfs is mounted" in started.stderr, started.stderr
+        unmounted = hugepages(build(tmp_path / "unmounted", SHAPES["laptop"]),
+                              {2048: (256, 256)}, mounted=False)  # pages, but no hugetlbfs
+        started = neuron_vm("start", name, host_root=unmounted)
+        assert "no hugetlbfs is mounted" in started.stderr, started.stderr
         state = subprocess.run(["virsh", "-c", system_daemon, "domstate", name],
                                capture_output=True, text=True).stdout.strip()
         assert state == "shut off"
@@ -411,6 +411,73 @@ def test_on_the_real_daemon_a_vm_without_its_huge_pages_is_not_started(system_da
         assert started.returncode == 0, started.stderr
     finally:
         neuron_vm("delete", name, "--force", "--yes")
+
+
+def _hugetlbfs_mounts() -> list[str]:
+    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[2:3] == ["hugetlbfs"]]
+
+
+def _free_2m() -> int:
+    return int(Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").read_text())
+
+
+@pytest.mark.daemon
+def test_on_the_real_daemon_a_guest_runs_on_real_huge_pages(system_daemon, tiny_guest,
+                                                           tmp_path):
+    """256 pages of 2M reserved as the fix says (`echo N | tee .../nr_hugepages`, root), a
+    hugetlbfs mounted before libvirtd started (as systemd's dev-hugepages.mount does; .ci/run
+    and the newest platform mount one): the tiny guest made with `--hugepages 2M` starts,
+    QEMU's memory is a file on that hugetlbfs, the pool gives it its 256 pages while it runs
+    and has them back once it stopped; the pool is put back as it was."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from support.tiny_guest import READY_MARKER, wait_for_console
+
+    from conftest import IN_CI
+
+    pool = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+    problem = ("this needs root" if os.geteuid() != 0 else
+               "no hugetlbfs is mounted (mount one, then restart libvirtd)"
+               if not _hugetlbfs_mounts() else None)
+    if problem:
+        if IN_CI:
+            pytest.fail(f"CI=true but {problem}: .ci/run mounts one before libvirtd starts")
+        pytest.skip(problem)
+    name = f"neuron-realhuge-{uuid.uuid4().hex[:6]}"
+    serial = tmp_path / "serial.log"
+    env = {**os.environ, "NEURONOS_CONFIG_DIR": str(tmp_path / "config")}
+
+    def neuron_vm(*argv):
+        return subprocess.run([sys.executable, "-m", "vm_manager", *argv, "-c", system_daemon],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    reserved = int(pool.read_text())
+    pool.write_text(f"{reserved + 256}\n")
+    try:
+        free = _free_2m()
+        assert free >= 256, f"the kernel reserved only {free} free pages of 2M"
+        made = neuron_vm("create", name, "--template", "linux", "--kernel",
+                         str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+                         "--cmdline", "console=ttyS0 quiet panic=-1", "--disk-size", "0",
+                         "--memory", "512M", "--domain-type", "qemu", "--network", "none",
+                         "--hugepages", "2M", "--serial-log", str(serial), "--start")
+        assert made.returncode == 0, made.stdout + made.stderr
+        wait_for_console(serial, READY_MARKER, timeout=120)
+        assert _free_2m() == free - 256  # libvirt preallocates a huge-page backing
+        pid = Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert "memory-backend-file" in command and any(
+            f'"mem-path":"{mount}' in command for mount in _hugetlbfs_mounts()), command
+        stopped = neuron_vm("stop", name, "--force")
+        assert stopped.returncode == 0, stopped.stderr
+        assert _free_2m() == free
+    finally:
+        neuron_vm("delete", name, "--force", "--yes")
+        pool.write_text(f"{reserved}\n")
 
 
 def test_the_settings_dialog_shows_the_plan_and_changes_pinning_and_pages(qtbot, make_host,
@@ -592,3 +659,23 @@ def test_tune_apply_pins_a_vm_whose_topology_already_matched(gpu_host, tmp_path,
     code, out, err = run(conn, "tune", "one", "--apply")
     assert code == 0 and "one: its definition holds this plan" in out, out + err
     assert cpu_of(conn, "one").pins == ((0, "1"),) and cpu_of(conn, "one").emulator == "0,2-3"
+
+
+def test_pinning_asked_where_it_cannot_be_is_saved_and_said_so(gpu_host):
+    """`configure --tune` of a VM whose vCPUs cannot be pinned on this host (3 on SMT cores)
+    saves the choice, says why the definition stays as it is, never "nothing to change"."""
+    conn = gpu_host
+    code, _, err = run(conn, "create", "odd", "--template", "linux", "--cpus", "3",
+                       "--memory", "1G", "--disk-size", "8G", "--domain-type", "qemu",
+                       "--network", "none")
+    assert code == 0, err
+    before = conn.execute(lambda c: c.lookupByName("odd").XMLDesc(0))
+    code, out, err = run(conn, "configure", "odd", "--tune")
+    assert code == 0, err
+    assert "nothing to change" not in out, out
+    assert "odd: 1024 MiB, 3 vCPUs, GPU none, qemu, 0 USB devices; saved (its definition" \
+        " stays as it is: see the warning)" in out, out
+    assert "ask for 2 or 4" in err, err
+    assert conn.execute(lambda c: c.lookupByName("odd").XMLDesc(0)) == before
+    code, out, _ = run(conn, "configure", "odd", "--tune")  # asked again: nothing new
+    assert code == 0 and "odd: nothing to change" in out, out

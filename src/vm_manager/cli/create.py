@@ -354,6 +354,10 @@ def cmd_configure(ctx: CommandContext) -> int:
     changes = outcome.result.changes
     for warning in outcome.result.warnings:
         ctx.warn(warning)
+    if not changes and outcome.result.saved:  # e.g. pinning asked where it cannot be now
+        return ctx.report(outcome.result, f"{args.name}: {summary}; saved (its definition"
+                          " stays as it is: see the warning)" if outcome.result.warnings else
+                          f"{args.name}: {summary}; saved (its definition stays as it is)")
     if not changes:
         return ctx.report(outcome.result, f"{args.name}: nothing to change ({summary})")
     lines = [f"{args.name}: {summary}; saved"] + [f"  changed: {item}" for item in changes]

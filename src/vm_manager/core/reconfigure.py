@@ -41,6 +41,7 @@ class Reconfigured:
     running: bool  # the VM runs: it has the change at its next start
     changes: tuple[str, ...]  # what changed in the definition, in words (empty: nothing)
     warnings: tuple[str, ...] = ()  # what the change brings that the user should know
+    saved: bool = True  # the settings changed and were saved (with or without ``changes``)
 
 
 def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
@@ -91,7 +92,7 @@ def reconfigure(creator: VMCreator, config: VMConfig, *, force: bool = False,
             settings_path = creator.store.save(config, uuid=vm_uuid)
         log.info("%s: nothing to change", name)
         return Reconfigured(vm_uuid, plan.template, str(settings_path), old_xml, active, (),
-                            warnings)
+                            warnings, saved=config != previous)
     validate_xml(xml)
     try:
         creator.define(xml)  # the daemon may die here, with or without having saved it

@@ -53,6 +53,7 @@ class CreationResult:
     running: bool = False  # reconfigured while it runs: the change shows at its next start
     changes: tuple[str, ...] = ()  # reconfigure: what changed in the definition, in words
     warnings: tuple[str, ...] = ()  # reconfigure: what the change brings (a device unplugged)
+    saved: bool = True  # reconfigure: the settings changed (with or without ``changes``)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "xml"}
@@ -245,15 +246,14 @@ class VMCreator:
                     previous: VMConfig | None = None) -> CreationResult:
         """Change a stopped VM's definition to ``config`` by what differs from ``previous``
         (default: its saved settings) and nothing else, then save the settings
-        (``core.reconfigure``: disks and their formats, CD-ROMs, NICs, the setup record and
-        anything added by hand stay). ``running``: a running VM is allowed too (its next
-        start uses the new definition; ``CreationResult.running`` says so)."""
+        (``core.reconfigure``: disks, CD-ROMs, NICs, the setup record and anything added
+        by hand stay). ``running``: a running VM is allowed too (``.running`` says so)."""
         from .reconfigure import reconfigure
 
         done = reconfigure(self, config, force=force, running=running, previous=previous)
         return CreationResult(config.name, done.uuid, done.template, config.disk_path, False,
                               done.settings_path, done.xml, running=done.running,
-                              changes=done.changes, warnings=done.warnings)
+                              changes=done.changes, warnings=done.warnings, saved=done.saved)
 
     def _create_disk(self, disk: DiskPlan, claimed: dict) -> None:
         from . import storage
