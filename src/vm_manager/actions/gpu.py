@@ -43,6 +43,32 @@ def plan(ctx: Context, address: str, allow_boot_gpu: bool = False) -> Passthroug
     return plan_passthrough_in(snapshot(ctx), address, allow_boot_gpu=allow_boot_gpu)
 
 
+def handoff_plan(ctx: Context, name: str):
+    """The single-GPU handoff of VM ``name``: every step with its undo for this computer
+    (``core.handoff_plan``); changes nothing. Raises ``InvalidConfig`` for a VM without a
+    GPU or not made by NeuronOS, ``VMNotFound``."""
+    from ..base.errors import InvalidConfig
+    from ..core.handoff_plan import plan_handoff
+    from ..passthrough.display_host import read_display_host
+
+    ctx.require_local("gpu handoff-plan", "it reads what holds this computer's display")
+    config = ctx.settings(name)
+    if config is None:
+        raise InvalidConfig("NAME", f"{name} was not made by NeuronOS; its GPU is set with"
+                            " virt-manager or `virsh edit`")
+    if config.gpu_passthrough is None:
+        raise InvalidConfig("NAME", f"{name} has no GPU to hand over; give it one: "
+                            f"`neuron-vm configure {name} --gpu ADDRESS`")
+    pci = snapshot(ctx)
+    address = config.gpu_passthrough.address
+    functions = [pci.devices[a] for a in pci.slot_functions(address) if a in pci.devices]
+    if not functions:
+        raise InvalidConfig("gpu.pci_address", f"{address} is not on this computer (no such"
+                            " PCI device)")
+    functions.sort(key=lambda device: device.address != address)  # the GPU first
+    return plan_handoff(name, functions, read_display_host(ctx.host_root))
+
+
 @dataclass
 class PrepareOutcome:
     plan: IsolationPlan

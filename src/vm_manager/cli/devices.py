@@ -1,4 +1,4 @@
-"""``gpu list|plan|prepare|unprepare|detach|reattach``, ``usb list|attach|detach`` and
+"""``gpu list|plan|handoff-plan|prepare|unprepare|detach|reattach``, ``usb list|attach|detach`` and
 ``tune`` (where a VM's vCPUs run)."""
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ def register(commands, common, subcommand) -> None:
     plan.add_argument("address", metavar="ADDR")
     plan.add_argument("--allow-boot-gpu", action="store_true",
                       help="single-GPU mode: allow passing the GPU the host boots on")
+    handoff = subcommand(actions, "handoff-plan", "single GPU: every step of handing the"
+                         " desktop's GPU to a VM, and its undo (changes nothing)",
+                         cmd_gpu_handoff_plan)
+    handoff.add_argument("name", metavar="NAME")
     prepare = subcommand(actions, "prepare", "let vfio-pci claim the GPU at boot (shown;"
                          " written with --apply)", cmd_gpu_prepare)
     prepare.add_argument("address", metavar="ADDR")
@@ -94,6 +98,21 @@ def cmd_gpu_plan(ctx: CommandContext) -> int:
             ctx.print(f"  warning: {warning}")
         ctx.print("  ready to pass through" if plan.ready else f"  refused: {plan.refused_reason}")
     return EXIT_OK if plan.ready else EXIT_FAILED
+
+
+def cmd_gpu_handoff_plan(ctx: CommandContext) -> int:
+    from ..actions import gpu
+
+    plan = gpu.handoff_plan(ctx.actions, ctx.args.name)
+    if ctx.json:
+        ctx.print_json(plan.to_dict())
+        return EXIT_OK
+    for line in plan.describe():
+        ctx.print(line)
+    if plan.needed:
+        ctx.print("(nothing was done: this is the plan; the handoff that carries it out is"
+                  " not built yet)")
+    return EXIT_OK
 
 
 def cmd_gpu_prepare(ctx: CommandContext) -> int:
