@@ -32,6 +32,7 @@ PACKAGES=(
   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools dnsmasq-base virt-viewer
   python3-venv python3-dev gcc make openssl pkexec
+  python3-libvirt  # the root helper's single-GPU handoff (/usr/bin/python3, not the venv)
   "${QT_PACKAGES[@]}"
 )
 

@@ -1425,3 +1425,60 @@ def test_deleting_the_last_vm_brings_the_empty_window_back(qtbot, solo_window):
         conn.execute(lambda c: c.lookupByName("solo").undefine())  # libvirt's event follows
     qtbot.waitUntil(lambda: win.list_stack.currentWidget() is win.empty, timeout=5000)
     assert win.details.shown is None and "solo" not in win.details.toPlainText()
+
+
+def test_starting_a_vm_of_the_desktops_gpu_explains_the_black_screen_first(
+        window, qtbot, tmp_path, monkeypatch, root_helper):
+    """Issue 32: Start on a VM whose GPU shows this desktop first says what the user will
+    see (a black screen, then the VM) and how to get the desktop back, with Cancel the
+    default: Cancel starts nothing; "Hand the GPU over and start" runs the root helper's
+    handoff through pkexec (its refusal here, where the system daemon has no such VM, comes
+    back in the status bar). Another VM starts without a question."""
+    from pathlib import Path
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from support.display_trees import DUMMY, FBCON, display_tree
+    from support.fakes import add_pci_devices, nvidia_turing_gpu
+
+    root = display_tree(add_pci_devices(tmp_path / "host", nvidia_turing_gpu(boot_vga=True)),
+                        manager="/lib/systemd/system/gdm3.service",
+                        consoles=[(DUMMY, False), (FBCON, True)], modules=("nvidia",))
+    log = tmp_path / "pkexec.log"
+    for name, value in (("NEURONOS_HOST_ROOT", root), ("NEURONOS_HELPER", root_helper),
+                        ("NEURONOS_PKEXEC", Path(__file__).parent / "bin" / "pkexec"),
+                        ("NEURONOS_FAKE_PKEXEC_LOG", log)):
+        monkeypatch.setenv(name, str(value))
+    window.ctx.store.save(VMConfig(name="beta", vm_type="windows11",
+                                   gpu_passthrough={"pci_address": "0000:01:00.0"}))
+    seen = []
+
+    def answer(button_text):
+        def press():
+            box = QApplication.activeModalWidget()
+            if not isinstance(box, QMessageBox):
+                QTimer.singleShot(20, press)
+                return
+            seen.append((box.text(), box.informativeText(), box.defaultButton().text()))
+            wanted = next(b for b in box.buttons() if b.text().replace("&", "") == button_text)
+            wanted.click()
+        QTimer.singleShot(20, press)
+
+    window.select("beta")
+    answer("Cancel")
+    window.commands.on_start()
+    qtbot.waitUntil(lambda: len(seen) == 1, timeout=10000)
+    text, informative, default = seen[0]
+    assert "the screen goes black for a few seconds, then shows beta" in text
+    assert "To get the desktop back" in informative and "Shut down" in informative
+    assert "sudo systemctl stop neuronos-handoff-beta.service" in informative
+    assert default.replace("&", "") == "Cancel"
+    qtbot.wait(200)
+    assert not log.exists() and state_of(window, "beta") == VMState.SHUTOFF
+    answer("Hand the GPU over and start")
+    window.commands.on_start()
+    qtbot.waitUntil(lambda: log.exists(), timeout=10000)
+    assert log.read_text().split() == [str(root_helper), "handoff", "beta"]
+    qtbot.waitUntil(lambda: "the handoff of beta" in window.statusBar().currentMessage(),
+                    timeout=10000)

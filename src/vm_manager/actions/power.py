@@ -20,6 +20,7 @@ class StartRequest:
     wait: bool = True
     timeout: float = 60.0
     display: DisplayRequest | None = None  # then show it through Looking Glass
+    hand_over: bool = False  # the user said yes to the single-GPU handoff (actions.handoff)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class StartOutcome:
     display: DisplaySession | None = None
     setup: object | None = None  # actions.setup.SetupStatus of a VM whose setup goes on
     prepared: tuple[str, ...] = ()  # what was checked or changed before it booted (boot.py)
+    handoff: object | None = None  # actions.handoff.HandoffStarted: started by the handoff
 
     @property
     def message(self) -> str:
@@ -43,6 +45,10 @@ def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartO
 
     if request.display is not None:
         display.config_for(ctx, request.name)  # InvalidConfig before booting anything
+    from . import handoff
+
+    if handoff.needed(ctx, request.name) is not None:  # its GPU shows this desktop
+        return _hand_over(ctx, request)
     from . import setup
 
     from . import tune
@@ -58,6 +64,29 @@ def start(ctx: Context, request: StartRequest, on_display_change=None) -> StartO
     if request.display is not None:
         session = display.open_display(ctx, request.display, on_change=on_display_change)
     return StartOutcome(result, session, progress, prepared)
+
+
+def _hand_over(ctx: Context, request: StartRequest) -> StartOutcome:
+    """Start through the single-GPU handoff: the root helper's unit starts the VM and gives
+    the desktop back when it stops; this returns once the unit runs."""
+    import time
+
+    from ..core.state_machine import VMState
+    from ..core.vm_lifecycle import OperationResult
+    from . import handoff
+
+    if request.display is not None or request.paused:
+        from ..base.errors import InvalidConfig
+
+        raise InvalidConfig("--display" if request.display else "--paused", "a VM given this"
+                            " desktop's GPU shows itself on the screen and starts running")
+    began = time.monotonic()
+    started = handoff.start(ctx, request.name, consent=request.hand_over)
+    result = OperationResult(request.name, "start", VMState.STARTING,
+                             time.monotonic() - began, method="handoff",
+                             message="handed this desktop's GPU over: the screen goes black,"
+                                     f" then shows {request.name}")
+    return StartOutcome(result, handoff=started)
 
 
 def stop(ctx: Context, name: str, force: bool = False, timeout: float = 60.0

@@ -1,4 +1,4 @@
-"""``gpu list|plan|handoff-plan|prepare|unprepare|detach|reattach``, ``usb list|attach|detach`` and
+"""``gpu list|plan|handoff-plan|handoff-end|prepare|unprepare|detach|reattach``, ``usb list|attach|detach`` and
 ``tune`` (where a VM's vCPUs run)."""
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ def register(commands, common, subcommand) -> None:
                          " desktop's GPU to a VM, and its undo (changes nothing)",
                          cmd_gpu_handoff_plan)
     handoff.add_argument("name", metavar="NAME")
+    ending = subcommand(actions, "handoff-end", "single GPU: end a VM's handoff (it is shut"
+                        " down) and get the desktop back; what it gave back", cmd_gpu_handoff_end)
+    ending.add_argument("name", metavar="NAME")
     prepare = subcommand(actions, "prepare", "let vfio-pci claim the GPU at boot (shown;"
                          " written with --apply)", cmd_gpu_prepare)
     prepare.add_argument("address", metavar="ADDR")
@@ -110,8 +113,21 @@ def cmd_gpu_handoff_plan(ctx: CommandContext) -> int:
     for line in plan.describe():
         ctx.print(line)
     if plan.needed:
-        ctx.print("(nothing was done: this is the plan; the handoff that carries it out is"
-                  " not built yet)")
+        ctx.print(f"(nothing was done: `neuron-vm start {ctx.args.name}` carries it out)")
+    return EXIT_OK
+
+
+def cmd_gpu_handoff_end(ctx: CommandContext) -> int:
+    from ..actions import handoff
+
+    said = handoff.end(ctx.actions, ctx.args.name)
+    if ctx.json:
+        ctx.print_json({"name": ctx.args.name, "said": said,
+                        "journal": handoff.journal(ctx.args.name)})
+        return EXIT_OK
+    ctx.print(said)
+    for line in handoff.journal(ctx.args.name):
+        ctx.print(f"  {line}")
     return EXIT_OK
 
 

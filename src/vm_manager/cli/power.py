@@ -35,6 +35,9 @@ def register(commands, common, subcommand) -> None:
     start.add_argument("--no-wait", action="store_true", help="return once libvirt accepted")
     start.add_argument("--timeout", type=seconds, default=60.0, metavar="S",
                        help="give up waiting after S seconds (default 60)")
+    start.add_argument("--hand-over-gpu", action="store_true",
+                       help="a VM whose GPU shows this desktop: yes, stop the desktop while it"
+                       " runs (asked only the first time; see `gpu handoff-plan NAME`)")
     start.add_argument("--display", action="store_true",
                        help="then show it through Looking Glass (stays until the window closes)")
     start.set_defaults(run=cmd_start)
@@ -75,11 +78,15 @@ def cmd_start(ctx: CommandContext) -> int:
     args = ctx.args
     request = power.StartRequest(args.name, paused=args.paused, wait=not args.no_wait,
                                  timeout=args.timeout,
-                                 display=DisplayRequest(args.name) if args.display else None)
+                                 display=DisplayRequest(args.name) if args.display else None,
+                                 hand_over=args.hand_over_gpu)
+    _before_handoff(ctx)
     with Spinner(ctx, f"Starting {args.name}"):
         outcome = power.start(ctx.actions, request, on_display_change=print_display(ctx))
     for note in outcome.prepared:
         ctx.warn(note)
+    if outcome.handoff is not None:
+        return _handed_over(ctx, outcome)
     result = outcome.result
     how = "requested" if args.no_wait else f"{result.state.label} after {result.elapsed_s:.2f} s"
     code = ctx.report(result, f"{args.name}: {result.message}, {how}")
@@ -88,6 +95,30 @@ def cmd_start(ctx: CommandContext) -> int:
     if outcome.display is not None:
         return follow_display(outcome.display)
     return code
+
+
+def _before_handoff(ctx: CommandContext) -> None:
+    """Say how to get the desktop back before the screen goes black (this terminal ends
+    with the desktop)."""
+    from ..actions import handoff
+
+    name = ctx.args.name
+    if ctx.json or handoff.needed(ctx.actions, name) is None:
+        return
+    if ctx.args.hand_over_gpu or handoff.consented(ctx.actions, name):
+        ctx.print(f"{name}: this desktop stops while {name} runs; to get it back:")
+        for line in handoff.way_back(name):
+            ctx.print(f"  - {line}")
+
+
+def _handed_over(ctx: CommandContext, outcome) -> int:
+    started = outcome.handoff
+    if ctx.json:
+        ctx.print_json({**outcome.result.to_dict(), "unit": started.unit,
+                        "way_back": list(started.way_back)})
+        return EXIT_OK
+    ctx.print(f"{started.vm}: {outcome.result.message} (as {started.unit})")
+    return EXIT_OK
 
 
 def cmd_display(ctx: CommandContext) -> int:

@@ -60,6 +60,9 @@ class HandoffStep:
     do: str  # the command that does it
     undo: str  # the command that gives it back
     why: str = ""
+    # what core.handoff does, as data: (operation, *arguments), and what gives it back
+    action: tuple[str, ...] = ()
+    reverse: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ def plan_handoff(vm: str, functions: list[PCIDevice], host: DisplayHost) -> Hand
     if unit:
         steps.append(HandoffStep(
             f"stop the display manager {unit}", f"systemctl stop {shlex.quote(unit)}",
-            f"systemctl start {shlex.quote(unit)}", "the desktop lets go of the GPU"))
+            f"systemctl start {shlex.quote(unit)}", "the desktop lets go of the GPU",
+            ("unit-stop", unit), ("unit-start", unit)))
     else:
         warnings += ("no display manager was found (no /etc/systemd/system/"
                      "display-manager.service): a desktop started another way (startx, a"
@@ -115,7 +119,8 @@ def plan_handoff(vm: str, functions: list[PCIDevice], host: DisplayHost) -> Hand
             path = f"/sys/class/vtconsole/vtcon{console.index}/bind"
             steps.append(HandoffStep(
                 f"unbind the text console ({console.name[4:]}) from vtcon{console.index}",
-                f"echo 0 > {path}", f"echo 1 > {path}", "the console holds the GPU's screen"))
+                f"echo 0 > {path}", f"echo 1 > {path}", "the console holds the GPU's screen",
+                ("write", path, "0"), ("write", path, "1")))
     for framebuffer in host.framebuffers:
         if framebuffer.driver:
             driver = f"/sys/bus/platform/drivers/{framebuffer.driver}"
@@ -123,7 +128,9 @@ def plan_handoff(vm: str, functions: list[PCIDevice], host: DisplayHost) -> Hand
                 f"unbind the firmware framebuffer {framebuffer.device}",
                 f"echo {framebuffer.device} > {driver}/unbind",
                 f"echo {framebuffer.device} > {driver}/bind",
-                "it holds the memory of the screen the firmware set up"))
+                "it holds the memory of the screen the firmware set up",
+                ("write", f"{driver}/unbind", framebuffer.device),
+                ("bind", f"{driver}/bind", framebuffer.device)))
     if not any(framebuffer.driver for framebuffer in host.framebuffers):
         notes.append("no firmware framebuffer is left to unbind (the GPU's driver takes it"
                      " over at boot)")
@@ -132,7 +139,8 @@ def plan_handoff(vm: str, functions: list[PCIDevice], host: DisplayHost) -> Hand
         steps.append(HandoffStep(
             "unload NVIDIA's modules", f"modprobe -r {' '.join(loaded)}",
             f"modprobe -a {' '.join(reversed(loaded))}",
-            "the nvidia driver cannot give up a card its modules hold"))
+            "the nvidia driver cannot give up a card its modules hold",
+            ("modprobe-r", *loaded), ("modprobe", *reversed(loaded))))
     for function in functions:
         node = "pci_" + str(function.address).replace(":", "_").replace(".", "_")
         if function.driver == "vfio-pci":
@@ -142,11 +150,13 @@ def plan_handoff(vm: str, functions: list[PCIDevice], host: DisplayHost) -> Hand
         steps.append(HandoffStep(
             f"detach {function.address} ({_kind(function)}, {held}) for the VM",
             f"virsh nodedev-detach {node}", f"virsh nodedev-reattach {node}",
-            "through libvirt's node-device API, outside any libvirt hook"))
+            "through libvirt's node-device API, outside any libvirt hook",
+            ("detach", node), ("reattach", node)))
     name = shlex.quote(vm)
     steps.append(HandoffStep(f"start {vm}", f"virsh start {name}",
                              f"virsh shutdown {name} (the VM's own shutdown)",
-                             "everything above comes back when it stops"))
+                             "everything above comes back when it stops",
+                             ("start", vm), ("stop", vm)))
     return HandoffPlan(vm, str(gpu.address), True, tuple(steps), warnings, tuple(notes))
 
 

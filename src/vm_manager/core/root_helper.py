@@ -16,9 +16,13 @@ itself through sudo (no pkexec: the caller is root already), for the user behind
 - ``shm-rule VM``: the systemd-tmpfiles rule for VM's Looking Glass shared memory, for that
   user, applied at once;
 - ``gpu-prepare ADDR`` and ``gpu-unprepare``: a GPU bound to vfio-pci from the next boot on,
-  and undone (``passthrough.isolation``).
+  and undone (``passthrough.isolation``);
+- ``handoff VM``, ``handoff-end VM``: the single-GPU handoff's unit started and stopped
+  (``core.handoff``); ``handoff-run VM`` and ``handoff-restore VM`` are that unit's main
+  process and stop path, run by systemd. They act for no user, on the VM named.
 
-Only the standard library and the package's own pure modules are imported (no libvirt).
+Only the standard library and the package's own pure modules are imported, except by the
+handoff operations, which need the system's libvirt-python (Debian's python3-libvirt).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import shutil
 import subprocess
 import sys
 
+HANDOFF = ("handoff", "handoff-end", "handoff-run", "handoff-restore")
+OPERATIONS = ("groups", "shm-rule", "gpu-prepare", "gpu-unprepare", *HANDOFF)
 USAGE = ("usage: neuron-vm-helper groups | shm-rule VM | gpu-prepare ADDR | gpu-unprepare"
-         " (run through pkexec)")
+         " | handoff VM | handoff-end VM (run through pkexec)")
 
 
 def _user() -> str:
@@ -56,18 +62,22 @@ def _caller_uid() -> str:
 def main(argv: list[str]) -> int:
     from ..base.errors import VMManagerError
 
-    if not argv or argv[0] not in ("groups", "shm-rule", "gpu-prepare", "gpu-unprepare"):
+    if not argv or argv[0] not in OPERATIONS:
         print(USAGE, file=sys.stderr)
         return 2
     operation, args = argv[0], argv[1:]
-    wanted = {"groups": 0, "shm-rule": 1, "gpu-prepare": 1, "gpu-unprepare": 0}[operation]
+    wanted = {"groups": 0, "shm-rule": 1, "gpu-prepare": 1, "gpu-unprepare": 0}.get(operation)
+    if wanted is None and args:  # the handoff: VM, then options
+        wanted = len(args) if all(arg.startswith("--") for arg in args[1:]) else -1
     if len(args) != wanted:
         print(USAGE, file=sys.stderr)
         return 2
     if os.geteuid() != 0:
         print("neuron-vm-helper: it runs as root (through pkexec)", file=sys.stderr)
         return 2
-    if not _caller_uid().isdigit():
+    # the handoff acts for no user (as root, on the VM named): run by pkexec, sudo, root
+    # itself, or by systemd as its unit
+    if not _caller_uid().isdigit() and operation not in HANDOFF:
         print("neuron-vm-helper: run it through pkexec", file=sys.stderr)
         return 2
     try:
@@ -80,6 +90,19 @@ def main(argv: list[str]) -> int:
 
 
 def _run(operation: str, args: list[str]) -> list[str]:
+    if operation in HANDOFF:
+        import importlib.util
+        import logging
+
+        from . import handoff
+
+        if importlib.util.find_spec("libvirt") is None:
+            raise handoff.HandoffError("the single-GPU handoff needs libvirt's Python module"
+                                       " for the system's Python: apt install python3-libvirt"
+                                       " (Arch: pacman -S libvirt-python)")
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        return handoff.serve(operation, args[0], args[1:])
     user = _user() if operation in ("groups", "shm-rule") else None
     if operation == "groups":
         usermod = shutil.which("usermod", path="/usr/sbin:/sbin:/usr/bin") or "usermod"

@@ -147,10 +147,10 @@ class VMLifecycleManager:
             # libvirt waits for QEMU's answer to the power button without a deadline: a QEMU
             # that hangs (its monitor never answers) would hold this stop, and a delete
             # --force behind it, for ever. The request gets the timeout too.
-            version = _within(timeout, lambda: self._call(
+            version = within(timeout, lambda: self._call(
                 ticket, lambda dom: dom.shutdown(), _is_stopped))
             state = None
-            if version is _HUNG:
+            if version is HUNG:
                 log.warning("%s: QEMU did not answer the power button within %.0f s; forcing"
                             " it off", name, timeout)
             else:
@@ -299,11 +299,11 @@ class VMLifecycleManager:
         )
 
 
-_HUNG = object()
+HUNG = object()
 
 
-def _within(timeout: float, call: Callable[[], object]) -> object:
-    """``call()`` on a helper thread: its result (or its error), or ``_HUNG`` when it has not
+def within(timeout: float, call: Callable[[], object]) -> object:
+    """``call()`` on a helper thread: its result (or its error), or ``HUNG`` when it has not
     returned within ``timeout`` seconds (it goes on in the background, and ends with the
     domain)."""
     box: dict[str, object] = {}
@@ -319,7 +319,7 @@ def _within(timeout: float, call: Callable[[], object]) -> object:
 
     threading.Thread(target=run, name="libvirt-request", daemon=True).start()
     if not done.wait(timeout):
-        return _HUNG
+        return HUNG
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["result"]

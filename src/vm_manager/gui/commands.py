@@ -32,12 +32,29 @@ class Commands:
             self.window._run(name, label, lambda: getattr(power, operation)(ctx, name, **options))
 
     def on_start(self) -> None:
-        from ..actions import power
+        """Start; a VM whose GPU shows this desktop first says what the user will see and
+        how to get back (the single-GPU handoff), and starts only on their yes."""
+        from ..actions import handoff, power
 
         name, ctx = self.window.selected_name(), self.window.ctx
-        if name:
-            self.window._run(name, "Starting",
-                             lambda: power.start(ctx, power.StartRequest(name)))
+        if not name:
+            return
+
+        def start(hand_over: bool = False) -> None:
+            self.window._run(name, "Starting", lambda: power.start(
+                ctx, power.StartRequest(name, hand_over=hand_over)))
+
+        def then(plan) -> None:
+            from .dialogs import handoff_question
+
+            self.window.statusBar().clearMessage()
+            if plan is None:
+                start()
+            elif handoff_question(self.window, plan, handoff.way_back(name)):
+                start(hand_over=True)
+
+        self._prepare(f"Reading what starting {name} needs", lambda: handoff.needed(ctx, name),
+                      then)
 
     def on_stop(self) -> None:
         self._power("Stopping", "stop")

@@ -1,0 +1,163 @@
+"""The single-GPU handoff for both faces (issue 32): whether starting a VM needs it, the
+user's consent the first time, starting and ending it through the root helper (polkit asks
+for the password), and what its journal says.
+
+The handoff itself runs as root in ``neuronos-handoff-VM.service`` (``core.handoff``): the
+app and the CLI die with the display manager, the unit does not. Starting it returns at once;
+the screen goes black soon after.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..base.errors import InvalidConfig, OperationFailed
+from .context import Context
+
+if TYPE_CHECKING:
+    from ..core.handoff_plan import HandoffPlan
+
+CONSENT_FILE = "handoff-consent"  # in the settings folder: the VMs the user said yes for
+JOURNAL_DIR = Path("/run/neuronos/handoff")  # core.handoff.JOURNAL_DIR (root's, readable)
+
+
+class ConsentNeeded(InvalidConfig):
+    """Starting this VM takes the desktop away: the user has to say yes once."""
+
+    def __init__(self, plan: HandoffPlan):
+        self.plan = plan
+        super().__init__("--hand-over-gpu", f"{plan.vm}'s GPU {plan.gpu} shows this desktop:"
+                         f" starting {plan.vm} stops the desktop (the screen goes black, then"
+                         f" shows {plan.vm}) until {plan.vm} shuts down. Read what happens:"
+                         f" `neuron-vm gpu handoff-plan {plan.vm}`; start it with"
+                         " --hand-over-gpu (asked only the first time)")
+
+
+@dataclass(frozen=True)
+class HandoffStarted:
+    vm: str
+    unit: str
+    output: str  # what the helper said
+    way_back: tuple[str, ...]  # how the user gets the desktop back, in words
+
+
+def way_back(vm: str) -> tuple[str, ...]:
+    """How to get the desktop back, for the faces to say before the screen goes black."""
+    from ..core.handoff import unit_name
+
+    return (f"shut {vm} down from inside it (Start > Power > Shut down): the desktop comes"
+            " back by itself",
+            f"or, from another computer: ssh in and run `sudo systemctl stop {unit_name(vm)}`"
+            f" (or `neuron-vm gpu handoff-end {vm}`): {vm} is shut down (forced off after"
+            " 2 minutes) and the desktop comes back",
+            "if a step cannot be given back, the computer's restart gives everything back")
+
+
+def needed(ctx: Context, name: str) -> HandoffPlan | None:
+    """The handoff plan when starting ``name`` needs one (its GPU shows this desktop);
+    None for every other VM, a remote host's included."""
+    from ..base.primitives import is_remote
+    from . import gpu
+
+    if is_remote(ctx.uri):
+        return None
+    config = ctx.settings(name)
+    if config is None or config.gpu_passthrough is None:
+        return None
+    try:
+        plan = gpu.handoff_plan(ctx, name)
+    except InvalidConfig:  # the GPU is not on this computer: the start says so itself
+        return None
+    return plan if plan.needed else None
+
+
+def consented(ctx: Context, name: str) -> bool:
+    return name in _consents(ctx)
+
+
+def _consents(ctx: Context) -> list[str]:
+    path = ctx.store.config_dir / CONSENT_FILE
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def _record_consent(ctx: Context, name: str) -> None:
+    from ..base.store import private_folder
+
+    folder = ctx.store.config_dir
+    private_folder(folder)
+    path = folder / CONSENT_FILE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(sorted({*_consents(ctx), name})))
+    partial.replace(path)
+
+
+def start(ctx: Context, name: str, consent: bool = False) -> HandoffStarted:
+    """Start ``name`` through the handoff. Raises ``ConsentNeeded`` the first time without
+    ``consent``, ``OperationFailed`` when the helper could not start it."""
+    from ..core.handoff import unit_name
+
+    plan = needed(ctx, name)
+    if plan is None:
+        raise InvalidConfig("NAME", f"{name} does not need the single-GPU handoff: start it"
+                            " as usual")
+    if not consent and not consented(ctx, name):
+        raise ConsentNeeded(plan)
+    _record_consent(ctx, name)
+    output = _helper(ctx, "handoff", name)
+    return HandoffStarted(name, unit_name(name), output, way_back(name))
+
+
+def end(ctx: Context, name: str) -> str:
+    """End ``name``'s handoff: the VM is shut down and the desktop given back."""
+    return _helper(ctx, "handoff-end", name)
+
+
+def _helper(ctx: Context, operation: str, name: str) -> str:
+    from ..base.primitives import validate_name
+    from . import guide
+
+    ctx.require_local(f"the single-GPU handoff ({operation})", "it hands over this"
+                      " computer's own GPU")
+    pkexec, helper = guide.elevation()
+    argv = (*((pkexec,) if pkexec else ()), helper, operation, validate_name(name, "NAME"))
+    result = guide.run_fix(guide.Fix("GPU handoff", operation, operation, argv))
+    if not result.ok:
+        raise OperationFailed(f"the handoff of {name}: {result.output}")
+    return result.output
+
+
+def journal(name: str, folder: Path | str = JOURNAL_DIR) -> list[str]:
+    """What ``name``'s handoff did (the running one, else the last), in words."""
+    folder = Path(folder)
+    for path in (folder / f"{name}.journal", folder / f"{name}.last"):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        said = []
+        for line in lines:
+            try:
+                said.append(_words(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return [line for line in said if line]
+    return []
+
+
+def _words(entry: dict) -> str:
+    event = entry.get("event")
+    return {"begin": f"handing {entry.get('gpu')} over",
+            "will": f"{entry.get('n')}. {entry.get('what')}",
+            "undone": f"{entry.get('n')}. given back",
+            "undo-failed": f"{entry.get('n')}. NOT given back ({entry.get('error')}): as root,"
+                           f" {entry.get('command')}",
+            "failed": f"failed: {entry.get('error')}",
+            "stopped": "the VM stopped", "ended": "the handoff was ended",
+            "end": "done"}.get(event, "")
