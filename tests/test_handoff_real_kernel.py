@@ -62,6 +62,12 @@ def _domain(name: str, run: Path, guest) -> str:
 def handoff_guest(system_daemon):
     from support.cloud_guest import missing_tools
 
+    if os.environ.get("NEURONOS_PLATFORM") == "newest":
+        # said in the README: the guest (its kernel, systemd and libvirt) is the same Debian
+        # 12 image whichever platform boots it; one run per CI keeps CI within its hour
+        pytest.skip("the handoff on a real kernel runs once per CI, on the Debian 12"
+                    " platform (scripts/newest-platform.sh sets NEURONOS_PLATFORM=newest)")
+
     problems = [f"needs apt-get install {' '.join(missing_tools())}"] if missing_tools() else []
     problems += [] if os.geteuid() == 0 else ["building the guest (debootstrap) needs root"]
     problems += [f"no {path} (apt-get install ovmf)" for path in OVMF if not Path(path).exists()]
@@ -170,7 +176,8 @@ def test_while_the_vm_runs_the_gpu_is_on_vfio_and_the_desktop_is_gone(result):
     assert record["running"] and during["vm"] == "running" and during["unit"] == "active"
     assert during["driver"] == "vfio-pci" and during["vfio"] != []
     assert during["dm"] == "inactive" and not during["fb0"]  # virtio_gpu let go
-    assert ["(M) frame buffer device", "0"] in during["consoles"].values()
+    # fbcon unbound, and with the last framebuffer gone the kernel unregistered it
+    assert list(during["consoles"].values()) == [["(S) dummy device", "1"]]
 
 
 def test_the_vms_own_shutdown_gives_everything_back(result):

@@ -2,30 +2,31 @@
 single-GPU handoff on a real kernel (issue 32; recipe: DESIGN.md 3).
 
 Built from Debian's packages only (``debootstrap --variant=minbase`` of the host's release,
-its mirror): the cloud kernel, systemd, udev, python3, python3-libvirt, libvirt's daemon
-and QEMU. It boots on q35 with an emulated Intel IOMMU (``intel_iommu=on``),
-OVMF without Secure Boot and a direct kernel boot, so the firmware's framebuffer of the
-guest's only display, a ``virtio-vga`` (class 0x030000, boot_vga 1, driven by virtio-pci),
-becomes ``efi-framebuffer.0`` on the efifb driver (the cloud kernel has CONFIG_FB_EFI=y and
-no DRM), and fbcon binds a virtual console to it (CONFIG_FRAMEBUFFER_CONSOLE=y): the chain a
-real single-GPU desktop has between the firmware and its driver.
+its mirror): Debian's generic kernel (it has DRM and virtio_gpu; the cloud kernel has no
+DRM), systemd, udev, python3, python3-libvirt, libvirt's daemon and QEMU. It boots on q35
+with an emulated Intel IOMMU (``intel_iommu=on``), OVMF without Secure Boot and a direct
+kernel boot. Its only display, a ``virtio-vga`` (class 0x030000, boot_vga 1), is driven by
+virtio-pci with virtio_gpu on top, which took the firmware framebuffer over at boot
+(``efi-framebuffer.0`` is gone, as amdgpu and i915 leave it), and fbcon is on a virtual
+console: the chain of a single-GPU desktop with an AMD or Intel card.
 
 What stands in, and why:
-- the display manager: ``fake-dm.service`` (a shell holding ``/dev/fb0`` open, as a
-  desktop holds its screen), ``display-manager.service`` linked to it as Debian's debconf
-  links the chosen one (systemd.special(7));
-- the GPU's driver: virtio-pci (a real PCI driver the kernel unbinds and libvirt's
+- the display manager: ``fake-dm.service`` (holds ``/dev/dri/card0`` open, as a desktop
+  holds its GPU), ``display-manager.service`` linked to it as Debian's debconf links the
+  chosen one (systemd.special(7));
+- the GPU's driver: virtio-pci and virtio_gpu (real drivers the kernel unbinds and libvirt's
   node-device API hands to vfio-pci);
 - the VM: a QEMU domain of the guest's own libvirtd (nested TCG) with the GPU as its PCI
   hostdev and no operating system: QEMU really opens the device through vfio; its "own
-  shutdown" is QEMU quitting (no OS answers ACPI), which libvirt reports as STOPPED.
+  stop" is QEMU quitting (no OS answers ACPI), which libvirt reports as STOPPED.
 
 The root disk is ext4 on the whole disk (``root=/dev/vda``), made with ``mke2fs -d``;
 kernel and initrd are copied beside it. Every run boots a qcow2 overlay of it. A second
 disk (ext4, made by the test) brings the package, the helper's installer and the guest's
 script, and takes the results back (read with ``debugfs``): the unit
 ``neuronos-handoff-test.service`` mounts it, runs ``guest_handoff.py`` on it and powers off.
-Cached in ``$NEURONOS_CACHE_DIR/handoff-guest`` with a stamp; nothing binary is committed.
+Cached in ``$NEURONOS_CACHE_DIR/handoff-guest`` with a stamp (110 s to build here);
+nothing binary is committed.
 """
 
 from __future__ import annotations

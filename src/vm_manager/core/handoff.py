@@ -154,6 +154,16 @@ class Hands:
         except OSError as error:
             raise HandoffError(f"`echo {value} > {path}` failed: {error.strerror}") from None
 
+    def _console_bind(self, path: str) -> None:
+        """fbcon back on its virtual consoles. When the card's framebuffer went away with
+        fbcon unbound, the kernel unregistered fbcon's console driver (its vtconN is gone);
+        the card's driver registers a framebuffer again when it has the card back, and
+        fbcon takes the consoles over by itself: then nothing is left to bind."""
+        if not (self.root / path.lstrip("/")).parent.exists():
+            log.info("%s is gone: fbcon comes back with the GPU's driver", path)
+            return
+        self._write(path, "1")
+
     def _bind(self, path: str, device: str) -> None:
         """A firmware framebuffer back on its driver, unless it has one already (a second
         bind is refused with EBUSY) or is gone: vfio-pci removes the firmware framebuffer

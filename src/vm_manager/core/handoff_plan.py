@@ -120,7 +120,7 @@ def plan_handoff(vm: str, functions: list[PCIDevice], host: DisplayHost) -> Hand
             steps.append(HandoffStep(
                 f"unbind the text console ({console.name[4:]}) from vtcon{console.index}",
                 f"echo 0 > {path}", f"echo 1 > {path}", "the console holds the GPU's screen",
-                ("write", path, "0"), ("write", path, "1")))
+                ("write", path, "0"), ("console-bind", path)))
     for framebuffer in host.framebuffers:
         if framebuffer.driver:
             driver = f"/sys/bus/platform/drivers/{framebuffer.driver}"
