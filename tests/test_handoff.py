@@ -33,6 +33,19 @@ def _plan(vm="win11") -> HandoffPlan:
                      "efi-framebuffer.0"))))
 
 
+def _registered(tmp_path, done: int) -> tuple[Journal, HandoffPlan]:
+    """A journal with every step of the plan registered, the first ``done`` done."""
+    journal = Journal("win11", tmp_path / "run")
+    plan = _plan()
+    journal.begin(plan)
+    for number, step in enumerate(plan.steps, 1):
+        journal.write(event="will", n=number, what=step.what, undo=list(step.reverse),
+                      command=step.undo)
+        if number <= done:
+            journal.write(event="done", n=number)
+    return journal, plan
+
+
 def _tree(tmp_path, framebuffer: str):
     """As the kernel shows them after the steps ran: vtcon1 (fbcon) unbound, and
     efi-framebuffer.0 unbound, already bound again, or both gone (vfio-pci removed the
@@ -56,14 +69,7 @@ def _tree(tmp_path, framebuffer: str):
 
 
 def test_the_journal_holds_each_undo_before_its_step_and_gives_back_newest_first(tmp_path):
-    journal = Journal("win11", tmp_path / "run")
-    plan = _plan()
-    journal.begin(plan)
-    for number, step in enumerate(plan.steps, 1):
-        journal.write(event="will", n=number, what=step.what, undo=list(step.reverse),
-                      command=step.undo)
-        if number < 3:  # the third was under way when the handoff died
-            journal.write(event="done", n=number)
+    journal, plan = _registered(tmp_path, done=2)  # the third under way when it died
     with open(journal.path, "a") as file:
         file.write('{"event": "undone", "n"')  # a line cut short by the crash
     assert [entry["n"] for entry in journal.pending()] == [3, 2, 1]
@@ -81,12 +87,7 @@ def test_a_restore_undoes_what_it_can_and_writes_down_what_it_could_not(
     bound twice (the kernel would refuse with EBUSY); a framebuffer and console that are
     gone come back with the card's driver: nothing to write, no failure."""
     root = _tree(tmp_path, framebuffer)
-    journal = Journal("win11", tmp_path / "run")
-    plan = _plan()
-    journal.begin(plan)
-    for number, step in enumerate(plan.steps, 1):
-        journal.write(event="will", n=number, what=step.what, undo=list(step.reverse),
-                      command=step.undo)
+    journal, _ = _registered(tmp_path, done=0)
     hands = Hands(connection=None, root=root)
     hands.systemctl = "/bin/false"
     left = restore(hands, journal)

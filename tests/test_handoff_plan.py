@@ -133,8 +133,10 @@ def test_read_only_on_this_machines_real_sys():
         "simple-framebuffer.0", "efi-framebuffer.0", "vesa-framebuffer.0"}
 
 
-def test_the_cli_prints_the_plan_and_refuses_a_vm_without_a_gpu(tmp_path, make_host,
-                                                                 monkeypatch):
+@pytest.fixture
+def solo_cli(tmp_path, make_host, monkeypatch):
+    """`neuron-vm` on a test-driver host whose only GPU (NVIDIA, on the desktop: GDM,
+    fbcon) is given to the VM "solo": run(*argv) -> (exit code, stdout, stderr)."""
     import io
 
     from vm_manager.base.connection import LibvirtConnection
@@ -153,74 +155,54 @@ def test_the_cli_prints_the_plan_and_refuses_a_vm_without_a_gpu(tmp_path, make_h
         return main(list(argv), connection=conn, out=out, err=err), out.getvalue(), \
             err.getvalue()
 
-    try:
-        code, _, err = run("create", "solo", "--template", "windows11", "--gpu", "01:00.0",
-                           "--allow-boot-gpu", "--disk-size", "64G", "--network", "none")
-        assert code == 0, err
-        code, out, err = run("gpu", "handoff-plan", "solo")
-        assert code == 0, err
-        assert "1. stop the display manager gdm3.service" in out
-        assert "do:   modprobe -r nvidia" in out and "undo: modprobe -a nvidia" in out
-        assert "(nothing was done: `neuron-vm start solo` carries it out)" in out
-        code, out, _ = run("gpu", "handoff-plan", "solo", "--json")
-        assert json.loads(out)["steps"][0]["undo"] == "systemctl start gdm3.service"
-        code, _, err = run("create", "plain", "--template", "linux", "--disk-size", "8G",
-                           "--network", "none")
-        assert code == 0, err
-        code, _, err = run("gpu", "handoff-plan", "plain")
-        assert code == 2 and "plain has no GPU to hand over" in err, err
-    finally:
-        conn.close()
+    code, _, err = run("create", "solo", "--template", "windows11", "--gpu", "01:00.0",
+                       "--allow-boot-gpu", "--disk-size", "64G", "--network", "none")
+    assert code == 0, err
+    run.connection = conn
+    yield run
+    conn.close()
+
+
+def test_the_cli_prints_the_plan_and_refuses_a_vm_without_a_gpu(solo_cli):
+    run = solo_cli
+    code, out, err = run("gpu", "handoff-plan", "solo")
+    assert code == 0, err
+    assert "1. stop the display manager gdm3.service" in out
+    assert "do:   modprobe -r nvidia" in out and "undo: modprobe -a nvidia" in out
+    assert "(nothing was done: `neuron-vm start solo` carries it out)" in out
+    code, out, _ = run("gpu", "handoff-plan", "solo", "--json")
+    assert json.loads(out)["steps"][0]["undo"] == "systemctl start gdm3.service"
+    code, _, err = run("create", "plain", "--template", "linux", "--disk-size", "8G",
+                       "--network", "none")
+    assert code == 0, err
+    code, _, err = run("gpu", "handoff-plan", "plain")
+    assert code == 2 and "plain has no GPU to hand over" in err, err
 
 
 def test_starting_a_vm_of_the_desktops_gpu_asks_once_then_runs_the_helper(
-        tmp_path, make_host, monkeypatch, root_helper):
+        solo_cli, tmp_path, monkeypatch, root_helper):
     """`start` of a VM whose GPU shows the desktop is refused (exit 2) until the user says
     yes with --hand-over-gpu, and says how to get the desktop back before anything runs;
     then it runs `pkexec neuron-vm-helper handoff NAME` (the root-owned helper, installed
     here into a temporary root); later starts need no flag. The helper acts on the system
-    daemon, where this test driver's VM does not exist: its refusal comes back in words.
-    A VM of a second GPU starts as usual."""
-    import io
-
-    from vm_manager.base.connection import LibvirtConnection
-    from vm_manager.cli import main
-
-    bin_dir = Path(__file__).parent / "bin"
+    daemon, where this test driver's VM does not exist: its refusal comes back in words."""
+    run, conn = solo_cli, solo_cli.connection
     log = tmp_path / "pkexec.log"
-    root = display_tree(add_pci_devices(tmp_path / "host", nvidia_turing_gpu(boot_vga=True)),
-                        manager="/lib/systemd/system/gdm3.service",
-                        consoles=[(DUMMY, False), (FBCON, True)], modules=("nvidia",))
-    for name, value in (("NEURONOS_HOST_ROOT", root), ("NEURONOS_PKEXEC", bin_dir / "pkexec"),
-                        ("NEURONOS_HELPER", root_helper), ("NEURONOS_FAKE_PKEXEC_LOG", log),
-                        ("NEURONOS_IMAGES_DIR", tmp_path / "images"),
-                        ("NEURONOS_CONFIG_DIR", tmp_path / "config")):
+    for name, value in (("NEURONOS_PKEXEC", Path(__file__).parent / "bin" / "pkexec"),
+                        ("NEURONOS_HELPER", root_helper), ("NEURONOS_FAKE_PKEXEC_LOG", log)):
         monkeypatch.setenv(name, str(value))
-    conn = LibvirtConnection(make_host(cpus=8, memory_mb=16384)).open()
-
-    def run(*argv):
-        out, err = io.StringIO(), io.StringIO()
-        return main(list(argv), connection=conn, out=out, err=err), out.getvalue(), \
-            err.getvalue()
-
-    try:
-        code, _, err = run("create", "solo", "--template", "windows11", "--gpu", "01:00.0",
-                           "--allow-boot-gpu", "--disk-size", "64G", "--network", "none")
-        assert code == 0, err
-        code, out, err = run("start", "solo")
-        assert code == 2 and "--hand-over-gpu: solo's GPU 0000:01:00.0 shows this desktop" \
-            in err, err
-        assert not log.exists() and out == ""
-        assert conn.execute(lambda c: c.lookupByName("solo").isActive()) == 0
-        code, out, err = run("start", "solo", "--hand-over-gpu")
-        assert "solo: this desktop stops while solo runs; to get it back:" in out
-        assert "sudo systemctl stop neuronos-handoff-solo.service" in out
-        assert log.read_text().splitlines() == [f"{root_helper} handoff solo"]
-        assert code == 1 and "the handoff of solo: failed (1)" in err, err
-        assert (tmp_path / "config/handoff-consent").read_text() == '["solo"]'
-        code, out, err = run("start", "solo")  # asked once: no flag needed any more
-        assert log.read_text().splitlines()[-1] == f"{root_helper} handoff solo"
-        code, out, err = run("gpu", "handoff-end", "solo")
-        assert log.read_text().splitlines()[-1] == f"{root_helper} handoff-end solo"
-    finally:
-        conn.close()
+    code, out, err = run("start", "solo")
+    assert code == 2 and "--hand-over-gpu: solo's GPU 0000:01:00.0 shows this desktop" \
+        in err, err
+    assert not log.exists() and out == ""
+    assert conn.execute(lambda c: c.lookupByName("solo").isActive()) == 0
+    code, out, err = run("start", "solo", "--hand-over-gpu")
+    assert "solo: this desktop stops while solo runs; to get it back:" in out
+    assert "sudo systemctl stop neuronos-handoff-solo.service" in out
+    assert log.read_text().splitlines() == [f"{root_helper} handoff solo"]
+    assert code == 1 and "the handoff of solo: failed (1)" in err, err
+    assert (tmp_path / "config/handoff-consent").read_text() == '["solo"]'
+    code, out, err = run("start", "solo")  # asked once: no flag needed any more
+    assert log.read_text().splitlines()[-1] == f"{root_helper} handoff solo"
+    code, out, err = run("gpu", "handoff-end", "solo")
+    assert log.read_text().splitlines()[-1] == f"{root_helper} handoff-end solo"

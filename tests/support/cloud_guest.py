@@ -223,11 +223,17 @@ def build(cache_dir: Path | None = None) -> CloudGuest:
         script.chmod(0o755)
         _disk(root, work, root_uuid, guest.script_error)
     stamp.write_text(f"{FORMAT} {codename}\n")
+    let_qemu_traverse(cache_dir)
+    return guest
+
+
+def let_qemu_traverse(cache_dir: Path) -> None:
+    """QEMU runs as another user: it must pass through the cache folder and those above
+    it that are ours."""
     for folder in (cache_dir, *cache_dir.parents):
         if folder == Path("/") or folder.stat().st_uid != os.geteuid():
             break
-        os.chmod(folder, folder.stat().st_mode | 0o011)  # let QEMU's user traverse
-    return guest
+        os.chmod(folder, folder.stat().st_mode | 0o011)
 
 
 def main(argv: list[str] | None = None) -> int:

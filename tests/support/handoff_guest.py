@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 try:
-    from support.cloud_guest import _run, host_release
+    from support.cloud_guest import _run, host_release, let_qemu_traverse
     from support.tiny_guest import cache_root
 except ImportError:  # run as a script, from tests/support
-    from cloud_guest import _run, host_release
+    from cloud_guest import _run, host_release, let_qemu_traverse
     from tiny_guest import cache_root
 
 log = logging.getLogger(__name__)
@@ -164,10 +164,7 @@ def build(cache_dir: Path | None = None) -> HandoffGuest:
         os.chmod(partial, 0o644)  # QEMU reads it through each run's overlay
         os.replace(partial, guest.image)
     stamp.write_text(f"{FORMAT} {codename}\n")
-    for folder in (cache_dir, *cache_dir.parents):
-        if folder == Path("/") or folder.stat().st_uid != os.geteuid():
-            break
-        os.chmod(folder, folder.stat().st_mode | 0o011)  # let QEMU's user traverse
+    let_qemu_traverse(cache_dir)
     return guest
 
 
