@@ -1480,5 +1480,5 @@ def test_starting_a_vm_of_the_desktops_gpu_explains_the_black_screen_first(
     window.commands.on_start()
     qtbot.waitUntil(lambda: log.exists(), timeout=10000)
     assert log.read_text().split() == [str(root_helper), "handoff", "beta"]
-    qtbot.waitUntil(lambda: "the handoff of beta" in window.statusBar().currentMessage(),
-                    timeout=10000)
+    qtbot.waitUntil(lambda: "the single-GPU handoff could not start: no VM named 'beta'"
+                    in window.statusBar().currentMessage(), timeout=10000)

@@ -14,11 +14,15 @@ FBCON = "(M) frame buffer device"  # drivers/video/fbdev/core/fbcon.c, registere
 
 def display_tree(root: Path, *, manager: str | None, consoles: list[tuple[str, bool]],
                  framebuffer: tuple[str, str | None] | None = None,
-                 modules: tuple[str, ...] = ()) -> Path:
+                 modules: tuple[str, ...] = (), systemd: bool = True) -> Path:
     """``manager``: the unit display-manager.service links to, as a path ("/lib/systemd/
     system/gdm3.service", Debian's link); ``consoles``: (name, bound) of vtcon0, vtcon1...;
-    ``framebuffer``: (platform device, its driver or None) still there; ``modules``: loaded."""
+    ``framebuffer``: (platform device, its driver or None) still there; ``modules``: loaded;
+    ``systemd``: systemd is the init system (it makes /run/systemd/system at boot:
+    sd_booted(3))."""
     root = Path(root)
+    if systemd:
+        (root / "run/systemd/system").mkdir(parents=True, exist_ok=True)
     if manager:
         units = root / "etc/systemd/system"
         units.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,13 @@ def needed(ctx: Context, name: str) -> HandoffPlan | None:
     return plan if plan.needed else None
 
 
+def cannot_run(plan: HandoffPlan) -> str | None:
+    """Why the handoff cannot run on this computer at all (no systemd), or None."""
+    from ..core.handoff_plan import NO_SYSTEMD
+
+    return NO_SYSTEMD if NO_SYSTEMD in plan.warnings else None
+
+
 def consented(ctx: Context, name: str) -> bool:
     return name in _consents(ctx)
 
@@ -107,15 +114,20 @@ def start(ctx: Context, name: str, consent: bool = False) -> HandoffStarted:
     if plan is None:
         raise InvalidConfig("NAME", f"{name} does not need the single-GPU handoff: start it"
                             " as usual")
+    if cannot_run(plan):
+        raise OperationFailed(f"{name} cannot be given this desktop's GPU here: "
+                              + cannot_run(plan))
     if not consent and not consented(ctx, name):
         raise ConsentNeeded(plan)
-    _record_consent(ctx, name)
     output = _helper(ctx, "handoff", name)
+    _record_consent(ctx, name)  # only once it ran: a refused password asks again
     return HandoffStarted(name, unit_name(name), output, way_back(name))
 
 
 def end(ctx: Context, name: str) -> str:
-    """End ``name``'s handoff: the VM is shut down and the desktop given back."""
+    """End ``name``'s handoff: the VM is shut down and the desktop given back. Raises
+    ``VMNotFound`` for a name libvirt does not know."""
+    ctx.connection.execute(lambda conn: ctx.connection.lookup(conn, name))
     return _helper(ctx, "handoff-end", name)
 
 
@@ -126,11 +138,31 @@ def _helper(ctx: Context, operation: str, name: str) -> str:
     ctx.require_local(f"the single-GPU handoff ({operation})", "it hands over this"
                       " computer's own GPU")
     pkexec, helper = guide.elevation()
+    copy = Path(helper).parents[2] / "lib/neuronos/vm_manager/core/handoff.py"
+    if Path(helper).exists() and not copy.exists():  # installed by an older NeuronOS
+        raise OperationFailed(f"NeuronOS's root helper ({helper}) is older than this NeuronOS"
+                              " and cannot hand a GPU over: install it again with"
+                              " `sudo bash scripts/install-helper.sh /` (or run"
+                              " scripts/setup-host.sh)")
     argv = (*((pkexec,) if pkexec else ()), helper, operation, validate_name(name, "NAME"))
     result = guide.run_fix(guide.Fix("GPU handoff", operation, operation, argv))
     if not result.ok:
-        raise OperationFailed(f"the handoff of {name}: {result.output}")
+        raise OperationFailed(_plainly(result.output))
     return result.output
+
+
+def _plainly(output: str) -> str:
+    """The helper's refusal without its exit status and name, in words."""
+    import re
+
+    text = re.sub(r"^failed \(\d+\): ", "", output).replace("neuron-vm-helper: ", "")
+    if "has not been booted with systemd" in text:
+        return NO_SYSTEMD_WORDS
+    return f"the single-GPU handoff could not start: {text}"
+
+
+NO_SYSTEMD_WORDS = ("the single-GPU handoff needs systemd (it runs as a systemd unit that"
+                    " outlives the desktop), and this computer does not run it")
 
 
 def journal(name: str, folder: Path | str = JOURNAL_DIR) -> list[str]:

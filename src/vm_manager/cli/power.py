@@ -103,7 +103,10 @@ def _before_handoff(ctx: CommandContext) -> None:
     from ..actions import handoff
 
     name = ctx.args.name
-    if ctx.json or handoff.needed(ctx.actions, name) is None:
+    if ctx.json or ctx.args.paused or ctx.args.display:
+        return
+    plan = handoff.needed(ctx.actions, name)
+    if plan is None or handoff.cannot_run(plan):
         return
     if ctx.args.hand_over_gpu or handoff.consented(ctx.actions, name):
         ctx.print(f"{name}: this desktop stops while {name} runs; to get it back:")

@@ -54,6 +54,10 @@ VENDOR_RESET_IDS = {
 }
 
 
+NO_SYSTEMD = ("this computer does not run systemd (no /run/systemd/system): the handoff runs"
+              " as a systemd unit that outlives the desktop, so it cannot run here")
+
+
 @dataclass(frozen=True)
 class HandoffStep:
     what: str  # in words
@@ -103,6 +107,8 @@ def plan_handoff(vm: str, functions: list[PCIDevice], host: DisplayHost) -> Hand
         return HandoffPlan(vm, str(gpu.address), False, warnings=warnings)
     steps: list[HandoffStep] = []
     notes: list[str] = []
+    if not host.systemd:
+        warnings += (NO_SYSTEMD,)
     unit = host.display_manager
     if unit:
         steps.append(HandoffStep(

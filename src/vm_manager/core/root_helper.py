@@ -101,7 +101,10 @@ def _run(operation: str, args: list[str]) -> list[str]:
                                        " for the system's Python: apt install python3-libvirt"
                                        " (Arch: pacman -S libvirt-python)")
 
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        # the unit's own processes log their steps to its journal; the user's call says only
+        # what went wrong
+        level = logging.INFO if operation in HANDOFF[2:] else logging.WARNING
+        logging.basicConfig(level=level, format="%(levelname)s %(message)s")
         return handoff.serve(operation, args[0], args[1:])
     user = _user() if operation in ("groups", "shm-rule") else None
     if operation == "groups":

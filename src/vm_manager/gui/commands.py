@@ -48,7 +48,7 @@ class Commands:
             from .dialogs import handoff_question
 
             self.window.statusBar().clearMessage()
-            if plan is None:
+            if plan is None or handoff.cannot_run(plan):  # the start says why not
                 start()
             elif handoff_question(self.window, plan, handoff.way_back(name)):
                 start(hand_over=True)

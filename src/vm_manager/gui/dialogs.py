@@ -381,8 +381,14 @@ def handoff_question(parent, plan, way_back: tuple[str, ...]) -> bool:
                       " stops while it runs: the screen goes black for a few seconds, then"
                       f" shows {plan.vm}. Save your work in other programs first.",
                       QMessageBox.NoButton, parent)
-    back = "".join(f"<li>{line}</li>" for line in way_back)
-    warnings = "".join(f"<p><b>Before the first run:</b> {w}</p>" for w in plan.warnings)
+    import html
+    import re
+
+    def rich(text: str) -> str:  # `commands` as code, everything else as text
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+    back = "".join(f"<li>{rich(line)}</li>" for line in way_back)
+    warnings = "".join(f"<p><b>Before the first run:</b> {rich(w)}</p>" for w in plan.warnings)
     box.setInformativeText(f"<p>To get the desktop back:</p><ul>{back}</ul>{warnings}")
     box.setDetailedText("\n".join(plan.describe()))
     go = box.addButton("Hand the GPU over and start", QMessageBox.AcceptRole)

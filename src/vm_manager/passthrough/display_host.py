@@ -19,6 +19,8 @@ Facts, with their sources (checked for this module):
   there is nothing to unbind (the "No such device" of the guides' scripts).
 - Modules: ``/sys/module/<name>`` for every loaded module, names with ``_``
   (``vendor-reset.ko`` is ``vendor_reset``).
+- systemd: it is the init system when ``/run/systemd/system`` exists (sd_booted(3)); the
+  handoff runs as a systemd unit and needs it.
 Everything here only reads.
 """
 
@@ -58,13 +60,15 @@ class DisplayHost:
     consoles: tuple[VtConsole, ...] = ()
     framebuffers: tuple[Framebuffer, ...] = ()
     modules: frozenset[str] = field(default_factory=frozenset)  # of WATCHED_MODULES
+    systemd: bool = True  # systemd is the init system
 
 
 def read_display_host(root: Path | str | None = None) -> DisplayHost:
     base = host_root(root)
     return DisplayHost(_display_manager(base), _consoles(base), _framebuffers(base),
                        frozenset(name for name in WATCHED_MODULES
-                                 if (base / "sys/module" / name).is_dir()))
+                                 if (base / "sys/module" / name).is_dir()),
+                       (base / "run/systemd/system").is_dir())
 
 
 def _display_manager(base: Path) -> str | None:
