@@ -9,8 +9,9 @@ handoff through it and systemd (``systemd-run``, the unit's stop path), against 
 own libvirtd (an LXC domain stands in for the VM). Asserted here from what the guest's
 kernel, systemd and libvirt said: while the VM runs the device is on vfio-pci, the console
 and framebuffer unbound and the display manager stopped; after the VM's shutdown, after a
-fault injected after each step, after SIGKILL of the handoff, after ``handoff-end`` and
-after a VM that cannot start, all of it is back as it was. CI runs it; elsewhere it skips
+fault injected after each step, after SIGKILL of the handoff between two steps and while
+the VM runs, after ``handoff-end`` and after a VM that cannot start, all of it is back as
+it was. CI runs it; elsewhere it skips
 with the reason.
 """
 
@@ -205,6 +206,18 @@ def test_killing_the_handoff_gives_everything_back_through_the_units_stop_path(r
     pids = {entry.get("pid") for entry in record["journal"] if entry["event"] == "begin"}
     assert len(pids) == 1  # the killed process began; the stop path gave back
     assert "stopped" not in [entry["event"] for entry in record["journal"]]
+
+
+@pytest.mark.parametrize("step", [2, 3])
+def test_killing_the_handoff_between_two_steps_gives_everything_back(result, step):
+    """SIGKILL of the handoff's process right after step ``step`` (the console unbound; the
+    card detached): nothing of the process is left, the unit's ExecStopPost gives back
+    what the journal holds."""
+    record = next(r for r in result["runs"] if r["name"] == f"killed after step {step}")
+    _given_back(result, record)
+    events = [entry["event"] for entry in record["journal"]]
+    assert "failed" not in events  # the process never got to say anything
+    assert max(entry["n"] for entry in record["journal"] if entry["event"] == "will") == step
 
 
 def test_ending_the_handoff_shuts_the_vm_down_and_gives_everything_back(result):

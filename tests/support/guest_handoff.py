@@ -6,8 +6,8 @@ what the kernel, systemd and libvirt said before, during and after each run to
 ``result.json`` on the test disk (the test on the host asserts on it).
 
 Runs: the VM stops on its own; a fault injected after each step (``--fail-after=N``); the
-handoff's main process killed with SIGKILL while the VM runs (only the unit's stop path
-is left to give back); the handoff ended (``handoff-end``: SIGTERM); a VM that fails to
+handoff's main process killed with SIGKILL between two steps (``--kill-after=N``) and while
+the VM runs (only the unit's stop path is left to give back); the handoff ended (``handoff-end``: SIGTERM); a VM that fails to
 start. Usage: python3 guest_handoff.py DISK_FOLDER
 """
 
@@ -185,6 +185,8 @@ def run_all(folder, result):
     result["steps"] = steps
     for number in range(1, steps + 1):
         runs.append(one_run(gpu, f"fault after step {number}", (f"--fail-after={number}",)))
+    for number in (2, 3):  # between the steps: after the console, after the detach
+        runs.append(one_run(gpu, f"killed after step {number}", (f"--kill-after={number}",)))
     runs.append(one_run(gpu, "main process killed", during=True, end=lambda r: sh(
         "systemctl", "kill", "--signal=SIGKILL", "--kill-who=main", UNIT).returncode))
     runs.append(one_run(gpu, "handoff ended", during=True, end=lambda r: sh(

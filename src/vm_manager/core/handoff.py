@@ -244,7 +244,7 @@ class Hands:
 
 
 def run(plan: HandoffPlan, hands: Hands, journal: Journal,
-        fail_after: int | None = None) -> list[str]:
+        fail_after: int | None = None, kill_after: int | None = None) -> list[str]:
     """Hand the GPU over as ``plan`` says, wait for the VM to stop, give everything back.
     Returns what could not be given back (each with its command); raises ``HandoffError``
     when a step failed (after giving back the ones before it)."""
@@ -261,6 +261,8 @@ def run(plan: HandoffPlan, hands: Hands, journal: Journal,
             journal.write(event="done", n=number)
             if fail_after == number:  # fault injection for the tests (handoff-run only)
                 raise HandoffError(f"a fault injected after step {number}")
+            if kill_after == number:  # the process dies here: only the journal is left
+                os.kill(os.getpid(), signal.SIGKILL)
         log.info("%s runs with the GPU; waiting for it to stop", plan.vm)
         hands.wait_stopped(plan.vm)
         journal.write(event="stopped" if not hands.ending.is_set() else "ended")
@@ -311,10 +313,11 @@ def on_termination(hands: Hands) -> None:
 def systemd_run_argv(vm: str, options: dict[str, str], helper: str = HELPER) -> list[str]:
     """The ``systemd-run`` command line of VM's handoff unit: its stop path
     (``ExecStopPost=``) gives back whatever the main process left, however it ended.
-    ``options``: ``uri``, ``gpu``, ``fail-after`` (``serve``'s)."""
+    ``options``: ``uri``, ``gpu``, ``fail-after``, ``kill-after`` (``serve``'s)."""
     extra = [f"--{key}={options[key]}" for key in ("uri", "stop-timeout") if key in options]
     run_args = ["handoff-run", vm, *extra] + [
-        f"--{key}={value}" for key, value in options.items() if key in ("gpu", "fail-after")]
+        f"--{key}={value}" for key, value in options.items()
+        if key in ("gpu", "fail-after", "kill-after")]
     restore_args = " ".join([helper, "handoff-restore", vm, *extra])
     return ["systemd-run", f"--unit={unit_name(vm)}", "--service-type=exec", "--collect",
             f"--description=NeuronOS: {vm} has this computer's GPU",
@@ -353,15 +356,17 @@ def serve(operation: str, vm: str, options: list[str]) -> list[str]:
     - ``handoff-end``: stop the unit: the VM is shut down and everything given back.
     Options: ``--uri=URI`` (another libvirt daemon), ``--gpu=ADDRESS`` (the card, for a VM
     whose definition cannot name it), ``--stop-timeout=S`` (how long the VM's own shutdown
-    may take when the handoff ends it), ``--fail-after=N`` (fault injection, for tests)."""
+    may take when the handoff ends it), ``--fail-after=N`` and ``--kill-after=N`` (fault
+    injection for the tests: a failure, or SIGKILL of the process, after step N)."""
     from ..base.connection import LibvirtConnection
 
     named = dict(option.lstrip("-").split("=", 1) for option in options if "=" in option)
-    unknown = set(named) - {"uri", "gpu", "stop-timeout", "fail-after"}
+    unknown = set(named) - {"uri", "gpu", "stop-timeout", "fail-after", "kill-after"}
     if unknown or len(named) != len(options):
         raise HandoffError(f"unknown options: {' '.join(options)} (allowed: --uri=URI,"
-                           " --gpu=ADDRESS, --stop-timeout=S, --fail-after=N)")
-    for number in ("fail-after", "stop-timeout"):
+                           " --gpu=ADDRESS, --stop-timeout=S, --fail-after=N,"
+                           " --kill-after=N)")
+    for number in ("fail-after", "kill-after", "stop-timeout"):
         if not named.get(number, "0").isdigit():
             raise HandoffError(f"--{number}={named[number]}: a whole number is allowed")
     unit = unit_name(vm)
@@ -404,9 +409,10 @@ def _serve(operation: str, vm: str, named: dict[str, str], connection) -> list[s
         return [f"the handoff of {vm} runs as {unit}: the screen goes black and shows"
                 f" {vm}; the desktop comes back when {vm} shuts down (or as root, from"
                 f" another computer: systemctl stop {unit})"]
-    fail_after = named.get("fail-after")
+    fail_after, kill_after = named.get("fail-after"), named.get("kill-after")
     on_termination(hands)
-    left = run(plan, hands, journal, int(fail_after) if fail_after else None)
+    left = run(plan, hands, journal, int(fail_after) if fail_after else None,
+               int(kill_after) if kill_after else None)
     return left or ["everything was given back"]
 
 
