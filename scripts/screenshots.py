@@ -195,10 +195,28 @@ def main() -> int:
         devices.looking_glass.setChecked(True)
         shoot(app, wizard, args.out / "wizard-devices.png")
         wizard.close()
+
+        from support.display_trees import DUMMY, FBCON, display_tree
+        from vm_manager.actions import handoff
+        from vm_manager.core.handoff_plan import plan_handoff
+        from vm_manager.gui.dialogs import handoff_box
+        from vm_manager.passthrough.display_host import read_display_host
+        from vm_manager.passthrough.pci import read_pci
+
+        solo = display_tree(add_pci_devices(tmp_path / "solo", nvidia_turing_gpu(
+            boot_vga=True)), manager="/lib/systemd/system/gdm3.service",
+            consoles=[(DUMMY, False), (FBCON, True)], modules=("nvidia", "nvidia_drm"))
+        pci = read_pci(solo)
+        plan = plan_handoff("Gaming-Win11", [pci.devices[a] for a in sorted(pci.devices)],
+                            read_display_host(solo))
+        box = handoff_box(window, plan, handoff.way_back("Gaming-Win11"))
+        box.show()
+        shoot(app, box, args.out / "handoff-question.png")
+        box.close()
         window.close()
         conn.close()
-    print(f"wrote main-window (light, dark), delete-dialog, host-check, wizard-system and"
-          " wizard-devices PNGs"
+    print(f"wrote main-window (light, dark), delete-dialog, host-check, wizard-system,"
+          " wizard-devices and handoff-question PNGs"
           f" to {args.out} (X display {os.environ['DISPLAY']}, platform xcb)")
     if XVFB is not None:
         XVFB.terminate()

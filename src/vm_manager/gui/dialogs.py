@@ -374,27 +374,33 @@ def handoff_question(parent, plan, way_back: tuple[str, ...]) -> bool:
     """Before a VM takes this desktop's GPU: what the user is about to see (a black screen,
     then the VM), how to get the desktop back, what the card's resets allow; Cancel is the
     default (Enter and Escape never hand the desktop over)."""
+    box = handoff_box(parent, plan, way_back)
+    box.exec()
+    return box.clickedButton() is box.go
+
+
+def handoff_box(parent, plan, way_back: tuple[str, ...]):
+    """The question of ``handoff_question``, not yet shown."""
+    import html
+    import re
+
     from PySide6.QtWidgets import QMessageBox
+
+    def rich(text: str) -> str:  # `commands` as code, everything else as text
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
     box = QMessageBox(QMessageBox.Warning, f"Start {plan.vm} on this screen",
                       f"{plan.vm} gets this computer's only GPU ({plan.gpu}). The desktop"
                       " stops while it runs: the screen goes black for a few seconds, then"
                       f" shows {plan.vm}. Save your work in other programs first.",
                       QMessageBox.NoButton, parent)
-    import html
-    import re
-
-    def rich(text: str) -> str:  # `commands` as code, everything else as text
-        return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
     back = "".join(f"<li>{rich(line)}</li>" for line in way_back)
     warnings = "".join(f"<p><b>Before the first run:</b> {rich(w)}</p>" for w in plan.warnings)
     box.setInformativeText(f"<p>To get the desktop back:</p><ul>{back}</ul>{warnings}")
     box.setDetailedText("\n".join(plan.describe()))
-    go = box.addButton("Hand the GPU over and start", QMessageBox.AcceptRole)
+    box.go = box.addButton("Hand the GPU over and start", QMessageBox.AcceptRole)
     cancel = box.addButton(QMessageBox.Cancel)
     box.setDefaultButton(cancel)
     box.setEscapeButton(cancel)
     box.setObjectName("handoff_question")
-    box.exec()
-    return box.clickedButton() is go
+    return box
