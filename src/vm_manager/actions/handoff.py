@@ -53,7 +53,8 @@ def way_back(vm: str) -> tuple[str, ...]:
             f"or, from another computer: ssh in and run `sudo systemctl stop {unit_name(vm)}`"
             f" (or `neuron-vm gpu handoff-end {vm}`): {vm} is shut down (forced off after"
             " 2 minutes) and the desktop comes back",
-            "if a step cannot be given back, the computer's restart gives everything back")
+            f"if {vm} hangs or the screen stays black, restart the computer (hold the power"
+            " button): everything comes back")
 
 
 def needed(ctx: Context, name: str) -> HandoffPlan | None:

@@ -137,8 +137,10 @@ def gpus_in(snapshot: PCISnapshot) -> list[GPUInfo]:
             blockers, _ = _group_verdict(gpu, functions, members)
             info.blockers.extend(blockers)
         if gpu.boot_vga:
-            info.warnings.append("this is the boot GPU, showing the host's display: passing it"
-                                 " needs the single-GPU opt-in")
+            info.warnings.append("this is the boot GPU, showing the host's display: a VM gets"
+                                 " it with --allow-boot-gpu, and its start then takes the"
+                                 " desktop away while it runs (`neuron-vm gpu handoff-plan"
+                                 " NAME` shows how)")
         if gpu.subclass == 0x02:  # a compute card (H100/H200, A100) or a laptop's render GPU
             info.warnings.append("a 3D controller: it has no display outputs, so the guest"
                                  " has no screen on it for Looking Glass to show")
