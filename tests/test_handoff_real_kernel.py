@@ -181,9 +181,10 @@ def test_while_the_vm_runs_the_gpu_is_on_vfio_and_the_desktop_is_gone(result):
     assert list(during["consoles"].values()) == [["(S) dummy device", "1"]]
 
 
-def test_the_vms_own_shutdown_gives_everything_back(result):
+def test_the_vms_own_stop_gives_everything_back(result):
+    """QEMU quits (virsh may or may not get the answer before the monitor closes: its exit
+    status says nothing); libvirt's STOPPED event ends the handoff."""
     record = result["runs"][0]
-    assert record["end"] == 0
     _given_back(result, record)
     assert "stopped" in [entry["event"] for entry in record["journal"]]
 
