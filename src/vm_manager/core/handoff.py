@@ -184,13 +184,22 @@ class Hands:
         except VMManagerError as error:
             raise HandoffError(f"{what}: {error}") from None
 
-    def _detach(self, node: str) -> None:
-        self._libvirt(f"`virsh nodedev-detach {node}`",
-                      lambda conn: conn.nodeDeviceLookupByName(node).detachFlags(None, 0))
+    def _detach(self, address: str) -> None:
+        from ..passthrough.gpu_attach import detach
 
-    def _reattach(self, node: str) -> None:
-        self._libvirt(f"`virsh nodedev-reattach {node}`",
-                      lambda conn: conn.nodeDeviceLookupByName(node).reAttach())
+        self._node_device(detach, address)
+
+    def _reattach(self, address: str) -> None:
+        from ..passthrough.gpu_attach import reattach
+
+        self._node_device(reattach, address)
+
+    def _node_device(self, operation, address: str) -> None:
+        """gpu_attach's detach or reattach (libvirt's node-device API, vfio)."""
+        try:
+            operation(self.connection, address)
+        except VMManagerError as error:
+            raise HandoffError(str(error)) from None
 
     def _start(self, vm: str) -> None:
         from .vm_lifecycle import HUNG, within
@@ -204,44 +213,42 @@ class Hands:
         return bool(self._libvirt(f"reading {vm}'s state",
                                   lambda conn: self.connection.lookup(conn, vm).isActive()))
 
-    def wait_stopped(self, vm: str, timeout: float | None = None) -> bool:
-        """Until ``vm`` stops (a STOPPED event), the handoff is ended (SIGTERM, without a
-        ``timeout``) or ``timeout`` runs out; True when it stopped."""
+    def wait_stopped(self, vm: str) -> bool:
+        """Until ``vm`` stops (a STOPPED event: True) or the handoff is ended (SIGTERM:
+        False)."""
         def on_event(event) -> None:
             if getattr(event, "name", None) == vm and getattr(event, "event", None) == STOPPED:
                 self.wake.set()
 
         token = self.connection.subscribe(on_event)
         try:
-            deadline = None if timeout is None else time.monotonic() + timeout
             while self._active(vm):
-                if timeout is None and self.ending.is_set():
-                    return False
-                left = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
-                if left <= 0:
+                if self.ending.is_set():
                     return False
                 # an event (or SIGTERM) ends the wait; the state is read again at least
                 # every 30 s, in case libvirtd restarted and an event was lost
-                self.wake.wait(left)
+                self.wake.wait(30.0)
                 self.wake.clear()
             return True
         finally:
             self.connection.unsubscribe(token)
 
     def _stop(self, vm: str) -> None:
-        """The VM's own shutdown, forced off after ``stop_timeout``."""
+        """The VM's own shutdown, forced off after ``stop_timeout`` (the lifecycle
+        manager's stop: a QEMU that no longer answers does not hold it)."""
+        from .vm_lifecycle import ShutdownMethod, VMLifecycleManager
+
         if not self._active(vm):
             return
+        manager = VMLifecycleManager(self.connection)
         try:
-            self._libvirt(f"asking {vm} to shut down",
-                          lambda conn: self.connection.lookup(conn, vm).shutdown())
-        except HandoffError as error:
-            log.warning("%s", error)
-        if not self.wait_stopped(vm, self.stop_timeout) and self._active(vm):
+            result = manager.stop(vm, ShutdownMethod.GRACEFUL, timeout=self.stop_timeout)
+        except VMManagerError as error:
+            raise HandoffError(f"stopping {vm}: {error}") from None
+        finally:
+            manager.close()
+        if result.forced:
             log.warning("%s did not shut down in %.0f s: forced off", vm, self.stop_timeout)
-            self._libvirt(f"forcing {vm} off",
-                          lambda conn: self.connection.lookup(conn, vm).destroy())
-
 
 def run(plan: HandoffPlan, hands: Hands, journal: Journal,
         fail_after: int | None = None, kill_after: int | None = None) -> list[str]:

@@ -34,6 +34,7 @@ import shlex
 from dataclasses import asdict, dataclass
 
 from ..passthrough.display_host import DisplayHost
+from ..passthrough.gpu_attach import node_name
 from ..passthrough.pci import PCIDevice
 
 NVIDIA_MODULES = ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia")  # unload order
@@ -148,7 +149,7 @@ def plan_handoff(vm: str, functions: list[PCIDevice], host: DisplayHost) -> Hand
             "the nvidia driver cannot give up a card its modules hold",
             ("modprobe-r", *loaded), ("modprobe", *reversed(loaded))))
     for function in functions:
-        node = "pci_" + str(function.address).replace(":", "_").replace(".", "_")
+        node = node_name(function.address)
         if function.driver == "vfio-pci":
             notes.append(f"{function.address} is on vfio-pci already")
             continue
@@ -157,7 +158,7 @@ def plan_handoff(vm: str, functions: list[PCIDevice], host: DisplayHost) -> Hand
             f"detach {function.address} ({_kind(function)}, {held}) for the VM",
             f"virsh nodedev-detach {node}", f"virsh nodedev-reattach {node}",
             "through libvirt's node-device API, outside any libvirt hook",
-            ("detach", node), ("reattach", node)))
+            ("detach", str(function.address)), ("reattach", str(function.address))))
     name = shlex.quote(vm)
     steps.append(HandoffStep(f"start {vm}", f"virsh start {name}",
                              f"virsh shutdown {name} (the VM's own shutdown)",

@@ -191,7 +191,7 @@ def plan_passthrough_in(snapshot: PCISnapshot, address: PCIAddress | str,
 
 # --- side effects, only when the user asks ---------------------------------------------------
 
-def _node_name(address: PCIAddress | str) -> str:
+def node_name(address: PCIAddress | str) -> str:
     addr = PCIAddress.parse(address)
     return f"pci_{addr.domain:04x}_{addr.bus:02x}_{addr.slot:02x}_{addr.function:x}"
 
@@ -199,7 +199,7 @@ def _node_name(address: PCIAddress | str) -> str:
 def detach(connection, address: PCIAddress | str) -> None:
     """Hand one function to vfio-pci through libvirt (``virNodeDeviceDetachFlags``)."""
     address = PCIAddress.parse(address, "ADDR")
-    name = _node_name(address)
+    name = node_name(address)
 
     def run(conn) -> None:  # a libvirt.virConnect
         conn.nodeDeviceLookupByName(name).detachFlags("vfio", 0)
@@ -214,7 +214,7 @@ def detach(connection, address: PCIAddress | str) -> None:
 def reattach(connection, address: PCIAddress | str) -> None:
     """Give one function back to its host driver (``virNodeDeviceReAttach``)."""
     address = PCIAddress.parse(address, "ADDR")
-    name = _node_name(address)
+    name = node_name(address)
     try:
         connection.execute(lambda conn: conn.nodeDeviceLookupByName(name).reAttach())
     except OperationFailed as error:
