@@ -158,6 +158,31 @@ def test_second_request_on_a_busy_vm_is_refused_but_force_stop_may_interrupt(man
     assert manager.get_state("alpha") == S.SHUTOFF
 
 
+def test_force_stop_that_a_start_overtakes_powers_off_all_the_same(manager):
+    # Seen in CI: a force-stop cuts a start short; its destroy comes first ("domain is not
+    # running"), the start lands before the fresh read, and the force-stop raised libvirt's
+    # refusal. It is asked again instead, so the VM ends off, as the user asked.
+    machine = manager.states
+    start = machine.begin("beta", "start", timeout=30)  # a start in flight on a shut-off VM
+    real_read = machine.read_libvirt
+    landed = []
+
+    def the_start_lands_first(name):
+        machine.read_libvirt = real_read
+        manager.connection.execute(lambda c: manager.connection.lookup(c, name).create())
+        landed.append(name)
+        return real_read(name)
+
+    machine.read_libvirt = the_start_lands_first
+    result = manager.stop("beta", method=ShutdownMethod.FORCE)
+    assert landed == ["beta"]  # the race happened
+    assert result.state == S.SHUTOFF and result.forced
+    assert libvirt_state(manager, "beta") == S.SHUTOFF
+    assert machine.superseded(start)
+    machine.end(start)  # the cut-short start ends late: ignored
+    assert manager.get_state("beta") == S.SHUTOFF
+
+
 def test_stuck_transition_resolves_at_its_deadline(manager):
     changes = []
     manager.subscribe(changes.append)

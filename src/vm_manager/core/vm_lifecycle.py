@@ -234,22 +234,32 @@ class VMLifecycleManager:
         a ``LifecycleError`` naming that state.
         """
         name, operation = ticket.name, ticket.operation
+        # A request that does not take the lock (a force-stop) runs beside the one it cuts
+        # short: a start may finish between its refusal ("domain is not running") and the
+        # fresh read. Then it is simply asked again, a few times at most.
+        attempts = 1 if locked else 3
         with self._call_lock(name) if locked else contextlib.nullcontext():
-            self._raise_if_superseded(ticket)
-            version = self.states.version(name)
-            try:
-                self.connection.execute(lambda conn: action(self.connection.lookup(conn, name)))
-                return version
-            except OperationFailed as error:
-                fresh = self.states.read_libvirt(name)
-                if already_done is not None and already_done(fresh):
-                    return -1  # the fresh read is the answer: any recorded state counts
-                if fresh not in ALLOWED[operation][1]:
-                    raise LifecycleError(
-                        f"cannot {operation} {name!r}: it is {fresh.label} (it changed while"
-                        " the request was on its way)"
-                    ) from error
-                raise
+            for attempt in range(attempts):
+                self._raise_if_superseded(ticket)
+                version = self.states.version(name)
+                try:
+                    self.connection.execute(
+                        lambda conn: action(self.connection.lookup(conn, name)))
+                    return version
+                except OperationFailed as error:
+                    fresh = self.states.read_libvirt(name)
+                    if already_done is not None and already_done(fresh):
+                        return -1  # the fresh read is the answer: any recorded state counts
+                    if fresh not in ALLOWED[operation][1]:
+                        raise LifecycleError(
+                            f"cannot {operation} {name!r}: it is {fresh.label} (it changed"
+                            " while the request was on its way)"
+                        ) from error
+                    if attempt + 1 == attempts:
+                        raise
+                    log.info("%s: %s refused (%s) while another request changed it to %s;"
+                             " asking again", name, operation, error, fresh.label)
+        raise AssertionError("unreachable")
 
     def _raise_if_superseded(self, ticket: Ticket) -> None:
         if self.states.superseded(ticket):
