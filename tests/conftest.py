@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import queue
+from typing import NoReturn
 
 import pytest
 
@@ -13,6 +14,14 @@ from vm_manager.base.vm_config import VMState
 from support.fakes import FakeDomain, FakeHost, write_node_file
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str, in_ci: str | None = None) -> NoReturn:
+    """What a test needs is missing: outside CI it skips with ``reason``; in CI
+    (``CI=true``) everything must run, so it fails, saying ``in_ci`` (or the reason)."""
+    if IN_CI:
+        pytest.fail(f"CI=true but {in_ci or reason}")
+    pytest.skip(reason)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # GUI tests need no display
 os.environ.setdefault("QT_NO_GLIB", "1")  # as vm_manager.gui.app sets it (see there)
 SYSTEM_URI = "qemu:///system"
@@ -159,9 +168,8 @@ def system_daemon():
     undefined at its end (their folders are the tests' own, already removed)."""
     problem = _daemon_problem()
     if problem:
-        if IN_CI:
-            pytest.fail(f"CI=true but {problem}; .ci/run must start virtlogd and libvirtd")
-        pytest.skip(f"{problem} (start it with: virtlogd -d; libvirtd -d)")
+        unavailable(f"{problem} (start it with: virtlogd -d; libvirtd -d)",
+                    f"{problem}; .ci/run must start virtlogd and libvirtd")
     before = _neuronos_pools()
     yield SYSTEM_URI
     import libvirt
@@ -241,9 +249,7 @@ def xserver(tmp_path):
     xvfb, xdotool = shutil.which("Xvfb"), shutil.which("xdotool")
     if not (xvfb and xdotool):
         reason = "Xvfb and xdotool are needed (apt-get install xvfb xdotool)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}: .ci/run installs them")
-        pytest.skip(reason)
+        unavailable(reason, f"{reason}: .ci/run installs them")
     read, write = os.pipe()
     server = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1920x1080x24",
                                "-nolisten", "tcp"], pass_fds=(write,),
@@ -277,9 +283,7 @@ def root_helper(tmp_path_factory):
     from pathlib import Path
 
     if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("CI runs as root")
-        pytest.skip("installing the root-owned helper needs root")
+        unavailable("installing the root-owned helper needs root", "not root (CI runs as root)")
     root = tmp_path_factory.mktemp("helper-root")
     script = Path(__file__).parent.parent / "scripts" / "install-helper.sh"
     subprocess.run(["bash", str(script), str(root)], check=True, capture_output=True)

@@ -56,6 +56,15 @@ def start_libvirtd(uri: str = "qemu:///system", timeout: float = 30.0) -> None:
             time.sleep(0.05)  # no event exists for "a daemon started listening"
 
 
+def need_restartable_daemon() -> None:
+    """Skip (outside CI) or fail (in CI) unless this test may SIGKILL and restart libvirtd."""
+    from conftest import unavailable
+
+    problem = may_restart_daemon()
+    if problem:
+        unavailable(problem, f"cannot restart libvirtd: {problem}")
+
+
 def may_restart_daemon() -> str | None:
     """Why this test may not kill libvirtd here, or None if it may."""
     if os.geteuid() != 0:

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon import need_restartable_daemon
 from vm_manager.cli import main
 from vm_manager.base.store import VMStore
 from vm_manager.base.vm_config import VMConfig
@@ -357,17 +358,12 @@ def test_daemon_killed_during_create_leaves_all_or_nothing(system_daemon, tmp_pa
     import time
     import uuid
 
-    from conftest import IN_CI
-    from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd
+    from daemon import kill_libvirtd, start_libvirtd
     from vm_manager.actions import Context, create
     from vm_manager.base.connection import LibvirtConnection
     from vm_manager.base.errors import VMManagerError
 
-    problem = may_restart_daemon()
-    if problem:
-        if IN_CI:
-            pytest.fail(f"CI=true but cannot restart libvirtd: {problem}")
-        pytest.skip(problem)
+    need_restartable_daemon()
     name = f"neuron-e2e-kill-{uuid.uuid4().hex[:6]}"
     images = tmp_path / "images"
     if broken_store:
@@ -413,17 +409,6 @@ def test_daemon_killed_during_create_leaves_all_or_nothing(system_daemon, tmp_pa
     else:
         assert (defined, disk, saved) == (False, False, False), message
         assert "everything done before it was undone" in message, message
-
-
-def _daemon_may_restart() -> None:
-    from conftest import IN_CI
-    from daemon import may_restart_daemon
-
-    problem = may_restart_daemon()
-    if problem:
-        if IN_CI:
-            pytest.fail(f"CI=true but cannot restart libvirtd: {problem}")
-        pytest.skip(problem)
 
 
 def _killing_at(ctx, index: int, uri: str, after: bool) -> tuple[list, list]:
@@ -557,7 +542,7 @@ def test_daemon_killed_at_each_call_of_create_leaves_all_or_nothing(system_daemo
     VM is whole, or nothing of it is left."""
     from vm_manager.actions import create
 
-    _daemon_may_restart()
+    need_restartable_daemon()
     check = _all_or_nothing(system_daemon, tmp_path, "made", done=True)
     calls, failures = _kill_each_call(system_daemon, tmp_path,
                                       lambda ctx, name: create.create(ctx, _small_vm(name)),
@@ -573,7 +558,7 @@ def test_daemon_killed_at_each_call_of_an_unattended_create_leaves_all_or_nothin
     from vm_manager.actions import create
     from support.media import virtio_win_iso, windows_iso
 
-    _daemon_may_restart()
+    need_restartable_daemon()
     installer, virtio = windows_iso(tmp_path / "w.iso"), virtio_win_iso(tmp_path / "v.iso")
     images = tmp_path / "images"
     disk_check = _all_or_nothing(system_daemon, tmp_path, "made", done=True)
@@ -603,7 +588,7 @@ def test_daemon_killed_at_each_call_of_a_snapshot_leaves_it_whole_or_absent(syst
     libvirt calls: the snapshot exists with its copies in its folder, or neither does."""
     from vm_manager.actions import snapshots
 
-    _daemon_may_restart()
+    need_restartable_daemon()
     images = tmp_path / "images"
 
     def check(name: str, raised: str | None) -> str | None:
@@ -634,7 +619,7 @@ def test_daemon_killed_during_delete_leaves_the_vm_whole_or_gone(system_daemon, 
     VM is either all there (domain, disk, settings; an error said why) or all gone."""
     from vm_manager.actions import delete
 
-    _daemon_may_restart()
+    need_restartable_daemon()
     check = _all_or_nothing(system_daemon, tmp_path, "deleted", done=False)
 
     def operation(ctx, name):
@@ -654,7 +639,7 @@ def test_daemon_killed_during_a_change_leaves_old_or_new_never_a_mix(system_daem
     from vm_manager.base.connection import LibvirtConnection
     from vm_manager.base.domain_xml import read_domain
 
-    _daemon_may_restart()
+    need_restartable_daemon()
     store = VMStore(tmp_path / "config")
 
     def check(name, raised):

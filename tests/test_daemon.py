@@ -8,8 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import IN_CI
-from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd
+from daemon import kill_libvirtd, need_restartable_daemon, start_libvirtd
 from vm_manager.cli import main
 from vm_manager.base.connection import ConnectionEvent, DomainEvent, LibvirtConnection
 from vm_manager.base.errors import ConnectionFailed
@@ -27,11 +26,7 @@ def tiny_domain_xml(name: str) -> str:
 
 @pytest.fixture
 def restartable(system_daemon):
-    problem = may_restart_daemon()
-    if problem:
-        if IN_CI:
-            pytest.fail(f"CI=true but cannot restart libvirtd: {problem}")
-        pytest.skip(problem)
+    need_restartable_daemon()
     yield system_daemon
     from daemon import libvirtd_pid
 

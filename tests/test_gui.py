@@ -9,8 +9,7 @@ import pytest
 
 pytest.importorskip("PySide6", reason="the gui extra is not installed")
 
-from conftest import IN_CI  # noqa: E402
-from daemon import kill_libvirtd, may_restart_daemon, start_libvirtd  # noqa: E402
+from daemon import kill_libvirtd, need_restartable_daemon, start_libvirtd  # noqa: E402
 from vm_manager.actions import Context  # noqa: E402
 from vm_manager.base import guard  # noqa: E402
 from vm_manager.base.connection import LibvirtConnection  # noqa: E402
@@ -236,11 +235,7 @@ def test_unreachable_libvirt_shows_a_banner_and_stays_alive(qtbot, tmp_path):
 
 
 def test_daemon_restart_banner_and_recovery(qtbot, system_daemon, tmp_path):
-    problem = may_restart_daemon()
-    if problem:
-        if IN_CI:
-            pytest.fail(f"CI=true but cannot restart libvirtd: {problem}")
-        pytest.skip(problem)
+    need_restartable_daemon()
     win = MainWindow(uri=system_daemon, store=VMStore(tmp_path))
     qtbot.addWidget(win)
     win.show()
