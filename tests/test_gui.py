@@ -1432,7 +1432,7 @@ def test_starting_a_vm_of_the_desktops_gpu_explains_the_black_screen_first(
     from pathlib import Path
 
     from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication, QMessageBox
+    from PySide6.QtWidgets import QApplication, QMessageBox, QTextEdit
 
     from support.display_trees import DUMMY, FBCON, display_tree
     from support.fakes import add_pci_devices, nvidia_turing_gpu
@@ -1447,7 +1447,7 @@ def test_starting_a_vm_of_the_desktops_gpu_explains_the_black_screen_first(
         monkeypatch.setenv(name, str(value))
     window.ctx.store.save(VMConfig(name="beta", vm_type="windows11",
                                    gpu_passthrough={"pci_address": "0000:01:00.0"}))
-    seen = []
+    seen, details = [], []
 
     def answer(button_text):
         def press():
@@ -1456,6 +1456,8 @@ def test_starting_a_vm_of_the_desktops_gpu_explains_the_black_screen_first(
                 QTimer.singleShot(20, press)
                 return
             seen.append((box.text(), box.informativeText(), box.defaultButton().text()))
+            details.append((box.detailedText(), box.findChild(QTextEdit).minimumWidth(),
+                            box.findChild(QTextEdit).fontMetrics().averageCharWidth()))
             wanted = next(b for b in box.buttons() if b.text().replace("&", "") == button_text)
             wanted.click()
         QTimer.singleShot(20, press)
@@ -1469,6 +1471,9 @@ def test_starting_a_vm_of_the_desktops_gpu_explains_the_black_screen_first(
     assert "To get the desktop back" in informative and "Shut down" in informative
     assert "sudo systemctl stop neuronos-handoff-beta.service" in informative
     assert default.replace("&", "") == "Cancel"
+    plan, width, char = details[0]  # Show Details: the whole plan, with room for its lines
+    assert "gdm3.service" in plan and "nodedev-detach" in plan, plan
+    assert width >= 80 * char
     qtbot.wait(200)
     assert not log.exists() and state_of(window, "beta") == VMState.SHUTOFF
     answer("Hand the GPU over and start")
