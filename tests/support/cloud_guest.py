@@ -1,10 +1,11 @@
 """A real Debian cloud-style guest for the Linux setup journey (recipe: DESIGN.md 3).
 
 Built from Debian's packages only: ``debootstrap`` of the host's own release (the mirror is
-the one apt here uses) with cloud-init, Debian's qemu-guest-agent, openssh-server, ifupdown
-and the signed boot chain (shim-signed, grub-efi-amd64-signed, the signed cloud kernel), so
-it boots under OVMF with Secure Boot and Microsoft's keys enrolled, as the ``linux``
-template starts it. A 3 GiB GPT disk: a 127 MiB EFI system partition (FAT, filled with
+the one apt here uses) with cloud-init, Debian's qemu-guest-agent, openssh-server, netplan
+with systemd-networkd and systemd-resolved (what Debian's own cloud images use since Debian
+12, wiki.debian.org/Netplan; not ifupdown, see below) and the signed boot chain
+(shim-signed, grub-efi-amd64-signed, the signed cloud kernel), so it boots under OVMF with
+Secure Boot and Microsoft's keys enrolled, as the ``linux`` template starts it. A 3 GiB GPT disk: a 127 MiB EFI system partition (FAT, filled with
 mtools: nothing is mounted) and an ext4 root made with ``mke2fs -d`` from the debootstrap
 tree; then converted to qcow2, the form cloud images come in.
 
@@ -22,6 +23,12 @@ module's error, ``Runparts: 1 failures (NAME) in 1 attempted commands`` (cloudin
 ``runparts``, the same words in cloud-init 22.4 of Debian 12 and 25.1 of Debian 13): a real
 cloud-init error, whose words must reach ``setup-status``. (The first such image left the
 locale ungenerated, which fails cloud-init 22.4's ``locale`` module but not 25.1's.)
+
+Why not ifupdown (seen on a real guest, 2026-12-06): Debian 13's cloud-init 25.1, with no
+network-config, renders its fallback as ``iface enp1s0 inet dhcp`` plus ``iface enp1s0 inet6
+dhcp``; on an IPv4-only network (libvirt's own networks, and this test's) ifupdown's
+``dhclient -6`` solicits until networking.service's 5-minute start timeout fails it, and
+every boot waited those 5 minutes. networkd asks DHCPv6 without holding the boot.
 
 Cached in ``$NEURONOS_CACHE_DIR/cloud-guest`` (``/var/cache/neuronos/cloud-guest`` as root)
 with a stamp; ``python tests/support/cloud_guest.py`` builds it and prints its path. Nothing
@@ -43,13 +50,13 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-FORMAT = "4"  # bump when the image's recipe changes, to rebuild cached copies
+FORMAT = "5"  # bump when the image's recipe changes, to rebuild cached copies
 IMAGE_NAME = "debian-cloud-test.qcow2"
 SCRIPT_ERROR_NAME = "debian-cloud-script-error.qcow2"
 FAILING_SCRIPT = "neuronos-test-fails"  # in /var/lib/cloud/scripts/per-instance
 PACKAGES = ("linux-image-cloud-amd64", "systemd-sysv", "udev", "dbus", "cloud-init",
             "python3-cffi-backend",  # named, or python3-cryptography's dependency fails
-            "qemu-guest-agent", "openssh-server", "ifupdown", "isc-dhcp-client",
+            "qemu-guest-agent", "openssh-server", "netplan.io", "systemd-resolved",
             "grub-efi-amd64-bin", "grub-efi-amd64-signed", "shim-signed", "sudo", "netbase",
             "iproute2", "ca-certificates", "locales",
             "e2fsprogs")  # cloud-init's resize2fs: in minbase up to Debian 12, named since 13
@@ -125,9 +132,13 @@ def _configure(root: Path, root_uuid: str) -> None:
         stale.unlink(missing_ok=True)
     (root / "etc/hostname").write_text("localhost\n")
     (root / "etc/apt/sources.list").write_text("")  # an isolated test network: nothing to fetch
-    interfaces = root / "etc/network/interfaces"
-    interfaces.write_text("source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet"
-                          " loopback\n")
+    # as Debian's cloud images: networkd (and resolved) in the first boot's transaction,
+    # before cloud-init writes the netplan config they carry out
+    _run(["chroot", str(root), "systemctl", "enable", "systemd-networkd.service",
+          "systemd-resolved.service"])
+    resolv = root / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)
+    resolv.symlink_to("/run/systemd/resolve/resolv.conf")
     shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
     (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
