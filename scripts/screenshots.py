@@ -209,7 +209,7 @@ def main() -> int:
         pci = read_pci(solo)
         plan = plan_handoff("Gaming-Win11", [pci.devices[a] for a in sorted(pci.devices)],
                             read_display_host(solo))
-        box = handoff_box(window, plan, handoff.way_back("Gaming-Win11"))
+        box = handoff_box(window, plan, handoff.way_back("Gaming-Win11", "windows11"))
         box.show()
         shoot(app, box, args.out / "handoff-question.png")
         box.close()

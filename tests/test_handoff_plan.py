@@ -199,6 +199,7 @@ def test_starting_a_vm_of_the_desktops_gpu_asks_once_then_runs_the_helper(
     code, out, err = run("start", "solo", "--hand-over-gpu")
     assert "solo: this desktop stops while solo runs; to get it back:" in out
     assert "sudo systemctl stop neuronos-handoff-solo.service" in out
+    assert "shut solo down from inside it (Start > Power > Shut down)" in out  # Windows 11
     assert log.read_text().splitlines() == [f"{root_helper} handoff solo"]
     assert code == 1 and err == ("neuron-vm: the single-GPU handoff could not start: no VM"
                                  " named 'solo' on qemu:///system\n"), err
@@ -207,6 +208,18 @@ def test_starting_a_vm_of_the_desktops_gpu_asks_once_then_runs_the_helper(
     code, out, err = run("gpu", "handoff-end", "solo")
     assert log.read_text().splitlines()[-1] == f"{root_helper} handoff-end solo"
     assert run("gpu", "handoff-end", "nope")[0] == 3  # no such VM: as every command
+
+
+@pytest.mark.parametrize("vm_type, words", [
+    ("windows11", "(Start > Power > Shut down)"), ("windows10", "(Start > Power > Shut down)"),
+    ("linux", "(its own Shut down or Power off, or `sudo poweroff`)"),
+    ("macos", "(Apple menu > Shut Down)"), (None, "(its own Shut down or Power off")])
+def test_the_way_back_speaks_the_vms_system(vm_type, words):
+    from vm_manager.actions.handoff import way_back
+
+    first, ssh, hang = way_back("vm", vm_type)
+    assert first.startswith(f"shut vm down from inside it {words}"), first
+    assert "sudo systemctl stop neuronos-handoff-vm.service" in ssh and "restart" in hang
 
 
 def test_the_handoff_asks_only_until_it_ran_once(solo_cli, tmp_path, monkeypatch):

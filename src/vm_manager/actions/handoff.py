@@ -44,17 +44,29 @@ class HandoffStarted:
     way_back: tuple[str, ...]  # how the user gets the desktop back, in words
 
 
-def way_back(vm: str) -> tuple[str, ...]:
-    """How to get the desktop back, for the faces to say before the screen goes black."""
+_SHUT_DOWN = {"windows11": "Start > Power > Shut down", "windows10": "Start > Power > Shut down",
+              "macos": "Apple menu > Shut Down"}
+
+
+def way_back(vm: str, vm_type: str | None = None) -> tuple[str, ...]:
+    """How to get the desktop back, for the faces to say before the screen goes black, in
+    the words of the VM's system (``VMConfig.vm_type``)."""
     from ..core.handoff import unit_name
 
-    return (f"shut {vm} down from inside it (Start > Power > Shut down): the desktop comes"
-            " back by itself",
+    where = _SHUT_DOWN.get(str(getattr(vm_type, "value", vm_type)),
+                           "its own Shut down or Power off, or `sudo poweroff`")
+    return (f"shut {vm} down from inside it ({where}): the desktop comes back by itself",
             f"or, from another computer: ssh in and run `sudo systemctl stop {unit_name(vm)}`"
             f" (or `neuron-vm gpu handoff-end {vm}`): {vm} is shut down (forced off after"
             " 2 minutes) and the desktop comes back",
             f"if {vm} hangs or the screen stays black, restart the computer (hold the power"
             " button): everything comes back")
+
+
+def way_back_of(ctx: Context, name: str) -> tuple[str, ...]:
+    """``way_back`` for the VM ``name``, in its own system's words."""
+    config = ctx.settings(name)
+    return way_back(name, config.vm_type if config else None)
 
 
 def needed(ctx: Context, name: str) -> HandoffPlan | None:
@@ -122,7 +134,7 @@ def start(ctx: Context, name: str, consent: bool = False) -> HandoffStarted:
         raise ConsentNeeded(plan)
     output = _helper(ctx, "handoff", name)
     _record_consent(ctx, name)  # only once it ran: a refused password asks again
-    return HandoffStarted(name, unit_name(name), output, way_back(name))
+    return HandoffStarted(name, unit_name(name), output, way_back_of(ctx, name))
 
 
 def end(ctx: Context, name: str) -> str:

@@ -110,7 +110,7 @@ def _before_handoff(ctx: CommandContext) -> None:
         return
     if ctx.args.hand_over_gpu or handoff.consented(ctx.actions, name):
         ctx.print(f"{name}: this desktop stops while {name} runs; to get it back:")
-        for line in handoff.way_back(name):
+        for line in handoff.way_back_of(ctx.actions, name):
             ctx.print(f"  - {line}")
 
 

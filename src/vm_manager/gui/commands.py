@@ -44,17 +44,21 @@ class Commands:
             self.window._run(name, "Starting", lambda: power.start(
                 ctx, power.StartRequest(name, hand_over=hand_over)))
 
-        def then(plan) -> None:
+        def then(found) -> None:
             from .dialogs import handoff_question
 
+            plan, way_back = found
             self.window.statusBar().clearMessage()
             if plan is None or handoff.cannot_run(plan):  # the start says why not
                 start()
-            elif handoff_question(self.window, plan, handoff.way_back(name)):
+            elif handoff_question(self.window, plan, way_back):
                 start(hand_over=True)
 
-        self._prepare(f"Reading what starting {name} needs", lambda: handoff.needed(ctx, name),
-                      then)
+        def read() -> tuple:
+            plan = handoff.needed(ctx, name)
+            return plan, handoff.way_back_of(ctx, name) if plan is not None else ()
+
+        self._prepare(f"Reading what starting {name} needs", read, then)
 
     def on_stop(self) -> None:
         self._power("Stopping", "stop")

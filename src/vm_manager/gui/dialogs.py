@@ -384,6 +384,7 @@ def handoff_box(parent, plan, way_back: tuple[str, ...]):
     import html
     import re
 
+    from PySide6.QtGui import QFontDatabase
     from PySide6.QtWidgets import QMessageBox, QTextEdit
 
     def rich(text: str) -> str:  # `commands` as code, everything else as text
@@ -398,10 +399,12 @@ def handoff_box(parent, plan, way_back: tuple[str, ...]):
     warnings = "".join(f"<p><b>Before the first run:</b> {rich(w)}</p>" for w in plan.warnings)
     box.setInformativeText(f"<p>To get the desktop back:</p><ul>{back}</ul>{warnings}")
     box.setDetailedText("\n".join(plan.describe()))
-    details = box.findChild(QTextEdit)  # Qt's box is a few words wide; the plan's lines are long
-    if details is not None:
-        details.setMinimumSize(details.fontMetrics().horizontalAdvance("x" * 90),
-                               details.fontMetrics().lineSpacing() * 14)
+    details = box.findChild(QTextEdit)  # Qt's is a few words wide and 100 px high (fixed)
+    if details is not None:  # the plan's do/undo commands line up in a fixed-width font
+        details.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        metrics = details.fontMetrics()
+        details.setMinimumWidth(metrics.horizontalAdvance("x" * 90))
+        details.setFixedHeight(metrics.lineSpacing() * 16)
     box.go = box.addButton("Hand the GPU over and start", QMessageBox.AcceptRole)
     cancel = box.addButton(QMessageBox.Cancel)
     box.setDefaultButton(cancel)
