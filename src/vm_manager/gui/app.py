@@ -370,6 +370,19 @@ class MainWindow(QMainWindow):
 
         fit_main_window(self, self._remembered, DETAILS_WIDTH)
 
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        """The details pane moves beside the list, or below it, when the window is made
+        wide enough for it, or too narrow (the splitter's sizes stay the user's otherwise)."""
+        super().resizeEvent(event)
+        if not hasattr(self, "splitter") or not self.isVisible():
+            return
+        from .widgets import details_fit_beside
+
+        beside = details_fit_beside(self, self.width(), DETAILS_WIDTH)
+        if beside != (self.splitter.orientation() == Qt.Horizontal):
+            self._remembered = True
+            self._fit_first_run()
+
     def showEvent(self, event) -> None:  # noqa: N802 - Qt name
         super().showEvent(event)
         self.live_view.shown(event)

@@ -250,9 +250,14 @@ class VMTable(QTableView):
         """Every column shown at the width its header and its rows need, with the frame and
         room for a vertical scroll bar (the last column stretches beyond this)."""
         header = self.horizontalHeader()
+        shown = [i for i in range(header.count()) if not self.isColumnHidden(i)]
+        stretched = shown[-1] if shown and header.stretchLastSection() else None
+        # the stretched column's width is the window's doing (counted, a window restored
+        # wide never fitted its details pane beside the list again); it keeps at least the
+        # header's default section size when the view is narrower
         columns = sum(max(header.sectionSizeHint(i), self.sizeHintForColumn(i),
-                          self.columnWidth(i)) for i in range(header.count())
-                      if not self.isColumnHidden(i))
+                          header.defaultSectionSize() if i == stretched
+                          else self.columnWidth(i)) for i in shown)
         return columns + 2 * self.frameWidth() + self.verticalScrollBar().sizeHint().width()
 
     def height_for_rows(self, rows: int) -> int:

@@ -229,6 +229,12 @@ class Banner(QWidget):
         self.show()
 
 
+def details_fit_beside(window, width: int, details_width: int) -> bool:
+    """Whether a main window ``width`` wide shows the details pane beside the list with
+    every column in view (else below it)."""
+    return window.table.natural_width() + 8 + details_width + 24 <= width
+
+
 def fit_main_window(window, remembered: bool, details_width: int) -> None:
     """The main window's list, toolbar and details pane sized to their content: every
     column, the whole toolbar and several rows in view (never past the screen); the details
@@ -236,7 +242,7 @@ def fit_main_window(window, remembered: bool, details_width: int) -> None:
     has the size the user gave it, only its inside is laid out."""
     table = window.table.natural_width() + 8  # the splitter's handle and rounding
     room = window.width() if remembered else screen_room(window)[0]
-    beside = table + details_width + 24 <= room  # else below: every column shows
+    beside = details_fit_beside(window, room, details_width)
     window.splitter.setOrientation(Qt.Horizontal if beside else Qt.Vertical)
     if not remembered:
         width = max(table + (details_width if beside else 0),
