@@ -386,3 +386,18 @@ def test_the_systems_defaults_fit_a_small_host_as_the_wizard_fills_them(make_hos
     assert VMConfig.defaults_within("linux", HostResources(65536, 32)) == (big.memory_mb,
                                                                           big.vcpus)
     conn.close()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["events", "--count", "-1"], "--count: -1: give 1 or more state changes to wait for"),
+    (["events", "--count", "0"], "--count: 0: give 1 or more"),
+    (["start", "test", "--timeout", "0"], "--timeout: 0 seconds: give more than 0 and at most"
+     " 86400 (a day)"),
+    (["stop", "test", "--timeout", "90000"], "--timeout: 90000 seconds: give more than 0"),
+])
+def test_counts_and_timeouts_out_of_range_are_refused_in_plain_words(argv, words, capsys):
+    """Walk: `events --count -1` waited for nothing and exited 0, and `--timeout 0` said
+    "0 is outside 0-86400 seconds"."""
+    code, out, err = run(["--connect", "test:///default", *argv])
+    err += capsys.readouterr().err  # argparse writes to sys.stderr
+    assert code == 2 and words in err, err

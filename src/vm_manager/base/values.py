@@ -53,6 +53,8 @@ def parse_int(value: Any, field_name: str) -> int:
         return value
     if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,9}\s*", value):
         return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*-[0-9]+\s*", value):
+        raise InvalidConfig(field_name, f"cannot be negative, got {value.strip()}")
     raise InvalidConfig(field_name, f"expected a whole number, got {value!r}")
 
 

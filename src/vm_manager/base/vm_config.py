@@ -248,7 +248,8 @@ class VMConfig:
         if self.disk_size_gb == 0:
             if self.vm_type is not VMType.LINUX or self.kernel_path is None:
                 raise InvalidConfig(
-                    "disk_size_gb", "0 (no disk) is only for a Linux VM booted from kernel_path"
+                    "disk_size_gb", "0 (no disk) is only for a Linux VM booted straight from a"
+                    " kernel file (kernel_path)"
                 )
         elif self.disk_size_gb is not None:
             _check_range("disk_size_gb", self.disk_size_gb, minimum.disk_gb, MAX_DISK_GB, "GiB",
@@ -263,7 +264,8 @@ class VMConfig:
                 if getattr(self, name) is not None:
                     raise InvalidConfig(name, "direct kernel boot is for Linux VMs only")
         if self.kernel_path is None and (self.initrd_path or self.kernel_cmdline):
-            raise InvalidConfig("kernel_path", "initrd and cmdline need a kernel_path")
+            raise InvalidConfig("kernel_path", "an initrd or a kernel command line needs the"
+                                " kernel file they go with")
         if self.looking_glass.enabled and self.gpu_passthrough is None:
             raise InvalidConfig("looking_glass.enabled", "Looking Glass shows a passed-through"
                                 " GPU's screen; choose a GPU first")

@@ -13,7 +13,8 @@ def seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"{text} is outside 0-86400 seconds")
+        raise argparse.ArgumentTypeError(f"{text} seconds: give more than 0 and at most 86400"
+                                         " (a day)")
     return value
 
 

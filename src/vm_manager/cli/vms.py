@@ -5,6 +5,18 @@ from __future__ import annotations
 from .output import EXIT_OK, CommandContext, format_memory
 
 
+def positive_count(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give 1 or more state changes to wait for")
+    return value
+
+
 def register(commands, common, subcommand) -> None:
     commands.add_parser(
         "list", parents=[common], help="list all VMs (defined and running)",
@@ -22,7 +34,7 @@ def register(commands, common, subcommand) -> None:
         " until Ctrl-C.",
     )
     events.add_argument("name", metavar="NAME", nargs="?", help="only this VM")
-    events.add_argument("--count", type=int, default=None, metavar="N",
+    events.add_argument("--count", type=positive_count, default=None, metavar="N",
                         help="stop after N state changes")
     events.set_defaults(run=cmd_events)
 
