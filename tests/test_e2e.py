@@ -77,6 +77,22 @@ def test_start_ready_pause_resume_and_graceful_stop(system, define, tiny_guest):
     assert stopped.elapsed_s < 60
 
 
+def test_a_stop_pressed_while_the_guest_boots_is_pressed_again(system, define, tiny_guest,
+                                                                caplog):
+    """Walk: a stop right after the start always waited its whole timeout and forced the
+    guest off: the power button, pressed before the booting kernel listens for it, is lost.
+    It is pressed again every 10 s, so the guest shuts down by itself once it listens."""
+    name, serial = define(lambda n, s: domain_xml(n, tiny_guest, s))
+    system.start(name, timeout=BOOT_TIMEOUT)
+    caplog.set_level("INFO", logger="vm_manager.core.vm_lifecycle")
+    stopped = system.stop(name, timeout=BOOT_TIMEOUT + 60)  # pressed at once
+    assert READY_MARKER in serial.read_text(errors="replace")  # it had booted meanwhile
+    assert stopped.state == S.SHUTOFF and stopped.forced is False, stopped
+    assert stopped.elapsed_s < BOOT_TIMEOUT + 60
+    print(f"stopped {stopped.elapsed_s:.1f} s after the start; presses:",
+          [r.getMessage() for r in caplog.records if "pressing it again" in r.getMessage()])
+
+
 def test_guest_that_ignores_acpi_is_forced_after_the_timeout(system, define):
     name, _ = define(lambda n, s: no_os_domain_xml(n))
     system.start(name, timeout=BOOT_TIMEOUT)

@@ -37,6 +37,10 @@ log = get_logger(__name__)
 FORCE_TIMEOUT_S = 15.0  # how long a destroy may take to show up as "shut off"
 QUICK_TIMEOUT_S = 30.0  # pause / resume / reset / reboot requests
 DEADLINE_SLACK_S = 5.0  # the transitional state outlives the request's own timeout by this
+# A guest still booting has no ACPI handler yet and loses the power button; it is pressed
+# again this often until the stop's timeout (OpenStack nova does the same: commit 879bbcf902,
+# "Power off commands should give guests a chance to shutdown", re-sends every 10 s).
+PRESS_AGAIN_S = 10.0
 
 
 class ShutdownMethod(str, Enum):
@@ -144,18 +148,7 @@ class VMLifecycleManager:
         started = time.monotonic()
         forced = False
         try:
-            # libvirt waits for QEMU's answer to the power button without a deadline: a QEMU
-            # that hangs (its monitor never answers) would hold this stop, and a delete
-            # --force behind it, for ever. The request gets the timeout too.
-            version = within(timeout, lambda: self._call(
-                ticket, lambda dom: dom.shutdown(), _is_stopped))
-            state = None
-            if version is HUNG:
-                log.warning("%s: QEMU did not answer the power button within %.0f s; forcing"
-                            " it off", name, timeout)
-            else:
-                left = max(0.0, timeout - (time.monotonic() - started))
-                state = self.states.wait_for(name, _is_stopped, left, version, ticket)
+            state = self._press_power_button(ticket, timeout, started)
             if state is None:
                 self._raise_if_superseded(ticket)
                 log.info("%s ignored ACPI shutdown for %.0f s; forcing it off", name, timeout)
@@ -183,6 +176,31 @@ class VMLifecycleManager:
             name, "stop", state, elapsed, forced=forced,
             method="forced" if forced else "graceful", message=message,
         )
+
+    def _press_power_button(self, ticket: Ticket, timeout: float, started: float
+                            ) -> VMState | None:
+        """Press the ACPI power button, again every ``PRESS_AGAIN_S`` while there is time
+        left, and wait for the guest to power off: its state, or None at ``timeout``."""
+        name, deadline, version = ticket.name, started + timeout, None
+        while True:
+            left = deadline - time.monotonic()
+            # libvirt waits for QEMU's answer to the power button without a deadline: a QEMU
+            # that hangs (its monitor never answers) would hold this stop, and a delete
+            # --force behind it, for ever. The request gets the time left too.
+            pressed = within(max(left, 0.0), lambda: self._call(
+                ticket, lambda dom: dom.shutdown(), _is_stopped))
+            if pressed is HUNG:
+                log.warning("%s: QEMU did not answer the power button within %.0f s; forcing"
+                            " it off", name, timeout)
+                return None
+            version = pressed if version is None else min(version, pressed)
+            left = deadline - time.monotonic()
+            state = self.states.wait_for(name, _is_stopped, max(0.0, min(left, PRESS_AGAIN_S)),
+                                         version, ticket)
+            if state is not None or left <= PRESS_AGAIN_S or self.states.superseded(ticket):
+                return state
+            log.info("%s: still running %.0f s after the power button; pressing it again",
+                     name, time.monotonic() - started)
 
     def pause(self, name: str, timeout: float = QUICK_TIMEOUT_S) -> OperationResult:
         return self._request(
