@@ -22,6 +22,7 @@ from daemon import kill_libvirtd, need_restartable_daemon, start_libvirtd
 from vm_manager.base.connection import LibvirtConnection
 from vm_manager.base.errors import LifecycleError
 from vm_manager.base.primitives import VMState
+from vm_manager.core.state_machine import VMStateMachine
 from vm_manager.core.vm_lifecycle import ShutdownMethod
 from support.domains import domain_xml, no_os_domain_xml, remove_domain
 from support.tiny_guest import READY_MARKER
@@ -64,7 +65,18 @@ def define(system, tmp_path):
 def test_start_ready_pause_resume_and_graceful_stop(system, define, tiny_guest):
     name, serial = define(lambda n, s: domain_xml(n, tiny_guest, s))
     assert system.get_state(name) == S.SHUTOFF
-    started = system.start(name, timeout=BOOT_TIMEOUT)
+    # a watcher on its own connection, as `neuron-vm events` and the app are
+    with LibvirtConnection(system.connection.uri) as conn:
+        watcher = VMStateMachine(conn)
+        assert watcher.state(name) == S.SHUTOFF
+        seen, running = [], threading.Event()
+        watcher.subscribe(lambda change: (seen.append(change), running.set())
+                          if change.name == name and change.new == S.RUNNING else None)
+        started = system.start(name, timeout=BOOT_TIMEOUT)
+        assert running.wait(30)
+        watcher.close()
+    # libvirt says RESUMED (unpaused) before STARTED: the walk saw a start named a resume
+    assert seen[0].old == S.SHUTOFF and seen[0].reason.startswith("started"), seen
     assert started.state == S.RUNNING
     wait_for_console(serial, READY_MARKER, timeout=BOOT_TIMEOUT)
     assert system.pause(name).state == S.PAUSED

@@ -359,9 +359,17 @@ class VMStateMachine:
             if (event.event == libvirt.VIR_DOMAIN_EVENT_STOPPED
                     and event.detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
                 new = S.CRASHED
-            self._set_actual(
-                event.name, new, f"{event.event_name}: {event.detail_name}", event.monotonic
-            )
+            reason = f"{event.event_name}: {event.detail_name}"
+            if event.event == libvirt.VIR_DOMAIN_EVENT_RESUMED and self._was_off(event.name):
+                # libvirt's QEMU driver starts a booting VM's CPUs (RESUMED) before it says
+                # STARTED: the first event of a start is its resume
+                reason = "started"
+            self._set_actual(event.name, new, reason, event.monotonic)
+
+    def _was_off(self, name: str) -> bool:
+        with self._lock:
+            record = self._records.get(name)
+            return record is not None and record.exists and record.actual in STOPPED_LIKE
 
     def _refresh_after_reconnect(self) -> None:
         try:
