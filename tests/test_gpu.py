@@ -308,3 +308,32 @@ def test_cli_gpu_list_from_libvirt(tmp_path):
     listed = {item["address"]: item for item in json.loads(out.getvalue())}
     assert listed["0000:01:00.0"]["viable"] and listed["0000:01:00.0"]["boot_vga"] is None
     assert listed["0000:02:00.0"]["functions"] == ["0000:02:00.0", "0000:02:00.1"]
+
+
+@pytest.mark.parametrize("pci_ids, shown", [
+    (None, "VGA controller [10de:1e87]"),
+    (PCI_IDS, "NVIDIA Corporation TU104 [GeForce RTX 2080 Rev. A] · VGA controller"
+              " [10de:1e87]"),
+])
+def test_info_names_a_vms_gpu_once(host, make_host, monkeypatch, tmp_path, pci_ids, shown):
+    """Walk: without pci.ids, `info` showed 'VGA controller [10de:1e87] · VGA controller
+    [10de:1e87]' for each function of the VM's GPU."""
+    from vm_manager.base.connection import LibvirtConnection
+
+    root = host([intel_igpu(), *nvidia_turing_gpu(group=7)], pci_ids)
+    monkeypatch.setenv("NEURONOS_HOST_ROOT", str(root))
+    monkeypatch.setenv("NEURONOS_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NEURONOS_IMAGES_DIR", str(tmp_path / "images"))
+    with LibvirtConnection(make_host(cpus=8, memory_mb=16384)) as conn:
+        def run(*argv):
+            out, err = io.StringIO(), io.StringIO()
+            return main(list(argv), connection=conn, out=out, err=err), out.getvalue(), \
+                err.getvalue()
+
+        code, _, err = run("create", "g", "--template", "windows11", "--gpu", "01:00.0",
+                           "--disk-size", "64G", "--network", "none")
+        assert code == 0, err
+        code, out, err = run("info", "g")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if "0000:01:00.0" in line)
+    assert line.split("0000:01:00.0", 1)[1].strip(" :") == shown, line

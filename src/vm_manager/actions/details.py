@@ -217,8 +217,12 @@ def _gpu(ctx: Context, info: dict[str, Any]) -> Section | None:
     rows = []
     for address in addresses:
         device = devices.get(address)
-        rows.append((address, f"{device.name} · {device.class_name} [{device.ids}]"
-                     if device else "not on this host now"))
+        if device is None:
+            rows.append((address, "not on this host now"))
+        elif device.vendor_name:  # its name from pci.ids, then what it is
+            rows.append((address, f"{device.name} · {device.class_name} [{device.ids}]"))
+        else:  # no pci.ids: the name would only repeat the class and ids
+            rows.append((address, device.describe()))
     return Section("GPU", tuple(rows))
 
 
