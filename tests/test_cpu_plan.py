@@ -309,8 +309,8 @@ def test_on_the_real_daemon_a_running_guest_runs_where_the_plan_says(system_daem
         assert root.find("iothreads") is None and root.find("cputune") is None
         assert root.find("devices/disk/driver").get("iothread") is None
         print(f"{topology.describe() if topology else 'no /sys'}: {plan.describe()}")
-    finally:
-        neuron_vm("delete", name, "--force", "--yes")
+    finally:  # its 1G disk too: a kept disk was left in /var/lib/libvirt/images by every run
+        neuron_vm("delete", name, "--force", "--yes", "--delete-disks")
 
 
 # --- huge pages ------------------------------------------------------------------------------
