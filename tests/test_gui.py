@@ -647,15 +647,21 @@ def test_first_run_shows_every_column_and_several_rows(window, qtbot):
     assert window.statusBar().currentMessage().startswith("3 VMs on ")
 
 
+def shown_window(qtbot, uri: str, config, rows: int) -> MainWindow:
+    """A shown main window on its own connection to ``uri``, once it lists ``rows`` VMs."""
+    with guard.allowed():
+        conn = LibvirtConnection(uri)
+    win = MainWindow(connection=conn, store=VMStore(config))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.model.rowCount() == rows, timeout=5000)
+    return win
+
+
 def test_remembered_geometry_wins(qtbot, three_vm_uri, tmp_path):
     sizes = []
     for _ in range(2):
-        with guard.allowed():
-            conn = LibvirtConnection(three_vm_uri)
-        win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
-        qtbot.addWidget(win)
-        win.show()
-        qtbot.waitUntil(lambda: win.model.rowCount() == 3, timeout=5000)
+        win = shown_window(qtbot, three_vm_uri, tmp_path / "config", 3)
         if not sizes:
             win.resize(700, 330)  # the user makes it smaller; closing remembers it
         sizes.append((win.width(), win.height()))
@@ -675,12 +681,7 @@ def test_the_details_pane_stays_where_the_first_run_put_it(qtbot, three_vm_uri, 
 
     natural = []
     for run in range(2):
-        with guard.allowed():
-            conn = LibvirtConnection(three_vm_uri)
-        win = MainWindow(connection=conn, store=VMStore(tmp_path / "config"))
-        qtbot.addWidget(win)
-        win.show()
-        qtbot.waitUntil(lambda: win.model.rowCount() == 3, timeout=5000)
+        win = shown_window(qtbot, three_vm_uri, tmp_path / "config", 3)
         natural.append(win.table.natural_width())
         if run == 0:
             wide = natural[0] + DETAILS_WIDTH + 60
