@@ -349,10 +349,7 @@ class VMStateMachine:
         if event.event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
             self._set_actual(event.name, None, "undefined", event.monotonic)
         elif event.event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
-            with self._lock:
-                record = self._records.get(event.name)
-                fresh = record is None or not record.exists
-            if fresh:  # a new domain is shut off; a redefined one keeps its state
+            if self.actual(event.name) is None:  # new: shut off (redefined: its state stays)
                 self._set_actual(event.name, S.SHUTOFF, "defined", event.monotonic)
         elif event.event in _EVENT_STATE:
             new = _EVENT_STATE[event.event]
@@ -360,16 +357,11 @@ class VMStateMachine:
                     and event.detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
                 new = S.CRASHED
             reason = f"{event.event_name}: {event.detail_name}"
-            if event.event == libvirt.VIR_DOMAIN_EVENT_RESUMED and self._was_off(event.name):
-                # libvirt's QEMU driver starts a booting VM's CPUs (RESUMED) before it says
-                # STARTED: the first event of a start is its resume
+            # libvirt's QEMU driver resumes a booting VM's CPUs before it says STARTED
+            resumed = event.event == libvirt.VIR_DOMAIN_EVENT_RESUMED
+            if resumed and self.actual(event.name) in STOPPED_LIKE:
                 reason = "started"
             self._set_actual(event.name, new, reason, event.monotonic)
-
-    def _was_off(self, name: str) -> bool:
-        with self._lock:
-            record = self._records.get(name)
-            return record is not None and record.exists and record.actual in STOPPED_LIKE
 
     def _refresh_after_reconnect(self) -> None:
         try:
