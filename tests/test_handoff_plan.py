@@ -202,12 +202,26 @@ def test_starting_a_vm_of_the_desktops_gpu_asks_once_then_runs_the_helper(
     assert "shut solo down from inside it (Start > Power > Shut down)" in out  # Windows 11
     assert log.read_text().splitlines() == [f"{root_helper} handoff solo"]
     assert code == 1 and err == ("neuron-vm: the single-GPU handoff could not start: no VM"
-                                 " named 'solo' on qemu:///system\n"), err
+                                 " named 'solo' on qemu:///system; nothing was handed"
+                                 " over\n"), err
     assert not (tmp_path / "config/handoff-consent").exists()  # it did not run: ask again
     assert run("start", "solo")[0] == 2
     code, out, err = run("gpu", "handoff-end", "solo")
     assert log.read_text().splitlines()[-1] == f"{root_helper} handoff-end solo"
+    assert (code, err) == (0, ""), (code, out, err)  # here: no unit, as no handoff runs
+    assert "no handoff of solo runs (neuronos-handoff-solo.service is not active)" in out, out
     assert run("gpu", "handoff-end", "nope")[0] == 3  # no such VM: as every command
+
+
+def test_a_helper_that_says_nothing_is_told_in_words(solo_cli, monkeypatch):
+    """Walk: a helper outside the installed layout (NEURONOS_HELPER=/bin/false) crashed the
+    start with IndexError, and one that failed silently left "could not start: " empty."""
+    monkeypatch.setenv("NEURONOS_PKEXEC", str(Path(__file__).parent / "bin" / "pkexec"))
+    monkeypatch.setenv("NEURONOS_HELPER", "/bin/false")
+    code, out, err = solo_cli("start", "solo", "--hand-over-gpu")
+    assert code == 1 and err == ("neuron-vm: the single-GPU handoff could not start: the root"
+                                 " helper stopped (exit status 1) without saying why; nothing"
+                                 " was handed over\n"), err
 
 
 @pytest.mark.parametrize("vm_type, words", [

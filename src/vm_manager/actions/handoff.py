@@ -151,8 +151,10 @@ def _helper(ctx: Context, operation: str, name: str) -> str:
     ctx.require_local(f"the single-GPU handoff ({operation})", "it hands over this"
                       " computer's own GPU")
     pkexec, helper = guide.elevation()
-    copy = Path(helper).parents[2] / "lib/neuronos/vm_manager/core/handoff.py"
-    if Path(helper).exists() and not copy.exists():  # installed by an older NeuronOS
+    installed = Path(helper)  # install-helper.sh: ROOT/usr/libexec/neuronos/, its package
+    copy = installed.parent.parent.parent / "lib/neuronos/vm_manager/core/handoff.py"
+    if installed.parent.name == "neuronos" and installed.parent.parent.name == "libexec" \
+            and installed.exists() and not copy.exists():  # installed by an older NeuronOS
         raise OperationFailed(f"NeuronOS's root helper ({helper}) is older than this NeuronOS"
                               " and cannot hand a GPU over: install it again with"
                               " `sudo bash scripts/install-helper.sh /` (or run"
@@ -160,18 +162,25 @@ def _helper(ctx: Context, operation: str, name: str) -> str:
     argv = (*((pkexec,) if pkexec else ()), helper, operation, validate_name(name, "NAME"))
     result = guide.run_fix(guide.Fix("GPU handoff", operation, operation, argv))
     if not result.ok:
-        raise OperationFailed(_plainly(result.output))
+        raise OperationFailed(_plainly(result.output, operation))
     return result.output
 
 
-def _plainly(output: str) -> str:
+def _plainly(output: str, operation: str = "handoff") -> str:
     """The helper's refusal without its exit status and name, in words."""
     import re
 
-    text = re.sub(r"^failed \(\d+\): ", "", output).replace("neuron-vm-helper: ", "")
+    status = re.match(r"^failed \((\d+)\): ", output)
+    text = output[status.end():] if status else output
+    text = text.replace("neuron-vm-helper: ", "").strip()
     if "has not been booted with systemd" in text:
         return NO_SYSTEMD_WORDS
-    return f"the single-GPU handoff could not start: {text}"
+    if not text:
+        text = (f"the root helper stopped (exit status {status.group(1)}) without saying why"
+                if status else "the root helper did not run")
+    if operation == "handoff-end":
+        return f"the handoff could not be ended: {text}"
+    return f"the single-GPU handoff could not start: {text}; nothing was handed over"
 
 
 NO_SYSTEMD_WORDS = ("the single-GPU handoff needs systemd (it runs as a systemd unit that"
