@@ -693,7 +693,7 @@ def test_the_details_pane_stays_where_the_first_run_put_it(qtbot, three_vm_uri, 
             win.resize(wide, 400)
             assert win.splitter.orientation() == Qt.Horizontal
             scroll = win.table.horizontalScrollBar()  # every column in view, once laid out
-            qtbot.waitUntil(lambda: not scroll.isVisible(), timeout=3000)
+            qtbot.waitUntil(lambda: not scroll.isVisible(), timeout=10000)
         win.close()
     assert natural[1] == natural[0]  # restored at the size it was closed with
 
